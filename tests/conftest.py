@@ -15,6 +15,15 @@ from pathlib import Path
 
 import pytest
 
+# Area fixtures live in their own plugin modules so areas never edit one file.
+pytest_plugins = [
+    "tests.plugins.serial",
+    "tests.plugins.ble",
+    "tests.plugins.mqtt",
+    "tests.plugins.ops",
+    "tests.plugins.model",
+]
+
 
 @pytest.fixture
 def dbus_system_bus(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:

@@ -1,0 +1,1 @@
+"""Fixtures for the ble tests (register shared fixtures here)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the model tests (register shared fixtures here)."""

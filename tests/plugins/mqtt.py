@@ -1,0 +1,1 @@
+"""Fixtures for the mqtt tests (register shared fixtures here)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the ops tests (register shared fixtures here)."""

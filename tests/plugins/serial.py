@@ -1,0 +1,1 @@
+"""Fixtures for the serial tests (register shared fixtures here)."""
