@@ -49,3 +49,24 @@ class ProtocolError(EdgeAgentError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class PkiError(EdgeAgentError):
+    """Fleet certificate material is missing, invalid, or a name cannot be issued."""
+
+
+class BrokerError(EdgeAgentError):
+    """The local Mosquitto broker cannot be started or stopped (not installed, bad config)."""
+
+
+class TransportError(EdgeAgentError):
+    """An MQTT link operation failed (not connected, refused by the broker, closed)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class OutboxError(EdgeAgentError):
+    """The store-and-forward outbox refused a message or its database is unusable."""
