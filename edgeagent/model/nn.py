@@ -1,0 +1,138 @@
+"""Numpy twin of the ONNX graph: forward pass, gradients and an Adam step.
+
+Why a twin: onnxruntime-training is not available on the boxes (FIELD-NOTES),
+so training runs in numpy on the same flat vector the graph reads. The test
+suite checks that this forward pass and onnxruntime agree, which is what
+keeps the two from drifting apart. Pure functions; no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeagent.model.graph import CLIP, ModelSpec, flatten, n_params, param_layout, unflatten
+
+
+def standardise(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(z, m) exactly as the graph computes them: NaN -> 0 with mask, clipped."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        zr = (np.asarray(x, np.float32) - mu) / sigma
+    nan = np.isnan(zr)
+    z = np.clip(np.where(nan, 0.0, zr), -CLIP, CLIP).astype(np.float32)
+    return z, (~nan).astype(np.float32)
+
+
+def _softmax(a: np.ndarray) -> np.ndarray:
+    a = a - a.max(axis=1, keepdims=True)
+    e = np.exp(a)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def forward(
+    spec: ModelSpec, flat: np.ndarray, z: np.ndarray, m: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probs, recon_err) for standardised inputs; matches onnxruntime to float tolerance."""
+    p = unflatten(spec, flat)
+    h = np.maximum(np.concatenate([z, m], axis=1) @ p["W1"] + p["b1"], 0.0)
+    probs = _softmax(h @ p["W2"] + p["b2"])
+    recon = np.tanh(z @ p["We"] + p["be"]) @ p["Wd"] + p["bd"]
+    err = ((recon - z) ** 2 * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
+    return probs.astype(np.float32), err.astype(np.float32)
+
+
+def head_loss_grad(
+    spec: ModelSpec,
+    flat: np.ndarray,
+    z: np.ndarray,
+    m: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> tuple[float, np.ndarray]:
+    """Weighted softmax cross-entropy of the classifier head and its gradient (flat)."""
+    p = unflatten(spec, flat)
+    n = z.shape[0]
+    w = np.ones(n, np.float32) if weights is None else weights.astype(np.float32)
+    w = w / max(float(w.sum()), 1e-12)
+    zm = np.concatenate([z, m], axis=1)
+    a1 = zm @ p["W1"] + p["b1"]
+    h = np.maximum(a1, 0.0)
+    probs = _softmax(h @ p["W2"] + p["b2"])
+    loss = float(-(w * np.log(probs[np.arange(n), y] + 1e-12)).sum())
+    d = probs.copy()
+    d[np.arange(n), y] -= 1.0
+    d *= w[:, None]
+    g = {k: np.zeros(s, np.float32) for k, s in param_layout(spec)}
+    g["W2"] = h.T @ d
+    g["b2"] = d.sum(axis=0)
+    dh = (d @ p["W2"].T) * (a1 > 0)
+    g["W1"] = zm.T @ dh
+    g["b1"] = dh.sum(axis=0)
+    return loss, flatten(spec, g)
+
+
+def ae_loss_grad(
+    spec: ModelSpec, flat: np.ndarray, z: np.ndarray, m: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Mean masked reconstruction error of the autoencoder and its gradient (flat)."""
+    p = unflatten(spec, flat)
+    n = z.shape[0]
+    enc = np.tanh(z @ p["We"] + p["be"])
+    recon = enc @ p["Wd"] + p["bd"]
+    cnt = np.maximum(m.sum(axis=1, keepdims=True), 1.0)
+    diff = (recon - z) * m
+    loss = float(((diff * (recon - z)) / cnt).sum() / n)
+    dr = 2.0 * diff / cnt / n
+    g = {k: np.zeros(s, np.float32) for k, s in param_layout(spec)}
+    g["Wd"] = enc.T @ dr
+    g["bd"] = dr.sum(axis=0)
+    de = (dr @ p["Wd"].T) * (1.0 - enc**2)
+    g["We"] = z.T @ de
+    g["be"] = de.sum(axis=0)
+    return loss, flatten(spec, g)
+
+
+@dataclass
+class Adam:
+    """Adam over the flat vector (Kingma & Ba 2015, arXiv:1412.6980); state is plain arrays."""
+
+    size: int
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    t: int = 0
+    m: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    v: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    def __post_init__(self) -> None:
+        if self.m.shape != (self.size,):
+            self.m = np.zeros(self.size, np.float32)
+            self.v = np.zeros(self.size, np.float32)
+
+    def step_inplace(self, flat: np.ndarray, grad: np.ndarray, max_norm: float = 5.0) -> None:
+        """Update ``flat`` in place; gradients are norm-clipped so one odd batch cannot blow up."""
+        norm = float(np.linalg.norm(grad))
+        if not np.isfinite(norm):
+            return
+        if norm > max_norm:
+            grad = grad * (max_norm / norm)
+        self.t += 1
+        self.m = self.beta1 * self.m + (1 - self.beta1) * grad
+        self.v = self.beta2 * self.v + (1 - self.beta2) * grad * grad
+        mh = self.m / (1 - self.beta1**self.t)
+        vh = self.v / (1 - self.beta2**self.t)
+        flat -= (self.lr * mh / (np.sqrt(vh) + self.eps)).astype(np.float32)
+
+
+def ae_param_mask(spec: ModelSpec) -> np.ndarray:
+    """1 for the autoencoder's entries of the flat vector, 0 for the head's."""
+    mask = np.zeros(n_params(spec), np.float32)
+    i = 0
+    for name, shape in param_layout(spec):
+        k = int(np.prod(shape))
+        if name in ("We", "be", "Wd", "bd"):
+            mask[i : i + k] = 1.0
+        i += k
+    return mask

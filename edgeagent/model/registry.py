@@ -1,0 +1,330 @@
+"""Versioned model store in the state directory: files by hash, history in SQLite.
+
+Why this way: a box must survive power loss in the middle of a model update
+and must be able to say, afterwards, which model made which alert. Model
+files are content-addressed (``models/<sha256>.onnx``) and written with
+write -> fsync -> rename, so a file either exists whole or not at all; the
+"active" model is the last row of an append-only activation log, so an
+activation is one SQLite transaction and every swap and rollback leaves a
+record. Hashes are re-checked on every load, so a file changed on disk is
+refused (and the previous model stays active).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgeagent.errors import ModelError
+from edgeagent.model.graph import parse_model, read_meta, sha256_hex
+from edgeagent.model.signing import public_key_raw, verify_hash
+
+DB_NAME = "models.sqlite"
+DIR_NAME = "models"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    version   INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256    TEXT NOT NULL UNIQUE,
+    file      TEXT NOT NULL,
+    created   REAL NOT NULL,
+    source    TEXT NOT NULL,
+    signature BLOB,
+    signer    BLOB,
+    rejected  INTEGER NOT NULL DEFAULT 0,
+    info      TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS activations (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    version INTEGER NOT NULL REFERENCES models(version),
+    ts      REAL NOT NULL,
+    reason  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      REAL NOT NULL,
+    kind    TEXT NOT NULL,
+    version INTEGER,
+    detail  TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """One registered model. ``label`` (e.g. ``v3-1a2b3c4d``) is what alerts carry."""
+
+    version: int
+    sha256: str
+    file: Path
+    created: float
+    source: str
+    signature: bytes | None
+    signer: bytes | None
+    rejected: bool
+    info: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"v{self.version}-{self.sha256[:8]}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "label": self.label,
+            "sha256": self.sha256,
+            "file": str(self.file),
+            "created": self.created,
+            "source": self.source,
+            "signed": self.signature is not None,
+            "signer": self.signer.hex() if self.signer else None,
+            "rejected": self.rejected,
+            "info": self.info,
+        }
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either the old content or all of the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class ModelRegistry:
+    """The box's model history. Safe to open from several threads/processes (SQLite WAL)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        trusted_keys: list[Ed25519PublicKey] | None = None,
+        require_signature: bool = False,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.dir = self.state_dir / DIR_NAME
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.trusted_keys = list(trusted_keys or [])
+        self.require_signature = require_signature
+        self.db_path = self.state_dir / DB_NAME
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        finally:
+            db.close()
+
+    @staticmethod
+    def _row(r: tuple[Any, ...]) -> ModelRecord:
+        return ModelRecord(
+            version=int(r[0]),
+            sha256=r[1],
+            file=Path(r[2]),
+            created=float(r[3]),
+            source=r[4],
+            signature=bytes(r[5]) if r[5] is not None else None,
+            signer=bytes(r[6]) if r[6] is not None else None,
+            rejected=bool(r[7]),
+            info=json.loads(r[8]),
+        )
+
+    _COLS = "version, sha256, file, created, source, signature, signer, rejected, info"
+
+    def add(
+        self,
+        data: bytes,
+        source: str,
+        signature: bytes | None = None,
+        feature_names: tuple[str, ...] | None = None,
+    ) -> ModelRecord:
+        """Validate, verify and store a model; returns the existing record for known bytes.
+
+        Raises ``ModelError`` (and stores nothing) when the bytes do not parse or
+        fit, the signature does not verify, or a signature is required and absent.
+        """
+        model = parse_model(data, feature_names)
+        digest = sha256_hex(data)
+        signer = None
+        if signature is not None:
+            idx = verify_hash(self.trusted_keys, digest, signature)
+            signer = public_key_raw(self.trusted_keys[idx])
+        elif self.require_signature:
+            raise ModelError(f"model {digest[:12]} is unsigned and this box requires signatures")
+        existing = self.find(digest)
+        if existing is not None:
+            return existing
+        path = self.dir / f"{digest}.onnx"
+        atomic_write(path, data)
+        info = read_meta(model).info
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT INTO models (sha256, file, created, source, signature, signer, info)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (digest, str(path), time.time(), source, signature, signer, json.dumps(info)),
+            )
+            version = int(cur.lastrowid or 0)
+        self.record_event("added", version, f"source={source} signed={signature is not None}")
+        return self.get(version)
+
+    def find(self, sha: str) -> ModelRecord | None:
+        with self._db() as db:
+            r = db.execute(f"SELECT {self._COLS} FROM models WHERE sha256=?", (sha,)).fetchone()
+        return self._row(r) if r else None
+
+    def list(self) -> list[ModelRecord]:
+        """Every model, oldest first."""
+        with self._db() as db:
+            rows = db.execute(f"SELECT {self._COLS} FROM models ORDER BY version").fetchall()
+        return [self._row(r) for r in rows]
+
+    def get(self, ref: str | int) -> ModelRecord:
+        """By version number, label (``v3-...``), ``active`` or a unique hash prefix."""
+        if isinstance(ref, str) and ref == "active":
+            rec = self.active()
+            if rec is None:
+                raise ModelError("no model is active yet; run `edgeagent model activate`")
+            return rec
+        with self._db() as db:
+            if isinstance(ref, int) or str(ref).isdigit():
+                rows = db.execute(
+                    f"SELECT {self._COLS} FROM models WHERE version=?", (int(ref),)
+                ).fetchall()
+            else:
+                s = str(ref)
+                if s.startswith("v") and "-" in s:
+                    s = s.split("-", 1)[1]
+                rows = db.execute(
+                    f"SELECT {self._COLS} FROM models WHERE sha256 LIKE ?", (s.lower() + "%",)
+                ).fetchall()
+        if len(rows) != 1:
+            what = "no model" if not rows else f"{len(rows)} models"
+            raise ModelError(f"{what} match {ref!r}; see `edgeagent model list`")
+        return self._row(rows[0])
+
+    def load_bytes(self, ref: str | int | ModelRecord) -> bytes:
+        """The model's bytes, refused if the file is missing or no longer matches its hash."""
+        rec = ref if isinstance(ref, ModelRecord) else self.get(ref)
+        try:
+            data = rec.file.read_bytes()
+        except OSError as e:
+            raise ModelError(f"model {rec.label}: cannot read {rec.file}: {e}") from e
+        if sha256_hex(data) != rec.sha256:
+            self.record_event("tampered", rec.version, f"hash mismatch on {rec.file}")
+            raise ModelError(f"model {rec.label}: file {rec.file} does not match its hash")
+        return data
+
+    def verify(self, ref: str | int) -> dict[str, Any]:
+        """Re-check hash, parse and signature of a stored model; never raises for bad models."""
+        rec = self.get(ref)
+        out: dict[str, Any] = {"label": rec.label, "sha256": rec.sha256}
+        try:
+            data = self.load_bytes(rec)
+            out["hash_ok"] = True
+        except ModelError as e:
+            return {**out, "hash_ok": False, "ok": False, "error": str(e)}
+        try:
+            parse_model(data)
+            out["parse_ok"] = True
+        except ModelError as e:
+            return {**out, "parse_ok": False, "ok": False, "error": str(e)}
+        if rec.signature is None:
+            out["signature"] = "none"
+            out["ok"] = not self.require_signature
+        else:
+            try:
+                verify_hash(self.trusted_keys, rec.sha256, rec.signature)
+                out["signature"] = "valid"
+                out["ok"] = True
+            except ModelError as e:
+                out["signature"] = "invalid"
+                out["ok"] = False
+                out["error"] = str(e)
+        return out
+
+    def active(self) -> ModelRecord | None:
+        with self._db() as db:
+            r = db.execute("SELECT version FROM activations ORDER BY id DESC LIMIT 1").fetchone()
+        return self.get(int(r[0])) if r else None
+
+    def activate(self, ref: str | int, reason: str = "manual") -> ModelRecord:
+        """Make a model active (one transaction). Refuses rejected or unverifiable models."""
+        rec = self.get(ref)
+        self.load_bytes(rec)  # hash check before it can become active
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("UPDATE models SET rejected=0 WHERE version=?", (rec.version,))
+            db.execute(
+                "INSERT INTO activations (version, ts, reason) VALUES (?,?,?)",
+                (rec.version, time.time(), reason),
+            )
+            db.execute(
+                "INSERT INTO events (ts, kind, version, detail) VALUES (?,?,?,?)",
+                (time.time(), "activated", rec.version, reason),
+            )
+            db.execute("COMMIT")
+        return self.get(rec.version)
+
+    def rollback(self, reason: str = "manual") -> ModelRecord:
+        """Mark the active model rejected and re-activate the last good one before it."""
+        cur = self.active()
+        if cur is None:
+            raise ModelError("nothing to roll back: no model is active")
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT a.version FROM activations a JOIN models m ON m.version=a.version"
+                " WHERE a.version != ? AND m.rejected = 0 ORDER BY a.id DESC",
+                (cur.version,),
+            ).fetchall()
+        if not rows:
+            raise ModelError(f"cannot roll back {cur.label}: no earlier model was ever active")
+        prev = int(rows[0][0])
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("UPDATE models SET rejected=1 WHERE version=?", (cur.version,))
+            db.execute(
+                "INSERT INTO activations (version, ts, reason) VALUES (?,?,?)",
+                (prev, time.time(), f"rollback from v{cur.version}: {reason}"),
+            )
+            db.execute(
+                "INSERT INTO events (ts, kind, version, detail) VALUES (?,?,?,?)",
+                (time.time(), "rolled_back", cur.version, f"to v{prev}: {reason}"),
+            )
+            db.execute("COMMIT")
+        return self.get(prev)
+
+    def record_event(self, kind: str, version: int | None, detail: str) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO events (ts, kind, version, detail) VALUES (?,?,?,?)",
+                (time.time(), kind, version, detail),
+            )
+
+    def events(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Most recent lifecycle events first (added, activated, rolled_back, tampered...)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT ts, kind, version, detail FROM events ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [{"ts": r[0], "kind": r[1], "version": r[2], "detail": r[3]} for r in rows]
