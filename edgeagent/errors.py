@@ -70,3 +70,41 @@ class TransportError(EdgeAgentError):
 
 class OutboxError(EdgeAgentError):
     """The store-and-forward outbox refused a message or its database is unusable."""
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration values are invalid at once; ``errors`` lists each one.
+
+    Reporting all of them in one go saves a field engineer a fix-rerun loop per key.
+    """
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        super().__init__(first.key, first.value, first.problem)
+        self.errors = errors
+        self.args = ("\n".join(str(e) for e in errors),)
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+class ControlError(EdgeAgentError):
+    """The daemon's local control socket is unreachable or answered with an error."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"control socket {path}: {problem}")
+
+
+class RoundAborted(EdgeAgentError):
+    """A federated round cannot finish (too many dropouts, failed reconstruction).
+
+    The round's inputs stay masked; the aggregator starts the next round.
+    """
+
+    def __init__(self, round_id: int, stage: str, reason: str) -> None:
+        self.round_id = round_id
+        self.stage = stage
+        self.reason = reason
+        super().__init__(f"round {round_id} aborted at {stage}: {reason}")

@@ -1,0 +1,539 @@
+"""The agent's one configuration schema, loaded from TOML and validated up front.
+
+A box in the field is configured once and then runs unattended, so every
+mistake must surface at ``edgeagent config validate`` (systemd's
+ExecStartPre) rather than hours later inside a thread. Validation is pydantic
+v2; every failure is re-raised as :class:`edgeagent.errors.ConfigError`
+naming the dotted key, the offending value and how to fix it.
+
+Secret fields (passwords, key passphrases) are ``SecretStr`` and marked
+``secret`` in their schema so :func:`redacted` can blank them for ``config
+show`` and support bundles without a hand-kept list.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from edgeagent.errors import ConfigError, ConfigErrors
+
+DEFAULT_PATH = Path("/etc/edgeagent/config.toml")
+REDACTED = "<redacted>"
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MAC_RE = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
+_TOPIC_BAD = re.compile(r"[#+\x00]")
+
+
+def _secret(description: str) -> Any:
+    """A field holding a secret: redacted by ``show`` and in support bundles."""
+    return Field(default=None, description=description, json_schema_extra={"secret": True})
+
+
+def _keyed(key: str, problem: str) -> ValueError:
+    """A cross-field error pinned to one key (``a.b`` relative to the validated table).
+
+    pydantic reports model-level errors at the table; the marker lets
+    :func:`_to_errors` name the exact key and value instead.
+    """
+    return ValueError(f"@{key}@{problem}")
+
+
+def _check_id(value: str, what: str) -> str:
+    """Ids end up in MQTT topics and file names: keep them to a safe alphabet."""
+    if not _ID_RE.match(value):
+        raise ValueError(
+            f"{what} must be 1-64 characters of letters, digits, '_', '.', '-' "
+            "starting with a letter or digit (it is used in MQTT topics and file names)"
+        )
+    return value
+
+
+class _Section(BaseModel):
+    """Base for every section: unknown keys are errors (a typo must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(_Section):
+    """Who this box is and where it keeps state."""
+
+    box_id: str = Field(description="Unique id of this box; its MQTT identity and topic segment.")
+    fleet: str = Field(default="default", description="Fleet name; first topic segment.")
+    state_dir: Path = Field(
+        default=Path("/var/lib/edgeagent"),
+        description="Writable state (outbox, models, registry); systemd's StateDirectory.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("box_id", "fleet")
+    @classmethod
+    def _ids(cls, v: str) -> str:
+        return _check_id(v, "the value")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError("state_dir must be an absolute path (the daemon's cwd is '/')")
+        return v
+
+
+class SerialDevice(_Section):
+    """One wired device (smart textile, hub) on a serial port."""
+
+    port: str = Field(description="Serial device path, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
+    device_id: str
+    patient: str = Field(description="Patient the device is worn by; windows are per patient.")
+    baudrate: int = Field(default=115200, gt=0, le=4_000_000)
+
+    @field_validator("device_id", "patient")
+    @classmethod
+    def _ids(cls, v: str) -> str:
+        return _check_id(v, "the value")
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("port must be an absolute device path such as /dev/ttyUSB0")
+        return v
+
+
+class BleDevice(_Section):
+    """One wearable on BLE, bound to a patient by its address."""
+
+    address: str = Field(description="BLE address AA:BB:CC:DD:EE:FF.")
+    device_id: str
+    patient: str
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _mac(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.upper()
+            if not _MAC_RE.match(v):
+                raise ValueError("address must look like AA:BB:CC:DD:EE:FF")
+        return v
+
+    @field_validator("device_id", "patient")
+    @classmethod
+    def _ids(cls, v: str) -> str:
+        return _check_id(v, "the value")
+
+
+class BleSection(_Section):
+    """BLE discovery: which advertisements to consider and which addresses to trust."""
+
+    enabled: bool = False
+    adapter: str = "hci0"
+    scan_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    name_prefixes: tuple[str, ...] = Field(
+        default=(), description="Only advertisements whose local name starts with one of these."
+    )
+    service_uuids: tuple[str, ...] = Field(
+        default=(), description="Only devices advertising these."
+    )
+    allow: tuple[str, ...] = Field(
+        default=(),
+        description="Address allow-list; empty = the addresses under [[devices.ble.device]].",
+    )
+    device: tuple[BleDevice, ...] = ()
+
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _macs(cls, v: object) -> object:
+        if isinstance(v, list | tuple):
+            out = []
+            for a in v:
+                if not isinstance(a, str) or not _MAC_RE.match(a.upper()):
+                    raise ValueError(f"{a!r} is not a BLE address like AA:BB:CC:DD:EE:FF")
+                out.append(a.upper())
+            return tuple(out)
+        return v
+
+
+class DevicesSection(_Section):
+    """Every device the box ingests from, and which patient wears it."""
+
+    serial: tuple[SerialDevice, ...] = ()
+    ble: BleSection = BleSection()
+
+    @model_validator(mode="after")
+    def _unique(self) -> DevicesSection:
+        seen: set[str] = set()
+        for d in (*self.serial, *self.ble.device):
+            if d.device_id in seen:
+                raise _keyed("device_id", f"{d.device_id!r} is used twice; ids must be unique")
+            seen.add(d.device_id)
+        ports = [d.port for d in self.serial]
+        dup = {p for p in ports if ports.count(p) > 1}
+        if dup:
+            raise _keyed("serial", f"port(s) {sorted(dup)} listed twice; one device per port")
+        return self
+
+
+class WindowsSection(_Section):
+    """Analysis windows: length and hop in seconds."""
+
+    length_s: float = Field(default=10.0, gt=0, le=600)
+    hop_s: float = Field(default=2.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _hop(self) -> WindowsSection:
+        if self.hop_s > self.length_s:
+            raise _keyed(
+                "hop_s",
+                f"must not exceed length_s ({self.length_s}), "
+                "or data between windows would never be analysed",
+            )
+        return self
+
+
+class DetectionSection(_Section):
+    """On-box ONNX anomaly detection."""
+
+    model_path: Path | None = Field(
+        default=None, description="ONNX model; default: the registry's current model in state_dir."
+    )
+    threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads.")
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Alert score threshold.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per-anomaly-kind overrides of threshold."
+    )
+    execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    @field_validator("execution_providers")
+    @classmethod
+    def _providers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError('list at least one provider, e.g. ["CPUExecutionProvider"]')
+        for p in v:
+            if not p.endswith("ExecutionProvider"):
+                raise ValueError(f"{p!r} is not an onnxruntime provider name (…ExecutionProvider)")
+        return v
+
+    @field_validator("thresholds")
+    @classmethod
+    def _range(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, x in v.items():
+            if not 0.0 <= x <= 1.0:
+                raise ValueError(f"thresholds.{k} = {x} must be within [0, 1]")
+        return v
+
+
+class LearningSection(_Section):
+    """Local incremental learning that feeds federated rounds."""
+
+    enabled: bool = True
+    learning_rate: float = Field(default=0.01, gt=0, le=1.0)
+    batch_size: int = Field(default=32, ge=1, le=65536)
+    min_samples: int = Field(
+        default=100, ge=1, description="Windows needed before joining a round."
+    )
+
+
+class FederationSection(_Section):
+    """MQTT broker, TLS identity and the privacy settings of federated rounds."""
+
+    enabled: bool = False
+    broker_host: str = "localhost"
+    broker_port: int = Field(default=8883, ge=1, le=65535)
+    tls: bool = True
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: SecretStr | None = _secret("Passphrase of key_file, if encrypted.")
+    username: str | None = None
+    password: SecretStr | None = _secret("Broker password (prefer mTLS).")
+    topic_prefix: str = "edgeagent/v1"
+    clip_norm: float = Field(default=1.0, gt=0, description="L2 clip of each update.")
+    noise_multiplier: float = Field(default=1.0, ge=0, description="Gaussian noise / clip_norm.")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if not v or v.startswith("/") or v.endswith("/") or _TOPIC_BAD.search(v):
+            raise ValueError(
+                "topic_prefix must be non-empty, without leading/trailing '/' and "
+                "without the wildcards '+' or '#'"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> FederationSection:
+        if self.enabled and self.tls and self.ca_file is None:
+            raise _keyed("ca_file", "federation with tls = true needs ca_file (the broker's CA)")
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise _keyed(missing, "set both cert_file and key_file (mTLS), or neither")
+        return self
+
+
+class OutboxSection(_Section):
+    """Store-and-forward limits; when full, the oldest low-priority messages go first."""
+
+    max_messages: int = Field(default=100_000, ge=1)
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    max_age_s: float = Field(default=7 * 86400, gt=0)
+
+
+class StatusSection(_Section):
+    """Health telemetry and the watchdog's idea of 'stuck'."""
+
+    interval_s: float = Field(default=60.0, ge=1.0, le=86400, description="Status publish period.")
+    stall_after_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A component that neither progresses nor reports idle for this long is stuck.",
+    )
+
+
+class ControlSection(_Section):
+    """The local control socket used by ``edgeagent status``."""
+
+    socket_path: Path = Path("/run/edgeagent/control.sock")
+
+    @field_validator("socket_path")
+    @classmethod
+    def _len(cls, v: Path) -> Path:
+        if len(str(v).encode()) > 107:
+            raise ValueError("unix socket paths are limited to 107 bytes; choose a shorter path")
+        return v
+
+
+class Config(_Section):
+    """The whole agent configuration (one TOML file)."""
+
+    agent: AgentSection
+    devices: DevicesSection = DevicesSection()
+    windows: WindowsSection = WindowsSection()
+    detection: DetectionSection = DetectionSection()
+    learning: LearningSection = LearningSection()
+    federation: FederationSection = FederationSection()
+    outbox: OutboxSection = OutboxSection()
+    status: StatusSection = StatusSection()
+    control: ControlSection = ControlSection()
+
+    @model_validator(mode="after")
+    def _stall_vs_window(self) -> Config:
+        if self.status.stall_after_s < self.windows.hop_s:
+            raise _keyed(
+                "status.stall_after_s",
+                f"must be at least windows.hop_s ({self.windows.hop_s}), "
+                "or a healthy pipeline looks stuck between windows",
+            )
+        return self
+
+
+_FIXES: dict[str, str] = {
+    "missing": "add this key",
+    "extra_forbidden": "remove it or fix its spelling",
+    "literal_error": "use one of the listed values",
+    "bool_type": "use true or false",
+    "bool_parsing": "use true or false",
+    "int_type": "use a whole number",
+    "int_parsing": "use a whole number",
+    "int_from_float": "use a whole number",
+    "float_type": "use a number",
+    "float_parsing": "use a number",
+    "string_type": 'use a quoted string, e.g. "value"',
+    "tuple_type": "use a list, e.g. [...]",
+    "list_type": "use a list, e.g. [...]",
+    "model_type": "use a table, e.g. [section]",
+    "model_attributes_type": "use a table, e.g. [section]",
+    "dict_type": "use a table of key = value",
+}
+
+
+def _problem(err: Mapping[str, Any], section_keys: Mapping[str, list[str]]) -> str:
+    """Turn one pydantic error into a sentence that says what is wrong and how to fix it."""
+    kind = err.get("type", "")
+    msg = str(err.get("msg", "invalid"))
+    if kind == "value_error":
+        # Our own validators already explain the fix; drop pydantic's prefix.
+        return msg.removeprefix("Value error, ")
+    fix = _FIXES.get(kind)
+    if kind == "extra_forbidden":
+        parent = ".".join(str(p) for p in err["loc"][:-1] if not isinstance(p, int))
+        known = section_keys.get(parent)
+        if known:
+            fix = f"{fix}; known keys here: {', '.join(known)}"
+    if kind.startswith(("greater_than", "less_than")):
+        fix = "change the value to fit the limit"
+    return f"{msg}; {fix}" if fix else msg
+
+
+def _section_keys() -> dict[str, list[str]]:
+    """Known keys per dotted section, for 'did you mean' hints on unknown keys."""
+    out: dict[str, list[str]] = {"": list(Config.model_fields)}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        out[prefix] = list(model.model_fields)
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            args = getattr(ann, "__args__", ())
+            for cand in (ann, *args):
+                if isinstance(cand, type) and issubclass(cand, BaseModel):
+                    walk(cand, f"{prefix}.{name}" if prefix else name)
+
+    walk(Config, "")
+    return out
+
+
+def _to_errors(exc: ValidationError) -> list[ConfigError]:
+    keys = _section_keys()
+    errors: list[ConfigError] = []
+    for err in exc.errors(include_url=False):
+        loc = err.get("loc", ())
+        dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc)
+        dotted = dotted.replace(".[", "[")
+        value = err.get("input") if err.get("type") != "missing" else None
+        problem = _problem(err, keys)
+        if problem.startswith("@"):
+            sub, _, problem = problem[1:].partition("@")
+            dotted = f"{dotted}.{sub}" if dotted else sub
+            for part in sub.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, dict | list) and len(repr(value)) > 80:
+            value = "{...}" if isinstance(value, dict) else "[...]"
+        errors.append(ConfigError(dotted or "<root>", value, problem))
+    return errors
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Validate an already-parsed TOML document; raise ConfigError(s) on any problem."""
+    try:
+        return Config.model_validate(dict(data))
+    except ValidationError as exc:
+        errors = _to_errors(exc)
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise ConfigErrors(errors) from None
+
+
+def load_config(path: str | Path = DEFAULT_PATH) -> Config:
+    """Read and validate the TOML file at ``path``.
+
+    Missing files, unreadable files and TOML syntax errors are ConfigErrors too
+    (key ``<file>``), so the CLI reports every startup problem the same way.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            "<file>", str(p), "file not found; create it from systemd/edgeagent.example.toml"
+        ) from None
+    except OSError as exc:
+        raise ConfigError("<file>", str(p), f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("<file>", str(p), "not UTF-8 text; save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("<file>", str(p), f"TOML syntax error: {exc}") from None
+    return parse_config(data)
+
+
+def _is_secret(model: type[BaseModel], name: str) -> bool:
+    extra = model.model_fields[name].json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("secret"))
+
+
+def redacted(cfg: BaseModel) -> dict[str, Any]:
+    """The config as plain JSON-able data with every secret field blanked.
+
+    Unset secrets stay ``None`` so an engineer can still see whether one is set.
+    """
+    out: dict[str, Any] = {}
+    for name in type(cfg).model_fields:
+        value = getattr(cfg, name)
+        if _is_secret(type(cfg), name):
+            out[name] = None if value is None else REDACTED
+        else:
+            out[name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return redacted(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, SecretStr):  # a secret not marked as such still never leaks
+        return REDACTED
+    return value
+
+
+# Free-form maps (not sections) that render as inline tables in ``show``.
+_INLINE_MAPS = frozenset({"thresholds"})
+
+
+def to_toml(data: Mapping[str, Any]) -> str:
+    """Render redacted config data as TOML (sections, arrays of tables; None omitted)."""
+    lines: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{_key(k)} = {scalar(x)}" for k, x in v.items()) + " }"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def table(prefix: str, d: Mapping[str, Any], array: bool = False) -> None:
+        if prefix:
+            lines.extend(["", f"[[{prefix}]]" if array else f"[{prefix}]"])
+        nested: list[tuple[str, Any]] = []
+        for k, v in d.items():
+            if v is None:
+                continue
+            is_section = isinstance(v, dict) and k not in _INLINE_MAPS
+            is_array = isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+            if is_section or is_array:
+                nested.append((k, v))
+            else:
+                lines.append(f"{_key(k)} = {scalar(v)}")
+        for k, v in nested:
+            sub = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                table(sub, v)
+            else:
+                for item in v:
+                    table(sub, item, array=True)
+
+    table("", data)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _key(k: str) -> str:
+    return k if re.match(r"^[A-Za-z0-9_-]+$", k) else '"' + k + '"'

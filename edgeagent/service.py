@@ -1,0 +1,608 @@
+"""The daemon: a Supervisor that starts, watches and cleanly stops components.
+
+Everything the box runs (sources, pipeline, learner, federated client,
+transport) is a :class:`Component` with ``start()``, ``stop()`` and
+``status()``. Components are built from the config by *factories*
+(:data:`COMPONENT_FACTORIES`), so wiring a new part in is one ``register_factory``
+call and never an edit to the supervisor's loop.
+
+The supervisor owns the process-level duties: SIGTERM/SIGINT handling, the
+sd_notify READY/STATUS/WATCHDOG/STOPPING conversation, the liveness-gated
+watchdog, the control socket, and the periodic status snapshot (written
+atomically to ``state_dir/status.json`` and handed to status sinks such as
+the MQTT publisher). Shutdown stops components in reverse start order, each
+bounded in time, so data producers stop before the consumers that flush them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from edgeagent import __version__
+from edgeagent.config import Config
+from edgeagent.control import ControlServer
+from edgeagent.health import Liveness, LivenessReport
+from edgeagent.sdnotify import Notifier, watchdog_interval
+from edgeagent.streams import Gap, SampleBlock
+from edgeagent.telemetry import OutboxStats, ProcessStats, build_status
+
+log = logging.getLogger(__name__)
+
+# A stop() that takes longer than this is abandoned (logged) so the rest still
+# flush before systemd's TimeoutStopSec escalates to SIGKILL.
+DEFAULT_STOP_TIMEOUT_S = 10.0
+# Start order: sinks < pipeline < sources; equal orders keep registration order.
+DEFAULT_ORDER = 50
+ORDER_SINK = 20
+ORDER_PIPELINE = 40
+ORDER_SOURCE = 60
+# Upper bound of the supervisor's sleep: how fast it notices ticks and signals.
+MAX_TICK_S = 1.0
+
+
+@runtime_checkable
+class Component(Protocol):
+    """A supervised part of the daemon.
+
+    ``start`` returns once the component runs (threads started); it raises to
+    abort daemon start-up. ``stop`` flushes and closes, is idempotent and must
+    return in bounded time. ``status`` is cheap and JSON-able; recognised keys
+    feed the status snapshot: ``links`` (device -> dict), ``outbox``
+    (``OutboxStats`` fields), ``model_version``, ``last_round``, ``counters``.
+    A component may also define ``tick() -> None``, called from the supervisor
+    loop about once a second (e.g. to poll a source's state into liveness),
+    and ``order: int`` (default :data:`DEFAULT_ORDER`): lower starts earlier
+    and stops later, so sinks (outbox, transport) outlive the producers
+    that flush into them.
+    """
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def status(self) -> Mapping[str, Any]: ...
+
+
+class Counters:
+    """Process-wide counters that components add to (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, int] = {}
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[key] = self._values.get(key, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+
+class BlockBus:
+    """Bounded hand-off from source threads to the pipeline thread.
+
+    Sources must never block on a slow consumer (that would stall the link and
+    lose device data silently), so a full bus drops the *oldest* item and
+    counts it; the pipeline component reports the depth as its backlog.
+    """
+
+    def __init__(self, maxsize: int = 4096, counters: Counters | None = None) -> None:
+        self._q: queue.Queue[SampleBlock | Gap] = queue.Queue(maxsize=maxsize)
+        self._counters = counters or Counters()
+        self._lock = threading.Lock()
+
+    def put(self, item: SampleBlock | Gap) -> None:
+        with self._lock:
+            while True:
+                try:
+                    self._q.put_nowait(item)
+                    break
+                except queue.Full:
+                    with contextlib.suppress(queue.Empty):
+                        self._q.get_nowait()
+                        self._counters.add("bus_dropped")
+        self._counters.add("bus_in")
+
+    def get(self, timeout: float) -> SampleBlock | Gap | None:
+        try:
+            return self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def depth(self) -> int:
+        return self._q.qsize()
+
+
+Consumer = Callable[[SampleBlock | Gap], None]
+
+
+class PipelineComponent:
+    """Drains the bus on its own thread and feeds every registered consumer.
+
+    Until windows/detection land, consumers may be empty: blocks are then only
+    counted. Liveness: progress per item, idle when the bus is empty, backlog
+    = bus depth, so a consumer that hangs makes the watchdog stop pinging.
+    """
+
+    name = "pipeline"
+    order = ORDER_PIPELINE
+
+    def __init__(self, bus: BlockBus, liveness: Liveness, counters: Counters) -> None:
+        self.bus = bus
+        self.liveness = liveness
+        self.counters = counters
+        self.consumers: list[Consumer] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.processed = 0
+        self.consumer_errors = 0
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self.consumers.append(consumer)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            item = self.bus.get(timeout=0.2)
+            if item is None:
+                self.liveness.idle(self.name, "bus empty")
+                continue
+            for consumer in self.consumers:
+                try:
+                    consumer(item)
+                except Exception:  # one bad consumer must not stop ingestion
+                    self.consumer_errors += 1
+                    self.counters.add("pipeline_consumer_errors")
+                    log.exception("pipeline consumer %r failed", consumer)
+            self.processed += 1
+            self.liveness.progress(self.name, backlog=self.bus.depth())
+
+    def tick(self) -> None:
+        self.liveness.backlog(self.name, self.bus.depth())
+
+    def stop(self) -> None:
+        """Drain what is queued (bounded), then stop the thread."""
+        deadline = time.monotonic() + 2.0
+        while self.bus.depth() and time.monotonic() < deadline and self._thread is not None:
+            time.sleep(0.01)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+    def status(self) -> Mapping[str, Any]:
+        return {
+            "counters": {
+                "pipeline_processed": self.processed,
+                "pipeline_backlog": self.bus.depth(),
+                "pipeline_consumer_errors": self.consumer_errors,
+            }
+        }
+
+
+class SerialComponent:
+    """Adapts a ``SerialSource`` (sources/serial.py) to the Component protocol.
+
+    Liveness: each block is progress; while the source is not streaming
+    (device unplugged, reconnecting) it is *known idle* — nothing to read and
+    the reconnect loop is doing its job. Streaming with no blocks is a stall.
+    """
+
+    order = ORDER_SOURCE
+
+    def __init__(self, source: Any, device_id: str, patient: str, liveness: Liveness) -> None:
+        self.source = source
+        self.device_id = device_id
+        self.patient = patient
+        self.name = f"serial:{device_id}"
+        self.liveness = liveness
+
+    def on_block(self) -> None:
+        self.liveness.progress(self.name)
+
+    def start(self) -> None:
+        self.source.start()
+
+    def tick(self) -> None:
+        state = str(getattr(self.source, "state", "unknown"))
+        if state not in ("streaming", "connected", "open"):
+            self.liveness.idle(self.name, f"link {state}")
+
+    def stop(self) -> None:
+        self.source.stop()
+
+    def status(self) -> Mapping[str, Any]:
+        counters = getattr(self.source, "counters", None)
+        return {
+            "links": {
+                self.device_id: {
+                    "kind": "serial",
+                    "patient": self.patient,
+                    "state": str(getattr(self.source, "state", "unknown")),
+                    "counters": counters.as_dict() if counters is not None else {},
+                }
+            }
+        }
+
+
+@dataclass
+class Context:
+    """What a component factory gets to build its components from."""
+
+    config: Config
+    liveness: Liveness
+    counters: Counters
+    bus: BlockBus
+    pipeline: PipelineComponent
+    status_sinks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+
+
+Factory = Callable[[Context], list[Component]]
+
+
+def _serial_factory(ctx: Context) -> list[Component]:
+    """One SerialComponent per ``[[devices.serial]]`` once sources/serial.py exists."""
+    if not ctx.config.devices.serial:
+        return []
+    try:
+        from edgeagent.sources.serial import SerialSource
+    except ImportError as exc:
+        log.warning("serial devices configured but serial sources are unavailable: %s", exc)
+        ctx.counters.add("serial_unavailable", len(ctx.config.devices.serial))
+        return []
+    out: list[Component] = []
+    stall = ctx.config.status.stall_after_s
+    for dev in ctx.config.devices.serial:
+        holder: dict[str, SerialComponent] = {}
+
+        def on_block(block: SampleBlock, _h: dict[str, SerialComponent] = holder) -> None:
+            ctx.bus.put(block)
+            _h["c"].on_block()
+
+        source = SerialSource(dev.port, dev.device_id, on_block=on_block, on_gap=ctx.bus.put)
+        comp = SerialComponent(source, dev.device_id, dev.patient, ctx.liveness)
+        holder["c"] = comp
+        ctx.liveness.register(comp.name, stall)
+        out.append(comp)
+    return out
+
+
+COMPONENT_FACTORIES: list[Factory] = [_serial_factory]
+
+
+def register_factory(factory: Factory) -> None:
+    """Add a factory whose components start after those already registered."""
+    if factory not in COMPONENT_FACTORIES:
+        COMPONENT_FACTORIES.append(factory)
+
+
+def sample_process(proc: Any = None) -> ProcessStats | None:
+    """CPU/memory of this process via psutil (None if psutil cannot read it)."""
+    try:
+        import psutil
+
+        p = proc or psutil.Process()
+        with p.oneshot():
+            try:
+                nfiles = len(p.open_files())
+            except psutil.Error:
+                nfiles = 0
+            return ProcessStats(
+                cpu_percent=float(p.cpu_percent(interval=None)),
+                rss_bytes=int(p.memory_info().rss),
+                memory_percent=round(float(p.memory_percent()), 3),
+                threads=int(p.num_threads()),
+                open_files=nfiles,
+            )
+    except Exception:  # telemetry must never take the daemon down
+        return None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file + fsync + rename: readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class Supervisor:
+    """Runs components under one process with systemd integration.
+
+    ``components`` are started in order and stopped in reverse. ``clock`` and
+    ``wall`` are injectable for tests; nothing else about the loop is faked.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        components: list[Component] | None = None,
+        *,
+        notifier: Notifier | None = None,
+        liveness: Liveness | None = None,
+        counters: Counters | None = None,
+        stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
+        control: bool = True,
+    ) -> None:
+        self.config = config
+        self.components: list[Component] = sorted(
+            components or [], key=lambda c: getattr(c, "order", DEFAULT_ORDER)
+        )
+        self.notifier = notifier or Notifier()
+        self.liveness = liveness or Liveness()
+        self.counters = counters or Counters()
+        self.stop_timeout_s = stop_timeout_s
+        self.status_sinks: list[Callable[[dict[str, Any]], None]] = []
+        self.state = "created"
+        self.started_at = time.time()
+        self.watchdog_s = watchdog_interval()
+        self.watchdog_pings = 0
+        self.watchdog_withheld = 0
+        self.last_report: LivenessReport | None = None
+        self._started: list[Component] = []
+        self._stop_event = threading.Event()
+        self._stop_reason = ""
+        self._last_status_text = ""
+        self._control = (
+            ControlServer(
+                config.control.socket_path,
+                {"status": lambda _r: self.snapshot(), "counters": lambda _r: self.all_counters()},
+            )
+            if control
+            else None
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Ask the loop to shut down (safe from signal handlers and other threads)."""
+        if not self._stop_event.is_set():
+            self._stop_reason = reason
+            self._stop_event.set()
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return previous
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, lambda s, _f: self.request_stop(signal.Signals(s).name))
+        return previous
+
+    def run(self) -> int:
+        """Start everything, supervise until a stop is requested, stop cleanly.
+
+        Returns the process exit code: 0 after a requested stop with every
+        component stopped in time, 1 when start-up failed or a stop timed out.
+        """
+        previous = self._install_signals()
+        code = 0
+        try:
+            code = self._start_all()
+            if code == 0:
+                self._loop()
+        finally:
+            code = max(code, self._stop_all())
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.notifier.close()
+        return code
+
+    def _start_all(self) -> int:
+        self.state = "starting"
+        self.notifier.status("starting")
+        try:
+            if self._control is not None:
+                self._control.start()
+            for comp in self.components:
+                log.info("starting %s", comp.name)
+                comp.start()
+                self._started.append(comp)
+        except Exception as exc:
+            log.error("start-up failed: %s", exc)
+            self.notifier.status(f"start-up failed: {exc}")
+            self.state = "failed"
+            return 1
+        self.state = "running"
+        self.notifier.ready(status=f"running {len(self._started)} components")
+        log.info("edgeagent %s running with %d components", __version__, len(self._started))
+        return 0
+
+    def _loop(self) -> None:
+        next_status = time.monotonic()
+        next_ping = time.monotonic()
+        tick = MAX_TICK_S
+        if self.watchdog_s:
+            tick = min(tick, self.watchdog_s / 4)
+        while not self._stop_event.is_set():
+            now = time.monotonic()
+            for comp in self._started:
+                t = getattr(comp, "tick", None)
+                if callable(t):
+                    try:
+                        t()
+                    except Exception:
+                        log.exception("tick of %s failed", comp.name)
+            report = self.liveness.check()
+            self._on_liveness(report)
+            if self.watchdog_s and now >= next_ping:
+                if report.ok:
+                    self.notifier.watchdog()
+                    self.watchdog_pings += 1
+                else:
+                    # No ping: systemd restarts us after WatchdogSec, which is the point.
+                    self.watchdog_withheld += 1
+                next_ping = now + self.watchdog_s / 2
+            if now >= next_status:
+                self.publish_status()
+                next_status = now + self.config.status.interval_s
+            self._stop_event.wait(tick)
+        log.info("stopping: %s", self._stop_reason)
+
+    def _on_liveness(self, report: LivenessReport) -> None:
+        prev = self.last_report
+        self.last_report = report
+        text = report.summary()
+        if (prev is None or prev.ok != report.ok) and not report.ok:
+            log.error("liveness: %s", text)
+        if text != self._last_status_text:
+            self._last_status_text = text
+            self.notifier.status(text)
+
+    def _stop_one(self, comp: Component) -> bool:
+        done = threading.Event()
+        err: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                comp.stop()
+            except BaseException as exc:
+                err.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name=f"stop:{comp.name}", daemon=True).start()
+        if not done.wait(self.stop_timeout_s):
+            log.error(
+                "%s did not stop within %.1f s; abandoning it", comp.name, self.stop_timeout_s
+            )
+            return False
+        if err:
+            log.error("%s failed to stop cleanly: %s", comp.name, err[0])
+            return False
+        return True
+
+    def _stop_all(self) -> int:
+        if self.state == "stopped":
+            return 0
+        self.state = "stopping"
+        self.notifier.stopping(status=f"stopping: {self._stop_reason or 'start-up failed'}")
+        ok = True
+        for comp in reversed(self._started):
+            log.info("stopping %s", comp.name)
+            ok = self._stop_one(comp) and ok
+        self._started.clear()
+        if self._control is not None:
+            self._control.stop()
+        self.state = "stopped"
+        self.publish_status()
+        return 0 if ok else 1
+
+    # -- status -----------------------------------------------------------------
+
+    def all_counters(self) -> dict[str, int]:
+        """Counters from the process and every component's status()."""
+        out = self.counters.snapshot()
+        out["watchdog_pings"] = self.watchdog_pings
+        out["watchdog_withheld"] = self.watchdog_withheld
+        for comp in self.components:
+            for k, v in _safe_status(comp).get("counters", {}).items():
+                out[k] = out.get(k, 0) + int(v)
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status snapshot (see telemetry.build_status) of this moment."""
+        links: dict[str, Mapping[str, Any]] = {}
+        outbox: OutboxStats | None = None
+        model_version: str | None = None
+        last_round: int | str | None = None
+        components: dict[str, Any] = {}
+        for comp in self.components:
+            st = _safe_status(comp)
+            components[comp.name] = st
+            links.update(st.get("links", {}))
+            if "outbox" in st:
+                ob = st["outbox"]
+                outbox = ob if isinstance(ob, OutboxStats) else OutboxStats(**ob)
+            model_version = st.get("model_version", model_version)
+            last_round = st.get("last_round", last_round)
+        snap = build_status(
+            box_id=self.config.agent.box_id,
+            fleet=self.config.agent.fleet,
+            version=__version__,
+            started_at=self.started_at,
+            now=time.time(),
+            state=self.state,
+            model_version=model_version,
+            links=links,
+            outbox=outbox,
+            counters=self.all_counters(),
+            process=sample_process(),
+            last_round=last_round,
+            liveness=self.last_report or self.liveness.check(),
+        )
+        snap["watchdog_s"] = self.watchdog_s
+        return snap
+
+    def publish_status(self) -> None:
+        """Write status.json atomically and hand the snapshot to every sink."""
+        snap = self.snapshot()
+        try:
+            write_atomic(
+                self.config.agent.state_dir / "status.json",
+                json.dumps(snap, indent=1, default=str).encode(),
+            )
+        except OSError as exc:
+            self.counters.add("status_write_errors")
+            log.warning("cannot write status.json: %s", exc)
+        for sink in self.status_sinks:
+            try:
+                sink(snap)
+            except Exception:
+                self.counters.add("status_sink_errors")
+                log.exception("status sink %r failed", sink)
+
+
+def _safe_status(comp: Component) -> dict[str, Any]:
+    try:
+        return dict(comp.status())
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def build_supervisor(config: Config, notifier: Notifier | None = None) -> Supervisor:
+    """The daemon as configured: pipeline first, then every factory's components."""
+    liveness = Liveness()
+    counters = Counters()
+    bus = BlockBus(counters=counters)
+    pipeline = PipelineComponent(bus, liveness, counters)
+    liveness.register(pipeline.name, config.status.stall_after_s)
+    ctx = Context(config, liveness, counters, bus, pipeline)
+    components: list[Component] = [pipeline]
+    for factory in COMPONENT_FACTORIES:
+        components.extend(factory(ctx))
+    sup = Supervisor(config, components, notifier=notifier, liveness=liveness, counters=counters)
+    sup.status_sinks.extend(ctx.status_sinks)
+    return sup
+
+
+def run_daemon(config: Config) -> int:
+    """Entry point of ``edgeagent run``: build the supervisor and run it to completion."""
+    return build_supervisor(config).run()

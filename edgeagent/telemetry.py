@@ -1,0 +1,93 @@
+"""The box's health snapshot: what a fleet operator sees for each box.
+
+:func:`build_status` is a pure function from the daemon's current facts to a
+JSON-able dict. The same snapshot is returned by ``edgeagent status`` over the
+control socket and published, retained, on ``.../node/<box>/status`` so the
+last known state of an offline box stays visible on the broker. Keeping it
+pure lets tests pin the schema without starting anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edgeagent.health import LivenessReport
+
+# Bumped when a field changes meaning or disappears (adding fields is compatible).
+STATUS_SCHEMA = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStats:
+    """CPU and memory of the agent process (sampled by the daemon with psutil)."""
+
+    cpu_percent: float
+    rss_bytes: int
+    memory_percent: float
+    threads: int
+    open_files: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """Store-and-forward health: how much is waiting and how much was dropped."""
+
+    depth: int
+    bytes: int = 0
+    dropped: int = 0
+    oldest_age_s: float | None = None
+
+
+def status_topic(prefix: str, fleet: str, box_id: str) -> str:
+    """The retained status topic of one box (design §4)."""
+    return f"{prefix}/{fleet}/node/{box_id}/status"
+
+
+def build_status(
+    *,
+    box_id: str,
+    fleet: str,
+    version: str,
+    started_at: float,
+    now: float,
+    state: str,
+    model_version: str | None = None,
+    links: Mapping[str, Mapping[str, Any]] | None = None,
+    outbox: OutboxStats | None = None,
+    counters: Mapping[str, int] | None = None,
+    process: ProcessStats | None = None,
+    last_round: int | str | None = None,
+    liveness: LivenessReport | None = None,
+) -> dict[str, Any]:
+    """Assemble the status snapshot (wall-clock ``now`` and ``started_at`` in seconds).
+
+    ``links`` maps device id -> {"state": ..., "counters": {...}, ...} as each
+    source reports it; unknown keys pass through so sources can add detail.
+    """
+    uptime = 0.0 if now < started_at else round(now - started_at, 3)
+    return {
+        "schema": STATUS_SCHEMA,
+        "box_id": box_id,
+        "fleet": fleet,
+        "version": version,
+        "state": state,
+        "time": round(now, 3),
+        "uptime_s": uptime,
+        "model_version": model_version,
+        "last_round": last_round,
+        "links": {k: dict(v) for k, v in sorted((links or {}).items())},
+        "outbox": asdict(outbox) if outbox is not None else None,
+        "counters": dict(sorted((counters or {}).items())),
+        "process": asdict(process) if process is not None else None,
+        "liveness": (
+            {
+                "ok": liveness.ok,
+                "summary": liveness.summary(),
+                "components": [asdict(c) for c in liveness.components],
+            }
+            if liveness is not None
+            else None
+        ),
+    }
