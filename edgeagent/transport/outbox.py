@@ -1,0 +1,397 @@
+"""Store-and-forward outbox: every outgoing message is on disk before MQTT sees it.
+
+Why SQLite in WAL mode with ``synchronous=FULL``: a box loses power without
+warning and gets ``kill -9``'d by watchdogs. A row is "stored" when
+:meth:`Outbox.put` returns, i.e. after a committed, fsync'ed WAL transaction;
+SQLite then guarantees it survives a crash or power cut and that the file opens
+cleanly afterwards. Rows are deleted only when the broker's PUBACK says the
+message was accepted (see :class:`edgeagent.transport.mqtt.OutboxForwarder`).
+
+The outbox is bounded by rows, bytes and age so a long outage cannot fill the
+SD card. When over a bound it drops the lowest-priority class first, oldest
+first within it (telemetry before updates before alerts: losing an alert to
+make room for telemetry would be the wrong trade), and counts every drop per
+kind in a persistent counters table that ``edgeagent outbox stats`` reports.
+
+Priorities: alerts (0) go before model updates (1), status (2), telemetry (3).
+Within a priority, rows go oldest first. Each row carries a ``msg_id`` (sent as
+the MQTT 5 user property ``msg-id``) so receivers drop the duplicates that a
+resend after a lost PUBACK can create.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeagent.errors import OutboxError
+
+#: Lower number = sent first.
+PRIORITY: dict[str, int] = {"alert": 0, "update": 1, "status": 2, "telemetry": 3}
+KINDS = tuple(PRIORITY)
+DB_NAME = "outbox.sqlite3"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    msg_id   TEXT NOT NULL UNIQUE,
+    kind     TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    topic    TEXT NOT NULL,
+    payload  BLOB NOT NULL,
+    retain   INTEGER NOT NULL DEFAULT 0,
+    created  REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_order ON messages (priority, id);
+CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
+CREATE TABLE IF NOT EXISTS totals (
+    k     INTEGER PRIMARY KEY CHECK (k = 0),
+    rows  INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO totals (k, rows, bytes) VALUES (0, 0, 0);
+CREATE TRIGGER IF NOT EXISTS messages_ins AFTER INSERT ON messages BEGIN
+    UPDATE totals SET rows = rows + 1, bytes = bytes + length(NEW.payload) WHERE k = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS messages_del AFTER DELETE ON messages BEGIN
+    UPDATE totals SET rows = rows - 1, bytes = bytes - length(OLD.payload) WHERE k = 0;
+END;
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLimits:
+    """Bounds on what the outbox keeps. Defaults suit a Pi with an SD card."""
+
+    max_rows: int = 200_000
+    max_bytes: int = 256 * 1024 * 1024
+    max_age_s: float = 7 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1 or self.max_bytes < 1 or self.max_age_s <= 0:
+            raise OutboxError(f"outbox limits must be positive, got {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One stored message."""
+
+    id: int
+    msg_id: str
+    kind: str
+    priority: int
+    topic: str
+    payload: bytes
+    retain: bool
+    created: float
+    attempts: int
+
+
+class Outbox:
+    """The SQLite outbox of one box. Thread-safe; one instance per process.
+
+    Several processes may open the same file (SQLite locks), but only one
+    forwarder should drain it.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        limits: OutboxLimits | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.limits = limits or OutboxLimits()
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._put_event = threading.Event()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: fsync the WAL on every commit, so "stored" survives a power cut.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise OutboxError(
+                    f"{self.path} has schema v{version}, newer than this agent (v{SCHEMA_VERSION})"
+                )
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path | str, limits: OutboxLimits | None = None) -> Outbox:
+        """The outbox at ``<state_dir>/outbox.sqlite3`` (where the daemon keeps it)."""
+        return cls(Path(state_dir) / DB_NAME, limits)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing --------------------------------------------------------------
+    def put(
+        self,
+        topic: str,
+        payload: bytes,
+        kind: str = "telemetry",
+        *,
+        msg_id: str | None = None,
+        retain: bool = False,
+    ) -> str:
+        """Store one message durably; returns its ``msg_id`` once committed.
+
+        Raises :class:`OutboxError` for an unknown kind, a message larger than
+        ``max_bytes``, or when the message itself had to be dropped at once
+        because everything else stored outranks it.
+        """
+        return self.put_many([(topic, payload, kind, msg_id, retain)])[0]
+
+    def put_many(self, items: Iterable[tuple[str, bytes, str, str | None, bool]]) -> list[str]:
+        """Store several ``(topic, payload, kind, msg_id, retain)`` in one transaction."""
+        rows = []
+        now = self._clock()
+        for topic, payload, kind, msg_id, retain in items:
+            if kind not in PRIORITY:
+                raise OutboxError(f"unknown message kind {kind!r}; use one of {KINDS}")
+            if not isinstance(payload, bytes | bytearray | memoryview):
+                raise OutboxError(f"payload must be bytes, got {type(payload).__name__}")
+            if len(payload) > self.limits.max_bytes:
+                raise OutboxError(
+                    f"{kind} message of {len(payload)} bytes exceeds the outbox bound "
+                    f"({self.limits.max_bytes} bytes)"
+                )
+            mid = msg_id or uuid.uuid4().hex
+            rows.append((mid, kind, PRIORITY[kind], topic, bytes(payload), int(retain), now))
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                ids = []
+                for r in rows:
+                    cur = self._db.execute(
+                        "INSERT INTO messages (msg_id, kind, priority, topic, payload, retain,"
+                        " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        r,
+                    )
+                    ids.append(cur.lastrowid)
+                    self._bump(f"stored.{r[1]}")
+                self._expire_locked(now)
+                self._enforce_locked()
+                survivors = {
+                    i
+                    for (i,) in self._db.execute(
+                        f"SELECT id FROM messages WHERE id IN ({','.join('?' * len(ids))})", ids
+                    )
+                }
+                self._db.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                self._db.execute("ROLLBACK")
+                raise OutboxError(f"duplicate msg_id in put: {exc}") from exc
+            except sqlite3.DatabaseError as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise OutboxError(f"outbox write failed: {exc}") from exc
+        self._put_event.set()
+        if len(survivors) < len(ids):
+            raise OutboxError(
+                f"outbox full: {len(ids) - len(survivors)} new message(s) dropped at once "
+                "(everything stored outranks them); raise the limits or drain the outbox"
+            )
+        return [r[0] for r in rows]
+
+    def _bump(self, name: str, by: int = 1) -> None:
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
+
+    def _expire_locked(self, now: float) -> int:
+        cutoff = now - self.limits.max_age_s
+        victims = self._db.execute(
+            "SELECT kind, COUNT(*) FROM messages WHERE created < ? GROUP BY kind", (cutoff,)
+        ).fetchall()
+        if not victims:
+            return 0
+        self._db.execute("DELETE FROM messages WHERE created < ?", (cutoff,))
+        for kind, n in victims:
+            self._bump(f"dropped_age.{kind}", n)
+        return sum(n for _, n in victims)
+
+    def _enforce_locked(self) -> None:
+        rows, nbytes = self._db.execute("SELECT rows, bytes FROM totals WHERE k = 0").fetchone()
+        while rows > self.limits.max_rows or nbytes > self.limits.max_bytes:
+            reason = "dropped_rows" if rows > self.limits.max_rows else "dropped_bytes"
+            victim = self._db.execute(
+                "SELECT id, kind, length(payload) FROM messages ORDER BY priority DESC, id ASC "
+                "LIMIT 1"
+            ).fetchone()
+            if victim is None:
+                break
+            self._db.execute("DELETE FROM messages WHERE id = ?", (victim[0],))
+            self._bump(f"{reason}.{victim[1]}")
+            rows -= 1
+            nbytes -= victim[2]
+
+    # -- reading and removing -------------------------------------------------
+    def peek(self, limit: int = 32, exclude: Iterable[int] = ()) -> list[OutboxRow]:
+        """The next rows to send (priority, then age), skipping ids in ``exclude``.
+
+        Expired rows are dropped (and counted) first, so nothing past its age
+        bound is offered.
+        """
+        excl = list(exclude)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._expire_locked(self._clock())
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError:
+                self._db.execute("ROLLBACK")
+                raise
+            sql = (
+                "SELECT id, msg_id, kind, priority, topic, payload, retain, created, attempts "
+                "FROM messages"
+            )
+            if excl:
+                sql += f" WHERE id NOT IN ({','.join('?' * len(excl))})"
+            sql += " ORDER BY priority, id LIMIT ?"
+            rows = self._db.execute(sql, [*excl, limit]).fetchall()
+            if rows:
+                self._db.execute(
+                    f"UPDATE messages SET attempts = attempts + 1 "
+                    f"WHERE id IN ({','.join('?' * len(rows))})",
+                    [r[0] for r in rows],
+                )
+        return [
+            OutboxRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), bool(r[6]), r[7], r[8] + 1)
+            for r in rows
+        ]
+
+    def _delete(self, row_id: int, counter: str) -> bool:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT kind FROM messages WHERE id = ?", (row_id,)
+                ).fetchone()
+                if row is not None:
+                    self._db.execute("DELETE FROM messages WHERE id = ?", (row_id,))
+                    self._bump(f"{counter}.{row[0]}")
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError:
+                self._db.execute("ROLLBACK")
+                raise
+        return row is not None
+
+    def ack(self, row_id: int) -> bool:
+        """Delete a row after a successful PUBACK; False if it was already gone."""
+        return self._delete(row_id, "delivered")
+
+    def reject(self, row_id: int, reason: str) -> bool:
+        """Delete a row the broker refused for good; counted as ``rejected.<kind>``.
+
+        ``reason`` is logged by the caller; the counter keeps per-kind totals.
+        """
+        return self._delete(row_id, "rejected")
+
+    def purge(self, kind: str | None = None, older_than_s: float | None = None) -> int:
+        """Operator action: delete rows (all, of one kind, or older than); counted."""
+        if kind is not None and kind not in PRIORITY:
+            raise OutboxError(f"unknown message kind {kind!r}; use one of {KINDS}")
+        where, args = [], []
+        if kind is not None:
+            where.append("kind = ?")
+            args.append(kind)
+        if older_than_s is not None:
+            where.append("created < ?")
+            args.append(self._clock() - older_than_s)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                groups = self._db.execute(
+                    f"SELECT kind, COUNT(*) FROM messages{clause} GROUP BY kind", args
+                ).fetchall()
+                self._db.execute(f"DELETE FROM messages{clause}", args)
+                for k, n in groups:
+                    self._bump(f"purged.{k}", n)
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError:
+                self._db.execute("ROLLBACK")
+                raise
+        return sum(n for _, n in groups)
+
+    # -- inspection -----------------------------------------------------------
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT rows FROM totals WHERE k = 0").fetchone()[0])
+
+    def remaining_ttl(self, row: OutboxRow) -> float:
+        """Seconds the message may still live: its MQTT 5 Message Expiry Interval."""
+        return max(1.0, self.limits.max_age_s - (self._clock() - row.created))
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._db.execute("SELECT name, value FROM counters ORDER BY name"))
+
+    def stats(self) -> dict[str, object]:
+        """Rows/bytes per kind, oldest age, limits and the drop/delivery counters."""
+        now = self._clock()
+        with self._lock:
+            rows, nbytes = self._db.execute("SELECT rows, bytes FROM totals WHERE k = 0").fetchone()
+            by_kind = {
+                k: {"rows": n, "bytes": b, "oldest_age_s": round(now - oldest, 3)}
+                for k, n, b, oldest in self._db.execute(
+                    "SELECT kind, COUNT(*), SUM(length(payload)), MIN(created) "
+                    "FROM messages GROUP BY kind"
+                )
+            }
+        return {
+            "path": str(self.path),
+            "rows": rows,
+            "bytes": nbytes,
+            "by_kind": by_kind,
+            "limits": {
+                "max_rows": self.limits.max_rows,
+                "max_bytes": self.limits.max_bytes,
+                "max_age_s": self.limits.max_age_s,
+            },
+            "counters": self.counters(),
+        }
+
+    def integrity_check(self) -> str:
+        """SQLite's own verdict on the file (``"ok"`` when sound)."""
+        with self._lock:
+            return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def wait_for_put(self, timeout: float, also: threading.Event | None = None) -> None:
+        """Sleep until a put in this process (or ``also``), at most ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._put_event.is_set() or (also is not None and also.is_set()):
+                break
+            self._put_event.wait(min(0.02, max(0.0, deadline - time.monotonic())))
+        self._put_event.clear()
