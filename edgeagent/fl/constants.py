@@ -1,0 +1,108 @@
+"""Stage names, message key names and protocol limits for the federated round.
+
+Both sides (box and aggregator) import names from here only, so a typo in a key
+is an ``AttributeError`` at import time instead of a silent schema mismatch on
+the wire (the habit Flower's ``secaggplus`` constants module shows).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+#: Envelope format version. Bump when the envelope layout (not a body) changes.
+ENVELOPE_VERSION: Final = 1
+
+#: Domain separation for Ed25519 signatures: a signature made for a federated
+#: envelope can never be replayed as a signature over a model file or a CSR.
+SIGNATURE_CONTEXT: Final = b"edgeagent/fl/envelope/v1\x00"
+
+#: Largest envelope accepted before any parsing. A 100k-parameter masked vector
+#: is 400 kB; 4 MiB leaves room for 1M parameters and refuses memory bombs.
+MAX_ENVELOPE_BYTES: Final = 4 * 1024 * 1024
+
+#: Round nonces are 16 random bytes: fresh per round, so messages of an old
+#: round (same round id after a restart, say) never verify as fresh.
+NONCE_BYTES: Final = 16
+
+#: Shamir secrets in pycryptodome are exactly 16 bytes (GF(2^128)).
+SHAMIR_CHUNK: Final = 16
+
+#: Length of the self-mask seed b_i (one Shamir chunk).
+SELF_SEED_BYTES: Final = 16
+
+#: Largest neighbour degree accepted. Bell 2020 needs O(log n); 254 keeps share
+#: indices within one byte and caps Shamir work per box (see FIELD-NOTES: a
+#: 127-of-255 split costs ~0.35 s per 16-byte chunk).
+MAX_DEGREE: Final = 254
+
+#: Broadcast destination in the envelope ``dst`` field.
+BROADCAST: Final = "*"
+
+#: Name of the aggregator as a sender / destination.
+AGGREGATOR: Final = "aggregator"
+
+
+class Stage(StrEnum):
+    """SecAgg+ stages, in protocol order (Bonawitz 2017 rounds 0-3, Bell 2020 graph)."""
+
+    SETUP = "setup"  # server: config + neighbours; box: public keys + commitment
+    SHARE_KEYS = "share_keys"  # server: neighbours' keys; box: encrypted shares
+    COLLECT_MASKED = "collect_masked"  # server: shares for you; box: masked vector
+    UNMASK = "unmask"  # server: survivors/dropped; box: shares to unmask
+    RESULT = "result"  # server: aborted or done (informational, ends the round)
+
+
+#: Order in which stages must run; ``check_stage`` enforces it.
+STAGE_ORDER: Final[tuple[Stage, ...]] = (
+    Stage.SETUP,
+    Stage.SHARE_KEYS,
+    Stage.COLLECT_MASKED,
+    Stage.UNMASK,
+    Stage.RESULT,
+)
+
+
+class Key(StrEnum):
+    """Keys used inside message bodies (CBOR maps)."""
+
+    # envelope
+    VERSION = "v"
+    SRC = "src"
+    DST = "dst"
+    ROUND = "round"
+    STAGE = "stage"
+    SEQ = "seq"
+    NONCE = "nonce"
+    BODY = "body"
+    PAYLOAD = "p"
+    SIGNATURE = "sig"
+    # setup (server -> box)
+    NEIGHBOURS = "neighbours"
+    THRESHOLD = "t"
+    DIM = "d"
+    BOUND = "bound"
+    MAX_SUMMANDS = "m"
+    HEADROOM = "headroom"
+    CLIP = "clip"
+    N_CAP = "n_cap"
+    NOISE_STD = "noise_std"
+    # setup (box -> server)
+    PK_ENC = "pk_enc"
+    PK_MASK = "pk_mask"
+    COMMIT = "commit"
+    # share_keys (server -> box): node -> [pk_enc, pk_mask, commit]
+    KEYS = "keys"
+    # share_keys (box -> server) / collect (server -> box): node -> ciphertext
+    SHARES = "shares"
+    # collect (box -> server)
+    MASKED = "masked"
+    # unmask (server -> box)
+    SURVIVORS = "survivors"
+    DROPPED = "dropped"
+    # unmask (box -> server)
+    SEED_SHARES = "seed_shares"
+    KEY_SHARES = "key_shares"
+    # result
+    STATUS = "status"
+    REASON = "reason"
