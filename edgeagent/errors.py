@@ -108,16 +108,3 @@ class RoundAborted(EdgeAgentError):
         self.stage = stage
         self.reason = reason
         super().__init__(f"round {round_id} aborted at {stage}: {reason}")
-
-
-class RoundAborted(EdgeAgentError):
-    """A federated round cannot finish (too many dropouts, failed reconstruction).
-
-    The round's inputs stay masked; the aggregator starts the next round.
-    """
-
-    def __init__(self, round_id: int, stage: str, reason: str) -> None:
-        self.round_id = round_id
-        self.stage = stage
-        self.reason = reason
-        super().__init__(f"round {round_id} aborted at {stage}: {reason}")
