@@ -138,6 +138,7 @@ def detect_r_peaks(x: np.ndarray, fs: float) -> np.ndarray:
     slope, and a search-back at half threshold when an RR is 1.66x too long.
     Segments shorter than 1 s, or flat, give no peaks.
     """
+    _check_fs(fs)
     x = np.asarray(x, dtype=np.float64)
     n = x.shape[0]
     if n < fs or not np.isfinite(x).all() or np.ptp(x) == 0:
@@ -234,7 +235,7 @@ def hrv(rr_s: np.ndarray) -> HRV:
     if sd.shape[0] >= 2:
         rmssd = float(np.sqrt(np.mean(sd * sd)))
         pnn50 = float(np.mean(np.abs(sd) > 0.050))
-        bins = np.floor(sd / SD_ENTROPY_BIN_S).astype(np.int64)
+        bins = np.rint(sd / SD_ENTROPY_BIN_S).astype(np.int64)  # bins centred on 0, +-25 ms, ...
         _, counts = np.unique(bins, return_counts=True)
         p = counts / counts.sum()
         entropy = float(-(p * np.log2(p)).sum())
