@@ -108,3 +108,13 @@ class RoundAborted(EdgeAgentError):
         self.stage = stage
         self.reason = reason
         super().__init__(f"round {round_id} aborted at {stage}: {reason}")
+
+
+class SourceError(EdgeAgentError):
+    """A data source gave up on its device (retrying cannot help; ``advice`` says why)."""
+
+    def __init__(self, device: str, reason: str, advice: str = "") -> None:
+        self.device = device
+        self.reason = reason
+        self.advice = advice
+        super().__init__(f"{device}: {reason}" + (f" ({advice})" if advice else ""))
