@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # Verb modules, imported for their side effect of registering on ``app``.
-_VERB_MODULES = ("demo",)
+_VERB_MODULES = ("demo", "pki", "outbox")
 
 
 @app.command()

@@ -1,0 +1,81 @@
+"""``edgeagent pki``: create the fleet CA, the broker certificate and box certificates.
+
+Field set-up runs ``pki init`` once on a trusted machine and ``pki issue BOX``
+per box, then copies ``ca.crt`` + ``clients/BOX.{crt,key}`` to the box. Tests
+and the demo use the same code (:mod:`edgeagent.pki`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from edgeagent.cli import app
+from edgeagent.errors import PkiError
+from edgeagent.pki import DEFAULT_BROKER_HOSTS, Pki
+
+pki_app = typer.Typer(help="Fleet PKI: CA, broker and per-box certificates.", no_args_is_help=True)
+app.add_typer(pki_app, name="pki")
+
+_DIR = typer.Option(Path("pki"), "--dir", help="PKI directory (created by init).")
+_JSON = typer.Option(False, "--json", help="Print JSON.")
+
+
+def _fail(exc: PkiError) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(2)
+
+
+def _emit(doc: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        for k, v in doc.items():
+            typer.echo(f"{k:14} {v}")
+
+
+@pki_app.command("init")
+def init(
+    directory: Path = _DIR,
+    fleet: str = typer.Option("default", help="Fleet name, recorded in the CA subject."),
+    broker_host: list[str] = typer.Option(  # noqa: B008
+        list(DEFAULT_BROKER_HOSTS), "--broker-host", help="Names/IPs the broker is reached by."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing CA (locks out boxes)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Create the fleet CA, the broker certificate and the aggregator's certificate."""
+    try:
+        pki = Pki.init(directory, fleet=fleet, broker_hosts=broker_host, force=force)
+        pki.issue_aggregator(force=force)
+    except PkiError as exc:
+        raise _fail(exc) from exc
+    _emit(pki.describe(), as_json)
+
+
+@pki_app.command("issue")
+def issue(
+    box_id: str = typer.Argument(..., help="Box id: its MQTT identity and topic level."),
+    directory: Path = _DIR,
+    force: bool = typer.Option(False, "--force", help="Re-issue (the old key stops working)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Issue a client certificate for one box (CN = BOX_ID)."""
+    try:
+        files = Pki.open(directory).issue(box_id, force=force)
+    except PkiError as exc:
+        raise _fail(exc) from exc
+    _emit({"box": box_id, "ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)},
+          as_json)  # fmt: skip
+
+
+@pki_app.command("show")
+def show(directory: Path = _DIR, as_json: bool = _JSON) -> None:
+    """Show the CA subject, its expiry and the issued client names."""
+    try:
+        doc = Pki.open(directory).describe()
+    except PkiError as exc:
+        raise _fail(exc) from exc
+    _emit(doc, as_json)
