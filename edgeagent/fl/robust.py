@@ -1,0 +1,187 @@
+"""Byzantine-robust aggregation rules, plaintext and grouped-secure, as pure functions.
+
+Plaintext rules take a stacked matrix of updates (one row per box):
+
+* ``coordinate_median`` and ``trimmed_mean`` (Yin et al. 2018, ICML): tolerate
+  fewer than half (median) or a ``beta`` fraction (trimmed mean) of bad rows
+  per coordinate.
+* ``multi_krum`` (Blanchard et al. 2017, NeurIPS): keeps the ``m`` rows whose
+  ``n - f - 2`` nearest neighbours are closest; needs ``n > 2f + 2``.
+* ``norm_bound`` (Sun et al. 2019, "Can you really backdoor FL?"): clips every
+  row to a norm then averages; limits, does not remove, a bad box's pull.
+
+Under secure aggregation the server never sees single rows, so robust rules run
+over *group* means (``partition_groups`` + ``grouped_aggregate``): boxes are
+split into groups of at least ``g`` boxes, each group is securely summed, and
+the rule runs over the group means. Trade-off (``grouping_tradeoff``): a group
+sum reveals the mean of ``g`` boxes (privacy grows with ``g``), while a robust
+rule over ``G = n // g`` groups tolerates a bounded number of bad *groups*; in
+the worst case every malicious box spoils a different group, so the tolerated
+number of malicious boxes equals the tolerated number of bad groups (it shrinks
+as ``g`` grows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+RULES: tuple[str, ...] = ("mean", "median", "trimmed_mean", "multi_krum", "norm_bound")
+
+
+def _stack(updates: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    x = np.asarray(updates, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError("updates must be a non-empty (boxes, parameters) matrix")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("updates contain NaN/inf; drop those rows before aggregating")
+    return x
+
+
+def coordinate_median(updates: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Coordinate-wise median."""
+    return np.median(_stack(updates), axis=0)
+
+
+def trimmed_mean(updates: np.ndarray | Sequence[np.ndarray], beta: float = 0.1) -> np.ndarray:
+    """Coordinate-wise mean after dropping the ``floor(beta * n)`` largest and smallest values."""
+    x = _stack(updates)
+    if not 0 <= beta < 0.5:
+        raise ValueError("beta must be in [0, 0.5): trimming half from each side leaves nothing")
+    k = math.floor(beta * x.shape[0])
+    s = np.sort(x, axis=0)
+    return s[k : x.shape[0] - k].mean(axis=0)
+
+
+def krum_scores(updates: np.ndarray | Sequence[np.ndarray], f: int) -> np.ndarray:
+    """Krum score per row: sum of squared distances to its ``n - f - 2`` nearest rows."""
+    x = _stack(updates)
+    n = x.shape[0]
+    if f < 0 or n <= 2 * f + 2:
+        raise ValueError(f"Krum needs n > 2f + 2; got n={n}, f={f}: invite more boxes or lower f")
+    sq = np.sum(x * x, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (x @ x.T), 0.0)
+    np.fill_diagonal(d2, np.inf)
+    closest = np.sort(d2, axis=1)[:, : n - f - 2]
+    return closest.sum(axis=1)
+
+
+def multi_krum(
+    updates: np.ndarray | Sequence[np.ndarray], f: int, m: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the ``m`` best-scored rows (default ``n - f``); returns ``(mean, chosen rows)``."""
+    x = _stack(updates)
+    scores = krum_scores(x, f)
+    m = x.shape[0] - f if m is None else m
+    if not 1 <= m <= x.shape[0]:
+        raise ValueError("m must be in 1..n")
+    chosen = np.sort(np.argsort(scores, kind="stable")[:m])
+    return x[chosen].mean(axis=0), chosen
+
+
+def norm_bound(
+    updates: np.ndarray | Sequence[np.ndarray],
+    max_norm: float,
+    weights: Sequence[float] | None = None,
+) -> np.ndarray:
+    """(Weighted) mean after clipping each row to L2 norm ``max_norm``."""
+    x = _stack(updates)
+    if not max_norm > 0:
+        raise ValueError("max_norm must be > 0")
+    norms = np.linalg.norm(x, axis=1)
+    factor = np.minimum(1.0, max_norm / np.maximum(norms, 1e-300))
+    w = np.ones(x.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (x.shape[0],) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError("weights must be one non-negative number per row, not all zero")
+    return (w[:, None] * factor[:, None] * x).sum(axis=0) / w.sum()
+
+
+def robust_aggregate(
+    updates: np.ndarray | Sequence[np.ndarray],
+    rule: str,
+    *,
+    weights: Sequence[float] | None = None,
+    **params: Any,
+) -> np.ndarray:
+    """Apply the rule named ``rule`` (one of ``RULES``) with its parameters.
+
+    ``weights`` are used by ``mean`` and ``norm_bound`` only: order statistics
+    and Krum must not let a box buy influence by claiming a large ``n_k``.
+    """
+    x = _stack(updates)
+    if rule == "mean":
+        w = np.ones(x.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+        return (w[:, None] * x).sum(axis=0) / w.sum()
+    if rule == "median":
+        return coordinate_median(x)
+    if rule == "trimmed_mean":
+        return trimmed_mean(x, beta=float(params.get("beta", 0.1)))
+    if rule == "multi_krum":
+        return multi_krum(x, f=int(params.get("f", 1)), m=params.get("m"))[0]
+    if rule == "norm_bound":
+        if "max_norm" not in params:
+            raise ValueError("norm_bound needs max_norm=<L2 bound>")
+        return norm_bound(x, float(params["max_norm"]), weights)
+    raise ValueError(f"unknown robust rule {rule!r}; choose one of {', '.join(RULES)}")
+
+
+def partition_groups(nodes: Sequence[str], group_size: int, nonce: bytes) -> list[tuple[str, ...]]:
+    """Split boxes into ``n // group_size`` groups of >= ``group_size``, order keyed by the nonce.
+
+    The order comes from public round randomness, so neither boxes nor the
+    aggregator choose who lands together (a malicious aggregator that could
+    would isolate a victim with sybils; see docs/security.md).
+    """
+    uniq = sorted(set(nodes))
+    if group_size < 2:
+        raise ValueError("group_size must be >= 2: a group of one reveals that box's update")
+    if len(uniq) < group_size:
+        raise ValueError(f"{len(uniq)} boxes cannot fill one group of {group_size}")
+    order = sorted(uniq, key=lambda n: hashlib.sha256(nonce + n.encode()).digest())
+    g = len(order) // group_size
+    return [tuple(sorted(order[i::g])) for i in range(g)]
+
+
+def grouped_aggregate(group_totals: Sequence[np.ndarray], rule: str, **params: Any) -> np.ndarray:
+    """Robust rule over the weighted means of securely summed groups.
+
+    Each entry is one group's unmasked sum ``[sum n_k delta_k, sum n_k]``.
+    Group means are combined unweighted by order-statistic rules, so a group
+    cannot gain weight by inflating its counts.
+    """
+    if not group_totals:
+        raise ValueError("no group finished its secure sum this round")
+    means = []
+    for i, t in enumerate(group_totals):
+        t = np.asarray(t, dtype=np.float64)
+        if t.ndim != 1 or t.size < 2 or not t[-1] > 0.5:
+            raise ValueError(f"group {i}: summed payload is empty or has no samples")
+        means.append(t[:-1] / t[-1])
+    return robust_aggregate(np.stack(means), rule, **params)
+
+
+def grouping_tradeoff(n: int, group_size: int, rule: str, **params: Any) -> dict[str, Any]:
+    """State what grouping buys and costs: groups, the privacy floor, tolerated bad boxes."""
+    if group_size < 2 or n < group_size:
+        raise ValueError("need 2 <= group_size <= n")
+    g = n // group_size
+    if rule == "median":
+        bad_groups = (g - 1) // 2
+    elif rule == "trimmed_mean":
+        bad_groups = math.floor(float(params.get("beta", 0.1)) * g)
+    elif rule == "multi_krum":
+        bad_groups = max(0, (g - 3) // 2)  # largest f with g > 2f + 2
+    else:
+        bad_groups = 0  # mean and norm_bound only bound, never remove, a bad group's pull
+    return {
+        "groups": g,
+        "min_group_size": group_size,
+        "privacy": f"aggregator sees means of >= {group_size} boxes, never one box",
+        "tolerated_bad_groups": bad_groups,
+        "tolerated_malicious_boxes": bad_groups,
+        "tolerated_malicious_fraction": bad_groups / n,
+    }
