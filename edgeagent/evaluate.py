@@ -1,0 +1,273 @@
+"""Detection quality against labels: pure metrics plus the recording replay driver.
+
+Why both live here: ``edgeagent evaluate``, the baseline build, the tests and
+the pilot evaluation must score the same way, so the definitions are written
+once. The metrics are pure functions of (window spans, scores, decisions,
+labels); only ``evaluate_recording`` touches the disk (through
+``edgeagent.recording``).
+
+Definitions (docs/model.md has the reasoning):
+
+* A window is *positive* when it overlaps a clinical label by at least
+  ``min(POS_OVERLAP_S, half the label)``; *negative* when it overlaps no
+  label at all; otherwise (a sliver of overlap, or a sensor-fault label) it
+  is left out of the window-level clinical metrics.
+* The window-level prediction is "a clinical alert episode is open after this
+  window"; AUROC uses the clinical score.
+* Per-kind recall is per labelled event: an event counts as detected when a
+  window overlapping it (or ending within one window length after it) has a
+  clinical episode open. Detection delay is that window's end minus the
+  event's start, i.e. the time from onset until the data that raised the
+  alert had arrived.
+* Sensor faults are scored the same way with ``fault_active``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Overlap that makes a window positive (seconds), capped at half the label.
+POS_OVERLAP_S = 3.0
+FAULT_KINDS = ("lead_off", "motion_artifact", "saturation", "sensor_fault")
+
+
+@dataclass(frozen=True)
+class ScoredWindow:
+    """The part of a ``Detection`` the metrics need."""
+
+    start: float
+    end: float
+    score: float
+    clinical_active: bool
+    fault_active: bool
+    status: str = "ok"
+
+
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties averaged.
+
+    NaN when only one class is present (undefined, not 0.5).
+    """
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(s, np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def binary_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 (precision/recall 0 when undefined) and the counts."""
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(pred).astype(bool)
+    tp = int((y & pred).sum())
+    fp = int((~y & pred).sum())
+    fn = int((y & ~pred).sum())
+    tn = int((~y & ~pred).sum())
+    n = tp + fp + fn + tn
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "accuracy": (tp + tn) / n if n else float("nan"),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+    return max(0.0, min(a1, b1) - max(a0, b0))
+
+
+def window_labels(
+    spans: Sequence[tuple[float, float]],
+    labels: Iterable[tuple[float, float, str]],
+    fault_kinds: Sequence[str] = FAULT_KINDS,
+) -> tuple[np.ndarray, list[str]]:
+    """Per window: 1 positive, 0 negative, -1 excluded; and its clinical kind ("" if none)."""
+    labels = list(labels)
+    y = np.zeros(len(spans), np.int8)
+    kinds = [""] * len(spans)
+    for i, (w0, w1) in enumerate(spans):
+        best = 0.0
+        excluded = False
+        for s, e, k in labels:
+            ov = _overlap(w0, w1, s, e)
+            if ov <= 0 and not (s == e and w0 <= s < w1):
+                continue
+            if k in fault_kinds:
+                excluded = True
+                continue
+            need = min(POS_OVERLAP_S, 0.5 * (e - s))
+            if ov >= need and ov > best:
+                best, kinds[i] = ov, k
+            elif ov < need:
+                excluded = True
+        y[i] = 1 if best > 0 else (-1 if excluded else 0)
+    return y, kinds
+
+
+def score_windows(
+    windows: Sequence[ScoredWindow],
+    labels: Iterable[tuple[float, float, str]],
+    window_s: float,
+    duration_s: float | None = None,
+    fault_kinds: Sequence[str] = FAULT_KINDS,
+) -> dict[str, Any]:
+    """Every metric ``edgeagent evaluate`` reports, from scored windows and labels."""
+    labels = sorted(labels)
+    ws = [w for w in windows if w.status == "ok"]
+    spans = [(w.start, w.end) for w in ws]
+    y, _ = window_labels(spans, labels, fault_kinds)
+    keep = y >= 0
+    score = np.asarray([w.score for w in ws], np.float64)
+    pred = np.asarray([w.clinical_active for w in ws], bool)
+    out: dict[str, Any] = {}
+    if keep.any():
+        out.update(binary_metrics(y[keep] == 1, pred[keep]))
+    else:
+        out.update(binary_metrics(np.zeros(0, bool), np.zeros(0, bool)))
+    out["auroc"] = auroc(y[keep] == 1, score[keep]) if keep.any() else float("nan")
+    out["windows"] = len(windows)
+    out["windows_scored"] = len(ws)
+    out["windows_positive"] = int((y == 1).sum())
+    out["windows_negative"] = int((y == 0).sum())
+    out["windows_excluded"] = int((y < 0).sum())
+
+    starts = np.asarray([w.start for w in ws])
+    ends = np.asarray([w.end for w in ws])
+    clin = pred
+    fault = np.asarray([w.fault_active for w in ws], bool)
+    per_kind: dict[str, dict[str, Any]] = {}
+    delays: list[float] = []
+    fault_events = fault_hits = 0
+    fault_as_clinical = 0
+    for s, e, k in labels:
+        is_fault = k in fault_kinds
+        # Windows that saw the event (overlap) or ended within one window after it.
+        sel = (ends > s) & (starts < e + window_s) if len(ws) else np.zeros(0, bool)
+        active = fault if is_fault else clin
+        hit_idx = np.flatnonzero(sel & active)
+        detected = hit_idx.size > 0
+        if is_fault:
+            fault_events += 1
+            fault_hits += int(detected)
+            fault_as_clinical += int(np.any(sel & clin & (starts >= s) & (ends <= e + window_s)))
+            kind = "sensor_fault:" + k
+        else:
+            kind = k
+        d = per_kind.setdefault(kind, {"events": 0, "detected": 0, "delays": []})
+        d["events"] += 1
+        if detected:
+            d["detected"] += 1
+            delay = max(0.0, float(ends[hit_idx[0]] - s))
+            d["delays"].append(delay)
+            if not is_fault:
+                delays.append(delay)
+    out["per_kind"] = {
+        k: {
+            "events": v["events"],
+            "detected": v["detected"],
+            "recall": v["detected"] / v["events"] if v["events"] else float("nan"),
+            "median_delay_s": float(np.median(v["delays"])) if v["delays"] else None,
+        }
+        for k, v in sorted(per_kind.items())
+    }
+    out["detection_delay_s"] = {
+        "median": float(np.median(delays)) if delays else None,
+        "p90": float(np.quantile(delays, 0.9)) if delays else None,
+        "mean": float(np.mean(delays)) if delays else None,
+    }
+    out["fault_recall"] = fault_hits / fault_events if fault_events else None
+    out["faults_raised_clinical"] = fault_as_clinical
+    if duration_s is None and ws:
+        duration_s = float(ends.max() - starts.min())
+    hours = (duration_s or 0.0) / 3600.0
+    # Episodes = rising edges of clinical_active; false when the window is a labelled negative.
+    edges = np.flatnonzero(clin & ~np.r_[False, clin[:-1]]) if len(ws) else np.zeros(0, int)
+    false_eps = int(sum(1 for i in edges if y[i] == 0))
+    out["clinical_episodes"] = len(edges)
+    out["false_alarms_per_hour"] = false_eps / hours if hours > 0 else None
+    return out
+
+
+def _clean(o: Any) -> Any:
+    """JSON-safe copy: NaN -> None."""
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, np.floating | np.integer):
+        return _clean(o.item())
+    return o
+
+
+def evaluate_recording(
+    path: Path | str,
+    model_bytes: bytes,
+    model_label: str = "file",
+    window_s: float = 10.0,
+    hop_s: float = 2.0,
+    personalise: bool = True,
+) -> dict[str, Any]:
+    """Replay a recording directory through windows and the detector; return the metrics.
+
+    Works with any subset of streams at any rate (missing modalities are
+    masked). Raises ``RecordingError`` for an unreadable recording and
+    ``ModelError`` for an unusable model.
+    """
+    from edgeagent.pipeline.alerts import MemoryAlertSink
+    from edgeagent.pipeline.detect import Detector, DetectorConfig
+    from edgeagent.pipeline.windows import Windower
+    from edgeagent.recording import read_recording
+
+    rec = read_recording(path)
+    patient = Path(path).name
+    sink = MemoryAlertSink()
+    det = Detector(model_bytes, model_label, sink, DetectorConfig(personalise=personalise))
+    win = Windower(window_s, hop_s, patient=patient)
+    scored: list[ScoredWindow] = []
+
+    def run(ws: Iterable[Any]) -> None:
+        for w in ws:
+            d = det.process(w)
+            scored.append(
+                ScoredWindow(d.start, d.end, d.score, d.clinical_active, d.fault_active, d.status)
+            )
+
+    for block in rec.blocks():
+        win.push(block)
+        run(win.pop_ready())
+    run(win.flush())
+    labels = [(float(s), float(e), str(k)) for s, e, k in rec.labels]
+    out = score_windows(scored, labels, window_s, duration_s=float(rec.duration))
+    out["recording"] = str(path)
+    out["streams"] = sorted(str(s) for s in rec.streams)
+    out["model"] = model_label
+    out["alerts"] = len(sink.alerts)
+    out["rejected_rows"] = dict(getattr(rec, "rejected", {}))
+    out["labels"] = len(labels)
+    return _clean(out)

@@ -1,0 +1,147 @@
+"""Model lifecycle on the box: install -> validate -> activate -> probation -> rollback.
+
+Why: a global model comes from many boxes and may suit this box's patients
+worse than the one it replaces. The detector keeps a buffer of recent
+*validated* windows (confidently normal windows of good quality, confident
+clinical detections, and anything a clinician confirmed). A candidate is
+scored on them against the current model before activation, and again after
+activation once fresh validated windows exist (probation); if it does worse
+it is rolled back automatically and the registry records why. Every swap is
+hot (``Detector.swap``), and a model that fails parsing, hashing, signature
+or the dry run never replaces the running one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeagent.errors import ModelError
+from edgeagent.model.graph import NORMAL, parse_model, read_meta
+from edgeagent.model.registry import ModelRecord, ModelRegistry
+from edgeagent.pipeline.detect import Detector, ValidatedWindow, make_session
+
+#: A candidate may be this much (relative) worse before it counts as worse: noise margin.
+TOLERANCE = 0.05
+#: Fewer validated windows than this say too little to judge; the candidate is accepted.
+MIN_VALIDATED = 20
+#: Weight of the autoencoder's normal-window error next to the classifier's cross-entropy.
+AE_WEIGHT = 0.1
+
+
+def validation_loss(data: bytes, windows: Sequence[ValidatedWindow]) -> float:
+    """Class-balanced cross-entropy of the head plus ``AE_WEIGHT`` x normal reconstruction error."""
+    model = parse_model(data)
+    meta = read_meta(model)
+    classes = list(meta.classes)
+    rows = [w for w in windows if w.label in classes]
+    if not rows:
+        return float("nan")
+    sess = make_session(data)
+    x = np.stack([w.x for w in rows]).astype(np.float32)
+    mu = np.concatenate([np.asarray(w.mu, np.float32).reshape(1, -1) for w in rows])
+    sigma = np.concatenate([np.asarray(w.sigma, np.float32).reshape(1, -1) for w in rows])
+    probs, recon = sess.run(None, {"x": x, "mu": mu, "sigma": sigma})
+    y = np.asarray([classes.index(w.label) for w in rows])
+    ce = -np.log(probs[np.arange(len(rows)), y] + 1e-9)
+    per_class = [float(ce[y == c].mean()) for c in np.unique(y)]
+    normal = y == classes.index(NORMAL)
+    ae = float(recon[normal].mean()) if normal.any() else 0.0
+    return float(np.mean(per_class)) + AE_WEIGHT * ae
+
+
+@dataclass
+class ApplyResult:
+    """What happened to a model handed to ``ModelManager.apply``."""
+
+    accepted: bool
+    label: str
+    reason: str
+    current_loss: float | None = None
+    candidate_loss: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class ModelManager:
+    """Ties the registry to a running detector."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        detector: Detector,
+        tolerance: float = TOLERANCE,
+        min_validated: int = MIN_VALIDATED,
+    ) -> None:
+        self.registry = registry
+        self.detector = detector
+        self.tolerance = tolerance
+        self.min_validated = min_validated
+        self._probation: tuple[ModelRecord, int] | None = None  # (previous, windows seen at swap)
+
+    def _worse(self, cand: float, cur: float) -> bool:
+        return bool(np.isfinite(cand) and np.isfinite(cur) and cand > cur * (1 + self.tolerance))
+
+    def apply(self, data: bytes, source: str, signature: bytes | None = None) -> ApplyResult:
+        """Register, validate and hot-activate a model; never leaves the box without a model."""
+        try:
+            rec = self.registry.add(data, source, signature, self.detector.feature_names)
+        except ModelError as e:
+            self.registry.record_event("refused", None, f"source={source}: {e}")
+            return ApplyResult(False, "", f"refused: {e}")
+        current = self.registry.active()
+        if current is not None and current.sha256 == rec.sha256:
+            return ApplyResult(True, rec.label, "already active")
+        val = list(self.detector.validated)
+        cur_loss = cand_loss = None
+        if current is not None and len(val) >= self.min_validated:
+            cur_loss = validation_loss(self.registry.load_bytes(current), val)
+            cand_loss = validation_loss(data, val)
+            if self._worse(cand_loss, cur_loss):
+                self.registry.activate(rec.version, f"candidate from {source}")
+                self.registry.rollback(
+                    f"worse on {len(val)} validated windows: {cand_loss:.4f} > {cur_loss:.4f}"
+                )
+                return ApplyResult(False, rec.label, "rolled back", cur_loss, cand_loss)
+        try:
+            self.detector.swap(data, rec.label)
+        except ModelError as e:
+            self.registry.record_event("refused", rec.version, f"swap failed: {e}")
+            return ApplyResult(False, rec.label, f"refused: {e}", cur_loss, cand_loss)
+        self.registry.activate(rec.version, f"from {source}")
+        if current is not None:
+            self._probation = (current, self.detector.counters["windows"])
+        return ApplyResult(True, rec.label, "activated", cur_loss, cand_loss)
+
+    def probation_check(self) -> ApplyResult | None:
+        """After activation: compare with the previous model; roll back if worse."""
+        if self._probation is None:
+            return None
+        prev, _ = self._probation
+        val = list(self.detector.validated)
+        if len(val) < self.min_validated:
+            return None
+        active = self.registry.active()
+        if active is None:
+            return None
+        cur_loss = validation_loss(self.registry.load_bytes(active), val)
+        prev_loss = validation_loss(self.registry.load_bytes(prev), val)
+        self._probation = None
+        if self._worse(cur_loss, prev_loss):
+            back = self.registry.rollback(
+                f"probation: worse on {len(val)} validated windows: "
+                f"{cur_loss:.4f} > {prev_loss:.4f}"
+            )
+            self.detector.swap(self.registry.load_bytes(back), back.label)
+            return ApplyResult(False, active.label, "rolled back", prev_loss, cur_loss)
+        return ApplyResult(True, active.label, "kept", prev_loss, cur_loss)
+
+    def rollback(self, reason: str = "manual") -> ModelRecord:
+        """Manual rollback, hot."""
+        back = self.registry.rollback(reason)
+        self.detector.swap(self.registry.load_bytes(back), back.label)
+        return back

@@ -1,0 +1,194 @@
+"""Alerts and their durable local store (SQLite in the state directory).
+
+Why a store before MQTT: an alert must survive a crash or a broker outage,
+and a clinician must be able to ask the box what it raised. Each alert is a
+row; episodes are de-duplicated by the detector, which opens one alert and
+later extends its end time instead of writing a new row per window. The
+``sent`` column is for the MQTT forwarder (outbox) to mark delivery.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DB_NAME = "alerts.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id       TEXT PRIMARY KEY,
+    patient  TEXT NOT NULL,
+    device   TEXT NOT NULL,
+    start    REAL NOT NULL,
+    end      REAL NOT NULL,
+    kind     TEXT NOT NULL,
+    category TEXT NOT NULL,
+    score    REAL NOT NULL,
+    modality TEXT NOT NULL,
+    model    TEXT NOT NULL,
+    created  REAL NOT NULL,
+    closed   INTEGER NOT NULL DEFAULT 0,
+    sent     INTEGER NOT NULL DEFAULT 0,
+    detail   TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS alerts_patient_start ON alerts(patient, start);
+"""
+
+
+@dataclass
+class Alert:
+    """One alert episode. ``category`` is "clinical", "sensor_fault" or "novelty".
+
+    ``start``/``end`` span the windows that triggered it (agent clock, seconds);
+    ``modality`` is the sensor modality that contributed most; ``model`` is
+    the registry label of the model that raised it.
+    """
+
+    patient: str
+    device: str
+    start: float
+    end: float
+    kind: str
+    category: str
+    score: float
+    modality: str
+    model: str
+    created: float = field(default_factory=time.time)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    closed: bool = False
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AlertStore:
+    """Durable alert table. Thread-safe; one connection guarded by a lock (writes are tiny)."""
+
+    def __init__(self, path: Path | str) -> None:
+        p = Path(path)
+        if p.is_dir():
+            p = p / DB_NAME
+        self.path = p
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, a: Alert) -> str:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO alerts (id, patient, device, start, end, kind, category, score,"
+                " modality, model, created, closed, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    a.id,
+                    a.patient,
+                    a.device,
+                    a.start,
+                    a.end,
+                    a.kind,
+                    a.category,
+                    a.score,
+                    a.modality,
+                    a.model,
+                    a.created,
+                    int(a.closed),
+                    json.dumps(a.detail),
+                ),
+            )
+        return a.id
+
+    def extend(self, alert_id: str, end: float, score: float, closed: bool = False) -> None:
+        """Stretch an open episode to ``end``; keep its peak score; optionally close it."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE alerts SET end=MAX(end, ?), score=MAX(score, ?), closed=? WHERE id=?",
+                (end, score, int(closed), alert_id),
+            )
+
+    def mark_sent(self, alert_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE alerts SET sent=1 WHERE id=?", (alert_id,))
+
+    def list(
+        self,
+        patient: str | None = None,
+        since: float | None = None,
+        category: str | None = None,
+        unsent: bool = False,
+        limit: int = 1000,
+    ) -> list[Alert]:
+        """Alerts in start order, filtered."""
+        q = (
+            "SELECT id, patient, device, start, end, kind, category, score, modality, model,"
+            " created, closed, detail FROM alerts WHERE 1=1"
+        )
+        args: list[Any] = []
+        if patient is not None:
+            q += " AND patient=?"
+            args.append(patient)
+        if since is not None:
+            q += " AND end>=?"
+            args.append(since)
+        if category is not None:
+            q += " AND category=?"
+            args.append(category)
+        if unsent:
+            q += " AND sent=0"
+        q += " ORDER BY start, created LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(q, args).fetchall()
+        return [
+            Alert(
+                id=r[0],
+                patient=r[1],
+                device=r[2],
+                start=r[3],
+                end=r[4],
+                kind=r[5],
+                category=r[6],
+                score=r[7],
+                modality=r[8],
+                model=r[9],
+                created=r[10],
+                closed=bool(r[11]),
+                detail=json.loads(r[12]),
+            )
+            for r in rows
+        ]
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0])
+
+
+class MemoryAlertSink:
+    """In-memory stand-in with the store's write API, for evaluation replays (no disk needed)."""
+
+    def __init__(self) -> None:
+        self.alerts: dict[str, Alert] = {}
+
+    def add(self, a: Alert) -> str:
+        self.alerts[a.id] = a
+        return a.id
+
+    def extend(self, alert_id: str, end: float, score: float, closed: bool = False) -> None:
+        a = self.alerts[alert_id]
+        a.end = max(a.end, end)
+        a.score = max(a.score, score)
+        a.closed = closed
+
+    def list(self) -> list[Alert]:
+        return sorted(self.alerts.values(), key=lambda a: a.start)

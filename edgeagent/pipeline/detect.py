@@ -1,0 +1,467 @@
+"""Per-window anomaly detection: onnxruntime scores -> personal thresholds -> alert episodes.
+
+Why it is built this way:
+
+* One ``InferenceSession`` per model, created once, single-threaded by default
+  (a hub has 2-4 small cores shared with BLE and MQTT); a window is one row.
+* The model is swapped hot: a new session is built and dry-run *before* it
+  replaces the old one in a single reference assignment, so a bad model
+  raises ``ModelError`` and the old one keeps running; no window is dropped.
+* Scores become alerts through per-patient thresholds (``personal.py``),
+  hysteresis (an episode opens at the threshold and closes only after
+  ``k_off`` windows below ``off_ratio`` x threshold) and de-duplication (one
+  alert per episode, extended in place; an episode that restarts within
+  ``cooldown_s`` re-opens the same alert).
+* Sensor faults (the head's ``sensor_fault`` class, trained on signal-quality
+  features) suppress clinical decisions for that window and produce alerts of
+  kind "sensor_fault", never clinical ones.
+* Missing modalities arrive as NaN features; the graph masks them, so a
+  window with ECG alone is still scored. A window with no finite feature is
+  reported as ``status="no_data"`` and raises nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeagent.errors import ModelError
+from edgeagent.model.graph import FAULT, NORMAL, ModelMeta, parse_model, read_meta
+from edgeagent.pipeline.alerts import Alert
+from edgeagent.pipeline.personal import PersonalCalibration, Thresholds
+from edgeagent.streams import Stream
+
+#: Default global thresholds when a model does not carry its own.
+DEFAULT_THRESHOLDS = {"clinical": 0.5, "fault": 0.5, "novelty": 4.0}
+#: Which stream a feature modality comes from, to name the device behind an alert.
+MODALITY_STREAMS: dict[str, tuple[Stream, ...]] = {
+    "ecg": (Stream.ECG, Stream.HR, Stream.RR),
+    "acc": (Stream.ACC,),
+    "temp": (Stream.SKIN_TEMP,),
+    "env": (Stream.ENV,),
+}
+
+
+class AlertSink(Protocol):
+    """Where alerts go: ``AlertStore`` on a box, ``MemoryAlertSink`` in a replay."""
+
+    def add(self, a: Alert) -> str: ...
+
+    def extend(self, alert_id: str, end: float, score: float, closed: bool = False) -> None: ...
+
+
+class WindowLike(Protocol):
+    patient: str
+    start: float
+    end: float
+
+
+@dataclass
+class DetectorConfig:
+    """Knobs with small-box defaults; every field is documented in docs/model.md."""
+
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    off_ratio: float = 0.6
+    k_on: int = 1
+    k_off: int = 2
+    cooldown_s: float = 20.0
+    personalise: bool = True
+    novelty: bool = False
+    validation_windows: int = 256
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 1 or self.inter_op_threads < 1:
+            raise ModelError("onnxruntime thread counts must be >= 1")
+        if not 0 < self.off_ratio <= 1:
+            raise ModelError("off_ratio must be in (0, 1]")
+        if self.k_on < 1 or self.k_off < 1:
+            raise ModelError("k_on and k_off must be >= 1")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What the detector concluded about one window (returned for every window)."""
+
+    patient: str
+    start: float
+    end: float
+    status: str  # "ok" | "no_data"
+    score: float  # probability of a clinical anomaly, 0..1
+    p_fault: float
+    recon_err: float
+    kind: str  # most likely clinical kind (even when below threshold)
+    fault: bool
+    clinical_active: bool  # a clinical episode is open after this window
+    fault_active: bool
+    model: str
+    opened: tuple[Alert, ...] = ()
+
+
+@dataclass
+class _Episode:
+    alert_id: str | None = None
+    above: int = 0
+    below: int = 0
+    last_end: float = float("-inf")
+    last_id: str | None = None
+    last_kind: str = ""
+
+
+@dataclass
+class _Active:
+    session: ort.InferenceSession
+    meta: ModelMeta
+    label: str
+    fault_idx: int
+    clinical_idx: np.ndarray
+    thresholds: Thresholds
+
+
+@dataclass
+class ValidatedWindow:
+    """A window whose class the box is confident of (or a clinician confirmed)."""
+
+    x: np.ndarray
+    mu: np.ndarray
+    sigma: np.ndarray
+    label: str
+
+
+def make_session(data: bytes, intra: int = 1, inter: int = 1) -> ort.InferenceSession:
+    """An onnxruntime CPU session with bounded threads (no busy-spinning on small boxes)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = intra
+    so.inter_op_num_threads = inter
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
+        raise ModelError(f"onnxruntime cannot load the model: {e}") from e
+
+
+def _default_features() -> tuple[tuple[str, ...], Callable[[Any], np.ndarray], dict[str, str]]:
+    from edgeagent.pipeline import features
+
+    return tuple(features.FEATURE_NAMES), features.extract, dict(features.MODALITY_OF)
+
+
+class Detector:
+    """Scores windows with the active model and turns scores into alert episodes.
+
+    ``featurize``/``feature_names``/``modality_of`` default to
+    ``edgeagent.pipeline.features``; pass them to run on precomputed features.
+    ``on_scored`` (e.g. ``LocalLearner.offer``) is called with every scored
+    window and must not block.
+    """
+
+    def __init__(
+        self,
+        model_bytes: bytes,
+        label: str,
+        sink: AlertSink,
+        config: DetectorConfig | None = None,
+        feature_names: tuple[str, ...] | None = None,
+        featurize: Callable[[Any], np.ndarray] | None = None,
+        modality_of: dict[str, str] | None = None,
+        on_scored: Callable[[np.ndarray, np.ndarray, np.ndarray, bool], None] | None = None,
+    ) -> None:
+        self.config = config or DetectorConfig()
+        if feature_names is None or featurize is None or modality_of is None:
+            fn, fx, mo = _default_features()
+            feature_names = feature_names or fn
+            featurize = featurize or fx
+            modality_of = modality_of if modality_of is not None else mo
+        self.feature_names = tuple(feature_names)
+        self._featurize = featurize
+        self._modality_of = dict(modality_of)
+        self.sink = sink
+        self.on_scored = on_scored
+        self.calibrations: dict[str, PersonalCalibration] = {}
+        self._episodes: dict[tuple[str, str], _Episode] = {}
+        self.validated: deque[ValidatedWindow] = deque(maxlen=self.config.validation_windows)
+        self._lock = threading.Lock()  # guards calibrations/episodes, not the session
+        self.counters = {"windows": 0, "no_data": 0, "alerts": 0, "swaps": 0, "swap_refused": 0}
+        self._active = self._prepare(model_bytes, label)
+        self._mod_idx = self._modality_index(self._active.meta)
+
+    # -- model lifecycle -------------------------------------------------
+    def _prepare(self, data: bytes, label: str) -> _Active:
+        model = parse_model(data, self.feature_names)
+        meta = read_meta(model)
+        sess = make_session(data, self.config.intra_op_threads, self.config.inter_op_threads)
+        f = len(self.feature_names)
+        try:
+            probs, recon = sess.run(
+                None,
+                {
+                    "x": np.zeros((1, f), np.float32),
+                    "mu": np.zeros((1, f), np.float32),
+                    "sigma": np.ones((1, f), np.float32),
+                },
+            )
+        except Exception as e:  # onnxruntime's runtime errors are untyped
+            raise ModelError(f"model dry run failed: {e}") from e
+        if probs.shape != (1, meta.spec.n_classes) or recon.shape != (1,):
+            raise ModelError(f"model outputs have shapes {probs.shape}, {recon.shape}")
+        classes = list(meta.classes)
+        fault_idx = classes.index(FAULT) if FAULT in classes else -1
+        clinical = [i for i, c in enumerate(classes) if c not in (NORMAL, FAULT)]
+        th = {**DEFAULT_THRESHOLDS, **meta.thresholds}
+        return _Active(
+            session=sess,
+            meta=meta,
+            label=label,
+            fault_idx=fault_idx,
+            clinical_idx=np.asarray(clinical, np.int64),
+            thresholds=Thresholds(th["clinical"], th["fault"], th["novelty"]),
+        )
+
+    def _modality_index(self, meta: ModelMeta) -> dict[str, np.ndarray]:
+        out: dict[str, list[int]] = {}
+        for i, name in enumerate(meta.feature_names):
+            out.setdefault(self._modality_of.get(name, "other"), []).append(i)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    @property
+    def model_label(self) -> str:
+        return self._active.label
+
+    @property
+    def meta(self) -> ModelMeta:
+        return self._active.meta
+
+    def swap(self, model_bytes: bytes, label: str) -> None:
+        """Hot-swap the model. On any problem raises ``ModelError`` and keeps the old one."""
+        try:
+            new = self._prepare(model_bytes, label)
+        except ModelError:
+            self.counters["swap_refused"] += 1
+            raise
+        with self._lock:
+            old_meta = self._active.meta
+            self._active = new  # one assignment: in-flight windows finish on the old session
+            self._mod_idx = self._modality_index(new.meta)
+            if (
+                new.meta.pop_mu != old_meta.pop_mu
+                or new.meta.pop_sigma != old_meta.pop_sigma
+                or new.meta.thresholds != old_meta.thresholds
+            ):
+                for pid, cal in list(self.calibrations.items()):
+                    fresh = self._new_calibration(pid, new)
+                    fresh.load_dict(cal.to_dict())
+                    self.calibrations[pid] = fresh
+        self.counters["swaps"] += 1
+
+    # -- calibration -----------------------------------------------------
+    def _new_calibration(self, patient: str, active: _Active) -> PersonalCalibration:
+        return PersonalCalibration(
+            patient,
+            np.asarray(active.meta.pop_mu, np.float32),
+            np.asarray(active.meta.pop_sigma, np.float32),
+            active.thresholds,
+        )
+
+    def calibration(self, patient: str) -> PersonalCalibration:
+        """The patient's calibration, created from the population one on first sight."""
+        cal = self.calibrations.get(patient)
+        if cal is None:
+            cal = self._new_calibration(patient, self._active)
+            self.calibrations[patient] = cal
+        return cal
+
+    # -- scoring ---------------------------------------------------------
+    def score(
+        self, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw model outputs (probs (N,C), recon_err (N,)) for feature rows."""
+        a = self._active
+        probs, recon = a.session.run(
+            None,
+            {
+                "x": np.ascontiguousarray(x, np.float32).reshape(-1, len(self.feature_names)),
+                "mu": np.asarray(mu, np.float32).reshape(1, -1),
+                "sigma": np.asarray(sigma, np.float32).reshape(1, -1),
+            },
+        )
+        return probs, recon
+
+    def process(self, window: Any) -> Detection:
+        """Featurise and score one window (from ``Windower.pop_ready``)."""
+        x = np.asarray(self._featurize(window), np.float32)
+        devices = {str(k): v for k, v in getattr(window, "devices", {}).items()}
+        return self.process_features(window.patient, window.start, window.end, x, devices)
+
+    def process_features(
+        self,
+        patient: str,
+        start: float,
+        end: float,
+        x: np.ndarray,
+        devices: dict[str, str] | None = None,
+    ) -> Detection:
+        """Score one feature vector and update the patient's alert episodes."""
+        a = self._active
+        self.counters["windows"] += 1
+        x = np.asarray(x, np.float32).ravel()
+        if x.shape != (len(self.feature_names),):
+            raise ModelError(
+                f"feature vector has {x.shape[0]} values, model expects {len(self.feature_names)}"
+            )
+        if not np.any(np.isfinite(x)):
+            self.counters["no_data"] += 1
+            return Detection(
+                patient, start, end, "no_data", 0.0, 0.0, 0.0, "", False, False, False, a.label
+            )
+        with self._lock:
+            cal = self.calibration(patient)
+            if self.config.personalise:
+                mu, sigma, th = cal.mu, cal.sigma, cal.thresholds
+            else:
+                mu = np.asarray(a.meta.pop_mu, np.float32)[None, :]
+                sigma = np.asarray(a.meta.pop_sigma, np.float32)[None, :]
+                th = a.thresholds
+        probs, recon = self.score(x[None, :], mu, sigma)
+        p = probs[0]
+        r = float(recon[0])
+        p_fault = float(p[a.fault_idx]) if a.fault_idx >= 0 else 0.0
+        clin = p[a.clinical_idx]
+        score = float(clin.sum())
+        kind = a.meta.classes[int(a.clinical_idx[int(np.argmax(clin))])] if clin.size else ""
+        fault = p_fault >= th.fault
+        clin_on = (not fault) and score >= th.clinical
+        clin_hold = (not fault) and score >= th.clinical * self.config.off_ratio
+        novel_on = self.config.novelty and not fault and not clin_on and r >= th.novelty
+        modality = self._contributing(x, mu, sigma)
+        device = self._device_for(modality, devices or {})
+        opened: list[Alert] = []
+        with self._lock:
+            ctx = (patient, start, end, device, modality, a.label)
+            al = self._step("clinical", ctx, clin_on, clin_hold, kind, score)
+            if al:
+                opened.append(al)
+            fault_hold = p_fault >= th.fault * self.config.off_ratio
+            al = self._step("sensor_fault", ctx, fault, fault_hold, FAULT, p_fault)
+            if al:
+                opened.append(al)
+            if self.config.novelty:
+                al = self._step("novelty", ctx, novel_on, novel_on, "novelty", r)
+                if al:
+                    opened.append(al)
+            clin_active = self._episodes[(patient, "clinical")].alert_id is not None
+            fault_active = self._episodes[(patient, "sensor_fault")].alert_id is not None
+            normal_ok = (
+                not fault
+                and not clin_active
+                and p_fault < 0.5 * th.fault
+                and score < th.clinical * self.config.off_ratio
+            )
+            if normal_ok or (not cal.warmed_up and not fault and p_fault < 0.5 * th.fault):
+                # During warm-up every good-quality window calibrates (the robust
+                # median tolerates a minority of anomalies); otherwise a patient
+                # whose baseline looks anomalous to the population would never
+                # get a personal baseline.
+                cal.observe(x, score if normal_ok else None, r if normal_ok else None)
+            if normal_ok:
+                if score < 0.1 and p_fault < 0.1:
+                    self.validated.append(ValidatedWindow(x.copy(), mu, sigma, NORMAL))
+            elif clin_on and score > 0.95 and cal.warmed_up:
+                self.validated.append(ValidatedWindow(x.copy(), mu, sigma, kind))
+        if self.on_scored is not None:
+            # Training waits for a personal baseline: pre-calibration z-scores would teach noise.
+            self.on_scored(x, mu, sigma, normal_ok and cal.warmed_up)
+        return Detection(
+            patient,
+            start,
+            end,
+            "ok",
+            score,
+            p_fault,
+            r,
+            kind,
+            fault,
+            clin_active,
+            fault_active,
+            a.label,
+            tuple(opened),
+        )
+
+    def _step(
+        self,
+        category: str,
+        ctx: tuple[str, float, float, str, str, str],
+        on: bool,
+        hold: bool,
+        kind: str,
+        score: float,
+    ) -> Alert | None:
+        patient, start, end, device, modality, label = ctx
+        ep = self._episodes.setdefault((patient, category), _Episode())
+        cfg = self.config
+        if ep.alert_id is not None:
+            if hold:
+                ep.below = 0
+                self.sink.extend(ep.alert_id, end, score)
+            else:
+                ep.below += 1
+                if ep.below >= cfg.k_off:
+                    self.sink.extend(ep.alert_id, ep.last_end, score if hold else 0.0, closed=True)
+                    ep.last_id, ep.alert_id = ep.alert_id, None
+                    ep.above = 0
+                    return None
+            if hold:
+                ep.last_end = end
+            return None
+        ep.above = ep.above + 1 if on else 0
+        if ep.above < cfg.k_on:
+            return None
+        ep.below = 0
+        resumed = ep.last_id is not None and start - ep.last_end <= cfg.cooldown_s
+        if resumed and ep.last_kind == kind:
+            ep.alert_id = ep.last_id  # same episode resumed: de-duplicate
+            ep.last_end = end
+            self.sink.extend(ep.alert_id, end, score)
+            return None
+        alert = Alert(
+            patient=patient,
+            device=device,
+            start=start,
+            end=end,
+            kind=kind,
+            category=category,
+            score=score,
+            modality=modality,
+            model=label,
+        )
+        self.sink.add(alert)
+        self.counters["alerts"] += 1
+        ep.alert_id, ep.last_end, ep.last_kind = alert.id, end, kind
+        return alert
+
+    def _contributing(self, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> str:
+        """The modality whose features sit furthest from the patient's baseline."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs((x - mu.ravel()) / sigma.ravel())
+        best, best_v = "", -1.0
+        for mod, idx in self._mod_idx.items():
+            v = z[idx]
+            v = v[np.isfinite(v)]
+            if v.size and float(v.mean()) > best_v:
+                best, best_v = mod, float(v.mean())
+        return best
+
+    @staticmethod
+    def _device_for(modality: str, devices: dict[str, str]) -> str:
+        for s in MODALITY_STREAMS.get(modality, ()):
+            if str(s) in devices:
+                return devices[str(s)]
+        return next(iter(devices.values()), "")

@@ -1,0 +1,173 @@
+"""Per-patient calibration: normalisation and alert thresholds from the patient's own baseline.
+
+Why: a resting heart rate of 95 bpm is normal for one patient and a warning
+for another. The global model sees features standardised by each patient's
+own median and spread, so it learns "unusual for this person"; the
+calibration lives only on the box and is never averaged (the federated
+vector holds only model weights).
+
+A new patient starts from the population calibration stored in the model and
+moves to their own robust estimate (median, 1.4826 x MAD) with shrinkage
+weight ``n / (n + prior_windows)``: after ``warmup_windows`` windows the
+personal estimate dominates, so adaptation is bounded in windows, not open
+ended. Only windows judged normal and of good quality update it, so an
+anomaly cannot teach the box that it is normal. Pure numpy; the caller
+persists ``to_dict()``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Windows the population prior is worth; personal data outweighs it after this many.
+PRIOR_WINDOWS = 8
+#: After this many accepted windows the calibration is considered personal.
+WARMUP_WINDOWS = 40
+#: Rolling buffer length: old enough to be stable, short enough to follow slow drift.
+BUFFER_WINDOWS = 200
+#: Personal spread never drops below this fraction of the population's spread,
+#: so a constant feature cannot turn noise into 100-sigma events.
+SIGMA_FLOOR = 0.15
+#: Scores of the patient's own normal windows raise the alert threshold to their
+#: 99th percentile plus this margin (never lower it below the global threshold).
+THRESHOLD_MARGIN = 0.05
+MAX_THRESHOLD = 0.9
+
+
+def robust_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column median, 1.4826 x MAD, and the count of finite values (NaN ignored)."""
+    x = np.asarray(x, np.float64)
+    x = np.where(np.isfinite(x), x, np.nan)
+    cnt = np.sum(np.isfinite(x), axis=0)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=RuntimeWarning)
+            med = np.nanmedian(x, axis=0)
+            mad = 1.4826 * np.nanmedian(np.abs(x - med), axis=0)
+    return med, mad, cnt
+
+
+def blend(
+    pop_mu: np.ndarray,
+    pop_sigma: np.ndarray,
+    med: np.ndarray,
+    mad: np.ndarray,
+    cnt: np.ndarray,
+    prior_windows: float = PRIOR_WINDOWS,
+    sigma_floor: float = SIGMA_FLOOR,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shrink the personal estimate toward the population one, per feature, by its count."""
+    w = cnt / (cnt + prior_windows)
+    med = np.where(np.isfinite(med), med, pop_mu)
+    mad = np.where(np.isfinite(mad), mad, pop_sigma)
+    mu = w * med + (1 - w) * pop_mu
+    sigma = w * mad + (1 - w) * pop_sigma
+    sigma = np.maximum(sigma, sigma_floor * pop_sigma)
+    return mu.astype(np.float32), sigma.astype(np.float32)
+
+
+@dataclass
+class Thresholds:
+    """Decision thresholds for one patient (clinical probability, fault probability, novelty)."""
+
+    clinical: float
+    fault: float
+    novelty: float
+
+
+class PersonalCalibration:
+    """One patient's normalisation and thresholds; updated only from accepted normal windows."""
+
+    def __init__(
+        self,
+        patient: str,
+        pop_mu: np.ndarray,
+        pop_sigma: np.ndarray,
+        global_thresholds: Thresholds,
+        buffer_windows: int = BUFFER_WINDOWS,
+        prior_windows: float = PRIOR_WINDOWS,
+    ) -> None:
+        self.patient = patient
+        self.pop_mu = np.asarray(pop_mu, np.float32)
+        self.pop_sigma = np.asarray(pop_sigma, np.float32)
+        self.global_thresholds = global_thresholds
+        self.prior_windows = prior_windows
+        self._x: deque[np.ndarray] = deque(maxlen=buffer_windows)
+        self._scores: deque[float] = deque(maxlen=buffer_windows)
+        self._recon: deque[float] = deque(maxlen=buffer_windows)
+        self.accepted = 0
+        self.mu = self.pop_mu.copy()[None, :]
+        self.sigma = self.pop_sigma.copy()[None, :]
+        self.thresholds = Thresholds(**vars(global_thresholds))
+
+    @property
+    def warmed_up(self) -> bool:
+        return self.accepted >= WARMUP_WINDOWS
+
+    def observe(
+        self, x: np.ndarray, score: float | None = None, recon: float | None = None
+    ) -> None:
+        """Add one accepted normal window's raw features (and its scores once calibrated)."""
+        x = np.asarray(x, np.float32).ravel()
+        if x.shape != self.pop_mu.shape or not np.any(np.isfinite(x)):
+            return
+        self._x.append(x)
+        self.accepted += 1
+        # Scores made before the calibration settled say little about this patient.
+        if score is not None and self.accepted > PRIOR_WINDOWS:
+            self._scores.append(float(score))
+        if recon is not None and self.accepted > PRIOR_WINDOWS and np.isfinite(recon):
+            self._recon.append(float(recon))
+        self._refresh()
+
+    def _refresh(self) -> None:
+        med, mad, cnt = robust_stats(np.stack(self._x))
+        mu, sigma = blend(self.pop_mu, self.pop_sigma, med, mad, cnt, self.prior_windows)
+        self.mu, self.sigma = mu[None, :], sigma[None, :]
+        g = self.global_thresholds
+        clinical, novelty = g.clinical, g.novelty
+        if len(self._scores) >= 20:
+            q = float(np.quantile(np.asarray(self._scores), 0.99))
+            clinical = min(max(g.clinical, q + THRESHOLD_MARGIN), MAX_THRESHOLD)
+        if len(self._recon) >= 20:
+            q = float(np.quantile(np.asarray(self._recon), 0.99))
+            novelty = max(g.novelty, 1.5 * q)
+        self.thresholds = Thresholds(clinical, g.fault, novelty)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able state (kept on the box, never sent anywhere)."""
+        return {
+            "patient": self.patient,
+            "accepted": self.accepted,
+            "x": [v.tolist() for v in self._x],
+            "scores": list(self._scores),
+            "recon": list(self._recon),
+        }
+
+    def load_dict(self, d: dict[str, Any]) -> None:
+        """Restore from ``to_dict`` output; ignores rows whose length no longer fits the model."""
+        rows = [np.asarray(v, np.float32) for v in d.get("x", [])]
+        rows = [r for r in rows if r.shape == self.pop_mu.shape]
+        self._x.clear()
+        self._x.extend(rows)
+        self._scores.clear()
+        self._scores.extend(float(s) for s in d.get("scores", []))
+        self._recon.clear()
+        self._recon.extend(float(s) for s in d.get("recon", []))
+        self.accepted = int(d.get("accepted", len(rows)))
+        if self._x:
+            self._refresh()
+
+
+def calibrate(
+    x: np.ndarray, pop_mu: np.ndarray, pop_sigma: np.ndarray, prior_windows: float = PRIOR_WINDOWS
+) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration a box reaches after seeing rows ``x`` (used to build training data)."""
+    med, mad, cnt = robust_stats(x[-BUFFER_WINDOWS:])
+    return blend(np.asarray(pop_mu), np.asarray(pop_sigma), med, mad, cnt, prior_windows)
