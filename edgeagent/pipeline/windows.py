@@ -209,7 +209,9 @@ class Windower:
         if not (math.isfinite(lateness_s) and lateness_s >= 0):
             raise ConfigError("windows.lateness_s", lateness_s, "must be >= 0 seconds")
         if max_buffer_s is None:
-            max_buffer_s = 2 * (length_s + lateness_s) + 10.0
+            # Generous: a replay may push a minute before popping; 60 s of a
+            # 250 Hz ECG is 180 kB.
+            max_buffer_s = max(60.0, 2 * (length_s + lateness_s))
         if not (math.isfinite(max_buffer_s) and max_buffer_s >= length_s + lateness_s):
             raise ConfigError(
                 "windows.max_buffer_s",
@@ -268,7 +270,13 @@ class Windower:
         prev_max = np.maximum.accumulate(np.concatenate(([buf.last_t], t[:-1])))
         keep = t > prev_max
         if not keep.all():
+            # A dropped sample is a duplicate when its timestamp is already
+            # held (a resent frame), otherwise it is out of order.
             dup = t == prev_max
+            held = buf.times()
+            if held.shape[0]:
+                pos = np.searchsorted(held, t).clip(max=held.shape[0] - 1)
+                dup |= ~keep & (held[pos] == t)
             c.duplicate += int(np.count_nonzero(dup))
             c.out_of_order += int(np.count_nonzero(~keep & ~dup))
             t, v = t[keep], v[keep]
