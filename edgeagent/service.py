@@ -202,9 +202,11 @@ class PipelineComponent:
 class SerialComponent:
     """Adapts a ``SerialSource`` (sources/serial.py) to the Component protocol.
 
-    Liveness: each block is progress; while the source is not streaming
-    (device unplugged, reconnecting) it is *known idle* — nothing to read and
-    the reconnect loop is doing its job. Streaming with no blocks is a stall.
+    Liveness: each block is progress. While the reader thread runs, a link
+    that is connecting, backing off, open-but-silent or given up is *known
+    idle*: restarting the daemon would not make a device talk, and the state
+    is shown per link in the status. A reader thread that died without
+    reaching ``stopped``/``failed`` stops reporting, so the watchdog fires.
     """
 
     order = ORDER_SOURCE
@@ -222,22 +224,30 @@ class SerialComponent:
     def start(self) -> None:
         self.source.start()
 
+    def _reader_alive(self) -> bool:
+        thread = getattr(self.source, "_thread", None)
+        return thread is None or thread.is_alive()
+
     def tick(self) -> None:
         state = str(getattr(self.source, "state", "unknown"))
-        if state not in ("streaming", "connected", "open"):
-            self.liveness.idle(self.name, f"link {state}")
+        if state in ("stopped", "failed") or self._reader_alive():
+            note = "link open, no data" if state == "open" else f"link {state}"
+            self.liveness.idle(self.name, note)
 
     def stop(self) -> None:
         self.source.stop()
 
     def status(self) -> Mapping[str, Any]:
         counters = getattr(self.source, "counters", None)
+        err = getattr(self.source, "last_error", None)
         return {
             "links": {
                 self.device_id: {
                     "kind": "serial",
                     "patient": self.patient,
+                    "port": getattr(self.source, "port", None),
                     "state": str(getattr(self.source, "state", "unknown")),
+                    "last_error": str(err) if err is not None else None,
                     "counters": counters.as_dict() if counters is not None else {},
                 }
             }
@@ -278,7 +288,9 @@ def _serial_factory(ctx: Context) -> list[Component]:
             ctx.bus.put(block)
             _h["c"].on_block()
 
-        source = SerialSource(dev.port, dev.device_id, on_block=on_block, on_gap=ctx.bus.put)
+        source = SerialSource(
+            dev.port, dev.device_id, on_block=on_block, on_gap=ctx.bus.put, baudrate=dev.baudrate
+        )
         comp = SerialComponent(source, dev.device_id, dev.patient, ctx.liveness)
         holder["c"] = comp
         ctx.liveness.register(comp.name, stall)

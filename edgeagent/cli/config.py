@@ -1,0 +1,116 @@
+"""``edgeagent config validate|show``: check and display the one TOML config.
+
+``validate`` is systemd's ExecStartPre, so a bad edit fails the unit's start
+with every problem listed (key, value, fix) instead of a crash-loop. ``show``
+prints the effective config (defaults filled in) with secrets redacted, safe
+to paste into a ticket. Also holds the small helpers the other ops verbs
+share (the --config option, JSON output, config loading with clean exits).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edgeagent.cli import app
+from edgeagent.config import DEFAULT_PATH, Config, load_config, redacted, to_toml
+from edgeagent.errors import ConfigError, ConfigErrors
+
+# Exit code for an invalid configuration (distinct from 1 = runtime failure).
+EXIT_CONFIG = 2
+
+config_app = typer.Typer(help="Validate and show the agent configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+def default_config_path() -> Path:
+    """``$EDGEAGENT_CONFIG`` or /etc/edgeagent/config.toml."""
+    return Path(os.environ.get("EDGEAGENT_CONFIG", str(DEFAULT_PATH)))
+
+
+# Shared options (module-level singletons, reused by every ops verb).
+CONFIG_OPTION: Any = typer.Option(
+    None,
+    "--config",
+    "-c",
+    help="Config file (default: $EDGEAGENT_CONFIG or /etc/edgeagent/config.toml).",
+    show_default=False,
+)
+JSON_OPTION: Any = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=1, default=str))
+
+
+def error_list(exc: ConfigError) -> list[dict[str, Any]]:
+    """Every problem of a ConfigError as JSON-able dicts."""
+    errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+    return [{"key": e.key, "value": _jsonable(e.value), "problem": e.problem} for e in errors]
+
+
+def _jsonable(v: Any) -> Any:
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return repr(v)
+    return v
+
+
+def load_or_exit(path: Path | None, as_json: bool) -> Config:
+    """Load the config or print every problem and exit with EXIT_CONFIG."""
+    p = path or default_config_path()
+    try:
+        return load_config(p)
+    except ConfigError as exc:
+        if as_json:
+            echo_json({"ok": False, "path": str(p), "errors": error_list(exc)})
+        else:
+            typer.echo(f"{p}: invalid configuration", err=True)
+            for e in error_list(exc):
+                typer.echo(f"  {e['key']} = {e['value']!r}: {e['problem']}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+
+
+@config_app.command("validate")
+def validate(
+    config: Path | None = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Check the config file; exit 2 listing every problem (key, value, fix)."""
+    cfg = load_or_exit(config, as_json)
+    p = config or default_config_path()
+    summary = {
+        "ok": True,
+        "path": str(p),
+        "box_id": cfg.agent.box_id,
+        "serial_devices": len(cfg.devices.serial),
+        "ble_devices": len(cfg.devices.ble.device),
+        "federation": cfg.federation.enabled,
+    }
+    if as_json:
+        echo_json(summary)
+    else:
+        typer.echo(
+            f"{p}: OK (box {cfg.agent.box_id}, {summary['serial_devices']} serial, "
+            f"{summary['ble_devices']} BLE devices, federation "
+            f"{'on' if cfg.federation.enabled else 'off'})"
+        )
+
+
+@config_app.command("show")
+def show(
+    config: Path | None = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Print the effective config (defaults filled in) with secrets redacted."""
+    cfg = load_or_exit(config, as_json)
+    data = redacted(cfg)
+    if as_json:
+        echo_json(data)
+    else:
+        typer.echo(to_toml(data), nl=False)
