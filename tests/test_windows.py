@@ -198,7 +198,7 @@ def test_out_of_order_duplicate_and_nan_are_counted_and_dropped() -> None:
     w.push(SampleBlock("c", Stream.ECG, tt, bad))
     # A block whose timestamps go backwards inside it.
     w.push(
-        SampleBlock("c", Stream.ECG, np.array([12.0, 11.0, 12.004]), np.ones((3, 1), np.float32))
+        SampleBlock("c", Stream.ECG, np.array([12.0, 11.0001, 12.004]), np.ones((3, 1), np.float32))
     )
     c = w.counters
     assert (c.duplicate, c.out_of_order, c.nonfinite) == (10, 6, 4)
