@@ -117,6 +117,7 @@ class Message:
     qos: int
     retain: bool
     user_properties: tuple[tuple[str, str], ...] = ()
+    expiry_s: int | None = None  # MQTT 5 Message Expiry Interval left when delivered
 
     @property
     def msg_id(self) -> str | None:
@@ -179,6 +180,15 @@ class PendingAck:
                 fn(self)
             except Exception:  # a consumer bug must not kill the network thread
                 log.exception("ack callback failed for mid %s", self.mid)
+
+
+#: OpenSSL reasons meaning "this certificate/CA pairing is wrong" (ours or the broker's).
+_CERT_REASONS = ("CERTIFICATE_VERIFY_FAILED", "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE")
+
+
+def _is_certificate_problem(exc: ssl.SSLError) -> bool:
+    text = f"{exc.reason or ''} {exc}".upper()
+    return any(r in text for r in _CERT_REASONS)
 
 
 def _rc_int(rc: ReasonCode | int) -> int:
@@ -257,6 +267,7 @@ class MqttLink:
         self._first_result = threading.Event()
         self._closing = threading.Event()
         self._close_by = 0.0
+        self._tls_refused = threading.Event()
         self._sub_waiters: dict[str, list[PendingAck]] = {}
         self._thread: threading.Thread | None = None
         self._client = self._make_client(max_inflight)
@@ -320,7 +331,13 @@ class MqttLink:
             target=self._run, name=f"mqtt-{self.client_id}", daemon=True
         )
         self._thread.start()
-        if wait and not self._connected.wait(timeout):
+        deadline = time.monotonic() + timeout
+        while wait and not self._connected.is_set() and time.monotonic() < deadline:
+            # A certificate refusal will not heal by retrying: fail now, not at timeout.
+            if self._tls_refused.is_set():
+                break
+            self._connected.wait(0.02)
+        if wait and not self._connected.is_set():
             err = self.counters.last_error or "no CONNACK"
             self.close(timeout=1.0)
             raise TransportError(
@@ -368,6 +385,8 @@ class MqttLink:
         )
 
     def _note_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, ssl.SSLError) and _is_certificate_problem(exc):
+            self._tls_refused.set()
         self.counters.connect_failures += 1
         self.counters.last_error = f"{type(exc).__name__}: {exc}"
         log.debug("mqtt %s: %s", self.client_id, self.counters.last_error)
@@ -484,6 +503,7 @@ class MqttLink:
             qos=msg.qos,
             retain=bool(msg.retain),
             user_properties=tuple((str(k), str(v)) for k, v in (up or [])),
+            expiry_s=getattr(msg.properties, "MessageExpiryInterval", None),
         )
         self._safe(self.on_message, m)
 
@@ -651,10 +671,8 @@ class OutboxForwarder:
         ack.add_done_callback(lambda a, rid=row.id: self._done(rid, a))
 
     def _done(self, row_id: int, ack: PendingAck) -> None:
-        with self._lock:
-            cur = self._inflight.get(row_id)
-            if cur is not None and cur[0] is ack:
-                del self._inflight[row_id]
+        # Delete the row before leaving the in-flight set, so a concurrent
+        # pump cannot peek it again in between and send a duplicate.
         code = ack.reason_code if ack.reason_code is not None else RC_CLOSED
         if ack.ok:
             if self.outbox.ack(row_id):
@@ -663,6 +681,10 @@ class OutboxForwarder:
             log.warning("outbox row %s refused by broker: %#04x on %s", row_id, code, ack.topic)
             if self.outbox.reject(row_id, f"puback_{code:#04x}"):
                 self.rejected += 1
+        with self._lock:
+            cur = self._inflight.get(row_id)
+            if cur is not None and cur[0] is ack:
+                del self._inflight[row_id]
         self._wake.set()
 
     def _run(self) -> None:

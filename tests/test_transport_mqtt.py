@@ -1,0 +1,440 @@
+"""MQTT transport against a real Mosquitto with the shipped TLS + ACL config.
+
+Canary tests pin the paho/Mosquitto behaviours the facade relies on (PUBACK
+reason codes, session resumption, paho's misleading return codes); if an
+upgrade changes them these fail first, with a message saying which.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgeagent.broker import Broker, render_config
+from edgeagent.errors import TransportError
+from edgeagent.pki import Pki, TlsFiles
+from edgeagent.transport import topics
+from edgeagent.transport.mqtt import (
+    RC_NO_MATCHING_SUBSCRIBERS,
+    RC_NOT_AUTHORIZED,
+    Message,
+    MqttLink,
+    OutboxForwarder,
+    backoff_delay,
+    is_transient,
+)
+from edgeagent.transport.outbox import Outbox
+from tests.plugins.mqtt import TEST_FLEET as FLEET
+
+# --------------------------------------------------------------------------- pure parts
+
+
+@pytest.mark.parametrize(
+    ("attempt", "rnd", "expected"),
+    [
+        (0, 0.0, 0.25),  # half of min_s fixed
+        (0, 0.999999, 0.5),
+        (1, 0.0, 0.5),
+        (3, 0.5, 3.0),  # step 4.0 -> 2.0 + 1.0
+        (20, 0.0, 30.0),  # capped at max_s / 2 fixed part
+        (10_000, 0.999999, 60.0),  # huge attempt numbers do not overflow
+    ],
+)
+def test_backoff_delay_table(attempt: int, rnd: float, expected: float) -> None:
+    assert backoff_delay(attempt, rnd, 0.5, 60.0) == pytest.approx(expected, abs=1e-4)
+
+
+def test_backoff_has_jitter_and_stays_in_bounds() -> None:
+    import random
+
+    rng = random.Random(1)
+    delays = [backoff_delay(5, rng.random(), 0.5, 60.0) for _ in range(200)]
+    assert min(delays) >= 8.0 and max(delays) < 16.0
+    assert len({round(d, 3) for d in delays}) > 150  # spread, not lock-step
+
+
+@pytest.mark.parametrize(("attempt", "rnd"), [(-1, 0.1), (0, 1.0), (0, -0.1)])
+def test_backoff_rejects_bad_arguments(attempt: int, rnd: float) -> None:
+    with pytest.raises(ValueError):
+        backoff_delay(attempt, rnd)
+
+
+def test_transient_codes() -> None:
+    assert is_transient(0x97) and is_transient(0x89) and is_transient(-1)
+    assert not is_transient(RC_NOT_AUTHORIZED) and not is_transient(0x99)
+
+
+def test_topic_builders_and_parser_round_trip() -> None:
+    assert topics.alert("f1", "box-a") == "edgeagent/v1/f1/node/box-a/alert"
+    assert topics.announce("f1", 7) == "edgeagent/v1/f1/round/7/announce"
+    assert topics.model_current("f1") == "edgeagent/v1/f1/model/current"
+    assert topics.node_filter("f1", "update") == "edgeagent/v1/f1/node/+/update"
+    p = topics.parse(topics.update("f1", "box-a"))
+    assert (p.area, p.node_id, p.kind) == ("node", "box-a", "update")
+    r = topics.parse(topics.round_topic("f1", 3, "shares", "box-b"))
+    assert (r.round_id, r.stage, r.to_node) == (3, "shares", "box-b")
+    assert topics.parse(topics.model_current("f1")).area == "model"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "other/v1/f/node/a/alert",
+        "edgeagent/v2/f/node/a/alert",
+        "edgeagent/v1/f/node/a",
+        "edgeagent/v1/f/round/x/announce",
+        "edgeagent/v1/f/model/old",
+        "edgeagent/v1/f/node/a b/alert",
+        "edgeagent/v1",
+    ],
+)
+def test_topic_parser_rejects_foreign_topics(bad: str) -> None:
+    with pytest.raises(TransportError) as ei:
+        topics.parse(bad)
+    assert ei.value.reason == "bad_topic"
+
+
+@pytest.mark.parametrize("level", ["a/b", "+", "#", "", "$SYS"])
+def test_topic_builders_refuse_wildcards_and_separators(level: str) -> None:
+    with pytest.raises(TransportError):
+        topics.alert(FLEET, level)
+
+
+def test_rendered_config_carries_tls_and_acl(pki: Pki, tmp_path: Path) -> None:
+    conf = render_config(pki, tmp_path, 18883)
+    assert "require_certificate true" in conf
+    assert "use_identity_as_username true" in conf
+    assert "listener 18883 127.0.0.1" in conf
+    assert "allow_anonymous false" in conf
+    assert str(pki.broker_files().cert) in conf
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _raw_client(files: TlsFiles, client_id: str) -> paho.Client:
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    c.tls_set(ca_certs=str(files.ca), certfile=str(files.cert), keyfile=str(files.key))
+    return c
+
+
+def _link(broker: Broker, pki: Pki, name: str, **kw: object) -> MqttLink:
+    files = pki.client_files(name)
+    kw.setdefault("reconnect_min_s", 0.1)
+    kw.setdefault("reconnect_max_s", 0.5)
+    return MqttLink(name, broker.host, broker.port, files, FLEET, **kw)  # type: ignore[arg-type]
+
+
+class Inbox:
+    """Collects messages from a link callback; wait() blocks until n arrived."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self._cv = threading.Condition()
+
+    def __call__(self, m: Message) -> None:
+        with self._cv:
+            self.messages.append(m)
+            self._cv.notify_all()
+
+    def wait(self, n: int, timeout: float = 5.0) -> list[Message]:
+        with self._cv:
+            self._cv.wait_for(lambda: len(self.messages) >= n, timeout)
+            return list(self.messages)
+
+
+# --------------------------------------------------------------------------- canaries
+
+
+def test_canary_puback_reason_codes_with_mqtt5_qos1(
+    mosquitto_broker_module: Broker, pki: Pki
+) -> None:
+    """Mosquitto answers an ACL violation with PUBACK 0x87 (MQTT 5 + QoS 1 only)."""
+    c = _raw_client(pki.client_files("box-a"), "canary-puback")
+    acks: dict[int, int] = {}
+    done = threading.Event()
+
+    def on_publish(client: paho.Client, ud: object, mid: int, rc: object, props: object) -> None:
+        acks[mid] = rc.value  # type: ignore[attr-defined]
+        if len(acks) == 2:
+            done.set()
+
+    c.on_publish = on_publish
+    c.connect(mosquitto_broker_module.host, mosquitto_broker_module.port)
+    c.loop_start()
+    try:
+        own = c.publish(topics.alert(FLEET, "box-a"), b"x", qos=1).mid
+        other = c.publish(topics.alert(FLEET, "box-b"), b"x", qos=1).mid
+        assert done.wait(5), "no PUBACKs"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    assert acks[own] == RC_NO_MATCHING_SUBSCRIBERS
+    assert acks[other] == RC_NOT_AUTHORIZED, "paho/mosquitto no longer report 0x87 for ACL denial"
+
+
+def test_canary_paho_publish_while_disconnected_is_queued_not_failed(pki: Pki) -> None:
+    """paho returns MQTT_ERR_NO_CONN yet keeps the message: never trust the rc alone."""
+    c = _raw_client(pki.client_files("box-a"), "canary-noconn")
+    info = c.publish(topics.alert(FLEET, "box-a"), b"x", qos=1)
+    assert info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
+    assert len(c._out_messages) == 1  # queued for after the connect
+    with pytest.raises(RuntimeError):
+        info.is_published()
+
+
+def test_canary_session_resumes_with_clean_start_false(mosquitto_broker: Broker, pki: Pki) -> None:
+    """clean_start=False + SessionExpiryInterval: queued QoS 1 reaches a returning client."""
+    got: list[bytes] = []
+    present: list[bool] = []
+    received = threading.Event()
+
+    def mk() -> paho.Client:
+        c = _raw_client(pki.client_files("aggregator"), "canary-session")
+        c.on_message = lambda cl, ud, m: (got.append(m.payload), received.set())
+        c.on_connect = lambda cl, ud, flags, rc, p: present.append(flags.session_present)
+        return c
+
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 300
+    sub = mk()
+    sub.connect(mosquitto_broker.host, mosquitto_broker.port, clean_start=False, properties=props)
+    sub.loop_start()
+    topic = topics.alert(FLEET, "box-a")
+    rc, _mid = sub.subscribe(topic, qos=1)
+    assert rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+    time.sleep(0.3)
+    sub.disconnect()
+    sub.loop_stop()
+
+    with _link(mosquitto_broker, pki, "box-a") as box:
+        assert box.publish(topic, b"while-away").wait(5) == 0  # 0x00: a (sleeping) subscriber
+
+    sub2 = mk()
+    sub2.connect(mosquitto_broker.host, mosquitto_broker.port, clean_start=False, properties=props)
+    sub2.loop_start()
+    try:
+        assert received.wait(5), "queued message not delivered on session resumption"
+    finally:
+        sub2.disconnect()
+        sub2.loop_stop()
+    assert present[-1] is True
+    assert got == [b"while-away"]
+
+
+# --------------------------------------------------------------------------- security
+
+
+def test_box_publishing_under_another_id_is_refused(
+    mosquitto_broker_module: Broker, pki: Pki
+) -> None:
+    with _link(mosquitto_broker_module, pki, "box-a") as box:
+        assert box.publish(topics.alert(FLEET, "box-b"), b"forged").wait(5) == RC_NOT_AUTHORIZED
+        assert box.publish(topics.model_current(FLEET), b"forged").wait(5) == RC_NOT_AUTHORIZED
+        assert box.publish(topics.alert(FLEET, "box-a"), b"mine").wait(5) < 0x80
+        assert box.counters.refusals == {RC_NOT_AUTHORIZED: 2}
+
+
+def test_certificate_from_another_ca_cannot_connect(
+    mosquitto_broker_module: Broker, foreign_pki: Pki
+) -> None:
+    link = MqttLink(
+        "box-a",
+        mosquitto_broker_module.host,
+        mosquitto_broker_module.port,
+        foreign_pki.client_files("box-a"),
+        FLEET,
+    )
+    with pytest.raises(TransportError) as ei:
+        link.connect(timeout=2.0)
+    assert ei.value.reason == "connect_failed"
+    assert link.counters.connects == 0
+
+
+def test_client_that_distrusts_the_broker_ca_refuses_it(
+    mosquitto_broker_module: Broker, pki: Pki, foreign_pki: Pki
+) -> None:
+    """Mutual TLS both ways: a box pinned to another CA does not talk to this broker."""
+    own = pki.client_files("box-a")
+    files = TlsFiles(foreign_pki.ca_cert, own.cert, own.key)
+    link = MqttLink(
+        "box-a", mosquitto_broker_module.host, mosquitto_broker_module.port, files, FLEET
+    )
+    with pytest.raises(TransportError):
+        link.connect(timeout=2.0)
+    assert "CERTIFICATE_VERIFY_FAILED" in link.counters.last_error
+
+
+def test_box_cannot_read_another_boxs_alerts(mosquitto_broker_module: Broker, pki: Pki) -> None:
+    spy, agg = Inbox(), Inbox()
+    with (
+        _link(mosquitto_broker_module, pki, "box-b", on_message=spy, status=False) as b,
+        _link(mosquitto_broker_module, pki, "aggregator", on_message=agg, status=False) as a,
+        _link(mosquitto_broker_module, pki, "box-a", status=False) as box,
+    ):
+        assert b.subscribe(topics.node_filter(FLEET, "alert")).wait(5) < 0x80  # granted...
+        assert a.subscribe(topics.node_filter(FLEET, "alert")).wait(5) < 0x80
+        box.publish(topics.alert(FLEET, "box-a"), b"private").wait(5)
+        assert [m.payload for m in agg.wait(1)] == [b"private"]
+        time.sleep(0.2)
+    assert spy.messages == []  # ...but deliveries are filtered by the ACL
+
+
+# --------------------------------------------------------------------------- link behaviour
+
+
+def test_status_is_retained_online_and_offline_on_clean_close(
+    mosquitto_broker: Broker, pki: Pki
+) -> None:
+    with _link(mosquitto_broker, pki, "box-a"):
+        pass
+    seen = Inbox()
+    with _link(mosquitto_broker, pki, "aggregator", on_message=seen, status=False) as agg:
+        agg.subscribe(topics.status(FLEET, "box-a")).wait(5)
+        msgs = seen.wait(1)
+    assert msgs and msgs[0].retain
+    assert json.loads(msgs[0].payload)["state"] == "offline"
+
+
+_VANISH = """
+import sys, time
+from pathlib import Path
+from edgeagent.pki import TlsFiles
+from edgeagent.transport.mqtt import MqttLink
+ca, cert, key, port, fleet = sys.argv[1:]
+link = MqttLink("box-c", "127.0.0.1", int(port), TlsFiles(Path(ca), Path(cert), Path(key)),
+                fleet, keepalive_s=5)
+link.connect(timeout=5)
+print("up", flush=True)
+time.sleep(30)
+"""
+
+
+def test_last_will_marks_a_vanished_box_offline(mosquitto_broker: Broker, pki: Pki) -> None:
+    f = pki.client_files("box-c")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _VANISH, str(f.ca), str(f.cert), str(f.key),
+         str(mosquitto_broker.port), FLEET],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        states = Inbox()
+        with _link(mosquitto_broker, pki, "aggregator", on_message=states, status=False) as agg:
+            agg.subscribe(topics.status(FLEET, "box-c")).wait(5)
+            first = states.wait(1)
+            assert json.loads(first[0].payload)["state"] == "online"
+            proc.kill()  # no DISCONNECT: the broker publishes the will
+            later = states.wait(2, timeout=5)
+        assert json.loads(later[-1].payload)["state"] == "offline"
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_link_reconnects_after_broker_restart_and_resubscribes(
+    mosquitto_broker: Broker, pki: Pki
+) -> None:
+    inbox = Inbox()
+    with (
+        _link(mosquitto_broker, pki, "aggregator", on_message=inbox, status=False) as agg,
+        _link(mosquitto_broker, pki, "box-a") as box,
+    ):
+        agg.subscribe(topics.node_filter(FLEET, "alert")).wait(5)
+        mosquitto_broker.stop()
+        deadline = time.monotonic() + 5
+        while box.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not box.connected
+        pending = box.publish(topics.alert(FLEET, "box-a"), b"during-outage")
+        time.sleep(0.5)
+        assert not pending.done()  # no PUBACK, no pretend success
+        mosquitto_broker.start()
+        assert pending.wait(10) < 0x80
+        assert box.counters.connects == 2 and box.counters.disconnects == 1
+        assert [m.payload for m in inbox.wait(1)] == [b"during-outage"]
+
+
+def test_subscribe_before_connect_resolves_after_connack(
+    mosquitto_broker_module: Broker, pki: Pki
+) -> None:
+    link = _link(mosquitto_broker_module, pki, "aggregator", status=False)
+    ack = link.subscribe(topics.round_filter(FLEET))
+    assert not ack.done()
+    try:
+        link.connect()
+        assert ack.wait(5) in (0, 1)
+    finally:
+        link.close()
+
+
+def test_publish_after_close_and_bad_topic_raise(mosquitto_broker_module: Broker, pki: Pki) -> None:
+    link = _link(mosquitto_broker_module, pki, "box-a", status=False).connect()
+    with pytest.raises(TransportError) as ei:
+        link.publish("edgeagent/v1/f/node/+/alert", b"x")
+    assert ei.value.reason == "bad_publish"
+    link.close()
+    with pytest.raises(TransportError) as ei:
+        link.publish(topics.alert(FLEET, "box-a"), b"x")
+    assert ei.value.reason == "closed"
+
+
+def test_consumer_callback_errors_are_counted_not_fatal(
+    mosquitto_broker_module: Broker, pki: Pki
+) -> None:
+    good = Inbox()
+    calls = {"n": 0}
+
+    def flaky(m: Message) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("consumer bug")
+        good(m)
+
+    with (
+        _link(mosquitto_broker_module, pki, "aggregator", on_message=flaky, status=False) as agg,
+        _link(mosquitto_broker_module, pki, "box-b", status=False) as box,
+    ):
+        agg.subscribe(topics.node_filter(FLEET, "update")).wait(5)
+        box.publish(topics.update(FLEET, "box-b"), b"1").wait(5)
+        box.publish(topics.update(FLEET, "box-b"), b"2").wait(5)
+        assert [m.payload for m in good.wait(1)] == [b"2"]
+        assert agg.counters.callback_errors == 1
+
+
+def test_forwarder_sets_msg_id_and_expiry_and_drops_refused_rows(
+    mosquitto_broker_module: Broker, pki: Pki, tmp_state: Path
+) -> None:
+    inbox = Inbox()
+    ob = Outbox.in_state_dir(tmp_state)
+    ob.put(topics.update(FLEET, "box-a"), b"upd", "update", msg_id="u-1")
+    ob.put(topics.alert(FLEET, "box-b"), b"forged", "alert", msg_id="a-forged")
+    ob.put(topics.alert(FLEET, "box-a"), b"alert", "alert", msg_id="a-1")
+    with (
+        _link(mosquitto_broker_module, pki, "aggregator", on_message=inbox, status=False) as agg,
+        _link(mosquitto_broker_module, pki, "box-a", status=False) as box,
+    ):
+        agg.subscribe(topics.node_filter(FLEET, "alert")).wait(5)
+        agg.subscribe(topics.node_filter(FLEET, "update")).wait(5)
+        fw = OutboxForwarder(ob, box)
+        assert fw.drain(10)
+        msgs = inbox.wait(2)
+        time.sleep(0.2)  # a duplicate would arrive by now
+        msgs = list(inbox.messages)
+    assert [m.msg_id for m in msgs] == ["a-1", "u-1"]  # alert first, forged one refused
+    # Expiry comes from the outbox age bound (7 days by default), minus the time stored.
+    assert all(m.expiry_s is not None and 7 * 86400 - 60 < m.expiry_s <= 7 * 86400 for m in msgs)
+    assert fw.delivered == 2 and fw.rejected == 1
+    c = ob.counters()
+    assert c["rejected.alert"] == 1 and c["delivered.alert"] == 1 and c["delivered.update"] == 1
+    ob.close()
