@@ -206,7 +206,7 @@ def test_out_of_order_duplicate_and_nan_are_counted_and_dropped() -> None:
     (x, *_) = w.pop_ready()
     tx, vx = x.data[Stream.ECG]
     assert np.all(np.diff(tx) > 0) and np.isfinite(vx).all()
-    assert len(tx) == 2500 - 3
+    assert len(tx) == 2500 - 4  # three bad values and one NaN timestamp
 
 
 def test_empty_and_all_nan_blocks_are_harmless() -> None:
