@@ -22,6 +22,8 @@ import numpy as np
 
 _BITS = 32
 _MOD = 1 << _BITS
+#: Fewest quantisation levels one box's value may get (8 bits of resolution).
+_MIN_LEVELS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +45,10 @@ class Quantizer:
             raise ValueError(f"max_summands must be >= 1, got {self.max_summands!r}")
         if not 0 <= self.headroom_bits <= 16:
             raise ValueError(f"headroom_bits must be in 0..16, got {self.headroom_bits!r}")
-        if self.scale < 1.0 / self.bound:
+        if self.scale * self.bound < _MIN_LEVELS:
             raise ValueError(
-                f"bound {self.bound} x max_summands {self.max_summands} leaves less than one "
-                "quantisation step per unit; lower the bound or the number of boxes"
+                f"max_summands {self.max_summands} leaves fewer than {_MIN_LEVELS} levels per "
+                "box value; split the boxes into groups or lower headroom_bits"
             )
 
     @property

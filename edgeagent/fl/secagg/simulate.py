@@ -40,6 +40,7 @@ class SimReport:
     server_seconds: float = 0.0
     wall_seconds: float = 0.0
     refused: Counter[str] = field(default_factory=Counter)  # envelope + body refusals, by reason
+    duplicates: int = 0  # byte-identical redeliveries acknowledged without processing
 
 
 def simulate_round(
@@ -126,7 +127,9 @@ def simulate_round(
                     ts = time.perf_counter()
                     try:
                         rec = server_rx.receive(up_data)
-                        if not rec.duplicate:
+                        if rec.duplicate:
+                            report.duplicates += 1
+                        else:
                             server.receive(rec.message.src, rec.message.stage, rec.message.body)
                     except ProtocolError as exc:
                         report.refused[f"server:{exc.reason}"] += 1

@@ -1,0 +1,86 @@
+"""Fixed-point quantisation into Z_2^32: sums decode exactly within the stated error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeagent.fl.quantize import Quantizer, add_mod, sub_mod
+
+
+def test_sum_of_worst_case_values_does_not_wrap() -> None:
+    q = Quantizer(bound=3.0, max_summands=1000, headroom_bits=1)
+    total = np.zeros(2, dtype=np.uint32)
+    for _ in range(1000):
+        add_mod(total, q.quantize(np.array([3.0, -3.0]))[0])
+    np.testing.assert_allclose(q.dequantize(total), [3000.0, -3000.0], atol=1000 * q.step)
+
+
+def test_headroom_is_the_stated_factor() -> None:
+    q = Quantizer(bound=1.0, max_summands=10, headroom_bits=1)
+    one = q.quantize(np.array([1.0]))[0]
+    total = np.zeros(1, dtype=np.uint32)
+    for _ in range(19):  # 1.9 x the nominal worst case still decodes
+        add_mod(total, one)
+    assert q.dequantize(total)[0] == pytest.approx(19.0, abs=1e-6)
+    for _ in range(2):  # 2.1 x wraps around: this is where the headroom ends
+        add_mod(total, one)
+    assert q.dequantize(total)[0] < 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-50, 50, allow_nan=False), min_size=1, max_size=20),
+    st.integers(1, 30),
+)
+def test_deterministic_rounding_error_bound(values: list[float], m: int) -> None:
+    q = Quantizer(bound=50.0, max_summands=30)
+    v = np.array(values)
+    total = np.zeros(v.size, dtype=np.uint32)
+    for _ in range(m):
+        add_mod(total, q.quantize(v)[0])
+    assert np.all(np.abs(q.dequantize(total) - m * v) <= m * q.step / 2 + 1e-9)
+
+
+def test_stochastic_rounding_is_unbiased() -> None:
+    q = Quantizer(bound=1.0, max_summands=2**20)  # coarse steps make bias visible
+    x = np.full(20000, 0.3 * q.step)
+    rng = np.random.default_rng(5)
+    mean = q.dequantize(q.quantize(x, rng)[0]).mean()
+    assert abs(mean - 0.3 * q.step) < 0.02 * q.step
+    assert q.dequantize(q.quantize(x)[0]).mean() == 0.0  # nearest rounding is biased here
+
+
+def test_clamps_are_counted_and_nan_refused() -> None:
+    q = Quantizer(bound=1.0, max_summands=4)
+    vec, clamped = q.quantize(np.array([0.5, 2.0, -7.0]))
+    assert clamped == 2
+    np.testing.assert_allclose(q.dequantize(vec), [0.5, 1.0, -1.0], atol=q.step)
+    with pytest.raises(ValueError, match="NaN"):
+        q.quantize(np.array([np.nan]))
+
+
+def test_masking_cancels_mod_2_32() -> None:
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 2**32, 100, dtype=np.uint64).astype(np.uint32)
+    q = Quantizer(bound=10.0, max_summands=2)
+    x, _ = q.quantize(rng.uniform(-10, 10, 100))
+    y = add_mod(x.copy(), mask)
+    np.testing.assert_array_equal(sub_mod(y, mask), x)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"bound": 0.0, "max_summands": 1},
+        {"bound": 1.0, "max_summands": 0},
+        {"bound": float("inf"), "max_summands": 1},
+        {"bound": 1.0, "max_summands": 1, "headroom_bits": 40},
+        {"bound": 1.0, "max_summands": 2**28},
+    ],
+)
+def test_bad_settings_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        Quantizer(**kwargs)

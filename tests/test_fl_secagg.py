@@ -1,0 +1,374 @@
+"""SecAgg+ end to end in memory: k boxes + aggregator, signed envelopes, dropouts at every stage.
+
+The central property: the unmasked result equals the plaintext weighted FedAvg
+of the same clipped updates within quantisation error, whoever drops out
+(within the threshold); beyond it the round aborts cleanly and the next round
+works. Dropout sets are drawn from a seeded generator so failures reproduce.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import cbor2
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgeagent.errors import ProtocolError
+from edgeagent.fl.aggregate import ClientUpdate, mean_from_total, weighted_fedavg
+from edgeagent.fl.constants import AGGREGATOR, Key, Stage
+from edgeagent.fl.messages import EnvelopeReceiver, Message, decode_unverified, encode
+from edgeagent.fl.privacy import fedavg_payload, payload_bound
+from edgeagent.fl.quantize import Quantizer
+from edgeagent.fl.secagg import (
+    MaskedSum,
+    RoundConfig,
+    SecAggClient,
+    SecAggServer,
+    check_stage,
+    choose_degree,
+    choose_threshold,
+    crypto,
+    neighbour_graph,
+)
+from edgeagent.fl.secagg.simulate import simulate_round
+
+CLIP, N_CAP = 1.0, 500
+STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED, Stage.UNMASK)
+
+
+def make_updates(n: int, dim: int, seed: int = 0) -> list[ClientUpdate]:
+    rng = np.random.default_rng(seed)
+    # non-IID: per-box offsets and scales, some norms above the clip, some n_k above the cap
+    return [
+        ClientUpdate(
+            node=f"box{i:03d}",
+            delta=rng.normal(rng.normal(0, 0.2), rng.uniform(0.01, 0.6), dim),
+            n=int(rng.integers(1, 900)),
+        )
+        for i in range(n)
+    ]
+
+
+def make_round(updates: list[ClientUpdate], round_id: int = 1, **kw: object) -> RoundConfig:
+    dim = updates[0].delta.size + 1
+    return RoundConfig(
+        round_id=round_id,
+        nonce=os.urandom(16),
+        participants=tuple(u.node for u in updates),
+        dim=dim,
+        bound=payload_bound(CLIP, N_CAP),
+        clip=CLIP,
+        n_cap=N_CAP,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def payloads(updates: list[ClientUpdate]) -> dict[str, np.ndarray]:
+    return {u.node: fedavg_payload(u.delta, u.n, CLIP, N_CAP) for u in updates}
+
+
+def spread_dropouts(nodes: list[str], fraction: float, seed: int) -> dict[str, Stage]:
+    """``fraction`` of boxes drop, spread over all four stages."""
+    rng = np.random.default_rng(seed)
+    gone = rng.choice(nodes, size=round(fraction * len(nodes)), replace=False)
+    return {str(b): STAGES[i % 4] for i, b in enumerate(gone)}
+
+
+def assert_matches_plaintext(report, updates, cfg) -> None:
+    assert report.abort is None, report.abort
+    res = report.result
+    counted = [u for u in updates if u.node in res.survivors]
+    expected = weighted_fedavg(counted, clip=CLIP, n_cap=N_CAP)
+    got = mean_from_total(res.total)
+    # deterministic bound: stochastic rounding moves each box's value by < 1 step
+    q = Quantizer(cfg.bound, len(cfg.participants), cfg.headroom_bits)
+    n_total = sum(min(u.n, N_CAP) for u in counted)
+    tol = 2 * len(counted) * q.step / n_total * (1 + np.abs(expected).max())
+    np.testing.assert_allclose(got, expected, rtol=0, atol=tol)
+    assert res.total[-1] == pytest.approx(n_total, abs=len(counted) * q.step)
+    assert not np.allclose(got, 0)  # the check could fail: the result is not trivial
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.3])
+def test_secure_sum_equals_plaintext_fedavg_with_dropouts(fraction: float) -> None:
+    updates = make_updates(20, 50, seed=int(fraction * 100))
+    cfg = make_round(updates)
+    drop = spread_dropouts([u.node for u in updates], fraction, seed=3)
+    report = simulate_round(cfg, payloads(updates), drop=drop)
+    assert_matches_plaintext(report, updates, cfg)
+    assert set(report.result.survivors) == {u.node for u in updates} - {
+        b for b, s in drop.items() if s in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED)
+    }
+    silent = [b for stage_boxes in report.result.dropped.values() for b in stage_boxes]
+    assert sorted(silent) == sorted(drop)
+    assert sum(report.refused.values()) == 0
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_30_percent_dropping_at_one_stage(stage: Stage) -> None:
+    updates = make_updates(10, 30, seed=11)
+    cfg = make_round(updates)
+    drop = {u.node: stage for u in updates[:3]}
+    report = simulate_round(cfg, payloads(updates), drop=drop)
+    assert_matches_plaintext(report, updates, cfg)
+    assert report.result.dropped[stage] == tuple(sorted(drop))
+
+
+def test_sparse_graph_round_with_dropouts() -> None:
+    updates = make_updates(40, 20, seed=5)
+    cfg = make_round(updates)
+    assert cfg.degree < 39 and cfg.degree == choose_degree(40)
+    drop = spread_dropouts([u.node for u in updates], 0.1, seed=9)
+    report = simulate_round(cfg, payloads(updates), drop=drop)
+    assert_matches_plaintext(report, updates, cfg)
+    # Shamir work and key traffic per box are bounded by the degree, not by n
+    down = report.bytes_down
+    assert max(down.values()) < 4 * cfg.dim * 1.2 + 600 * cfg.degree + 2000
+
+
+def test_too_many_dropouts_abort_cleanly_then_next_round_works() -> None:
+    updates = make_updates(10, 20, seed=2)
+    cfg = make_round(updates)  # full graph: 10 holders, t = 6
+    assert cfg.threshold == 6
+    drop = {u.node: Stage.UNMASK for u in updates[:5]}  # 5 holders left < t
+    report = simulate_round(cfg, payloads(updates), drop=drop)
+    assert report.result is None and report.abort is not None
+    assert "below_threshold" in report.abort.reason
+    nxt = simulate_round(make_round(updates, round_id=2), payloads(updates))
+    assert_matches_plaintext(nxt, updates, cfg)
+
+
+def test_abort_when_fewer_than_min_survivors() -> None:
+    updates = make_updates(6, 5, seed=4)
+    cfg = make_round(updates, min_survivors=5)
+    report = simulate_round(
+        cfg, payloads(updates), drop={"box000": Stage.SETUP, "box001": Stage.SETUP}
+    )
+    assert report.abort is not None and "too_few_boxes" in report.abort.reason
+
+
+def test_forged_replayed_out_of_round_messages_refused_round_unaffected() -> None:
+    updates = make_updates(8, 10, seed=8)
+    cfg = make_round(updates)
+    ids = {u.node: Ed25519PrivateKey.generate() for u in updates}
+    stranger = Ed25519PrivateKey.generate()
+    captured: dict[str, bytes] = {}
+
+    def wire(src: str, dst: str, stage: Stage, data: bytes) -> list[bytes]:
+        if dst != AGGREGATOR:
+            return [data]
+        out = [data, data]  # QoS 1 redelivery: must be idempotent
+        if stage is Stage.SETUP:
+            captured[src] = data
+        if stage is Stage.COLLECT_MASKED and src == "box001":
+            m = decode_unverified(data)
+            zeros = {Key.MASKED.value: bytes(len(m.body[Key.MASKED.value]))}
+
+            def variant(key: Ed25519PrivateKey, **kw: object) -> bytes:
+                f = {"round": m.round, "seq": m.seq + 1, "nonce": m.nonce} | kw
+                return encode(Message(m.src, m.dst, stage=m.stage, body=zeros, **f), key)  # type: ignore[arg-type]
+
+            unsigned = cbor2.loads(data)
+            unsigned[Key.SIGNATURE.value] = b""
+            out[:0] = [
+                variant(stranger),  # forged: box001's name, another key
+                cbor2.dumps(unsigned),  # signature stripped
+                variant(ids["box001"], round=m.round - 1),  # out of round
+                variant(ids["box001"], nonce=os.urandom(16)),  # an old round's nonce
+                captured["box001"],  # replay of its SETUP message
+            ]
+            out.append(variant(ids["box001"], seq=m.seq))  # same seq, other content
+        return out
+
+    report = simulate_round(cfg, payloads(updates), wire=wire, identities=ids)
+    assert_matches_plaintext(report, updates, cfg)
+    assert report.refused == {
+        "server:bad_signature": 2,
+        "server:out_of_round": 1,
+        "server:stale_nonce": 1,
+        "server:replay": 1,
+    }
+    # replayed bytes are acknowledged as duplicates and never processed twice
+    assert report.duplicates == 4 * len(updates) + 1
+
+
+def test_out_of_round_message_refused_by_receiver() -> None:
+    key = Ed25519PrivateKey.generate()
+    rx = EnvelopeReceiver(AGGREGATOR, {"box1": key.public_key()})
+    rx.begin_round(5, b"n" * 16)
+    old = Message("box1", AGGREGATOR, 4, Stage.COLLECT_MASKED, 0, b"n" * 16, {})
+    with pytest.raises(ProtocolError, match="out_of_round"):
+        rx.receive(encode(old, key))
+
+
+def drive_to(stage: Stage, n: int = 5) -> tuple[SecAggServer, dict[str, SecAggClient], dict]:
+    """Run a round by hand up to the bodies the server sends for ``stage``."""
+    updates = make_updates(n, 4, seed=1)
+    cfg = make_round(updates)
+    server = SecAggServer(cfg)
+    clients = {u.node: SecAggClient(u.node) for u in updates}
+    for u in updates:
+        clients[u.node].set_input(fedavg_payload(u.delta, u.n, CLIP, N_CAP))
+    out = server.start()
+    while server.stage is not stage:
+        for node, body in out.items():
+            server.receive(
+                node, server.stage, clients[node].handle(1, cfg.nonce, server.stage, body)
+            )
+        out = server.advance()
+    return server, clients, out
+
+
+def test_client_refuses_unsafe_unmask_request() -> None:
+    server, clients, out = drive_to(Stage.UNMASK)
+    node = sorted(out)[0]
+    body = dict(out[node])
+    other = (
+        body[Key.SURVIVORS.value][-1]
+        if body[Key.SURVIVORS.value][-1] != node
+        else body[Key.SURVIVORS.value][0]
+    )
+    body[Key.DROPPED.value] = [other]  # ask for both the seed and the key share of `other`
+    with pytest.raises(ProtocolError, match="unsafe_unmask"):
+        clients[node].handle(1, server.config.nonce, Stage.UNMASK, body)
+
+
+def test_client_refuses_stage_out_of_order_and_other_round() -> None:
+    c = SecAggClient("box000")
+    with pytest.raises(ProtocolError, match="out_of_order"):
+        c.handle(1, b"n" * 16, Stage.UNMASK, {})
+    server, clients, out = drive_to(Stage.SHARE_KEYS)
+    node = sorted(out)[0]
+    with pytest.raises(ProtocolError, match="out_of_round"):
+        clients[node].handle(2, server.config.nonce, Stage.SHARE_KEYS, out[node])
+    with pytest.raises(ProtocolError, match="out_of_order"):
+        clients[node].handle(1, server.config.nonce, Stage.UNMASK, out[node])
+
+
+def test_client_refuses_unsafe_setup() -> None:
+    c = SecAggClient("box000")
+    _, _, out = drive_to(Stage.SETUP)
+    body = dict(out["box000"])
+    body[Key.THRESHOLD.value] = 1  # one neighbour could unmask this box alone
+    with pytest.raises(ProtocolError, match="bad_body"):
+        c.handle(1, b"n" * 16, Stage.SETUP, body)
+    c2 = SecAggClient("box000")
+    with pytest.raises(ProtocolError, match="bad_body"):
+        c2.handle(1, b"n" * 16, Stage.SETUP, {Key.NEIGHBOURS.value: "everyone"})
+
+
+def test_server_refuses_bad_bodies_without_state_change() -> None:
+    server, _clients, out = drive_to(Stage.COLLECT_MASKED)
+    node = sorted(out)[0]
+    for body, reason in (
+        ({Key.MASKED.value: b"\x00" * 3}, "bad_body"),
+        ({}, "bad_body"),
+    ):
+        with pytest.raises(ProtocolError, match=reason):
+            server.receive(node, Stage.COLLECT_MASKED, body)
+    with pytest.raises(ProtocolError, match="wrong_stage"):
+        server.receive(node, Stage.SETUP, {})
+    with pytest.raises(ProtocolError, match="unexpected_sender"):
+        server.receive("intruder", Stage.COLLECT_MASKED, {Key.MASKED.value: b""})
+    assert node in server.pending()
+    assert server.rejected["bad_body"] == 2
+
+
+def test_corrupted_share_detected_by_commitment() -> None:
+    server, clients, out = drive_to(Stage.UNMASK, n=6)
+    holders = sorted(out)
+    replies = {n: clients[n].handle(1, server.config.nonce, Stage.UNMASK, out[n]) for n in holders}
+    victim = holders[0]
+    for n in holders:  # corrupt every holder's share of the victim's seed
+        idx, share = replies[n][Key.SEED_SHARES.value][victim]
+        replies[n][Key.SEED_SHARES.value][victim] = [idx, bytes(b ^ 1 for b in share)]
+        server.receive(n, Stage.UNMASK, replies[n])
+    result = server.advance()
+    assert server.result is None and "reconstruction_failed" in server.abort.reason
+    assert all(b[Key.STATUS.value] == "aborted" for b in result.values())
+
+
+def test_partial_sums_from_two_intake_workers_combine() -> None:
+    server, clients, out = drive_to(Stage.COLLECT_MASKED, n=6)
+    worker = MaskedSum(server.config.dim)
+    nodes = sorted(out)
+    for i, node in enumerate(nodes):
+        reply = clients[node].handle(1, server.config.nonce, Stage.COLLECT_MASKED, out[node])
+        if i % 2:
+            worker.add(node, reply[Key.MASKED.value])
+        else:
+            server.receive(node, Stage.COLLECT_MASKED, reply)
+    server.absorb(worker)
+    with pytest.raises(ProtocolError):
+        server.absorb(worker)  # the same boxes twice
+    assert not server.pending()
+    out = server.advance()
+    for node, body in out.items():
+        server.receive(
+            node, Stage.UNMASK, clients[node].handle(1, server.config.nonce, Stage.UNMASK, body)
+        )
+    server.advance()
+    assert server.result is not None and len(server.result.survivors) == 6
+
+
+def test_distributed_noise_reaches_target_variance() -> None:
+    n, dim, sigma = 10, 2000, 4.0
+    updates = [ClientUpdate(f"box{i:03d}", np.zeros(dim), 10) for i in range(n)]
+    per_box = sigma / math.sqrt(7)  # min_survivors = 7
+    cfg = make_round(updates, noise_std=per_box, min_survivors=7)
+    drop = {"box000": Stage.COLLECT_MASKED, "box001": Stage.COLLECT_MASKED, "box002": Stage.SETUP}
+    report = simulate_round(cfg, payloads(updates), drop=drop)
+    noise = report.result.total[:-1]  # zero updates: what is left is the summed noise
+    assert noise.std() == pytest.approx(sigma, rel=0.06)
+    assert abs(noise.mean()) < 4 * sigma / math.sqrt(dim)
+
+
+def test_crypto_primitives() -> None:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    nonce = os.urandom(16)
+    m_ab = crypto.pairwise_mask(a, crypto.raw_public(b), nonce, 64)
+    np.testing.assert_array_equal(m_ab, crypto.pairwise_mask(b, crypto.raw_public(a), nonce, 64))
+    assert not np.array_equal(
+        m_ab, crypto.pairwise_mask(a, crypto.raw_public(b), os.urandom(16), 64)
+    )
+    key = crypto.share_key(a, crypto.raw_public(b), nonce)
+    blob = crypto.encrypt_share(key, nonce, "a", "b", 3, b"s" * crypto.SECRET_BYTES)
+    assert crypto.decrypt_share(key, nonce, "a", "b", blob) == (3, b"s" * crypto.SECRET_BYTES)
+    with pytest.raises(ProtocolError, match="bad_share"):
+        crypto.decrypt_share(key, nonce, "a", "c", blob)  # misrouted: dst is bound
+    with pytest.raises(ProtocolError, match="bad_share"):
+        crypto.decrypt_share(key, nonce, "a", "b", blob[:-1] + bytes([blob[-1] ^ 1]))
+    secret = crypto.raw_private(a) + crypto.new_self_seed()
+    shares = crypto.split_secrets(secret, 3, 5)
+    assert crypto.combine_chunks(shares[1:4], 0, 3) == secret
+    # too few shares: garbage, which only the commitment check catches
+    assert crypto.combine_chunks(shares[:2], 0, 3) != secret
+    seed = secret[32:]
+    assert crypto.commit_seed(seed, nonce, "a") != crypto.commit_seed(seed, nonce, "b")
+    assert crypto.public_from_private(crypto.combine_chunks(shares[:3], 0, 2)) == crypto.raw_public(
+        a
+    )
+
+
+def test_stage_table_and_graph() -> None:
+    check_stage(None, Stage.SETUP)
+    check_stage(Stage.SETUP, Stage.SHARE_KEYS)
+    check_stage(Stage.SHARE_KEYS, Stage.RESULT)
+    with pytest.raises(ProtocolError):
+        check_stage(Stage.SETUP, Stage.UNMASK)
+    nodes = [f"n{i}" for i in range(200)]
+    k = choose_degree(200)
+    assert k % 2 == 0 and k <= 3 * math.log2(200) + 2
+    g = neighbour_graph(nodes, k, b"x" * 16)
+    assert all(len(v) == k for v in g.values())
+    assert all(a in g[b] for a in g for b in g[a])  # symmetric
+    assert neighbour_graph(nodes, k, b"y" * 16) != g  # public randomness decides the graph
+    t = choose_threshold(k)
+    assert 2 * t > k + 1
+    with pytest.raises(ValueError):
+        RoundConfig(1, b"x" * 16, ("a", "b"), 3, 1.0, threshold=1)
