@@ -1,0 +1,111 @@
+"""Robust rules resist a minority of bad updates; grouped secure aggregation states its costs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeagent.fl.robust import (
+    RULES,
+    coordinate_median,
+    grouped_aggregate,
+    grouping_tradeoff,
+    krum_scores,
+    multi_krum,
+    norm_bound,
+    partition_groups,
+    robust_aggregate,
+    trimmed_mean,
+)
+
+TRUE = np.array([1.0, -2.0, 0.5])
+
+
+def honest_and_attackers(n_honest: int = 16, n_bad: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    honest = TRUE + rng.normal(0, 0.1, (n_honest, 3))
+    bad = np.full((n_bad, 3), 1000.0)
+    return np.vstack([honest, bad])
+
+
+@pytest.mark.parametrize(
+    ("rule", "params"),
+    [("median", {}), ("trimmed_mean", {"beta": 0.2}), ("multi_krum", {"f": 3})],
+)
+def test_rules_resist_minority_attack(rule: str, params: dict) -> None:
+    x = honest_and_attackers()
+    assert np.linalg.norm(x.mean(axis=0) - TRUE) > 100  # plain mean is ruined
+    assert np.linalg.norm(robust_aggregate(x, rule, **params) - TRUE) < 0.15
+
+
+def test_norm_bound_limits_pull() -> None:
+    x = honest_and_attackers()
+    out = norm_bound(x, max_norm=3.0)
+    assert np.linalg.norm(out - TRUE) < 3.0 * 3 / 19 + 0.2
+    w = norm_bound(np.array([[1.0, 0.0], [0.0, 10.0]]), 1.0, weights=[3, 1])
+    np.testing.assert_allclose(w, [0.75, 0.25])
+
+
+def test_median_and_trimmed_mean_exact() -> None:
+    x = np.array([[1.0], [2.0], [100.0], [3.0], [-50.0]])
+    assert coordinate_median(x)[0] == 2.0
+    assert trimmed_mean(x, 0.2)[0] == pytest.approx(2.0)
+    assert trimmed_mean(x, 0.0)[0] == pytest.approx(x.mean())
+
+
+def test_multi_krum_selects_honest_rows() -> None:
+    x = honest_and_attackers()
+    _, chosen = multi_krum(x, f=3)
+    assert set(chosen) == set(range(16))
+    scores = krum_scores(x, f=3)
+    assert scores[16:].min() > scores[:16].max()
+    with pytest.raises(ValueError, match="n > 2f"):
+        krum_scores(x[:5], f=2)
+
+
+def test_bad_inputs_refused() -> None:
+    with pytest.raises(ValueError, match="unknown robust rule"):
+        robust_aggregate(np.ones((3, 2)), "magic")
+    with pytest.raises(ValueError):
+        coordinate_median(np.array([[np.nan]]))
+    with pytest.raises(ValueError):
+        trimmed_mean(np.ones((4, 2)), 0.5)
+    with pytest.raises(ValueError, match="max_norm"):
+        robust_aggregate(np.ones((3, 2)), "norm_bound")
+    assert set(RULES) >= {"median", "trimmed_mean", "multi_krum", "norm_bound"}
+
+
+def test_partition_groups_deterministic_and_covering() -> None:
+    nodes = [f"b{i}" for i in range(23)]
+    groups = partition_groups(nodes, 5, b"n" * 16)
+    assert len(groups) == 4 and all(len(g) >= 5 for g in groups)
+    assert sorted(b for g in groups for b in g) == sorted(nodes)
+    assert groups == partition_groups(list(reversed(nodes)), 5, b"n" * 16)
+    assert groups != partition_groups(nodes, 5, b"m" * 16)
+    with pytest.raises(ValueError):
+        partition_groups(nodes, 1, b"n" * 16)
+
+
+def test_grouped_secure_rule_survives_one_bad_group() -> None:
+    rng = np.random.default_rng(2)
+    totals = []
+    for g in range(5):
+        n = rng.integers(10, 50, 4)
+        deltas = TRUE + rng.normal(0, 0.05, (4, 3))
+        if g == 1:
+            deltas[0] = -500.0  # one malicious box spoils its whole group mean
+        totals.append(np.concatenate([(n[:, None] * deltas).sum(axis=0), [n.sum()]]))
+    out = grouped_aggregate(totals, "median")
+    assert np.linalg.norm(out - TRUE) < 0.2
+    assert np.linalg.norm(grouped_aggregate(totals, "mean") - TRUE) > 10
+    with pytest.raises(ValueError):
+        grouped_aggregate([np.array([1.0, 0.0])], "median")
+
+
+def test_grouping_tradeoff_stated() -> None:
+    t = grouping_tradeoff(100, 10, "median")
+    assert t["groups"] == 10 and t["tolerated_malicious_boxes"] == 4
+    bigger = grouping_tradeoff(100, 25, "median")
+    assert bigger["tolerated_malicious_boxes"] < t["tolerated_malicious_boxes"]
+    assert grouping_tradeoff(100, 10, "multi_krum")["tolerated_bad_groups"] == 3
+    assert grouping_tradeoff(100, 10, "mean")["tolerated_malicious_boxes"] == 0
