@@ -152,4 +152,5 @@ def test_status_snapshot_schema(clock: Clock) -> None:
 
 
 def test_status_topic() -> None:
-    assert status_topic("edgeagent/v1", "clinic", "box-1") == "edgeagent/v1/clinic/node/box-1/status"
+    topic = status_topic("edgeagent/v1", "clinic", "box-1")
+    assert topic == "edgeagent/v1/clinic/node/box-1/status"
