@@ -318,6 +318,7 @@ def quality(x: np.ndarray, fs: float) -> Quality:
       (lead off, electrode dried out);
     * clip_frac: share of samples pinned at the segment's min or max
       (front-end saturation; a clean ECG has one or two samples there);
+      pinning at exactly 0 is not counted, as zeros mean "no input";
     * hf_noise_ratio / lf_ratio: spectral power above 40 Hz / below 0.7 Hz
       over total power above 0.05 Hz (muscle noise; motion and wander);
     * kurtosis: excess kurtosis; a clean ECG is peaky (>> 3), noise is ~0.
@@ -339,12 +340,14 @@ def quality(x: np.ndarray, fs: float) -> Quality:
     rng = hi - lo
     if rng > 0:
         tol = 1e-6 * rng
-        at_lo = int(np.count_nonzero(x <= lo + tol))
-        at_hi = int(np.count_nonzero(x >= hi - tol))
+        at_lo = int(np.count_nonzero(x <= lo + tol)) if lo != 0 else 0
+        at_hi = int(np.count_nonzero(x >= hi - tol)) if hi != 0 else 0
         # A single extreme sample is just the tallest R peak, not clipping.
         clip = ((at_lo if at_lo > 2 else 0) + (at_hi if at_hi > 2 else 0)) / n
     else:
-        clip = 1.0
+        # Pinned at a non-zero value is a rail; exact zeros are "no input"
+        # (lead off, zero-filled frames), which flatline_frac reports.
+        clip = 1.0 if lo != 0 else 0.0
     spec = np.abs(np.fft.rfft(x - x.mean())) ** 2
     freqs = np.fft.rfftfreq(n, 1.0 / fs)
     total = float(spec[freqs > 0.05].sum())
@@ -352,8 +355,10 @@ def quality(x: np.ndarray, fs: float) -> Quality:
         hf = float(spec[freqs > HF_NOISE_HZ].sum()) / total
         lf = float(spec[(freqs > 0.05) & (freqs < LF_WANDER_HZ)].sum()) / total
     else:
-        hf = lf = nan
-    kurt = float(stats.kurtosis(x)) if rng > 0 else nan
+        hf = lf = 0.0  # no power at all: no noise either (flatline says why)
+    # A constant signal has no peaks: report it like noise (0), not as NaN, so
+    # a present-but-dead lead still yields a complete quality vector.
+    kurt = float(stats.kurtosis(x)) if rng > 0 else 0.0
     return Quality(flat, clip, hf, lf, kurt)
 
 
