@@ -122,6 +122,10 @@ TRANSIENT_SIGNATURES: frozenset[str] = frozenset(
     }
 )
 
+# errno values of a path that can never be a serial port (pyserial wraps these
+# in SerialException, so they are recognised by errno, not by class).
+NOT_A_PORT_ERRNOS: frozenset[int] = frozenset({errno.EISDIR, errno.ENOTDIR, errno.ENOTTY})
+
 # Exception class names (any backend) that mean "the peer is not there now".
 GONE_CLASS_NAMES: frozenset[str] = frozenset(
     {
@@ -160,12 +164,12 @@ def classify(exc: BaseException) -> Verdict:
             "permission denied",
             "add the service user to the 'dialout' group or fix the udev rule",
         )
-    if isinstance(exc, IsADirectoryError | NotADirectoryError):
+    err = getattr(exc, "errno", None)
+    if isinstance(exc, IsADirectoryError | NotADirectoryError) or err in NOT_A_PORT_ERRNOS:
         return Verdict(Action.GIVE_UP, "not a device path", "point the source at a tty device")
     if isinstance(exc, ValueError | TypeError):
         # Bad settings (baud rate, port string) never fix themselves.
         return Verdict(Action.GIVE_UP, f"invalid setting: {exc}", "fix the source configuration")
-    err = getattr(exc, "errno", None)
     if err in GONE_ERRNOS:
         return Verdict(Action.BACKOFF, f"device gone (errno {err})")
     if any(cls.__name__ in GONE_CLASS_NAMES for cls in type(exc).__mro__):
