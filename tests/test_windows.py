@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeagent.errors import ConfigError
-from edgeagent.pipeline.windows import Window, Windower
+from edgeagent.pipeline.windows import Window, WindowCounters, Windower
 from edgeagent.streams import Gap, SampleBlock, Stream
 from tests.pipeline_synth import blocks
 
@@ -23,6 +23,10 @@ def _series(
     n_ch = {Stream.ECG: 1, Stream.ACC: 3, Stream.SKIN_TEMP: 1, Stream.ENV: 2}[stream]
     # Values encode the timestamp so tests can check what landed where.
     return t, np.repeat(t[:, None], n_ch, axis=1).astype(np.float32)
+
+
+def _dropped(c: WindowCounters) -> int:
+    return c.duplicate + c.out_of_order + c.nonfinite + c.late + c.future
 
 
 def _feed(w: Windower, device: str, stream: Stream, t: np.ndarray, v: np.ndarray) -> None:
@@ -202,11 +206,26 @@ def test_out_of_order_duplicate_and_nan_are_counted_and_dropped() -> None:
     )
     c = w.counters
     assert (c.duplicate, c.out_of_order, c.nonfinite) == (10, 6, 4)
-    assert c.samples_in == c.samples_kept + c.duplicate + c.out_of_order + c.nonfinite + c.late
+    assert (
+        c.samples_in
+        == c.samples_kept + c.duplicate + c.out_of_order + c.nonfinite + c.late + c.future
+    )
     (x, *_) = w.pop_ready()
     tx, vx = x.data[Stream.ECG]
     assert np.all(np.diff(tx) > 0) and np.isfinite(vx).all()
     assert len(tx) == 2500 - 4  # three bad values and one NaN timestamp
+
+
+def test_samples_from_the_future_are_dropped_when_now_is_given() -> None:
+    w = Windower()
+    t, v = _series(Stream.ECG, 250.0, 0.0, 12.0)
+    w.push(SampleBlock("c", Stream.ECG, t, v), now=12.0)
+    bogus = np.array([1e9])
+    w.push(SampleBlock("c", Stream.ECG, bogus, np.ones((1, 1), np.float32)), now=12.0)
+    assert w.counters.future == 1
+    w.push(SampleBlock("c", Stream.ECG, t + 12.0, v), now=24.0)
+    assert w.counters.samples_kept == 2 * t.shape[0]
+    assert [x.start for x in w.pop_ready(now=24.0)] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
 
 
 def test_empty_and_all_nan_blocks_are_harmless() -> None:
@@ -342,11 +361,14 @@ def test_any_block_sequence_keeps_invariants(
         v = np.ones((n, 1), np.float32)
         if poison and n:
             v[n // 2] = np.nan
-        w.push(SampleBlock("d", stream, t, v))
+        w.push(SampleBlock("d", stream, t, v), now=now if poison else None)
         out += w.pop_ready(now=now)
     out += w.flush()
     c = w.counters
-    assert c.samples_in == c.samples_kept + c.duplicate + c.out_of_order + c.nonfinite + c.late
+    assert (
+        c.samples_in
+        == c.samples_kept + c.duplicate + c.out_of_order + c.nonfinite + c.late + c.future
+    )
     starts = [x.start for x in out]
     assert starts == sorted(set(starts))
     for x in out:

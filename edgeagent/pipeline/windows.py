@@ -52,6 +52,9 @@ DEFAULT_LATENESS_S = 5.0
 # serial timestamps jitter by well under 2x the sample period once the source
 # has mapped device time onto the agent clock.
 HOLE_FACTOR = 2.5
+# Sources stamp samples on the agent clock when they arrive, so a sample from
+# the future is a clock bug; a little slack covers clock reads racing.
+FUTURE_TOLERANCE_S = 2.0
 # Streams stamped at events (one RR value per beat) have no nominal rate; a
 # long interval there is a slow heart, not lost data, so no holes are inferred.
 EVENT_STREAMS: frozenset[Stream] = frozenset({Stream.RR})
@@ -95,14 +98,16 @@ class Window:
 class WindowCounters:
     """What the windower accepted, dropped and emitted; shown by ``edgeagent status``.
 
-    Every dropped sample lands in exactly one of ``nonfinite``,
-    ``out_of_order``, ``duplicate``, ``late`` or ``overflow``.
+    Every sample pushed is either kept (``samples_kept``) or dropped into
+    exactly one of ``nonfinite``, ``future``, ``out_of_order``, ``duplicate``
+    or ``late``; ``overflow`` counts kept samples trimmed later unwindowed.
     """
 
     blocks: int = 0
     samples_in: int = 0
     samples_kept: int = 0
     nonfinite: int = 0  # NaN/inf in t or any channel
+    future: int = 0  # later than now + FUTURE_TOLERANCE_S (push with ``now``)
     out_of_order: int = 0  # older than a sample already received for that stream
     duplicate: int = 0  # same timestamp as the previous sample of that stream
     late: int = 0  # older than the start of every window still to come
@@ -241,12 +246,16 @@ class Windower:
             return math.floor(min(starts) / self.hop_s) * self.hop_s
         return self._next_k * self.hop_s
 
-    def push(self, block: SampleBlock) -> int:
+    def push(self, block: SampleBlock, now: float | None = None) -> int:
         """Buffer a block; return how many of its samples were kept.
 
         Rows with NaN/inf, timestamps not strictly after the stream's newest
         sample, or older than every window still to come are dropped and
-        counted. Everything else is appended as-is (no resampling).
+        counted. With ``now`` (agent clock), samples more than
+        ``FUTURE_TOLERANCE_S`` in the future are dropped too: one bogus
+        timestamp would otherwise drag the watermark ahead and make every
+        real sample after it "late". Everything else is appended as-is (no
+        resampling).
         """
         c = self.counters
         c.blocks += 1
@@ -256,10 +265,16 @@ class Windower:
             return 0
         t = np.asarray(block.t, dtype=np.float64)
         v = np.asarray(block.values, dtype=np.float32)
-        finite = np.isfinite(t) & np.isfinite(v).all(axis=1)
-        if not finite.all():
-            c.nonfinite += int(n - np.count_nonzero(finite))
-            t, v = t[finite], v[finite]
+        ok = np.isfinite(t) & np.isfinite(v).all(axis=1)
+        if not ok.all():
+            c.nonfinite += int(n - np.count_nonzero(ok))
+        if now is not None:
+            future = ok & (t > now + FUTURE_TOLERANCE_S)
+            if future.any():
+                c.future += int(np.count_nonzero(future))
+                ok &= ~future
+        if not ok.all():
+            t, v = t[ok], v[ok]
             if t.shape[0] == 0:
                 return 0
         key = (block.device, block.stream)
