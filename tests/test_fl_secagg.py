@@ -372,3 +372,15 @@ def test_stage_table_and_graph() -> None:
     assert 2 * t > k + 1
     with pytest.raises(ValueError):
         RoundConfig(1, b"x" * 16, ("a", "b"), 3, 1.0, threshold=1)
+
+
+def test_box_cut_off_mid_round_joins_the_next_round() -> None:
+    _server, clients, out = drive_to(Stage.COLLECT_MASKED)
+    node = sorted(out)[0]
+    updates = make_updates(5, 4, seed=1)
+    cfg2 = make_round(updates, round_id=2)
+    setup = SecAggServer(cfg2).start()[node]
+    reply = clients[node].handle(2, cfg2.nonce, Stage.SETUP, setup)
+    assert len(reply[Key.PK_MASK.value]) == 32
+    with pytest.raises(ProtocolError, match="out_of_order"):
+        clients[node].handle(2, cfg2.nonce, Stage.SETUP, setup)  # same round twice

@@ -9,7 +9,7 @@ canonicalisation ambiguity.
 
 ``EnvelopeReceiver`` is sans-I/O: bytes in, a ``Message`` (or a refusal) out.
 It checks, in this order so that cheap checks shield expensive ones: size,
-outer schema, sender known, signature, inner schema, version, destination,
+outer schema, version, inner schema, sender known, signature, destination,
 round and nonce (freshness), then per-sender sequence numbers (uniqueness).
 A byte-identical redelivery (MQTT QoS 1 may deliver twice) is reported as a
 duplicate so the caller can acknowledge it without processing it again; a

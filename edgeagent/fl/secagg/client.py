@@ -91,6 +91,9 @@ class SecAggClient:
         unchanged by a refused message only for stage-order errors, otherwise
         the box should treat itself as dropped for this round.
         """
+        if stage is Stage.SETUP and round_id != self.round_id:
+            # a new round starts over, even if this box was cut off mid-round
+            self.stage = None
         check_stage(self.stage, stage)
         if stage is not Stage.SETUP and (round_id != self.round_id or nonce != self.nonce):
             raise ProtocolError("out_of_round", f"round {round_id} is not the current round")
