@@ -438,3 +438,28 @@ def test_forwarder_sets_msg_id_and_expiry_and_drops_refused_rows(
     c = ob.counters()
     assert c["rejected.alert"] == 1 and c["delivered.alert"] == 1 and c["delivered.update"] == 1
     ob.close()
+
+
+def test_shared_subscription_spreads_updates_across_aggregator_workers(
+    mosquitto_broker_module: Broker, pki: Pki
+) -> None:
+    """DESIGN §5 scale-out: the ACL admits $share subscriptions for the aggregator."""
+    w1, w2 = Inbox(), Inbox()
+    shared = "$share/aggs/" + topics.node_filter(FLEET, "update")
+    files = pki.client_files("aggregator")
+    host, port = mosquitto_broker_module.host, mosquitto_broker_module.port
+    with (
+        MqttLink("agg-w1", host, port, files, FLEET, identity="aggregator", status=False,
+                 on_message=w1) as a1,
+        MqttLink("agg-w2", host, port, files, FLEET, identity="aggregator", status=False,
+                 on_message=w2) as a2,
+        _link(mosquitto_broker_module, pki, "box-c", status=False) as box,
+    ):  # fmt: skip
+        assert a1.subscribe(shared).wait(5) < 0x80 and a2.subscribe(shared).wait(5) < 0x80
+        for i in range(10):
+            assert box.publish(topics.update(FLEET, "box-c"), b"%d" % i).wait(5) < 0x80
+        time.sleep(0.3)
+    got1 = {m.payload for m in w1.messages}
+    got2 = {m.payload for m in w2.messages}
+    assert got1 | got2 == {b"%d" % i for i in range(10)}
+    assert not got1 & got2 and got1 and got2  # each update to exactly one worker

@@ -18,9 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from edgeagent.broker import Broker
 from edgeagent.cli import _register, app
 from edgeagent.errors import OutboxError
+from edgeagent.pki import Pki
+from edgeagent.transport import topics
 from edgeagent.transport.outbox import DB_NAME, Outbox, OutboxLimits
+from tests.plugins.mqtt import TEST_FLEET as FLEET
 
 
 class Clock:
@@ -293,3 +297,24 @@ def test_cli_stats_and_purge(tmp_state: Path) -> None:
     assert json.loads(r.output) == {"purged": 1, "rows": 1}
     r = runner.invoke(app, ["outbox", "stats", "--state-dir", str(tmp_state / "nope")])
     assert r.exit_code == 2
+
+
+def test_cli_flush_sends_everything_to_a_real_broker(
+    tmp_state: Path, mosquitto_broker: Broker, pki: Pki
+) -> None:
+    _register()
+    ob = Outbox.in_state_dir(tmp_state)
+    for i in range(5):
+        ob.put(topics.alert(FLEET, "box-b"), b"a%d" % i, "alert")
+    ob.put(topics.alert(FLEET, "box-a"), b"not mine", "alert")  # refused by the ACL
+    ob.close()
+    r = CliRunner().invoke(
+        app,
+        ["outbox", "flush", "--state-dir", str(tmp_state), "--port", str(mosquitto_broker.port),
+         "--pki-dir", str(pki.root), "--box-id", "box-b", "--fleet", FLEET, "--timeout-s", "10",
+         "--json"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == {
+        "before": 6, "delivered": 5, "rejected": 1, "rows": 0, "complete": True
+    }  # fmt: skip
