@@ -8,6 +8,7 @@ works. Dropout sets are drawn from a seeded generator so failures reproduce.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -15,6 +16,8 @@ import cbor2
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edgeagent.errors import ProtocolError
 from edgeagent.fl.aggregate import ClientUpdate, mean_from_total, weighted_fedavg
@@ -384,3 +387,49 @@ def test_box_cut_off_mid_round_joins_the_next_round() -> None:
     assert len(reply[Key.PK_MASK.value]) == 32
     with pytest.raises(ProtocolError, match="out_of_order"):
         clients[node].handle(2, cfg2.nonce, Stage.SETUP, setup)  # same round twice
+
+
+def test_box_checks_its_neighbours_against_the_public_graph() -> None:
+    updates = make_updates(30, 4, seed=1)
+    cfg = make_round(updates)
+    server = SecAggServer(cfg)
+    out = server.start()
+    honest = SecAggClient("box000")
+    honest.expect_participants(cfg.participants)
+    honest.handle(1, cfg.nonce, Stage.SETUP, out["box000"])
+    body = dict(out["box000"])
+    others = sorted(set(cfg.participants) - cfg.graph["box000"] - {"box000"})
+    swapped = sorted(cfg.graph["box000"])[1:] + others[:1]  # one neighbour hand-picked
+    body[Key.NEIGHBOURS.value] = swapped
+    victim = SecAggClient("box000")
+    victim.expect_participants(cfg.participants)
+    with pytest.raises(ProtocolError, match="bad_graph"):
+        victim.handle(1, cfg.nonce, Stage.SETUP, body)
+
+
+_cbor_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.binary(max_size=40)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_bodies = st.dictionaries(st.sampled_from([k.value for k in Key]), _cbor_values, max_size=6)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(stage=st.sampled_from(STAGES), body=_bodies)
+def test_random_bodies_are_refused_never_crash(stage: Stage, body: dict) -> None:
+    server, clients, out = drive_to(stage, n=3)
+    node = sorted(out)[0]
+    with contextlib.suppress(ProtocolError):
+        clients[node].handle(1, server.config.nonce, stage, body)
+    with contextlib.suppress(ProtocolError):
+        server.receive(node, stage, body)

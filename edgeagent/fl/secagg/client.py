@@ -15,7 +15,7 @@ self-seed share and the mask-key share of the same box.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from edgeagent.errors import ProtocolError
 from edgeagent.fl.constants import MAX_DEGREE, NONCE_BYTES, SHAMIR_CHUNK, Key, Stage
 from edgeagent.fl.quantize import Quantizer, add_mod, sub_mod
 from edgeagent.fl.secagg import crypto
-from edgeagent.fl.secagg.state import check_stage
+from edgeagent.fl.secagg.state import check_stage, neighbour_graph
 
 #: Largest payload dimension a box accepts from a SETUP message (memory guard).
 MAX_DIM = 50_000_000
@@ -36,6 +36,12 @@ def _need(body: Mapping[str, Any], key: Key, kind: type | tuple[type, ...]) -> A
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ProtocolError("bad_body", f"field {key.value!r} missing or of the wrong type")
     return value
+
+
+def _ids(values: list[Any]) -> list[str]:
+    if not all(isinstance(v, str) for v in values):
+        raise ProtocolError("bad_body", "box ids must be strings")
+    return values
 
 
 class SecAggClient:
@@ -55,6 +61,7 @@ class SecAggClient:
             else np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
         )
         self._payload: np.ndarray | None = None
+        self._participants: tuple[str, ...] | None = None
         self.clamped = 0  # coordinates clamped to the quantiser bound in this round
         self._reset()
 
@@ -74,6 +81,15 @@ class SecAggClient:
         self._peer_keys: dict[str, tuple[bytes, bytes, bytes]] = {}
         self._held: dict[str, tuple[int, bytes]] = {}  # owner -> (index, 48-byte share)
         self._mask_peers: frozenset[str] = frozenset()
+
+    def expect_participants(self, participants: Iterable[str] | None) -> None:
+        """Check the aggregator's neighbour list against the round's public participant list.
+
+        The list comes from the signed round announcement; with it the box
+        recomputes its neighbourhood (``neighbour_graph`` over the round nonce)
+        and refuses a SETUP that hands it hand-picked neighbours.
+        """
+        self._participants = None if participants is None else tuple(participants)
 
     def set_input(self, payload: np.ndarray) -> None:
         """Set the real-valued payload to submit this round (before COLLECT_MASKED)."""
@@ -107,7 +123,11 @@ class SecAggClient:
         if stage is Stage.SETUP:
             self._reset()
             self.round_id, self.nonce = round_id, nonce
-        reply = handler(body)
+        try:
+            reply = handler(body)
+        except (TypeError, ValueError, OverflowError, KeyError) as exc:
+            # a body that passed the field checks but is still nonsense: refuse, never crash
+            raise ProtocolError("bad_body", f"{type(exc).__name__}: {exc}") from exc
         self.stage = stage
         return reply
 
@@ -121,6 +141,13 @@ class SecAggClient:
             raise ProtocolError("bad_body", "neighbours must be other boxes' ids")
         if not 1 <= len(set(neighbours)) == len(neighbours) <= MAX_DEGREE:
             raise ProtocolError("bad_body", f"need 1..{MAX_DEGREE} distinct neighbours")
+        if self._participants is not None:
+            try:
+                graph = neighbour_graph(self._participants, len(neighbours), self.nonce)
+            except ValueError as exc:
+                raise ProtocolError("bad_graph", str(exc)) from exc
+            if graph.get(self.node_id) != frozenset(neighbours):
+                raise ProtocolError("bad_graph", "neighbours differ from the public round graph")
         t = _need(body, Key.THRESHOLD, int)
         if not 2 <= t <= len(neighbours) + 1 or 2 * t <= len(neighbours) + 1:
             # t <= (k+1)/2 would let a lying server collect both shares of a box
@@ -212,8 +239,8 @@ class SecAggClient:
         return {Key.MASKED.value: masked.astype("<u4").tobytes()}
 
     def _unmask(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        survivors = set(_need(body, Key.SURVIVORS, list))
-        dropped = set(_need(body, Key.DROPPED, list))
+        survivors = set(_ids(_need(body, Key.SURVIVORS, list)))
+        dropped = set(_ids(_need(body, Key.DROPPED, list)))
         if survivors & dropped:
             raise ProtocolError("unsafe_unmask", "a box cannot be both survivor and dropped")
         if self.node_id not in survivors:

@@ -133,6 +133,10 @@ class SecAggServer:
                 Stage.UNMASK: self._check_unmask,
             }[stage](src, body)
             self._replies[src] = body
+        except (TypeError, ValueError, KeyError) as exc:
+            # a body that passed the field checks but is still nonsense: refuse, never crash
+            self.rejected["bad_body"] += 1
+            raise ProtocolError("bad_body", f"{type(exc).__name__}: {exc}") from exc
         except ProtocolError as exc:
             self.rejected[exc.reason] += 1
             log.warning(
