@@ -23,6 +23,7 @@ Pure numpy/scipy; no I/O. ECG maths lives in ``edgeagent.pipeline.ecg``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -239,10 +240,8 @@ def _ecg_signal_features(t: np.ndarray, x: np.ndarray, fs: float, out: np.ndarra
             ecg_ectopic_frac=avg("low_corr_frac"),
         )
     rr = np.concatenate(rr_parts) if rr_parts else np.empty(0)
-    h = ecg.hrv(rr)
     # n_beats counts beats, which is intervals + 1 per segment, not overall.
-    n_beats = int(rr.shape[0]) + len(rr_parts)
-    return ecg.HRV(n_beats, *[getattr(h, f) for f in ecg.HRV.__dataclass_fields__][1:])
+    return dataclasses.replace(ecg.hrv(rr), n_beats=int(rr.shape[0]) + len(rr_parts))
 
 
 def _acc_features(window: Window, out: np.ndarray) -> None:

@@ -64,7 +64,7 @@ _DT_HISTORY = 32
 _INITIAL_CAPACITY = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Window:
     """Everything one patient's sensors said about ``[start, end)`` on the agent clock.
 
@@ -74,7 +74,7 @@ class Window:
     stream the patient has ever sent, 0.0 when nothing arrived in this window.
     When two devices send the same stream the one with more samples in the
     window is used (``devices`` says which); mixing two ECG leads sample by
-    sample would be meaningless.
+    sample would be meaningless. Equality is identity (arrays inside).
     """
 
     patient: str
