@@ -318,3 +318,16 @@ def test_cli_flush_sends_everything_to_a_real_broker(
     assert json.loads(r.output) == {
         "before": 6, "delivered": 5, "rejected": 1, "rows": 0, "complete": True
     }  # fmt: skip
+
+
+def test_ack_many_deletes_in_one_batch_and_counts_per_kind(tmp_state: Path) -> None:
+    ob = _open(tmp_state)
+    for kind in ("alert", "alert", "update", "telemetry"):
+        ob.put("t", b"x", kind)
+    rows = ob.peek(10)
+    assert ob.ack_many([r.id for r in rows[:3]] + [9999]) == 3
+    assert ob.ack_many([]) == 0
+    assert [r.kind for r in ob.peek(10)] == ["telemetry"]
+    c = ob.counters()
+    assert c["delivered.alert"] == 2 and c["delivered.update"] == 1
+    assert "delivered.telemetry" not in c

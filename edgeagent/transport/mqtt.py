@@ -617,6 +617,7 @@ class OutboxForwarder:
         self.ack_timeout_s = ack_timeout_s
         self.idle_wait_s = idle_wait_s
         self._inflight: dict[int, tuple[PendingAck, float]] = {}
+        self._acked: set[int] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -629,8 +630,22 @@ class OutboxForwarder:
         with self._lock:
             return len(self._inflight)
 
+    def flush_acks(self) -> int:
+        """Delete the rows acknowledged since the last flush, in one transaction."""
+        with self._lock:
+            ids = list(self._acked)
+        if not ids:
+            return 0
+        n = self.outbox.ack_many(ids)
+        with self._lock:
+            # Only now may they leave the exclusion set: the rows are gone.
+            self._acked.difference_update(ids)
+        self.delivered += n
+        return n
+
     def pump_once(self) -> int:
-        """Offer what the window allows; returns how many rows were offered."""
+        """Flush acks, then offer what the window allows; returns rows offered."""
+        self.flush_acks()
         if not self.link.connected:
             return 0
         now = time.monotonic()
@@ -641,7 +656,7 @@ class OutboxForwarder:
                     del self._inflight[row_id]
                     self.reoffered += 1
             free = self.window - len(self._inflight)
-            exclude = set(self._inflight)
+            exclude = set(self._inflight) | self._acked
         if free <= 0:
             return 0
         rows = self.outbox.peek(limit=free, exclude=exclude)
@@ -671,12 +686,13 @@ class OutboxForwarder:
         ack.add_done_callback(lambda a, rid=row.id: self._done(rid, a))
 
     def _done(self, row_id: int, ack: PendingAck) -> None:
-        # Delete the row before leaving the in-flight set, so a concurrent
-        # pump cannot peek it again in between and send a duplicate.
+        # An acked row moves to the acked set (still excluded from peeks) and is
+        # deleted in the next batch; a refused one is deleted now (rare). Either
+        # way it leaves the in-flight set only after, so no pump re-sends it.
         code = ack.reason_code if ack.reason_code is not None else RC_CLOSED
         if ack.ok:
-            if self.outbox.ack(row_id):
-                self.delivered += 1
+            with self._lock:
+                self._acked.add(row_id)
         elif not is_transient(code):
             log.warning("outbox row %s refused by broker: %#04x on %s", row_id, code, ack.topic)
             if self.outbox.reject(row_id, f"puback_{code:#04x}"):
@@ -702,11 +718,13 @@ class OutboxForwarder:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop pumping and record the acks already received."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.flush_acks()
 
     def drain(self, timeout: float) -> bool:
         """Pump until the outbox is empty and nothing is in flight; True on success."""
@@ -714,7 +732,13 @@ class OutboxForwarder:
         while time.monotonic() < deadline:
             if self._thread is None:
                 self.pump_once()
+            else:
+                self.flush_acks()
             if self.outbox.count() == 0 and self.in_flight() == 0:
                 return True
-            time.sleep(0.02)
+            if self._thread is None:
+                self._wake.wait(0.02)  # woken by the next ack
+                self._wake.clear()
+            else:
+                time.sleep(0.01)  # the pump thread owns the wake event
         return False
