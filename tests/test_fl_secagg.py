@@ -433,3 +433,24 @@ def test_random_bodies_are_refused_never_crash(stage: Stage, body: dict) -> None
         clients[node].handle(1, server.config.nonce, stage, body)
     with contextlib.suppress(ProtocolError):
         server.receive(node, stage, body)
+
+
+def test_late_reply_after_stage_closed_is_refused() -> None:
+    server, clients, out = drive_to(Stage.COLLECT_MASKED)
+    late = sorted(out)[0]
+    reply = clients[late].handle(1, server.config.nonce, Stage.COLLECT_MASKED, out[late])
+    for node in sorted(out)[1:]:
+        body = clients[node].handle(1, server.config.nonce, Stage.COLLECT_MASKED, out[node])
+        server.receive(node, Stage.COLLECT_MASKED, body)
+    server.advance()  # `late` counts as dropped after sharing keys
+    with pytest.raises(ProtocolError, match="wrong_stage"):
+        server.receive(late, Stage.COLLECT_MASKED, reply)
+    assert server.dropped()[Stage.COLLECT_MASKED] == (late,)
+
+
+def test_early_abort_when_setup_dropouts_exceed_threshold() -> None:
+    updates = make_updates(10, 5, seed=6)
+    cfg = make_round(updates)
+    report = simulate_round(cfg, payloads(updates), drop={u.node: Stage.SETUP for u in updates[:5]})
+    assert report.abort is not None and report.abort.stage == "setup"
+    assert "too_few_boxes" in report.abort.reason
