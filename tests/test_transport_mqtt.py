@@ -463,3 +463,12 @@ def test_shared_subscription_spreads_updates_across_aggregator_workers(
     got2 = {m.payload for m in w2.messages}
     assert got1 | got2 == {b"%d" % i for i in range(10)}
     assert not got1 & got2 and got1 and got2  # each update to exactly one worker
+
+
+def test_unreadable_tls_material_is_a_clear_error(pki: Pki, tmp_path: Path) -> None:
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("not a key")
+    own = pki.client_files("box-a")
+    with pytest.raises(TransportError) as ei:
+        MqttLink("box-a", "127.0.0.1", 1, TlsFiles(own.ca, own.cert, bad_key), FLEET)
+    assert ei.value.reason == "bad_tls_files"

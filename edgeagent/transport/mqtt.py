@@ -264,7 +264,6 @@ class MqttLink:
         self._early: dict[int, int] = {}  # acks that beat publish() back to us
         self._subs: dict[str, int] = {}
         self._connected = threading.Event()
-        self._first_result = threading.Event()
         self._closing = threading.Event()
         self._close_by = 0.0
         self._tls_refused = threading.Event()
@@ -280,9 +279,12 @@ class MqttLink:
             protocol=paho.MQTTv5,
             reconnect_on_failure=False,  # we reconnect ourselves, with jitter
         )
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.tls.ca))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(self.tls.cert), str(self.tls.key))
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.tls.ca))
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(str(self.tls.cert), str(self.tls.key))
+        except (ssl.SSLError, OSError) as exc:
+            raise TransportError("bad_tls_files", f"{self.tls}: {exc}") from exc
         c.tls_set_context(ctx)
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(0)  # unbounded: the outbox bounds what we offer
