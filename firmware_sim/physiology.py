@@ -72,9 +72,10 @@ ACC_RANGE_MG = 16000.0
 # Clinical thresholds the temperature episodes cross inside their labels.
 FEVER_THRESHOLD_C = 38.3
 HYPOTHERMIA_THRESHOLD_C = 35.0
-# How far past the threshold a temperature episode stays, so sensor noise
-# (sigma 0.02 C) never dips a labelled sample back across it.
-_TEMP_MARGIN_C = 0.12
+# How far past the threshold a temperature episode stays inside its label, and
+# how far short of it the ramps stay outside, so sensor noise (sigma 0.02 C)
+# never moves a sample across the threshold on the wrong side of a label edge.
+_TEMP_MARGIN_C = 0.1
 
 _GRID_DT = 1.0  # seconds between control-grid points
 _GRID_BLOCK = 600  # grid points computed per extension (fixed => chunk-independent)
@@ -350,9 +351,9 @@ def _ep_lead_off(u: np.ndarray) -> tuple[float, float, float, dict[str, float]]:
 
 
 def _ep_motion(u: np.ndarray) -> tuple[float, float, float, dict[str, float]]:
-    p = {"amp": _lerp(u[1], 600, 1500)}
+    p = {"amp": _lerp(u[1], 600, 1100)}  # rms of the artefact, uV
     for i in range(5):
-        p[f"f{i}"] = _lerp(u[2 + i] if 2 + i < len(u) else u[i], 0.7, 9.0)
+        p[f"f{i}"] = _lerp(u[2 + i], 0.7, 9.0)
     return _lerp(u[0], 20, 90), 0.0, 0.0, p
 
 
@@ -798,7 +799,11 @@ class Generator:
                     art = np.zeros(len(tm))
                     for i in range(5):
                         art += np.sin(2 * np.pi * e.p[f"f{i}"] * tm + i)
-                    y[m] += e.p["amp"] / 2.2 * art + 4.0 * p.ecg_noise_uv * z[m, 1]
+                    art *= e.p["amp"] / math.sqrt(2.5)  # unit rms -> amp rms
+                    art += 4.0 * p.ecg_noise_uv * z[m, 1]
+                    # Soft-limit below the rail: an artefact must not look like saturation.
+                    lim = 0.95 * ECG_RAIL_UV
+                    y[m] = lim * np.tanh((y[m] + art) / lim)
                 elif e.kind == "saturation":
                     y[m] = e.p["offset"] + 1.5 * y[m]
                 elif e.kind == "lead_off":
@@ -873,19 +878,20 @@ class Generator:
 
     @staticmethod
     def _apply_temp_episode(e: _Episode, t: np.ndarray, y: np.ndarray) -> None:
-        """Cross the threshold exactly at ``start``, excursion inside, back after ``end``."""
+        """Ramp to just short of the threshold, cross it at ``start``, return after ``end``."""
         if e.kind == "fever":
-            edge, extreme = FEVER_THRESHOLD_C + _TEMP_MARGIN_C, e.p["peak"]
+            thr, extreme, sign = FEVER_THRESHOLD_C, e.p["peak"], 1.0
         else:
-            edge, extreme = HYPOTHERMIA_THRESHOLD_C - _TEMP_MARGIN_C, e.p["trough"]
+            thr, extreme, sign = HYPOTHERMIA_THRESHOLD_C, e.p["trough"], -1.0
+        inner, outer = thr + sign * _TEMP_MARGIN_C, thr - sign * _TEMP_MARGIN_C
         m = (t >= e.occ_start) & (t <= e.occ_end)
         tm = t[m]
         w = e.weight(tm)
-        out = (1.0 - w) * y[m] + w * edge
+        out = (1.0 - w) * y[m] + w * outer
         inside = (tm >= e.start) & (tm <= e.end)
         x = (tm[inside] - e.start) / (e.end - e.start)
         bump = _smoothstep(np.minimum(x / 0.3, 1.0)) * _smoothstep(np.minimum((1.0 - x) / 0.3, 1.0))
-        out[inside] = edge + (extreme - edge) * bump
+        out[inside] = inner + (extreme - inner) * bump
         y[m] = out
 
     def _env(self, t: np.ndarray) -> np.ndarray:
