@@ -299,7 +299,8 @@ def _read_stream_file(
     if data.size == 0:
         data = np.zeros((0, len(idx)))
     t, v = _clean_rows(data, rejected)
-    v32 = v.astype(np.float32)
+    with np.errstate(over="ignore"):  # overflow is detected and counted just below
+        v32 = v.astype(np.float32)
     fits = np.isfinite(v32).all(axis=1)
     if not fits.all():
         # Finite in float64 but beyond float32: dropping beats storing inf silently.
