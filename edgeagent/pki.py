@@ -13,6 +13,8 @@ directory::
     ca.crt  ca.key                  fleet CA (keep ca.key offline in the field)
     broker.crt  broker.key          server certificate (SAN: localhost, 127.0.0.1, ...)
     clients/<name>.crt  .key        one per box, plus "aggregator"
+    clients/<name>.sign.crt .sign.key   Ed25519 identity for signed federated
+                                    messages and models (CN = name, same CA)
 
 Keys are ECDSA P-256: small, fast to generate on a Pi, supported by
 Mosquitto/OpenSSL and every MQTT client library.
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgeagent.errors import PkiError
@@ -145,11 +147,17 @@ class Pki:
             self.ca_cert, self.clients_dir / f"{name}.crt", self.clients_dir / f"{name}.key"
         )
 
+    def identity_files(self, name: str) -> tuple[Path, Path]:
+        """``(key, cert)`` of the Ed25519 signing identity issued with a client certificate."""
+        return self.clients_dir / f"{name}.sign.key", self.clients_dir / f"{name}.sign.crt"
+
     def issued(self) -> list[str]:
         """Names of all issued client certificates, sorted."""
         if not self.clients_dir.is_dir():
             return []
-        return sorted(p.stem for p in self.clients_dir.glob("*.crt"))
+        return sorted(
+            p.stem for p in self.clients_dir.glob("*.crt") if not p.stem.endswith(".sign")
+        )
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -236,7 +244,56 @@ class Pki:
             raise PkiError(f"{name!r} already has a certificate ({files.cert}); pass --force")
         self.clients_dir.mkdir(parents=True, exist_ok=True)
         self._issue_leaf(name, server=False, hosts=(), out=files)
+        self.issue_identity(name, force=True)
         return files
+
+    def issue_identity(self, name: str, *, force: bool = False) -> tuple[Path, Path]:
+        """Ed25519 signing key + a CA-signed certificate binding it to ``name`` (CN).
+
+        Why a second key: TLS keys are ECDSA P-256 (what Mosquitto and every
+        client library take), while federated envelopes and global models are
+        signed with Ed25519. The certificate lets the other side check, with
+        only ``ca.crt``, that a signing key belongs to the box it speaks for.
+        """
+        key_path, cert_path = self.identity_files(name)
+        if cert_path.exists() and not force:
+            raise PkiError(f"{name!r} already has a signing identity ({cert_path}); pass --force")
+        ca_key = _load_key(self.ca_key)
+        ca_cert = _load_cert(self.ca_cert)
+        key = ed25519.Ed25519PrivateKey.generate()
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name(
+                    [
+                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgeagent"),
+                        x509.NameAttribute(NameOID.COMMON_NAME, name),
+                    ]
+                )
+            )
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        data = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self.clients_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        _write_cert(cert_path, cert)
+        return key_path, cert_path
 
     def _issue_leaf(self, cn: str, *, server: bool, hosts: tuple[str, ...], out: TlsFiles) -> None:
         ca = Pki.open(self.root)
