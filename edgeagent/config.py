@@ -290,6 +290,32 @@ class FederationSection(_Section):
         return self
 
 
+class AggregatorSection(_Section):
+    """Round policy of ``edgeagent aggregator run`` (ignored by boxes)."""
+
+    min_boxes: int = Field(default=3, ge=2, description="Online boxes needed to start a round.")
+    max_boxes: int = Field(default=100, ge=2, le=10_000, description="Boxes invited per round.")
+    min_survivors: int = Field(default=2, ge=2, description="Fewer masked inputs abort the round.")
+    stage_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="Deadline per stage.")
+    round_interval_s: float = Field(default=60.0, ge=0, le=86400, description="Pause between.")
+    rounds: int = Field(default=0, ge=0, description="Stop after this many rounds; 0 = never.")
+    n_cap: int = Field(default=1000, ge=1, description="Cap on a box's sample count n_k.")
+    noise: Literal["distributed", "central"] = "distributed"
+    dp_delta: float = Field(default=1e-5, gt=0, lt=1)
+    server_lr: float = Field(default=1.0, gt=0, le=10)
+    initial_model: Path | None = Field(default=None, description="ONNX global model of round 0.")
+    holdout: Path | None = Field(default=None, description="Held-out .npz (x, mu, sigma, y).")
+    eval_tolerance: float = Field(default=0.10, ge=0, description="Relative loss increase allowed.")
+
+    @model_validator(mode="after")
+    def _counts(self) -> AggregatorSection:
+        if self.min_survivors > self.min_boxes:
+            raise _keyed("min_survivors", f"must not exceed min_boxes ({self.min_boxes})")
+        if self.max_boxes < self.min_boxes:
+            raise _keyed("max_boxes", f"must be at least min_boxes ({self.min_boxes})")
+        return self
+
+
 class OutboxSection(_Section):
     """Store-and-forward limits; when full, the oldest low-priority messages go first."""
 
@@ -332,6 +358,7 @@ class Config(_Section):
     detection: DetectionSection = DetectionSection()
     learning: LearningSection = LearningSection()
     federation: FederationSection = FederationSection()
+    aggregator: AggregatorSection = AggregatorSection()
     outbox: OutboxSection = OutboxSection()
     status: StatusSection = StatusSection()
     control: ControlSection = ControlSection()
