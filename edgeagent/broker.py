@@ -99,6 +99,11 @@ class Broker:
         return self.data_dir / "mosquitto.log"
 
     @property
+    def pid(self) -> int | None:
+        """Process id while running (tests freeze it with SIGSTOP to stall PUBACKs)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -472,3 +472,38 @@ def test_unreadable_tls_material_is_a_clear_error(pki: Pki, tmp_path: Path) -> N
     with pytest.raises(TransportError) as ei:
         MqttLink("box-a", "127.0.0.1", 1, TlsFiles(own.ca, own.cert, bad_key), FLEET)
     assert ei.value.reason == "bad_tls_files"
+
+
+def test_forwarder_reoffers_rows_whose_puback_never_came(
+    mosquitto_broker: Broker, pki: Pki, tmp_state: Path
+) -> None:
+    """A frozen broker (TCP up, no PUBACK): rows are re-offered after ack_timeout_s and
+    delivered once the broker thaws; the receiver sees the copies and dedupes by msg-id."""
+    import os
+    import signal
+
+    inbox = Inbox()
+    ob = Outbox.in_state_dir(tmp_state)
+    with (
+        _link(mosquitto_broker, pki, "aggregator", on_message=inbox, status=False) as agg,
+        _link(mosquitto_broker, pki, "box-a", status=False) as box,
+    ):
+        agg.subscribe(topics.node_filter(FLEET, "alert")).wait(5)
+        fw = OutboxForwarder(ob, box, ack_timeout_s=0.3)
+        pid = mosquitto_broker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            ob.put(topics.alert(FLEET, "box-a"), b"stalled", "alert", msg_id="a-stall")
+            assert fw.pump_once() == 1
+            time.sleep(0.5)
+            assert fw.pump_once() == 1  # offered again: no PUBACK within the timeout
+            assert fw.reoffered == 1 and ob.count() == 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert fw.drain(10)
+        time.sleep(0.3)
+    ids = [m.msg_id for m in inbox.messages]
+    assert set(ids) == {"a-stall"} and 1 <= len(ids) <= 2
+    assert ob.counters()["delivered.alert"] == 1
+    ob.close()
