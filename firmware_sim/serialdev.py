@@ -17,10 +17,12 @@ corrupted and which were never sent, so tests can demand exact accounting.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
 import select
 import struct
+import termios
 import threading
 import time
 import tty
@@ -514,7 +516,7 @@ class PtyDevice:
         hello_every_s: float = 5.0,
         heartbeat_every_s: float = 1.0,
         settle_s: float = 0.05,
-        drain_s: float = 0.25,
+        drain_s: float = 5.0,
         vanish_wall_s: float = 0.3,
         boot_id: int | None = None,
         streams: tuple[str, ...] | None = None,
@@ -538,6 +540,7 @@ class PtyDevice:
         self.ledger = Ledger()
         self.sim_t = 0.0
         self._master: int | None = None
+        self._slave_name = ""
         self._attached = False
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -552,6 +555,7 @@ class PtyDevice:
         master, slave = os.openpty()
         tty.setraw(master)
         name = os.ttyname(slave)
+        self._slave_name = name
         # Close our slave end: with no process holding it the master reports
         # POLLHUP, which is how the device knows whether a reader is attached.
         os.close(slave)
@@ -579,6 +583,36 @@ class PtyDevice:
         p = select.poll()
         p.register(self._master, select.POLLHUP)
         return not any(ev & select.POLLHUP for _, ev in p.poll(0))
+
+    def _pending_input(self) -> int:
+        """Bytes written but not yet read by the reader (the slave's input queue)."""
+        try:
+            fd = os.open(self._slave_name, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return 0
+        try:
+            return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return 0
+        finally:
+            os.close(fd)
+
+    def _drain(self) -> None:
+        """Before the port goes, let the reader take what was already written.
+
+        The ledger counts those frames as sent, so they must really arrive;
+        waits at most ``drain_s`` (a reader that stopped reading loses them).
+        """
+        deadline = time.monotonic() + self.drain_s
+        quiet = 0
+        # Bytes written to the master reach the slave's queue through the tty
+        # flip buffer a moment later, so one empty reading is not proof: ask
+        # for several in a row.
+        while self._master is not None and time.monotonic() < deadline and quiet < 5:
+            if not self._reader_present():
+                return
+            quiet = quiet + 1 if self._pending_input() == 0 else 0
+            time.sleep(0.005)
 
     def _wait_reader(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -709,8 +743,7 @@ class PtyDevice:
         )
 
     def _do_vanish(self, down_wall_s: float, skip_sim_s: float) -> None:
-        # Let the reader take what was already written before the port goes.
-        time.sleep(self.drain_s)
+        self._drain()
         self._close_pty()
         with self._lock:
             self.ledger.bump("vanishes")

@@ -303,12 +303,11 @@ class SerialSource:
 
     def _read_loop(self, ser: serial.Serial) -> None:
         while not self._stop.is_set():
-            data = ser.read(1)
+            # One read call: either everything waiting, or up to the timeout for
+            # the first byte. A failing second read would lose the first's bytes.
+            data = ser.read(max(1, ser.in_waiting))
             if not data:
                 continue
-            waiting = ser.in_waiting
-            if waiting:
-                data += ser.read(waiting)
             self.decoder.feed(data)
             now = self.clock()
             while (frame := self.decoder.next_frame()) is not None:

@@ -82,7 +82,7 @@ def test_faulty_link_exact_accounting_and_reconnect(tmp_path: Path) -> None:
             + counts.get("heartbeat_intact", 0)
             + counts.get("duplicates_sent", 0)
         )
-        assert _wait(lambda: src.counters.frames_ok >= expected_ok, 10.0)
+        assert _wait(lambda: src.counters.frames_ok >= expected_ok, 10.0), (counts, src.counters)
         time.sleep(0.2)
     finally:
         src.stop()
