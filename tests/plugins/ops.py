@@ -74,16 +74,20 @@ class NotifyListener:
     received: list[dict[str, str]] = field(default_factory=list)
 
     def drain(self, timeout: float = 0.0) -> list[dict[str, str]]:
-        """Collect datagrams until none arrives for ``timeout`` seconds."""
+        """Collect every datagram arriving within ``timeout`` seconds (bounded even
+        while a watchdog keeps pinging); returns all received so far."""
         from edgeagent.sdnotify import parse
 
-        self.sock.settimeout(timeout if timeout > 0 else 0.001)
-        try:
-            while True:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            self.sock.settimeout(max(left, 0.001))
+            try:
                 self.received.append(parse(self.sock.recv(4096)))
-        except (TimeoutError, BlockingIOError):
-            pass
-        return self.received
+            except (TimeoutError, BlockingIOError):
+                return self.received
+            if left <= 0:
+                return self.received
 
     def wait_for(self, key: str, value: str | None = None, timeout: float = 10.0) -> dict[str, str]:
         """Block until a message with ``key`` (and ``value``) arrives; fail the test otherwise."""
