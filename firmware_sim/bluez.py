@@ -775,8 +775,10 @@ class Peripheral:
         wanted = self._wanted()
         stalled = time.monotonic() < self.faults.stalled_until
         for name, (t, v) in chunk.items():
-            if name not in wanted or stalled or len(t) == 0:
-                self._pending.pop(name, None)
+            if name not in wanted or stalled:
+                self._pending.pop(name, None)  # nobody listens: these samples are never sent
+                continue
+            if len(t) == 0:
                 continue
             ts, vs = self._pending.setdefault(name, ([], []))
             ts.append(t)
