@@ -24,6 +24,7 @@ app = typer.Typer(
 # Verb modules, imported for their side effect of registering on ``app``.
 _VERB_MODULES = ("demo", "pki", "outbox")
 _VERB_MODULES += ("run", "config", "status", "doctor", "serial", "logs", "support")  # ops
+_VERB_MODULES += ("model", "evaluate")  # model / detection
 
 
 @app.command()

@@ -8,14 +8,20 @@ documented order (``param_layout``). The graph is built once from shapes;
 Graph (inputs ``x`` (N,F) raw features, ``mu``/``sigma`` (1|N, F) the
 patient's personal calibration, which is *not* part of the averaged vector)::
 
-    z    = clip((x - mu) / sigma, -CLIP, CLIP), NaN -> 0
+    z    = clip((x - mu) / sigma, -CLIP, CLIP), NaN -> 0      personal scale
+    zp   = clip((x - pop_mu) / pop_sigma, -CLIP, CLIP), NaN -> 0  population scale
     m    = 1 where x was a number else 0          (modality mask)
-    h    = relu([z, m] @ W1 + b1)
+    h    = relu([z, zp, m] @ W1 + b1)
     probs      = softmax(h @ W2 + b2)              (N, C) classifier head
     recon      = tanh(z @ We + be) @ Wd + bd       autoencoder ("normal model")
     recon_err  = sum(m * (recon - z)^2) / max(sum(m), 1)   (N,)
 
-Parameter order (the federated vector): W1 (2F,H), b1 (H), W2 (H,C), b2 (C),
+The head sees both scales on purpose: many clinical definitions are absolute
+(fever above 38.3 C, tachycardia above ~118 bpm) while "unusual for this
+person" is relative; ``pop_mu``/``pop_sigma`` are constants of the model
+(stored as initializers and in the metadata), not learned weights.
+
+Parameter order (the federated vector): W1 (3F,H), b1 (H), W2 (H,C), b2 (C),
 We (F,L), be (L), Wd (L,F), bd (F).
 """
 
@@ -72,7 +78,7 @@ def param_layout(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
     """Names and shapes of the parameters, in the order of the flat vector."""
     f, h, c, lat = spec.n_features, spec.hidden, spec.n_classes, spec.latent
     return [
-        ("W1", (2 * f, h)),
+        ("W1", (3 * f, h)),
         ("b1", (h,)),
         ("W2", (h, c)),
         ("b2", (c,)),
@@ -200,6 +206,8 @@ def build_model(meta: ModelMeta, flat: np.ndarray) -> onnx.ModelProto:
         numpy_helper.from_array(np.array(CLIP, np.float32), "clip_hi"),
         numpy_helper.from_array(np.array(1.0, np.float32), "one"),
         numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.asarray(meta.pop_mu, np.float32)[None, :], "pop_mu"),
+        numpy_helper.from_array(np.asarray(meta.pop_sigma, np.float32)[None, :], "pop_sigma"),
     ]
     weights = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in params.items()]
     n = helper.make_node
@@ -211,7 +219,11 @@ def build_model(meta: ModelMeta, flat: np.ndarray) -> onnx.ModelProto:
         n("Clip", ["z0", "clip_lo", "clip_hi"], ["z"]),
         n("Not", ["isnan"], ["valid"]),
         n("Cast", ["valid"], ["m"], to=fl),
-        n("Concat", ["z", "m"], ["zm"], axis=1),
+        n("Sub", ["x", "pop_mu"], ["xp"]),
+        n("Div", ["xp", "pop_sigma"], ["zpr"]),
+        n("Where", ["isnan", "zero", "zpr"], ["zp0"]),
+        n("Clip", ["zp0", "clip_lo", "clip_hi"], ["zp"]),
+        n("Concat", ["z", "zp", "m"], ["zm"], axis=1),
         n("Gemm", ["zm", "W1", "b1"], ["a1"]),
         n("Relu", ["a1"], ["h1"]),
         n("Gemm", ["h1", "W2", "b2"], ["logits"]),
@@ -278,6 +290,12 @@ def set_meta(model: onnx.ModelProto, meta: ModelMeta) -> onnx.ModelProto:
         raise ModelError("set_meta cannot change model shapes; build a new model instead")
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    pops = {"pop_mu": meta.pop_mu, "pop_sigma": meta.pop_sigma}
+    for t in out.graph.initializer:
+        if t.name in pops:
+            arr = np.asarray(pops[t.name], np.float32)[None, :]
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+    del out.metadata_props[:]
     helper.set_model_props(out, {META_KEY: meta.to_json()})
     return out
 

@@ -16,7 +16,11 @@ from edgeagent.model.graph import CLIP, ModelSpec, flatten, n_params, param_layo
 
 
 def standardise(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(z, m) exactly as the graph computes them: NaN -> 0 with mask, clipped."""
+    """(z, m) exactly as the graph computes them: NaN -> 0 with mask, clipped.
+
+    The head's population-scale input is the same function with the model's
+    ``pop_mu``/``pop_sigma``; callers pass it as ``zp``.
+    """
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         zr = (np.asarray(x, np.float32) - mu) / sigma
     nan = np.isnan(zr)
@@ -31,11 +35,15 @@ def _softmax(a: np.ndarray) -> np.ndarray:
 
 
 def forward(
-    spec: ModelSpec, flat: np.ndarray, z: np.ndarray, m: np.ndarray
+    spec: ModelSpec, flat: np.ndarray, z: np.ndarray, m: np.ndarray, zp: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(probs, recon_err) for standardised inputs; matches onnxruntime to float tolerance."""
+    """(probs, recon_err) for standardised inputs; matches onnxruntime to float tolerance.
+
+    ``zp`` is the population-scaled input (defaults to ``z``: calibration = population).
+    """
     p = unflatten(spec, flat)
-    h = np.maximum(np.concatenate([z, m], axis=1) @ p["W1"] + p["b1"], 0.0)
+    zp = z if zp is None else zp
+    h = np.maximum(np.concatenate([z, zp, m], axis=1) @ p["W1"] + p["b1"], 0.0)
     probs = _softmax(h @ p["W2"] + p["b2"])
     recon = np.tanh(z @ p["We"] + p["be"]) @ p["Wd"] + p["bd"]
     err = ((recon - z) ** 2 * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
@@ -49,13 +57,14 @@ def head_loss_grad(
     m: np.ndarray,
     y: np.ndarray,
     weights: np.ndarray | None = None,
+    zp: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """Weighted softmax cross-entropy of the classifier head and its gradient (flat)."""
     p = unflatten(spec, flat)
     n = z.shape[0]
     w = np.ones(n, np.float32) if weights is None else weights.astype(np.float32)
     w = w / max(float(w.sum()), 1e-12)
-    zm = np.concatenate([z, m], axis=1)
+    zm = np.concatenate([z, z if zp is None else zp, m], axis=1)
     a1 = zm @ p["W1"] + p["b1"]
     h = np.maximum(a1, 0.0)
     probs = _softmax(h @ p["W2"] + p["b2"])

@@ -33,8 +33,11 @@ def fit(
     normal_class: int = 0,
     input_dropout: float = 0.15,
     groups: list[np.ndarray] | None = None,
+    zp: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, list[float]]]:
     """Train head (balanced cross-entropy, all rows) and autoencoder (normal rows only).
+
+    ``z`` is personally standardised, ``zp`` population-standardised (``None``: same as z).
 
     ``input_dropout`` masks random features (or whole ``groups``, e.g. the
     column indices of each modality) per row during training, exactly as a
@@ -53,6 +56,7 @@ def fit(
         for i in range(0, n, batch):
             idx = order[i : i + batch]
             zb, mb = z[idx].copy(), m[idx].copy()
+            zpb = (z if zp is None else zp)[idx].copy()
             if input_dropout > 0:
                 if groups:
                     drop = np.zeros(zb.shape, bool)
@@ -61,8 +65,9 @@ def fit(
                 else:
                     drop = rng.random(zb.shape) < input_dropout
                 zb[drop] = 0.0
+                zpb[drop] = 0.0
                 mb[drop] = 0.0
-            l1, g1 = head_loss_grad(spec, w, zb, mb, y[idx], weights[idx])
+            l1, g1 = head_loss_grad(spec, w, zb, mb, y[idx], weights[idx], zpb)
             nidx = rng.choice(normal, size=min(len(idx), len(normal)), replace=False)
             l2, g2 = ae_loss_grad(spec, w, z[nidx], m[nidx])
             opt.step_inplace(w, g1 + g2)

@@ -341,11 +341,10 @@ class Detector:
         clin_on = (not fault) and score >= th.clinical
         clin_hold = (not fault) and score >= th.clinical * self.config.off_ratio
         novel_on = self.config.novelty and not fault and not clin_on and r >= th.novelty
-        modality = self._contributing(x, mu, sigma)
-        device = self._device_for(modality, devices or {})
+        devs = devices or {}
         opened: list[Alert] = []
         with self._lock:
-            ctx = (patient, start, end, device, modality, a.label)
+            ctx = (patient, start, end, devs, a.label, x, mu, sigma)
             al = self._step("clinical", ctx, clin_on, clin_hold, kind, score)
             if al:
                 opened.append(al)
@@ -398,13 +397,13 @@ class Detector:
     def _step(
         self,
         category: str,
-        ctx: tuple[str, float, float, str, str, str],
+        ctx: tuple[str, float, float, dict[str, str], str, np.ndarray, np.ndarray, np.ndarray],
         on: bool,
         hold: bool,
         kind: str,
         score: float,
     ) -> Alert | None:
-        patient, start, end, device, modality, label = ctx
+        patient, start, end, devices, label, x, mu, sigma = ctx
         ep = self._episodes.setdefault((patient, category), _Episode())
         cfg = self.config
         if ep.alert_id is not None:
@@ -431,9 +430,10 @@ class Detector:
             ep.last_end = end
             self.sink.extend(ep.alert_id, end, score)
             return None
+        modality = self._contributing(x, mu, sigma, category, kind)
         alert = Alert(
             patient=patient,
-            device=device,
+            device=self._device_for(modality, devices),
             start=start,
             end=end,
             kind=kind,
@@ -447,17 +447,36 @@ class Detector:
         ep.alert_id, ep.last_end, ep.last_kind = alert.id, end, kind
         return alert
 
-    def _contributing(self, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> str:
-        """The modality whose features sit furthest from the patient's baseline."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.abs((x - mu.ravel()) / sigma.ravel())
-        best, best_v = "", -1.0
-        for mod, idx in self._mod_idx.items():
-            v = z[idx]
-            v = v[np.isfinite(v)]
-            if v.size and float(v.mean()) > best_v:
-                best, best_v = mod, float(v.mean())
-        return best
+    def _contributing(
+        self, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, category: str, kind: str
+    ) -> str:
+        """The modality whose removal lowers the alert's probability most (occlusion).
+
+        Run only when an alert opens (one extra model call per modality), so
+        it costs nothing per window. Novelty alerts use the largest mean |z|.
+        """
+        a = self._active
+        classes = list(a.meta.classes)
+        if category == "novelty" or kind not in classes:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                z = np.abs((x - mu.ravel()) / sigma.ravel())
+            means = {
+                mod: float(np.nanmean(z[idx])) if np.isfinite(z[idx]).any() else -1.0
+                for mod, idx in self._mod_idx.items()
+            }
+            return max(means, key=lambda k: means[k]) if means else ""
+        mods = [m for m, idx in self._mod_idx.items() if np.isfinite(x[idx]).any()]
+        if not mods:
+            return ""
+        rows = np.repeat(x[None, :], len(mods), axis=0)
+        for i, mod in enumerate(mods):
+            rows[i, self._mod_idx[mod]] = np.nan
+        probs, _ = self.score(rows, mu, sigma)
+        if category == "clinical":
+            drop = -probs[:, a.clinical_idx].sum(axis=1)
+        else:
+            drop = -probs[:, classes.index(kind)]
+        return mods[int(np.argmax(drop))]
 
     @staticmethod
     def _device_for(modality: str, devices: dict[str, str]) -> str:

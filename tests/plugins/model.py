@@ -78,7 +78,7 @@ def train_syn_model(world: SynWorld, patients: range = range(12), seed: int = 0)
     """Train a small detector on the synthetic world the way models/build.py does."""
     xs, ys, cal = [], [], []
     for p in patients:
-        normal = world.rows(p, "normal", 120)
+        normal = world.rows(p, "normal", 240)
         mu, sigma = calibrate(normal, _POP, _SCALE)
         for ci, kind in enumerate(SYN_CLASSES):
             x = normal if kind == "normal" else world.rows(p, kind, 30)
@@ -90,6 +90,7 @@ def train_syn_model(world: SynWorld, patients: range = range(12), seed: int = 0)
     mu = np.concatenate([c[0] for c in cal])
     sg = np.concatenate([c[1] for c in cal])
     z, m = standardise(x, mu, sg)
+    zp, _ = standardise(x, _POP, _SCALE)
     meta = ModelMeta(
         SYN_FEATURES,
         SYN_CLASSES,
@@ -100,7 +101,7 @@ def train_syn_model(world: SynWorld, patients: range = range(12), seed: int = 0)
         thresholds={"clinical": 0.5, "fault": 0.5, "novelty": 4.0},
         info={"trained_on": "synthetic test world"},
     )
-    w, _ = fit(meta.spec, z, m, y, epochs=25, batch=64, lr=5e-3, seed=seed)
+    w, _ = fit(meta.spec, z, m, y, epochs=25, batch=64, lr=5e-3, seed=seed, zp=zp)
     return to_bytes(build_model(meta, w))
 
 
