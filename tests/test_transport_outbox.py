@@ -327,6 +327,7 @@ def test_ack_many_deletes_in_one_batch_and_counts_per_kind(tmp_state: Path) -> N
     rows = ob.peek(10)
     assert ob.ack_many([r.id for r in rows[:3]] + [9999]) == 3
     assert ob.ack_many([]) == 0
+    assert ob.put_many([]) == []
     assert [r.kind for r in ob.peek(10)] == ["telemetry"]
     c = ob.counters()
     assert c["delivered.alert"] == 2 and c["delivered.update"] == 1

@@ -185,6 +185,8 @@ class Outbox:
                 )
             mid = msg_id or uuid.uuid4().hex
             rows.append((mid, kind, PRIORITY[kind], topic, bytes(payload), int(retain), now))
+        if not rows:
+            return []
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
