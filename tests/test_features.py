@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeagent.pipeline import features as F
 from edgeagent.pipeline.windows import Window, Windower
@@ -171,6 +173,40 @@ def test_window_with_gaps_only_still_extracts() -> None:
     (x, *_) = w.flush()
     v = F.extract(x)
     assert F.as_dict(v)["skin_temp_c"] == pytest.approx(36.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    fs=st.sampled_from([50.0, 100.0, 130.0, 250.0, 500.0]),
+    n=st.integers(0, 3000),
+    kind=st.sampled_from(["noise", "constant", "zeros", "spikes", "huge"]),
+    acc_n=st.integers(0, 600),
+    rr=st.lists(st.floats(1e-3, 5.0), max_size=20),
+)
+def test_any_window_content_gives_a_vector_without_inf(
+    fs: float, n: int, kind: str, acc_n: int, rr: list[float]
+) -> None:
+    rng = np.random.default_rng(n)
+    t = np.arange(n) / fs
+    x = {
+        "noise": rng.normal(0, 50, n),
+        "constant": np.full(n, 7.0),
+        "zeros": np.zeros(n),
+        "spikes": (np.arange(n) % 97 == 0) * 3000.0,
+        "huge": rng.normal(0, 1e7, n),
+    }[kind]
+    data: dict[Stream, tuple[np.ndarray, np.ndarray]] = {Stream.SKIN_TEMP: _temp()}
+    if n:
+        data[Stream.ECG] = (t, x[:, None])
+    if acc_n:
+        data[Stream.ACC] = (np.arange(acc_n) / 50.0, rng.normal(0, 2000, (acc_n, 3)))
+    if rr:
+        data[Stream.RR] = (np.cumsum(rr) * 0.1 + 0.01, np.asarray(rr)[:, None])
+    v = F.extract(_window(data))
+    assert v.shape == (F.N_FEATURES,) and v.dtype == np.float32
+    assert not np.isinf(v).any()
+    mask = F.modality_mask_array(_window(data))
+    assert np.isnan(v[~mask]).all()
 
 
 # -- the simulator's anomalies and faults ------------------------------------------------
