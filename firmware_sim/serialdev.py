@@ -747,14 +747,24 @@ class PtyDevice:
         self._close_pty()
         with self._lock:
             self.ledger.bump("vanishes")
-        end = self.sim_t + skip_sim_s
+        t_gone = time.monotonic()
+        self._skip(skip_sim_s)
+        self._stop.wait(down_wall_s)
+        if self._stop.is_set():
+            return
+        if self.realtime:
+            # A real device keeps sampling while unplugged: what it measured
+            # during the outage is lost, not sent late.
+            self._skip(time.monotonic() - t_gone - skip_sim_s)
+        self._open_pty()
+
+    def _skip(self, seconds: float) -> None:
+        """Generate ``seconds`` of data that never leaves the device."""
+        end = self.sim_t + seconds
         while self.sim_t < end - 1e-9:
             for f in self.framer.frames(self.generator.advance(self.frame_s)):
                 self._lose(f, "unsent_vanished")
             self.sim_t += self.frame_s
-        self._stop.wait(down_wall_s)
-        if not self._stop.is_set():
-            self._open_pty()
 
     def _loop(self) -> None:
         wall0 = time.monotonic()
