@@ -206,3 +206,22 @@ def test_contiguous_segments_split_at_holes() -> None:
         (5.0, 8.996),
     ]
     assert ecg.contiguous_segments(np.empty(0), fs) == []
+
+
+@pytest.mark.parametrize("fs", [130.0, 250.0])
+@pytest.mark.parametrize("kind", [None, "af", "pvc", "tachycardia"])
+def test_r_peaks_on_simulator_ecg_match_its_beats(fs: float, kind: str | None) -> None:
+    """The device side's own beat times (its RR stream) are the truth here."""
+    phys = pytest.importorskip("firmware_sim.physiology")
+    episodes = (phys.Label(10.0, 55.0, kind),) if kind else ()
+    cfg = phys.SimConfig(
+        ecg_hz=fs, episodes=episodes, anomaly_rate_per_hour=0.0, fault_rate_per_hour=0.0
+    )
+    chunk = phys.simulate(phys.make_patient(1), 60.0, cfg)
+    t, x = chunk.streams["ecg"]
+    truth = chunk.streams["rr"][0]
+    truth = truth[(truth > 0.3) & (truth < 59.7)]
+    found = t[ecg.detect_r_peaks(x[:, 0], fs)]
+    found = found[(found > 0.3) & (found < 59.7)]
+    tp, _ = match_beats(found, truth, tol_s=0.05)
+    assert tp / truth.shape[0] >= 0.98 and tp / found.shape[0] >= 0.98
