@@ -40,6 +40,27 @@ class OutboxStats:
     oldest_age_s: float | None = None
 
 
+def outbox_stats_from(stats: Mapping[str, Any]) -> OutboxStats:
+    """Map ``transport.outbox.Outbox.stats()`` onto the snapshot's outbox block.
+
+    Every ``dropped_*`` counter (rows, bytes and age bounds) is a message the
+    box produced and the fleet will never see, so they add up to ``dropped``.
+    """
+    counters: Mapping[str, Any] = stats.get("counters", {}) or {}
+    dropped = sum(int(v) for k, v in counters.items() if k.startswith("dropped_"))
+    ages = [
+        float(k["oldest_age_s"])
+        for k in (stats.get("by_kind", {}) or {}).values()
+        if k.get("oldest_age_s") is not None
+    ]
+    return OutboxStats(
+        depth=int(stats.get("rows") or 0),
+        bytes=int(stats.get("bytes") or 0),
+        dropped=dropped,
+        oldest_age_s=max(ages) if ages else None,
+    )
+
+
 def status_topic(prefix: str, fleet: str, box_id: str) -> str:
     """The retained status topic of one box (design §4)."""
     return f"{prefix}/{fleet}/node/{box_id}/status"

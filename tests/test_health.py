@@ -7,7 +7,6 @@ import threading
 import pytest
 
 from edgeagent.health import Liveness
-from edgeagent.telemetry import OutboxStats, ProcessStats, build_status, status_topic
 
 
 class Clock:
@@ -117,40 +116,3 @@ def test_thread_safe_under_concurrent_reports() -> None:
     for t in threads:
         t.join()
     assert lv.check().components[0].progress_total == 8000
-
-
-def test_status_snapshot_schema(clock: Clock) -> None:
-    lv = Liveness(clock)
-    lv.register("pipeline", 5)
-    snap = build_status(
-        box_id="box-1",
-        fleet="f",
-        version="0.1.0",
-        started_at=100.0,
-        now=160.5,
-        state="running",
-        model_version="v3",
-        links={"t1": {"state": "open", "counters": {"frames_ok": 5}}},
-        outbox=OutboxStats(depth=4, bytes=100, dropped=1),
-        counters={"b": 2, "a": 1},
-        process=ProcessStats(cpu_percent=1.5, rss_bytes=10, memory_percent=0.1, threads=3),
-        last_round=7,
-        liveness=lv.check(),
-    )
-    assert snap["schema"] == 1
-    assert snap["uptime_s"] == 60.5
-    assert snap["links"]["t1"]["counters"]["frames_ok"] == 5
-    assert snap["outbox"] == {"depth": 4, "bytes": 100, "dropped": 1, "oldest_age_s": None}
-    assert list(snap["counters"]) == ["a", "b"]
-    assert snap["process"]["threads"] == 3
-    assert snap["last_round"] == 7 and snap["model_version"] == "v3"
-    assert snap["liveness"]["ok"] is True
-    assert snap["liveness"]["components"][0]["name"] == "pipeline"
-    # A clock step backwards never produces a negative uptime.
-    again = build_status(box_id="b", fleet="f", version="v", started_at=10, now=5, state="x")
-    assert again["uptime_s"] == 0.0 and again["outbox"] is None
-
-
-def test_status_topic() -> None:
-    topic = status_topic("edgeagent/v1", "clinic", "box-1")
-    assert topic == "edgeagent/v1/clinic/node/box-1/status"

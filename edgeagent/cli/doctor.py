@@ -32,6 +32,7 @@ from edgeagent.cli import app
 from edgeagent.cli.config import CONFIG_OPTION, JSON_OPTION, default_config_path, echo_json
 from edgeagent.config import Config, load_config
 from edgeagent.errors import ConfigError, ControlError
+from edgeagent.telemetry import outbox_stats_from
 
 # A certificate expiring sooner than this is a warning: renewal takes a visit.
 CERT_WARN_DAYS = 30
@@ -357,9 +358,8 @@ def check_outbox(cfg: Config) -> list[Check]:
                 stats = ob.stats()
             finally:
                 ob.close()
-            counters = stats.get("counters", {})
-            dropped = sum(v for k, v in counters.items() if "drop" in k or "expired" in k)
-            detail = f"{stats['rows']} queued, {stats['bytes']} bytes, {dropped} dropped"
+            ob_stats = outbox_stats_from(stats)
+            detail = f"{ob_stats.depth} queued, {ob_stats.bytes} bytes, {ob_stats.dropped} dropped"
         else:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
             try:
