@@ -161,9 +161,7 @@ def test_pmd_control_request_and_response() -> None:
     assert ok.ok and ok.op == 2 and ok.measurement == 0
     bad = gatt.decode_pmd_response(bytes.fromhex("f002020800"))
     assert not bad.ok and bad.status_text == "invalid sample rate"
-    settings = gatt.decode_pmd_response(
-        bytes.fromhex("f00100000000018200010 10e00".replace(" ", ""))
-    )
+    settings = gatt.decode_pmd_response(bytes.fromhex("f0010000000001820001010e00"))
     assert gatt.decode_pmd_settings(settings.params) == {0: (130,), 1: (14,)}
     with pytest.raises(FrameError):
         gatt.decode_pmd_response(bytes.fromhex("f102"))
