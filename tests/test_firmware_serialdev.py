@@ -195,3 +195,45 @@ def test_pty_device_vanish_and_return(tmp_path: Path) -> None:
             assert port.is_open
     finally:
         dev.stop()
+
+
+def test_serve_serial_entry_point(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from edgeagent.sources.serial import SerialSource
+
+    link = tmp_path / "ttyCLI"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "firmware_sim.serve_serial", "--link", str(link), "--fast"),
+            *("--duration", "2", "--sine", "--faults", "bit_flip=0.2", "--seed", "4"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        first = json.loads(proc.stdout.readline())
+        assert first["port"] == str(link)
+        blocks: list[object] = []
+        src = SerialSource(str(link), "cli", blocks.append, max_skew_s=None)
+        src.start()
+        last = json.loads(proc.stdout.readline())
+        assert proc.wait(10) == 0
+        time.sleep(0.2)
+        src.stop()
+    finally:
+        proc.kill()
+    ledger = last["ledger"]
+    assert ledger["samples_intact"] > 0 and ledger.get("fault_bit_flip", 0) > 0
+    assert src.counters.frames_ok == sum(
+        ledger.get(k, 0) for k in ("samples_intact", "hello_intact", "heartbeat_intact")
+    )
+
+
+def test_serve_serial_rejects_bad_faults() -> None:
+    from firmware_sim.serve_serial import main
+
+    assert main(["--faults", "nope=1"]) == 2
