@@ -649,7 +649,7 @@ class Generator:
             tb = self._beat_t[-1]
             z = self._draw_beat()
             hr = float(np.interp(tb, g_t, g_hr))
-            kind, pwave, st = 0, 1.0, 0.0
+            kind, st = 0, 0.0
             ep = next((e for e in eps if e.occ_start <= tb <= e.occ_end), None)
             in_label = ep is not None and ep.start <= tb <= ep.end
             if ep is not None and ep.kind in _HR_KINDS:
@@ -667,26 +667,22 @@ class Generator:
                 rr, self._compensate = self._compensate, 0.0
             elif in_label and ep is not None and ep.kind == "af":
                 rr = rr0 * math.exp(ep.p["irr"] * z[1])
-                pwave = 0.0
             elif in_label and ep is not None and ep.kind == "pvc":
                 self._pvc_count += 1
-                if self._pvc_count % int(ep.p["every"]) == 0 and z[2] > -1.0:
+                rr_pre = rr * (0.62 + 0.04 * z[3])
+                due = self._pvc_count % int(ep.p["every"]) == 0 and z[2] > -1.0
+                if due and tb + rr_pre <= ep.end:
                     # Premature by ~35 %, with a full compensatory pause after it.
-                    rr_pre = rr * (0.62 + 0.04 * z[3])
                     self._compensate = 2.0 * rr - rr_pre
-                    rr, kind, pwave = rr_pre, 1, 0.0
-            if ep is not None and ep.kind == "af" and in_label:
-                pwave = 0.0
+                    rr, kind = rr_pre, 1
             rr = min(max(rr, 0.27), 2.2)
             tn = tb + rr
-            # ST level follows the episode at the new beat's time (ramps outside the label).
+            # Morphology follows the episode at the new beat's time (ramps outside the label).
             ep_n = next((e for e in eps if e.occ_start <= tn <= e.occ_end), None)
             if ep_n is not None and ep_n.kind == "st_change":
                 st = ep_n.p["st"] * float(ep_n.weight(np.array([tn]))[0])
-            if ep_n is not None and ep_n.kind == "af" and ep_n.start <= tn <= ep_n.end:
-                pwave = 0.0
-            if ep_n is not None and ep_n.kind == "pvc" and not (ep_n.start <= tn <= ep_n.end):
-                kind, pwave = 0, 1.0
+            af_n = ep_n is not None and ep_n.kind == "af" and ep_n.start <= tn <= ep_n.end
+            pwave = 0.0 if (kind == 1 or af_n) else 1.0  # no P wave before a PVC or in AF
             self._beat_t.append(tn)
             self._beat_rr.append(rr)
             self._beat_kind.append(kind)

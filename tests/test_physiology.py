@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_sim.physiology import (
     ACC_RANGE_MG,
@@ -105,6 +107,22 @@ def test_advance_calls_join_exactly(splits: list[float]) -> None:
         vv = np.concatenate([q.streams[name][1] for q in parts])
         np.testing.assert_array_equal(tt, t, err_msg=name)
         np.testing.assert_array_equal(vv, v, err_msg=name)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    splits=st.lists(st.floats(min_value=0.0, max_value=12.0), min_size=1, max_size=8),
+    index=st.integers(min_value=0, max_value=50),
+)
+def test_any_chunking_reproduces_one_call(splits: list[float], index: int) -> None:
+    p = make_patient(index, seed=21)
+    cfg = SimConfig(anomaly_rate_per_hour=120.0, fault_rate_per_hour=60.0)
+    g = Generator(p, cfg)
+    parts = [g.advance(s) for s in splits]
+    whole = Generator(p, cfg).advance(g.now)
+    for name, (t, v) in whole.streams.items():
+        np.testing.assert_array_equal(np.concatenate([q.streams[name][0] for q in parts]), t)
+        np.testing.assert_array_equal(np.concatenate([q.streams[name][1] for q in parts]), v)
 
 
 def test_continuity_no_phase_jump_at_chunk_boundaries() -> None:
@@ -208,6 +226,20 @@ def test_activity_drives_accelerometer_and_heart_rate() -> None:
     mv, rs = np.array(moving), np.array(resting)
     assert np.median(mv[:, 0]) > 5 * np.median(rs[:, 0])
     assert np.median(mv[:, 1]) > np.median(rs[:, 1]) + 5
+
+
+def test_nights_are_mostly_asleep_lying_down() -> None:
+    p = make_patient(3, seed=8)
+    night_start = ((25.0 - p.start_hour) % 24.0) * 3600.0  # 01:00 local
+    g = Generator(p, QUIET, start=night_start)
+    states = [g.activity_at(night_start + k * 60.0) for k in range(300)]  # 01:00-06:00
+    assert states.count("sleep") > 0.6 * len(states)
+    k = next(i for i in range(len(states) - 2) if states[i : i + 3] == ["sleep"] * 3)
+    c = Generator(p, QUIET, start=night_start).advance(k * 60.0 + 120.0)
+    t, acc = c.streams["acc"]
+    m = _in(t, night_start + k * 60.0 + 30.0, night_start + k * 60.0 + 90.0)
+    assert abs(acc[m, 1].mean()) < 300.0  # gravity not along the upright axis
+    assert acc[m].std(axis=0).max() < 20.0
 
 
 def test_one_hour_of_ecg_is_fast() -> None:
