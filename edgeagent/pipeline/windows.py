@@ -169,10 +169,8 @@ class _Buffer:
         self.v[self.hi : self.hi + n] = v
         self.hi += n
 
-    def update_dt(self, spacings: np.ndarray) -> None:
-        if spacings.shape[0] == 0:
-            return
-        self._dts.append(float(np.median(spacings)))
+    def update_dt(self, block_median: float) -> None:
+        self._dts.append(block_median)
         if len(self._dts) > _DT_HISTORY:
             del self._dts[0]
         s = sorted(self._dts)
@@ -311,11 +309,13 @@ class Windower:
                 prev_last = -math.inf  # spacing across the dropped part is not a rate
             if t[0] < self._emitted_end:
                 c.late_missed += int(np.searchsorted(t, self._emitted_end, side="left"))
-        spacings = np.diff(t) if math.isinf(prev_last) else np.diff(t, prepend=prev_last)
-        if block.stream not in EVENT_STREAMS and spacings.shape[0]:
-            ref = buf.dt if math.isfinite(buf.dt) else float(np.median(spacings))
-            c.holes += int(np.count_nonzero(spacings > HOLE_FACTOR * ref))
-        buf.update_dt(spacings)
+        spacings = _spacings(t, prev_last)
+        if spacings.shape[0]:
+            med = _median(spacings)
+            if block.stream not in EVENT_STREAMS:
+                ref = buf.dt if math.isfinite(buf.dt) else med
+                c.holes += int(np.count_nonzero(spacings > HOLE_FACTOR * ref))
+            buf.update_dt(med)
         buf.append(t, v)
         if buf.last_t - buf.t[buf.lo] > self.max_buffer_s:
             c.overflow += buf.trim_before(buf.last_t - self.max_buffer_s)
@@ -493,6 +493,23 @@ class Windower:
         if i1 == times.shape[0] and end - times[i1 - 1] > thresh:
             out.append(Gap(b.device, b.stream, float(times[i1 - 1]), end, "no data"))
         return out
+
+
+def _spacings(t: np.ndarray, prev: float) -> np.ndarray:
+    """Sample spacings of a block, including the step from the previous sample if known."""
+    if math.isinf(prev):
+        return t[1:] - t[:-1]
+    d = np.empty(t.shape[0])
+    d[0] = t[0] - prev
+    np.subtract(t[1:], t[:-1], out=d[1:])
+    return d
+
+
+def _median(x: np.ndarray) -> float:
+    """Median of a short 1-D array; np.median's overhead dominates at block sizes."""
+    s = np.sort(x)
+    m = s.shape[0] // 2
+    return float(s[m]) if s.shape[0] % 2 else 0.5 * float(s[m - 1] + s[m])
 
 
 def _dedupe(gaps: list[Gap]) -> list[Gap]:
