@@ -2,8 +2,10 @@
 
 Why: a global model comes from many boxes and may suit this box's patients
 worse than the one it replaces. The detector keeps a buffer of recent
-*validated* windows (confidently normal windows of good quality, confident
-clinical detections, and anything a clinician confirmed). A candidate is
+*validated* windows: windows whose every feature lies within the patient's
+own baseline (a rule that does not ask any model, so a bad model cannot
+vouch for itself) and confident detections made while the running model was
+trusted (not on probation). A candidate is
 scored on them against the current model before activation, and again after
 activation once fresh validated windows exist (probation); if it does worse
 it is rolled back automatically and the registry records why. Every swap is
@@ -26,6 +28,8 @@ from edgeagent.pipeline.detect import Detector, ValidatedWindow, make_session
 
 #: A candidate may be this much (relative) worse before it counts as worse: noise margin.
 TOLERANCE = 0.05
+#: ... plus this much absolute loss (nats): near-perfect models differ by noise in relative terms.
+ABS_TOLERANCE = 0.02
 #: Fewer validated windows than this say too little to judge; the candidate is accepted.
 MIN_VALIDATED = 20
 #: Weight of the autoencoder's normal-window error next to the classifier's cross-entropy.
@@ -60,8 +64,8 @@ class ApplyResult:
     accepted: bool
     label: str
     reason: str
-    current_loss: float | None = None
-    candidate_loss: float | None = None
+    current_loss: float | None = None  # the model being replaced (or the previous one)
+    candidate_loss: float | None = None  # the new model
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -84,7 +88,8 @@ class ModelManager:
         self._probation: tuple[ModelRecord, int] | None = None  # (previous, windows seen at swap)
 
     def _worse(self, cand: float, cur: float) -> bool:
-        return bool(np.isfinite(cand) and np.isfinite(cur) and cand > cur * (1 + self.tolerance))
+        limit = cur * (1 + self.tolerance) + ABS_TOLERANCE
+        return bool(np.isfinite(cand) and np.isfinite(cur) and cand > limit)
 
     def apply(self, data: bytes, source: str, signature: bytes | None = None) -> ApplyResult:
         """Register, validate and hot-activate a model; never leaves the box without a model."""
@@ -115,6 +120,7 @@ class ModelManager:
         self.registry.activate(rec.version, f"from {source}")
         if current is not None:
             self._probation = (current, self.detector.counters["windows"])
+            self.detector.trusted = False
         return ApplyResult(True, rec.label, "activated", cur_loss, cand_loss)
 
     def probation_check(self) -> ApplyResult | None:
@@ -131,6 +137,7 @@ class ModelManager:
         cur_loss = validation_loss(self.registry.load_bytes(active), val)
         prev_loss = validation_loss(self.registry.load_bytes(prev), val)
         self._probation = None
+        self.detector.trusted = True
         if self._worse(cur_loss, prev_loss):
             back = self.registry.rollback(
                 f"probation: worse on {len(val)} validated windows: "

@@ -40,6 +40,9 @@ from edgeagent.streams import Stream
 #: Default global thresholds when a model does not carry its own.
 DEFAULT_THRESHOLDS = {"clinical": 0.5, "fault": 0.5, "novelty": 4.0}
 #: Which stream a feature modality comes from, to name the device behind an alert.
+#: A window is "clearly normal" evidence when every feature is within this many
+#: personal standard deviations of the patient's baseline.
+VALID_Z = 3.0
 MODALITY_STREAMS: dict[str, tuple[Stream, ...]] = {
     "ecg": (Stream.ECG, Stream.HR, Stream.RR),
     "acc": (Stream.ACC,),
@@ -189,6 +192,8 @@ class Detector:
         self.calibrations: dict[str, PersonalCalibration] = {}
         self._episodes: dict[tuple[str, str], _Episode] = {}
         self.validated: deque[ValidatedWindow] = deque(maxlen=self.config.validation_windows)
+        #: False while a new model is on probation: its own detections are not evidence.
+        self.trusted = True
         self._lock = threading.Lock()  # guards calibrations/episodes, not the session
         self.counters = {"windows": 0, "no_data": 0, "alerts": 0, "swaps": 0, "swap_refused": 0}
         self._active = self._prepare(model_bytes, label)
@@ -370,11 +375,17 @@ class Detector:
                 # whose baseline looks anomalous to the population would never
                 # get a personal baseline.
                 cal.observe(x, score if normal_ok else None, r if normal_ok else None)
-            if normal_ok:
-                if score < 0.1 and p_fault < 0.1:
+            # Validation evidence for model lifecycle decisions. "Normal" is decided
+            # without the model (every feature within VALID_Z of the patient's own
+            # baseline), so a bad model cannot vouch for itself; confident
+            # detections count only while the model is trusted (not on probation).
+            if cal.warmed_up:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    zmax = float(np.nanmax(np.abs((x - cal.mu[0]) / cal.sigma[0])))
+                if zmax <= VALID_Z:
                     self.validated.append(ValidatedWindow(x.copy(), mu, sigma, NORMAL))
-            elif clin_on and score > 0.95 and cal.warmed_up:
-                self.validated.append(ValidatedWindow(x.copy(), mu, sigma, kind))
+                elif self.trusted and clin_on and score > 0.95:
+                    self.validated.append(ValidatedWindow(x.copy(), mu, sigma, kind))
         if self.on_scored is not None:
             # Training waits for a personal baseline: pre-calibration z-scores would teach noise.
             self.on_scored(x, mu, sigma, normal_ok and cal.warmed_up)
