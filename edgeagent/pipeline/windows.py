@@ -177,8 +177,15 @@ class _Buffer:
         mid = len(s) // 2
         self.dt = s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])
 
-    def trim_before(self, t0: float) -> int:
+    def trim_before(self, t0: float, keep_one: bool = False) -> int:
+        """Drop samples older than ``t0``; ``keep_one`` keeps the newest of them.
+
+        The kept sample lets the next window see a hole that straddles its
+        start as a hole (spacing across the boundary), not as missing data.
+        """
         k = int(np.searchsorted(self.t[self.lo : self.hi], t0, side="left"))
+        if keep_one:
+            k = max(k - 1, 0)
         self.lo += k
         return k
 
@@ -414,7 +421,7 @@ class Windower:
         assert self._next_k is not None
         start = self._next_k * self.hop_s
         for b in self._buffers.values():
-            b.trim_before(start)
+            b.trim_before(start, keep_one=True)
         if self._gaps:
             self._gaps = [g for g in self._gaps if g.end > start]
 
