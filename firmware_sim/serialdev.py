@@ -658,10 +658,15 @@ class PtyDevice:
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop sending, close the pty, remove the link."""
+        """Stop sending, let the reader take what was sent, close the pty, remove the link.
+
+        Closing the master discards whatever the reader has not read yet, and
+        the ledger already counts it as sent, hence the drain first.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._drain()
         self._close_pty()
 
     def wait_done(self, timeout: float) -> bool:
