@@ -259,8 +259,10 @@ def test_two_devices_same_stream_uses_the_better_one() -> None:
     _feed(w, "strap", Stream.ECG, t, v)
     sparse = t < 5.0
     _feed(w, "shirt", Stream.ECG, t[sparse] + 0.001, v[sparse])
+    w.push_gap(Gap("shirt", Stream.ECG, 5.0, 9.0, "link lost"))
     x = w.pop_ready()[0]
     assert x.devices[Stream.ECG] == "strap" and x.coverage[Stream.ECG] == 1.0
+    assert x.gaps == ()  # the unused device's outage is not this window's gap
 
 
 def test_memory_stays_bounded() -> None:

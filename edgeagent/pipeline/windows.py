@@ -457,9 +457,19 @@ class Windower:
             else:
                 coverage[stream] = 1.0 if n else 0.0
             gaps.extend(self._holes(b, i0, i1, start, end))
+        used = {stream: b.device for stream, (_, b, _, _) in best.items()}
+        used_devices = set(used.values())
         for g in self._gaps:
-            if g.end > start and g.start < end:
-                gaps.append(Gap(g.device, g.stream, max(g.start, start), min(g.end, end), g.reason))
+            if not (g.end > start and g.start < end):
+                continue
+            # A gap of a device whose stream this window did not use says
+            # nothing about the window's data (another device covered it).
+            if g.stream is None:
+                if g.device not in used_devices and any(k[0] == g.device for k in self._buffers):
+                    continue
+            elif g.stream in used and used[g.stream] != g.device:
+                continue
+            gaps.append(Gap(g.device, g.stream, max(g.start, start), min(g.end, end), g.reason))
         gaps.sort(key=lambda g: (g.start, g.device, str(g.stream)))
         return Window(
             patient=self.patient,
