@@ -384,3 +384,18 @@ def test_any_block_sequence_keeps_invariants(
             assert 0.0 <= x.coverage[s] <= 1.0
         for g in x.gaps:
             assert x.start <= g.start <= g.end <= x.end
+
+
+def test_forget_device_and_status() -> None:
+    w = Windower(patient="p1")
+    _feed(w, "chest", Stream.ECG, *_series(Stream.ECG, 250.0, 0.0, 12.0))
+    _feed(w, "old", Stream.SKIN_TEMP, *_series(Stream.SKIN_TEMP, 1.0, 0.0, 3.0, 0.5))
+    w.push_gap(Gap("old", None, 3.0, 4.0, "unpaired"))
+    st_ = w.status()
+    assert st_["patient"] == "p1" and st_["counters"]["samples_kept"] == 3003
+    assert st_["streams"]["chest/ecg"]["rate_hz"] == pytest.approx(250.0)
+    assert st_["streams"]["old/skin_temp"]["buffered"] == 3
+    assert w.forget("old") == 3 and w.forget("nobody") == 0
+    (x,) = w.pop_ready()
+    assert Stream.SKIN_TEMP not in x.coverage and x.gaps == ()
+    assert "old/skin_temp" not in w.status()["streams"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -344,6 +345,35 @@ class Windower:
         for (device, stream), buf in self._buffers.items():
             if device == gap.device and (gap.stream is None or gap.stream == stream):
                 buf.watermark = max(buf.watermark, gap.end)
+
+    def forget(self, device: str) -> int:
+        """Drop a device (unpaired, replaced) so windows stop reporting it as missing.
+
+        Returns how many buffered samples were discarded (not counted as
+        dropped: the caller chose to discard them).
+        """
+        gone = [k for k in self._buffers if k[0] == device]
+        n = sum(len(self._buffers[k]) for k in gone)
+        for k in gone:
+            del self._buffers[k]
+        self._gaps = [g for g in self._gaps if g.device != device]
+        return n
+
+    def status(self) -> dict[str, Any]:
+        """Counters plus, per (device, stream), rate, newest timestamp and buffer size."""
+        return {
+            "patient": self.patient,
+            "next_start": self.next_start,
+            "counters": self.counters.as_dict(),
+            "streams": {
+                f"{dev}/{stream}": {
+                    "rate_hz": (1.0 / b.dt) if math.isfinite(b.dt) and b.dt > 0 else None,
+                    "watermark": b.watermark if math.isfinite(b.watermark) else None,
+                    "buffered": len(b),
+                }
+                for (dev, stream), b in self._buffers.items()
+            },
+        }
 
     # -- output ------------------------------------------------------------
 
