@@ -279,6 +279,11 @@ class MqttLink:
             protocol=paho.MQTTv5,
             reconnect_on_failure=False,  # we reconnect ourselves, with jitter
         )
+        # Our own thread runs loop(), so paho believes no loop thread exists and
+        # publish() from any other thread would write to the TLS socket itself,
+        # racing the loop (corrupt records: "bad record mac", broker drops us).
+        # A registered write callback makes publish() only queue + wake the loop.
+        c.on_socket_register_write = lambda _client, _userdata, _sock: None
         try:
             ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.tls.ca))
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
