@@ -1,0 +1,115 @@
+"""``edgeagent aggregator run|status``: the fleet's federated aggregator.
+
+``run`` is the systemd unit's ExecStart (Type=notify: READY once connected and
+the global model is published, WATCHDOG while the loop turns, STOPPING on
+SIGTERM). ``status`` reads the aggregator's state file only, so it works
+whether or not the service is running.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edgeagent.cli import app
+from edgeagent.cli.config import CONFIG_OPTION, JSON_OPTION, echo_json, load_or_exit
+
+agg_app = typer.Typer(
+    help="Federated aggregator: run rounds, show their history.", no_args_is_help=True
+)
+app.add_typer(agg_app, name="aggregator")
+
+log = logging.getLogger(__name__)
+
+
+@agg_app.command("run")
+def run(
+    config: Path | None = CONFIG_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Log one JSON object per line."),
+) -> None:
+    """Run the aggregator in the foreground until SIGTERM/SIGINT (or aggregator.rounds done)."""
+    cfg = load_or_exit(config, as_json)
+    from edgeagent.cli.run import setup_logging
+    from edgeagent.errors import EdgeAgentError
+    from edgeagent.fl.aggregator import Aggregator
+    from edgeagent.sdnotify import Notifier, watchdog_interval
+
+    setup_logging(cfg.agent.log_level, as_json)
+    notifier = Notifier()
+    try:
+        agg = Aggregator(cfg)
+        agg.start()
+    except EdgeAgentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _s, _f: agg.request_stop())
+    notifier.ready(status="aggregator running")
+    period = (watchdog_interval() or 0) / 2
+    last = [0.0]
+
+    def ping() -> None:
+        now = time.monotonic()
+        if period and now - last[0] >= period:
+            notifier.watchdog()
+            last[0] = now
+
+    try:
+        agg.run(on_tick=ping)
+    finally:
+        notifier.stopping(status="aggregator stopping")
+        agg.close()
+        notifier.close()
+
+
+def _fmt_eps(eps: Any) -> str:
+    return "no DP" if eps is None else f"{eps:.3f}"
+
+
+@agg_app.command("status")
+def status(
+    config: Path | None = CONFIG_OPTION,
+    as_json: bool = JSON_OPTION,
+    last: int = typer.Option(10, "--last", help="How many recent rounds to list."),
+) -> None:
+    """Rounds, participants, dropouts, rejections and epsilon from the aggregator's state."""
+    cfg = load_or_exit(config, as_json)
+    from edgeagent.errors import EdgeAgentError
+    from edgeagent.fl.aggregator import status_report
+
+    try:
+        rep = status_report(cfg.agent.state_dir)
+    except EdgeAgentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    rep["rounds"] = rep["rounds"][-last:] if last > 0 else []
+    if as_json:
+        echo_json(rep)
+        return
+    model = rep["model"] or {}
+    typer.echo(f"model       v{model.get('version', '-')} {str(model.get('sha256', '-'))[:16]}")
+    typer.echo(f"next round  {rep['next_round']}")
+    typer.echo(f"totals      {rep['totals']}")
+    typer.echo(f"dropouts    {rep['dropouts']}")
+    typer.echo(f"refused     {rep['refused'] or '-'}")
+    typer.echo(f"epsilon     {_fmt_eps(rep['epsilon'])}")
+    if rep["in_progress"]:
+        typer.echo(f"in progress round {rep['in_progress']['round']}")
+    typer.echo("")
+    head = ("round", "status", "boxes", "surv", "drop", "refused", "epsilon", "model")
+    typer.echo("{:>5} {:11} {:>5} {:>4} {:>4} {:>7} {:>8} {:>5}  seconds".format(*head))
+    for r in rep["rounds"]:
+        drop = sum(len(v) for v in r.get("dropped", {}).values())
+        typer.echo(
+            f"{r['round']:>5} {r['status']:11} {len(r.get('participants', [])):>5} "
+            f"{len(r.get('survivors', [])):>4} {drop:>4} {sum(r.get('refused', {}).values()):>7} "
+            f"{_fmt_eps(r.get('epsilon')):>8} {r.get('model_version', '-')!s:>5}  "
+            f"{r.get('seconds', '-')}"
+        )

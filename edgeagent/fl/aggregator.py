@@ -1,0 +1,681 @@
+"""The aggregator service: a thin I/O shell that runs SecAgg+ rounds over MQTT.
+
+Round logic lives in the pure state machines (``fl.secagg.SecAggServer``,
+``fl.messages.EnvelopeReceiver``, ``fl.privacy``, ``fl.aggregate``); this
+module only decides *when* (a scheduler driven by an injectable clock), *who*
+(participants chosen from boxes that said a verified hello and are online) and
+moves bodies between the broker and the state machine:
+
+1. idle -> enough verified, online boxes and the pause is over: pick up to
+   ``max_boxes`` at random, publish the signed announcement (retained) and
+   each box's SETUP body on ``round/<r>/setup/<box>``;
+2. every reply on ``node/<box>/<stage>`` must come from the topic's box
+   (broker ACL) *and* carry that box's signature (envelope); refusals are
+   counted per reason and never reach the state machine;
+3. a stage closes when every expected reply is in or its deadline passes
+   (silent boxes count as dropped); the next stage's bodies go out routed
+   per box;
+4. after UNMASK: mean from the unmasked sum, server step, optional central
+   noise, DP accountant step, evaluation on held-out windows, then a new
+   model version, signed (Ed25519 over its SHA-256) and published retained
+   on ``model/current``.
+
+State (next round id, model versions, DP events, round history) is one JSON
+file written atomically after every state change, so a restart between
+rounds continues where it stopped; a round cut by a restart is recorded as
+``interrupted`` and its id is never reused (boxes refuse stale rounds).
+All MQTT callbacks only enqueue; one thread owns the state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeagent.config import Config
+from edgeagent.errors import ModelError, ProtocolError, TransportError
+from edgeagent.fl.aggregate import apply_update, mean_from_total
+from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, Stage
+from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
+from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
+from edgeagent.fl.privacy import (
+    DpAccountant,
+    add_gaussian_noise,
+    distributed_std,
+    gaussian_std,
+    payload_bound,
+)
+from edgeagent.fl.secagg import RoundConfig, SecAggServer
+from edgeagent.fl.wire import (
+    Announcement,
+    ModelPublication,
+    announcement_body,
+    decode_hello,
+    encode_model,
+)
+from edgeagent.model.graph import get_params, parse_model, set_params, sha256_hex, to_bytes
+from edgeagent.model.signing import sign_hash
+from edgeagent.pki import TlsFiles
+from edgeagent.transport import topics
+from edgeagent.transport.mqtt import Message as MqttMessage
+from edgeagent.transport.mqtt import MqttLink
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "aggregator.json"
+MODELS_DIR = "models"
+#: Round records kept in the state file (older ones are summarised in totals only).
+HISTORY = 500
+#: Upper bound of one wait in the loop: how fast a deadline or stop is noticed.
+MAX_WAIT_S = 0.25
+#: Messages queued from the network thread; beyond this the oldest are dropped (counted).
+INBOX_MAX = 100_000
+_STAGES = {s.value: s for s in Stage}
+
+
+def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
+    """Write JSON via temp file + fsync + rename, so a crash leaves old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_state(state_dir: Path) -> dict[str, Any]:
+    """The aggregator's persisted state (empty dict before the first start)."""
+    p = Path(state_dir) / STATE_FILE
+    try:
+        return dict(json.loads(p.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"aggregator state {p} is unreadable: {exc}") from exc
+
+
+@dataclass
+class BoxInfo:
+    """A box the aggregator may invite: its verified signing key and its last known status."""
+
+    key: Any
+    online: bool = True
+    hello_t: float = 0.0
+
+
+@dataclass
+class _Round:
+    """One round in flight (the I/O side; the protocol state is ``server``)."""
+
+    round_id: int
+    nonce: bytes
+    participants: tuple[str, ...]
+    server: SecAggServer
+    receiver: EnvelopeReceiver
+    seq: Sequencer
+    deadline: float
+    started: float
+    started_wall: float
+    stage_started: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    refused: Counter[str] = field(default_factory=Counter)
+    bytes_in: Counter[str] = field(default_factory=Counter)
+    bytes_out: Counter[str] = field(default_factory=Counter)
+    server_seconds: float = 0.0
+
+
+class Aggregator:
+    """Schedules rounds, routes SecAgg+ stages over MQTT and publishes signed global models.
+
+    ``clock`` (monotonic seconds) drives deadlines and pauses; tests pass a
+    fake one to step through stage timeouts without sleeping. ``run`` owns the
+    loop; ``step`` does one iteration and is what tests drive directly.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        link: MqttLink | None = None,
+    ) -> None:
+        fed, agg = config.federation, config.aggregator
+        if fed.ca_file is None or fed.cert_file is None or fed.key_file is None:
+            raise ModelError(
+                "the aggregator needs federation.ca_file, cert_file and key_file "
+                "(issue them with `edgeagent pki init`)"
+            )
+        self.config = config
+        self.policy = agg
+        self.fleet = config.agent.fleet
+        self.state_dir = Path(config.agent.state_dir)
+        self.clock = clock
+        self.ca = load_ca(fed.ca_file)
+        self.identity: Identity = load_identity(fed.cert_file, self.ca, AGGREGATOR)
+        self.clip = float(fed.clip_norm)
+        self.noise_multiplier = float(fed.noise_multiplier)
+        self.boxes: dict[str, BoxInfo] = {}
+        self.refused: Counter[str] = Counter()  # outside rounds (hello, topics)
+        self.round: _Round | None = None
+        self.inbox: queue.Queue[MqttMessage] = queue.Queue(maxsize=INBOX_MAX)
+        self.inbox_dropped = 0
+        self.bytes_in_total = 0
+        self.bytes_out_total = 0
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self.state = read_state(self.state_dir)
+        self._restore()
+        self.link = link or MqttLink(
+            AGGREGATOR,
+            fed.broker_host,
+            fed.broker_port,
+            TlsFiles(fed.ca_file, fed.cert_file, fed.key_file),
+            self.fleet,
+            identity=AGGREGATOR,
+            status=False,
+            on_message=self._enqueue,
+            keepalive_s=fed.keepalive_s,
+        )
+        self.next_round_at = self.clock()
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        s = self.state
+        s.setdefault("next_round", 1)
+        s.setdefault("rounds", [])
+        s.setdefault("dp_events", [])
+        s.setdefault("totals", {"completed": 0, "aborted": 0, "interrupted": 0, "rejected": 0})
+        s.setdefault("refused", {})
+        s.setdefault("clear_announce", [])
+        cut = s.pop("in_progress", None)
+        if cut is not None:
+            log.warning("round %s was interrupted by a restart; it will not resume", cut["round"])
+            self._record(
+                {
+                    "round": cut["round"],
+                    "status": "interrupted",
+                    "participants": cut.get("participants", []),
+                    "started": cut.get("started"),
+                    "survivors": [],
+                    "dropped": {},
+                    "refused": {},
+                }
+            )
+            s["clear_announce"].append(cut["round"])
+        self.accountant = DpAccountant(self.policy.dp_delta)
+        for z, q in s["dp_events"]:
+            self.accountant.step(z, q)
+        model = s.get("model")
+        self.model_bytes: bytes | None = None
+        if model is not None:
+            data = (self.state_dir / model["file"]).read_bytes()
+            if sha256_hex(data) != model["sha256"]:
+                raise ModelError(f"global model file {model['file']} does not match its hash")
+            self.model_bytes = data
+        self._save()
+
+    def _save(self) -> None:
+        write_json_atomic(self.state_dir / STATE_FILE, self.state)
+
+    def _record(self, rec: dict[str, Any]) -> None:
+        s = self.state
+        s["rounds"].append(rec)
+        del s["rounds"][:-HISTORY]
+        s["totals"][rec["status"]] = s["totals"].get(rec["status"], 0) + 1
+
+    def epsilon(self) -> float | None:
+        """Privacy spent so far at ``dp_delta`` (None when rounds ran without noise)."""
+        if self.state.get("unnoised_rounds"):
+            return None
+        return self.accountant.epsilon()
+
+    # -- model ------------------------------------------------------------------------------------
+
+    def _store_model(self, data: bytes, version: int, round_id: int, ev: dict[str, Any]) -> None:
+        sha = sha256_hex(data)
+        rel = f"{MODELS_DIR}/{sha}.onnx"
+        path = self.state_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.state["model"] = {
+            "version": version,
+            "sha256": sha,
+            "file": rel,
+            "round": round_id,
+            "eval": ev,
+        }
+        self.model_bytes = data
+
+    def _publish_model(self) -> None:
+        """Sign the current global model and publish it retained on ``model/current``."""
+        m = self.state["model"]
+        assert self.model_bytes is not None
+        pub = ModelPublication(
+            round_id=int(m["round"]),
+            version=int(m["version"]),
+            sha256=m["sha256"],
+            signature=sign_hash(self.identity.key, m["sha256"]),
+            cert_der=self.identity.cert_der,
+            onnx=self.model_bytes,
+            eval=dict(m.get("eval") or {}),
+        )
+        data = encode_model(pub)
+        self.bytes_out_total += len(data)
+        ack = self.link.publish(topics.model_current(self.fleet), data, retain=True)
+        try:
+            code = ack.wait(10.0)
+        except TransportError as exc:
+            log.error("model v%s: no PUBACK for model/current: %s", m["version"], exc)
+            return
+        if code >= 0x80:
+            log.error("model v%s refused by the broker: %#04x", m["version"], code)
+        else:
+            log.info("published global model v%s (%s)", m["version"], m["sha256"][:12])
+
+    def ensure_model(self) -> None:
+        """Make sure a global model exists (round 0 from ``initial_model``) and is published."""
+        if self.model_bytes is None:
+            path = self.policy.initial_model
+            if path is None:
+                raise ModelError("no global model yet: set aggregator.initial_model (ONNX)")
+            data = Path(path).read_bytes()
+            parse_model(data)
+            ev = self.evaluate(data)
+            self._store_model(data, 0, 0, ev)
+            self._save()
+        self._publish_model()
+
+    def evaluate(self, data: bytes) -> dict[str, Any]:
+        """Loss of a model on the held-out windows (``aggregator.holdout``), if configured."""
+        path = self.policy.holdout
+        if path is None:
+            return {}
+        from edgeagent.model.lifecycle import validation_loss
+        from edgeagent.pipeline.detect import ValidatedWindow
+
+        with np.load(path, allow_pickle=False) as z:
+            x, mu, sg, y = z["x"], z["mu"], z["sigma"], z["y"]
+        windows = [
+            ValidatedWindow(x[i], mu[i : i + 1], sg[i : i + 1], str(y[i])) for i in range(len(y))
+        ]
+        return {"holdout_loss": float(validation_loss(data, windows)), "holdout_n": len(windows)}
+
+    # -- network side -----------------------------------------------------------------------------
+
+    def _enqueue(self, msg: MqttMessage) -> None:
+        """paho's thread: hand the message to the loop, never block, never lose silently."""
+        try:
+            self.inbox.put_nowait(msg)
+        except queue.Full:
+            self.inbox_dropped += 1
+
+    def start(self) -> None:
+        """Connect, subscribe to the boxes' topics, publish the current global model."""
+        self.link.connect()
+        self.link.subscribe(topics.node_filter(self.fleet, "+")).wait(10.0)
+        for r in self.state["clear_announce"]:
+            self.link.publish(topics.announce(self.fleet, r), b"", retain=True)
+        self.state["clear_announce"] = []
+        self.ensure_model()
+        self._save()
+
+    def close(self) -> None:
+        if self.round is not None:
+            log.warning("stopping during round %d; it is abandoned", self.round.round_id)
+        self.link.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self, on_tick: Callable[[], None] | None = None) -> None:
+        """Loop until ``request_stop`` or the configured number of rounds is done."""
+        while not self._stop.is_set() and not self.done.is_set():
+            self.step()
+            if on_tick is not None:
+                on_tick()
+
+    def step(self) -> None:
+        """Handle queued messages (waiting at most until the next deadline), then tick."""
+        wait = MAX_WAIT_S
+        if self.round is not None:
+            wait = min(wait, max(0.0, self.round.deadline - self.clock()))
+        try:
+            msg: MqttMessage | None = self.inbox.get(timeout=max(wait, 0.001))
+        except queue.Empty:
+            msg = None
+        while msg is not None:
+            self.on_message(msg)
+            try:
+                msg = self.inbox.get_nowait()
+            except queue.Empty:
+                msg = None
+        self.tick()
+
+    def on_message(self, msg: MqttMessage) -> None:
+        """Dispatch one message from ``node/<id>/<kind>`` (the only topics subscribed)."""
+        try:
+            t = topics.parse(msg.topic)
+        except TransportError:
+            self._refuse_outside("bad_topic", msg.topic)
+            return
+        if t.area != "node" or t.node_id is None:
+            return
+        if t.kind == "hello":
+            self._on_hello(t.node_id, msg.payload)
+        elif t.kind == "status":
+            self._on_status(t.node_id, msg.payload)
+        elif t.kind in _STAGES:
+            self._on_reply(t.node_id, _STAGES[t.kind], msg.payload)
+
+    def _refuse_outside(self, reason: str, detail: str) -> None:
+        self.refused[reason] += 1
+        self.state["refused"][reason] = self.state["refused"].get(reason, 0) + 1
+        log.warning("aggregator refused %s: %s", reason, detail)
+
+    def _on_hello(self, node: str, payload: bytes) -> None:
+        if not payload:  # retained hello cleared: the box left the fleet
+            self.boxes.pop(node, None)
+            return
+        try:
+            hello = decode_hello(payload)
+            if hello.node != node:
+                raise ProtocolError("impersonation", f"hello for {hello.node!r} on {node}'s topic")
+            key = verify_identity_cert(hello.cert_der, self.ca, node)
+            hello.verify(key)
+        except ProtocolError as exc:
+            self._refuse_outside(exc.reason, f"hello from {node}: {exc.detail}")
+            return
+        info = self.boxes.get(node)
+        if info is None:
+            log.info("box %s joined the fleet (verified identity)", node)
+            self.boxes[node] = BoxInfo(key, True, hello.t)
+        else:
+            info.key, info.online, info.hello_t = key, True, hello.t
+
+    def _on_status(self, node: str, payload: bytes) -> None:
+        try:
+            state = json.loads(payload.decode()).get("state") if payload else "offline"
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            self._refuse_outside("malformed", f"status of {node}")
+            return
+        info = self.boxes.get(node)
+        if info is not None:
+            info.online = state != "offline"
+
+    def _on_reply(self, node: str, stage: Stage, payload: bytes) -> None:
+        r = self.round
+        if r is None:
+            self._refuse_outside("out_of_round", f"{stage} from {node} with no round open")
+            return
+        r.bytes_in[node] += len(payload)
+        self.bytes_in_total += len(payload)
+        t0 = time.perf_counter()
+        try:
+            claimed = decode_unverified(payload)
+            if claimed.src != node:
+                # relayed or forged under another box's name: the topic is the broker's word
+                raise ProtocolError("impersonation", f"{claimed.src!r} on {node}'s topic")
+            got = r.receiver.receive(payload)
+            if got.message.stage is not stage:
+                raise ProtocolError("topic_mismatch", f"{got.message.stage} on a {stage} topic")
+            if got.duplicate:
+                return
+            r.server.receive(node, stage, got.message.body)
+        except ProtocolError as exc:
+            r.refused[exc.reason] += 1
+            log.warning("round %d: refused %s from %s: %s", r.round_id, stage, node, exc)
+        finally:
+            r.server_seconds += time.perf_counter() - t0
+
+    def _publish(self, topic: str, msg: Message, retain: bool = False) -> None:
+        data = encode(msg, self.identity.key)
+        assert self.round is not None
+        if msg.dst != BROADCAST:
+            self.round.bytes_out[msg.dst] += len(data)
+        self.bytes_out_total += len(data)
+        self.link.publish(topic, data, retain=retain)
+
+    # -- scheduling -------------------------------------------------------------------------------
+
+    def eligible(self) -> list[str]:
+        """Boxes with a verified identity that are online now."""
+        return sorted(n for n, b in self.boxes.items() if b.online)
+
+    def tick(self) -> None:
+        """Open a round when due, close a stage when complete or past its deadline."""
+        now = self.clock()
+        r = self.round
+        if r is None:
+            limit = self.policy.rounds
+            if limit and self.state["totals"].get("completed", 0) >= limit:
+                self.done.set()
+                return
+            if now >= self.next_round_at:
+                ready = self.eligible()
+                if len(ready) >= self.policy.min_boxes:
+                    self.start_round(ready)
+            return
+        if not r.server.pending() or now >= r.deadline:
+            self._advance()
+
+    def start_round(self, ready: list[str]) -> None:
+        """Select participants, announce the round (retained) and send each box its SETUP."""
+        assert self.model_bytes is not None
+        p = self.policy
+        rng = secrets.SystemRandom()
+        chosen = sorted(rng.sample(ready, min(len(ready), p.max_boxes)))
+        round_id = int(self.state["next_round"])
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        dim = int(get_params(parse_model(self.model_bytes)).size) + 1
+        total_std = gaussian_std(self.noise_multiplier, self.clip, p.n_cap)
+        min_surv = min(p.min_survivors, len(chosen))
+        box_std = distributed_std(total_std, min_surv) if p.noise == "distributed" else 0.0
+        cfg = RoundConfig(
+            round_id=round_id,
+            nonce=nonce,
+            participants=tuple(chosen),
+            dim=dim,
+            bound=payload_bound(self.clip, p.n_cap, box_std),
+            min_survivors=min_surv,
+            clip=self.clip,
+            n_cap=p.n_cap,
+            noise_std=box_std,
+        )
+        server = SecAggServer(cfg)
+        rx = EnvelopeReceiver(AGGREGATOR, {n: self.boxes[n].key for n in chosen})
+        rx.begin_round(round_id, nonce)
+        now = self.clock()
+        self.round = _Round(
+            round_id,
+            nonce,
+            tuple(chosen),
+            server,
+            rx,
+            Sequencer(),
+            now + p.stage_timeout_s,
+            now,
+            time.time(),
+            now,
+        )
+        self.state["next_round"] = round_id + 1
+        self.state["in_progress"] = {
+            "round": round_id,
+            "participants": list(chosen),
+            "started": time.time(),
+        }
+        self._save()
+        log.info(
+            "round %d: announcing to %d boxes (degree %d, t=%d)",
+            round_id,
+            len(chosen),
+            cfg.degree,
+            cfg.threshold,
+        )
+        sha = sha256_hex(self.model_bytes)
+        ann = Announcement(tuple(chosen), sha, p.stage_timeout_s, self.identity.cert_der)
+        r = self.round
+        self._publish(
+            topics.announce(self.fleet, round_id),
+            Message(
+                AGGREGATOR,
+                BROADCAST,
+                round_id,
+                Stage.SETUP,
+                r.seq.next(),
+                nonce,
+                announcement_body(ann),
+            ),
+            retain=True,
+        )
+        t0 = time.perf_counter()
+        bodies = server.start()
+        r.server_seconds += time.perf_counter() - t0
+        self._send_stage(Stage.SETUP, bodies)
+
+    def _send_stage(self, stage: Stage, bodies: dict[str, dict[str, Any]]) -> None:
+        r = self.round
+        assert r is not None
+        for dst, body in sorted(bodies.items()):
+            t0 = time.perf_counter()
+            msg = Message(AGGREGATOR, dst, r.round_id, stage, r.seq.next(), r.nonce, body)
+            r.server_seconds += time.perf_counter() - t0
+            self._publish(topics.round_topic(self.fleet, r.round_id, str(stage), dst), msg)
+
+    def _advance(self) -> None:
+        r = self.round
+        assert r is not None
+        now = self.clock()
+        closing = r.server.stage
+        assert closing is not None
+        r.stage_seconds[str(closing)] = round(now - r.stage_started, 4)
+        t0 = time.perf_counter()
+        bodies = r.server.advance()
+        r.server_seconds += time.perf_counter() - t0
+        stage = r.server.stage
+        assert stage is not None
+        r.stage_started = now
+        r.deadline = now + self.policy.stage_timeout_s
+        self._send_stage(stage, bodies)
+        if stage is Stage.RESULT:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Apply the round's mean, evaluate, version, sign and publish; persist the record."""
+        r = self.round
+        assert r is not None and self.model_bytes is not None
+        p = self.policy
+        server = r.server
+        rec: dict[str, Any] = {
+            "round": r.round_id,
+            "participants": list(r.participants),
+            "started": r.started_wall,
+            "seconds": round(self.clock() - r.started, 4),
+            "stage_seconds": r.stage_seconds,
+            "dropped": {str(k): list(v) for k, v in server.dropped().items() if v},
+            "refused": dict(r.refused + server.rejected),
+            "bytes_in": sum(r.bytes_in.values()),
+            "bytes_out": sum(r.bytes_out.values()),
+            "server_seconds": round(r.server_seconds, 4),
+        }
+        result = server.result
+        if result is None:
+            reason = server.abort.reason if server.abort else "unknown"
+            rec.update(status="aborted", reason=reason, survivors=[])
+            log.warning("round %d aborted: %s", r.round_id, reason)
+        else:
+            rec["survivors"] = list(result.survivors)
+            total = np.asarray(result.total, dtype=np.float64)
+            if p.noise == "central" and self.noise_multiplier > 0:
+                std = gaussian_std(self.noise_multiplier, self.clip, p.n_cap)
+                total = add_gaussian_noise(total, std)
+            try:
+                mean = mean_from_total(total)
+                rec["sum_n"] = float(total[-1])
+                rec["update_norm"] = float(np.linalg.norm(mean))
+                self._apply(r.round_id, mean, rec)
+            except (ValueError, ModelError) as exc:
+                rec.update(status="aborted", reason=f"bad_sum: {exc}")
+                log.warning("round %d: cannot apply the sum: %s", r.round_id, exc)
+            if self.noise_multiplier > 0:
+                fleet = max(len(self.boxes), len(r.participants))
+                q = min(1.0, len(r.participants) / fleet)
+                self.accountant.step(self.noise_multiplier, q)
+                self.state["dp_events"].append([self.noise_multiplier, q])
+            else:
+                self.state["unnoised_rounds"] = self.state.get("unnoised_rounds", 0) + 1
+        eps = self.epsilon()
+        rec["epsilon"] = eps
+        rec.setdefault("status", "completed")
+        self.state.pop("in_progress", None)
+        self._record(rec)
+        for reason, n in rec["refused"].items():
+            self.state["refused"][reason] = self.state["refused"].get(reason, 0) + n
+        self._save()
+        # The round is over: its retained announcement must not lure boxes back in.
+        self.link.publish(topics.announce(self.fleet, r.round_id), b"", retain=True)
+        self.round = None
+        self.next_round_at = self.clock() + p.round_interval_s
+        log.info("round %d %s (eps=%s)", r.round_id, rec["status"], eps)
+
+    def _apply(self, round_id: int, mean: np.ndarray, rec: dict[str, Any]) -> None:
+        assert self.model_bytes is not None
+        model = parse_model(self.model_bytes)
+        w = get_params(model)
+        w_new = apply_update(w, mean, self.policy.server_lr)
+        candidate = to_bytes(set_params(model, w_new))
+        ev = self.evaluate(candidate)
+        rec["eval"] = ev
+        cur = (self.state.get("model") or {}).get("eval") or {}
+        new_loss, old_loss = ev.get("holdout_loss"), cur.get("holdout_loss")
+        if (
+            new_loss is not None
+            and old_loss is not None
+            and (
+                not np.isfinite(new_loss) or new_loss > old_loss * (1 + self.policy.eval_tolerance)
+            )
+        ):
+            rec.update(status="rejected", reason=f"holdout loss {new_loss:.4f} > {old_loss:.4f}")
+            log.warning("round %d: candidate rejected on held-out data", round_id)
+            return
+        version = int(self.state["model"]["version"]) + 1
+        self._store_model(candidate, version, round_id, ev)
+        rec["model_version"] = version
+        rec["model_sha256"] = self.state["model"]["sha256"]
+        self._save()
+        self._publish_model()
+
+
+def status_report(state_dir: Path) -> dict[str, Any]:
+    """What ``edgeagent aggregator status`` shows, read from the state file alone."""
+    s = read_state(state_dir)
+    rounds = s.get("rounds", [])
+    dropouts = sum(sum(len(v) for v in r.get("dropped", {}).values()) for r in rounds)
+    return {
+        "state_dir": str(state_dir),
+        "next_round": s.get("next_round", 1),
+        "model": s.get("model"),
+        "totals": s.get("totals", {}),
+        "dropouts": dropouts,
+        "refused": s.get("refused", {}),
+        "epsilon": rounds[-1].get("epsilon") if rounds else None,
+        "in_progress": s.get("in_progress"),
+        "rounds": rounds,
+    }

@@ -1,0 +1,528 @@
+"""The box side of federated rounds: a daemon Component that joins rounds over MQTT.
+
+Thin I/O shell around the pure parts (``SecAggClient``, ``EnvelopeReceiver``,
+``privacy.fedavg_payload``, ``wire``):
+
+* on connect it publishes a retained, signed **hello** with its identity
+  certificate, which is how the aggregator learns it may invite this box;
+* a retained **announcement** whose certificate chains to the fleet CA (CN
+  ``aggregator``) and whose envelope verifies opens the round for this box if
+  it is listed, the announced global model is the one its learner trains
+  from, and it has at least ``min_samples`` windows trained on; otherwise the
+  box sits the round out (it simply never answers, which SecAgg+ treats as a
+  dropout);
+* each stage body routed to it (``round/<r>/<stage>/<box>``) is verified,
+  handed to ``SecAggClient.handle`` and the reply published on
+  ``node/<box>/<stage>``; at SETUP the learner's ``delta`` and ``n_k`` become
+  the masked payload ``[n_k * clip(delta), n_k]``;
+* a **global model** on ``model/current`` is accepted only if its bytes match
+  the published SHA-256, the signature over that hash verifies with a key
+  from an ``aggregator`` certificate of this fleet's CA, and its version is
+  not older than the last one accepted (replayed old models are refused). The
+  learner restarts from it (``reset_global``) and the model lifecycle
+  (``ModelManager.apply``: validation, hot swap, rollback) decides whether
+  detection uses it.
+
+MQTT callbacks only enqueue; one worker thread owns the round state, so a
+slow Shamir split never stalls the network thread. Every refusal is logged
+and counted by reason in ``counters``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgeagent.errors import EdgeAgentError, ModelError, ProtocolError, TransportError
+from edgeagent.fl.aggregator import write_json_atomic
+from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Stage
+from edgeagent.fl.identity import Identity, verify_identity_cert
+from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
+from edgeagent.fl.privacy import fedavg_payload
+from edgeagent.fl.secagg import SecAggClient
+from edgeagent.fl.wire import decode_model, encode_hello, parse_announcement
+from edgeagent.model.graph import get_params, parse_model, sha256_hex
+from edgeagent.model.signing import verify_hash
+from edgeagent.transport import topics
+from edgeagent.transport.mqtt import Message as MqttMessage
+from edgeagent.transport.mqtt import MqttLink
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "fl_client.json"
+#: Stage messages that arrive before their announcement are held (bounded) and replayed.
+EARLY_MAX = 16
+INBOX_MAX = 10_000
+_STAGES = {s.value: s for s in Stage}
+
+
+class UpdateSource(Protocol):
+    """What the client needs from local training (``pipeline.learn.LocalLearner``)."""
+
+    n_k: int
+
+    def delta(self) -> np.ndarray: ...
+
+    def reset_global(self, w_global: np.ndarray) -> None: ...
+
+
+class ModelSink(Protocol):
+    """What the client needs from the model lifecycle (``model.lifecycle.ModelManager``)."""
+
+    registry: Any
+
+    def apply(self, data: bytes, source: str, signature: bytes | None = None) -> Any: ...
+
+
+@dataclass
+class _BoxRound:
+    round_id: int
+    nonce: bytes
+    receiver: EnvelopeReceiver
+    seq: Sequencer
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class FlClient:
+    """Federated client Component (``start``/``stop``/``status``) for one box."""
+
+    name = "federation"
+    order = 30  # after the transport sinks, before the pipeline and sources
+
+    def __init__(
+        self,
+        box_id: str,
+        fleet: str,
+        identity: Identity,
+        ca: Any,
+        learner: UpdateSource,
+        link: MqttLink,
+        *,
+        manager: ModelSink | None = None,
+        global_sha256: str | None = None,
+        min_samples: int = 1,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.box_id = box_id
+        self.fleet = fleet
+        self.identity = identity
+        self.ca = ca
+        self.learner = learner
+        self.manager = manager
+        self.link = link
+        self.min_samples = min_samples
+        self.state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
+        st = self._load()
+        self.last_round = int(st.get("last_round", 0))
+        self.global_version = int(st.get("global_version", -1))
+        self.global_sha = st.get("global_sha256") or global_sha256
+        self.counters: Counter[str] = Counter()
+        self.rounds: list[dict[str, Any]] = []
+        self.last_apply: dict[str, Any] | None = None
+        self.secagg = SecAggClient(box_id)
+        self.current: _BoxRound | None = None
+        self._early: list[tuple[int, MqttMessage]] = []
+        self._keys: dict[bytes, Ed25519PublicKey] = {}
+        self.inbox: queue.Queue[MqttMessage | None] = queue.Queue(maxsize=INBOX_MAX)
+        self._thread: threading.Thread | None = None
+        self.link.on_message = self._enqueue
+        self.link.on_connect = self._on_connect
+        self.model_event = threading.Event()  # set whenever a global model was taken
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, Any]:
+        if self.state_path is None or not self.state_path.exists():
+            return {}
+        try:
+            return dict(json.loads(self.state_path.read_text()))
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s: %s", self.state_path, exc)
+            return {}
+
+    def _save(self) -> None:
+        if self.state_path is not None:
+            write_json_atomic(
+                self.state_path,
+                {
+                    "last_round": self.last_round,
+                    "global_version": self.global_version,
+                    "global_sha256": self.global_sha,
+                },
+            )
+
+    # -- component --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker, connect and subscribe to announcements, own stages and the model."""
+        self._thread = threading.Thread(target=self._run, name="fl-client", daemon=True)
+        self._thread.start()
+        p = topics.prefix(self.fleet)
+        for f in (f"{p}/round/+/announce", f"{p}/round/+/+/{self.box_id}", f"{p}/model/current"):
+            self.link.subscribe(f)
+        self.link.connect()
+
+    def stop(self) -> None:
+        self.link.close()
+        if self._thread is not None:
+            self.inbox.put(None)
+            self._thread.join(5.0)
+            self._thread = None
+
+    def status(self) -> Mapping[str, Any]:
+        return {
+            "last_round": self.last_round,
+            "model_version": self.global_version,
+            "global_sha256": self.global_sha,
+            "rounds": self.rounds[-20:],
+            "last_apply": self.last_apply,
+            "counters": {f"fl_{k}": v for k, v in self.counters.items()},
+        }
+
+    # -- network thread ---------------------------------------------------------------------------
+
+    def _on_connect(self, _session_present: bool) -> None:
+        data = encode_hello(self.box_id, time.time(), self.identity.cert_der, self.identity.key)
+        self.link.publish(topics.node(self.fleet, self.box_id, "hello"), data, retain=True)
+
+    def _enqueue(self, msg: MqttMessage) -> None:
+        try:
+            self.inbox.put_nowait(msg)
+        except queue.Full:
+            self.counters["inbox_dropped"] += 1
+
+    # -- worker -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            msg = self.inbox.get()
+            if msg is None:
+                return
+            try:
+                self.handle(msg)
+            except EdgeAgentError as exc:  # refused input: counted, never fatal
+                self.counters[getattr(exc, "reason", type(exc).__name__)] += 1
+                log.warning("federation: refused %s: %s", msg.topic, exc)
+            except Exception:
+                self.counters["internal_error"] += 1
+                log.exception("federation: failed on %s", msg.topic)
+
+    def handle(self, msg: MqttMessage) -> None:
+        """Process one delivery (the worker calls this; tests may call it directly)."""
+        t = topics.parse(msg.topic)
+        if t.area == "model":
+            self._on_model(msg.payload)
+        elif t.area == "round" and t.round_id is not None:
+            if t.stage == "announce" and t.to_node is None:
+                self._on_announce(t.round_id, msg.payload)
+            elif t.to_node == self.box_id and t.stage in _STAGES:
+                self._on_stage(t.round_id, _STAGES[t.stage], msg)
+
+    def _aggregator_key(self, cert_der: bytes) -> Ed25519PublicKey:
+        key = self._keys.get(cert_der)
+        if key is None:
+            key = verify_identity_cert(cert_der, self.ca, AGGREGATOR)
+            self._keys[cert_der] = key
+        return key
+
+    def _on_announce(self, round_id: int, payload: bytes) -> None:
+        if not payload:
+            return  # a finished round's announcement being cleared
+        claimed = decode_unverified(payload)
+        if claimed.round != round_id or claimed.dst != BROADCAST or claimed.src != AGGREGATOR:
+            raise ProtocolError("malformed", "announcement header does not match its topic")
+        ann = parse_announcement(claimed.body)
+        key = self._aggregator_key(ann.cert_der)
+        check = EnvelopeReceiver(self.box_id, {AGGREGATOR: key})
+        check.begin_round(round_id, claimed.nonce)
+        try:
+            check.receive(payload)
+        finally:
+            for reason, n in check.counters.items():
+                if reason != "accepted":
+                    self.counters[reason] += n
+        if round_id <= self.last_round or (
+            self.current is not None and round_id <= self.current.round_id
+        ):
+            self.counters["stale_round"] += 1
+            return
+        if self.box_id not in ann.participants:
+            self.counters["not_invited"] += 1
+            return
+        if ann.model_sha256 != self.global_sha:
+            self.counters["stale_model"] += 1
+            have = (self.global_sha or "none")[:12]
+            log.info("round %d is on model %s, this box has %s", round_id, ann.model_sha256, have)
+            return
+        if int(self.learner.n_k) < self.min_samples:
+            self.counters["not_ready"] += 1
+            log.info("round %d: only %d windows trained on", round_id, self.learner.n_k)
+            return
+        rx = EnvelopeReceiver(self.box_id, {AGGREGATOR: key})
+        rx.begin_round(round_id, claimed.nonce)
+        self.current = _BoxRound(round_id, claimed.nonce, rx, Sequencer())
+        self.secagg.expect_participants(ann.participants)
+        self.counters["joined"] += 1
+        log.info("round %d: joined with %d other boxes", round_id, len(ann.participants) - 1)
+        early, self._early = self._early, []
+        for r, m in early:
+            if r == round_id:
+                self.handle(m)
+
+    def _on_stage(self, round_id: int, stage: Stage, msg: MqttMessage) -> None:
+        cur = self.current
+        if cur is None or cur.round_id != round_id:
+            if round_id > self.last_round and (cur is None or round_id > cur.round_id):
+                self._early.append((round_id, msg))
+                del self._early[:-EARLY_MAX]
+            else:
+                self.counters["stale_round"] += 1
+            return
+        cur.bytes_down += len(msg.payload)
+        try:
+            got = cur.receiver.receive(msg.payload)
+        except ProtocolError:
+            self.counters["refused_envelope"] += 1
+            raise
+        if got.duplicate:
+            return
+        m = got.message
+        if m.stage is not stage:
+            raise ProtocolError("topic_mismatch", f"{m.stage} body on a {stage} topic")
+        try:
+            reply = self.secagg.handle(m.round, m.nonce, m.stage, m.body)
+            if stage is Stage.SETUP:
+                delta = np.asarray(self.learner.delta(), dtype=np.float64)
+                n_k = int(self.learner.n_k)
+                payload = fedavg_payload(delta, n_k, self.secagg.clip, self.secagg.n_cap)
+                self.secagg.set_input(payload)
+        except (ProtocolError, ValueError) as exc:
+            # the box cannot take part safely: it goes silent for this round (a dropout)
+            self._end_round("refused", str(exc))
+            raise ProtocolError(getattr(exc, "reason", "bad_input"), str(exc)) from exc
+        if stage is Stage.RESULT:
+            self._end_round(str(m.body.get("status", "?")), str(m.body.get("reason", "")))
+            return
+        out = Message(self.box_id, AGGREGATOR, round_id, stage, cur.seq.next(), cur.nonce, reply)
+        data = encode(out, self.identity.key)
+        cur.bytes_up += len(data)
+        self.link.publish(topics.node(self.fleet, self.box_id, str(stage)), data)
+
+    def _end_round(self, status: str, reason: str) -> None:
+        cur = self.current
+        assert cur is not None
+        rec = {
+            "round": cur.round_id,
+            "status": status,
+            "reason": reason,
+            "bytes_up": cur.bytes_up,
+            "bytes_down": cur.bytes_down,
+        }
+        self.rounds.append(rec)
+        del self.rounds[:-100]
+        self.counters[f"round_{status}"] += 1
+        self.last_round = cur.round_id
+        self.current = None
+        self._save()
+        log.info("round %d ended: %s %s", cur.round_id, status, reason)
+
+    def _on_model(self, payload: bytes) -> None:
+        if not payload:
+            return
+        pub = decode_model(payload)
+        if pub.sha256 == self.global_sha and pub.version <= self.global_version:
+            return  # the retained copy of what we already have
+        key = self._aggregator_key(pub.cert_der)
+        try:
+            verify_hash([key], pub.sha256, pub.signature)
+        except ModelError as exc:
+            raise ProtocolError("bad_model_signature", str(exc)) from exc
+        if pub.version < self.global_version:
+            raise ProtocolError(
+                "stale_model", f"v{pub.version} is older than v{self.global_version}"
+            )
+        w = get_params(parse_model(pub.onnx))
+        self.learner.reset_global(w)
+        self.global_sha, self.global_version = pub.sha256, pub.version
+        if self.manager is not None:
+            reg = self.manager.registry
+            if all(k.public_bytes_raw() != key.public_bytes_raw() for k in reg.trusted_keys):
+                reg.trusted_keys.append(key)
+            res = self.manager.apply(pub.onnx, f"fl:round-{pub.round_id}", pub.signature)
+            self.last_apply = res.as_dict() if hasattr(res, "as_dict") else {"result": str(res)}
+            log.info("global model v%d: %s", pub.version, self.last_apply)
+        self.counters["models_taken"] += 1
+        self._save()
+        self.model_event.set()
+
+
+# -- the box process: ``python -m edgeagent.fl.client --config box.toml`` -------------------------
+
+
+class FeatureReplay:
+    """Feeds precomputed feature rows (``.npy``, shape (N, F)) through the real detector.
+
+    For demos and the multi-process tests: it stands in for sources + windows
+    + features, so detection, calibration and local learning run exactly as
+    on a box with sensors. Rows are replayed at ``rate_hz``, looping.
+    """
+
+    name = "feature-replay"
+    order = 60
+
+    def __init__(self, rows: np.ndarray, detector: Any, patient: str, rate_hz: float) -> None:
+        self.rows = np.asarray(rows, np.float32)
+        self.detector = detector
+        self.patient = patient
+        self.period = 1.0 / rate_hz
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="feature-replay", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            x = self.rows[self.sent % len(self.rows)]
+            t = 10.0 * self.sent
+            try:
+                self.detector.process_features(self.patient, t, t + 10.0, x)
+            except ModelError:
+                log.exception("feature replay: detector refused a row")
+            self.sent += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def status(self) -> Mapping[str, Any]:
+        return {"counters": {"replayed_rows": self.sent}}
+
+
+class _LearnerComponent:
+    name = "learner"
+    order = 40
+
+    def __init__(self, learner: Any) -> None:
+        self.learner = learner
+
+    def start(self) -> None:
+        self.learner.start()
+
+    def stop(self) -> None:
+        self.learner.stop()
+
+    def status(self) -> Mapping[str, Any]:
+        return {"counters": {f"learn_{k}": v for k, v in self.learner.counters.items()}}
+
+
+def build_box(config: Any, features: Path | None = None, rate_hz: float = 50.0) -> list[Any]:
+    """The federated part of a box from its config: registry, detector, learner, client.
+
+    Needs ``federation.enabled`` with mTLS files issued by ``edgeagent pki issue``
+    (the signing identity sits next to the TLS certificate) and
+    ``detection.model_path`` as the starting model.
+    """
+    from edgeagent.fl.identity import load_ca, load_identity
+    from edgeagent.model.graph import read_meta
+    from edgeagent.model.lifecycle import ModelManager
+    from edgeagent.model.registry import ModelRegistry
+    from edgeagent.pipeline.alerts import MemoryAlertSink
+    from edgeagent.pipeline.detect import Detector
+    from edgeagent.pipeline.learn import LearnerConfig, LocalLearner
+    from edgeagent.pki import TlsFiles
+
+    fed = config.federation
+    if not fed.enabled or fed.ca_file is None or fed.cert_file is None or fed.key_file is None:
+        raise TransportError("no_federation", "federation.enabled with ca/cert/key files needed")
+    if config.detection.model_path is None:
+        raise ModelError("detection.model_path (the starting model) is required")
+    box = config.agent.box_id
+    state = Path(config.agent.state_dir)
+    ca = load_ca(fed.ca_file)
+    identity = load_identity(fed.cert_file, ca, box)
+    registry = ModelRegistry(state)
+    active = registry.active()
+    if active is None:
+        data = Path(config.detection.model_path).read_bytes()
+        active = registry.activate(registry.add(data, "config").version, "starting model")
+    registry.require_signature = True  # from now on only signed global models
+    data = registry.load_bytes(active)
+    meta = read_meta(parse_model(data))
+    learner = LocalLearner(
+        meta.spec,
+        get_params(parse_model(data)),
+        LearnerConfig(lr=config.learning.learning_rate, batch=min(16, config.learning.batch_size)),
+    )
+    detector = Detector(
+        data,
+        active.label,
+        MemoryAlertSink(),
+        feature_names=tuple(meta.feature_names),
+        featurize=lambda _w: np.full(len(meta.feature_names), np.nan, np.float32),
+        modality_of={},
+        on_scored=learner.offer,
+    )
+    manager = ModelManager(registry, detector)
+    link = MqttLink(
+        box,
+        fed.broker_host,
+        fed.broker_port,
+        TlsFiles(fed.ca_file, fed.cert_file, fed.key_file),
+        config.agent.fleet,
+        identity=box,
+        keepalive_s=fed.keepalive_s,
+    )
+    client = FlClient(
+        box,
+        config.agent.fleet,
+        identity,
+        ca,
+        learner,
+        link,
+        manager=manager,
+        global_sha256=sha256_hex(data),
+        min_samples=config.learning.min_samples,
+        state_dir=state,
+    )
+    comps: list[Any] = [client, _LearnerComponent(learner)]
+    if features is not None:
+        comps.append(FeatureReplay(np.load(features), detector, f"{box}-patient", rate_hz))
+    return comps
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one box's federated stack under the daemon's Supervisor until SIGTERM."""
+    from edgeagent.cli.run import setup_logging
+    from edgeagent.config import load_config
+    from edgeagent.service import Supervisor
+
+    ap = argparse.ArgumentParser(prog="python -m edgeagent.fl.client", description=__doc__)
+    ap.add_argument("--config", required=True, type=Path)
+    ap.add_argument("--features", type=Path, help="replay feature rows (.npy) as local data")
+    ap.add_argument("--rate", type=float, default=50.0, help="replayed rows per second")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    setup_logging(cfg.agent.log_level, False)
+    comps = build_box(cfg, args.features, args.rate)
+    return Supervisor(cfg, comps, control=False).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

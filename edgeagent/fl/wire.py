@@ -1,0 +1,237 @@
+"""Round plumbing around SecAgg+: hello, announcement and global-model payloads (pure).
+
+The SecAgg+ stages travel in ``messages`` envelopes. Three more things cross
+the broker, and this module encodes and checks them without I/O:
+
+* **hello** (``node/<id>/hello``, retained, box -> aggregator): the box's
+  identity certificate and a signature over ``(id, t, cert)`` with that key.
+  Proof of possession: the aggregator admits a box to rounds only after the
+  certificate verifies against the fleet CA, names the topic's box, and the
+  hello is signed by it.
+* **announcement** (``round/<r>/announce``, retained): an ordinary envelope
+  (stage ``setup``, destination ``*``, sequence 0) whose body lists the
+  participants, the global model hash, the per-stage deadline and the privacy
+  settings, plus the aggregator's identity certificate. A box derives the
+  round's neighbour graph from it and checks its own SETUP against it.
+* **model publication** (``model/current``, retained): the ONNX bytes, their
+  SHA-256, the Ed25519 signature over the hash (``model.signing``) and the
+  signer's certificate; boxes check all three before the model lifecycle sees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edgeagent.errors import ProtocolError
+
+#: Domain separation for hello signatures (never valid as an envelope or model signature).
+HELLO_CONTEXT = b"edgeagent/fl/hello/v1\x00"
+WIRE_VERSION = 1
+#: A hello or model publication larger than this is refused before parsing.
+MAX_HELLO_BYTES = 16 * 1024
+MAX_MODEL_BYTES = 32 * 1024 * 1024
+
+
+class AKey(StrEnum):
+    """Keys of the announcement body, hello and model publication maps."""
+
+    PARTICIPANTS = "participants"
+    MODEL = "model"
+    STAGE_TIMEOUT = "stage_timeout_s"
+    CERT = "cert"
+    ID = "id"
+    TIME = "t"
+    VERSION = "v"
+    PAYLOAD = "p"
+    SIG = "sig"
+    ROUND = "round"
+    MODEL_VERSION = "version"
+    SHA256 = "sha256"
+    ONNX = "onnx"
+    EVAL = "eval"
+
+
+def _loads(data: bytes, what: str) -> Any:
+    try:
+        return cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types
+        raise ProtocolError("malformed", f"{what} is not CBOR: {type(exc).__name__}") from exc
+
+
+# -- hello -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A box's verified-later self-introduction."""
+
+    node: str
+    t: float
+    cert_der: bytes
+    payload: bytes
+    sig: bytes
+
+    def verify(self, key: Ed25519PublicKey) -> None:
+        """Raise ``ProtocolError('bad_signature')`` unless ``key`` signed this hello."""
+        try:
+            key.verify(self.sig, HELLO_CONTEXT + self.payload)
+        except InvalidSignature as exc:
+            raise ProtocolError("bad_signature", f"hello of {self.node} not signed by it") from exc
+
+
+def encode_hello(node: str, t: float, cert_der: bytes, key: Ed25519PrivateKey) -> bytes:
+    """The retained hello a box publishes when it connects."""
+    payload = cbor2.dumps(
+        {AKey.ID.value: node, AKey.TIME.value: float(t), AKey.CERT.value: cert_der}, canonical=True
+    )
+    sig = key.sign(HELLO_CONTEXT + payload)
+    return cbor2.dumps(
+        {AKey.VERSION.value: WIRE_VERSION, AKey.PAYLOAD.value: payload, AKey.SIG.value: sig}
+    )
+
+
+def decode_hello(data: bytes) -> Hello:
+    """Parse a hello (signature checked later, once the certificate is trusted)."""
+    if len(data) > MAX_HELLO_BYTES:
+        raise ProtocolError("oversized", f"hello of {len(data)} bytes")
+    outer = _loads(data, "hello")
+    if (
+        not isinstance(outer, dict)
+        or outer.get(AKey.VERSION.value) != WIRE_VERSION
+        or not isinstance(outer.get(AKey.PAYLOAD.value), bytes)
+        or not isinstance(outer.get(AKey.SIG.value), bytes)
+    ):
+        raise ProtocolError("malformed", "hello must be {v: 1, p: bytes, sig: bytes}")
+    inner = _loads(outer[AKey.PAYLOAD.value], "hello payload")
+    if (
+        not isinstance(inner, dict)
+        or not isinstance(inner.get(AKey.ID.value), str)
+        or not isinstance(inner.get(AKey.TIME.value), float | int)
+        or not isinstance(inner.get(AKey.CERT.value), bytes)
+    ):
+        raise ProtocolError("malformed", "hello payload must be {id, t, cert}")
+    return Hello(
+        inner[AKey.ID.value],
+        float(inner[AKey.TIME.value]),
+        inner[AKey.CERT.value],
+        outer[AKey.PAYLOAD.value],
+        outer[AKey.SIG.value],
+    )
+
+
+# -- announcement ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """What a box needs to know about a round before its SETUP arrives."""
+
+    participants: tuple[str, ...]
+    model_sha256: str
+    stage_timeout_s: float
+    cert_der: bytes
+
+
+def announcement_body(a: Announcement) -> dict[str, Any]:
+    return {
+        AKey.PARTICIPANTS.value: list(a.participants),
+        AKey.MODEL.value: a.model_sha256,
+        AKey.STAGE_TIMEOUT.value: float(a.stage_timeout_s),
+        AKey.CERT.value: a.cert_der,
+    }
+
+
+def parse_announcement(body: Mapping[str, Any]) -> Announcement:
+    """Check an announcement body's schema; ``ProtocolError('bad_body')`` otherwise."""
+    parts = body.get(AKey.PARTICIPANTS.value)
+    model = body.get(AKey.MODEL.value)
+    timeout = body.get(AKey.STAGE_TIMEOUT.value)
+    cert = body.get(AKey.CERT.value)
+    if (
+        not isinstance(parts, list)
+        or not all(isinstance(p, str) for p in parts)
+        or len(set(parts)) != len(parts)
+        or not isinstance(model, str)
+        or not isinstance(timeout, float | int)
+        or not isinstance(cert, bytes)
+    ):
+        raise ProtocolError(
+            "bad_body", "announcement must carry participants, model, timeout, cert"
+        )
+    return Announcement(tuple(parts), model, float(timeout), cert)
+
+
+# -- model publication -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelPublication:
+    """A signed global model as published retained on ``model/current``."""
+
+    round_id: int
+    version: int
+    sha256: str
+    signature: bytes
+    cert_der: bytes
+    onnx: bytes
+    eval: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_model(pub: ModelPublication) -> bytes:
+    return cbor2.dumps(
+        {
+            AKey.VERSION.value: WIRE_VERSION,
+            AKey.ROUND.value: pub.round_id,
+            AKey.MODEL_VERSION.value: pub.version,
+            AKey.SHA256.value: pub.sha256,
+            AKey.SIG.value: pub.signature,
+            AKey.CERT.value: pub.cert_der,
+            AKey.ONNX.value: pub.onnx,
+            AKey.EVAL.value: dict(pub.eval),
+        }
+    )
+
+
+def decode_model(data: bytes) -> ModelPublication:
+    """Parse a model publication and check that the bytes match the announced hash.
+
+    The signature over the hash is checked by the receiver (it knows which
+    keys it trusts); a hash mismatch is refused here as ``hash_mismatch``.
+    """
+    if len(data) > MAX_MODEL_BYTES:
+        raise ProtocolError("oversized", f"model publication of {len(data)} bytes")
+    d = _loads(data, "model publication")
+    kinds = {
+        AKey.ROUND: int,
+        AKey.MODEL_VERSION: int,
+        AKey.SHA256: str,
+        AKey.SIG: bytes,
+        AKey.CERT: bytes,
+        AKey.ONNX: bytes,
+        AKey.EVAL: dict,
+    }
+    if not isinstance(d, dict) or d.get(AKey.VERSION.value) != WIRE_VERSION:
+        raise ProtocolError("malformed", "model publication must be a v1 map")
+    for k, kind in kinds.items():
+        if not isinstance(d.get(k.value), kind) or isinstance(d.get(k.value), bool):
+            raise ProtocolError("malformed", f"model publication field {k.value!r} missing/bad")
+    onnx = d[AKey.ONNX.value]
+    if hashlib.sha256(onnx).hexdigest() != d[AKey.SHA256.value]:
+        raise ProtocolError("hash_mismatch", "model bytes do not match the published SHA-256")
+    return ModelPublication(
+        d[AKey.ROUND.value],
+        d[AKey.MODEL_VERSION.value],
+        d[AKey.SHA256.value],
+        d[AKey.SIG.value],
+        d[AKey.CERT.value],
+        onnx,
+        d[AKey.EVAL.value],
+    )
