@@ -87,7 +87,7 @@ def schedule(
     order = list(rng.permutation(list(kinds)))
     i = 0
     while True:
-        k = order[i % len(order)]
+        k = str(order[i % len(order)])
         i += 1
         gap = float(rng.uniform(40.0, 120.0)) + (480.0 if k in _SLOW else 0.0)
         if k in _SLOW:
