@@ -36,7 +36,7 @@ from edgeagent.control import ControlServer
 from edgeagent.health import Liveness, LivenessReport
 from edgeagent.sdnotify import Notifier, watchdog_interval
 from edgeagent.streams import Gap, SampleBlock
-from edgeagent.telemetry import OutboxStats, ProcessStats, build_status
+from edgeagent.telemetry import OutboxStats, ProcessStats, build_status, status_payload
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,31 @@ class SerialComponent:
         }
 
 
+class MqttStatusSink:
+    """Status sink that publishes each snapshot, retained, through an ``MqttLink``.
+
+    Published directly (QoS 1, retained) rather than through the outbox: only
+    the latest status matters, and while the link is down the last will
+    already says ``offline``. Snapshots taken while disconnected are skipped
+    and counted.
+    """
+
+    def __init__(self, link: Any, topic: str | None = None) -> None:
+        self.link = link
+        self.topic = topic or link.status_topic
+        if not self.topic:
+            raise ValueError("MqttStatusSink needs a topic (the link has no status topic)")
+        self.published = 0
+        self.skipped = 0
+
+    def __call__(self, snapshot: dict[str, Any]) -> None:
+        if not self.link.connected:
+            self.skipped += 1
+            return
+        self.link.publish(self.topic, status_payload(snapshot), qos=1, retain=True)
+        self.published += 1
+
+
 @dataclass
 class Context:
     """What a component factory gets to build its components from."""
@@ -382,6 +407,13 @@ class Supervisor:
         self._stop_event = threading.Event()
         self._stop_reason = ""
         self._last_status_text = ""
+        self._proc: Any = None
+        with contextlib.suppress(Exception):
+            import psutil
+
+            # One Process object: cpu_percent() measures since the previous call on it.
+            self._proc = psutil.Process()
+            self._proc.cpu_percent(interval=None)
         self._control = (
             ControlServer(
                 config.control.socket_path,
@@ -566,7 +598,7 @@ class Supervisor:
             links=links,
             outbox=outbox,
             counters=self.all_counters(),
-            process=sample_process(),
+            process=sample_process(self._proc),
             last_round=last_round,
             liveness=self.last_report or self.liveness.check(),
         )

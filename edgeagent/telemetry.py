@@ -9,6 +9,7 @@ pure lets tests pin the schema without starting anything.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -59,6 +60,28 @@ def outbox_stats_from(stats: Mapping[str, Any]) -> OutboxStats:
         dropped=dropped,
         oldest_age_s=max(ages) if ages else None,
     )
+
+
+def presence_state(snapshot: Mapping[str, Any]) -> str:
+    """``online``/``degraded``/``offline``: the state word the MQTT link's presence
+    messages and last will use, derived from the daemon state and liveness."""
+    if snapshot.get("state") != "running":
+        return "offline"
+    live = snapshot.get("liveness") or {}
+    return "online" if live.get("ok", True) else "degraded"
+
+
+def status_payload(snapshot: Mapping[str, Any]) -> bytes:
+    """The retained status message: the presence fields the transport's
+    ``{"id", "state", "t"}`` schema defines, plus the whole snapshot.
+
+    The snapshot's own ``state`` (the daemon's) moves to ``daemon_state`` so a
+    reader of presence messages and last wills sees one meaning of ``state``.
+    """
+    body = dict(snapshot)
+    body["daemon_state"] = body.pop("state", None)
+    body.update(id=snapshot.get("box_id"), state=presence_state(snapshot), t=snapshot.get("time"))
+    return json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
 def status_topic(prefix: str, fleet: str, box_id: str) -> str:

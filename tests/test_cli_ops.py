@@ -368,3 +368,15 @@ def test_support_bundle_with_broken_config(tmp_path: Path) -> None:
     with tarfile.open(out) as tar:
         names = {Path(m.name).name for m in tar.getmembers()}
     assert "config-errors.json" in names and "config.redacted.toml" not in names
+
+
+def test_journal_lines_carry_syslog_priority() -> None:
+    import logging
+
+    from edgeagent.cli.run import _JournalFormatter
+
+    fmt = _JournalFormatter("%(name)s: %(message)s")
+    rec = logging.LogRecord("edgeagent.x", logging.ERROR, __file__, 1, "bad %s", ("link",), None)
+    assert fmt.format(rec) == "<3>edgeagent.x: bad link"
+    rec.levelname, rec.levelno = "INFO", logging.INFO
+    assert fmt.format(rec).startswith("<6>")

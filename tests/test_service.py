@@ -25,6 +25,7 @@ from edgeagent.sdnotify import Notifier
 from edgeagent.service import (
     BlockBus,
     Counters,
+    MqttStatusSink,
     PipelineComponent,
     Supervisor,
     build_supervisor,
@@ -365,3 +366,64 @@ def test_configured_serial_device_flows_into_the_pipeline(
     assert report.ok
     assert {c.name for c in report.components} == {"pipeline", "serial:tex-1"}
     assert r.finish() == 0
+
+
+def test_mqtt_status_sink_publishes_retained_snapshot(
+    tmp_state: Path,
+    short_dir: Path,
+    pki: Any,
+    mosquitto_broker: Any,
+    run_sup: Callable[[Supervisor], Running],
+) -> None:
+    """Through the transport's real MqttLink and a real broker, read back by the aggregator."""
+    from edgeagent.transport import topics
+    from edgeagent.transport.mqtt import MqttLink
+    from tests.plugins.mqtt import TEST_FLEET
+
+    box = MqttLink(
+        "box-a", mosquitto_broker.host, mosquitto_broker.port, pki.client_files("box-a"), TEST_FLEET
+    )
+    got: list[Any] = []
+    arrived = threading.Event()
+
+    def on_message(m: Any) -> None:
+        body = json.loads(m.payload)
+        if "daemon_state" in body:
+            got.append((m, body))
+            arrived.set()
+
+    agg = MqttLink(
+        "aggregator",
+        mosquitto_broker.host,
+        mosquitto_broker.port,
+        pki.client_files("aggregator"),
+        TEST_FLEET,
+        status=False,
+        on_message=on_message,
+    )
+    sink = MqttStatusSink(box)
+    sink({"state": "running"})  # not connected yet: skipped, not queued
+    assert sink.skipped == 1
+    box.connect()
+    try:
+        cfg = parse_config(
+            {
+                "agent": {"box_id": "box-a", "fleet": TEST_FLEET, "state_dir": str(tmp_state)},
+                "control": {"socket_path": str(short_dir / "ctl.sock")},
+            }
+        )
+        sup = Supervisor(cfg, [], control=False)
+        sup.status_sinks.append(sink)
+        r = run_sup(sup)
+        _wait(lambda: sink.published >= 1)
+        agg.connect()
+        agg.subscribe(topics.status(TEST_FLEET, "box-a")).wait(5)
+        assert arrived.wait(10), "no retained status delivered"
+        msg, body = got[0]
+        assert msg.topic == topics.status(TEST_FLEET, "box-a") and msg.retain
+        assert body["id"] == "box-a" and body["state"] == "online"
+        assert body["daemon_state"] == "running" and body["schema"] == 1
+        assert r.finish() == 0
+    finally:
+        agg.close()
+        box.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from edgeagent.health import Liveness
@@ -10,6 +11,8 @@ from edgeagent.telemetry import (
     ProcessStats,
     build_status,
     outbox_stats_from,
+    presence_state,
+    status_payload,
     status_topic,
 )
 from edgeagent.transport.outbox import Outbox, OutboxLimits
@@ -67,3 +70,29 @@ def test_outbox_stats_from_empty() -> None:
     assert outbox_stats_from({"rows": 0, "bytes": 0, "counters": {}, "by_kind": {}}) == (
         OutboxStats(depth=0, bytes=0, dropped=0, oldest_age_s=None)
     )
+
+
+def _snap(state: str, ok: bool) -> dict[str, object]:
+    live = Liveness()
+    snap = build_status(
+        box_id="box-1",
+        fleet="f",
+        version="v",
+        started_at=0,
+        now=10,
+        state=state,
+        liveness=live.check(),
+    )
+    snap["liveness"]["ok"] = ok  # type: ignore[index]
+    return snap
+
+
+def test_presence_state_and_payload() -> None:
+    assert presence_state(_snap("running", True)) == "online"
+    assert presence_state(_snap("running", False)) == "degraded"
+    assert presence_state(_snap("stopping", True)) == "offline"
+    body = json.loads(status_payload(_snap("running", True)))
+    # The transport's presence schema {"id", "state", "t"} plus the whole snapshot.
+    assert body["id"] == "box-1" and body["state"] == "online" and body["t"] == 10
+    assert body["daemon_state"] == "running" and body["schema"] == 1
+    assert "liveness" in body and "uptime_s" in body

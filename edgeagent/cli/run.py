@@ -17,6 +17,17 @@ import typer
 from edgeagent.cli import app
 from edgeagent.cli.config import CONFIG_OPTION, load_or_exit
 
+# syslog priorities journald reads from a "<N>" line prefix (sd-daemon(3)).
+_SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    """Prefix each line with its syslog priority so journald files it right."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _SYSLOG_PRIORITY.get(record.levelname, 6)
+        return f"<{prio}>" + super().format(record)
+
 
 class _JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers that parse structure."""
@@ -39,7 +50,7 @@ def setup_logging(level: str, as_json: bool) -> None:
     if as_json:
         handler.setFormatter(_JsonFormatter())
     elif os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(logging.Formatter("<%(levelno)s>%(name)s: %(message)s"))
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
