@@ -17,10 +17,12 @@ bounded in time, so data producers stop before the consumers that flush them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import queue
+import re
 import signal
 import tempfile
 import threading
@@ -254,6 +256,78 @@ class SerialComponent:
         }
 
 
+class BleComponent:
+    """Adapts the ``BleSource`` (sources/ble.py, one for every wearable) to a Component.
+
+    Blocks and gaps of configured wearables are relabelled from the BLE
+    address to the configured ``device_id``, so everything downstream sees
+    the same ids as in the config and status. Liveness: each block is
+    progress; every tick schedules an idle report *on the source's own event
+    loop*, so a wedged loop (not just a dead thread) stops the watchdog,
+    while searching for or reconnecting to absent wearables is known idle.
+    """
+
+    name = "ble"
+    order = ORDER_SOURCE
+
+    def __init__(self, liveness: Liveness, ids: Mapping[str, str]) -> None:
+        self.liveness = liveness
+        self.ids = {a.upper(): d for a, d in ids.items()}
+        self.source: Any = None
+        self._stopping = False
+
+    def relabel(self, item: SampleBlock | Gap) -> SampleBlock | Gap:
+        device_id = self.ids.get(item.device.upper())
+        if device_id is None:
+            return item
+        if isinstance(item, SampleBlock):
+            return SampleBlock(device_id, item.stream, item.t, item.values, item.seq)
+        return dataclasses.replace(item, device=device_id)
+
+    def start(self) -> None:
+        self.source.start()
+
+    def tick(self) -> None:
+        loop = getattr(self.source, "_loop", None)
+        state = str(getattr(self.source, "state", "unknown"))
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.liveness.idle, self.name, f"ble {state}")
+        elif self._stopping:
+            self.liveness.idle(self.name, "stopped")
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.source.stop()
+
+    def status(self) -> Mapping[str, Any]:
+        links: dict[str, Any] = {}
+        for addr, info in dict(getattr(self.source, "links", {})).items():
+            counters = self.source.counters.get(addr)
+            links[self.ids.get(addr.upper(), addr)] = {
+                "kind": "ble",
+                **info.as_dict(),
+                "counters": counters.as_dict() if counters is not None else {},
+            }
+        return {"links": links}
+
+
+def ble_device_filter(ble: Any) -> dict[str, Any]:
+    """DeviceFilter arguments from ``[devices.ble]``: allow-list (or the configured
+    addresses), name prefixes as one anchored pattern, advertised services."""
+    addresses = set(ble.allow) or {d.address for d in ble.device}
+    pattern = (
+        "^(?:" + "|".join(re.escape(p) for p in ble.name_prefixes) + ")"
+        if ble.name_prefixes
+        else None
+    )
+    return {
+        "addresses": frozenset(addresses),
+        "name_pattern": pattern,
+        "service_uuids": frozenset(ble.service_uuids),
+    }
+
+
 class MqttStatusSink:
     """Status sink that publishes each snapshot, retained, through an ``MqttLink``.
 
@@ -290,6 +364,12 @@ class Context:
     pipeline: PipelineComponent
     status_sinks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
 
+    @property
+    def patient_of(self) -> dict[str, str]:
+        """device_id -> patient for every configured device (blocks carry device ids)."""
+        devs = (*self.config.devices.serial, *self.config.devices.ble.device)
+        return {d.device_id: d.patient for d in devs}
+
 
 Factory = Callable[[Context], list[Component]]
 
@@ -323,7 +403,37 @@ def _serial_factory(ctx: Context) -> list[Component]:
     return out
 
 
-COMPONENT_FACTORIES: list[Factory] = [_serial_factory]
+def _ble_factory(ctx: Context) -> list[Component]:
+    """One BleComponent when ``[devices.ble] enabled = true``."""
+    ble = ctx.config.devices.ble
+    if not ble.enabled:
+        return []
+    try:
+        from edgeagent.sources.ble import BleSource, DeviceFilter
+    except ImportError as exc:
+        log.warning("BLE enabled but BLE sources are unavailable: %s", exc)
+        ctx.counters.add("ble_unavailable")
+        return []
+    comp = BleComponent(ctx.liveness, {d.address: d.device_id for d in ble.device})
+
+    def on_block(block: SampleBlock) -> None:
+        ctx.bus.put(comp.relabel(block))
+        ctx.liveness.progress(comp.name)
+
+    def on_gap(gap: Gap) -> None:
+        ctx.bus.put(comp.relabel(gap))
+
+    comp.source = BleSource(
+        DeviceFilter(**ble_device_filter(ble)),
+        on_block,
+        on_gap,
+        scan_s=min(ble.scan_timeout_s, 5.0),
+    )
+    ctx.liveness.register(comp.name, ctx.config.status.stall_after_s)
+    return [comp]
+
+
+COMPONENT_FACTORIES: list[Factory] = [_serial_factory, _ble_factory]
 
 
 def register_factory(factory: Factory) -> None:

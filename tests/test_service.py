@@ -427,3 +427,47 @@ def test_mqtt_status_sink_publishes_retained_snapshot(
     finally:
         agg.close()
         box.close()
+
+
+def test_configured_ble_wearable_flows_with_device_ids(
+    tmp_state: Path,
+    short_dir: Path,
+    bluez_sim: Any,
+    run_sup: Callable[[Supervisor], Running],
+) -> None:
+    """bleak's real BlueZ backend against the simulator on a private bus, via the config."""
+    from firmware_sim.bluez import CHEST_STRAP, Peripheral
+
+    strap = "AA:00:00:00:00:01"
+    bluez_sim.call(bluez_sim.sim.add, Peripheral(strap, "Polar H10 S1", CHEST_STRAP))
+    bluez_sim.call(bluez_sim.sim.add, Peripheral("AA:00:00:00:00:09", "Other", CHEST_STRAP))
+    cfg = parse_config(
+        {
+            "agent": {"box_id": "box-b", "state_dir": str(tmp_state)},
+            "devices": {
+                "ble": {
+                    "enabled": True,
+                    "scan_timeout_s": 0.5,
+                    "name_prefixes": ["Polar"],
+                    "device": [{"address": strap, "device_id": "chest-01", "patient": "p1"}],
+                }
+            },
+            "control": {"socket_path": str(short_dir / "ctl.sock")},
+        }
+    )
+    sup = build_supervisor(cfg)
+    pipeline = sup.components[0]
+    assert isinstance(pipeline, PipelineComponent)
+    devices: set[str] = set()
+    pipeline.add_consumer(lambda item: devices.add(item.device))
+    r = run_sup(sup)
+
+    def streaming() -> bool:
+        link = sup.snapshot()["links"].get("chest-01", {})
+        return link.get("state") == "streaming" and link["counters"]["samples_ok"] > 0
+
+    _wait(streaming, timeout=20)
+    _wait(lambda: bool(devices))
+    assert devices == {"chest-01"}  # relabelled from the address; the other device filtered
+    assert sup.liveness.check().ok
+    assert r.finish() == 0
