@@ -1013,3 +1013,24 @@ class BluezSimThread:
             self.run(self.sim.stop(), 10.0)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5.0)
+
+
+# ------------------------------------------------------------ firmware-sim CLI hook
+
+
+def _cli_add_arguments(p: Any) -> None:
+    from firmware_sim.serve_ble import add_arguments
+
+    add_arguments(p)
+
+
+def _cli_run(args: Any) -> int:
+    from firmware_sim.serve_ble import run
+
+    return run(args)
+
+
+# picked up by firmware_sim.__main__ (see its docstring)
+CLI_COMMANDS = {
+    "serve-ble": ("serve simulated BLE wearables over D-Bus", _cli_add_arguments, _cli_run),
+}

@@ -442,11 +442,19 @@ class BleSource:
             li.since = self.clock()
 
     def _deliver(self, blocks: list[SampleBlock], gaps: list[Gap]) -> None:
-        for g in gaps:
-            if self.on_gap is not None:
-                self.on_gap(g)
-        for b in blocks:
-            self.on_block(b)
+        # a consumer bug must not kill bleak's notification path: log and count it
+        try:
+            for g in gaps:
+                if self.on_gap is not None:
+                    self.on_gap(g)
+            for b in blocks:
+                self.on_block(b)
+        except Exception:
+            log.exception("ble consumer callback failed")
+            c = self.counters.setdefault(
+                blocks[0].device if blocks else gaps[0].device, LinkCounters()
+            )
+            c.extra["callback_errors"] = c.extra.get("callback_errors", 0) + 1
 
     # -- discovery
 

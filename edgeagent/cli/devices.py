@@ -1,0 +1,69 @@
+"""``edgeagent devices scan``: which BLE wearables are in range, and what they offer.
+
+The first thing a field engineer checks when a strap "does not connect" is
+whether the hub hears it at all, how strongly, and which services it
+advertises; this verb answers that through the same bleak stack the agent uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeagent.cli import app
+from edgeagent.cli.config import JSON_OPTION, echo_json
+
+devices_app = typer.Typer(help="BLE wearables in range.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+
+_SERVICE_NAMES = {
+    "0000180d-0000-1000-8000-00805f9b34fb": "heart-rate",
+    "00001809-0000-1000-8000-00805f9b34fb": "thermometer",
+    "0000180f-0000-1000-8000-00805f9b34fb": "battery",
+    "fb005c80-02e7-f387-1cad-8acd2d8df0c8": "polar-pmd",
+}
+_TIMEOUT: Any = typer.Option(3.0, "--timeout", "-t", help="Seconds to listen.")
+_SERVICE: Any = typer.Option(None, "--service", "-s", help="Only devices advertising this UUID.")
+_NAME: Any = typer.Option(None, "--name", "-n", help="Only names matching this regex.")
+_ADDRESS: Any = typer.Option(None, "--address", "-a", help="Only these addresses (repeatable).")
+
+
+@devices_app.command("scan")
+def scan_cmd(
+    timeout: float = _TIMEOUT,
+    service: list[str] | None = _SERVICE,
+    name: str | None = _NAME,
+    address: list[str] | None = _ADDRESS,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List advertisers in range: name, address, RSSI and services (strongest first)."""
+    from edgeagent.sources.ble import DeviceFilter, scan
+
+    try:
+        flt = DeviceFilter(
+            service_uuids=frozenset(s.lower() for s in service or ()),
+            name_pattern=name,
+            addresses=frozenset(address or ()),
+        )
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    try:
+        found = scan(timeout, flt)
+    except Exception as e:  # no adapter, no bus, BlueZ off: say so, do not trace back
+        typer.echo(f"error: BLE scan failed: {type(e).__name__}: {e}", err=True)
+        typer.echo("check that bluetoothd runs and an adapter is powered", err=True)
+        raise typer.Exit(1) from e
+    if as_json:
+        echo_json([r.as_dict() for r in found])
+        return
+    table = Table(title=f"BLE devices ({len(found)})")
+    for col in ("name", "address", "rssi", "services"):
+        table.add_column(col)
+    for r in found:
+        services = ", ".join(_SERVICE_NAMES.get(u.lower(), u) for u in r.services)
+        table.add_row(r.name or "-", r.address, str(r.rssi), services)
+    Console().print(table)
