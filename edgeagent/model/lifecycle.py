@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgeagent.errors import ModelError
-from edgeagent.model.graph import NORMAL, parse_model, read_meta
+from edgeagent.model.meta import NORMAL, session_meta
 from edgeagent.model.registry import ModelRecord, ModelRegistry
 from edgeagent.pipeline.detect import Detector, ValidatedWindow, make_session
 
@@ -38,13 +38,12 @@ AE_WEIGHT = 0.1
 
 def validation_loss(data: bytes, windows: Sequence[ValidatedWindow]) -> float:
     """Class-balanced cross-entropy of the head plus ``AE_WEIGHT`` x normal reconstruction error."""
-    model = parse_model(data)
-    meta = read_meta(model)
+    sess = make_session(data)
+    meta = session_meta(sess)
     classes = list(meta.classes)
     rows = [w for w in windows if w.label in classes]
     if not rows:
         return float("nan")
-    sess = make_session(data)
     x = np.stack([w.x for w in rows]).astype(np.float32)
     mu = np.concatenate([np.asarray(w.mu, np.float32).reshape(1, -1) for w in rows])
     sigma = np.concatenate([np.asarray(w.sigma, np.float32).reshape(1, -1) for w in rows])

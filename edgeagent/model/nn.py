@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeagent.model.graph import CLIP, ModelSpec, flatten, n_params, param_layout, unflatten
+from edgeagent.model.meta import CLIP, ModelSpec, flatten, n_params, param_layout, unflatten
 
 
 def standardise(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

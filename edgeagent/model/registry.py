@@ -12,6 +12,7 @@ refused (and the previous model stays active).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
@@ -22,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeagent.errors import ModelError
-from edgeagent.model.graph import parse_model, read_meta, sha256_hex
+from edgeagent.model.meta import sha256_hex
 from edgeagent.model.signing import public_key_raw, verify_hash
 
 DB_NAME = "models.sqlite"
@@ -164,6 +166,8 @@ class ModelRegistry:
         Raises ``ModelError`` (and stores nothing) when the bytes do not parse or
         fit, the signature does not verify, or a signature is required and absent.
         """
+        from edgeagent.model.graph import get_params, parse_model, read_meta  # onnx: adds only
+
         model = parse_model(data, feature_names)
         digest = sha256_hex(data)
         signer = None
@@ -177,7 +181,12 @@ class ModelRegistry:
             return existing
         path = self.dir / f"{digest}.onnx"
         atomic_write(path, data)
-        info = read_meta(model).info
+        # The flat vector beside the model lets the learner start without importing onnx.
+        buf = io.BytesIO()
+        np.save(buf, get_params(model), allow_pickle=False)
+        atomic_write(path.with_suffix(".params.npy"), buf.getvalue())
+        info = dict(read_meta(model).info)
+        info["params_sha256"] = sha256_hex(buf.getvalue())
         with self._db() as db:
             cur = db.execute(
                 "INSERT INTO models (sha256, file, created, source, signature, signer, info)"
@@ -235,6 +244,20 @@ class ModelRegistry:
             raise ModelError(f"model {rec.label}: file {rec.file} does not match its hash")
         return data
 
+    def load_params(self, ref: str | int | ModelRecord) -> np.ndarray:
+        """The model's flat parameter vector (hash-checked), for the local learner."""
+        rec = ref if isinstance(ref, ModelRecord) else self.get(ref)
+        p = rec.file.with_suffix(".params.npy")
+        try:
+            raw = p.read_bytes()
+        except OSError:
+            raw = b""
+        if not raw or sha256_hex(raw) != rec.info.get("params_sha256"):
+            from edgeagent.model.graph import get_params, parse_model
+
+            return get_params(parse_model(self.load_bytes(rec)))
+        return np.load(io.BytesIO(raw), allow_pickle=False).astype(np.float32)
+
     def verify(self, ref: str | int) -> dict[str, Any]:
         """Re-check hash, parse and signature of a stored model; never raises for bad models."""
         rec = self.get(ref)
@@ -244,6 +267,8 @@ class ModelRegistry:
             out["hash_ok"] = True
         except ModelError as e:
             return {**out, "hash_ok": False, "ok": False, "error": str(e)}
+        from edgeagent.model.graph import parse_model
+
         try:
             parse_model(data)
             out["parse_ok"] = True

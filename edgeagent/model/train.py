@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeagent.model.graph import ModelSpec, init_params
+from edgeagent.model.meta import ModelSpec, init_params
 from edgeagent.model.nn import Adam, ae_loss_grad, head_loss_grad
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeagent.errors import ModelError
-from edgeagent.model.graph import FAULT, NORMAL, ModelMeta, parse_model, read_meta
+from edgeagent.model.meta import FAULT, NORMAL, ModelMeta, session_meta
 from edgeagent.pipeline.alerts import Alert
 from edgeagent.pipeline.personal import PersonalCalibration, Thresholds
 from edgeagent.streams import Stream
@@ -201,9 +201,8 @@ class Detector:
 
     # -- model lifecycle -------------------------------------------------
     def _prepare(self, data: bytes, label: str) -> _Active:
-        model = parse_model(data, self.feature_names)
-        meta = read_meta(model)
         sess = make_session(data, self.config.intra_op_threads, self.config.inter_op_threads)
+        meta = session_meta(sess, self.feature_names)
         f = len(self.feature_names)
         try:
             probs, recon = sess.run(
@@ -218,6 +217,8 @@ class Detector:
             raise ModelError(f"model dry run failed: {e}") from e
         if probs.shape != (1, meta.spec.n_classes) or recon.shape != (1,):
             raise ModelError(f"model outputs have shapes {probs.shape}, {recon.shape}")
+        if not (np.all(np.isfinite(probs)) and np.all(np.isfinite(recon))):
+            raise ModelError("model dry run produced NaN/inf (corrupt weights?)")
         classes = list(meta.classes)
         fault_idx = classes.index(FAULT) if FAULT in classes else -1
         clinical = [i for i, c in enumerate(classes) if c not in (NORMAL, FAULT)]

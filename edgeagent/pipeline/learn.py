@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeagent.model.graph import ModelSpec, n_params
+from edgeagent.model.meta import ModelSpec, n_params
 from edgeagent.model.nn import Adam, ae_loss_grad, ae_param_mask, standardise
 
 #: A window whose reconstruction error exceeds this multiple of the recent median is not trained on.

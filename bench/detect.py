@@ -1,0 +1,317 @@
+"""Detection benchmark: ONNX latency per window, sample-to-stored-alert latency, training cost, RSS.
+
+What is measured (all on this machine, one run, same model = models/baseline.onnx):
+
+1. ``onnx``: onnxruntime ``run`` for one window (1 row, personal calibration
+   inputs), single-threaded session as on a box; median and p99 over many
+   calls. Baseline in the same run: the numpy twin of the same graph
+   (``edgeagent.model.nn.forward``); ratio = numpy / onnxruntime.
+2. ``alert_latency``: simulated wearables with scripted anomalies streamed
+   block by block (1 s blocks) into the real Windower -> features ->
+   Detector -> SQLite AlertStore. For each window, the time from pushing the
+   block that holds the window's last sample until its detection (and, for
+   alert windows, the durable alert row) is done. The window itself closes
+   one hop after its end by design; this is the cost *beyond* the hop.
+   Target: p99 <= 20 ms.
+3. ``training``: LocalLearner.step cost per window trained (batch 16).
+4. ``rss``: a fresh process running an agent pipeline for 4 wearables (4
+   patients, all streams, detector + learner thread + alert store) for
+   simulated minutes; resident set size at the end. Target <= 150 MB.
+
+Run: python bench/detect.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "baseline.onnx"
+OUT = ROOT / "bench" / "results" / "detect.json"
+
+
+def _pct(a: list[float], q: float) -> float:
+    return float(np.quantile(np.asarray(a), q))
+
+
+def bench_onnx(n: int) -> dict[str, Any]:
+    import onnx
+
+    from edgeagent.model.graph import get_params, read_meta
+    from edgeagent.model.nn import forward, standardise
+    from edgeagent.pipeline.detect import make_session
+
+    data = MODEL.read_bytes()
+    proto = onnx.load_from_string(data)
+    meta = read_meta(proto)
+    w = get_params(proto)
+    sess = make_session(data)
+    f = len(meta.feature_names)
+    rng = np.random.default_rng(0)
+    mu = np.asarray(meta.pop_mu, np.float32)[None]
+    sg = np.asarray(meta.pop_sigma, np.float32)[None]
+    xs = (mu + rng.normal(size=(n, f)).astype(np.float32) * sg).astype(np.float32)
+    xs[::7, -3:] = np.nan  # some windows without env
+    feeds = {"x": xs[:1], "mu": mu, "sigma": sg}
+    for _ in range(200):
+        sess.run(None, feeds)
+    ort_t: list[float] = []
+    for i in range(n):
+        feeds["x"] = xs[i : i + 1]
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        ort_t.append(time.perf_counter() - t0)
+    pmu, psg = mu, sg
+    np_t: list[float] = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        z, m = standardise(xs[i : i + 1], mu, sg)
+        zp, _ = standardise(xs[i : i + 1], pmu, psg)
+        forward(meta.spec, w, z, m, zp)
+        np_t.append(time.perf_counter() - t0)
+    return {
+        "calls": n,
+        "onnxruntime_median_us": _pct(ort_t, 0.5) * 1e6,
+        "onnxruntime_p99_us": _pct(ort_t, 0.99) * 1e6,
+        "numpy_twin_median_us": _pct(np_t, 0.5) * 1e6,
+        "numpy_twin_p99_us": _pct(np_t, 0.99) * 1e6,
+        "ratio_numpy_over_onnxruntime": _pct(np_t, 0.5) / _pct(ort_t, 0.5),
+        "target_median_us": 50.0,
+        "n_params": int(w.size),
+        "features": f,
+    }
+
+
+def _patients(n: int, seconds: float) -> list[Any]:
+    from firmware_sim.physiology import Generator, Label, SimConfig, make_patient
+
+    gens = []
+    for i in range(n):
+        eps = tuple(
+            Label(s, s + 40.0, k)
+            for s, k in zip(
+                np.arange(60.0, seconds - 60, 120.0),
+                ["tachycardia", "fall", "af", "lead_off", "bradycardia", "st_change"] * 20,
+                strict=False,
+            )
+        )
+        gens.append(Generator(make_patient(500 + i), SimConfig(episodes=eps)))
+    return gens
+
+
+def bench_alert_latency(seconds: float, n_patients: int = 4) -> dict[str, Any]:
+    from edgeagent.pipeline.alerts import AlertStore
+    from edgeagent.pipeline.detect import Detector
+    from edgeagent.pipeline.windows import Windower
+    from edgeagent.streams import SampleBlock, Stream
+
+    with tempfile.TemporaryDirectory() as d:
+        store = AlertStore(Path(d))
+        det = Detector(MODEL.read_bytes(), "baseline", store)
+        gens = _patients(n_patients, seconds)
+        wins = [Windower(10.0, 2.0, patient=f"p{i}") for i in range(n_patients)]
+        all_lat: list[float] = []
+        alert_lat: list[float] = []
+        feat_t: list[float] = []
+        t = 0.0
+        while t < seconds:
+            for i, g in enumerate(gens):
+                ch = g.advance(1.0)
+                blocks = [
+                    SampleBlock(f"dev{i}", Stream(k), tt, vv)
+                    for k, (tt, vv) in ch.streams.items()
+                    if len(tt)
+                ]
+                for b in blocks:
+                    wins[i].push(b)
+                t0 = time.perf_counter()  # the last sample of the closing window has arrived
+                for w in wins[i].pop_ready():
+                    f0 = time.perf_counter()
+                    r = det.process(w)
+                    f1 = time.perf_counter()
+                    feat_t.append(f1 - f0)
+                    all_lat.append(f1 - t0)
+                    if r.opened:
+                        alert_lat.append(f1 - t0)  # AlertStore.add has committed by now
+                    t0 = time.perf_counter()
+            t += 1.0
+        n_alerts = store.count()
+        store.close()
+    return {
+        "patients": n_patients,
+        "sim_seconds": seconds,
+        "windows": len(all_lat),
+        "alerts": n_alerts,
+        "window_median_ms": _pct(all_lat, 0.5) * 1e3,
+        "window_p99_ms": _pct(all_lat, 0.99) * 1e3,
+        "alert_median_ms": _pct(alert_lat, 0.5) * 1e3 if alert_lat else None,
+        "alert_p99_ms": _pct(alert_lat, 0.99) * 1e3 if alert_lat else None,
+        "alert_windows": len(alert_lat),
+        "features_plus_detect_median_ms": _pct(feat_t, 0.5) * 1e3,
+        "target_p99_ms_beyond_hop": 20.0,
+        "hop_s": 2.0,
+    }
+
+
+def bench_training(n: int) -> dict[str, Any]:
+    import onnx
+
+    from edgeagent.model.graph import get_params, read_meta
+    from edgeagent.pipeline.learn import LearnerConfig, LocalLearner
+
+    proto = onnx.load_from_string(MODEL.read_bytes())
+    meta = read_meta(proto)
+    learner = LocalLearner(meta.spec, get_params(proto), LearnerConfig(queue_max=n + 1))
+    rng = np.random.default_rng(1)
+    mu = np.asarray(meta.pop_mu, np.float32)[None]
+    sg = np.asarray(meta.pop_sigma, np.float32)[None]
+    xs = mu + rng.normal(size=(n, mu.shape[1])).astype(np.float32) * sg * 0.5
+    t0 = time.perf_counter()
+    for x in xs:
+        learner.offer(x, mu, sg, True)
+    t_offer = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    trained = 0
+    while learner.pending:
+        trained += learner.step(8)
+    t_train = time.perf_counter() - t0
+    return {
+        "windows": n,
+        "trained": trained,
+        "offer_us_per_window": t_offer / n * 1e6,
+        "train_us_per_window": t_train / max(trained, 1) * 1e6,
+        "batch": learner.config.batch,
+    }
+
+
+def rss_child(seconds: float, state: str) -> None:
+    """Run in a fresh process: 4 wearables through the whole detection pipeline.
+
+    Like the daemon, it takes the active model and its parameter vector from
+    the registry in the state directory (registered beforehand by the parent).
+    """
+    import psutil
+
+    from edgeagent.model.registry import ModelRegistry
+    from edgeagent.pipeline.alerts import AlertStore
+    from edgeagent.pipeline.detect import Detector
+    from edgeagent.pipeline.learn import LocalLearner
+    from edgeagent.pipeline.windows import Windower
+    from edgeagent.streams import SampleBlock, Stream
+
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    reg = ModelRegistry(Path(state))
+    rec = reg.get("active")
+    data = reg.load_bytes(rec)
+    det_store = AlertStore(Path(state))
+    det = Detector(data, rec.label, det_store)
+    learner = LocalLearner(det.meta.spec, reg.load_params(rec))
+    det.on_scored = learner.offer
+    learner.start()
+    with tempfile.TemporaryDirectory():
+        store = det_store
+        gens = _patients(4, seconds)
+        wins = [Windower(10.0, 2.0, patient=f"p{i}") for i in range(4)]
+        t = 0.0
+        peak = 0
+        while t < seconds:
+            for i, g in enumerate(gens):
+                ch = g.advance(1.0)
+                for k, (tt, vv) in ch.streams.items():
+                    if len(tt):
+                        wins[i].push(SampleBlock(f"dev{i}", Stream(k), tt, vv))
+                for w in wins[i].pop_ready():
+                    det.process(w)
+            t += 1.0
+            if int(t) % 30 == 0:
+                peak = max(peak, proc.memory_info().rss)
+        learner.stop()
+        rss = proc.memory_info().rss
+        store.close()
+    print(
+        json.dumps(
+            {
+                "rss_mb": rss / 2**20,
+                "peak_rss_mb": max(peak, rss) / 2**20,
+                "python_baseline_rss_mb": base / 2**20,
+                "windows": det.counters["windows"],
+                "trained": learner.counters["trained"],
+                "sim_seconds": seconds,
+                "target_mb": 150.0,
+            }
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="Fewer iterations (CI smoke).")
+    ap.add_argument("--rss-child", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--state", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.rss_child is not None:
+        rss_child(args.rss_child, args.state)
+        return 0
+    q = args.quick
+    res: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "model": str(MODEL.relative_to(ROOT)),
+    }
+    res["onnx"] = bench_onnx(2000 if q else 20000)
+    res["alert_latency"] = bench_alert_latency(120.0 if q else 600.0)
+    res["training"] = bench_training(512 if q else 4096)
+    seconds = 120.0 if q else 600.0
+    from edgeagent.model.registry import ModelRegistry
+
+    with tempfile.TemporaryDirectory() as state:
+        reg = ModelRegistry(Path(state))
+        reg.activate(reg.add(MODEL.read_bytes(), "bench").version, "bench")
+        out = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(seconds), "--state", state],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
+    res["rss"] = json.loads(out.stdout.strip().splitlines()[-1])
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(res, indent=1) + "\n")
+    o, a, tr, r = res["onnx"], res["alert_latency"], res["training"], res["rss"]
+    print(
+        f"onnxruntime per window: median {o['onnxruntime_median_us']:.1f} us, "
+        f"p99 {o['onnxruntime_p99_us']:.1f} us (target median <= 50 us); "
+        f"numpy twin {o['numpy_twin_median_us']:.1f} us "
+        f"= {o['ratio_numpy_over_onnxruntime']:.2f} x onnxruntime"
+    )
+    print(
+        f"last sample -> stored alert: median {a['alert_median_ms']:.2f} ms, "
+        f"p99 {a['alert_p99_ms']:.2f} ms beyond the hop over {a['alert_windows']} alerts "
+        f"(all windows p99 {a['window_p99_ms']:.2f} ms; target p99 <= 20 ms)"
+    )
+    print(
+        f"training: {tr['train_us_per_window']:.1f} us per window "
+        f"(offer {tr['offer_us_per_window']:.1f} us)"
+    )
+    print(
+        f"RSS, 4 wearables, {r['sim_seconds']:.0f} s simulated: {r['rss_mb']:.1f} MB "
+        f"(peak {r['peak_rss_mb']:.1f} MB; bare interpreter {r['python_baseline_rss_mb']:.1f} MB; "
+        f"target <= 150 MB)"
+    )
+    print(f"wrote {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
