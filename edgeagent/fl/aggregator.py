@@ -376,7 +376,7 @@ class Aggregator:
         except TransportError:
             self._refuse_outside("bad_topic", msg.topic)
             return
-        if t.area != "node" or t.node_id is None:
+        if t.fleet != self.fleet or t.area != "node" or t.node_id is None:
             return
         if t.kind == "hello":
             self._on_hello(t.node_id, msg.payload)

@@ -223,6 +223,8 @@ class FlClient:
     def handle(self, msg: MqttMessage) -> None:
         """Process one delivery (the worker calls this; tests may call it directly)."""
         t = topics.parse(msg.topic)
+        if t.fleet != self.fleet:
+            return  # a persistent session may still hold another fleet's subscriptions
         if t.area == "model":
             self._on_model(msg.payload)
         elif t.area == "round" and t.round_id is not None:
@@ -240,7 +242,10 @@ class FlClient:
 
     def _on_announce(self, round_id: int, payload: bytes) -> None:
         if not payload:
-            return  # a finished round's announcement being cleared
+            # the aggregator cleared the announcement: the round is over or was abandoned
+            if self.current is not None and self.current.round_id == round_id:
+                self._end_round("abandoned", "announcement withdrawn")
+            return
         claimed = decode_unverified(payload)
         if claimed.round != round_id or claimed.dst != BROADCAST or claimed.src != AGGREGATOR:
             raise ProtocolError("malformed", "announcement header does not match its topic")
