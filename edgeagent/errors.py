@@ -118,3 +118,21 @@ class SourceError(EdgeAgentError):
         self.reason = reason
         self.advice = advice
         super().__init__(f"{device}: {reason}" + (f" ({advice})" if advice else ""))
+
+
+class InstallError(EdgeAgentError):
+    """``edgeagent service install|uninstall`` cannot do a step (``target`` says which)."""
+
+    def __init__(self, target: str, problem: str) -> None:
+        self.target = target
+        self.problem = problem
+        super().__init__(f"{target}: {problem}")
+
+
+class BenchError(EdgeAgentError):
+    """A hardware-in-the-loop bench description is invalid (``key`` names the setting)."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"bench {key}: {problem}")
