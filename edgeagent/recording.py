@@ -294,8 +294,9 @@ def _read_stream_file(
     rejected: dict[str, int] = {}
     try:
         data = _fast_parse(f, hdr, idx)
-    except (ValueError, IndexError):
-        data = _slow_parse(f, hdr, idx, rejected, notes)
+    except (ValueError, IndexError) as exc:
+        m = _ROW_RE.search(str(exc))
+        data = _slow_parse(f, hdr, idx, rejected, notes, int(m.group(1)) if m else None)
     if data.size == 0:
         data = np.zeros((0, len(idx)))
     t, v = _clean_rows(data, rejected)
@@ -309,66 +310,140 @@ def _read_stream_file(
     return t, np.ascontiguousarray(v32), rejected, notes
 
 
-def _fast_parse(f: Path, hdr: _Header, idx: list[int]) -> np.ndarray:
-    """numpy's C parser: ~1M rows/s; raises ValueError on any row it cannot take."""
+def _loadtxt(source: Path | list[str], hdr: _Header, idx: list[int], skip: int) -> np.ndarray:
+    """numpy's C parser (~1M rows/s); raises ValueError on any row it cannot take."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
         return np.loadtxt(
-            f,
+            source,
             delimiter=hdr.delimiter,
-            skiprows=hdr.line,
+            skiprows=skip,
             usecols=idx,
             comments="#",
             ndmin=2,
             encoding="utf-8-sig",
             quotechar='"',
             dtype=np.float64,
-        )
+        ).reshape(-1, len(idx))
+
+
+def _fast_parse(f: Path, hdr: _Header, idx: list[int]) -> np.ndarray:
+    """The whole file in one C-parser pass: the common, clean case."""
+    return _loadtxt(f, hdr, idx, hdr.line)
+
+
+# numpy names the data row (0-based, comments and blank lines not counted) it failed on.
+_ROW_RE = re.compile(r"at row (\d+)")
+
+
+@dataclass
+class _Tally:
+    rows: int = 0
+    malformed: int = 0
+    first_bad: str | None = None
 
 
 def _slow_parse(
-    f: Path, hdr: _Header, idx: list[int], rejected: dict[str, int], notes: list[str]
+    f: Path,
+    hdr: _Header,
+    idx: list[int],
+    rejected: dict[str, int],
+    notes: list[str],
+    first_bad_row: int | None = None,
 ) -> np.ndarray:
-    """Line-by-line parse that drops and counts bad rows (used when the fast path fails)."""
-    rows: list[list[float]] = []
-    need = max(idx) + 1
-    malformed = 0
-    first_bad: str | None = None
-    total = 0
+    """Drop and count bad rows, keeping C-parser speed for the clean spans between them.
+
+    The C parser runs up to the row it rejects (numpy names it); that row is
+    handled alone, and parsing resumes after it. One bad row in a million
+    costs one extra parser pass, not a pure-Python pass over the whole file.
+    """
     with open(f, encoding="utf-8-sig", newline="") as fh:
-        lines = fh.read().splitlines(keepends=True)
-    for lineno, line in enumerate(lines[hdr.line :], start=hdr.line + 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        total += 1
-        cells = text.split(hdr.delimiter) if hdr.delimiter else text.split()
-        if [_norm(c) for c in cells] == hdr.names:
-            rejected["repeated_header"] = rejected.get("repeated_header", 0) + 1
-            continue
+        text = fh.read()
+    body = text.splitlines()[hdr.line :]
+    ends_clean = text.endswith(("\n", "\r"))
+    lineno: list[int] = []
+    lines: list[str] = []
+    for i, ln in enumerate(body):
+        stripped = ln.strip()
+        if stripped and not stripped.startswith("#"):
+            lineno.append(hdr.line + 1 + i)
+            lines.append(ln)
+    last_lineno = hdr.line + len(body)
+    need = max(idx) + 1
+    tally = _Tally()
+    blocks: list[np.ndarray] = []
+
+    def one_line(k: int) -> None:
+        tally.rows += 1
+        cells_text = lines[k].split("#", 1)[0].strip()
+        cells = cells_text.split(hdr.delimiter) if hdr.delimiter else cells_text.split()
         problem = None
         if len(cells) < need:
-            if lineno == len(lines) and not line.endswith(("\n", "\r")):
+            if lineno[k] == last_lineno and not ends_clean:
                 rejected["truncated"] = rejected.get("truncated", 0) + 1
-                continue
+                return
             problem = f"{len(cells)} fields, need {need}"
         else:
             try:
-                rows.append([_cell_float(cells[i]) for i in idx])
+                blocks.append(np.array([[_cell_float(cells[j]) for j in idx]]))
+                return
             except ValueError as exc:
+                if [_norm(c) for c in cells] == hdr.names:
+                    rejected["repeated_header"] = rejected.get("repeated_header", 0) + 1
+                    return
                 problem = str(exc)
-        if problem is not None:
-            malformed += 1
-            if first_bad is None:
-                first_bad = f"line {lineno}: {problem} in {text[:60]!r}"
-    if malformed:
-        if malformed > _MAX_MALFORMED_FRACTION * total:
+        tally.malformed += 1
+        if tally.first_bad is None:
+            tally.first_bad = f"line {lineno[k]}: {problem} in {cells_text[:60]!r}"
+
+    def span(lo: int, hi: int) -> None:
+        """Rows lo..hi-1 believed clean: C parser, or one by one if that fails after all."""
+        if hi <= lo:
+            return
+        try:
+            arr = _loadtxt(lines[lo:hi], hdr, idx, 0)
+        except (ValueError, IndexError):
+            for k in range(lo, hi):
+                one_line(k)
+            return
+        tally.rows += len(arr)
+        blocks.append(arr)
+
+    pos = 0
+    hint = first_bad_row  # from the whole-file attempt: saves re-parsing up to it
+    while pos < len(lines):
+        try:
+            if hint is not None:
+                raise ValueError(f"at row {hint}")
+            arr = _loadtxt(lines[pos:], hdr, idx, 0)
+        except (ValueError, IndexError) as exc:
+            hint = None
+            m = _ROW_RE.search(str(exc))
+            bad = pos + (int(m.group(1)) if m else 0)
+            span(pos, min(bad, len(lines)))
+            if bad < len(lines):
+                one_line(bad)
+            pos = bad + 1
+            if tally.malformed > 1000 and tally.malformed > _MAX_MALFORMED_FRACTION * tally.rows:
+                break  # clearly unreadable: stop early, reported below
+            continue
+        tally.rows += len(arr)
+        blocks.append(arr)
+        break
+    if tally.malformed:
+        if tally.malformed > _MAX_MALFORMED_FRACTION * tally.rows:
             raise RecordingError(
-                str(f), f"unreadable: {malformed} of {total} rows malformed, first at {first_bad}"
+                str(f),
+                f"unreadable: {tally.malformed} of {tally.rows} rows malformed, "
+                f"first at {tally.first_bad}",
             )
-        rejected["malformed"] = malformed
-        notes.append(f"{f.name}: {malformed} malformed rows dropped, first at {first_bad}")
-    return np.asarray(rows, dtype=np.float64).reshape(-1, len(idx))
+        rejected["malformed"] = tally.malformed
+        notes.append(
+            f"{f.name}: {tally.malformed} malformed rows dropped, first at {tally.first_bad}"
+        )
+    if not blocks:
+        return np.zeros((0, len(idx)))
+    return np.concatenate(blocks)
 
 
 def _cell_float(cell: str) -> float:

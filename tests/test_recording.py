@@ -330,6 +330,15 @@ def test_reading_a_million_row_ecg_is_fast(tmp_path: Path) -> None:
     took = time.perf_counter() - t0
     assert len(rec.data[Stream.ECG][0]) == n
     assert took < 4.0, f"1M-row ECG took {took:.2f} s"
+    # A logger crash at the end (bad row, cut line) must not fall back to a slow path.
+    with open(tmp_path / "ecg.csv", "a") as fh:
+        fh.write("4000.0,oops\n4000.1,")
+    t0 = time.perf_counter()
+    rec = read_recording(tmp_path)
+    took = time.perf_counter() - t0
+    assert len(rec.data[Stream.ECG][0]) == n
+    assert rec.rejected["ecg"] == {"malformed": 1, "non_finite": 1}
+    assert took < 8.0, f"1M-row ECG with a bad tail took {took:.2f} s"
 
 
 # --------------------------------------------------------------------------- properties
