@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 # A stop() that takes longer than this is abandoned (logged) so the rest still
 # flush before systemd's TimeoutStopSec escalates to SIGKILL.
 DEFAULT_STOP_TIMEOUT_S = 10.0
+# All stops together stay inside this, under the unit's TimeoutStopSec=30s, so
+# the final status.json is written before systemd's SIGKILL.
+DEFAULT_STOP_BUDGET_S = 20.0
 # Start order: sinks < pipeline < sources; equal orders keep registration order.
 DEFAULT_ORDER = 50
 ORDER_SINK = 20
@@ -496,6 +499,7 @@ class Supervisor:
         liveness: Liveness | None = None,
         counters: Counters | None = None,
         stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S,
+        stop_budget_s: float = DEFAULT_STOP_BUDGET_S,
         control: bool = True,
     ) -> None:
         self.config = config
@@ -506,6 +510,7 @@ class Supervisor:
         self.liveness = liveness or Liveness()
         self.counters = counters or Counters()
         self.stop_timeout_s = stop_timeout_s
+        self.stop_budget_s = stop_budget_s
         self.status_sinks: list[Callable[[dict[str, Any]], None]] = []
         self.state = "created"
         self.started_at = time.time()
@@ -630,7 +635,7 @@ class Supervisor:
             self._last_status_text = text
             self.notifier.status(text)
 
-    def _stop_one(self, comp: Component) -> bool:
+    def _stop_one(self, comp: Component, timeout: float) -> bool:
         done = threading.Event()
         err: list[BaseException] = []
 
@@ -643,10 +648,8 @@ class Supervisor:
                 done.set()
 
         threading.Thread(target=target, name=f"stop:{comp.name}", daemon=True).start()
-        if not done.wait(self.stop_timeout_s):
-            log.error(
-                "%s did not stop within %.1f s; abandoning it", comp.name, self.stop_timeout_s
-            )
+        if not done.wait(timeout):
+            log.error("%s did not stop within %.1f s; abandoning it", comp.name, timeout)
             return False
         if err:
             log.error("%s failed to stop cleanly: %s", comp.name, err[0])
@@ -659,9 +662,11 @@ class Supervisor:
         self.state = "stopping"
         self.notifier.stopping(status=f"stopping: {self._stop_reason or 'start-up failed'}")
         ok = True
+        deadline = time.monotonic() + self.stop_budget_s
         for comp in reversed(self._started):
             log.info("stopping %s", comp.name)
-            ok = self._stop_one(comp) and ok
+            left = max(0.05, min(self.stop_timeout_s, deadline - time.monotonic()))
+            ok = self._stop_one(comp, left) and ok
         self._started.clear()
         if self._control is not None:
             self._control.stop()

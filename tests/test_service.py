@@ -471,3 +471,21 @@ def test_configured_ble_wearable_flows_with_device_ids(
     assert devices == {"chest-01"}  # relabelled from the address; the other device filtered
     assert sup.liveness.check().ok
     assert r.finish() == 0
+
+
+def test_total_stop_time_is_budgeted(
+    tmp_state: Path, short_dir: Path, run_sup: Callable[[Supervisor], Running]
+) -> None:
+    """Several hung stops share one budget, so the daemon exits before TimeoutStopSec."""
+    log: list[str] = []
+    comps = [HangsOnStop(f"h{i}", log) for i in range(4)] + [Recorder("first", log)]
+    sup = Supervisor(
+        _config(tmp_state, short_dir), comps, stop_timeout_s=5, stop_budget_s=0.5, control=False
+    )
+    r = run_sup(sup)
+    _wait(lambda: sup.state == "running")
+    t0 = time.monotonic()
+    assert r.finish() == 1
+    assert time.monotonic() - t0 < 2.5
+    assert "stop first" in log
+    assert json.loads((tmp_state / "status.json").read_text())["state"] == "stopped"
