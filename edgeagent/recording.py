@@ -43,7 +43,7 @@ LABELS_FILE = "labels.csv"
 # not be called "seconds": that is the RR stream's value column.
 _T_ALIASES = ("t", "time", "timestamp", "time_s", "t_s", "ts")
 _CHANNEL_ALIASES: dict[Stream, tuple[tuple[str, ...], ...]] = {
-    Stream.ECG: (("uv", "ecg", "ecg_uv", "microvolts", "value", "mv_x1000"),),
+    Stream.ECG: (("uv", "ecg", "ecg_uv", "microvolts", "value"),),
     Stream.ACC: (
         ("x", "acc_x", "ax", "x_mg"),
         ("y", "acc_y", "ay", "y_mg"),
@@ -66,6 +66,47 @@ _LABEL_ALIASES = (
 # A file is "unreadable" rather than "has a few bad rows" past this share.
 _MAX_MALFORMED_FRACTION = 0.5
 _SNIFF_BYTES = 4096
+
+
+_SECONDS = {"s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3,
+            "msec": 1e-3, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ns": 1e-9}  # fmt: skip
+_CELSIUS = {"c": (1.0, 0.0), "°c": (1.0, 0.0), "degc": (1.0, 0.0), "celsius": (1.0, 0.0),
+            "f": (5 / 9, -32 * 5 / 9), "°f": (5 / 9, -32 * 5 / 9), "degf": (5 / 9, -32 * 5 / 9),
+            "k": (1.0, -273.15)}  # fmt: skip
+_MG = {"mg": 1.0, "milli-g": 1.0, "g": 1000.0, "m/s2": 1000 / 9.80665, "m/s^2": 1000 / 9.80665,
+       "m/s²": 1000 / 9.80665}  # fmt: skip
+# Units a header may state in brackets, per canonical column: value -> (scale, offset)
+# into the canonical unit. A unit not listed is refused: guessing would corrupt data.
+_UNITS: dict[str, dict[str, tuple[float, float]]] = {
+    "t": {k: (v, 0.0) for k, v in _SECONDS.items()},
+    "seconds": {k: (v, 0.0) for k, v in _SECONDS.items()},
+    "uv": {
+        "uv": (1.0, 0.0),
+        "µv": (1.0, 0.0),
+        "μv": (1.0, 0.0),
+        "microvolts": (1.0, 0.0),
+        "mv": (1e3, 0.0),
+        "v": (1e6, 0.0),
+    },
+    "x": {k: (v, 0.0) for k, v in _MG.items()},
+    "y": {k: (v, 0.0) for k, v in _MG.items()},
+    "z": {k: (v, 0.0) for k, v in _MG.items()},
+    "celsius": _CELSIUS,
+    "humidity": {
+        "%": (1.0, 0.0),
+        "%rh": (1.0, 0.0),
+        "rh": (1.0, 0.0),
+        "pct": (1.0, 0.0),
+        "percent": (1.0, 0.0),
+    },
+    "bpm": {"bpm": (1.0, 0.0), "1/min": (1.0, 0.0), "/min": (1.0, 0.0), "min^-1": (1.0, 0.0)},
+}
+
+
+def _unit(name: str) -> str:
+    """The unit stated in a trailing ``(...)`` or ``[...]`` of a header cell, normalised."""
+    m = re.search(r"[\(\[]([^\)\]]*)[\)\]]\s*$", name.strip().strip("\"'"))
+    return re.sub(r"\s+", "", m.group(1).lower()) if m else ""
 
 
 def _norm(name: str) -> str:
@@ -224,6 +265,7 @@ class _Header:
     delimiter: str | None  # None: runs of whitespace
     names: list[str]  # normalised
     raw: str
+    units: list[str] = field(default_factory=list)  # stated unit per cell, "" if none
 
 
 def _sniff_header(f: Path) -> _Header:
@@ -242,7 +284,9 @@ def _sniff_header(f: Path) -> _Header:
                     continue
                 delim = next((d for d in (",", ";", "\t") if d in text), None)
                 cells = text.split(delim) if delim else text.split()
-                return _Header(lineno, delim, [_norm(c) for c in cells], text)
+                return _Header(
+                    lineno, delim, [_norm(c) for c in cells], text, [_unit(c) for c in cells]
+                )
     except UnicodeDecodeError as exc:
         raise RecordingError(str(f), f"not UTF-8 text (byte offset {exc.start})") from None
     raise RecordingError(str(f), "empty file: expected a header line such as 't,uv'")
@@ -285,6 +329,26 @@ def _map_columns(
     return idx, notes
 
 
+def _conversion(
+    f: Path, hdr: _Header, col: int, canon: str, notes: list[str]
+) -> tuple[float, float]:
+    """(scale, offset) from the header's stated unit to the canonical one; refuse unknown units."""
+    unit = hdr.units[col] if col < len(hdr.units) else ""
+    if not unit:
+        return 1.0, 0.0
+    table = _UNITS.get(canon, {})
+    if unit not in table:
+        raise RecordingError(
+            str(f),
+            f"line {hdr.line}: unit {unit!r} of column {hdr.names[col]!r} not understood; "
+            f"use one of {sorted(table)} (or no unit for the canonical one)",
+        )
+    conv = table[unit]
+    if conv != (1.0, 0.0):
+        notes.append(f"{f.name}: column {hdr.names[col]!r} converted from {unit} to {canon} units")
+    return conv
+
+
 def _read_stream_file(
     f: Path, stream: Stream
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int], list[str]]:
@@ -299,6 +363,10 @@ def _read_stream_file(
         data = _slow_parse(f, hdr, idx, rejected, notes, int(m.group(1)) if m else None)
     if data.size == 0:
         data = np.zeros((0, len(idx)))
+    for j, (col, canon) in enumerate(zip(idx, canonical, strict=True)):
+        scale, offset = _conversion(f, hdr, col, canon, notes)
+        if (scale, offset) != (1.0, 0.0):
+            data[:, j] = data[:, j] * scale + offset
     t, v = _clean_rows(data, rejected)
     with np.errstate(over="ignore"):  # overflow is detected and counted just below
         v32 = v.astype(np.float32)
@@ -493,6 +561,8 @@ def _clean_rows(data: np.ndarray, rejected: dict[str, int]) -> tuple[np.ndarray,
 def _read_labels(f: Path) -> tuple[list[tuple[float, float, str]], dict[str, int], list[str]]:
     hdr = _sniff_header(f)
     idx, notes = _map_columns(f, hdr, _LABEL_ALIASES, ("start", "end", "kind"))
+    s_scale, s_off = _conversion(f, hdr, idx[0], "t", notes)
+    e_scale, e_off = _conversion(f, hdr, idx[1], "t", notes)
     rejected: dict[str, int] = {}
     labels: list[tuple[float, float, str]] = []
     delim = hdr.delimiter or " "
@@ -506,8 +576,8 @@ def _read_labels(f: Path) -> tuple[list[tuple[float, float, str]], dict[str, int
         if hdr.delimiter is None:
             cells = [c for c in cells if c]
         try:
-            start = float(cells[idx[0]])
-            end = float(cells[idx[1]])
+            start = float(cells[idx[0]]) * s_scale + s_off
+            end = float(cells[idx[1]]) * e_scale + e_off
             kind = cells[idx[2]].strip().lower()
         except (ValueError, IndexError):
             rejected["malformed"] = rejected.get("malformed", 0) + 1

@@ -84,6 +84,45 @@ def test_header_variations(tmp_path: Path, header: str, sep: str) -> None:
         assert any("extra columns ignored" in n and "lead_ii" in n for n in rec.notes)
 
 
+@pytest.mark.parametrize(
+    ("name", "header", "row", "want_t", "want_v"),
+    [
+        ("ecg.csv", "t (ms),ECG (mV)", "1500,1.25", 1.5, [1250.0]),
+        (
+            "acc.csv",
+            "time [s], x (g), y (g), z (m/s^2)",
+            "2,0.5,-1,9.80665",
+            2.0,
+            [500, -1000, 1000],
+        ),
+        ("skin_temp.csv", "t,temperature (°F)", "0,98.6", 0.0, [37.0]),
+        ("rr.csv", "t (s),RR (ms)", "3,812", 3.0, [0.812]),
+        ("hr.csv", "Time (us),HR (1/min)", "5000000,61", 5.0, [61.0]),
+    ],
+)
+def test_stated_units_are_converted_with_a_note(
+    tmp_path: Path, name: str, header: str, row: str, want_t: float, want_v: list[float]
+) -> None:
+    _write(tmp_path, name, f"{header}\n{row}\n")
+    rec = read_recording(tmp_path)
+    ((t, v),) = rec.data.values()
+    assert t[0] == pytest.approx(want_t)
+    np.testing.assert_allclose(v[0], want_v, rtol=1e-5)
+    assert any("converted from" in n for n in rec.notes)
+
+
+def test_unknown_unit_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path, "ecg.csv", "t (fortnights),uv\n0,1\n")
+    with pytest.raises(RecordingError, match=r"line 1: unit 'fortnights' of column 't'"):
+        read_recording(tmp_path)
+
+
+def test_label_times_in_ms(tmp_path: Path) -> None:
+    _write(tmp_path, "ecg.csv", _ecg_csv())
+    _write(tmp_path, "labels.csv", "start (ms),end (ms),kind\n1500,2500,pvc\n")
+    assert read_recording(tmp_path).labels == [(1.5, 2.5, "pvc")]
+
+
 def test_bom_crlf_comments_blank_lines_and_quotes(tmp_path: Path) -> None:
     text = (
         '# exported by bench-logger 2.1\r\n\r\nt,bpm\r\n0,"61.5"\r\n# pause\r\n1,62\r\n\r\n2,63\r\n'
