@@ -594,7 +594,9 @@ class Peripheral:
 
     def __post_init__(self) -> None:
         if self.feed is None:
-            self.feed = SyntheticFeed(seed=hash(self.address) & 0xFFFF, acc_hz=self.acc_hz)
+            # seeded from the address so a device's signal is the same in every run
+            seed = int(self.address.replace(":", ""), 16) & 0xFFFF
+            self.feed = SyntheticFeed(seed=seed, acc_hz=self.acc_hz)
         self.path = device_path(self.address)
         self.connected = False
         self.services_resolved = False
@@ -940,7 +942,7 @@ class BluezSim:
         while True:
             for p in list(self.peripherals.values()):
                 if p.present and not p.connected:
-                    p.rssi = -55 - (hash((p.address, k)) % 20)
+                    p.rssi = -55 - (int(p.address[-2:], 16) * 7 + k * 3) % 20
                     p.device_iface.emit_properties_changed({"RSSI": p.rssi})
             k += 1
             await asyncio.sleep(0.1)
