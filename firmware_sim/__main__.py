@@ -32,6 +32,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "firmware_sim.serialdev",
     "firmware_sim.bluez",
     "firmware_sim.feeds",
+    "firmware_sim.serve",
 )
 
 
