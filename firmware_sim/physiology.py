@@ -386,7 +386,6 @@ _LYING = np.array([[0.0, 0.05, 1.0], [0.0, 0.05, -1.0], [1.0, 0.05, 0.0], [-1.0,
 # Beat wave table: per wave (P, Q, R, S, ST, T) centre [s], width [s], amplitude
 # [fraction of R] for a normal beat at RR = 1 s, and for a PVC (wide QRS, no P,
 # discordant T). Centres of ST/T scale with sqrt(RR) (Bazett-like QT).
-_N_WAVES = 6
 _NORMAL_C = np.array([-0.165, -0.028, 0.0, 0.030, 0.12, 0.28])
 _NORMAL_S = np.array([0.022, 0.009, 0.010, 0.010, 0.045, 0.050])
 _NORMAL_A = np.array([0.12, -0.10, 1.0, -0.22, 0.0, 0.25])
@@ -442,8 +441,8 @@ class Generator:
         self._scripted = cfg.episodes is not None
         if cfg.episodes is not None:
             for lab in sorted(cfg.episodes, key=lambda e: e.start):
-                dur, pre, post, p = _EPISODE_BUILDERS[lab.kind](self._ev_rng.random(_N_EVENT_DRAWS))
-                del dur
+                # The label fixes the interval; the builder supplies ramps and parameters.
+                _, pre, post, p = _EPISODE_BUILDERS[lab.kind](self._ev_rng.random(_N_EVENT_DRAWS))
                 self._episodes.append(_Episode(lab.kind, lab.start, lab.end, pre, post, p))
             self._ev_horizon = math.inf
         allowed = set(cfg.kinds) if cfg.kinds is not None else set(ALL_KINDS)
