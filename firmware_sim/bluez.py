@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -444,12 +443,12 @@ class GattCharacteristic1(ServiceInterface):
                 self._release_acquired()
 
         loop.add_reader(mine.fileno(), on_hup)
-        fd = os.dup(theirs.fileno())
-        theirs.close()
-        # the bus sends the fd after this returns; close our copy once it surely has
-        loop.call_later(2.0, _close_quietly, fd)
+        # The bus passes the fd (SCM_RIGHTS) after this returns and never closes it;
+        # close our copy once it surely went out. socket.close() is idempotent, so
+        # unlike a raw fd this can never close an unrelated, reused descriptor.
+        loop.call_later(5.0, theirs.close)
         loop.call_soon(self.emit_properties_changed, {"NotifyAcquired": True})
-        return [fd, MTU]
+        return [theirs.fileno(), MTU]
 
     @dbus_property(access=PropertyAccess.READ)
     def UUID(self) -> S:
@@ -490,11 +489,6 @@ class GattCharacteristic1(ServiceInterface):
     def Handle(self) -> Q:
         """Attribute handle."""
         return self.handle
-
-
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
 
 
 class GattDescriptor1(ServiceInterface):
