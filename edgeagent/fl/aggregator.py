@@ -135,6 +135,7 @@ class _Round:
     bytes_in: Counter[str] = field(default_factory=Counter)
     bytes_out: Counter[str] = field(default_factory=Counter)
     server_seconds: float = 0.0
+    silent: dict[str, list[str]] = field(default_factory=dict)  # at the last stage closed
 
 
 class Aggregator:
@@ -566,6 +567,7 @@ class Aggregator:
         closing = r.server.stage
         assert closing is not None
         r.stage_seconds[str(closing)] = round(now - r.stage_started, 4)
+        r.silent = {str(closing): sorted(r.server.pending())}
         t0 = time.perf_counter()
         bodies = r.server.advance()
         r.server_seconds += time.perf_counter() - t0
@@ -599,6 +601,8 @@ class Aggregator:
         if result is None:
             reason = server.abort.reason if server.abort else "unknown"
             rec.update(status="aborted", reason=reason, survivors=[])
+            if not rec["dropped"]:
+                rec["dropped"] = {k: v for k, v in r.silent.items() if v}
             log.warning("round %d aborted: %s", r.round_id, reason)
         else:
             rec["survivors"] = list(result.survivors)

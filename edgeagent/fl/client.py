@@ -359,6 +359,12 @@ class FlClient:
             raise ProtocolError(
                 "stale_model", f"v{pub.version} is older than v{self.global_version}"
             )
+        if pub.sha256 == self.global_sha:
+            # the model the learner already trains from (e.g. the starting model as v0):
+            # keep the local progress (n_k) instead of restarting from the same weights
+            self.global_version = pub.version
+            self._save()
+            return
         w = get_params(parse_model(pub.onnx))
         self.learner.reset_global(w)
         self.global_sha, self.global_version = pub.sha256, pub.version
