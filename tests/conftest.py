@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.plugins.mqtt",
     "tests.plugins.ops",
     "tests.plugins.model",
+    "tests.plugins.hil",
 ]
 
 
