@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import random
+import socket
 import ssl
 import threading
 import time
@@ -447,6 +448,12 @@ class MqttLink:
             return
         self.counters.connects += 1
         self.session_present = bool(getattr(flags, "session_present", False))
+        # Nagle + delayed ACK hold small QoS 1 packets ~40 ms per hop (measured: a
+        # SecAgg+ stage 45 ms -> 7 ms with TCP_NODELAY here and set_tcp_nodelay on the broker).
+        sock = client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connected_since = time.monotonic()
         # Re-subscribe every time: harmless when the session survived, vital when it did not.
         with self._lock:
