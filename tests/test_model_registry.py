@@ -142,3 +142,20 @@ def test_cli_model_verbs(
     active = json.loads(r.invoke(app, ["model", "show", "--json", *sd]).output)
     Path(active["file"]).write_bytes(syn_model_other)
     assert r.invoke(app, ["model", "verify", *sd]).exit_code == 1
+
+
+def test_param_vector_stored_beside_model_and_checked(tmp_state: Path, syn_model: bytes) -> None:
+    import numpy as np
+
+    from edgeagent.model.graph import get_params, parse_model
+
+    reg = ModelRegistry(tmp_state)
+    rec = reg.add(syn_model, "a")
+    want = get_params(parse_model(syn_model))
+    np.testing.assert_array_equal(reg.load_params(rec), want)
+    # a tampered vector file is ignored: the vector is re-read from the (hash-checked) model
+    npy = rec.file.with_suffix(".params.npy")
+    buf = bytearray(npy.read_bytes())
+    buf[-1] ^= 0x7F
+    npy.write_bytes(bytes(buf))
+    np.testing.assert_array_equal(reg.load_params(rec), want)
