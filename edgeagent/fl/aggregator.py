@@ -589,7 +589,6 @@ class Aggregator:
             "round": r.round_id,
             "participants": list(r.participants),
             "started": r.started_wall,
-            "seconds": round(self.clock() - r.started, 4),
             "stage_seconds": r.stage_seconds,
             "dropped": {str(k): list(v) for k, v in server.dropped().items() if v},
             "refused": dict(r.refused + server.rejected),
@@ -627,6 +626,7 @@ class Aggregator:
                 self.state["unnoised_rounds"] = self.state.get("unnoised_rounds", 0) + 1
         eps = self.epsilon()
         rec["epsilon"] = eps
+        rec["seconds"] = round(self.clock() - r.started, 4)  # incl. model build + publish
         rec.setdefault("status", "completed")
         self.state.pop("in_progress", None)
         self._record(rec)

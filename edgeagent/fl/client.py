@@ -278,7 +278,7 @@ class FlClient:
             return
         rx = EnvelopeReceiver(self.box_id, {AGGREGATOR: key})
         rx.begin_round(round_id, claimed.nonce)
-        self.current = _BoxRound(round_id, claimed.nonce, rx, Sequencer())
+        self.current = _BoxRound(round_id, claimed.nonce, rx, Sequencer(), bytes_down=len(payload))
         self.secagg.expect_participants(ann.participants)
         self.counters["joined"] += 1
         log.info("round %d: joined with %d other boxes", round_id, len(ann.participants) - 1)
@@ -347,6 +347,7 @@ class FlClient:
     def _on_model(self, payload: bytes) -> None:
         if not payload:
             return
+        self.counters["bytes_model"] += len(payload)
         pub = decode_model(payload)
         if pub.sha256 == self.global_sha and pub.version <= self.global_version:
             return  # the retained copy of what we already have
