@@ -227,6 +227,5 @@ def test_hardware_path_through_a_null_modem(null_modem: Any, tmp_path: Path) -> 
     assert proc.returncode == 0, err
     sent = json.loads(ledger_file.read_text())
     got = sum(len(b) for b in res.run.blocks)
-    # The device started before and ran a little after the agent's 4 s: it got a good part, never more than sent.
+    # The device ran before and after the agent's 4 s: a good part arrived, never more.
     assert 0.5 * sent["sample_values_sent"] < got <= sent["sample_values_sent"], (got, sent)
-    assert nm.dropped == 0 or got > 0
