@@ -130,3 +130,21 @@ def test_choose_from_config_uses_detection_section(tmp_path: Path) -> None:
 def test_cpu_model_load_failure_is_a_model_error() -> None:
     with pytest.raises(ModelError):
         open_session(b"not an onnx model", choose_providers((CPU,), (CPU,)))
+
+
+def test_detector_runs_on_the_chosen_backend_and_reports_the_fallback() -> None:
+    """The detector opens its session through the choice and keeps what was applied."""
+    from edgeagent.pipeline.alerts import MemoryAlertSink
+    from edgeagent.pipeline.detect import Detector, DetectorConfig
+
+    choice = choose_providers((CUDA, CPU), (CUDA, CPU), cpu_count=2, threads=1)
+    det = Detector(
+        MODEL.read_bytes(), "baseline", MemoryAlertSink(), DetectorConfig(backend=choice)
+    )
+    assert det.backend is not None
+    if CUDA in ort.get_available_providers():
+        assert det.backend.primary == CUDA
+    else:
+        assert det.backend.providers == (CPU,) and det.backend.fell_back
+    plain = Detector(MODEL.read_bytes(), "baseline", MemoryAlertSink())
+    assert plain.backend is None  # the CPU default path is unchanged

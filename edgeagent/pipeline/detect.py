@@ -35,6 +35,7 @@ from edgeagent.errors import ModelError
 from edgeagent.model.meta import FAULT, NORMAL, ModelMeta, session_meta
 from edgeagent.pipeline.alerts import Alert
 from edgeagent.pipeline.personal import PersonalCalibration, Thresholds
+from edgeagent.providers import ProviderChoice, open_session
 from edgeagent.streams import Stream
 
 #: Default global thresholds when a model does not carry its own.
@@ -78,6 +79,9 @@ class DetectorConfig:
     personalise: bool = True
     novelty: bool = False
     validation_windows: int = 256
+    #: Execution providers + threads from ``edgeagent.providers.choose_from_config``;
+    #: None = CPU with intra/inter_op_threads above.
+    backend: ProviderChoice | None = None
 
     def __post_init__(self) -> None:
         if self.intra_op_threads < 1 or self.inter_op_threads < 1:
@@ -196,12 +200,17 @@ class Detector:
         self.trusted = True
         self._lock = threading.Lock()  # guards calibrations/episodes, not the session
         self.counters = {"windows": 0, "no_data": 0, "alerts": 0, "swaps": 0, "swap_refused": 0}
+        #: What onnxruntime actually runs on (after any GPU->CPU fallback), for status/doctor.
+        self.backend: ProviderChoice | None = self.config.backend
         self._active = self._prepare(model_bytes, label)
         self._mod_idx = self._modality_index(self._active.meta)
 
     # -- model lifecycle -------------------------------------------------
     def _prepare(self, data: bytes, label: str) -> _Active:
-        sess = make_session(data, self.config.intra_op_threads, self.config.inter_op_threads)
+        if self.config.backend is not None:
+            sess, self.backend = open_session(data, self.config.backend)
+        else:
+            sess = make_session(data, self.config.intra_op_threads, self.config.inter_op_threads)
         meta = session_meta(sess, self.feature_names)
         f = len(self.feature_names)
         try:
