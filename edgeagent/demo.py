@@ -80,6 +80,10 @@ STAGE_TIMEOUT_S = 15.0
 #: Bounds on waiting (wall seconds): a stuck part is reported, never waited on forever.
 SEGMENT_TIMEOUT_S = 120.0
 ROUND_TIMEOUT_S = 90.0
+#: BLE streams on the wall clock: before stopping, wait (bounded) until every strap's
+#: data made this many windows, so its path is shown end to end even in a short demo.
+BLE_MIN_WINDOWS = 3
+BLE_MAX_WAIT_S = 45.0
 CLINICAL = "clinical"
 FAULT_KIND_NAMES = ("lead_off", "motion_artifact", "saturation")
 
@@ -294,6 +298,10 @@ def check_summary(summary: dict[str, Any]) -> list[str]:
             if m["detected"] > m["events"]:
                 bad.append(f"{name}/{cat}: detected {m['detected']} > events {m['events']}")
             tot_alerts += m["alerts"]
+    for hub, b in (summary.get("ble") or {}).items():
+        for stream, v in b["streams"].items():
+            if v["received"] > v["sent"]:
+                bad.append(f"{hub} BLE/{stream}: received {v['received']} > sent {v['sent']}")
     t = summary.get("totals", {})
     if t.get("alerts") != tot_alerts:
         bad.append(f"total alerts {t.get('alerts')} != sum over hubs {tot_alerts}")
@@ -1451,6 +1459,22 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes]) -> str:
             )
             + "</tr>"
         )
+    ble_alerts = {h["name"]: h["ble_alerts"] for h in summary["hubs"]}
+    ble_rows = "".join(
+        f"<tr><td>{e(name)}</td><td>{e(b['device'])}</td>"
+        f"<td>{sum(v['sent'] for v in b['streams'].values())}</td>"
+        f"<td>{sum(v['received'] for v in b['streams'].values())}</td>"
+        f"<td>{b['windows']}</td><td>{ble_alerts.get(name, 0)}</td></tr>"
+        for name, b in (summary.get("ble") or {}).items()
+    )
+    ble_table = (
+        "<h2>BLE chest straps (bleak, private D-Bus)</h2><table><tr><th>hub</th><th>device</th>"
+        f"<th>samples sent</th><th>received</th><th>windows</th><th>alerts</th></tr>{ble_rows}"
+        "</table><p>Strap windows are scored by the hub's detector as a second patient "
+        "record; ground truth is kept on the serial path only.</p>"
+        if ble_rows
+        else ""
+    )
     acc_rows = "".join(
         f"<tr><td>{e(a['model'])}</td><td>{a['windows']}</td><td>{_fmt(a['accuracy'])}</td>"
         f"<td>{_fmt(a['f1'])}</td><td>{_fmt(a['recall'])}</td><td>{_fmt(a['epsilon'], 2)}</td></tr>"
@@ -1490,6 +1514,7 @@ rounds requested, {summary["totals"]["rounds_completed"]} completed; wall time
 <th>frames rejected</th><th>frames missing</th><th>windows</th><th>clinical alerts TP/FP</th>
 <th>episodes detected</th><th>fault alerts TP/FP</th><th>model now</th></tr>
 {"".join(hub_rows)}</table>
+{ble_table}
 <h2>Accuracy per round</h2><table><tr><th>model</th><th>windows</th><th>accuracy</th><th>F1</th>
 <th>recall</th><th>epsilon</th></tr>{acc_rows}</table>
 <h2>Federated rounds ({e(summary["federation"].get("how", ""))})</h2>
@@ -1709,11 +1734,18 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
                             "reason": f"round {k + 1}: {res.get('result', rec['status'])}",
                         }
                     )
-        live["phase"] = "stopping"
-        tick()
         for h in hubs:
             h.finish()
         if ble is not None:
+            live["phase"] = f"BLE: waiting for {BLE_MIN_WINDOWS} windows per strap"
+            strap = ble
+            _wait(
+                lambda: min(strap.windows.values(), default=0) >= BLE_MIN_WINDOWS,
+                BLE_MAX_WAIT_S,
+                tick,
+            )
+            live["phase"] = "stopping"
+            tick()
             ble_res = ble.stop()
             ble = None
         done = sum(1 for r in rounds if r["status"] == "completed")
