@@ -148,3 +148,36 @@ def test_detector_runs_on_the_chosen_backend_and_reports_the_fallback() -> None:
         assert det.backend.providers == (CPU,) and det.backend.fell_back
     plain = Detector(MODEL.read_bytes(), "baseline", MemoryAlertSink())
     assert plain.backend is None  # the CPU default path is unchanged
+
+
+def test_doctor_shows_the_backend_and_the_fallback(tmp_path: Path) -> None:
+    from edgeagent.cli.doctor import check_model
+    from edgeagent.config import load_config
+
+    cfg_file = tmp_path / "config.toml"
+    cfg_file.write_text(
+        f'[agent]\nbox_id = "box-1"\nstate_dir = "{tmp_path}"\n'
+        f'[detection]\nmodel_path = "{MODEL}"\nthreads = 1\n'
+        'execution_providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n'
+    )
+    checks = {c.name: c for c in check_model(load_config(cfg_file))}
+    backend = checks["inference backend"]
+    if CUDA in ort.get_available_providers():
+        assert backend.status == "ok" and backend.detail.startswith("CUDA")
+    else:
+        assert backend.status == "warn" and "CUDA" in backend.detail and "skipped" in backend.detail
+        assert "onnxruntime" in backend.fix
+    assert checks["model"].status == "ok"
+
+
+def test_status_renders_the_backend_a_daemon_reports() -> None:
+    import io
+
+    from rich.console import Console
+
+    from edgeagent.cli.status import render
+
+    choice = choose_providers((TENSORRT,), PI, cpu_count=4, threads=2)
+    buf = io.StringIO()
+    render({"box_id": "b", "state": "running", "inference": choice.as_dict()}, Console(file=buf))
+    assert "inference: CPU with 2 threads" in buf.getvalue() and "Tensorrt" in buf.getvalue()

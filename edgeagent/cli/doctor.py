@@ -386,6 +386,8 @@ def check_model(cfg: Config) -> list[Check]:
     """The model to run loads in onnxruntime with the configured providers; registry hash ok."""
     import onnxruntime as ort
 
+    from edgeagent.providers import choose_from_config, open_session
+
     out: list[Check] = []
     available = set(ort.get_available_providers())
     missing = [p for p in cfg.detection.execution_providers if p not in available]
@@ -397,6 +399,12 @@ def check_model(cfg: Config) -> list[Check]:
                 "install the matching onnxruntime build or use CPUExecutionProvider",
             )
         )
+    choice = choose_from_config(cfg.detection, cfg.agent.state_dir, tuple(available))
+    gpu_fix = "install the GPU onnxruntime build (docs/operations.md) or list only CPU"
+    if choice.fell_back:
+        out.append(_warn("inference backend", choice.reason, gpu_fix))
+    else:
+        out.append(_ok("inference backend", choice.reason))
     data: bytes | None = None
     label = ""
     if cfg.detection.model_path is not None:
@@ -427,11 +435,13 @@ def check_model(cfg: Config) -> list[Check]:
     else:
         return [*out, _warn("model", "no model configured or registered yet")]
     try:
-        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        sess, applied = open_session(data, choice)
         inputs = ", ".join(f"{i.name}{i.shape}" for i in sess.get_inputs())
     except Exception as exc:
         return [*out, _fail("model", f"{label}: onnxruntime cannot load it: {exc}")]
     out.append(_ok("model", f"{label} loads; inputs {inputs}"))
+    if applied != choice:  # onnxruntime dropped a provider when the session started
+        out.append(_warn("inference backend", applied.reason, gpu_fix))
     return out
 
 

@@ -39,6 +39,9 @@ def render(snap: dict[str, Any], console: Console) -> None:
         f"  version {snap.get('version')}  uptime {up / 3600:.2f} h"
         f"  model {snap.get('model_version') or '-'}  last round {snap.get('last_round') or '-'}"
     )
+    inference = snap.get("inference")  # Detector.backend.as_dict(), when detection runs
+    if inference:
+        console.print(f"inference: {inference.get('reason', inference.get('providers'))}")
     live = snap.get("liveness") or {}
     if live:
         t = Table(title=f"components ({live.get('summary')})")
