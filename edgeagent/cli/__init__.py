@@ -28,6 +28,7 @@ _VERB_MODULES += ("model", "evaluate")  # model / detection
 _VERB_MODULES += ("service",)  # field install
 _VERB_MODULES += ("aggregator",)  # federated aggregator
 _VERB_MODULES += ("devices",)  # BLE
+_VERB_MODULES += ("pilot",)  # pilot evaluation
 
 
 @app.command()
