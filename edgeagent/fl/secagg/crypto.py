@@ -13,7 +13,6 @@ import os
 import struct
 
 import numpy as np
-from Crypto.Protocol.SecretSharing import Shamir
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from edgeagent.errors import ProtocolError
 from edgeagent.fl.constants import SELF_SEED_BYTES, SHAMIR_CHUNK
+from edgeagent.fl.secagg import shamir
 
 _MASK_INFO = b"edgeagent/fl/secagg/pairwise-mask"
 _SELF_INFO = b"edgeagent/fl/secagg/self-mask"
@@ -104,7 +104,7 @@ def split_secrets(secret: bytes, threshold: int, holders: int) -> list[tuple[int
     if not 1 <= threshold <= holders:
         raise ValueError(f"need 1 <= threshold ({threshold}) <= holders ({holders})")
     per_chunk = [
-        Shamir.split(threshold, holders, secret[i : i + SHAMIR_CHUNK])
+        shamir.split(threshold, holders, secret[i : i + SHAMIR_CHUNK])
         for i in range(0, SECRET_BYTES, SHAMIR_CHUNK)
     ]
     out: list[tuple[int, bytes]] = []
@@ -123,7 +123,7 @@ def combine_chunks(shares: list[tuple[int, bytes]], first: int, count: int) -> b
     parts = []
     for c in range(first, first + count):
         lo = c * SHAMIR_CHUNK
-        parts.append(Shamir.combine([(i, s[lo : lo + SHAMIR_CHUNK]) for i, s in shares]))
+        parts.append(shamir.combine([(i, s[lo : lo + SHAMIR_CHUNK]) for i, s in shares]))
     return b"".join(parts)
 
 
