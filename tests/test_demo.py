@@ -1,0 +1,272 @@
+"""The demo's pure parts: schedule, alert matching, delays, summary consistency, report page;
+and the in-memory federated round on real learners, registries and detectors."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeagent.demo import (
+    CLINICAL,
+    DemoOptions,
+    GatedFeed,
+    Hub,
+    MemoryFederation,
+    Part,
+    build_summary,
+    check_summary,
+    demo_schedule,
+    detection_delays,
+    match_alerts,
+    percentiles,
+    prepare_model,
+    render_html,
+)
+from firmware_sim.physiology import Generator, Label, SimConfig, make_patient
+
+
+def test_schedule_is_deterministic_calm_first_and_non_overlapping() -> None:
+    a = demo_schedule(0, 600.0, seed=3)
+    assert a == demo_schedule(0, 600.0, seed=3)
+    assert a != demo_schedule(1, 600.0, seed=3)  # hubs see different events (non-IID)
+    assert len(a) >= 4
+    assert a[0][0] >= 100.0  # calibration warms up on calm data first
+    for (_s0, e0, _), (s1, _e1, _) in itertools.pairwise(a):
+        assert e0 < s1
+    assert all(e + 5.0 <= 600.0 and e > s for s, e, _ in a)
+    assert demo_schedule(0, 90.0) == []
+
+
+def test_percentiles_of_known_values_and_empty() -> None:
+    p = percentiles([1.0, 2.0, 3.0, 4.0, float("nan")], (50, 90))
+    assert p == {"p50": 2.5, "p90": pytest.approx(3.7)}
+    assert percentiles([]) == {"p50": None, "p90": None, "p99": None}
+
+
+def _alert(start: float, end: float, category: str = CLINICAL) -> dict[str, Any]:
+    return {"start": start, "end": end, "category": category, "kind": "x"}
+
+
+def test_match_alerts_by_category() -> None:
+    labels = [(100.0, 130.0, "tachycardia"), (200.0, 230.0, "lead_off"), (300.0, 320.0, "af")]
+    alerts = [
+        _alert(95.0, 140.0),  # clinical on a clinical episode: TP
+        _alert(205.0, 215.0),  # clinical alert raised by a sensor fault: FP
+        _alert(201.0, 220.0, "sensor_fault"),  # fault on a fault: TP
+        _alert(400.0, 410.0, "sensor_fault"),  # nothing there: FP
+    ]
+    m = match_alerts(alerts, labels)
+    assert m["verdicts"] == [True, False, True, False]
+    assert m[CLINICAL] == {"alerts": 2, "tp": 1, "fp": 1, "events": 2, "detected": 1}
+    assert m["sensor_fault"] == {"alerts": 2, "tp": 1, "fp": 1, "events": 1, "detected": 1}
+
+
+def _win(start: float, active: bool, segment: int = 0, score: float = 0.0) -> dict[str, Any]:
+    return {
+        "segment": segment,
+        "start": start,
+        "end": start + 10.0,
+        "score": score,
+        "p_fault": 0.0,
+        "clinical_active": active,
+        "fault_active": False,
+        "status": "ok",
+        "kind": "",
+        "model": "v1",
+        "latency_ms": 1.0,
+    }
+
+
+def test_detection_delay_is_onset_to_end_of_first_active_window() -> None:
+    windows = [_win(t, 104.0 <= t <= 120.0) for t in np.arange(80.0, 160.0, 2.0)]
+    labels = [(100.0, 130.0, "af"), (140.0, 150.0, "lead_off"), (300.0, 310.0, "pvc")]
+    # first active window starts at 104 and ends at 114: 14 s after onset; the fault
+    # label is not a clinical event and the missed pvc has no delay.
+    assert detection_delays(windows, labels, 10.0) == [14.0]
+
+
+def _hub_record(name: str = "hub-1") -> dict[str, Any]:
+    labels = [(100.0, 130.0, "af")]
+    windows = [_win(t, 100.0 <= t <= 124.0, segment=int(t // 100)) for t in range(0, 200, 2)]
+    return {
+        "name": name,
+        "patient": "patient-001",
+        "device": "textile-1",
+        "sim_seconds": 200.0,
+        "streams": {"ecg": {"generated": 1000, "sent_intact": 990, "received": 990}},
+        "link": {"frames_ok": 12, "bad_crc": 1, "malformed": 0, "duplicates": 1},
+        "ledger": {
+            "hello_intact": 1,
+            "samples_intact": 9,
+            "heartbeat_intact": 1,
+            "duplicates_sent": 1,
+            "samples_corrupted": 1,
+        },
+        "gaps": 1,
+        "windower": {},
+        "windows": windows,
+        "alerts": [_alert(100.0, 134.0), _alert(180.0, 190.0)],
+        "ble_alerts": 0,
+        "labels": labels,
+        "learned": [3, 5],
+        "model_history": [{"segment": 0, "label": "v1", "reason": "baseline"}],
+    }
+
+
+def _summary(rounds: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    opts = DemoOptions(hubs=2, seconds=200.0, rounds=1)
+    if rounds is None:
+        rounds = [{"round": 1, "status": "completed", "reason": "", "epsilon": 3.0}]
+    parts = [Part("serial wearables", True, "real", "ptys"), Part("BLE", False, "skipped", "why")]
+    return build_summary(
+        opts,
+        [_hub_record("hub-1"), _hub_record("hub-2")],
+        parts,
+        rounds,
+        {"how": "real", "reason": ""},
+        None,
+        {"note": "shipped"},
+        1.0,
+    )
+
+
+def test_build_summary_figures_and_consistency() -> None:
+    s = _summary()
+    assert check_summary(s) == []
+    t = s["totals"]
+    assert t["windows"] == 200 and t["alerts"] == 4 and t["tp"] == 2 and t["fp"] == 2
+    assert t["samples"]["ecg"] == {"generated": 2000, "sent_intact": 1980, "received": 1980}
+    acc = s["accuracy_per_round"]
+    assert [a["segment"] for a in acc] == [0, 1]
+    assert acc[1]["epsilon"] == 3.0 and acc[0]["epsilon"] is None
+    assert sum(a["windows"] for a in acc) == 200
+    for a in acc:
+        n = a["tp"] + a["fp"] + a["fn"] + a["tn"]
+        if n:
+            assert a["accuracy"] == pytest.approx((a["tp"] + a["tn"]) / n)
+    assert s["epsilon"] == 3.0
+    assert s["latency"]["inference_ms"]["p50"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda s: s["hubs"][0]["serial"]["streams"]["ecg"].update(received=991), "received"),
+        (lambda s: s["hubs"][0]["serial"]["link"].update(frames_ok=11), "frames_ok"),
+        (lambda s: s["hubs"][0]["serial"]["link"].update(bad_crc=0), "none rejected"),
+        (lambda s: s["hubs"][1]["alerts"][CLINICAL].update(tp=5), "tp"),
+        (lambda s: s["totals"].update(alerts=99), "total alerts"),
+        (lambda s: s["hubs"][0].update(windows=0), "no windows"),
+        (
+            lambda s: s["parts"].append(
+                {"name": "x", "ran": False, "how": "skipped", "reason": ""}
+            ),
+            "without a reason",
+        ),
+        (
+            lambda s: s["parts"].append({"name": "y", "ran": False, "how": "real", "reason": "r"}),
+            "ran=False",
+        ),
+    ],
+)
+def test_check_summary_flags_each_inconsistency(mutate: Any, needle: str) -> None:
+    s = copy.deepcopy(_summary())
+    mutate(s)
+    bad = check_summary(s)
+    assert bad and any(needle in b for b in bad), bad
+
+
+def test_incomplete_rounds_need_a_reason() -> None:
+    s = _summary([{"round": 1, "status": "aborted", "reason": "too_few_boxes"}])
+    assert any("rounds completed" in b for b in check_summary(s))
+    s["federation"]["reason"] = "round 1: aborted too_few_boxes"
+    assert check_summary(s) == []
+
+
+def test_options_are_validated_with_the_flag_named() -> None:
+    DemoOptions().validate()
+    for kw, flag in (
+        ({"hubs": 0}, "--hubs"),
+        ({"rounds": -1}, "--rounds"),
+        ({"seconds": 50.0, "rounds": 3}, "--seconds"),
+        ({"broker": "nohost"}, "--broker"),
+        ({"broker": "h:99999"}, "--broker"),
+        ({"noise_multiplier": -1.0}, "--noise-multiplier"),
+    ):
+        with pytest.raises(ValueError, match=flag):
+            DemoOptions(**kw).validate()
+    DemoOptions(broker="broker.example:8883").validate()
+
+
+def test_html_report_is_self_contained() -> None:
+    s = _summary()
+    s["consistency"] = []
+    page = render_html(s, {"timeline": b"\x89PNG\r\n\x1a\nfake"})
+    assert "data:image/png;base64," in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "skipped" in page and "why" in page  # the parts list says what did not run
+
+
+def test_gated_feed_releases_time_and_keeps_ground_truth() -> None:
+    eps = (Label(3.0, 6.0, "tachycardia"),)
+    feed = GatedFeed(Generator(make_patient(1), SimConfig(episodes=eps)))
+    feed.release(4.0)
+    for _ in range(20):  # 4 s in 0.2 s chunks: never blocks
+        feed.advance(0.2)
+    assert feed.paused_at(4.0) is False  # not waiting yet
+    done = threading.Event()
+
+    def more() -> None:
+        feed.advance(0.2)
+        done.set()
+
+    th = threading.Thread(target=more, daemon=True)
+    th.start()
+    assert not done.wait(0.3)  # blocked at the released time
+    assert feed.paused_at(4.0)
+    feed.release(8.0)
+    assert done.wait(2.0)
+    assert feed.generated["ecg"] == pytest.approx(4.2 * 250, abs=1)
+    assert feed.labels == {(3.0, 6.0, "tachycardia")}
+    feed.close()
+    chunk = feed.advance(100.0)  # closed: nothing more is produced
+    assert chunk.streams == {}
+    th.join(1.0)
+
+
+def test_memory_federation_round_updates_every_hub(tmp_path: Path) -> None:
+    model = prepare_model()
+    opts = DemoOptions(hubs=2, seconds=120.0, rounds=1, out=tmp_path)
+    hubs = [Hub(i, opts, tmp_path, model) for i in range(2)]
+    try:
+        fed = MemoryFederation(hubs, model, noise_multiplier=0.0)
+        aborted = fed.run_round(1)
+        assert aborted["status"] == "aborted" and "trained" in aborted["reason"]
+        rng = np.random.default_rng(0)
+        meta = hubs[0].detector.meta
+        mu = np.asarray(meta.pop_mu, np.float32)[None, :]
+        sigma = np.asarray(meta.pop_sigma, np.float32)[None, :]
+        for h in hubs:
+            for _ in range(24):
+                x = (mu + 0.3 * sigma * rng.standard_normal(mu.shape)).astype(np.float32)[0]
+                h.learner.offer(x, mu, sigma, True)
+            assert h.train() > 0
+        before = [h.registry.active().sha256 for h in hubs]
+        rec = fed.run_round(2)
+        assert rec["status"] == "completed", rec
+        assert rec["model_version"] == 1 and sorted(rec["survivors"]) == ["hub-1", "hub-2"]
+        assert rec["sum_n"] == pytest.approx(sum(h.learned[-1] for h in hubs), abs=1e-3)
+        assert rec["epsilon"] is None  # no noise, no DP claim
+        for h, sha in zip(hubs, before, strict=True):
+            assert h.learner.n_k == 0  # restarted from the new global model
+            assert rec["applied"][h.name]["result"] in ("activated", "rolled back")
+            assert len(h.registry.list()) == 2 and h.registry.find(sha) is not None
+    finally:
+        for h in hubs:
+            h.close()
