@@ -70,7 +70,6 @@ from edgeagent.fl import robust
 from edgeagent.fl.aggregate import (
     ClientUpdate,
     apply_update,
-    mean_from_total,
     sum_payloads,
     weighted_fedavg,
 )
@@ -142,7 +141,7 @@ class PilotConfig:
     assumed_malicious: float = 0.3  # what robust rules are configured to tolerate
     group_size: int = 2  # secure grouped aggregation: boxes per securely summed group
     secure_clip: float = 0.0  # 0 = median honest update norm of round 1 (stated in results)
-    n_cap: int = 2000
+    n_cap: int = 1000
     sign_flip_scale: float = 1.0
     scaling_boost: float = 10.0
     free_ride_inflate: float = 10.0
@@ -584,7 +583,10 @@ def run_federation(
             ups = [ClientUpdate(a, d, c) for a, d, c in zip(nodes, dl, cl, strict=True)]
             total = sum_payloads(ups, clip=clip, n_cap=cfg.n_cap)
             std = gaussian_std(cfg.dp_noise_multiplier, clip, cfg.n_cap)
-            mean = mean_from_total(add_gaussian_noise(total, std, rng))
+            noisy = add_gaussian_noise(total, std, rng)
+            # Fixed denominator (McMahan et al. 2018): the noisy count can be <= 0 with few
+            # hubs, and dividing by the true count would leak it.
+            mean = noisy[:-1] / float(cfg.n_cap * len(nodes))
             acct.step(cfg.dp_noise_multiplier, 1.0)
         else:
             nonce = np.random.default_rng([cfg.seed, r]).bytes(16)
@@ -618,7 +620,7 @@ def model_bytes(meta: ModelMeta, w: np.ndarray) -> bytes:
 
 
 @dataclass
-class TestSet:
+class HeldOutSet:
     """A test patient split into its unlabelled calibration part and its evaluation part."""
 
     id: str
@@ -629,18 +631,18 @@ class TestSet:
     wy: np.ndarray  # 1 positive, 0 negative, -1 excluded (edgeagent.evaluate)
 
 
-def split_test(d: PatientData, frac: float) -> TestSet:
+def split_test(d: PatientData, frac: float) -> HeldOutSet:
     """The first ``frac`` of the windows calibrate; the rest are evaluated."""
     k = max(1, round(frac * len(d.x)))
     spans = d.spans[k:]
     wy, _ = window_labels([tuple(s) for s in spans], d.labels)
-    return TestSet(d.id, d.x[:k], d.x[k:], spans, d.labels, wy)
+    return HeldOutSet(d.id, d.x[:k], d.x[k:], spans, d.labels, wy)
 
 
 def evaluate_model(
     meta: ModelMeta,
     w: np.ndarray,
-    tests: Sequence[TestSet],
+    tests: Sequence[HeldOutSet],
     personal: bool,
     *,
     drop: str | None = None,
@@ -740,7 +742,7 @@ def _task(job: dict[str, Any]) -> dict[str, Any]:
     cfg: PilotConfig = _STATE["cfg"]
     meta: ModelMeta = _STATE["meta"]
     hubs: list[PatientData] = _STATE["hubs"]
-    tests: list[TestSet] = _STATE["tests"]
+    tests: list[HeldOutSet] = _STATE["tests"]
     pop_mu = np.asarray(meta.pop_mu, np.float32)
     pop_sigma = np.asarray(meta.pop_sigma, np.float32)
     kind = job["kind"]
