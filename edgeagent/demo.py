@@ -343,7 +343,10 @@ def prepare_model(root: Path | None = None, timeout_s: float = 900.0) -> ModelIn
     from edgeagent.errors import ModelError
     from edgeagent.model.graph import parse_model, sha256_hex
 
-    root = root or repo_root()
+    if root is None:
+        # An editable install runs from the checkout; otherwise try where the user stands.
+        found = [r for r in (repo_root(), Path.cwd()) if (r / "models").is_dir()]
+        root = found[0] if found else repo_root()
     path = root / "models" / "baseline.onnx"
     built = False
     note = "shipped baseline model (models/baseline.onnx)"
@@ -811,6 +814,14 @@ class MqttFederation:
     def run_round(self, r: int, on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
         """One round: announce, SecAgg+ stages over MQTT, signed model, hot swap on each hub."""
         t0 = time.monotonic()
+        n_k = {h.name: int(h.learner.n_k) for h in self.hubs}
+        idle = sorted(n for n, k in n_k.items() if k < 1)
+        why_idle = (
+            f"; boxes with no trained windows sit rounds out ({', '.join(idle)}): the personal "
+            "calibration needs 40 windows first, use a longer --seconds"
+            if idle
+            else ""
+        )
         n_before = len(self.agg.state["rounds"])
         self._want_round.set()
         deadline = t0 + ROUND_TIMEOUT_S
@@ -837,10 +848,13 @@ class MqttFederation:
                     "global_version": c.global_version,
                     "result": (c.last_apply or {}).get("reason"),
                 }
+        status = str(rec.get("status"))
+        reason = str(rec.get("reason", "")) + (why_idle if status != "completed" else "")
         return _round_record(
             r,
-            str(rec.get("status")),
-            str(rec.get("reason", "")),
+            status,
+            reason,
+            n_k=n_k,
             participants=list(rec.get("participants", [])),
             survivors=list(rec.get("survivors", [])),
             dropped=rec.get("dropped", {}),
@@ -904,7 +918,12 @@ class MemoryFederation:
         t0 = time.monotonic()
         ready = [h for h in self.hubs if h.learner.n_k >= 1]
         if len(ready) < 2:
-            return _round_record(r, "aborted", f"only {len(ready)} hub(s) had trained windows")
+            return _round_record(
+                r,
+                "aborted",
+                f"only {len(ready)} hub(s) had trained windows (the personal calibration "
+                "needs 40 windows first: use a longer --seconds)",
+            )
         model = parse_model(self.model_bytes)
         w = get_params(model)
         box_std = distributed_std(gaussian_std(self.noise_multiplier, CLIP_NORM, N_CAP), 2)
