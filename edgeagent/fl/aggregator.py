@@ -440,6 +440,7 @@ class Aggregator:
             if got.duplicate:
                 return
             r.server.receive(node, stage, got.message.body)
+            log.debug("round %d: %s from %s accepted", r.round_id, stage, node)
         except ProtocolError as exc:
             r.refused[exc.reason] += 1
             log.warning("round %d: refused %s from %s: %s", r.round_id, stage, node, exc)

@@ -325,6 +325,7 @@ class FlClient:
         data = encode(out, self.identity.key)
         cur.bytes_up += len(data)
         self.link.publish(topics.node(self.fleet, self.box_id, str(stage)), data)
+        log.debug("round %d: answered %s (%d bytes)", round_id, stage, len(data))
 
     def _end_round(self, status: str, reason: str) -> None:
         cur = self.current
