@@ -262,3 +262,50 @@ def test_advertisement_carries_name_services_and_vendor_bytes() -> None:
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown wearable kind"):
         StreamEngine(kind="toaster")
+
+
+@aio
+async def test_serve_on_advertises_and_streams_in_real_time() -> None:
+    """The ``serve --ble`` path minus the radio: a central scans, finds the advertisement,
+    connects to the advertised address and gets notifications from the real-time pump."""
+    from bumble.hci import Address
+
+    from firmware_sim.serve_bumble import default_address, serve_on
+
+    two = TwoDevices()
+    central, dev = two.devices
+    engine = StreamEngine(kind=CHEST_STRAP, feed=SyntheticFeed(seed=9))
+    wearable = BumbleWearable(dev, engine)
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve_on(dev, wearable, stop, on_ready=lambda _w: ready.set()))
+    await central.power_on()
+    await asyncio.wait_for(ready.wait(), 5.0)
+    seen: list[Any] = []
+    central.on("advertisement", seen.append)
+    await central.start_scanning()
+    for _ in range(200):
+        if seen:
+            break
+        await asyncio.sleep(0.01)
+    await central.stop_scanning()
+    assert seen, "no advertisement seen"
+    adv = seen[0]
+    assert adv.data.get(AdvertisingData.COMPLETE_LOCAL_NAME) == "EA-strap-sim"
+    conn = await central.connect(adv.address)
+    peer = Peer(conn)
+    await peer.request_mtu(232)
+    await peer.discover_services()
+    for s in peer.services:
+        await s.discover_characteristics()
+    (hr,) = peer.get_characteristics_by_uuid(_u(gatt.HEART_RATE_MEASUREMENT))
+    got: list[bytes] = []
+    await peer.subscribe(hr, lambda v: got.append(bytes(v)))
+    await asyncio.sleep(2.3)  # the pump runs on the wall clock: HR once a second
+    stop.set()
+    served = await asyncio.wait_for(task, 5.0)
+    assert served is engine and 2 <= len(got) <= 3
+    assert got == [
+        n.payload for n in engine.ledger if n.char == gatt.HEART_RATE_MEASUREMENT and n.payload
+    ]
+    assert Address(default_address(0x123456)).is_static  # a valid static random address
