@@ -158,6 +158,23 @@ def test_round_equals_plaintext_fedavg_and_state_survives_restart(
         agg3.start()  # withdraws round 3's retained announcement
         assert agg3.state["clear_announce"] == []
         agg3.close()
+
+        # the operator's view of the same state
+        from typer.testing import CliRunner
+
+        from edgeagent.cli import _register, app
+        from edgeagent.config import to_toml
+
+        _register()
+        toml = tmp_path / "agg.toml"
+        toml.write_text(to_toml(cfg))
+        out = CliRunner().invoke(app, ["aggregator", "status", "--config", str(toml)])
+        assert out.exit_code == 0, out.output
+        lines = out.output.splitlines()
+        assert lines[0].startswith("model       v2 ")
+        assert any(ln.split()[:2] == ["3", "interrupted"] for ln in lines)
+        assert any(ln.split()[:4] == ["2", "completed", "4", "4"] for ln in lines)
+        assert "no DP" in out.output
     finally:
         for c in clients:
             c.stop()
