@@ -127,7 +127,7 @@ def test_round_equals_plaintext_fedavg_and_state_survives_restart(
     try:
         agg = Aggregator(parse_config(cfg))
         agg.start()
-        _run(agg, 30)
+        _run(agg, 60)
         agg.close()
         w1 = get_params(parse_model(agg.model_bytes or b""))
         np.testing.assert_allclose(w1, w0 + expected.astype(np.float32), atol=2e-5)
@@ -143,7 +143,7 @@ def test_round_equals_plaintext_fedavg_and_state_survives_restart(
         agg2 = Aggregator(parse_config(cfg))
         assert agg2.state["next_round"] == 2 and agg2.model_bytes == agg.model_bytes
         agg2.start()
-        _run(agg2, 30)
+        _run(agg2, 60)
         w2 = get_params(parse_model(agg2.model_bytes or b""))
         np.testing.assert_allclose(w2, w1 + expected.astype(np.float32), atol=2e-5)
         # a restart in the middle of a round: the round is recorded as interrupted, never resumed
@@ -262,7 +262,7 @@ def test_forged_replayed_impersonating_and_foreign_messages_leave_the_round_inta
 
     try:
         agg.start()
-        _run(agg, 40, on_tick=inject)
+        _run(agg, 90, on_tick=inject)
         assert acks["acl"] == RC_NOT_AUTHORIZED
         assert all(acks[k] < 0x80 for k in ("impersonation", "forged", "unsigned", "replay"))
         r1, r2 = agg.state["rounds"]

@@ -151,19 +151,19 @@ def _run_fleet(tmp: Path, pki: Any, broker: Any, procs: dict[str, subprocess.Pop
         st = _json(tmp / box / "state" / "status.json")
         return st.get("counters", {}).get("learn_trained", 0) >= 16
 
-    _wait(lambda: all(trained(b) for b in BOXES), 40, "boxes to train locally")
+    _wait(lambda: all(trained(b) for b in BOXES), 120, "boxes to train locally")
     agg = _spawn(procs, "agg", [*CLI, "aggregator", "run", "--config", str(agg_toml)],
                  tmp / "agg.log")  # fmt: skip
 
     def completed() -> int:
         return int(_json(agg_state / "aggregator.json").get("totals", {}).get("completed", 0))
 
-    _wait(lambda: completed() >= 1, 30, "round 1")
+    _wait(lambda: completed() >= 1, 60, "round 1")
     # freeze box-4: its connection stays up, so it is invited to round 2 and stays silent
     os.kill(procs["box-4"].pid, signal.SIGSTOP)
-    _wait(lambda: completed() >= 2, 30, "round 2 with a dropout")
+    _wait(lambda: completed() >= 2, 60, "round 2 with a dropout")
     os.kill(procs["box-4"].pid, signal.SIGCONT)
-    assert agg.wait(40) == 0, (tmp / "agg.log").read_text()[-3000:]
+    assert agg.wait(90) == 0, (tmp / "agg.log").read_text()[-3000:]
 
     state = read_state(agg_state)
     done = [r for r in state["rounds"] if r["status"] == "completed"]
@@ -182,7 +182,7 @@ def _run_fleet(tmp: Path, pki: Any, broker: Any, procs: dict[str, subprocess.Pop
     agg_toml.write_text(to_toml(agg_cfg))
     agg = _spawn(procs, "agg2", [*CLI, "aggregator", "run", "--config", str(agg_toml)],
                  tmp / "agg.log")  # fmt: skip
-    assert agg.wait(40) == 0, (tmp / "agg.log").read_text()[-3000:]
+    assert agg.wait(90) == 0, (tmp / "agg.log").read_text()[-3000:]
     state = read_state(agg_state)
     last = state["rounds"][-1]
     assert last["status"] == "completed" and last["round"] > done[-1]["round"]
@@ -200,7 +200,7 @@ def _run_fleet(tmp: Path, pki: Any, broker: Any, procs: dict[str, subprocess.Pop
     # every box verified, registered and hot-swapped the final signed model
     for box in BOXES:
         st_path = tmp / box / "state" / "fl_client.json"
-        _wait(lambda p=st_path: _json(p).get("global_sha256") == final["sha256"], 20,
+        _wait(lambda p=st_path: _json(p).get("global_sha256") == final["sha256"], 60,
               f"{box} to take the final model")  # fmt: skip
         procs[box].terminate()
         assert procs[box].wait(20) == 0, (tmp / box / "box.log").read_text()[-3000:]
