@@ -606,8 +606,7 @@ class Hub:
 
     def intact_samples(self) -> int:
         """Samples the device sent in intact frames so far (its ledger)."""
-        with self.device._lock:  # the device's own lock: the ledger grows on its thread
-            frames = list(self.device.ledger.intact)
+        frames = list(self.device.ledger.intact)  # a copy: the ledger grows on its thread
         return sum(len(f.values) for f in frames if f.values is not None)
 
     def caught_up(self) -> bool:
@@ -623,8 +622,7 @@ class Hub:
         """Agent time minus simulation time, from the first block and the device ledger."""
         if self.offset is None and self.first_block is not None:
             stream, seq, t_agent = self.first_block
-            with self.device._lock:
-                frames = list(self.device.ledger.intact)
+            frames = list(self.device.ledger.intact)
             boot = self.device.framer.boot_offset_ns
             for f in frames:
                 if f.stream == stream and f.seq == seq:
@@ -1560,8 +1558,13 @@ def write_report(
     listing["html"] = str(out / "report.html")
     listing["summary"] = str(out / "summary.json")
     summary["report"] = listing
-    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1), encoding="utf-8")
+    (out / "summary.json").write_text(to_json(summary, indent=1), encoding="utf-8")
     return listing
+
+
+def to_json(summary: dict[str, Any], indent: int | None = None) -> str:
+    """Strict JSON (NaN/inf become null, numpy scalars and paths plain values)."""
+    return json.dumps(_jsonable(summary), indent=indent, allow_nan=False)
 
 
 def _jsonable(o: Any) -> Any:
@@ -1707,14 +1710,17 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
             parts.append(Part("MQTT broker", False, "skipped", broker.reason))
             fed = MemoryFederation(hubs, model, opts.noise_multiplier)
             fed_info = {"how": "in-memory", "reason": broker.reason}
-            parts.append(
-                Part(
-                    "aggregator + box clients",
-                    True,
-                    "in-memory",
-                    "fl.secagg.simulate_round (signed envelopes, no network): " + broker.reason,
+            if opts.hubs < 2:
+                parts.append(Part("aggregator + box clients", False, "skipped", broker.reason))
+            else:
+                parts.append(
+                    Part(
+                        "aggregator + box clients",
+                        True,
+                        "in-memory",
+                        "fl.secagg.simulate_round (signed envelopes, no network): " + broker.reason,
+                    )
                 )
-            )
 
         seg_len = opts.seconds / (opts.rounds + 1)
         for k in range(opts.rounds + 1):

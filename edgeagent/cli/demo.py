@@ -6,7 +6,6 @@ summary; every stage and every figure comes from ``edgeagent.demo``.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -241,7 +240,7 @@ def demo(
 
     from rich.console import Console
 
-    from edgeagent.demo import DemoOptions, run_demo
+    from edgeagent.demo import DemoOptions, run_demo, to_json
     from edgeagent.errors import EdgeAgentError
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
@@ -276,7 +275,7 @@ def demo(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     if as_json:
-        typer.echo(json.dumps(summary, default=str))
+        typer.echo(to_json(summary))
     else:
         _print_summary(console, summary)
     if summary.get("consistency"):
