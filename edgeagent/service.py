@@ -229,13 +229,9 @@ class SerialComponent:
     def start(self) -> None:
         self.source.start()
 
-    def _reader_alive(self) -> bool:
-        thread = getattr(self.source, "_thread", None)
-        return thread is None or thread.is_alive()
-
     def tick(self) -> None:
         state = str(getattr(self.source, "state", "unknown"))
-        if state in ("stopped", "failed") or self._reader_alive():
+        if state in ("stopped", "failed") or self.source.alive:
             note = "link open, no data" if state == "open" else f"link {state}"
             self.liveness.idle(self.name, note)
 
@@ -291,9 +287,9 @@ class BleComponent:
         self.source.start()
 
     def tick(self) -> None:
-        loop = getattr(self.source, "_loop", None)
+        loop = self.source.loop
         state = str(getattr(self.source, "state", "unknown"))
-        if loop is not None and not loop.is_closed():
+        if loop is not None:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self.liveness.idle, self.name, f"ble {state}")
         elif self._stopping:
@@ -755,6 +751,9 @@ def build_supervisor(config: Config, notifier: Notifier | None = None) -> Superv
     liveness.register(pipeline.name, config.status.stall_after_s)
     ctx = Context(config, liveness, counters, bus, pipeline)
     components: list[Component] = [pipeline]
+    from edgeagent.wiring import daemon_factory
+
+    register_factory(daemon_factory)  # detection, learner, outbox, MQTT, federation
     for factory in COMPONENT_FACTORIES:
         components.extend(factory(ctx))
     sup = Supervisor(config, components, notifier=notifier, liveness=liveness, counters=counters)

@@ -100,6 +100,11 @@ class LocalLearner:
     def pending(self) -> int:
         return len(self._queue)
 
+    @property
+    def running(self) -> bool:
+        """True while the training thread runs (the daemon's liveness reads this)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def step(self, max_batches: int = 1) -> int:
         """Train on up to ``max_batches`` queued batches; returns windows trained on."""
         done = 0

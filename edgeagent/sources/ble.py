@@ -374,6 +374,17 @@ class BleSource:
         self._decoders: dict[str, BleDecoder] = {}
 
     @property
+    def alive(self) -> bool:
+        """True while the source's thread runs (the daemon's liveness reads this)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The source's event loop while it is open (None before start and after stop)."""
+        loop = self._loop
+        return loop if loop is not None and not loop.is_closed() else None
+
+    @property
     def state(self) -> str:
         """Overall state: "streaming" if any device streams, else the best state seen."""
         if self._thread is None or not self._thread.is_alive():

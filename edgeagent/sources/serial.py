@@ -229,6 +229,11 @@ class SerialSource:
         self._opened_before = False
 
     @property
+    def alive(self) -> bool:
+        """True while the reader thread runs (the daemon's liveness reads this)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def device_info(self) -> Hello | None:
         """The device's latest HELLO (identity, firmware, streams), if any."""
         return self.mapper.hello

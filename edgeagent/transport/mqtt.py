@@ -644,6 +644,11 @@ class OutboxForwarder:
         with self._lock:
             return len(self._inflight)
 
+    @property
+    def running(self) -> bool:
+        """True while the pump thread runs (the daemon's liveness reads this)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def flush_acks(self) -> int:
         """Delete the rows acknowledged since the last flush, in one transaction."""
         with self._lock:
