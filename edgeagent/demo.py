@@ -405,7 +405,14 @@ def start_broker(opts: DemoOptions, workdir: Path, pki: Any) -> BrokerInfo:
             reason += "; amqtt is not installed either"
         return BrokerInfo(None, None, "in-memory", reason + ": rounds run in memory")
     broker = Broker(pki, workdir / "broker")
-    broker.start()
+    try:
+        broker.start()
+    except BrokerError as exc:
+        if opts.broker == "mosquitto":
+            raise
+        return BrokerInfo(
+            None, None, "in-memory", f"mosquitto failed to start ({exc}): rounds run in memory"
+        )
     return BrokerInfo(
         broker.host, broker.port, "real", "mosquitto subprocess on 127.0.0.1 (TLS, ACL)", broker
     )

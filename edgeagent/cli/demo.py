@@ -274,6 +274,9 @@ def demo(
     except EdgeAgentError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    except KeyboardInterrupt as exc:  # everything started was stopped on the way out
+        typer.echo("demo interrupted; devices, broker and D-Bus were stopped", err=True)
+        raise typer.Exit(130) from exc
     if as_json:
         typer.echo(to_json(summary))
     else:
