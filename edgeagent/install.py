@@ -366,7 +366,8 @@ class DryRunAccounts:
 def shipped_file(name: str) -> Path:
     """A file we install (unit, udev rule, config example), from the package or the source tree."""
     pkg = Path(__file__).resolve().parent
-    for cand in (pkg / "data" / "systemd" / name, pkg.parent / "systemd" / name):
+    # edgeagent/data/ holds links to the repo's systemd/ files; wheels carry their content.
+    for cand in (pkg / "data" / name, pkg.parent / "systemd" / name):
         if cand.is_file():
             return cand
     raise InstallError(name, "not shipped with this installation (reinstall edgeagent)")

@@ -242,3 +242,12 @@ def test_installed_unit_verifies(root: Path) -> None:
         cwd="/",
     )
     assert res.returncode == 0 and not (res.stdout + res.stderr).strip(), res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("name", ["edgeagent.service", "edgeagent.example.toml", UDEV_NAME])
+def test_shipped_files_come_from_package_data(name: str) -> None:
+    """edgeagent/data/ links to systemd/: a wheel (package-data "data/*") carries the content."""
+    path = shipped_file(name)
+    assert path.parent.name == "data" and path.parent.parent.name == "edgeagent"
+    repo = Path(__file__).resolve().parents[1]
+    assert path.read_bytes() == (repo / "systemd" / name).read_bytes()
