@@ -216,6 +216,7 @@ def test_alert_over_mqtt_retained_status_clean_stop_and_resume(
         watched = {c["name"] for c in snap["liveness"]["components"]}
         assert watched == {"pipeline", "transport", "learner", f"serial:{DEVICE}"}
         assert snap["counters"]["detection_windows"] > 0
+        assert snap["last_round"] == 0  # the federated client runs (no round joined yet)
         assert 0 < snap["counters"]["learn_offered"] <= snap["counters"]["detection_scored"]
 
         dev.stop()
