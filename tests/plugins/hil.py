@@ -147,7 +147,7 @@ class BleTarget:
 
 
 SIM_SERIAL_S = 30.0  # device seconds (fast mode: about a second of wall time)
-SIM_BLE_S = 4.0  # wall seconds (the BlueZ sim runs on the wall clock)
+SIM_BLE_S = 3.0  # wall seconds (the BlueZ sim runs on the wall clock)
 SIM_BLE_ADDRESS = "F0:EA:00:00:00:01"
 
 
