@@ -58,6 +58,13 @@ log = logging.getLogger(__name__)
 #: After asking the workers to flush (deadline of COLLECT_MASKED), wait this
 #: long for their last partials before treating the missing boxes as dropped.
 CLOSE_GRACE_S = 1.0
+#: A stage may close before its deadline once this fraction of the expected
+#: replies is in and nothing new arrived for a while (see ``idle_close_s``):
+#: silent boxes then cost a short wait instead of the whole stage timeout.
+DEFAULT_QUORUM = 0.8
+#: ... "a while" = max(this, a quarter of the time the stage has run so far),
+#: so a slow but steady stage is never cut short by a momentary lull.
+DEFAULT_IDLE_CLOSE_S = 2.0
 #: Stage replies the coordinator takes itself (masked vectors go to the workers).
 COORDINATOR_STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.UNMASK)
 
@@ -120,8 +127,14 @@ class Coordinator:
         identity_key: Ed25519PrivateKey,
         *,
         stage_timeout_s: float = 30.0,
+        quorum: float = DEFAULT_QUORUM,
+        idle_close_s: float = DEFAULT_IDLE_CLOSE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not 0.0 < quorum <= 1.0 or idle_close_s <= 0:
+            raise ValueError("quorum must be in (0, 1] and idle_close_s > 0")
+        self.quorum = quorum
+        self.idle_close_s = idle_close_s
         self.fleet = fleet
         self.key = identity_key
         self.pub = identity_key.public_key()
@@ -187,6 +200,8 @@ class Coordinator:
         stage_t0 = self.clock()
         deadline = stage_t0 + self.stage_timeout_s
         closing_at: float | None = None
+        expected = len(config.participants)
+        last_pending, last_change = expected, stage_t0
         while server.stage is not Stage.RESULT:
             now = self.clock()
             wait = max(0.0, min(0.05, deadline - now))
@@ -203,7 +218,12 @@ class Coordinator:
             now = self.clock()
             stage = server.stage
             assert stage is not None
-            if server.pending() and now < deadline:
+            pending = len(server.pending())
+            if pending != last_pending:
+                last_pending, last_change = pending, now
+            quiet = now - last_change >= max(self.idle_close_s, 0.25 * (now - stage_t0))
+            early = quiet and expected - pending >= self.quorum * expected
+            if pending and now < deadline and not early:
                 continue
             if stage is Stage.COLLECT_MASKED and server.pending():
                 # deadline: ask workers to flush what they hold, give it a moment
@@ -212,13 +232,15 @@ class Coordinator:
                     self._close_intake(config, report)
                 if now - closing_at < CLOSE_GRACE_S and server.pending():
                     continue
+                now = self.clock()
             report.stage_s[str(stage)] = round(now - stage_t0, 4)
             bodies = server.advance()
             if stage is Stage.COLLECT_MASKED and closing_at is None:
                 self._close_intake(config, report)
             send(server.stage, bodies)
-            stage_t0 = now
+            stage_t0 = last_change = now
             deadline = now + self.stage_timeout_s
+            expected = last_pending = len(server.pending())
         report.result = server.result
         report.abort = server.abort.reason if server.abort else None
         # envelope and body refusals were counted as they happened; add the partials'
