@@ -61,8 +61,8 @@ log = logging.getLogger(__name__)
 FLEET = "demo"
 WINDOW_S = 10.0
 HOP_S = 2.0
-#: Simulated seconds per hub by default: 4 segments of 150 s keep the demo near a minute.
-DEFAULT_SECONDS = 600.0
+#: Simulated seconds per hub by default: 4 segments of 225 s keep the demo under a minute.
+DEFAULT_SECONDS = 900.0
 #: Light byte faults on every serial link, so the report shows real rejections.
 SERIAL_FAULTS = {"bit_flip": 0.002, "garbage": 0.002, "dup_frame": 0.002}
 #: Episodes that resolve within a segment (fever/hypothermia ramp over many minutes).
@@ -828,6 +828,7 @@ class MqttFederation:
             else ""
         )
         n_before = len(self.agg.state["rounds"])
+        taken = {n: c.counters["models_taken"] for n, c in self.clients.items()}
         self._want_round.set()
         deadline = t0 + ROUND_TIMEOUT_S
         while time.monotonic() < deadline and len(self.agg.state["rounds"]) <= n_before:
@@ -844,8 +845,10 @@ class MqttFederation:
         applied: dict[str, Any] = {}
         if rec.get("status") == "completed" and version is not None:
             wait_until = time.monotonic() + 20.0
+            # models_taken counts after the lifecycle decided (hot swap or rollback)
             while time.monotonic() < wait_until and any(
-                c.global_version < version for c in self.clients.values()
+                c.global_version < version or c.counters["models_taken"] <= taken[n]
+                for n, c in self.clients.items()
             ):
                 time.sleep(0.05)
             for name, c in self.clients.items():

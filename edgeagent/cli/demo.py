@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from edgeagent.cli import app
+from edgeagent.demo import DEFAULT_SECONDS, NOISE_MULTIPLIER
 
 _STREAMS = ("ecg", "acc", "skin_temp", "env", "hr", "rr")
 OUT_OPTION = typer.Option(Path("demo-out"), "--out", help="Where the report is written.")
@@ -212,7 +213,9 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
 def demo(
     hubs: int = typer.Option(3, "--hubs", help="Simulated hubs (boxes), each with its wearables."),
     seconds: float = typer.Option(
-        600.0, "--seconds", help="Simulated wearable time per hub, split into rounds+1 segments."
+        DEFAULT_SECONDS,
+        "--seconds",
+        help="Simulated wearable time per hub, split into rounds+1 segments.",
     ),
     rounds: int = typer.Option(3, "--rounds", help="Federated rounds (one after each segment)."),
     out: Path = OUT_OPTION,
@@ -230,7 +233,7 @@ def demo(
         help="embedded (mosquitto subprocess on 127.0.0.1), mosquitto, none, or HOST:PORT.",
     ),
     noise_multiplier: float = typer.Option(
-        0.01, "--noise-multiplier", help="DP noise multiplier of the federated rounds."
+        NOISE_MULTIPLIER, "--noise-multiplier", help="DP noise multiplier of the federated rounds."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the simulated patients."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),

@@ -106,6 +106,10 @@ def test_demo_full_run_over_mqtt(tmp_path: Path) -> None:
         for r in done:
             assert set(r["applied"]) == {"hub-1", "hub-2"}
             assert all(a["global_version"] == r["model_version"] for a in r["applied"].values())
+            assert all(
+                a["result"] in ("activated", "rolled back", "already active")
+                for a in r["applied"].values()
+            ), r["applied"]
         eps = [r["epsilon"] for r in done]
         assert eps[0] > 0 and eps[1] > eps[0]  # privacy spent only grows
     else:
