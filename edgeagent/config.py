@@ -215,7 +215,9 @@ class DetectionSection(_Section):
     model_path: Path | None = Field(
         default=None, description="ONNX model; default: the registry's current model in state_dir."
     )
-    threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads.")
+    threads: int = Field(
+        default=1, ge=0, le=64, description="onnxruntime intra-op threads; 0 = size to the box."
+    )
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Alert score threshold.")
     thresholds: dict[str, float] = Field(
         default_factory=dict, description="Per-anomaly-kind overrides of threshold."

@@ -190,13 +190,14 @@ def choose_from_config(
 ) -> ProviderChoice:
     """``choose_providers`` for a config's ``[detection]`` section.
 
-    ``detection.threads`` is taken as configured; ``state_dir`` gives the
-    TensorRT engine cache (``<state_dir>/trt-cache``).
+    ``detection.threads`` is taken as configured, 0 meaning "size to the box";
+    ``state_dir`` gives the TensorRT engine cache (``<state_dir>/trt-cache``).
     """
+    threads = getattr(detection, "threads", None)
     return choose_providers(
         tuple(detection.execution_providers),
         available if available is not None else available_providers(),
-        threads=getattr(detection, "threads", None),
+        threads=threads or None,
         cache_dir=(state_dir / "trt-cache") if state_dir is not None else None,
     )
 

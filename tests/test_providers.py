@@ -19,6 +19,7 @@ from edgeagent.providers import (
     CPU,
     CUDA,
     TENSORRT,
+    _cores,
     choose_from_config,
     choose_providers,
     open_session,
@@ -125,6 +126,10 @@ def test_choose_from_config_uses_detection_section(tmp_path: Path) -> None:
     det = DetectionSection(execution_providers=("CUDAExecutionProvider", CPU), threads=1)
     c = choose_from_config(det, tmp_path, available=PI)
     assert c.providers == (CPU,) and CUDA in c.skipped and c.intra_op_threads == 1
+    auto = choose_from_config(DetectionSection(threads=0), tmp_path, available=PI)
+    assert (
+        auto.intra_op_threads == max(1, min(4, _cores() - 1)) and "sized to the box" in auto.reason
+    )
 
 
 def test_cpu_model_load_failure_is_a_model_error() -> None:
