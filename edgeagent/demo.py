@@ -1542,7 +1542,10 @@ rounds requested, {summary["totals"]["rounds_completed"]} completed; wall time
 <th>episodes detected</th><th>fault alerts TP/FP</th><th>model now</th></tr>
 {"".join(hub_rows)}</table>
 {ble_table}
-<h2>Accuracy per round</h2><table><tr><th>model</th><th>windows</th><th>accuracy</th><th>F1</th>
+<h2>Accuracy per round</h2>
+<p>Window-level, summed over hubs. Segments hold different episodes, so a change
+between segments mixes the model's change with the data's.</p>
+<table><tr><th>model</th><th>windows</th><th>accuracy</th><th>F1</th>
 <th>recall</th><th>epsilon</th></tr>{acc_rows}</table>
 <h2>Federated rounds ({e(summary["federation"].get("how", ""))})</h2>
 <table><tr><th>round</th><th>status</th><th>reason</th><th>survivors</th><th>epsilon</th>
