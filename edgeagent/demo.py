@@ -140,6 +140,8 @@ class Part:
 
 @dataclass
 class ModelInfo:
+    """The baseline model the demo starts from, and whether it had to be built."""
+
     path: Path
     data: bytes
     sha256: str
@@ -445,16 +447,19 @@ class GatedFeed:
         self._cv = threading.Condition()
 
     def release(self, until: float) -> None:
+        """Let the device generate up to simulated time ``until``."""
         with self._cv:
             self.allowed = until
             self._cv.notify_all()
 
     def close(self) -> None:
+        """Stop gating for good: later ``advance`` calls return nothing (shutdown)."""
         with self._cv:
             self.closed = True
             self._cv.notify_all()
 
     def advance(self, seconds: float) -> Any:
+        """The next ``seconds`` of every stream, blocking while past the released time."""
         with self._cv:
             while not self.closed and self.t + seconds > self.allowed + 1e-9:
                 self.waiting = True
@@ -604,10 +609,12 @@ class Hub:
     # -- control (main thread)
 
     def start(self) -> None:
+        """Open the pty device and start reading it."""
         self.device.start()
         self.source.start()
 
     def begin_segment(self, k: int, until: float) -> None:
+        """Mark windows scored from now on as segment ``k`` and release data up to ``until``."""
         self.segment = k
         self.feed.release(until)
 
@@ -623,6 +630,7 @@ class Hub:
         return got >= self.intact_samples()
 
     def segment_done(self, until: float) -> bool:
+        """The device paused at ``until`` and the agent has everything it sent."""
         return self.feed.paused_at(until) and self.caught_up()
 
     def resolve_offset(self) -> float | None:
@@ -657,6 +665,7 @@ class Hub:
                 self._score(w)
 
     def close(self) -> None:
+        """Close the alert store (the hub's other parts were stopped by ``finish``)."""
         with contextlib.suppress(Exception):
             self.alert_store.close()
 
@@ -879,6 +888,7 @@ class MqttFederation:
         )
 
     def close(self) -> None:
+        """Stop the aggregator loop, the box clients and the aggregator link."""
         self._stop.set()
         self._thread.join(5.0)
         for c in self.clients.values():
@@ -906,9 +916,11 @@ class MemoryFederation:
         self.accountant = DpAccountant(1e-5)
 
     def wait_ready(self, timeout: float = 0.0) -> bool:
+        """Nothing to wait for: there is no network."""
         return True
 
     def run_round(self, r: int, on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
+        """One in-memory round; every hub validates and hot-swaps (or rolls back) the result."""
         import secrets
 
         from edgeagent.fl.aggregate import apply_update, mean_from_total
@@ -990,6 +1002,7 @@ class MemoryFederation:
         )
 
     def close(self) -> None:
+        """Nothing to release."""
         return None
 
 
@@ -1099,6 +1112,7 @@ class BleStage:
         self.events.append(f"{ev.device} {ev.kind} {ev.detail}".strip())
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Live per-strap sample totals and window counts for the progress display."""
         with self.lock:
             return {
                 self.hub_of[a].name: {"received": dict(r), "windows": self.windows[a]}
@@ -1129,6 +1143,7 @@ class BleStage:
         return out
 
     def close(self) -> None:
+        """Stop the private dbus-daemon and restore the bus address bleak reads."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -1637,6 +1652,7 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
     ble_res: dict[str, Any] | None = None
 
     def tick() -> None:
+        """Hand a live snapshot to the progress callback."""
         if progress is None:
             return
         live["elapsed"] = time.monotonic() - t_start
