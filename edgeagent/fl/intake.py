@@ -478,6 +478,10 @@ def main(argv: list[str] | None = None) -> int:
             status=False,
             on_message=on_message,
             clean_start=True,
+            # No session after a disconnect: the broker must stop routing shared
+            # updates to a dead worker (they would wait in its queue until the
+            # round is over); what was in flight to it becomes dropouts.
+            session_expiry_s=0,
         )
 
     worker = IntakeWorker(state, factory, a.fleet, group=a.group)
