@@ -688,6 +688,7 @@ class Supervisor:
         outbox: OutboxStats | None = None
         model_version: str | None = None
         last_round: int | str | None = None
+        inference: dict[str, Any] | None = None  # the detector's backend (edgeagent.providers)
         components: dict[str, Any] = {}
         for comp in self.components:
             st = _safe_status(comp)
@@ -698,6 +699,7 @@ class Supervisor:
                 outbox = ob if isinstance(ob, OutboxStats) else OutboxStats(**ob)
             model_version = st.get("model_version", model_version)
             last_round = st.get("last_round", last_round)
+            inference = st.get("inference") or inference
         snap = build_status(
             box_id=self.config.agent.box_id,
             fleet=self.config.agent.fleet,
@@ -714,6 +716,8 @@ class Supervisor:
             liveness=self.last_report or self.liveness.check(),
         )
         snap["watchdog_s"] = self.watchdog_s
+        if inference is not None:
+            snap["inference"] = inference
         return snap
 
     def publish_status(self) -> None:

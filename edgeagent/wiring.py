@@ -467,8 +467,10 @@ class DetectionComponent:
         for w in list(self.windowers.values()):
             for k, v in w.counters.as_dict().items():
                 wc[k] = wc.get(k, 0) + int(v)
+        backend = self.detector.backend
         return {
             "model_version": self.detector.model_label,
+            "inference": backend.as_dict() if backend is not None else None,
             "detection": {
                 "patients": sorted(self.windowers),
                 "windows": wc,
@@ -704,9 +706,17 @@ def daemon_factory(ctx: Context) -> list[Component]:
         cfg.agent.box_id,
         ctx.counters,
     )
+    from edgeagent.providers import choose_from_config
+
+    backend = choose_from_config(cfg.detection, state)  # providers + threads sized to the box
     detector = Detector(
-        data, active.label, relay, DetectorConfig(intra_op_threads=cfg.detection.threads)
+        data,
+        active.label,
+        relay,
+        DetectorConfig(intra_op_threads=backend.intra_op_threads, backend=backend),
     )
+    if detector.backend is not None:
+        log.info("inference backend: %s", detector.backend.reason)
     learner = None
     if cfg.learning.enabled:
         learner = LocalLearner(

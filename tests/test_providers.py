@@ -186,3 +186,38 @@ def test_status_renders_the_backend_a_daemon_reports() -> None:
     buf = io.StringIO()
     render({"box_id": "b", "state": "running", "inference": choice.as_dict()}, Console(file=buf))
     assert "inference: CPU with 2 threads" in buf.getvalue() and "Tensorrt" in buf.getvalue()
+
+
+def test_daemon_detection_runs_on_the_configured_backend(tmp_state: Path, short_dir: Path) -> None:
+    """``edgeagent run`` wiring: threads = 0 is sized to the box, CUDA falls back to CPU,
+    and the detection component reports the backend for status."""
+    from edgeagent.config import parse_config
+    from edgeagent.health import Liveness
+    from edgeagent.service import BlockBus, Context, Counters, PipelineComponent
+    from edgeagent.wiring import daemon_factory
+
+    cfg = parse_config(
+        {
+            "agent": {"box_id": "box-p", "state_dir": str(tmp_state)},
+            "control": {"socket_path": str(short_dir / "c.sock")},
+            "detection": {
+                "model_path": str(MODEL),
+                "threads": 0,
+                "execution_providers": [CUDA, CPU],
+            },
+            "learning": {"enabled": False},
+        }
+    )
+    live, counters = Liveness(), Counters()
+    bus = BlockBus(counters=counters)
+    ctx = Context(cfg, live, counters, bus, PipelineComponent(bus, live, counters))
+    comps = daemon_factory(ctx)
+    try:
+        (det,) = [c for c in comps if c.name == "detection"]
+        inf = dict(det.status())["inference"]
+        assert inf["intra_op_threads"] == max(1, min(4, _cores() - 1))
+        if CUDA not in ort.get_available_providers():
+            assert inf["providers"] == [CPU] and inf["fell_back"] and CUDA in inf["skipped"]
+    finally:
+        for c in reversed(comps):
+            c.stop()
