@@ -107,6 +107,7 @@ class BleBench(_Table):
     connect_timeout_s: float = Field(default=30.0, gt=0, le=600)
     replug_cmd: str | None = Field(default=None, description="Takes the wearable away and back.")
     replug_down_s: float = Field(default=5.0, ge=0, le=120)
+    max_bad_frame_ratio: float = Field(default=0.01, ge=0, le=1)
     max_loss_ratio: float = Field(default=0.05, ge=0, le=1)
     rate_tolerance: float = Field(default=0.03, ge=0, le=0.5)
 

@@ -183,7 +183,7 @@ def ble_target(request: pytest.FixtureRequest, hil_bench: HilBench) -> BleTarget
             or Path("/run/dbus/system_bus_socket").exists()
         ):
             pytest.skip("BLE hardware described but no D-Bus system bus (is bluetoothd running?)")
-        tol = Tolerances(0.0, b.max_loss_ratio, b.rate_tolerance)
+        tol = Tolerances(b.max_bad_frame_ratio, b.max_loss_ratio, b.rate_tolerance)
         return BleTarget("hw", b, tol, BLE_STREAMS[b.kind], dict(BLE_RATES_HZ[b.kind]))
     b = BleBench(address=SIM_BLE_ADDRESS, duration_s=SIM_BLE_S, replug_down_s=0.5)
     # The sim stamps with the wall clock: one sample period of jitter at most.
