@@ -376,6 +376,24 @@ def prepare_model(root: Path | None = None, timeout_s: float = 900.0) -> ModelIn
 # --------------------------------------------------------------------------- stage 2: broker
 
 
+def demo_pki(root: Path, boxes: Sequence[str]) -> Any:
+    """The demo fleet's PKI under ``<out>/pki``, kept across runs and completed as needed.
+
+    Kept so that an external broker (``--broker HOST:PORT``) can be set up once
+    with ``pki/ca.crt``, ``pki/broker.crt`` and ``pki/broker.key``.
+    """
+    from edgeagent.pki import AGGREGATOR_ID, Pki
+
+    pki = Pki.open(root) if (root / "ca.crt").is_file() else Pki.init(root, fleet=FLEET)
+    for name in (AGGREGATOR_ID, *boxes):
+        if not pki.client_files(name).cert.is_file():
+            if name == AGGREGATOR_ID:
+                pki.issue_aggregator()
+            else:
+                pki.issue(name)
+    return pki
+
+
 def start_broker(opts: DemoOptions, workdir: Path, pki: Any) -> BrokerInfo:
     """Start or locate the MQTT broker the federated rounds use (or say why there is none)."""
     from edgeagent.broker import Broker, find_mosquitto
@@ -1630,8 +1648,6 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
     ``progress`` receives a live snapshot about five times a second (phase,
     per-hub rates and windows, latest features, alerts, rounds).
     """
-    from edgeagent.pki import Pki
-
     opts.validate()
     t_start = time.monotonic()
     out = Path(opts.out)
@@ -1665,10 +1681,7 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
         tick()
         model = prepare_model()
         parts.append(Part("baseline model", True, "real", model.note))
-        pki = Pki.init(work / "pki", fleet=FLEET)
-        pki.issue_aggregator()
-        for i in range(opts.hubs):
-            pki.issue(f"hub-{i + 1}")
+        pki = demo_pki(out / "pki", [f"hub-{i + 1}" for i in range(opts.hubs)])
         live["phase"] = "starting the broker"
         tick()
         broker = start_broker(opts, work, pki)

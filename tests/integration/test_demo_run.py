@@ -145,3 +145,28 @@ def test_demo_without_broker_runs_rounds_in_memory_and_says_so(tmp_path: Path) -
     }
     assert s["federation"]["how"] == "in-memory"
     assert s["federation"]["rounds"][0]["status"] == "completed", s["federation"]
+
+
+@pytest.mark.timeout(120)
+def test_demo_against_an_external_broker(tmp_path: Path) -> None:
+    """``--broker HOST:PORT``: a broker someone else runs, set up with the demo's PKI."""
+    if not _have_mosquitto():
+        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+    from edgeagent.broker import Broker
+    from edgeagent.demo import demo_pki
+
+    out = tmp_path / "demo"
+    pki = demo_pki(out / "pki", ["hub-1", "hub-2"])  # what a first demo run leaves behind
+    with Broker(pki, tmp_path / "external") as broker:
+        s = _run(
+            out,
+            *("--hubs", "2", "--seconds", "240", "--rounds", "1", "--no-ble"),
+            "--broker",
+            f"{broker.host}:{broker.port}",
+        )
+    _check_common(s, out, hubs=2, rounds=1)
+    part = _parts(s)["MQTT broker"]
+    assert part["how"] == "real" and f"{broker.port}" in part["reason"]
+    assert s["federation"]["how"] == "real"
+    assert s["federation"]["rounds"][0]["status"] == "completed", s["federation"]
+    assert not (out / "run" / "broker").exists()  # the demo started no broker of its own
