@@ -713,10 +713,18 @@ class Hub:
         }
 
 
-def start_hubs(opts: DemoOptions, workdir: Path, model: ModelInfo) -> list[Hub]:
-    """Create and start every hub's device and serial source."""
-    hubs = [Hub(i, opts, workdir, model) for i in range(opts.hubs)]
-    for h in hubs:
+def start_hubs(
+    opts: DemoOptions, workdir: Path, model: ModelInfo, into: list[Hub] | None = None
+) -> list[Hub]:
+    """Create and start every hub's device and serial source.
+
+    Each hub is appended to ``into`` as soon as it exists, so a failure half-way
+    still leaves the caller a list of everything it has to stop.
+    """
+    hubs = into if into is not None else []
+    for i in range(opts.hubs):
+        h = Hub(i, opts, workdir, model)
+        hubs.append(h)
         h.start()
     return hubs
 
@@ -1685,7 +1693,7 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
         live["phase"] = "starting the broker"
         tick()
         broker = start_broker(opts, work, pki)
-        hubs = start_hubs(opts, work, model)
+        start_hubs(opts, work, model, into=hubs)
         parts.append(
             Part(
                 "serial wearables",
