@@ -378,6 +378,9 @@ class DetectionComponent:
         self.unknown_device = 0
         self.swaps: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        #: Held by registry checks and by federated model installs (``SerialManager``),
+        #: so a check never sees a model swapped in but not yet activated and swaps back.
+        self.model_lock = threading.Lock()
         self._next_check = 0.0
 
     def _windower(self, device: str) -> Any | None:
@@ -423,6 +426,11 @@ class DetectionComponent:
 
     def check_registry(self) -> None:
         """Follow the registry's active model (CLI activate/rollback) and probation checks."""
+        with self.model_lock:
+            self._check_registry()
+        del self.swaps[:-20]
+
+    def _check_registry(self) -> None:
         mgr = self.manager
         try:
             active = mgr.registry.active()
@@ -439,7 +447,6 @@ class DetectionComponent:
         except EdgeAgentError as exc:
             self.counters.add("model_check_errors")
             log.error("model check failed, keeping %s: %s", self.detector.model_label, exc)
-        del self.swaps[:-20]
 
     def _reset_learner(self, registry: Any, rec: Any) -> None:
         if self.learner is None:
@@ -488,6 +495,27 @@ class DetectionComponent:
                 "windows_nonfinite": wc.get("nonfinite", 0),
             },
         }
+
+
+class SerialManager:
+    """The ``ModelManager`` as lent to the federated client: installs hold ``lock``.
+
+    ``ModelManager.apply`` swaps the detector before it activates the model in
+    the registry; the detection component's registry check must not run in
+    between, or it would swap the old model back for a few seconds.
+    """
+
+    def __init__(self, manager: Any, lock: threading.Lock) -> None:
+        self.manager = manager
+        self.lock = lock
+
+    @property
+    def registry(self) -> Any:
+        return self.manager.registry
+
+    def apply(self, data: bytes, source: str, signature: bytes | None = None) -> Any:
+        with self.lock:
+            return self.manager.apply(data, source, signature)
 
 
 # -- learner -----------------------------------------------------------------------------
@@ -746,7 +774,8 @@ def daemon_factory(ctx: Context) -> list[Component]:
         ctx.liveness.register(lc.name, cfg.status.stall_after_s)
         comps.append(lc)
         if transport is not None:
-            client = _federation(ctx, transport.shared, learner, manager, active.sha256)
+            shared_mgr = SerialManager(manager, detection.model_lock)
+            client = _federation(ctx, transport.shared, learner, shared_mgr, active.sha256)
             if client is not None:
                 comps.append(client)
     return comps
@@ -763,6 +792,7 @@ __all__ = [
     "LearnerComponent",
     "OutboxComponent",
     "OutboxStatusSink",
+    "SerialManager",
     "SharedLink",
     "TransportComponent",
     "daemon_factory",
