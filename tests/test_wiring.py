@@ -278,10 +278,15 @@ def test_factory_builds_what_the_config_asks_for(tmp_state: Path, short_dir: Pat
         c.stop()
 
     ctx = _ctx(
-        tmp_state, short_dir, detection={"model_path": str(MODEL)}, learning={"enabled": False}
+        tmp_state,
+        short_dir,
+        detection={"model_path": str(MODEL), "threads": 0},  # 0 = size to the box
+        learning={"enabled": False},
     )
     comps = daemon_factory(ctx)
     assert describe(comps) == ["outbox", "detection"]
+    det = next(c for c in comps if isinstance(c, DetectionComponent)).detector
+    assert det.config.intra_op_threads >= 1
     for c in reversed(comps):
         c.stop()
 
