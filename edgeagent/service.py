@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 from edgeagent import __version__
 from edgeagent.config import Config
 from edgeagent.control import ControlServer
+from edgeagent.errors import EdgeAgentError
 from edgeagent.health import Liveness, LivenessReport
 from edgeagent.sdnotify import Notifier, watchdog_interval
 from edgeagent.streams import Gap, SampleBlock
@@ -766,5 +767,18 @@ def build_supervisor(config: Config, notifier: Notifier | None = None) -> Superv
 
 
 def run_daemon(config: Config) -> int:
-    """Entry point of ``edgeagent run``: build the supervisor and run it to completion."""
-    return build_supervisor(config).run()
+    """Entry point of ``edgeagent run``: build the supervisor and run it to completion.
+
+    A part that cannot be built (unreadable model or outbox, missing TLS
+    files) is reported in one line and in ``STATUS=``, and the exit code is 1
+    (no ``READY=1``), so systemd's ``Restart=on-failure`` retries it.
+    """
+    try:
+        sup = build_supervisor(config)
+    except EdgeAgentError as exc:
+        log.error("cannot start: %s", exc)
+        notifier = Notifier()
+        notifier.status(f"start-up failed: {exc}")
+        notifier.close()
+        return 1
+    return sup.run()

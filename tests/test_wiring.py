@@ -299,3 +299,27 @@ def test_factory_refuses_federation_without_mtls(tmp_state: Path, short_dir: Pat
     )
     with pytest.raises(TransportError, match="mTLS"):
         daemon_factory(ctx)
+
+
+def test_run_reports_an_unbuildable_daemon_in_one_line(tmp_state: Path, short_dir: Path) -> None:
+    """``edgeagent run`` with an active model whose file was altered: exit 1, no traceback."""
+    import subprocess
+
+    from tests.plugins.ops import CLI, write_toml
+
+    reg = ModelRegistry(tmp_state)
+    rec = reg.activate(reg.add(MODEL.read_bytes(), "test").version, "test")
+    rec.file.write_bytes(rec.file.read_bytes() + b"tampered")
+    cfg = write_toml(
+        short_dir / "c.toml",
+        {
+            "agent": {"box_id": "box-x", "state_dir": str(tmp_state)},
+            "control": {"socket_path": str(short_dir / "c.sock")},
+        },
+    )
+    out = subprocess.run(
+        [*CLI, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1
+    assert "cannot start" in out.stderr and "does not match its hash" in out.stderr
+    assert "Traceback" not in out.stderr
