@@ -719,6 +719,13 @@ class Supervisor:
         snap["watchdog_s"] = self.watchdog_s
         if inference is not None:
             snap["inference"] = inference
+        # Whatever else a component reports (transport, detection, learner, federation
+        # detail), so the operator sees it without a schema change for each part.
+        details = {
+            name: {k: v for k, v in st.items() if k not in _SNAPSHOT_KEYS}
+            for name, st in components.items()
+        }
+        snap["components"] = {name: d for name, d in details.items() if d}
         return snap
 
     def publish_status(self) -> None:
@@ -738,6 +745,12 @@ class Supervisor:
             except Exception:
                 self.counters.add("status_sink_errors")
                 log.exception("status sink %r failed", sink)
+
+
+#: Component status keys the snapshot folds into its own fields.
+_SNAPSHOT_KEYS = frozenset(
+    {"links", "outbox", "counters", "model_version", "last_round", "inference"}
+)
 
 
 def _safe_status(comp: Component) -> dict[str, Any]:

@@ -217,6 +217,10 @@ def test_alert_over_mqtt_retained_status_clean_stop_and_resume(
         assert watched == {"pipeline", "transport", "learner", f"serial:{DEVICE}"}
         assert snap["counters"]["detection_windows"] > 0
         assert snap["last_round"] == 0  # the federated client runs (no round joined yet)
+        parts = snap["components"]
+        assert parts["transport"]["transport"]["connected"] is True
+        assert parts["detection"]["detection"]["patients"] == [PATIENT]
+        assert "n_k" in parts["learner"]["learner"] and "rounds" in parts["federation"]
         assert 0 < snap["counters"]["learn_offered"] <= snap["counters"]["detection_scored"]
 
         dev.stop()
@@ -246,6 +250,7 @@ def test_alert_over_mqtt_retained_status_clean_stop_and_resume(
             "an alert raised while the broker is down",
         )
         dev.stop()
+        assert _status(tmp_state)["components"]["learner"]["learner"]["restored"] is True
         code, out = _sigterm(proc)
         assert code == 0 and "Traceback" not in out, out[-3000:]
         new_ids = {i for (i,) in _rows(tmp_state, "SELECT id FROM alerts")} - first_ids
