@@ -123,16 +123,16 @@ def test_daemon_boxes_join_a_round_and_take_the_global_model(
 
         def took_model(box: str) -> bool:
             st = _status(tmp_path / box / "state")
-            return st.get("last_round", 0) >= done[0]["round"] and st["model_version"].startswith(
-                "v2-"
+            c = st.get("counters", {})
+            return (
+                st.get("last_round", 0) >= done[0]["round"]
+                and str(st.get("model_version")).startswith("v2-")  # v1: the starting model
+                and c.get("fl_models_taken", 0) >= 1
+                and c.get("fl_joined", 0) >= 1
             )
 
         _wait(lambda: all(took_model(b) for b in BOXES), 30, "the boxes to run the new model")
-        for box in BOXES:
-            st = _status(tmp_path / box / "state")
-            assert st["counters"].get("fl_models_taken", 0) >= 1, st["counters"]
-            assert st["counters"].get("fl_joined", 0) >= 1
-            assert version >= 1
+        assert version >= 1
         for box in BOXES:
             p = procs[box]
             p.terminate()
