@@ -121,16 +121,17 @@ FLEET = "pilot"
 class PilotConfig:
     """Every knob of a pilot run; recorded in the results so a run can be repeated."""
 
-    hubs: int = 10
-    rounds: int = 15
-    local_epochs: int = 2
-    hub_seconds: float = 1800.0
+    hubs: int = 20
+    rounds: int = 30
+    local_epochs: int = 1
+    hub_seconds: float = 900.0
     test_patients: int = 6
-    test_seconds: float = 1800.0
-    kinds_per_hub: int = 3
-    calibration_frac: float = 0.2
+    test_seconds: float = 1200.0
+    kinds_per_hub: int = 4
+    calibration_frac: float = 0.3
     seed: int = 0
     lr: float = 3e-3
+    server_lr: float = 1.0  # FedAvg server step on the mean update (1 = plain FedAvg)
     batch: int = 128
     hidden: int = 32
     latent: int = 12
@@ -345,31 +346,21 @@ def modality_columns(modality: str) -> np.ndarray:
 
 
 def population_calibration(hubs: Sequence[PatientData]) -> tuple[np.ndarray, np.ndarray]:
-    """Median over hubs of each hub's normal-window median and robust spread.
+    """Median and robust spread (1.4826 MAD, SD where MAD is 0) of the hubs' normal windows.
 
-    Federation-friendly: every hub contributes two vectors of statistics, not
-    windows, so the same calibration serves every variant (fair comparison).
+    Computed once and shared by every variant (fair comparison); in a
+    deployment it ships inside the baseline model (``models/build.py`` does
+    the same over its training patients).
     """
-    meds, spreads = [], []
-    for d in hubs:
-        rows = d.x[d.y == 0]
-        med, mad, _ = robust_stats(rows)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", category=RuntimeWarning)
-                sd = np.nanstd(rows, axis=0)
-        meds.append(med)
-        spreads.append(np.where(mad > 1e-6, mad, np.where(sd > 1e-6, sd, np.nan)))
     import warnings
 
+    rows = np.concatenate([d.x[d.y == 0] for d in hubs])
+    med, mad, _ = robust_stats(rows)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
-        mu = np.nanmedian(np.stack(meds), axis=0)
-        sigma = np.nanmedian(np.stack(spreads), axis=0)
-    mu = np.where(np.isfinite(mu), mu, 0.0)
-    sigma = np.where(np.isfinite(sigma) & (sigma > 1e-6), sigma, 1.0)
+        sd = np.nanstd(rows, axis=0)
+    mu = np.where(np.isfinite(med), med, 0.0)
+    sigma = np.where(mad > 1e-6, mad, np.where(sd > 1e-6, sd, 1.0))
     return mu.astype(np.float32), sigma.astype(np.float32)
 
 
@@ -602,7 +593,7 @@ def run_federation(
                 nonce=nonce,
                 round_id=r,
             )
-        w = apply_update(w, mean, 1.0)
+        w = apply_update(w, mean, cfg.server_lr)
         res.rounds.append({"round": r, "update_norm": float(np.linalg.norm(mean))})
     res.w = w
     res.clip = clip
@@ -632,11 +623,17 @@ class HeldOutSet:
 
 
 def split_test(d: PatientData, frac: float) -> HeldOutSet:
-    """The first ``frac`` of the windows calibrate; the rest are evaluated."""
+    """The first ``frac`` of the windows calibrate; the rest are evaluated.
+
+    Calibration keeps the calibration period's normal windows only, as the
+    hubs' training calibration does (on a box, the detector's "normal and
+    good quality" judgement selects them).
+    """
     k = max(1, round(frac * len(d.x)))
     spans = d.spans[k:]
     wy, _ = window_labels([tuple(s) for s in spans], d.labels)
-    return HeldOutSet(d.id, d.x[:k], d.x[k:], spans, d.labels, wy)
+    cal = d.x[:k][d.y[:k] == 0]
+    return HeldOutSet(d.id, cal if len(cal) else d.x[:k], d.x[k:], spans, d.labels, wy)
 
 
 def evaluate_model(
