@@ -839,7 +839,11 @@ class DelayProxy:
                 client, _ = self._srv.accept()
             except (TimeoutError, OSError):
                 continue
-            upstream = socket.create_connection(self.target, timeout=5.0)
+            try:
+                upstream = socket.create_connection(self.target, timeout=5.0)
+            except OSError:
+                client.close()  # the target is down: the client sees a reset, as on a WAN
+                continue
             for s in (client, upstream):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 s.settimeout(0.2)

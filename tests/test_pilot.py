@@ -291,3 +291,30 @@ def test_targets_judge_the_measured_values() -> None:
     md = render_markdown(r)
     assert "| federated (FedAvg, n_k-weighted) | 87.0 |" in md
     assert "NOT met" in md and "median" in md
+
+
+def test_cli_refuses_a_bad_setting_before_running() -> None:
+    from typer.testing import CliRunner
+
+    from edgeagent.cli import _register, app
+
+    _register()
+    res = CliRunner().invoke(app, ["pilot", "--hubs", "2", "--no-latency"])
+    assert res.exit_code == 2
+    assert "hubs must be >= 4" in res.output
+    res = CliRunner().invoke(app, ["pilot", "--help"])
+    assert res.exit_code == 0 and "--rounds" in res.output
+
+
+def test_config_validation_names_the_setting() -> None:
+    PilotConfig().validate()
+    PilotConfig.small().validate()
+    for bad, match in (
+        ({"fractions": (0.6,)}, "fraction"),
+        ({"attacks": ("gradient_ascent",)}, "unknown attack"),
+        ({"modes": ("mean_of_means",)}, "unknown mode"),
+        ({"group_size": 11}, "group_size"),
+        ({"latency_delays_ms": (-1.0,)}, "latency_delays_ms"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            PilotConfig(**bad).validate()
