@@ -1,0 +1,104 @@
+"""The CI pilot: every table row produced end to end, real broker for latency, bounded in time."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeagent.broker import find_mosquitto
+from edgeagent.errors import BrokerError
+from edgeagent.pilot import MODALITIES, PilotConfig, run_pilot
+
+METRICS = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "auroc")
+
+
+def _check_metrics(m: dict, n_eval: int) -> None:
+    for k in METRICS:
+        assert m[k] is not None and 0.0 <= m[k] <= 1.0, (k, m)
+    n = m["tp"] + m["fp"] + m["fn"] + m["tn"]
+    assert n == n_eval  # every row is scored on the same test windows
+    assert m["accuracy"] == pytest.approx((m["tp"] + m["tn"]) / n)
+
+
+@pytest.mark.timeout(180)
+def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
+    try:
+        find_mosquitto()
+    except BrokerError as exc:
+        pytest.skip(str(exc))
+    cfg = PilotConfig.small()
+    t0 = time.perf_counter()
+    r = run_pilot(cfg, tmp_path)
+    took = time.perf_counter() - t0
+    assert took < 90.0, f"CI pilot took {took:.0f} s"
+
+    for name in (
+        "pilot.json",
+        "pilot.md",
+        "accuracy.png",
+        "attacks.png",
+        "latency.png",
+        "modality.png",
+    ):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "pilot.json").read_text()) == r
+    md = (tmp_path / "pilot.md").read_text()
+
+    n_eval = sum(t["positive"] + t["negative"] for t in r["data"]["test_patients"])
+    assert n_eval > 50
+    acc = r["accuracy"]
+    for row in ("centralised", "federated", "federated_personalised", "centralised_personalised"):
+        _check_metrics(acc[row], n_eval)
+    lo = acc["local_only"]
+    assert lo["accuracy_min"] <= lo["accuracy"] <= lo["accuracy_max"]
+
+    att = r["attacks"]
+    assert set(att["clean_accuracy"]) == set(cfg.modes)
+    assert att["clean_accuracy"]["fedavg"] == acc["federated"]["accuracy"]
+    assert set(att["runs"]) == {f"{f:g}" for f in cfg.fractions}
+    for key, row in att["runs"].items():
+        k = round(float(key) * cfg.hubs)
+        assert len(row["malicious_hubs"]) == k
+        _check_metrics(row["centralised_poisoned_data"], n_eval)
+        for a in cfg.attacks:
+            assert set(row[a]) == set(cfg.modes)
+            for mode in cfg.modes:
+                _check_metrics(row[a][mode], n_eval)
+                assert f"| {a} | {float(key) * 100:.0f}% |" in md
+    b = r["best_robust_at_20pct"]
+    assert b["best_robust_mode"] in cfg.modes and b["best_robust_mode"] != "fedavg"
+    assert b["best_robust_worst_loss"] == min(
+        v for m, v in b["worst_loss_vs_clean_fedavg"].items() if m != "fedavg"
+    )
+
+    mod = r["modality"]
+    assert set(mod["retrain_drop"]) == set(MODALITIES) == set(mod["permutation_drop"])
+    for shares in mod["share_pct"].values():
+        if shares is not None:
+            assert sum(shares.values()) == pytest.approx(100.0)
+            assert all(v >= 0 for v in shares.values())
+
+    pr = r["privacy"]
+    assert pr["epsilon"] is not None and pr["epsilon"] > 0
+    _check_metrics(pr["federated_dp"], n_eval)
+
+    (delay,) = cfg.latency_delays_ms
+    lat = r["latency"][f"{delay:g}"]
+    for path in ("edge", "central", "edge_on_box_decision"):
+        assert lat[path]["n"] == cfg.latency_windows
+        assert lat[path]["p50"] <= lat[path]["p95"] <= lat[path]["p99"]
+    assert lat["lost"] == {"edge": 0, "central": 0}
+    assert lat["edge"]["p50"] >= delay  # one delayed hop
+    assert lat["central"]["p50"] >= 2 * delay  # raw up, alert back
+    assert lat["edge_on_box_decision"]["p99"] < lat["edge"]["p50"]
+
+    assert set(r["targets"]) == {
+        "fed_personalised_ge_centralised",
+        "federated_within_2pt_of_centralised",
+        "best_robust_loss_at_20pct_le_3pt",
+        "edge_p99_le_tenth_of_central_at_50ms",
+    }
+    assert r["config"]["seed"] == cfg.seed and r["paper"]["accuracy_federated"] == 0.92
