@@ -29,6 +29,7 @@ Run: python bench/intake_scale.py [--boxes 1000] [--dim 10000] [--trials 3]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -45,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -145,6 +147,18 @@ class Collector:
         return len(inner["body"]["nodes"])
 
 
+def cpu_of(pids: list[int | None]) -> float:
+    """User + system CPU seconds of these processes so far."""
+    total = 0.0
+    for pid in pids:
+        if pid is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+    return total
+
+
 def start_workers(n: int, pki: Pki, broker: Broker, tmp: Path, tag: str) -> list[subprocess.Popen]:
     files = pki.client_files(AGGREGATOR)
     procs = []
@@ -189,6 +203,7 @@ def trial(
         if mode == "drain":
             for w in workers:
                 os.kill(w.pid, signal.SIGSTOP)
+        cpu0 = cpu_of([w.pid for w in workers]), cpu_of([broker.pid])
         t0 = time.perf_counter()
         conn.send({"go": True})
         pub = conn.recv()
@@ -199,6 +214,9 @@ def trial(
                 os.kill(w.pid, signal.SIGCONT)
         ok = col.done.wait(args.timeout)
         t1 = col.t_done if ok else time.perf_counter()
+        time.sleep(0.2)  # let the last flush's CPU be counted
+        w_cpu = cpu_of([w.pid for w in workers]) - cpu0[0]
+        b_cpu = cpu_of([broker.pid]) - cpu0[1]
         link.publish(control_topic(FLEET), encode_control(
             OP_CLOSE, round_id, nonce, 2 * round_id + 1, ident.key)).wait(10)  # fmt: skip
         conn.send({"next": True})
@@ -220,6 +238,11 @@ def trial(
             "mb_per_s": round(col.covered * 4 * args.dim / secs / 1e6, 2),
             "publish_s": round(pub["published_s"], 3),
             "per_worker": per_worker,
+            # CPU per update does not depend on what else runs on the machine: with the
+            # broker on the same cores, the intake ceiling is cores / (worker + broker)
+            "worker_cpu_ms_per_update": round(1e3 * w_cpu / max(col.covered, 1), 3),
+            "broker_cpu_ms_per_update": round(1e3 * b_cpu / max(col.covered, 1), 3),
+            "load_average_1m": round(os.getloadavg()[0], 2),
         }
     finally:
         for w in workers:
@@ -271,7 +294,10 @@ def main() -> None:
                         rows.append(row)
                         print(f"{mode:>5} workers={nw}: {row['updates_per_s']:>8.1f} updates/s "
                               f"({row['mb_per_s']} MB/s, {row['seconds']} s, "
-                              f"split {row['per_worker']})", flush=True)  # fmt: skip
+                              f"split {row['per_worker']}, worker CPU "
+                              f"{row['worker_cpu_ms_per_update']} ms/update, broker "
+                              f"{row['broker_cpu_ms_per_update']} ms/update, load "
+                              f"{row['load_average_1m']})", flush=True)  # fmt: skip
         finally:
             conn.send({"stop": True})
             proc.join(10)
@@ -283,7 +309,11 @@ def main() -> None:
         for nw in (1, 2):
             vals = [r["updates_per_s"] for r in rows if r["mode"] == mode and r["workers"] == nw]
             med[nw] = statistics.median(vals)
+        wcpu = [r["worker_cpu_ms_per_update"] for r in rows if r["mode"] == mode]
+        bcpu = [r["broker_cpu_ms_per_update"] for r in rows if r["mode"] == mode]
         summary[mode] = {
+            "worker_cpu_ms_per_update_median": statistics.median(wcpu),
+            "broker_cpu_ms_per_update_median": statistics.median(bcpu),
             "one_worker_updates_per_s": med[1],
             "two_workers_updates_per_s": med[2],
             "ratio_two_over_one": round(med[2] / med[1], 3),
