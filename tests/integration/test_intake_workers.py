@@ -8,6 +8,7 @@ identity, boxes with their own certificates publishing signed envelopes.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from edgeagent.fl.identity import load_ca, load_identity
 from edgeagent.fl.intake import (
     OP_CLOSE,
     OP_OPEN,
+    Partial,
     control_topic,
     decode_partial,
     encode_control,
@@ -55,20 +57,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pki, Broke
         pki.issue(b)
     pki.issue_aggregator()
     broker = Broker(pki, root / "broker").start()
-    files = pki.client_files(AGGREGATOR)
-    procs = []
-    for i in range(2):
-        cmd = [sys.executable, "-m", "edgeagent.fl.intake", "--port", str(broker.port),
-               "--fleet", FLEET, "--ca", str(files.ca), "--cert", str(files.cert),
-               "--key", str(files.key), "--worker", f"w{i}", "--flush-every", "3",
-               "--ready-file", str(root / f"w{i}.ready")]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, cwd=ROOT))
+    procs = [start_worker(pki, broker, root, f"w{i}") for i in range(2)]
     try:
-        end = time.monotonic() + 20
-        while not all((root / f"w{i}.ready").exists() for i in range(2)):
-            assert time.monotonic() < end, "intake workers did not subscribe"
-            assert all(p.poll() is None for p in procs), "an intake worker exited"
-            time.sleep(0.05)
         yield pki, broker, root
     finally:
         for p in procs:
@@ -78,18 +68,36 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pki, Broke
         broker.stop()
 
 
+def start_worker(pki: Pki, broker: Broker, root: Path, name: str) -> subprocess.Popen:
+    """``python -m edgeagent.fl.intake`` with the aggregator identity; returns once subscribed."""
+    files = pki.client_files(AGGREGATOR)
+    ready = root / f"{name}.ready"
+    cmd = [sys.executable, "-m", "edgeagent.fl.intake", "--port", str(broker.port),
+           "--fleet", FLEET, "--ca", str(files.ca), "--cert", str(files.cert),
+           "--key", str(files.key), "--worker", name, "--flush-every", "3",
+           "--ready-file", str(ready)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    end = time.monotonic() + 20
+    while not ready.exists():
+        assert time.monotonic() < end, f"intake worker {name} did not subscribe"
+        assert proc.poll() is None, f"intake worker {name} exited"
+        time.sleep(0.05)
+    return proc
+
+
 def _aggregator(pki: Pki, broker: Broker, name: str, on_message=None) -> MqttLink:
     files = pki.client_files(AGGREGATOR)
     return MqttLink(name, broker.host, broker.port, files, FLEET, identity=AGGREGATOR,
                     status=False, on_message=on_message, clean_start=True)  # fmt: skip
 
 
-def test_two_worker_processes_partial_sums_combine_to_the_exact_masked_sum(
-    fleet: tuple[Pki, Broker, Path],
-) -> None:
-    pki, broker, _ = fleet
+def intake_round(
+    pki: Pki, broker: Broker, round_id: int, dim: int = 2_000
+) -> tuple[list[Partial], dict[str, np.ndarray]]:
+    """Open intake, have every box publish a signed vector (box-00 also a forgery), close;
+    return the verified partial sums that came back and the vectors sent."""
     agg_key = load_identity(pki.client_files(AGGREGATOR).cert, load_ca(pki.ca_cert), AGGREGATOR)
-    dim, round_id, nonce = 2_000, 11, os.urandom(16)
+    nonce = os.urandom(16)
     box_keys = {b: Ed25519PrivateKey.generate() for b in BOXES}
     got: list[bytes] = []
     lock = threading.Lock()
@@ -127,6 +135,15 @@ def test_two_worker_processes_partial_sums_combine_to_the_exact_masked_sum(
             if sum(len(p.total.nodes) for p in parts) >= len(BOXES):
                 break
             time.sleep(0.05)
+    return parts, vectors
+
+
+def test_two_worker_processes_partial_sums_combine_to_the_exact_masked_sum(
+    fleet: tuple[Pki, Broker, Path],
+) -> None:
+    pki, broker, _ = fleet
+    dim = 2_000
+    parts, vectors = intake_round(pki, broker, 11, dim)
     workers = {p.worker for p in parts}
     assert workers == {"intake-w0", "intake-w1"}  # the broker spread the updates
     seen: set[str] = set()
@@ -176,3 +193,16 @@ def test_secure_round_with_coordinator_workers_and_simulated_boxes(
     np.testing.assert_allclose(rep.result.total, want, atol=1e-3)
     assert stats["counters"].get("silent") == 2  # the two dropouts ignored the rest
     assert stats["bytes_up"] > 14 * 4 * (dim - 1)
+
+
+def test_a_dead_worker_is_no_longer_given_updates(fleet: tuple[Pki, Broker, Path]) -> None:
+    """Workers keep no session: once one dies the broker shares among the living only,
+    so no box's update waits in a dead worker's queue."""
+    pki, broker, root = fleet
+    doomed = start_worker(pki, broker, root, "w9")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(10)
+    time.sleep(0.5)  # the broker sees the closed socket
+    parts, _ = intake_round(pki, broker, 31)
+    assert sum(len(p.total.nodes) for p in parts) == len(BOXES)
+    assert {p.worker for p in parts} <= {"intake-w0", "intake-w1"}
