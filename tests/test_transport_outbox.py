@@ -254,7 +254,10 @@ def test_kill_9_during_heavy_writes_loses_nothing_stored(tmp_state: Path) -> Non
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rnd.uniform(0.05, 0.6))
         os.kill(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=10)
+        # read through the same buffered stream as readline(): communicate(timeout=...) reads the
+        # raw fd and would drop lines readline() already buffered (announced deletes among them)
+        out = proc.stdout.read()
+        proc.wait(timeout=10)
         for line in out.splitlines(keepends=True):
             if not line.endswith("\n"):
                 continue  # torn write of the last line: not acknowledged
