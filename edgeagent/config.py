@@ -299,7 +299,9 @@ class AggregatorSection(_Section):
     max_boxes: int = Field(default=100, ge=2, le=10_000, description="Boxes invited per round.")
     min_survivors: int = Field(default=2, ge=2, description="Fewer masked inputs abort the round.")
     stage_timeout_s: float = Field(default=30.0, gt=0, le=3600, description="Deadline per stage.")
-    round_interval_s: float = Field(default=60.0, ge=0, le=86400, description="Pause between.")
+    # Hourly rounds keep a box's uplink under 1 % of its raw sensor bytes (bench/bandwidth.py);
+    # a pilot that wants fast convergence sets a shorter interval.
+    round_interval_s: float = Field(default=3600.0, ge=0, le=86400, description="Pause between.")
     rounds: int = Field(default=0, ge=0, description="Stop after this many rounds; 0 = never.")
     n_cap: int = Field(default=1000, ge=1, description="Cap on a box's sample count n_k.")
     noise: Literal["distributed", "central"] = "distributed"
@@ -308,6 +310,21 @@ class AggregatorSection(_Section):
     initial_model: Path | None = Field(default=None, description="ONNX global model of round 0.")
     holdout: Path | None = Field(default=None, description="Held-out .npz (x, mu, sigma, y).")
     eval_tolerance: float = Field(default=0.10, ge=0, description="Relative loss increase allowed.")
+    robust: Literal["none", "median", "trimmed_mean", "multi_krum", "norm_bound"] = Field(
+        default="none",
+        description="none = n_k-weighted FedAvg of one secure sum; otherwise grouped secure "
+        "aggregation with this rule over the group means.",
+    )
+    group_size: int = Field(
+        default=3, ge=2, le=1000, description="Boxes per securely summed group (at least)."
+    )
+    beta: float = Field(
+        default=0.1, gt=0, lt=0.5, description="trimmed_mean: share of group means cut per side."
+    )
+    f: int = Field(default=1, ge=1, le=100, description="multi_krum: bad groups tolerated.")
+    max_norm: float | None = Field(
+        default=None, gt=0, description="norm_bound: L2 bound of a group mean; unset = median."
+    )
 
     @model_validator(mode="after")
     def _counts(self) -> AggregatorSection:
@@ -315,7 +332,34 @@ class AggregatorSection(_Section):
             raise _keyed("min_survivors", f"must not exceed min_boxes ({self.min_boxes})")
         if self.max_boxes < self.min_boxes:
             raise _keyed("max_boxes", f"must be at least min_boxes ({self.min_boxes})")
+        if self.robust != "none":
+            from edgeagent.fl.robust import min_groups
+
+            need = min_groups(self.robust, **self.rule_params())
+            if self.min_boxes < need * self.group_size:
+                raise _keyed(
+                    "min_boxes",
+                    f"robust = {self.robust!r} needs at least {need} groups of group_size = "
+                    f"{self.group_size}, so min_boxes must be >= {need * self.group_size} "
+                    "(raise min_boxes or lower group_size)",
+                )
+            if self.min_survivors > self.group_size:
+                raise _keyed(
+                    "min_survivors",
+                    f"must not exceed group_size ({self.group_size}) with robust = "
+                    f"{self.robust!r}: each group is unmasked with >= group_size survivors",
+                )
         return self
+
+    def rule_params(self) -> dict[str, Any]:
+        """The parameters ``robust.grouped_aggregate`` takes for the configured rule."""
+        if self.robust == "trimmed_mean":
+            return {"beta": self.beta}
+        if self.robust == "multi_krum":
+            return {"f": self.f}
+        if self.robust == "norm_bound":
+            return {"max_norm": self.max_norm}
+        return {}
 
 
 class OutboxSection(_Section):
@@ -329,7 +373,8 @@ class OutboxSection(_Section):
 class StatusSection(_Section):
     """Health telemetry and the watchdog's idea of 'stuck'."""
 
-    interval_s: float = Field(default=60.0, ge=1.0, le=86400, description="Status publish period.")
+    # 5 minutes: the retained status is for dashboards; `edgeagent status` asks the daemon live.
+    interval_s: float = Field(default=300.0, ge=1.0, le=86400, description="Status publish period.")
     stall_after_s: float = Field(
         default=60.0,
         gt=0,
