@@ -99,16 +99,26 @@ def test_gradients_match_finite_differences(seed: int) -> None:
     m = (rng.random((5, 4)) > 0.2).astype(np.float64)
     z = z * m
     y = rng.integers(0, 3, 5)
+    h = 1e-3
     for fn in (
         lambda w_: head_loss_grad(spec, w_, z, m, y),
         lambda w_: ae_loss_grad(spec, w_, z, m),
     ):
-        _, g = fn(w.astype(np.float32))
+        f0, g = fn(w.astype(np.float32))
         for i in rng.choice(len(w), 6, replace=False):
             e = np.zeros_like(w)
-            e[i] = 1e-3
-            num = (fn((w + e).astype(np.float32))[0] - fn((w - e).astype(np.float32))[0]) / 2e-3
-            assert abs(num - g[i]) < 2e-2 * max(1.0, abs(num)), (i, num, g[i])
+            e[i] = h
+            fp = fn((w + e).astype(np.float32))[0]
+            fm = fn((w - e).astype(np.float32))[0]
+            num = (fp - fm) / (2 * h)
+            tol = 2e-2 * max(1.0, abs(num))
+            if abs(num - g[i]) < tol:
+                continue
+            # A ReLU kink within +-h (about 1 coordinate in 3,000 here): the one-sided slopes
+            # then differ, and the analytic gradient must be one of them (a subgradient).
+            left, right = (f0 - fm) / h, (fp - f0) / h
+            assert abs(right - left) > tol, (i, num, g[i])
+            assert min(left, right) - tol <= g[i] <= max(left, right) + tol, (i, left, right, g[i])
 
 
 def test_serialisation_is_deterministic_and_hash_names_content() -> None:
