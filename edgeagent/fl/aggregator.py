@@ -20,6 +20,15 @@ moves bodies between the broker and the state machine:
    model version, signed (Ed25519 over its SHA-256) and published retained
    on ``model/current``.
 
+With ``aggregator.robust`` set to a rule, step 1 splits the participants into
+groups from the round nonce (``robust.partition_groups``) and runs one
+SecAgg+ instance per group, all in lock-step (one body per box per stage, on
+the same topics, same round id and nonce; each box derives its group from the
+announcement). A group that cannot finish is dropped and recorded; if fewer
+groups remain than the rule needs, the others are stopped before anything
+more is unmasked and the round aborts. Otherwise the rule runs over the
+group means (``robust.grouped_aggregate``) in place of FedAvg.
+
 State (next round id, model versions, DP events, round history) is one JSON
 file written atomically after every state change, so a restart between
 rounds continues where it stopped; a round cut by a restart is recorded as
@@ -46,8 +55,9 @@ import numpy as np
 
 from edgeagent.config import Config
 from edgeagent.errors import ModelError, ProtocolError, TransportError
+from edgeagent.fl import robust
 from edgeagent.fl.aggregate import apply_update, mean_from_total
-from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, Stage
+from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORDER, Stage
 from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import (
@@ -118,12 +128,17 @@ class BoxInfo:
 
 @dataclass
 class _Round:
-    """One round in flight (the I/O side; the protocol state is ``server``)."""
+    """One round in flight (the I/O side; the protocol state is in ``servers``).
+
+    ``servers[i]`` runs the SecAgg+ instance of ``groups[i]``; a plain round
+    has one group holding every participant.
+    """
 
     round_id: int
     nonce: bytes
     participants: tuple[str, ...]
-    server: SecAggServer
+    groups: list[tuple[str, ...]]
+    servers: list[SecAggServer]
     receiver: EnvelopeReceiver
     seq: Sequencer
     deadline: float
@@ -136,6 +151,18 @@ class _Round:
     bytes_out: Counter[str] = field(default_factory=Counter)
     server_seconds: float = 0.0
     silent: dict[str, list[str]] = field(default_factory=dict)  # at the last stage closed
+    group_of: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.group_of = {b: i for i, g in enumerate(self.groups) for b in g}
+
+    def live(self) -> list[SecAggServer]:
+        """The instances still running (not yet at RESULT); they share one stage."""
+        return [s for s in self.servers if s.stage is not Stage.RESULT]
+
+    def pending(self) -> frozenset[str]:
+        """Boxes whose reply to the current stage has not arrived, over all live groups."""
+        return frozenset().union(*(s.pending() for s in self.live()))
 
 
 class Aggregator:
@@ -439,7 +466,7 @@ class Aggregator:
                 raise ProtocolError("topic_mismatch", f"{got.message.stage} on a {stage} topic")
             if got.duplicate:
                 return
-            r.server.receive(node, stage, got.message.body)
+            r.servers[r.group_of[node]].receive(node, stage, got.message.body)
             log.debug("round %d: %s from %s accepted", r.round_id, stage, node)
         except ProtocolError as exc:
             r.refused[exc.reason] += 1
@@ -475,7 +502,7 @@ class Aggregator:
                 if len(ready) >= self.policy.min_boxes:
                     self.start_round(ready)
             return
-        if not r.server.pending() or now >= r.deadline:
+        if not r.pending() or now >= r.deadline:
             self._advance()
 
     def start_round(self, ready: list[str]) -> None:
@@ -488,20 +515,28 @@ class Aggregator:
         nonce = secrets.token_bytes(NONCE_BYTES)
         dim = int(get_params(parse_model(self.model_bytes)).size) + 1
         total_std = gaussian_std(self.noise_multiplier, self.clip, p.n_cap)
-        min_surv = min(p.min_survivors, len(chosen))
-        box_std = distributed_std(total_std, min_surv) if p.noise == "distributed" else 0.0
-        cfg = RoundConfig(
-            round_id=round_id,
-            nonce=nonce,
-            participants=tuple(chosen),
-            dim=dim,
-            bound=payload_bound(self.clip, p.n_cap, box_std),
-            min_survivors=min_surv,
-            clip=self.clip,
-            n_cap=p.n_cap,
-            noise_std=box_std,
+        grouped = p.robust != "none"
+        groups = (
+            robust.partition_groups(chosen, p.group_size, nonce) if grouped else [tuple(chosen)]
         )
-        server = SecAggServer(cfg)
+        servers = []
+        for group in groups:
+            # grouped: a group sum is unmasked only with >= group_size survivors (the
+            # anonymity set); each group sum carries the full DP noise on its own
+            floor = p.group_size if grouped else min(p.min_survivors, len(group))
+            box_std = distributed_std(total_std, floor) if p.noise == "distributed" else 0.0
+            cfg = RoundConfig(
+                round_id=round_id,
+                nonce=nonce,
+                participants=group,
+                dim=dim,
+                bound=payload_bound(self.clip, p.n_cap, box_std),
+                min_survivors=floor,
+                clip=self.clip,
+                n_cap=p.n_cap,
+                noise_std=box_std,
+            )
+            servers.append(SecAggServer(cfg))
         rx = EnvelopeReceiver(AGGREGATOR, {n: self.boxes[n].key for n in chosen})
         rx.begin_round(round_id, nonce)
         now = self.clock()
@@ -509,7 +544,8 @@ class Aggregator:
             round_id,
             nonce,
             tuple(chosen),
-            server,
+            groups,
+            servers,
             rx,
             Sequencer(),
             now + p.stage_timeout_s,
@@ -523,16 +559,27 @@ class Aggregator:
             "participants": list(chosen),
             "started": time.time(),
         }
+        if grouped:
+            self.state["in_progress"]["groups"] = [list(g) for g in groups]
         self._save()
+        c0 = servers[0].config
         log.info(
-            "round %d: announcing to %d boxes (degree %d, t=%d)",
+            "round %d: announcing to %d boxes in %d group(s) (rule %s, degree %d, t=%d)",
             round_id,
             len(chosen),
-            cfg.degree,
-            cfg.threshold,
+            len(groups),
+            p.robust if grouped else "fedavg",
+            c0.degree,
+            c0.threshold,
         )
         sha = sha256_hex(self.model_bytes)
-        ann = Announcement(tuple(chosen), sha, p.stage_timeout_s, self.identity.cert_der)
+        ann = Announcement(
+            tuple(chosen),
+            sha,
+            p.stage_timeout_s,
+            self.identity.cert_der,
+            p.group_size if grouped else 0,
+        )
         r = self.round
         self._publish(
             topics.announce(self.fleet, round_id),
@@ -548,7 +595,9 @@ class Aggregator:
             retain=True,
         )
         t0 = time.perf_counter()
-        bodies = server.start()
+        bodies: dict[str, dict[str, Any]] = {}
+        for server in servers:
+            bodies.update(server.start())
         r.server_seconds += time.perf_counter() - t0
         self._send_stage(Stage.SETUP, bodies)
 
@@ -565,19 +614,31 @@ class Aggregator:
         r = self.round
         assert r is not None
         now = self.clock()
-        closing = r.server.stage
+        live = r.live()
+        closing = live[0].stage  # lock-step: every live instance is in the same stage
         assert closing is not None
         r.stage_seconds[str(closing)] = round(now - r.stage_started, 4)
-        r.silent = {str(closing): sorted(r.server.pending())}
+        r.silent = {str(closing): sorted(r.pending())}
         t0 = time.perf_counter()
-        bodies = r.server.advance()
+        out: dict[Stage, dict[str, dict[str, Any]]] = {}
+        for server in live:
+            bodies = server.advance()
+            assert server.stage is not None
+            out.setdefault(server.stage, {}).update(bodies)
+        if self.policy.robust != "none":
+            need = robust.min_groups(self.policy.robust, **self.policy.rule_params())
+            ok = [s for s in r.servers if s.abort is None]
+            if len(ok) < need:
+                # the rule cannot run: stop the rest before their sums are unmasked
+                reason = f"too_few_groups: {len(ok)} of {len(r.servers)} left < {need}"
+                for server in r.live():
+                    out.setdefault(Stage.RESULT, {}).update(server.cancel(reason))
         r.server_seconds += time.perf_counter() - t0
-        stage = r.server.stage
-        assert stage is not None
         r.stage_started = now
         r.deadline = now + self.policy.stage_timeout_s
-        self._send_stage(stage, bodies)
-        if stage is Stage.RESULT:
+        for stage in sorted(out, key=STAGE_ORDER.index):
+            self._send_stage(stage, out[stage])
+        if not r.live():
             self._finish()
 
     def _finish(self) -> None:
@@ -585,39 +646,90 @@ class Aggregator:
         r = self.round
         assert r is not None and self.model_bytes is not None
         p = self.policy
-        server = r.server
+        grouped = p.robust != "none"
+        dropped: dict[str, list[str]] = {}
+        refused = Counter(r.refused)
+        for server in r.servers:
+            for stage, nodes in server.dropped().items():
+                if nodes:
+                    dropped.setdefault(str(stage), []).extend(nodes)
+            refused += server.rejected
         rec: dict[str, Any] = {
             "round": r.round_id,
             "participants": list(r.participants),
             "started": r.started_wall,
             "stage_seconds": r.stage_seconds,
-            "dropped": {str(k): list(v) for k, v in server.dropped().items() if v},
-            "refused": dict(r.refused + server.rejected),
+            "dropped": {k: sorted(v) for k, v in dropped.items()},
+            "refused": dict(refused),
             "bytes_in": sum(r.bytes_in.values()),
             "bytes_out": sum(r.bytes_out.values()),
             "server_seconds": round(r.server_seconds, 4),
         }
-        result = server.result
-        if result is None:
-            reason = server.abort.reason if server.abort else "unknown"
+        done = [(i, s.result) for i, s in enumerate(r.servers) if s.result is not None]
+        need = robust.min_groups(p.robust, **p.rule_params()) if grouped else 1
+        if grouped:
+            used = [i for i, _ in done]
+            rec["robust"] = {
+                "rule": p.robust,
+                "params": {k: v for k, v in p.rule_params().items() if v is not None},
+                "group_size": p.group_size,
+                "groups": [list(g) for g in r.groups],
+                "used_groups": used,
+                "dropped_groups": [
+                    {
+                        "group": i,
+                        "boxes": list(r.groups[i]),
+                        "stage": s.abort.stage,
+                        "reason": s.abort.reason,
+                    }
+                    for i, s in enumerate(r.servers)
+                    if s.abort is not None
+                ],
+                "min_groups": need,
+                "tolerated_bad_groups": (
+                    robust.grouping_tradeoff(
+                        len(used) * p.group_size, p.group_size, p.robust, **p.rule_params()
+                    )["tolerated_bad_groups"]
+                    if used
+                    else 0
+                ),
+            }
+        if not done or len(done) < need:
+            if grouped:
+                aborts = [s.abort.reason for s in r.servers if s.abort is not None]
+                cancelled = [a for a in aborts if a.startswith("too_few_groups")]
+                reason = (
+                    cancelled[0]
+                    if cancelled
+                    else (f"too_few_groups: {len(done)} of {len(r.servers)} finished < {need}")
+                )
+            else:
+                ab = r.servers[0].abort
+                reason = ab.reason if ab else "unknown"
             rec.update(status="aborted", reason=reason, survivors=[])
             if not rec["dropped"]:
                 rec["dropped"] = {k: v for k, v in r.silent.items() if v}
             log.warning("round %d aborted: %s", r.round_id, reason)
         else:
-            rec["survivors"] = list(result.survivors)
-            total = np.asarray(result.total, dtype=np.float64)
+            rec["survivors"] = sorted(b for _, res in done for b in res.survivors)
+            totals = [np.asarray(res.total, dtype=np.float64) for _, res in done]
             if p.noise == "central" and self.noise_multiplier > 0:
+                # one noised release per group: disjoint groups compose in parallel
                 std = gaussian_std(self.noise_multiplier, self.clip, p.n_cap)
-                total = add_gaussian_noise(total, std)
+                totals = [add_gaussian_noise(t, std) for t in totals]
             try:
-                mean = mean_from_total(total)
-                rec["sum_n"] = float(total[-1])
+                if grouped:
+                    mean = robust.grouped_aggregate(totals, p.robust, **p.rule_params())
+                else:
+                    mean = mean_from_total(totals[0])
+                rec["sum_n"] = float(sum(t[-1] for t in totals))
                 rec["update_norm"] = float(np.linalg.norm(mean))
                 self._apply(r.round_id, mean, rec)
             except (ValueError, ModelError) as exc:
                 rec.update(status="aborted", reason=f"bad_sum: {exc}")
                 log.warning("round %d: cannot apply the sum: %s", r.round_id, exc)
+        if done:
+            # something was unmasked (even if a grouped round then aborted): it counts
             if self.noise_multiplier > 0:
                 fleet = max(len(self.boxes), len(r.participants))
                 q = min(1.0, len(r.participants) / fleet)

@@ -10,7 +10,11 @@ Thin I/O shell around the pure parts (``SecAggClient``, ``EnvelopeReceiver``,
   it is listed, the announced global model is the one its learner trains
   from, and it has at least ``min_samples`` windows trained on; otherwise the
   box sits the round out (it simply never answers, which SecAgg+ treats as a
-  dropout);
+  dropout); in a grouped round (announcement with ``group_size``, robust
+  aggregation) the box computes the groups from public data
+  (``robust.partition_groups`` over the round nonce) and takes part in its
+  own group's SecAgg+ instance only, so the aggregator cannot choose who
+  shares a group with whom;
 * each stage body routed to it (``round/<r>/<stage>/<box>``) is verified,
   handed to ``SecAggClient.handle`` and the reply published on
   ``node/<box>/<stage>``; at SETUP the learner's ``delta`` and ``n_k`` become
@@ -51,6 +55,7 @@ from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Stage
 from edgeagent.fl.identity import Identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import fedavg_payload
+from edgeagent.fl.robust import partition_groups
 from edgeagent.fl.secagg import SecAggClient
 from edgeagent.fl.wire import decode_model, encode_hello, parse_announcement
 from edgeagent.model.graph import get_params, parse_model, sha256_hex
@@ -276,12 +281,20 @@ class FlClient:
             self.counters["not_ready"] += 1
             log.info("round %d: only %d windows trained on", round_id, self.learner.n_k)
             return
+        peers = ann.participants
+        if ann.group_size:
+            try:
+                groups = partition_groups(ann.participants, ann.group_size, claimed.nonce)
+            except ValueError as exc:
+                raise ProtocolError("bad_groups", str(exc)) from exc
+            peers = next(g for g in groups if self.box_id in g)
         rx = EnvelopeReceiver(self.box_id, {AGGREGATOR: key})
         rx.begin_round(round_id, claimed.nonce)
         self.current = _BoxRound(round_id, claimed.nonce, rx, Sequencer(), bytes_down=len(payload))
-        self.secagg.expect_participants(ann.participants)
+        # SETUP must match the public graph over the box's own SecAgg+ instance (bad_graph)
+        self.secagg.expect_participants(peers)
         self.counters["joined"] += 1
-        log.info("round %d: joined with %d other boxes", round_id, len(ann.participants) - 1)
+        log.info("round %d: joined with %d other boxes", round_id, len(peers) - 1)
         early, self._early = self._early, []
         for r, m in early:
             if r == round_id:

@@ -151,7 +151,9 @@ def grouped_aggregate(group_totals: Sequence[np.ndarray], rule: str, **params: A
 
     Each entry is one group's unmasked sum ``[sum n_k delta_k, sum n_k]``.
     Group means are combined unweighted by order-statistic rules, so a group
-    cannot gain weight by inflating its counts.
+    cannot gain weight by inflating its counts. ``norm_bound`` with
+    ``max_norm=None`` bounds each group mean by the median group-mean norm
+    (adaptive, as in the pilot; needs an honest majority of groups).
     """
     if not group_totals:
         raise ValueError("no group finished its secure sum this round")
@@ -161,7 +163,42 @@ def grouped_aggregate(group_totals: Sequence[np.ndarray], rule: str, **params: A
         if t.ndim != 1 or t.size < 2 or not t[-1] > 0.5:
             raise ValueError(f"group {i}: summed payload is empty or has no samples")
         means.append(t[:-1] / t[-1])
-    return robust_aggregate(np.stack(means), rule, **params)
+    x = np.stack(means)
+    if rule == "norm_bound" and params.get("max_norm") is None:
+        params = {**params, "max_norm": max(float(np.median(np.linalg.norm(x, axis=1))), 1e-12)}
+    return robust_aggregate(x, rule, **params)
+
+
+def min_groups(rule: str, **params: Any) -> int:
+    """Fewest group means for which ``rule`` removes (or bounds) what it promises.
+
+    Below it the rule is either undefined (Multi-Krum needs ``G > 2f + 2``) or
+    degenerates to the plain mean (a median of two, a trimmed mean that trims
+    nothing), so a grouped round with fewer finished groups must abort rather
+    than publish an unprotected mean. ``norm_bound`` with a fixed ``max_norm``
+    works on one group; with ``max_norm`` unset the bound is the median of the
+    group-mean norms, which needs an honest majority of three.
+    """
+    if rule == "median":
+        return 3
+    if rule == "trimmed_mean":
+        beta = float(params.get("beta", 0.1))
+        if not 0 < beta < 0.5:
+            raise ValueError("beta must be in (0, 0.5) for trimmed_mean to trim anything")
+        g = max(1, math.ceil(1.0 / beta))
+        while math.floor(beta * g) < 1:
+            g += 1
+        return g
+    if rule == "multi_krum":
+        f = int(params.get("f", 1))
+        if f < 1:
+            raise ValueError("multi_krum needs f >= 1 (f = 0 keeps every group: the plain mean)")
+        return 2 * f + 3
+    if rule == "norm_bound":
+        return 1 if params.get("max_norm") is not None else 3
+    if rule == "mean":
+        return 1
+    raise ValueError(f"unknown robust rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
 def grouping_tradeoff(n: int, group_size: int, rule: str, **params: Any) -> dict[str, Any]:

@@ -12,7 +12,10 @@ the broker, and this module encodes and checks them without I/O:
   (stage ``setup``, destination ``*``, sequence 0) whose body lists the
   participants, the global model hash, the per-stage deadline and the privacy
   settings, plus the aggregator's identity certificate. A box derives the
-  round's neighbour graph from it and checks its own SETUP against it.
+  round's neighbour graph from it and checks its own SETUP against it. In a
+  grouped (robust) round it also carries ``group_size``; each box then derives
+  the groups itself (``robust.partition_groups`` over the round nonce) and
+  checks its SETUP against its own group's graph.
 * **model publication** (``model/current``, retained): the ONNX bytes, their
   SHA-256, the Ed25519 signature over the hash (``model.signing``) and the
   signer's certificate; boxes check all three before the model lifecycle sees it.
@@ -57,6 +60,7 @@ class AKey(StrEnum):
     SHA256 = "sha256"
     ONNX = "onnx"
     EVAL = "eval"
+    GROUP_SIZE = "group_size"
 
 
 def _loads(data: bytes, what: str) -> Any:
@@ -138,15 +142,21 @@ class Announcement:
     model_sha256: str
     stage_timeout_s: float
     cert_der: bytes
+    #: Grouped secure aggregation: 0 = one SecAgg+ instance over all participants;
+    #: g >= 2 = ``robust.partition_groups(participants, g, nonce)``, one instance per group.
+    group_size: int = 0
 
 
 def announcement_body(a: Announcement) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         AKey.PARTICIPANTS.value: list(a.participants),
         AKey.MODEL.value: a.model_sha256,
         AKey.STAGE_TIMEOUT.value: float(a.stage_timeout_s),
         AKey.CERT.value: a.cert_der,
     }
+    if a.group_size:  # absent for plain rounds: the body stays what older boxes know
+        body[AKey.GROUP_SIZE.value] = int(a.group_size)
+    return body
 
 
 def parse_announcement(body: Mapping[str, Any]) -> Announcement:
@@ -155,6 +165,14 @@ def parse_announcement(body: Mapping[str, Any]) -> Announcement:
     model = body.get(AKey.MODEL.value)
     timeout = body.get(AKey.STAGE_TIMEOUT.value)
     cert = body.get(AKey.CERT.value)
+    group_size = body.get(AKey.GROUP_SIZE.value, 0)
+    if (
+        type(group_size) is not int
+        or group_size == 1
+        or group_size < 0
+        or (group_size and isinstance(parts, list) and group_size > len(parts))
+    ):
+        raise ProtocolError("bad_body", f"announced group_size {group_size!r} is not usable")
     if (
         not isinstance(parts, list)
         or not all(isinstance(p, str) for p in parts)
@@ -166,7 +184,7 @@ def parse_announcement(body: Mapping[str, Any]) -> Announcement:
         raise ProtocolError(
             "bad_body", "announcement must carry participants, model, timeout, cert"
         )
-    return Announcement(tuple(parts), model, float(timeout), cert)
+    return Announcement(tuple(parts), model, float(timeout), cert, group_size)
 
 
 # -- model publication -------------------------------------------------------------------------

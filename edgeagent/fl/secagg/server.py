@@ -170,6 +170,20 @@ class SecAggServer:
             return {n: {Key.STATUS.value: "aborted", Key.REASON.value: exc.reason} for n in notify}
         return out
 
+    def cancel(self, reason: str) -> dict[str, dict[str, Any]]:
+        """Abort the round now, before anything is unmasked; return RESULT bodies saying so.
+
+        For a driver that runs several rounds side by side (grouped robust
+        aggregation) and learns that this one's sum will not be used: stopping
+        it before UNMASK means the aggregator never sees that sum at all.
+        """
+        if self.stage is None or self.stage is Stage.RESULT:
+            raise ProtocolError("out_of_order", f"cannot cancel from {self.stage}")
+        self.abort = RoundAborted(self.config.round_id, str(self.stage), reason)
+        notify = frozenset(self._expected)
+        self._finish(Stage.RESULT)
+        return {n: {Key.STATUS.value: "aborted", Key.REASON.value: reason} for n in notify}
+
     def dropped(self) -> dict[Stage, tuple[str, ...]]:
         """Boxes that went silent, by the stage whose reply they did not send."""
         before = frozenset(self.config.participants)
