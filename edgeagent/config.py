@@ -218,9 +218,13 @@ class DetectionSection(_Section):
     threads: int = Field(
         default=1, ge=0, le=64, description="onnxruntime intra-op threads; 0 = size to the box."
     )
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Alert score threshold.")
     thresholds: dict[str, float] = Field(
-        default_factory=dict, description="Per-anomaly-kind overrides of threshold."
+        default_factory=dict,
+        description=(
+            "Overrides of the model's global decision thresholds: clinical and fault "
+            "(class probability, 0..1), novelty (autoencoder error). Personal calibration "
+            "may still raise a patient's clinical threshold above this floor."
+        ),
     )
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
@@ -238,8 +242,14 @@ class DetectionSection(_Section):
     @classmethod
     def _range(cls, v: dict[str, float]) -> dict[str, float]:
         for k, x in v.items():
-            if not 0.0 <= x <= 1.0:
-                raise ValueError(f"thresholds.{k} = {x} must be within [0, 1]")
+            if k in ("clinical", "fault"):
+                if not 0.0 <= x <= 1.0:
+                    raise ValueError(f"thresholds.{k} = {x} must be within [0, 1]")
+            elif k == "novelty":
+                if not x > 0.0:
+                    raise ValueError(f"thresholds.novelty = {x} must be > 0")
+            else:
+                raise ValueError(f"thresholds.{k}: unknown; use clinical, fault or novelty")
         return v
 
 

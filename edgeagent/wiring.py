@@ -741,7 +741,11 @@ def daemon_factory(ctx: Context) -> list[Component]:
         data,
         active.label,
         relay,
-        DetectorConfig(intra_op_threads=backend.intra_op_threads, backend=backend),
+        DetectorConfig(
+            intra_op_threads=backend.intra_op_threads,
+            backend=backend,
+            thresholds=dict(cfg.detection.thresholds),
+        ),
     )
     if detector.backend is not None:
         log.info("inference backend: %s", detector.backend.reason)

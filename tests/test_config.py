@@ -29,7 +29,7 @@ def test_example_config_loads_with_its_documented_values() -> None:
     assert cfg.devices.serial[0].port == "/dev/ttyUSB0"
     assert cfg.devices.ble.device[0].address == "A0:9E:1A:00:00:01"
     assert cfg.detection.execution_providers == ("CPUExecutionProvider",)
-    assert cfg.detection.thresholds == {"af": 0.4}
+    assert cfg.detection.thresholds == {"clinical": 0.6}
     assert cfg.windows.hop_s <= cfg.windows.length_s
 
 
@@ -76,6 +76,9 @@ def test_minimal_config_gets_defaults() -> None:
             "absolute",
         ),
         ({"control": {"socket_path": "/" + "x" * 120}}, "control.socket_path", None, "107"),
+        ({"detection": {"thresholds": {"af": 0.4}}}, "detection.thresholds", None, "clinical"),
+        ({"detection": {"thresholds": {"fault": 1.5}}}, "detection.thresholds", None, "[0, 1]"),
+        ({"detection": {"thresholds": {"novelty": 0}}}, "detection.thresholds", None, "> 0"),
     ],
 )
 def test_errors_name_key_value_and_fix(
@@ -131,7 +134,7 @@ def test_secrets_are_redacted_and_round_trip_as_toml() -> None:
     data = {
         **_base(),
         "federation": {"password": "hunter2", "key_password": "s3cret", "username": "u"},
-        "detection": {"thresholds": {"af": 0.3}},
+        "detection": {"thresholds": {"clinical": 0.3}},
         "devices": {"serial": [{"port": "/dev/ttyUSB0", "device_id": "t1", "patient": "p1"}]},
     }
     cfg = parse_config(data)
@@ -144,7 +147,7 @@ def test_secrets_are_redacted_and_round_trip_as_toml() -> None:
     assert "hunter2" not in repr(cfg)  # SecretStr hides it from logs too
     back = tomllib.loads(text)
     assert back["devices"]["serial"][0]["device_id"] == "t1"
-    assert back["detection"]["thresholds"] == {"af": 0.3}
+    assert back["detection"]["thresholds"] == {"clinical": 0.3}
     # The rendered file minus redacted secrets is itself a valid config.
     del back["federation"]["password"], back["federation"]["key_password"]
     assert parse_config(back) == parse_config({**data, "federation": {"username": "u"}})

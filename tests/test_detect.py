@@ -180,6 +180,19 @@ def test_hot_swap_keeps_old_model_on_bad_input_and_drops_no_window(
     assert n >= 1 and det.counters["swaps"] == n
 
 
+def test_configured_thresholds_override_the_model_s(syn_model: bytes, syn_world: SynWorld) -> None:
+    """``[detection] thresholds`` reach the decision: a clinical floor of 1.0 silences alerts."""
+    plan = [("normal", 60), ("tachycardia", 15), ("normal", 10)]
+    base = MemoryAlertSink()
+    _run(_det(syn_model, base), syn_world, 31, plan)
+    assert any(a.category == "clinical" for a in base.list())
+    muted = MemoryAlertSink()
+    det = _det(syn_model, muted, thresholds={"clinical": 1.0})
+    assert det.calibration("p31").thresholds.clinical == 1.0
+    _run(det, syn_world, 31, plan)
+    assert not [a for a in muted.list() if a.category == "clinical"]
+
+
 def test_config_validation() -> None:
     with pytest.raises(ModelError):
         DetectorConfig(intra_op_threads=0)

@@ -280,13 +280,15 @@ def test_factory_builds_what_the_config_asks_for(tmp_state: Path, short_dir: Pat
     ctx = _ctx(
         tmp_state,
         short_dir,
-        detection={"model_path": str(MODEL), "threads": 0},  # 0 = size to the box
+        # threads 0 = size to the box
+        detection={"model_path": str(MODEL), "threads": 0, "thresholds": {"clinical": 0.7}},
         learning={"enabled": False},
     )
     comps = daemon_factory(ctx)
     assert describe(comps) == ["outbox", "detection"]
     det = next(c for c in comps if isinstance(c, DetectionComponent)).detector
     assert det.config.intra_op_threads >= 1
+    assert det.calibration("p").thresholds.clinical == 0.7
     for c in reversed(comps):
         c.stop()
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -79,6 +79,8 @@ class DetectorConfig:
     personalise: bool = True
     novelty: bool = False
     validation_windows: int = 256
+    #: Operator overrides of the model's thresholds (``[detection] thresholds``).
+    thresholds: dict[str, float] = field(default_factory=dict)
     #: Execution providers + threads from ``edgeagent.providers.choose_from_config``;
     #: None = CPU with intra/inter_op_threads above.
     backend: ProviderChoice | None = None
@@ -231,7 +233,7 @@ class Detector:
         classes = list(meta.classes)
         fault_idx = classes.index(FAULT) if FAULT in classes else -1
         clinical = [i for i, c in enumerate(classes) if c not in (NORMAL, FAULT)]
-        th = {**DEFAULT_THRESHOLDS, **meta.thresholds}
+        th = {**DEFAULT_THRESHOLDS, **meta.thresholds, **self.config.thresholds}
         return _Active(
             session=sess,
             meta=meta,

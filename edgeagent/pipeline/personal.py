@@ -134,7 +134,8 @@ class PersonalCalibration:
         clinical, novelty = g.clinical, g.novelty
         if len(self._scores) >= 20:
             q = float(np.quantile(np.asarray(self._scores), 0.99))
-            clinical = min(max(g.clinical, q + THRESHOLD_MARGIN), MAX_THRESHOLD)
+            # raised at most to MAX_THRESHOLD, never below the global (or configured) floor
+            clinical = max(g.clinical, min(q + THRESHOLD_MARGIN, MAX_THRESHOLD))
         if len(self._recon) >= 20:
             q = float(np.quantile(np.asarray(self._recon), 0.99))
             novelty = max(g.novelty, 1.5 * q)
