@@ -11,6 +11,7 @@ from edgeagent.fl.robust import (
     grouped_aggregate,
     grouping_tradeoff,
     krum_scores,
+    min_groups,
     multi_krum,
     norm_bound,
     partition_groups,
@@ -144,3 +145,53 @@ def test_grouped_secure_aggregation_end_to_end() -> None:
     robust_err, plain_err = np.linalg.norm(robust - TRUE / 4), np.linalg.norm(plain - TRUE / 4)
     assert plain_err > 0.03  # one clipped attacker still drags the plain mean of groups
     assert robust_err < plain_err / 3
+
+
+def test_min_groups_is_where_each_rule_stops_being_the_plain_mean() -> None:
+    assert min_groups("median") == 3
+    assert min_groups("multi_krum", f=1) == 5 and min_groups("multi_krum", f=2) == 7
+    for beta in (0.1, 0.2, 0.25, 0.3, 0.49):
+        g = min_groups("trimmed_mean", beta=beta)
+        assert int(beta * g) == 1 and int(beta * (g - 1)) == 0  # the first G that trims one
+    assert min_groups("norm_bound", max_norm=1.0) == 1 and min_groups("norm_bound") == 3
+    for g in range(min_groups("multi_krum", f=2), 12):  # computable at the minimum and above
+        multi_krum(np.random.default_rng(g).normal(size=(g, 3)), f=2)
+    with pytest.raises(ValueError, match="f >= 1"):
+        min_groups("multi_krum", f=0)
+    with pytest.raises(ValueError, match="beta"):
+        min_groups("trimmed_mean", beta=0.0)
+    with pytest.raises(ValueError, match="unknown robust rule"):
+        min_groups("krum")
+
+
+def test_grouped_norm_bound_without_a_bound_uses_the_median_group_norm() -> None:
+    means = np.array([[1.0, 0.0], [0.0, 2.0], [300.0, 400.0]])  # norms 1, 2, 500
+    totals = [np.append(10 * m, 10.0) for m in means]
+    got = grouped_aggregate(totals, "norm_bound")
+    want = (means[0] + means[1] + means[2] * (2.0 / 500.0)) / 3
+    np.testing.assert_allclose(got, want)
+    np.testing.assert_allclose(grouped_aggregate(totals, "norm_bound", max_norm=None), want)
+    assert np.linalg.norm(got) < 1.5  # the outlier group's pull is bounded by the median norm
+
+
+def test_cancelled_secagg_instance_unmasks_nothing_and_tells_its_boxes() -> None:
+    import os
+
+    from edgeagent.errors import ProtocolError
+    from edgeagent.fl.constants import Stage
+    from edgeagent.fl.secagg import RoundConfig, SecAggClient, SecAggServer
+
+    nonce = os.urandom(16)
+    nodes = ("a", "b", "c")
+    server = SecAggServer(RoundConfig(1, nonce, nodes, dim=3, bound=10.0))
+    clients = {n: SecAggClient(n) for n in nodes}
+    for n, body in server.start().items():
+        server.receive(n, Stage.SETUP, clients[n].handle(1, nonce, Stage.SETUP, body))
+    server.advance()
+    bodies = server.cancel("too_few_groups: 1 of 3 left < 3")
+    assert set(bodies) == set(nodes)
+    assert all(b["status"] == "aborted" for b in bodies.values())
+    assert server.stage is Stage.RESULT and server.result is None
+    assert server.abort is not None and server.abort.stage == "share_keys"
+    with pytest.raises(ProtocolError):
+        server.cancel("again")

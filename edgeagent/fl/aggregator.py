@@ -152,6 +152,8 @@ class _Round:
     server_seconds: float = 0.0
     silent: dict[str, list[str]] = field(default_factory=dict)  # at the last stage closed
     group_of: dict[str, int] = field(default_factory=dict)
+    #: group index -> (stage, boxes silent when that group's instance aborted at its close)
+    abort_silent: dict[int, tuple[str, list[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.group_of = {b: i for i, g in enumerate(self.groups) for b in g}
@@ -621,9 +623,14 @@ class Aggregator:
         r.silent = {str(closing): sorted(r.pending())}
         t0 = time.perf_counter()
         out: dict[Stage, dict[str, dict[str, Any]]] = {}
-        for server in live:
+        for i, server in enumerate(r.servers):
+            if server.stage is Stage.RESULT:
+                continue
+            silent = sorted(server.pending())
             bodies = server.advance()
             assert server.stage is not None
+            if server.abort is not None and silent:
+                r.abort_silent[i] = (str(closing), silent)
             out.setdefault(server.stage, {}).update(bodies)
         if self.policy.robust != "none":
             need = robust.min_groups(self.policy.robust, **self.policy.rule_params())
@@ -654,6 +661,10 @@ class Aggregator:
                 if nodes:
                     dropped.setdefault(str(stage), []).extend(nodes)
             refused += server.rejected
+        for stage_name, silent in r.abort_silent.values():
+            # an instance that aborts at a stage's close never records who went silent
+            have = dropped.setdefault(stage_name, [])
+            have.extend(b for b in silent if b not in have)
         rec: dict[str, Any] = {
             "round": r.round_id,
             "participants": list(r.participants),

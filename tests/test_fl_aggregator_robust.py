@@ -1,0 +1,347 @@
+"""Robust aggregation in the live aggregator: grouped SecAgg+ over a real Mosquitto broker.
+
+Each round's groups come from the round nonce, so the reference is computed
+from the groups the aggregator recorded: per group the plaintext sum of the
+payloads the boxes submit (``sum_payloads``), then ``robust.grouped_aggregate``
+over those sums. A box that boosts its update x100 pulls plain FedAvg far away
+while the grouped median stays with the honest boxes; a silent box costs its
+group, and below the groups the rule needs the round aborts with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeagent.broker import Broker
+from edgeagent.config import parse_config
+from edgeagent.errors import ConfigError, ProtocolError
+from edgeagent.fl import robust
+from edgeagent.fl.aggregate import ClientUpdate, sum_payloads, weighted_fedavg
+from edgeagent.fl.aggregator import Aggregator, status_report
+from edgeagent.fl.client import FlClient
+from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Stage
+from edgeagent.fl.identity import load_ca, load_identity
+from edgeagent.fl.messages import Message, encode
+from edgeagent.fl.secagg import RoundConfig, SecAggServer
+from edgeagent.fl.wire import Announcement, announcement_body
+from edgeagent.model.graph import get_params, parse_model, sha256_hex
+from edgeagent.pki import Pki
+from edgeagent.transport import topics
+from edgeagent.transport.mqtt import Message as MqttMessage
+from edgeagent.transport.mqtt import MqttLink
+from tests.fl_support import FixedLearner, aggregator_config, make_fleet, start_broker
+
+BOXES = tuple(f"r{i}" for i in range(8))
+CLIP, N_CAP = 100.0, 100  # clip wide enough that clipping alone does not stop the boost
+BOOST = 100.0
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_fleet(tmp_path_factory.mktemp("robpki"), BOXES)
+
+
+@pytest.fixture(scope="module")
+def broker(fleet: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    b = start_broker(fleet, tmp_path_factory.mktemp("robbroker"))
+    yield b
+    b.stop()
+
+
+def _deltas(dim: int, boxes: tuple[str, ...]) -> dict[str, tuple[np.ndarray, int]]:
+    """Honest boxes agree on a direction (plus small personal noise), as a converging fleet does."""
+    rng = np.random.default_rng(11)
+    common = rng.normal(0, 0.05, dim)
+    return {
+        b: ((common + rng.normal(0, 0.004, dim)).astype(np.float32), 20 + 10 * i)
+        for i, b in enumerate(boxes)
+    }
+
+
+def _config(
+    fleet: Pki, broker: Broker, tmp: Path, model: Path, name: str, **policy: Any
+) -> dict[str, Any]:
+    cfg = aggregator_config(fleet, broker, tmp / name, model, name, **{"rounds": 1, **policy})
+    cfg["federation"]["clip_norm"] = CLIP
+    cfg["aggregator"]["stage_timeout_s"] = 2.0
+    return cfg
+
+
+def _clients(
+    fleet: Pki, broker: Broker, model: bytes, deltas: dict[str, tuple[np.ndarray, int]], name: str
+) -> list[FlClient]:
+    ca = load_ca(fleet.ca_cert)
+    out = []
+    for b, (d, n) in deltas.items():
+        files = fleet.client_files(b)
+        link = MqttLink(b, broker.host, broker.port, files, name, identity=b)
+        c = FlClient(b, name, load_identity(files.cert, ca, b), ca, FixedLearner(d, n), link,
+                     global_sha256=sha256_hex(model))  # fmt: skip
+        c.start()
+        out.append(c)
+    return out
+
+
+def _run_round(cfg: dict[str, Any], clients: list[FlClient], timeout: float = 30) -> Aggregator:
+    agg = Aggregator(parse_config(cfg))
+    try:
+        agg.start()
+        t = threading.Thread(target=agg.run, daemon=True)
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            agg.request_stop()
+            t.join(5)
+            pytest.fail(f"aggregator did not finish in {timeout} s: {agg.state['rounds']}")
+        return agg
+    finally:
+        agg.close()
+        for c in clients:
+            c.stop()
+
+
+def _wait(cond: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+def _group_reference(
+    groups: list[list[str]], deltas: dict[str, tuple[np.ndarray, int]], rule: str
+) -> np.ndarray:
+    ups = {b: ClientUpdate(b, d, n) for b, (d, n) in deltas.items()}
+    totals = [sum_payloads([ups[b] for b in g], clip=CLIP, n_cap=N_CAP) for g in groups]
+    return robust.grouped_aggregate(totals, rule)
+
+
+def _honest_mean(deltas: dict[str, tuple[np.ndarray, int]]) -> np.ndarray:
+    return weighted_fedavg([ClientUpdate(b, d, n) for b, (d, n) in deltas.items()])
+
+
+@pytest.fixture
+def scenario(syn_model: bytes, tmp_path: Path) -> tuple[Path, np.ndarray, dict, dict]:
+    """Six boxes, the last one boosting its update x100."""
+    model_path = tmp_path / "m.onnx"
+    model_path.write_bytes(syn_model)
+    w0 = get_params(parse_model(syn_model))
+    honest = _deltas(w0.size, BOXES[:6])
+    attacked = dict(honest)
+    d5, n5 = honest[BOXES[5]]
+    attacked[BOXES[5]] = ((d5 * BOOST).astype(np.float32), n5)
+    honest.pop(BOXES[5])
+    return model_path, w0, honest, attacked
+
+
+def test_grouped_median_equals_reference_and_ignores_a_boosted_box(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
+) -> None:
+    model_path, w0, honest, attacked = scenario
+    cfg = _config(fleet, broker, tmp_path, model_path, "flr1", min_boxes=6, robust="median",
+                  group_size=2)  # fmt: skip
+    clients = _clients(fleet, broker, syn_model, attacked, "flr1")
+    agg = _run_round(cfg, clients)
+    rec = agg.state["rounds"][-1]
+    assert rec["status"] == "completed", rec
+    rob = rec["robust"]
+    assert rob["rule"] == "median" and rob["group_size"] == 2
+    assert len(rob["groups"]) == 3
+    assert sorted(b for g in rob["groups"] for b in g) == list(BOXES[:6])
+    assert rob["used_groups"] == [0, 1, 2] and rob["dropped_groups"] == []
+    assert rob["tolerated_bad_groups"] == 1
+    assert rec["survivors"] == list(BOXES[:6])
+    # the groups are the public, nonce-keyed partition (boxes checked the same)
+    w1 = get_params(parse_model(agg.model_bytes or b""))
+    want = _group_reference(rob["groups"], attacked, "median")
+    np.testing.assert_allclose(w1, w0 + want.astype(np.float32), atol=2e-5)
+    ref = _honest_mean(honest)
+    got = w1.astype(np.float64) - w0
+    assert np.linalg.norm(got - ref) < 0.25 * np.linalg.norm(ref)
+    # the operator's view names rule and groups
+    rep = status_report(tmp_path / "flr1")
+    assert rep["rounds"][-1]["robust"]["groups"] == rob["groups"]
+
+
+def test_plain_fedavg_is_pulled_away_by_the_same_boosted_box(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
+) -> None:
+    model_path, w0, honest, attacked = scenario
+    cfg = _config(fleet, broker, tmp_path, model_path, "flr2", min_boxes=6)
+    clients = _clients(fleet, broker, syn_model, attacked, "flr2")
+    agg = _run_round(cfg, clients)
+    rec = agg.state["rounds"][-1]
+    assert rec["status"] == "completed" and "robust" not in rec
+    w1 = get_params(parse_model(agg.model_bytes or b""))
+    ups = [ClientUpdate(b, d, n) for b, (d, n) in attacked.items()]
+    want = weighted_fedavg(ups, clip=CLIP, n_cap=N_CAP)
+    np.testing.assert_allclose(w1, w0 + want.astype(np.float32), atol=2e-5)
+    ref = _honest_mean(honest)
+    assert np.linalg.norm(w1.astype(np.float64) - w0 - ref) > 5 * np.linalg.norm(ref)
+
+
+def test_a_silent_box_costs_its_group_and_too_few_groups_abort(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path
+) -> None:
+    model_path = tmp_path / "m.onnx"
+    model_path.write_bytes(syn_model)
+    w0 = get_params(parse_model(syn_model))
+    # 8 boxes, 4 groups of 2; the last box sits the round out (no windows trained on)
+    deltas = _deltas(w0.size, BOXES)
+    deltas[BOXES[7]] = (deltas[BOXES[7]][0], 0)
+    cfg = _config(fleet, broker, tmp_path, model_path, "flr3", min_boxes=8, robust="median",
+                  group_size=2)  # fmt: skip
+    agg = _run_round(cfg, _clients(fleet, broker, syn_model, deltas, "flr3"))
+    rec = agg.state["rounds"][-1]
+    assert rec["status"] == "completed", rec
+    rob = rec["robust"]
+    (gone,) = rob["dropped_groups"]
+    assert BOXES[7] in gone["boxes"] and gone["stage"] == "setup"
+    assert gone["reason"].startswith("too_few_boxes")
+    assert len(rob["used_groups"]) == 3 and gone["group"] not in rob["used_groups"]
+    assert rec["dropped"]["setup"] == [BOXES[7]]
+    used = [rob["groups"][i] for i in rob["used_groups"]]
+    w1 = get_params(parse_model(agg.model_bytes or b""))
+    want = _group_reference(used, deltas, "median")
+    np.testing.assert_allclose(w1, w0 + want.astype(np.float32), atol=2e-5)
+
+    # 6 boxes, 3 groups of 2, one silent: 2 groups left < 3 for a median -> abort, no model
+    six = {b: deltas[b] for b in BOXES[:5]} | {BOXES[7]: deltas[BOXES[7]]}
+    cfg = _config(fleet, broker, tmp_path, model_path, "flr4", min_boxes=6, robust="median",
+                  group_size=2, rounds=0)  # fmt: skip
+    clients = _clients(fleet, broker, syn_model, six, "flr4")
+    agg = Aggregator(parse_config(cfg))
+    try:
+        agg.start()
+        t = threading.Thread(target=agg.run, daemon=True)
+        t.start()
+        assert _wait(lambda: len(agg.state["rounds"]) >= 1, 30), agg.state
+        agg.request_stop()
+        t.join(5)
+        rec = agg.state["rounds"][0]
+        assert rec["status"] == "aborted", rec
+        assert rec["reason"] == "too_few_groups: 2 of 3 left < 3"
+        assert len(rec["robust"]["dropped_groups"]) == 3  # the two live ones were stopped
+        assert rec["robust"]["used_groups"] == [] and rec["survivors"] == []
+        assert agg.state["model"]["version"] == 0
+        # every box that took part was told the round is over (RESULT: aborted)
+        joined = [c for c in clients if c.box_id != BOXES[7]]
+        assert _wait(lambda: all(c.counters["round_aborted"] == 1 for c in joined), 10), [
+            c.status() for c in joined
+        ]
+    finally:
+        agg.close()
+        for c in clients:
+            c.stop()
+
+
+def _agg_cfg(**policy: Any) -> dict[str, Any]:
+    return {"agent": {"box_id": "aggregator", "fleet": "f"}, "aggregator": policy}
+
+
+@pytest.mark.parametrize(
+    ("policy", "key", "words"),
+    [
+        ({"robust": "krum"}, "aggregator.robust", "'none', 'median', 'trimmed_mean'"),
+        ({"robust": "trimmed_mean", "beta": 0.5}, "aggregator.beta", "less than 0.5"),
+        ({"robust": "multi_krum", "f": 0}, "aggregator.f", "greater than or equal to 1"),
+        ({"robust": "median", "group_size": 1}, "aggregator.group_size", "greater than or"),
+        ({"robust": "norm_bound", "max_norm": 0}, "aggregator.max_norm", "greater than 0"),
+        (
+            {"robust": "median", "min_boxes": 8},
+            "aggregator.min_boxes",
+            "needs at least 3 groups of group_size = 3, so min_boxes must be >= 9",
+        ),
+        (
+            {"robust": "multi_krum", "f": 2, "group_size": 2, "min_boxes": 12},
+            "aggregator.min_boxes",
+            "at least 7 groups",
+        ),
+        (
+            {"robust": "trimmed_mean", "beta": 0.25, "group_size": 2, "min_boxes": 6},
+            "aggregator.min_boxes",
+            "at least 4 groups",
+        ),
+        (
+            {"robust": "median", "group_size": 3, "min_boxes": 9, "min_survivors": 4},
+            "aggregator.min_survivors",
+            "must not exceed group_size (3)",
+        ),
+    ],
+)
+def test_robust_config_errors_name_the_key_and_the_fix(
+    policy: dict[str, Any], key: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_agg_cfg(**policy))
+    assert info.value.key == key, str(info.value)
+    assert words in info.value.problem, str(info.value)
+
+
+def test_robust_config_accepts_a_consistent_choice() -> None:
+    agg = parse_config(_agg_cfg(robust="median", group_size=3, min_boxes=9)).aggregator
+    assert agg.rule_params() == {} and agg.robust == "median"
+    agg = parse_config(
+        _agg_cfg(robust="multi_krum", f=1, group_size=2, min_boxes=10, max_boxes=40)
+    ).aggregator
+    assert agg.rule_params() == {"f": 1}
+    assert parse_config(_agg_cfg()).aggregator.robust == "none"  # default: FedAvg
+
+
+def test_box_takes_part_in_its_public_group_only(fleet: Pki, syn_model: bytes) -> None:
+    """With ``group_size`` announced the box derives its group from the nonce itself.
+
+    A SETUP whose neighbours come from the whole participant list (or any
+    graph but the one over the box's own group) is refused as ``bad_graph``,
+    so the aggregator cannot pick who shares a group with whom. No broker:
+    deliveries are handed to the client directly.
+    """
+    ca = load_ca(fleet.ca_cert)
+    me, name = BOXES[0], "flbox"
+    agg = load_identity(fleet.client_files(AGGREGATOR).cert, ca, AGGREGATOR)
+    files = fleet.client_files(me)
+    link = MqttLink(me, "127.0.0.1", 1, files, name, identity=me)  # never connected
+    dim = get_params(parse_model(syn_model)).size + 1
+    box = FlClient(me, name, load_identity(files.cert, ca, me), ca,
+                   FixedLearner(np.zeros(dim - 1, np.float32), 5), link,
+                   global_sha256=sha256_hex(syn_model))  # fmt: skip
+    parts = BOXES[:4]
+
+    def announce(round_id: int, nonce: bytes, group_size: int) -> MqttMessage:
+        ann = Announcement(parts, sha256_hex(syn_model), 5.0, agg.cert_der, group_size)
+        msg = Message(AGGREGATOR, BROADCAST, round_id, Stage.SETUP, 0, nonce,
+                      announcement_body(ann))  # fmt: skip
+        return MqttMessage(topics.announce(name, round_id), encode(msg, agg.key), 1, True)
+
+    def setup(round_id: int, nonce: bytes, members: tuple[str, ...]) -> MqttMessage:
+        body = SecAggServer(RoundConfig(round_id, nonce, members, dim, 100.0, n_cap=100)).start()
+        msg = Message(AGGREGATOR, me, round_id, Stage.SETUP, 1, nonce, body[me])
+        return MqttMessage(topics.round_topic(name, round_id, "setup", me),
+                           encode(msg, agg.key), 1, False)  # fmt: skip
+
+    nonce = os.urandom(16)
+    box.handle(announce(1, nonce, 2))
+    assert box.current is not None
+    with pytest.raises(ProtocolError) as err:
+        box.handle(setup(1, nonce, parts))  # the whole round's graph, not the box's group
+    assert err.value.reason == "bad_graph" and box.current is None
+    nonce = os.urandom(16)
+    mine = next(g for g in robust.partition_groups(parts, 2, nonce) if me in g)
+    box.handle(announce(2, nonce, 2))
+    box.handle(setup(2, nonce, mine))
+    assert box.secagg.stage is Stage.SETUP and box.current is not None
+    assert box.secagg.neighbours == frozenset(mine) - {me}
+    # a group size no partition of the participants can have is refused outright
+    with pytest.raises(ProtocolError) as err:
+        box.handle(announce(3, os.urandom(16), 5))
+    assert err.value.reason == "bad_body"
+    link.close()
