@@ -680,6 +680,7 @@ def _federation(ctx: Context, link: SharedLink, learner: Any, manager: Any, sha:
         global_sha256=sha,
         min_samples=cfg.learning.min_samples,
         state_dir=cfg.agent.state_dir,
+        liveness=ctx.liveness,
     )
 
 
@@ -781,6 +782,7 @@ def daemon_factory(ctx: Context) -> list[Component]:
             shared_mgr = SerialManager(manager, detection.model_lock)
             client = _federation(ctx, transport.shared, learner, shared_mgr, active.sha256)
             if client is not None:
+                ctx.liveness.register(client.name, cfg.status.stall_after_s)
                 comps.append(client)
     return comps
 

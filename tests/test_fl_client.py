@@ -9,11 +9,13 @@ entry point and the link is never connected (publishes queue in paho).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edgeagent.broker import Broker
 from edgeagent.errors import ProtocolError
 from edgeagent.fl.client import FlClient
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Stage
@@ -28,6 +30,7 @@ from edgeagent.fl.wire import (
     encode_hello,
     encode_model,
 )
+from edgeagent.health import Liveness
 from edgeagent.model.graph import get_params, parse_model, sha256_hex
 from edgeagent.model.lifecycle import ModelManager
 from edgeagent.model.registry import ModelRegistry
@@ -51,6 +54,10 @@ def _ident(pki: Pki, name: str) -> Identity:
 
 @pytest.fixture
 def box(pki: Pki, syn_model: bytes, tmp_state: Path) -> FlClient:
+    return _box(pki, syn_model, tmp_state, "127.0.0.1", 1)  # handle() only: nothing connects
+
+
+def _box(pki: Pki, syn_model: bytes, tmp_state: Path, host: str, port: int) -> FlClient:
     registry = ModelRegistry(tmp_state)
     rec = registry.add(syn_model, "config")
     registry.activate(rec.version, "starting model")
@@ -59,7 +66,7 @@ def box(pki: Pki, syn_model: bytes, tmp_state: Path) -> FlClient:
                         featurize=lambda w: w, modality_of=SYN_MODALITY)  # fmt: skip
     w0 = get_params(parse_model(syn_model))
     learner = FixedLearner(np.full(w0.size, 0.01, np.float32), 40)
-    link = MqttLink(BOX, "127.0.0.1", 1, pki.client_files(BOX), FLEET, identity=BOX)
+    link = MqttLink(BOX, host, port, pki.client_files(BOX), FLEET, identity=BOX)
     return FlClient(BOX, FLEET, _ident(pki, BOX), load_ca(pki.ca_cert), learner, link,
                     manager=ModelManager(registry, detector), global_sha256=sha256_hex(syn_model),
                     min_samples=10, state_dir=tmp_state)  # fmt: skip
@@ -202,3 +209,34 @@ def test_hello_round_trip_and_signature(pki: Pki) -> None:
     for junk in (b"", b"\xa0", b"\xff" * 10, b"x" * 20000):
         with pytest.raises(ProtocolError):
             decode_hello(junk)
+
+
+def test_liveness_sees_an_idle_worker_as_alive_and_a_dead_one_as_stalled(
+    pki: Pki, syn_model: bytes, syn_model_other: bytes, tmp_state: Path, mosquitto_broker: Broker
+) -> None:
+    box = _box(pki, syn_model, tmp_state, mosquitto_broker.host, mosquitto_broker.port)
+    now = [0.0]
+    liveness = Liveness(clock=lambda: now[0])
+    liveness.register(box.name, 10.0)
+    box.liveness = liveness
+    box.start()
+    try:
+        assert box.running
+        now[0] = 30.0
+        box.tick()  # nothing to do between rounds: idle, not stuck
+        assert liveness.check().ok
+        box.inbox.put(_model_msg(_publication(_ident(pki, AGGREGATOR), syn_model_other, 1)))
+        now[0] = 60.0
+        deadline = time.monotonic() + 20
+        while liveness.check().components[0].progress_total == 0:
+            assert time.monotonic() < deadline, "the worker never handled the model"
+            time.sleep(0.02)
+            box.tick()  # a handled delivery is progress
+        report = liveness.check()
+        assert report.ok and report.components[0].state == "active" and box.global_version == 1
+    finally:
+        box.stop()
+    assert not box.running
+    now[0] = 100.0
+    box.tick()  # a worker that is gone reports nothing: the component stalls
+    assert liveness.check().stalled == [box.name]

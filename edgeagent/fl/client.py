@@ -58,6 +58,7 @@ from edgeagent.fl.privacy import fedavg_payload
 from edgeagent.fl.robust import partition_groups
 from edgeagent.fl.secagg import SecAggClient
 from edgeagent.fl.wire import decode_model, encode_hello, parse_announcement
+from edgeagent.health import Liveness
 from edgeagent.model.graph import get_params, parse_model, sha256_hex
 from edgeagent.model.signing import verify_hash
 from edgeagent.transport import topics
@@ -120,8 +121,12 @@ class FlClient:
         global_sha256: str | None = None,
         min_samples: int = 1,
         state_dir: Path | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self.box_id = box_id
+        self.liveness = liveness
+        self._handled = 0  # deliveries the worker finished (progress for the liveness tracker)
+        self._handled_seen = 0
         self.fleet = fleet
         self.identity = identity
         self.ca = ca
@@ -180,6 +185,28 @@ class FlClient:
             self.link.subscribe(f)
         self.link.connect()
 
+    @property
+    def running(self) -> bool:
+        """True while the worker thread that owns the round state is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def tick(self) -> None:
+        """Report to the liveness tracker: a dead or stuck worker stops the watchdog pings.
+
+        Rounds come when the aggregator calls them, so an empty inbox is idle, not
+        stuck; deliveries waiting while nothing is handled is what a hang looks like.
+        """
+        if self.liveness is None or not self.running:
+            return
+        done, waiting = self._handled, self.inbox.qsize()
+        if done != self._handled_seen:
+            self.liveness.progress(self.name, done - self._handled_seen, backlog=waiting)
+            self._handled_seen = done
+        elif waiting == 0:
+            self.liveness.idle(self.name, "waiting for a round")
+        else:
+            self.liveness.backlog(self.name, waiting)
+
     def stop(self) -> None:
         self.link.close()
         if self._thread is not None:
@@ -224,6 +251,7 @@ class FlClient:
             except Exception:
                 self.counters["internal_error"] += 1
                 log.exception("federation: failed on %s", msg.topic)
+            self._handled += 1
 
     def handle(self, msg: MqttMessage) -> None:
         """Process one delivery (the worker calls this; tests may call it directly)."""
