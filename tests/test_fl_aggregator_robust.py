@@ -117,6 +117,20 @@ def _wait(cond: Callable[[], bool], timeout: float) -> bool:
     return cond()
 
 
+def _status_cli(cfg: dict[str, Any], tmp: Path) -> list[str]:
+    from typer.testing import CliRunner
+
+    from edgeagent.cli import _register, app
+    from edgeagent.config import to_toml
+
+    _register()
+    toml = tmp / "agg.toml"
+    toml.write_text(to_toml(cfg))
+    res = CliRunner().invoke(app, ["aggregator", "status", "--config", str(toml)])
+    assert res.exit_code == 0, res.output
+    return res.output.splitlines()
+
+
 def _group_reference(
     groups: list[list[str]], deltas: dict[str, tuple[np.ndarray, int]], rule: str
 ) -> np.ndarray:
@@ -170,6 +184,8 @@ def test_grouped_median_equals_reference_and_ignores_a_boosted_box(
     # the operator's view names rule and groups
     rep = status_report(tmp_path / "flr1")
     assert rep["rounds"][-1]["robust"]["groups"] == rob["groups"]
+    out = _status_cli(cfg, tmp_path)
+    assert any(ln.split()[:2] == ["1", "completed"] and "median 3/3" in ln for ln in out)
 
 
 def test_plain_fedavg_is_pulled_away_by_the_same_boosted_box(
@@ -233,6 +249,9 @@ def test_a_silent_box_costs_its_group_and_too_few_groups_abort(
         assert len(rec["robust"]["dropped_groups"]) == 3  # the two live ones were stopped
         assert rec["robust"]["used_groups"] == [] and rec["survivors"] == []
         assert agg.state["model"]["version"] == 0
+        out = _status_cli(cfg, tmp_path)
+        assert any(ln.split()[:2] == ["1", "aborted"] and "median 0/3" in ln for ln in out)
+        assert "      reason: too_few_groups: 2 of 3 left < 3" in out
         # every box that took part was told the round is over (RESULT: aborted)
         joined = [c for c in clients if c.box_id != BOXES[7]]
         assert _wait(lambda: all(c.counters["round_aborted"] == 1 for c in joined), 10), [

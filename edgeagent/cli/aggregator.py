@@ -69,6 +69,13 @@ def run(
         notifier.close()
 
 
+def _fmt_groups(rob: Any) -> str:
+    """``median 3/4`` = rule and groups whose mean was used / groups formed; ``-`` for FedAvg."""
+    if not rob:
+        return "-"
+    return f"{rob['rule']} {len(rob.get('used_groups', []))}/{len(rob.get('groups', []))}"
+
+
 def _fmt_eps(eps: Any) -> str:
     return "no DP" if eps is None else f"{eps:.3f}"
 
@@ -103,13 +110,15 @@ def status(
     if rep["in_progress"]:
         typer.echo(f"in progress round {rep['in_progress']['round']}")
     typer.echo("")
-    head = ("round", "status", "boxes", "surv", "drop", "refused", "epsilon", "model")
-    typer.echo("{:>5} {:11} {:>5} {:>4} {:>4} {:>7} {:>8} {:>5}  seconds".format(*head))
+    head = ("round", "status", "boxes", "surv", "drop", "refused", "epsilon", "model", "groups")
+    typer.echo("{:>5} {:11} {:>5} {:>4} {:>4} {:>7} {:>8} {:>5} {:>14}  seconds".format(*head))
     for r in rep["rounds"]:
         drop = sum(len(v) for v in r.get("dropped", {}).values())
         typer.echo(
             f"{r['round']:>5} {r['status']:11} {len(r.get('participants', [])):>5} "
             f"{len(r.get('survivors', [])):>4} {drop:>4} {sum(r.get('refused', {}).values()):>7} "
-            f"{_fmt_eps(r.get('epsilon')):>8} {r.get('model_version', '-')!s:>5}  "
-            f"{r.get('seconds', '-')}"
+            f"{_fmt_eps(r.get('epsilon')):>8} {r.get('model_version', '-')!s:>5} "
+            f"{_fmt_groups(r.get('robust')):>14}  {r.get('seconds', '-')}"
         )
+        if r.get("reason"):
+            typer.echo(f"      reason: {r['reason']}")
