@@ -109,6 +109,8 @@ def test_grouping_tradeoff_stated() -> None:
     bigger = grouping_tradeoff(100, 25, "median")
     assert bigger["tolerated_malicious_boxes"] < t["tolerated_malicious_boxes"]
     assert grouping_tradeoff(100, 10, "multi_krum")["tolerated_bad_groups"] == 3
+    assert grouping_tradeoff(100, 10, "multi_krum", f=1)["tolerated_bad_groups"] == 1
+    assert grouping_tradeoff(100, 10, "multi_krum", f=5)["tolerated_bad_groups"] == 3
     assert grouping_tradeoff(100, 10, "mean")["tolerated_malicious_boxes"] == 0
 
 

@@ -212,6 +212,8 @@ def grouping_tradeoff(n: int, group_size: int, rule: str, **params: Any) -> dict
         bad_groups = math.floor(float(params.get("beta", 0.1)) * g)
     elif rule == "multi_krum":
         bad_groups = max(0, (g - 3) // 2)  # largest f with g > 2f + 2
+        if "f" in params:  # the rule removes the f it is configured with, not more
+            bad_groups = min(bad_groups, int(params["f"]))
     else:
         bad_groups = 0  # mean and norm_bound only bound, never remove, a bad group's pull
     return {
