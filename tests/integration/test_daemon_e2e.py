@@ -214,7 +214,7 @@ def test_alert_over_mqtt_retained_status_clean_stop_and_resume(
             assert key in snap
         assert snap["process"]["rss_bytes"] > 0
         watched = {c["name"] for c in snap["liveness"]["components"]}
-        assert watched == {"pipeline", "transport", "learner", f"serial:{DEVICE}"}
+        assert watched == {"pipeline", "transport", "learner", "federation", f"serial:{DEVICE}"}
         assert snap["counters"]["detection_windows"] > 0
         assert snap["last_round"] == 0  # the federated client runs (no round joined yet)
         assert snap["liveness"]["ok"] and snap["counters"]["watchdog_withheld"] == 0
