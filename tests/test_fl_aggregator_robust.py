@@ -249,6 +249,10 @@ def test_a_silent_box_costs_its_group_and_too_few_groups_abort(
         assert len(rec["robust"]["dropped_groups"]) == 3  # the two live ones were stopped
         assert rec["robust"]["used_groups"] == [] and rec["survivors"] == []
         assert agg.state["model"]["version"] == 0
+        # stopped groups got RESULT, not the next stage: no box answered into the closed round
+        time.sleep(0.5)
+        agg.step()
+        assert agg.state["refused"] == {} and rec["refused"] == {}, agg.state["refused"]
         out = _status_cli(cfg, tmp_path)
         assert any(ln.split()[:2] == ["1", "aborted"] and "median 0/3" in ln for ln in out)
         assert "      reason: too_few_groups: 2 of 3 left < 3" in out

@@ -622,7 +622,7 @@ class Aggregator:
         r.stage_seconds[str(closing)] = round(now - r.stage_started, 4)
         r.silent = {str(closing): sorted(r.pending())}
         t0 = time.perf_counter()
-        out: dict[Stage, dict[str, dict[str, Any]]] = {}
+        per_group: dict[int, tuple[Stage, dict[str, dict[str, Any]]]] = {}
         for i, server in enumerate(r.servers):
             if server.stage is Stage.RESULT:
                 continue
@@ -631,15 +631,20 @@ class Aggregator:
             assert server.stage is not None
             if server.abort is not None and silent:
                 r.abort_silent[i] = (str(closing), silent)
-            out.setdefault(server.stage, {}).update(bodies)
+            per_group[i] = (server.stage, bodies)
         if self.policy.robust != "none":
             need = robust.min_groups(self.policy.robust, **self.policy.rule_params())
             ok = [s for s in r.servers if s.abort is None]
             if len(ok) < need:
-                # the rule cannot run: stop the rest before their sums are unmasked
+                # the rule cannot run: stop the rest before their sums are unmasked; their
+                # boxes get RESULT instead of the next stage (no replies into a closed round)
                 reason = f"too_few_groups: {len(ok)} of {len(r.servers)} left < {need}"
-                for server in r.live():
-                    out.setdefault(Stage.RESULT, {}).update(server.cancel(reason))
+                for i, server in enumerate(r.servers):
+                    if server.stage is not Stage.RESULT:
+                        per_group[i] = (Stage.RESULT, server.cancel(reason))
+        out: dict[Stage, dict[str, dict[str, Any]]] = {}
+        for stage, bodies in per_group.values():
+            out.setdefault(stage, {}).update(bodies)
         r.server_seconds += time.perf_counter() - t0
         r.stage_started = now
         r.deadline = now + self.policy.stage_timeout_s
