@@ -105,6 +105,11 @@ class DemoOptions:
     seed: int = 0
     noise_multiplier: float = NOISE_MULTIPLIER
 
+    def __post_init__(self) -> None:
+        # Absolute from the start: the aggregator and hub daemons refuse relative state dirs
+        # (a service's cwd is '/'), and the default --out is relative.
+        self.out = Path(self.out).absolute()
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad option and what is allowed."""
         if not 1 <= self.hubs <= 20:
