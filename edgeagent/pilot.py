@@ -91,7 +91,7 @@ from edgeagent.model.meta import FAULT, NORMAL, ModelMeta, init_params
 from edgeagent.model.nn import standardise
 from edgeagent.model.train import fit
 from edgeagent.pipeline import features
-from edgeagent.pipeline.personal import calibrate, robust_stats
+from edgeagent.pipeline.personal import calibrate, robust_stats, trait_mask
 
 #: The seed paper's pilot figures, printed beside ours for comparison only (never used as results).
 PAPER: dict[str, Any] = {
@@ -122,8 +122,8 @@ class PilotConfig:
     """Every knob of a pilot run; recorded in the results so a run can be repeated."""
 
     hubs: int = 20
-    rounds: int = 30
-    local_epochs: int = 1
+    rounds: int = 20
+    local_epochs: int = 5
     hub_seconds: float = 900.0
     test_patients: int = 6
     test_seconds: float = 1200.0
@@ -132,7 +132,11 @@ class PilotConfig:
     seed: int = 0
     lr: float = 3e-3
     server_lr: float = 1.0  # FedAvg server step on the mean update (1 = plain FedAvg)
-    batch: int = 128
+    server_momentum: float = 0.5  # FedAvgM (Hsu et al. 2019); 0 = plain FedAvg
+    restrict_classes: bool = True  # local softmax over the classes a trainer holds (FedRS)
+    personal_traits_only: bool = True  # personal calibration of trait features only
+    personal_spread: bool = False  # personal spread too (False: personal location only)
+    batch: int = 64
     hidden: int = 32
     latent: int = 12
     threshold: float = 0.5
@@ -160,6 +164,8 @@ class PilotConfig:
             raise ValueError("hubs must be >= 4 (robust rules need a majority of honest hubs)")
         if self.rounds < 1 or self.local_epochs < 1:
             raise ValueError("rounds and local_epochs must be >= 1")
+        if not 0 <= self.server_momentum < 1:
+            raise ValueError("server_momentum must be in [0, 1)")
         if self.test_patients < 1:
             raise ValueError("test_patients must be >= 1")
         if self.hub_seconds < 300 or self.test_seconds < 300:
@@ -388,6 +394,39 @@ class TrainSet:
     y: np.ndarray
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """How a box turns its calibration period's normal windows into its personal scale.
+
+    The same rule serves the hubs' training data and the test patients, so
+    the head is trained on the scale it is evaluated with. ``frac`` is the
+    leading share of a recording that calibrates (its normal windows only);
+    ``traits_only`` and ``spread`` are ``pipeline.personal.calibrate``'s
+    ``mask=trait_mask(...)`` and ``spread``.
+    """
+
+    frac: float = 0.3
+    traits_only: bool = True
+    spread: bool = False
+
+    @classmethod
+    def of(cls, cfg: PilotConfig) -> Calibration:
+        """The rule a pilot configuration selects."""
+        return cls(cfg.calibration_frac, cfg.personal_traits_only, cfg.personal_spread)
+
+    def period(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The calibration period's normal rows (all its rows if none is normal)."""
+        k = max(1, round(self.frac * len(x)))
+        cal = x[:k][y[:k] == 0]
+        return cal if len(cal) else x[:k]
+
+    def __call__(
+        self, x_cal: np.ndarray, pop_mu: np.ndarray, pop_sigma: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        mask = trait_mask(features.FEATURE_NAMES) if self.traits_only else None
+        return calibrate(x_cal, pop_mu, pop_sigma, mask=mask, spread=self.spread)
+
+
 def train_arrays(
     d: PatientData,
     pop_mu: np.ndarray,
@@ -395,15 +434,21 @@ def train_arrays(
     personal: bool,
     drop: str | None = None,
     y: np.ndarray | None = None,
+    rule: Calibration | None = None,
 ) -> TrainSet:
-    """Standardise a hub's windows as its box would (personal calibration or population)."""
+    """Standardise a hub's windows as its box would (personal calibration or population).
+
+    Personal: ``rule`` (default ``Calibration()``) over the hub's own
+    calibration period, exactly as the test patients are calibrated.
+    """
     y = d.y if y is None else y
     x = d.x.copy()
     if drop is not None:
         x[:, modality_columns(drop)] = np.nan
     keep = y >= 0
     if personal:
-        mu, sigma = calibrate(x[d.y == 0], pop_mu, pop_sigma)
+        rule = rule or Calibration()
+        mu, sigma = rule(rule.period(x, d.y), pop_mu, pop_sigma)
     else:
         mu, sigma = pop_mu, pop_sigma
     z, m = standardise(x[keep], mu[None], sigma[None])
@@ -424,7 +469,11 @@ def concat(sets: Sequence[TrainSet]) -> TrainSet:
 def local_fit(
     cfg: PilotConfig, meta: ModelMeta, ts: TrainSet, w: np.ndarray, epochs: int, seed: int
 ) -> np.ndarray:
-    """``epochs`` of ``model.train.fit`` from ``w`` (modality dropout as in the baseline)."""
+    """``epochs`` of ``model.train.fit`` from ``w`` (modality dropout as in the baseline).
+
+    With ``cfg.restrict_classes`` the head's softmax covers only the classes
+    in ``ts.y`` (no effect on pooled data, which holds every class).
+    """
     groups = [modality_columns(mod) for mod in MODALITIES]
     out, _ = fit(
         meta.spec,
@@ -438,6 +487,7 @@ def local_fit(
         flat=w,
         groups=groups,
         zp=ts.zp,
+        restrict_classes=cfg.restrict_classes,
     )
     return out
 
@@ -540,8 +590,9 @@ def run_federation(
             if (d.id in bad and attack and attack.poisons_data)
             else None
         )
-        sets[d.id] = train_arrays(d, pop_mu, pop_sigma, personal, drop, y)
+        sets[d.id] = train_arrays(d, pop_mu, pop_sigma, personal, drop, y, Calibration.of(cfg))
     w = init_params(meta.spec, cfg.seed)
+    velocity = np.zeros_like(w)
     res = FedResult(w)
     clip = cfg.secure_clip or None
     acct = DpAccountant(cfg.dp_delta) if dp else None
@@ -593,7 +644,10 @@ def run_federation(
                 nonce=nonce,
                 round_id=r,
             )
-        w = apply_update(w, mean, cfg.server_lr)
+        # FedAvgM: the server keeps a momentum of the aggregated update (post-processing of
+        # the aggregate, so the robust rules and DP see exactly the same updates).
+        velocity = cfg.server_momentum * velocity + np.asarray(mean, np.float32)
+        w = apply_update(w, velocity, cfg.server_lr)
         res.rounds.append({"round": r, "update_norm": float(np.linalg.norm(mean))})
     res.w = w
     res.clip = clip
@@ -626,14 +680,14 @@ def split_test(d: PatientData, frac: float) -> HeldOutSet:
     """The first ``frac`` of the windows calibrate; the rest are evaluated.
 
     Calibration keeps the calibration period's normal windows only, as the
-    hubs' training calibration does (on a box, the detector's "normal and
-    good quality" judgement selects them).
+    hubs' training calibration does (``Calibration.period``; on a box, the
+    detector's "normal and good quality" judgement selects them).
     """
     k = max(1, round(frac * len(d.x)))
     spans = d.spans[k:]
     wy, _ = window_labels([tuple(s) for s in spans], d.labels)
-    cal = d.x[:k][d.y[:k] == 0]
-    return HeldOutSet(d.id, cal if len(cal) else d.x[:k], d.x[k:], spans, d.labels, wy)
+    cal = Calibration(frac).period(d.x, d.y)
+    return HeldOutSet(d.id, cal, d.x[k:], spans, d.labels, wy)
 
 
 def evaluate_model(
@@ -645,6 +699,7 @@ def evaluate_model(
     drop: str | None = None,
     permute: str | None = None,
     rng: np.random.Generator | None = None,
+    rule: Calibration | None = None,
 ) -> dict[str, Any]:
     """Accuracy, F1, precision, recall, AUROC over the test patients (onnxruntime, batched)."""
     from edgeagent.pipeline.detect import make_session
@@ -666,7 +721,7 @@ def evaluate_model(
             order = (rng or np.random.default_rng(0)).permutation(len(x))
             x[:, cols] = x[order][:, cols]
         if personal:
-            mu, sigma = calibrate(x_cal, pop_mu, pop_sigma)
+            mu, sigma = (rule or Calibration())(x_cal, pop_mu, pop_sigma)
         else:
             mu, sigma = pop_mu, pop_sigma
         probs, _ = sess.run(
@@ -750,7 +805,8 @@ def _task(job: dict[str, Any]) -> dict[str, Any]:
     w0 = init_params(meta.spec, cfg.seed)
     if kind == "local":
         d = hubs[job["hub"]]
-        w = local_fit(cfg, meta, train_arrays(d, pop_mu, pop_sigma, personal), w0, budget, cfg.seed)
+        ts = train_arrays(d, pop_mu, pop_sigma, personal, rule=Calibration.of(cfg))
+        w = local_fit(cfg, meta, ts, w0, budget, cfg.seed)
     elif kind == "central":
         bad = set()
         if job.get("fraction"):
@@ -764,6 +820,7 @@ def _task(job: dict[str, Any]) -> dict[str, Any]:
                 personal,
                 drop,
                 poison_labels(d.y, clinical) if d.id in bad else None,
+                Calibration.of(cfg),
             )
             for d in hubs
         ]
@@ -798,7 +855,7 @@ def _task(job: dict[str, Any]) -> dict[str, Any]:
         extra["final_update_norm"] = res.rounds[-1]["update_norm"] if res.rounds else None
     else:
         raise ValueError(f"unknown task kind {kind!r}")
-    metrics = _short(evaluate_model(meta, w, tests, personal, drop=drop))
+    metrics = _short(evaluate_model(meta, w, tests, personal, drop=drop, rule=Calibration.of(cfg)))
     out = {"job": job, "metrics": metrics, "seconds": round(time.perf_counter() - t0, 3), **extra}
     if job.get("keep_weights"):
         out["w"] = w
@@ -1280,6 +1337,7 @@ def run_pilot(
                 for t in tests
             ],
         },
+        "budget": budget(cfg, hubs),
         "accuracy": accuracy,
         "attacks": attacks,
         "best_robust_at_20pct": best20,
@@ -1386,6 +1444,56 @@ def _f(v: Any, pct: bool = True, nd: int = 1) -> str:
     return f"{100 * v:.{nd}f}" if pct else f"{v:.{nd}f}"
 
 
+def budget(cfg: PilotConfig, hubs: Sequence[PatientData]) -> dict[str, Any]:
+    """What "same budget" means in numbers: training rows processed and optimiser steps.
+
+    Federated and centralised process the same rows the same number of times
+    (``rounds x local_epochs`` passes over the hubs' data); the federated
+    model gets far fewer sequential steps (each round's steps run in
+    parallel on the hubs and are averaged), which is the price of federation.
+    """
+    rows = [int((d.y >= 0).sum()) for d in hubs]
+    passes = cfg.rounds * cfg.local_epochs
+    local_steps = [cfg.local_epochs * math.ceil(n / cfg.batch) for n in rows]
+    return {
+        "passes_over_hub_data": passes,
+        "centralised_epochs": passes,
+        "training_rows": sum(rows),
+        "rows_processed": passes * sum(rows),
+        "centralised_steps": passes * math.ceil(sum(rows) / cfg.batch),
+        "federated_rounds": cfg.rounds,
+        "federated_local_steps_per_round_mean": float(np.mean(local_steps)),
+        "federated_sequential_steps": int(cfg.rounds * round(float(np.mean(local_steps)))),
+        "batch": cfg.batch,
+        "local_lr": cfg.lr,
+        "server_lr": cfg.server_lr,
+        "server_momentum": cfg.server_momentum,
+        "restrict_classes": cfg.restrict_classes,
+    }
+
+
+def _budget_lines(r: dict[str, Any]) -> list[str]:
+    b = r.get("budget")
+    if not b:
+        return []
+    opt = (
+        "FedAvgM, server momentum " + f"{b['server_momentum']:g}"
+        if b["server_momentum"]
+        else "FedAvg"
+    )
+    return [
+        f"Budget: every variant processes the {b['training_rows']:,} training windows "
+        f"{b['passes_over_hub_data']} times ({b['rows_processed']:,} rows, Adam lr "
+        f"{b['local_lr']:g}, batch {b['batch']}). Centralised: {b['centralised_steps']:,} "
+        f"sequential steps. Federated: {b['federated_rounds']} rounds of "
+        f"{b['federated_local_steps_per_round_mean']:.0f} local steps per hub on average "
+        f"({b['federated_sequential_steps']:,} sequential steps), {opt}"
+        + (", local softmax over the classes each hub holds" if b["restrict_classes"] else "")
+        + ".",
+        "",
+    ]
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """The results table as Markdown (what docs/pilot.md quotes)."""
     cfg = r["config"]
@@ -1399,6 +1507,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"{cfg['local_epochs']} local epochs (= {cfg['rounds'] * cfg['local_epochs']} epochs for "
         f"centralised and local-only), seed {cfg['seed']}. Window-level metrics in %.",
         "",
+        *_budget_lines(r),
         "## Detection quality",
         "",
         "| variant | accuracy | balanced acc. | F1 | AUROC | paper accuracy |",

@@ -58,8 +58,18 @@ def head_loss_grad(
     y: np.ndarray,
     weights: np.ndarray | None = None,
     zp: np.ndarray | None = None,
+    classes: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
-    """Weighted softmax cross-entropy of the classifier head and its gradient (flat)."""
+    """Weighted softmax cross-entropy of the classifier head and its gradient (flat).
+
+    ``classes`` (bool per class, ``None`` = all) restricts the softmax to the
+    classes a trainer actually holds examples of. Why: a federated box that
+    never sees, say, atrial fibrillation would otherwise spend every step
+    pushing that class's logit down, and averaging such updates erases what
+    the boxes that do see it learned (label-skew client drift; restricted
+    softmax as in FedRS, Li & Zhan, KDD 2021). The absent classes' weights get
+    no gradient from this box.
+    """
     p = unflatten(spec, flat)
     n = z.shape[0]
     w = np.ones(n, np.float32) if weights is None else weights.astype(np.float32)
@@ -67,7 +77,10 @@ def head_loss_grad(
     zm = np.concatenate([z, z if zp is None else zp, m], axis=1)
     a1 = zm @ p["W1"] + p["b1"]
     h = np.maximum(a1, 0.0)
-    probs = _softmax(h @ p["W2"] + p["b2"])
+    logits = h @ p["W2"] + p["b2"]
+    if classes is not None:
+        logits = np.where(np.asarray(classes, bool)[None, :], logits, -1e9)
+    probs = _softmax(logits)
     loss = float(-(w * np.log(probs[np.arange(n), y] + 1e-12)).sum())
     d = probs.copy()
     d[np.arange(n), y] -= 1.0

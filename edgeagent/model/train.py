@@ -34,6 +34,7 @@ def fit(
     input_dropout: float = 0.15,
     groups: list[np.ndarray] | None = None,
     zp: np.ndarray | None = None,
+    restrict_classes: bool = False,
 ) -> tuple[np.ndarray, dict[str, list[float]]]:
     """Train head (balanced cross-entropy, all rows) and autoencoder (normal rows only).
 
@@ -42,12 +43,17 @@ def fit(
     ``input_dropout`` masks random features (or whole ``groups``, e.g. the
     column indices of each modality) per row during training, exactly as a
     NaN would (z=0, m=0), so the model still works when a modality is missing.
+
+    ``restrict_classes`` runs the head's softmax over the classes present in
+    ``y`` only (see ``nn.head_loss_grad``): for federated boxes that each hold
+    a few of the classes, so local training does not unlearn the others.
     """
     rng = np.random.default_rng(seed)
     w = init_params(spec, seed) if flat is None else np.asarray(flat, np.float32).copy()
     opt = Adam(w.size, lr=lr)
     weights = balanced_weights(y, spec.n_classes)
     normal = np.flatnonzero(y == normal_class)
+    present = np.bincount(y, minlength=spec.n_classes) > 0 if restrict_classes else None
     hist: dict[str, list[float]] = {"head": [], "ae": []}
     n = len(y)
     for _ in range(epochs):
@@ -67,7 +73,7 @@ def fit(
                 zb[drop] = 0.0
                 zpb[drop] = 0.0
                 mb[drop] = 0.0
-            l1, g1 = head_loss_grad(spec, w, zb, mb, y[idx], weights[idx], zpb)
+            l1, g1 = head_loss_grad(spec, w, zb, mb, y[idx], weights[idx], zpb, present)
             nidx = rng.choice(normal, size=min(len(idx), len(normal)), replace=False)
             l2, g2 = ae_loss_grad(spec, w, z[nidx], m[nidx])
             opt.step_inplace(w, g1 + g2)

@@ -18,6 +18,7 @@ persists ``to_dict()``.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,38 @@ SIGMA_FLOOR = 0.15
 #: 99th percentile plus this margin (never lower it below the global threshold).
 THRESHOLD_MARGIN = 0.05
 MAX_THRESHOLD = 0.9
+#: Features whose per-patient baseline is a stable trait (heart rhythm, ECG morphology,
+#: skin temperature). The rest describe the context (activity, posture, environment)
+#: or the recording (coverage, signal quality): a calibration period of a few minutes
+#: sees one activity state and one room, so a personal median and spread of those
+#: features would turn the patient's next walk into an 8-sigma event on every
+#: accelerometer feature. Measured on the pilot (docs/pilot.md): calibrating every
+#: feature cost ~16 points of accuracy against population scaling; traits only,
+#: location only, ~3.
+TRAIT_FEATURES: tuple[str, ...] = (
+    "hr_bpm",
+    "hr_from_device",
+    "rr_sdnn_ms",
+    "rr_rmssd_ms",
+    "rr_pnn50",
+    "rr_cv",
+    "rr_nrmssd",
+    "rr_sd_entropy",
+    "rr_premature_frac",
+    "ecg_r_amp_uv",
+    "ecg_qrs_width_ms",
+    "ecg_st_level_uv",
+    "ecg_template_corr",
+    "ecg_kurtosis",
+    "skin_temp_c",
+    "skin_temp_slope_c_per_min",
+    "skin_temp_std_c",
+)
+
+
+def trait_mask(names: Sequence[str]) -> np.ndarray:
+    """Bool per feature name: True for ``TRAIT_FEATURES`` (worth calibrating per patient)."""
+    return np.asarray([n in TRAIT_FEATURES for n in names], bool)
 
 
 def robust_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -167,8 +200,30 @@ class PersonalCalibration:
 
 
 def calibrate(
-    x: np.ndarray, pop_mu: np.ndarray, pop_sigma: np.ndarray, prior_windows: float = PRIOR_WINDOWS
+    x: np.ndarray,
+    pop_mu: np.ndarray,
+    pop_sigma: np.ndarray,
+    prior_windows: float = PRIOR_WINDOWS,
+    *,
+    mask: np.ndarray | None = None,
+    spread: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The calibration a box reaches after seeing rows ``x`` (used to build training data)."""
+    """The calibration a box reaches after seeing rows ``x`` (used to build training data).
+
+    ``mask`` (bool per feature, e.g. ``trait_mask``) limits the personal
+    estimate to those features; the others keep the population values.
+    ``spread=False`` keeps the population spread and personalises only the
+    location: a few minutes of normal windows give a usable median but a
+    spread that reflects one context, far narrower than the patient's day.
+    Defaults (every feature, location and spread) are the detector's.
+    """
+    pm, ps = np.asarray(pop_mu, np.float32), np.asarray(pop_sigma, np.float32)
     med, mad, cnt = robust_stats(x[-BUFFER_WINDOWS:])
-    return blend(np.asarray(pop_mu), np.asarray(pop_sigma), med, mad, cnt, prior_windows)
+    mu, sigma = blend(pm, ps, med, mad, cnt, prior_windows)
+    if not spread:
+        sigma = ps.copy()
+    if mask is not None:
+        keep = np.asarray(mask, bool)
+        mu = np.where(keep, mu, pm).astype(np.float32)
+        sigma = np.where(keep, sigma, ps).astype(np.float32)
+    return mu, sigma
