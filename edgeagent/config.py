@@ -281,6 +281,15 @@ class FederationSection(_Section):
     clip_norm: float = Field(default=1.0, gt=0, description="L2 clip of each update.")
     noise_multiplier: float = Field(default=1.0, ge=0, description="Gaussian noise / clip_norm.")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    # Downgrade protection (box side): an aggregator cannot talk a box out of masking or
+    # into groups so small that a group sum is nearly one box's update.
+    allow_plaintext: bool = Field(
+        default=False,
+        description="Answer plaintext rounds (update readable by the aggregator, no masking).",
+    )
+    min_group_size: int = Field(
+        default=3, ge=2, le=1000, description="Refuse grouped secure rounds with smaller groups."
+    )
 
     @field_validator("topic_prefix")
     @classmethod
@@ -323,7 +332,7 @@ class AggregatorSection(_Section):
     robust: Literal["none", "median", "trimmed_mean", "multi_krum", "norm_bound"] = Field(
         default="none",
         description="none = n_k-weighted FedAvg of one secure sum; otherwise grouped secure "
-        "aggregation with this rule over the group means.",
+        "aggregation with this rule over the group means (plaintext mode: over single updates).",
     )
     group_size: int = Field(
         default=3, ge=2, le=1000, description="Boxes per securely summed group (at least)."
@@ -335,6 +344,11 @@ class AggregatorSection(_Section):
     max_norm: float | None = Field(
         default=None, gt=0, description="norm_bound: L2 bound of a group mean; unset = median."
     )
+    secure_aggregation: bool = Field(
+        default=True,
+        description="false = plaintext rounds: each box sends its clipped update over TLS, "
+        "the rule runs over single updates; only boxes with allow_plaintext answer.",
+    )
 
     @model_validator(mode="after")
     def _counts(self) -> AggregatorSection:
@@ -342,7 +356,30 @@ class AggregatorSection(_Section):
             raise _keyed("min_survivors", f"must not exceed min_boxes ({self.min_boxes})")
         if self.max_boxes < self.min_boxes:
             raise _keyed("max_boxes", f"must be at least min_boxes ({self.min_boxes})")
-        if self.robust != "none":
+        # noise left at its default with secure_aggregation = false: plaintext rounds add
+        # central noise (noise_mode; the Aggregator logs it). Set explicitly: a contradiction.
+        if (
+            not self.secure_aggregation
+            and self.noise == "distributed"
+            and "noise" in self.model_fields_set
+        ):
+            raise _keyed(
+                "noise",
+                "'distributed' needs secure aggregation (each box's share of the noise is "
+                "hidden only inside a masked sum); use 'central' with "
+                "secure_aggregation = false",
+            )
+        if self.robust != "none" and not self.secure_aggregation:
+            from edgeagent.fl.robust import min_groups
+
+            need = min_groups(self.robust, **self.rule_params())
+            if self.min_boxes < need:
+                raise _keyed(
+                    "min_boxes",
+                    f"robust = {self.robust!r} needs at least {need} updates, so min_boxes "
+                    f"must be >= {need}",
+                )
+        elif self.robust != "none":
             from edgeagent.fl.robust import min_groups
 
             need = min_groups(self.robust, **self.rule_params())
@@ -360,6 +397,11 @@ class AggregatorSection(_Section):
                     f"{self.robust!r}: each group is unmasked with >= group_size survivors",
                 )
         return self
+
+    @property
+    def noise_mode(self) -> str:
+        """Where DP noise is added: plaintext rounds always add it centrally."""
+        return self.noise if self.secure_aggregation else "central"
 
     def rule_params(self) -> dict[str, Any]:
         """The parameters ``robust.grouped_aggregate`` takes for the configured rule."""

@@ -681,6 +681,8 @@ def _federation(ctx: Context, link: SharedLink, learner: Any, manager: Any, sha:
         min_samples=cfg.learning.min_samples,
         state_dir=cfg.agent.state_dir,
         liveness=ctx.liveness,
+        allow_plaintext=fed.allow_plaintext,
+        min_group_size=fed.min_group_size,
     )
 
 

@@ -6,6 +6,11 @@ payloads the boxes submit (``sum_payloads``), then ``robust.grouped_aggregate``
 over those sums. A box that boosts its update x100 pulls plain FedAvg far away
 while the grouped median stays with the honest boxes; a silent box costs its
 group, and below the groups the rule needs the round aborts with a reason.
+
+Plaintext mode (``secure_aggregation = false``) runs the same rules over single
+updates: FedAvg equals ``weighted_fedavg`` of the clipped updates, the median
+ignores the boosted box, and boxes refuse what their own config forbids
+(plaintext rounds without ``allow_plaintext``, groups below ``min_group_size``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from edgeagent.fl.aggregator import Aggregator, status_report
 from edgeagent.fl.client import FlClient
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Stage
 from edgeagent.fl.identity import load_ca, load_identity
-from edgeagent.fl.messages import Message, encode
+from edgeagent.fl.messages import Message, decode_unverified, encode
+from edgeagent.fl.privacy import DpAccountant, l2_clip
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
 from edgeagent.fl.wire import Announcement, announcement_body
 from edgeagent.model.graph import get_params, parse_model, sha256_hex
@@ -76,15 +82,22 @@ def _config(
 
 
 def _clients(
-    fleet: Pki, broker: Broker, model: bytes, deltas: dict[str, tuple[np.ndarray, int]], name: str
+    fleet: Pki,
+    broker: Broker,
+    model: bytes,
+    deltas: dict[str, tuple[np.ndarray, int]],
+    name: str,
+    refuse_plaintext: tuple[str, ...] = (),
 ) -> list[FlClient]:
+    """One started box per delta; groups of 2 allowed (the floor is tested on its own)."""
     ca = load_ca(fleet.ca_cert)
     out = []
     for b, (d, n) in deltas.items():
         files = fleet.client_files(b)
         link = MqttLink(b, broker.host, broker.port, files, name, identity=b)
         c = FlClient(b, name, load_identity(files.cert, ca, b), ca, FixedLearner(d, n), link,
-                     global_sha256=sha256_hex(model))  # fmt: skip
+                     global_sha256=sha256_hex(model), min_group_size=2,
+                     allow_plaintext=b not in refuse_plaintext)  # fmt: skip
         c.start()
         out.append(c)
     return out
@@ -336,7 +349,7 @@ def test_box_takes_part_in_its_public_group_only(fleet: Pki, syn_model: bytes) -
     dim = get_params(parse_model(syn_model)).size + 1
     box = FlClient(me, name, load_identity(files.cert, ca, me), ca,
                    FixedLearner(np.zeros(dim - 1, np.float32), 5), link,
-                   global_sha256=sha256_hex(syn_model))  # fmt: skip
+                   global_sha256=sha256_hex(syn_model), min_group_size=2)  # fmt: skip
     parts = BOXES[:4]
 
     def announce(round_id: int, nonce: bytes, group_size: int) -> MqttMessage:
@@ -368,3 +381,153 @@ def test_box_takes_part_in_its_public_group_only(fleet: Pki, syn_model: bytes) -
         box.handle(announce(3, os.urandom(16), 5))
     assert err.value.reason == "bad_body"
     link.close()
+
+
+# -- plaintext mode -------------------------------------------------------------------------------
+
+
+def test_plaintext_fedavg_equals_weighted_fedavg_and_a_box_may_refuse(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
+) -> None:
+    model_path, w0, honest, _ = scenario
+    no = BOXES[4]  # its config keeps allow_plaintext = false
+    cfg = _config(fleet, broker, tmp_path, model_path, "flp1", min_boxes=5,
+                  secure_aggregation=False)  # fmt: skip
+    clients = _clients(fleet, broker, syn_model, honest, "flp1", refuse_plaintext=(no,))
+    agg = _run_round(cfg, clients)
+    rec = agg.state["rounds"][-1]
+    assert rec["status"] == "completed", rec
+    assert rec["secure_aggregation"] is False and "robust" not in rec
+    took = [b for b in honest if b != no]
+    assert rec["survivors"] == took and rec["dropped"] == {"update": [no]}
+    assert rec["refused"] == {} and set(rec["stage_seconds"]) == {"update"}
+    w1 = get_params(parse_model(agg.model_bytes or b""))
+    want = weighted_fedavg([ClientUpdate(b, *honest[b]) for b in took], clip=CLIP, n_cap=N_CAP)
+    np.testing.assert_allclose(w1, w0 + want.astype(np.float32), atol=2e-6)
+    by = {c.box_id: c for c in clients}
+    assert by[no].counters["plaintext_refused"] == 1 and by[no].counters["joined"] == 0
+    assert all(by[b].counters["round_completed"] == 1 for b in took), [by[b].status() for b in took]
+    assert agg.epsilon() is None  # noise_multiplier 0: no DP claim
+
+
+def test_plaintext_median_ignores_a_boosted_box(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
+) -> None:
+    model_path, w0, honest, attacked = scenario
+    cfg = _config(fleet, broker, tmp_path, model_path, "flp2", min_boxes=6, robust="median",
+                  secure_aggregation=False)  # fmt: skip
+    agg = _run_round(cfg, _clients(fleet, broker, syn_model, attacked, "flp2"))
+    rec = agg.state["rounds"][-1]
+    assert rec["status"] == "completed", rec
+    rob = rec["robust"]
+    assert rob["mode"] == "plaintext" and rob["updates"] == 6
+    assert rob["min_updates"] == 3 and rob["tolerated_bad_boxes"] == 2
+    w1 = get_params(parse_model(agg.model_bytes or b""))
+    rows = [l2_clip(attacked[b][0].astype(np.float64), CLIP)[0] for b in BOXES[:6]]
+    want = np.median(np.stack(rows), axis=0)
+    np.testing.assert_allclose(w1, w0 + want.astype(np.float32), atol=2e-6)
+    ref = _honest_mean(honest)
+    got = w1.astype(np.float64) - w0
+    assert np.linalg.norm(got - ref) < 0.25 * np.linalg.norm(ref)
+    out = _status_cli(cfg, tmp_path)
+    assert any(ln.split()[:2] == ["1", "completed"] and "median plain 6" in ln for ln in out)
+
+
+def test_plaintext_median_noise_covers_the_rule_and_is_accounted(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
+) -> None:
+    """Central noise on a robust rule's output: std z * 2 * output_radius, one (z, q) event."""
+    model_path, w0, _, attacked = scenario
+    z = 0.25
+    cfg = _config(fleet, broker, tmp_path, model_path, "flp3", min_boxes=6, robust="median",
+                  secure_aggregation=False, noise="central")  # fmt: skip
+    cfg["federation"]["noise_multiplier"] = z
+    agg = _run_round(cfg, _clients(fleet, broker, syn_model, attacked, "flp3"))
+    rec = agg.state["rounds"][-1]
+    assert rec["status"] == "completed", rec
+    std = z * 2.0 * np.sqrt(2.0) * CLIP  # the median's output stays within sqrt(2) * clip
+    assert rec["noise_std"] == pytest.approx(std)
+    rows = [l2_clip(attacked[b][0].astype(np.float64), CLIP)[0] for b in BOXES[:6]]
+    resid = get_params(parse_model(agg.model_bytes or b"")) - w0 - np.median(rows, axis=0)
+    assert w0.size >= 200 and abs(float(np.std(resid)) / std - 1.0) < 0.2, np.std(resid)
+    want = DpAccountant(cfg["aggregator"].get("dp_delta", 1e-5))
+    want.step(z, 1.0)  # all 6 boxes of a 6-box fleet invited: q = 1
+    assert rec["epsilon"] == pytest.approx(want.epsilon()) and agg.state["dp_events"] == [[z, 1.0]]
+
+
+def test_box_floors_refuse_plaintext_and_small_groups(fleet: Pki, syn_model: bytes) -> None:
+    """Downgrade protection on the box, without a broker (deliveries handed in directly)."""
+    ca = load_ca(fleet.ca_cert)
+    agg = load_identity(fleet.client_files(AGGREGATOR).cert, ca, AGGREGATOR)
+    name, parts = "flfloor", BOXES[:6]
+    dim = get_params(parse_model(syn_model)).size
+    delta = np.full(dim, 1.0, np.float32)  # norm sqrt(dim) > clip: the box must clip it
+
+    def box(me: str, **kw: Any) -> FlClient:
+        files = fleet.client_files(me)
+        link = MqttLink(me, "127.0.0.1", 1, files, name, identity=me)  # never connected
+        return FlClient(me, name, load_identity(files.cert, ca, me), ca,
+                        FixedLearner(delta, 500), link, global_sha256=sha256_hex(syn_model),
+                        **kw)  # fmt: skip
+
+    def announce(round_id: int, **kw: Any) -> MqttMessage:
+        ann = Announcement(parts, sha256_hex(syn_model), 5.0, agg.cert_der, **kw)
+        msg = Message(AGGREGATOR, BROADCAST, round_id, Stage.SETUP, 0, os.urandom(16),
+                      announcement_body(ann))  # fmt: skip
+        return MqttMessage(topics.announce(name, round_id), encode(msg, agg.key), 1, True)
+
+    plain = {"secure_aggregation": False, "clip": 2.0, "n_cap": 100}
+    strict, lax = box(BOXES[0]), box(BOXES[1], allow_plaintext=True, min_group_size=2)
+    sent: list[tuple[str, bytes]] = []
+    lax.link.publish = lambda topic, data, **_: sent.append((topic, data))  # type: ignore[method-assign]
+    try:
+        strict.handle(announce(1, group_size=2))  # default floor: 3
+        assert strict.counters["group_too_small"] == 1 and strict.current is None
+        strict.handle(announce(2, **plain))
+        assert strict.counters["plaintext_refused"] == 1 and strict.current is None
+        strict.handle(announce(3, group_size=3))
+        assert strict.current is not None and strict.counters["joined"] == 1
+        lax.handle(announce(1, group_size=2))
+        assert lax.current is not None and lax.current.round_id == 1
+        lax.current = None
+        lax.handle(announce(2, **plain))
+        assert lax.current is not None and lax.current.plaintext
+        ((topic, data),) = sent
+        assert topic == topics.node(name, BOXES[1], "update")
+        body = decode_unverified(data).body
+        upd = np.frombuffer(body["update"], "<f4")
+        assert body["n"] == 100 and upd.size == dim
+        assert np.linalg.norm(upd) == pytest.approx(2.0, rel=1e-6)
+        # plaintext with a group size, or without clip, is not a usable announcement
+        for bad in ({**plain, "group_size": 3}, {**plain, "clip": 0.0}):
+            with pytest.raises(ProtocolError) as err:
+                lax.handle(announce(9, **bad))
+            assert err.value.reason == "bad_body"
+    finally:
+        strict.link.close()
+        lax.link.close()
+
+
+@pytest.mark.parametrize(
+    ("policy", "key", "words"),
+    [
+        ({"secure_aggregation": False, "noise": "distributed"}, "aggregator.noise", "central"),
+        (
+            {"secure_aggregation": False, "robust": "median", "min_boxes": 2},
+            "aggregator.min_boxes",
+            "needs at least 3 updates",
+        ),
+    ],
+)
+def test_plaintext_config_errors(policy: dict[str, Any], key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_agg_cfg(**policy))
+    assert info.value.key == key and words in info.value.problem, str(info.value)
+
+
+def test_plaintext_config_defaults_to_central_noise_and_boxes_refuse() -> None:
+    cfg = parse_config(_agg_cfg(secure_aggregation=False, robust="median", min_boxes=3))
+    assert cfg.aggregator.noise_mode == "central" and cfg.aggregator.noise == "distributed"
+    assert parse_config(_agg_cfg()).aggregator.noise_mode == "distributed"
+    fed = cfg.federation
+    assert fed.allow_plaintext is False and fed.min_group_size == 3

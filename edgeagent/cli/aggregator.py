@@ -69,8 +69,14 @@ def run(
         notifier.close()
 
 
-def _fmt_groups(rob: Any) -> str:
-    """``median 3/4`` = rule and groups whose mean was used / groups formed; ``-`` for FedAvg."""
+def _fmt_groups(rec: dict[str, Any]) -> str:
+    """``median 3/4`` = rule and groups whose mean was used / groups formed; ``-`` for FedAvg.
+
+    Plaintext rounds: ``median plain 6`` (rule over 6 single updates), ``plain`` for FedAvg.
+    """
+    rob = rec.get("robust")
+    if rec.get("secure_aggregation") is False:
+        return f"{rob['rule']} plain {rob.get('updates', 0)}" if rob else "plain"
     if not rob:
         return "-"
     return f"{rob['rule']} {len(rob.get('used_groups', []))}/{len(rob.get('groups', []))}"
@@ -118,7 +124,7 @@ def status(
             f"{r['round']:>5} {r['status']:11} {len(r.get('participants', [])):>5} "
             f"{len(r.get('survivors', [])):>4} {drop:>4} {sum(r.get('refused', {}).values()):>7} "
             f"{_fmt_eps(r.get('epsilon')):>8} {r.get('model_version', '-')!s:>5} "
-            f"{_fmt_groups(r.get('robust')):>14}  {r.get('seconds', '-')}"
+            f"{_fmt_groups(r):>14}  {r.get('seconds', '-')}"
         )
         if r.get("reason"):
             typer.echo(f"      reason: {r['reason']}")

@@ -29,6 +29,14 @@ groups remain than the rule needs, the others are stopped before anything
 more is unmasked and the round aborts. Otherwise the rule runs over the
 group means (``robust.grouped_aggregate``) in place of FedAvg.
 
+With ``aggregator.secure_aggregation = false`` (plaintext mode) a round is one
+stage: the announcement says ``secagg: false`` with the clip and ``n_cap``,
+each invited box that allows it (``federation.allow_plaintext``) answers with
+one signed UPDATE envelope holding its clipped update and ``n_k``, and at the
+deadline (or when all are in) the rule runs over the single updates
+(``robust.unweighted_aggregate``; n_k-weighted FedAvg for ``robust = "none"``)
+with central DP noise scaled to what that rule can move (``_finish_plain``).
+
 State (next round id, model versions, DP events, round history) is one JSON
 file written atomically after every state change, so a restart between
 rounds continues where it stopped; a round cut by a restart is recorded as
@@ -57,14 +65,16 @@ from edgeagent.config import Config
 from edgeagent.errors import ModelError, ProtocolError, TransportError
 from edgeagent.fl import robust
 from edgeagent.fl.aggregate import apply_update, mean_from_total
-from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORDER, Stage
+from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORDER, Key, Stage
 from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import (
     DpAccountant,
     add_gaussian_noise,
     distributed_std,
+    fedavg_payload,
     gaussian_std,
+    l2_clip,
     payload_bound,
 )
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
@@ -131,7 +141,8 @@ class _Round:
     """One round in flight (the I/O side; the protocol state is in ``servers``).
 
     ``servers[i]`` runs the SecAgg+ instance of ``groups[i]``; a plain round
-    has one group holding every participant.
+    has one group holding every participant. A plaintext round has no
+    servers; ``plain`` collects each box's ``(update, n_k)`` instead.
     """
 
     round_id: int
@@ -154,6 +165,10 @@ class _Round:
     group_of: dict[str, int] = field(default_factory=dict)
     #: group index -> (stage, boxes silent when that group's instance aborted at its close)
     abort_silent: dict[int, tuple[str, list[str]]] = field(default_factory=dict)
+    #: plaintext mode: box -> (update as sent, capped n_k); None in a SecAgg+ round
+    plain: dict[str, tuple[np.ndarray, int]] | None = None
+    #: model parameters (an UPDATE must carry exactly this many float32)
+    dim: int = 0
 
     def __post_init__(self) -> None:
         self.group_of = {b: i for i, g in enumerate(self.groups) for b in g}
@@ -164,6 +179,8 @@ class _Round:
 
     def pending(self) -> frozenset[str]:
         """Boxes whose reply to the current stage has not arrived, over all live groups."""
+        if self.plain is not None:
+            return frozenset(self.participants) - self.plain.keys()
         return frozenset().union(*(s.pending() for s in self.live()))
 
 
@@ -197,6 +214,11 @@ class Aggregator:
         self.identity: Identity = load_identity(fed.cert_file, self.ca, AGGREGATOR)
         self.clip = float(fed.clip_norm)
         self.noise_multiplier = float(fed.noise_multiplier)
+        if not agg.secure_aggregation and agg.noise == "distributed":
+            log.info(
+                "plaintext rounds (secure_aggregation = false): DP noise is added centrally "
+                "by the aggregator; distributed noise needs masking"
+            )
         self.boxes: dict[str, BoxInfo] = {}
         self.refused: Counter[str] = Counter()  # outside rounds (hello, topics)
         self.round: _Round | None = None
@@ -468,6 +490,11 @@ class Aggregator:
                 raise ProtocolError("topic_mismatch", f"{got.message.stage} on a {stage} topic")
             if got.duplicate:
                 return
+            if r.plain is not None:
+                self._take_update(r, node, stage, got.message.body)
+                return
+            if stage is Stage.UPDATE:
+                raise ProtocolError("wrong_mode", "a plaintext update in a SecAgg+ round")
             r.servers[r.group_of[node]].receive(node, stage, got.message.body)
             log.debug("round %d: %s from %s accepted", r.round_id, stage, node)
         except ProtocolError as exc:
@@ -475,6 +502,31 @@ class Aggregator:
             log.warning("round %d: refused %s from %s: %s", r.round_id, stage, node, exc)
         finally:
             r.server_seconds += time.perf_counter() - t0
+
+    def _take_update(self, r: _Round, node: str, stage: Stage, body: Any) -> None:
+        """Check one plaintext UPDATE body; keep ``(update, n_k)`` for ``_finish_plain``."""
+        assert r.plain is not None
+        if stage is not Stage.UPDATE:
+            raise ProtocolError("wrong_mode", f"{stage} in a plaintext round")
+        if node in r.plain:
+            raise ProtocolError("replay", "a second update in the same round")
+        raw, n = body.get(Key.UPDATE.value), body.get(Key.N.value)
+        if (
+            not isinstance(raw, bytes)
+            or len(raw) != 4 * r.dim
+            or type(n) is not int
+            or not 1 <= n <= self.policy.n_cap
+        ):
+            raise ProtocolError(
+                "bad_body", f"update must be {r.dim} float32 and 1 <= n <= {self.policy.n_cap}"
+            )
+        u = np.frombuffer(raw, "<f4").astype(np.float64)
+        if not np.all(np.isfinite(u)):
+            raise ProtocolError("bad_body", "update contains NaN or infinity")
+        if float(np.linalg.norm(u)) > self.clip * (1 + 1e-5):
+            # an honest box clips; the aggregator clips again below, so DP holds either way
+            r.refused["over_clip"] += 1
+        r.plain[node] = (u, n)
 
     def _publish(self, topic: str, msg: Message, retain: bool = False) -> None:
         data = encode(msg, self.identity.key)
@@ -505,7 +557,11 @@ class Aggregator:
                     self.start_round(ready)
             return
         if not r.pending() or now >= r.deadline:
-            self._advance()
+            if r.plain is not None:
+                r.stage_seconds[str(Stage.UPDATE)] = round(now - r.stage_started, 4)
+                self._finish_plain()
+            else:
+                self._advance()
 
     def start_round(self, ready: list[str]) -> None:
         """Select participants, announce the round (retained) and send each box its SETUP."""
@@ -517,12 +573,13 @@ class Aggregator:
         nonce = secrets.token_bytes(NONCE_BYTES)
         dim = int(get_params(parse_model(self.model_bytes)).size) + 1
         total_std = gaussian_std(self.noise_multiplier, self.clip, p.n_cap)
-        grouped = p.robust != "none"
+        plain = not p.secure_aggregation
+        grouped = p.robust != "none" and not plain
         groups = (
             robust.partition_groups(chosen, p.group_size, nonce) if grouped else [tuple(chosen)]
         )
         servers = []
-        for group in groups:
+        for group in groups if not plain else ():
             # grouped: a group sum is unmasked only with >= group_size survivors (the
             # anonymity set); each group sum carries the full DP noise on its own
             floor = p.group_size if grouped else min(p.min_survivors, len(group))
@@ -554,6 +611,8 @@ class Aggregator:
             now,
             time.time(),
             now,
+            plain={} if plain else None,
+            dim=dim - 1,
         )
         self.state["next_round"] = round_id + 1
         self.state["in_progress"] = {
@@ -564,16 +623,21 @@ class Aggregator:
         if grouped:
             self.state["in_progress"]["groups"] = [list(g) for g in groups]
         self._save()
-        c0 = servers[0].config
-        log.info(
-            "round %d: announcing to %d boxes in %d group(s) (rule %s, degree %d, t=%d)",
-            round_id,
-            len(chosen),
-            len(groups),
-            p.robust if grouped else "fedavg",
-            c0.degree,
-            c0.threshold,
-        )
+        if plain:
+            rule = p.robust if p.robust != "none" else "fedavg"
+            log.info("round %d: announcing to %d boxes in plaintext (rule %s)", round_id,
+                     len(chosen), rule)  # fmt: skip
+        else:
+            c0 = servers[0].config
+            log.info(
+                "round %d: announcing to %d boxes in %d group(s) (rule %s, degree %d, t=%d)",
+                round_id,
+                len(chosen),
+                len(groups),
+                p.robust if grouped else "fedavg",
+                c0.degree,
+                c0.threshold,
+            )
         sha = sha256_hex(self.model_bytes)
         ann = Announcement(
             tuple(chosen),
@@ -581,6 +645,9 @@ class Aggregator:
             p.stage_timeout_s,
             self.identity.cert_der,
             p.group_size if grouped else 0,
+            not plain,
+            self.clip if plain else 0.0,
+            p.n_cap if plain else 0,
         )
         r = self.round
         self._publish(
@@ -596,6 +663,8 @@ class Aggregator:
             ),
             retain=True,
         )
+        if plain:
+            return  # the boxes answer the announcement itself
         t0 = time.perf_counter()
         bodies: dict[str, dict[str, Any]] = {}
         for server in servers:
@@ -670,17 +739,7 @@ class Aggregator:
             # an instance that aborts at a stage's close never records who went silent
             have = dropped.setdefault(stage_name, [])
             have.extend(b for b in silent if b not in have)
-        rec: dict[str, Any] = {
-            "round": r.round_id,
-            "participants": list(r.participants),
-            "started": r.started_wall,
-            "stage_seconds": r.stage_seconds,
-            "dropped": {k: sorted(v) for k, v in dropped.items()},
-            "refused": dict(refused),
-            "bytes_in": sum(r.bytes_in.values()),
-            "bytes_out": sum(r.bytes_out.values()),
-            "server_seconds": round(r.server_seconds, 4),
-        }
+        rec = self._base_record(r, dropped, refused)
         done = [(i, s.result) for i, s in enumerate(r.servers) if s.result is not None]
         need = robust.min_groups(p.robust, **p.rule_params()) if grouped else 1
         if grouped:
@@ -744,8 +803,98 @@ class Aggregator:
             except (ValueError, ModelError) as exc:
                 rec.update(status="aborted", reason=f"bad_sum: {exc}")
                 log.warning("round %d: cannot apply the sum: %s", r.round_id, exc)
-        if done:
-            # something was unmasked (even if a grouped round then aborted): it counts
+        # something was unmasked (even if a grouped round then aborted): it counts
+        self._conclude(r, rec, released=bool(done))
+
+    @staticmethod
+    def _base_record(
+        r: _Round, dropped: dict[str, list[str]], refused: Counter[str]
+    ) -> dict[str, Any]:
+        return {
+            "round": r.round_id,
+            "participants": list(r.participants),
+            "started": r.started_wall,
+            "stage_seconds": r.stage_seconds,
+            "dropped": {k: sorted(v) for k, v in dropped.items()},
+            "refused": dict(refused),
+            "bytes_in": sum(r.bytes_in.values()),
+            "bytes_out": sum(r.bytes_out.values()),
+            "server_seconds": round(r.server_seconds, 4),
+        }
+
+    def _finish_plain(self) -> None:
+        """Plaintext round: rule over the single updates, central noise, then as ``_finish``.
+
+        FedAvg (``robust = "none"``) sums the boxes' ``fedavg_payload`` vectors and
+        noises the sum exactly as a central-noise SecAgg+ round does (sensitivity
+        ``n_cap * sqrt(clip^2 + 1)``). A robust rule's output has no such per-box
+        bound that shrinks with the fleet, so its noise covers the rule's whole output
+        range: std ``z * 2 * robust.output_radius(rule, clip)`` on the mean update.
+        Either way one Gaussian release at multiplier ``z`` per round, which is what
+        the accountant composes.
+        """
+        r = self.round
+        assert r is not None and r.plain is not None and self.model_bytes is not None
+        p = self.policy
+        got = sorted(r.plain)
+        silent = sorted(r.pending())
+        rec = self._base_record(r, {str(Stage.UPDATE): silent} if silent else {}, r.refused)
+        rec["secure_aggregation"] = False
+        params = p.rule_params()
+        need = p.min_survivors
+        if p.robust != "none":
+            need = max(need, robust.min_groups(p.robust, **params))
+            rec["robust"] = {
+                "rule": p.robust,
+                "mode": "plaintext",
+                "params": {k: v for k, v in params.items() if v is not None},
+                "updates": len(got),
+                "min_updates": need,
+                "tolerated_bad_boxes": robust.tolerated_rows(p.robust, len(got), **params),
+            }
+        released = len(got) >= need
+        if not released:
+            reason = f"too_few_updates: {len(got)} < {need}"
+            rec.update(status="aborted", reason=reason, survivors=[])
+            log.warning("round %d aborted: %s", r.round_id, reason)
+        else:
+            rec["survivors"] = got
+            z = self.noise_multiplier
+            t0 = time.perf_counter()
+            try:
+                if p.robust == "none":
+                    total = np.sum(
+                        [fedavg_payload(u, n, self.clip, p.n_cap) for u, n in r.plain.values()],
+                        axis=0,
+                    )
+                    total = add_gaussian_noise(total, gaussian_std(z, self.clip, p.n_cap))
+                    mean = mean_from_total(total)
+                else:
+                    rows = [l2_clip(r.plain[b][0], self.clip)[0] for b in got]
+                    mean = robust.unweighted_aggregate(rows, p.robust, **params)
+                    std = z * 2.0 * robust.output_radius(p.robust, self.clip, **params)
+                    mean = add_gaussian_noise(mean, std)
+                    rec["noise_std"] = std
+                r.server_seconds += time.perf_counter() - t0
+                rec["server_seconds"] = round(r.server_seconds, 4)
+                rec["sum_n"] = float(sum(n for _, n in r.plain.values()))
+                rec["update_norm"] = float(np.linalg.norm(mean))
+                self._apply(r.round_id, mean, rec)
+            except (ValueError, ModelError) as exc:
+                rec.update(status="aborted", reason=f"bad_sum: {exc}")
+                log.warning("round %d: cannot apply the updates: %s", r.round_id, exc)
+        status = str(rec.get("status", "completed"))
+        self._send_stage(
+            Stage.RESULT,
+            {b: {Key.STATUS.value: status, Key.REASON.value: str(rec.get("reason", ""))}
+             for b in got},
+        )  # fmt: skip
+        self._conclude(r, rec, released)
+
+    def _conclude(self, r: _Round, rec: dict[str, Any], released: bool) -> None:
+        """Account privacy if anything was released, persist the record, end the round."""
+        p = self.policy
+        if released:
             if self.noise_multiplier > 0:
                 fleet = max(len(self.boxes), len(r.participants))
                 q = min(1.0, len(r.participants) / fleet)

@@ -14,7 +14,16 @@ Thin I/O shell around the pure parts (``SecAggClient``, ``EnvelopeReceiver``,
   aggregation) the box computes the groups from public data
   (``robust.partition_groups`` over the round nonce) and takes part in its
   own group's SecAgg+ instance only, so the aggregator cannot choose who
-  shares a group with whom;
+  shares a group with whom; a grouped round whose ``group_size`` is below
+  this box's floor (``min_group_size``, default 3) is refused
+  (``group_too_small``): a malicious aggregator must not shrink groups until a
+  group sum is nearly one box's update;
+* a **plaintext** announcement (``secagg: false``) is answered only when this
+  box allows it (``allow_plaintext``, off by default; otherwise it is refused
+  and counted as ``plaintext_refused``, so an aggregator cannot downgrade the
+  fleet out of masking): the box sends one signed UPDATE envelope on
+  ``node/<box>/update`` with its update clipped to the announced ``clip`` (as
+  float32, the model's own dtype) and ``min(n_k, n_cap)``, then waits for RESULT;
 * each stage body routed to it (``round/<r>/<stage>/<box>``) is verified,
   handed to ``SecAggClient.handle`` and the reply published on
   ``node/<box>/<stage>``; at SETUP the learner's ``delta`` and ``n_k`` become
@@ -51,13 +60,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeagent.errors import EdgeAgentError, ModelError, ProtocolError, TransportError
 from edgeagent.fl.aggregator import write_json_atomic
-from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Stage
+from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Key, Stage
 from edgeagent.fl.identity import Identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
-from edgeagent.fl.privacy import fedavg_payload
+from edgeagent.fl.privacy import fedavg_payload, l2_clip
 from edgeagent.fl.robust import partition_groups
 from edgeagent.fl.secagg import SecAggClient
-from edgeagent.fl.wire import decode_model, encode_hello, parse_announcement
+from edgeagent.fl.wire import Announcement, decode_model, encode_hello, parse_announcement
 from edgeagent.health import Liveness
 from edgeagent.model.graph import get_params, parse_model, sha256_hex
 from edgeagent.model.signing import verify_hash
@@ -100,6 +109,7 @@ class _BoxRound:
     seq: Sequencer
     bytes_up: int = 0
     bytes_down: int = 0
+    plaintext: bool = False  # one UPDATE sent, only RESULT expected
 
 
 class FlClient:
@@ -122,8 +132,12 @@ class FlClient:
         min_samples: int = 1,
         state_dir: Path | None = None,
         liveness: Liveness | None = None,
+        allow_plaintext: bool = False,
+        min_group_size: int = 3,
     ) -> None:
         self.box_id = box_id
+        self.allow_plaintext = allow_plaintext
+        self.min_group_size = min_group_size
         self.liveness = liveness
         self._handled = 0  # deliveries the worker finished (progress for the liveness tracker)
         self._handled_seen = 0
@@ -300,6 +314,19 @@ class FlClient:
         if self.box_id not in ann.participants:
             self.counters["not_invited"] += 1
             return
+        if not ann.secure_aggregation and not self.allow_plaintext:
+            self.counters["plaintext_refused"] += 1
+            log.warning("round %d: refused a plaintext round (allow_plaintext = false)", round_id)
+            return
+        if ann.group_size and ann.group_size < self.min_group_size:
+            self.counters["group_too_small"] += 1
+            log.warning(
+                "round %d: refused groups of %d (this box's min_group_size is %d)",
+                round_id,
+                ann.group_size,
+                self.min_group_size,
+            )
+            return
         if ann.model_sha256 != self.global_sha:
             self.counters["stale_model"] += 1
             have = (self.global_sha or "none")[:12]
@@ -319,6 +346,10 @@ class FlClient:
         rx = EnvelopeReceiver(self.box_id, {AGGREGATOR: key})
         rx.begin_round(round_id, claimed.nonce)
         self.current = _BoxRound(round_id, claimed.nonce, rx, Sequencer(), bytes_down=len(payload))
+        if not ann.secure_aggregation:
+            self.counters["joined"] += 1
+            self._send_update(ann)
+            return
         # SETUP must match the public graph over the box's own SecAgg+ instance (bad_graph)
         self.secagg.expect_participants(peers)
         self.counters["joined"] += 1
@@ -327,6 +358,27 @@ class FlClient:
         for r, m in early:
             if r == round_id:
                 self.handle(m)
+
+    def _send_update(self, ann: Announcement) -> None:
+        """Plaintext round: the clipped update and capped ``n_k`` in one signed envelope."""
+        cur = self.current
+        assert cur is not None
+        try:
+            clipped, _ = l2_clip(np.asarray(self.learner.delta(), np.float64), ann.clip)
+        except ValueError as exc:
+            self._end_round("refused", str(exc))
+            raise ProtocolError("bad_input", str(exc)) from exc
+        cur.plaintext = True
+        body = {
+            Key.UPDATE.value: clipped.astype("<f4").tobytes(),
+            Key.N.value: min(int(self.learner.n_k), ann.n_cap),
+        }
+        out = Message(self.box_id, AGGREGATOR, cur.round_id, Stage.UPDATE, cur.seq.next(),
+                      cur.nonce, body)  # fmt: skip
+        data = encode(out, self.identity.key)
+        cur.bytes_up += len(data)
+        self.link.publish(topics.node(self.fleet, self.box_id, str(Stage.UPDATE)), data)
+        log.info("round %d: sent a plaintext update (%d bytes)", cur.round_id, len(data))
 
     def _on_stage(self, round_id: int, stage: Stage, msg: MqttMessage) -> None:
         cur = self.current
@@ -348,6 +400,11 @@ class FlClient:
         m = got.message
         if m.stage is not stage:
             raise ProtocolError("topic_mismatch", f"{m.stage} body on a {stage} topic")
+        if cur.plaintext or stage is Stage.UPDATE:
+            if not cur.plaintext or stage is not Stage.RESULT:
+                raise ProtocolError("wrong_mode", f"{stage} does not belong to this round's mode")
+            self._end_round(str(m.body.get("status", "?")), str(m.body.get("reason", "")))
+            return
         try:
             reply = self.secagg.handle(m.round, m.nonce, m.stage, m.body)
             if stage is Stage.SETUP:
@@ -554,6 +611,8 @@ def build_box(config: Any, features: Path | None = None, rate_hz: float = 50.0) 
         global_sha256=sha256_hex(data),
         min_samples=config.learning.min_samples,
         state_dir=state,
+        allow_plaintext=fed.allow_plaintext,
+        min_group_size=fed.min_group_size,
     )
     comps: list[Any] = [client, _LearnerComponent(learner)]
     if features is not None:

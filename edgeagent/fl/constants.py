@@ -51,9 +51,12 @@ class Stage(StrEnum):
     COLLECT_MASKED = "collect_masked"  # server: shares for you; box: masked vector
     UNMASK = "unmask"  # server: survivors/dropped; box: shares to unmask
     RESULT = "result"  # server: aborted or done (informational, ends the round)
+    #: Plaintext mode only (``[aggregator] secure_aggregation = false``): the box's one
+    #: reply to the announcement, its clipped update and ``n_k`` (no masking, no shares).
+    UPDATE = "update"
 
 
-#: Order in which stages must run; ``check_stage`` enforces it.
+#: Order in which SecAgg+ stages must run; ``check_stage`` enforces it.
 STAGE_ORDER: Final[tuple[Stage, ...]] = (
     Stage.SETUP,
     Stage.SHARE_KEYS,
@@ -61,6 +64,9 @@ STAGE_ORDER: Final[tuple[Stage, ...]] = (
     Stage.UNMASK,
     Stage.RESULT,
 )
+
+#: Stages of a plaintext round: the announcement, then one UPDATE per box, then RESULT.
+PLAINTEXT_STAGES: Final[tuple[Stage, ...]] = (Stage.UPDATE, Stage.RESULT)
 
 
 class Key(StrEnum):
@@ -106,3 +112,6 @@ class Key(StrEnum):
     # result
     STATUS = "status"
     REASON = "reason"
+    # update (box -> server, plaintext mode): clipped delta as float32 LE bytes, capped n_k
+    UPDATE = "update"
+    N = "n"

@@ -36,6 +36,7 @@ from edgeagent.fl.constants import (
     ENVELOPE_VERSION,
     MAX_ENVELOPE_BYTES,
     NONCE_BYTES,
+    PLAINTEXT_STAGES,
     SIGNATURE_CONTEXT,
     STAGE_ORDER,
     Key,
@@ -100,7 +101,7 @@ def _check_header(src: Any, dst: Any, rnd: Any, stage: Any, seq: Any, nonce: Any
         raise ProtocolError("malformed", "round must be a non-negative integer")
     if type(seq) is not int or not 0 <= seq < 2**63:
         raise ProtocolError("malformed", "seq must be a non-negative 63-bit integer")
-    if stage not in STAGE_ORDER:
+    if stage not in STAGE_ORDER and stage not in PLAINTEXT_STAGES:
         raise ProtocolError("malformed", f"unknown stage {stage!r}")
     if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
         raise ProtocolError("malformed", f"nonce must be {NONCE_BYTES} bytes")

@@ -163,10 +163,52 @@ def grouped_aggregate(group_totals: Sequence[np.ndarray], rule: str, **params: A
         if t.ndim != 1 or t.size < 2 or not t[-1] > 0.5:
             raise ValueError(f"group {i}: summed payload is empty or has no samples")
         means.append(t[:-1] / t[-1])
-    x = np.stack(means)
+    return unweighted_aggregate(means, rule, **params)
+
+
+def unweighted_aggregate(
+    rows: np.ndarray | Sequence[np.ndarray], rule: str, **params: Any
+) -> np.ndarray:
+    """``rule`` over rows (group means, or single updates in plaintext mode), no weights.
+
+    No row gains influence by claiming a large ``n_k``. ``norm_bound`` with
+    ``max_norm=None`` bounds each row by the median row norm (adaptive; needs
+    an honest majority of rows).
+    """
+    x = _stack(rows)
     if rule == "norm_bound" and params.get("max_norm") is None:
         params = {**params, "max_norm": max(float(np.median(np.linalg.norm(x, axis=1))), 1e-12)}
     return robust_aggregate(x, rule, **params)
+
+
+def output_radius(rule: str, clip: float, **params: Any) -> float:
+    """Largest L2 norm ``rule`` can output when every row has norm <= ``clip``.
+
+    Any two outputs (neighbouring fleets included) then lie within
+    ``2 * output_radius`` of each other: that is the sensitivity central DP
+    noise must cover when a rule runs over single plaintext updates. Per rule:
+    a mean of rows (``mean``, ``multi_krum``, ``norm_bound``) stays within
+    ``clip`` (``norm_bound`` within ``max_norm`` if smaller); a coordinate is
+    the median only if at least half the rows are as large in it, so
+    ``|med|^2 <= (2/n) sum |x_i|^2 <= 2 clip^2``; a trimmed mean keeps
+    ``n - 2 floor(beta n) >= (1 - 2 beta) n`` rows, so by Jensen
+    ``|tm|^2 <= clip^2 / (1 - 2 beta)``. Unlike the mean's, these bounds do
+    not shrink with the number of boxes (see docs/security.md).
+    """
+    if not clip > 0:
+        raise ValueError("clip must be > 0")
+    if rule == "median":
+        return math.sqrt(2.0) * clip
+    if rule == "trimmed_mean":
+        beta = float(params.get("beta", 0.1))
+        if not 0 <= beta < 0.5:
+            raise ValueError("beta must be in [0, 0.5)")
+        return clip / math.sqrt(1.0 - 2.0 * beta)
+    if rule == "norm_bound" and params.get("max_norm") is not None:
+        return min(clip, float(params["max_norm"]))
+    if rule in ("mean", "multi_krum", "norm_bound"):
+        return clip
+    raise ValueError(f"unknown robust rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
 def min_groups(rule: str, **params: Any) -> int:
@@ -201,21 +243,26 @@ def min_groups(rule: str, **params: Any) -> int:
     raise ValueError(f"unknown robust rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
+def tolerated_rows(rule: str, rows: int, **params: Any) -> int:
+    """How many bad rows (group means, or single plaintext updates) ``rule`` removes."""
+    if rule == "median":
+        return (rows - 1) // 2
+    if rule == "trimmed_mean":
+        return math.floor(float(params.get("beta", 0.1)) * rows)
+    if rule == "multi_krum":
+        bad = max(0, (rows - 3) // 2)  # largest f with rows > 2f + 2
+        if "f" in params:  # the rule removes the f it is configured with, not more
+            bad = min(bad, int(params["f"]))
+        return bad
+    return 0  # mean and norm_bound only bound, never remove, a bad row's pull
+
+
 def grouping_tradeoff(n: int, group_size: int, rule: str, **params: Any) -> dict[str, Any]:
     """State what grouping buys and costs: groups, the privacy floor, tolerated bad boxes."""
     if group_size < 2 or n < group_size:
         raise ValueError("need 2 <= group_size <= n")
     g = n // group_size
-    if rule == "median":
-        bad_groups = (g - 1) // 2
-    elif rule == "trimmed_mean":
-        bad_groups = math.floor(float(params.get("beta", 0.1)) * g)
-    elif rule == "multi_krum":
-        bad_groups = max(0, (g - 3) // 2)  # largest f with g > 2f + 2
-        if "f" in params:  # the rule removes the f it is configured with, not more
-            bad_groups = min(bad_groups, int(params["f"]))
-    else:
-        bad_groups = 0  # mean and norm_bound only bound, never remove, a bad group's pull
+    bad_groups = tolerated_rows(rule, g, **params)
     return {
         "groups": g,
         "min_group_size": group_size,

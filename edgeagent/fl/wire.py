@@ -15,7 +15,11 @@ the broker, and this module encodes and checks them without I/O:
   round's neighbour graph from it and checks its own SETUP against it. In a
   grouped (robust) round it also carries ``group_size``; each box then derives
   the groups itself (``robust.partition_groups`` over the round nonce) and
-  checks its SETUP against its own group's graph.
+  checks its SETUP against its own group's graph. A plaintext round
+  (``[aggregator] secure_aggregation = false``) carries ``secagg: false`` and
+  the ``clip`` and ``n_cap`` the box applies to its update, which it sends in
+  one signed UPDATE envelope instead of the SecAgg+ stages (only if its own
+  ``[federation] allow_plaintext`` says so).
 * **model publication** (``model/current``, retained): the ONNX bytes, their
   SHA-256, the Ed25519 signature over the hash (``model.signing``) and the
   signer's certificate; boxes check all three before the model lifecycle sees it.
@@ -61,6 +65,9 @@ class AKey(StrEnum):
     ONNX = "onnx"
     EVAL = "eval"
     GROUP_SIZE = "group_size"
+    SECAGG = "secagg"
+    CLIP = "clip"
+    N_CAP = "n_cap"
 
 
 def _loads(data: bytes, what: str) -> Any:
@@ -145,6 +152,11 @@ class Announcement:
     #: Grouped secure aggregation: 0 = one SecAgg+ instance over all participants;
     #: g >= 2 = ``robust.partition_groups(participants, g, nonce)``, one instance per group.
     group_size: int = 0
+    #: False = plaintext round: one UPDATE envelope per box, no masking (boxes may refuse).
+    secure_aggregation: bool = True
+    #: Plaintext rounds only (SecAgg+ sends them in SETUP): L2 clip and cap on ``n_k``.
+    clip: float = 0.0
+    n_cap: int = 0
 
 
 def announcement_body(a: Announcement) -> dict[str, Any]:
@@ -156,6 +168,10 @@ def announcement_body(a: Announcement) -> dict[str, Any]:
     }
     if a.group_size:  # absent for plain rounds: the body stays what older boxes know
         body[AKey.GROUP_SIZE.value] = int(a.group_size)
+    if not a.secure_aggregation:  # absent = secure: a box that predates the key never sends
+        body[AKey.SECAGG.value] = False  # a plaintext update, it waits for a SETUP instead
+        body[AKey.CLIP.value] = float(a.clip)
+        body[AKey.N_CAP.value] = int(a.n_cap)
     return body
 
 
@@ -184,7 +200,25 @@ def parse_announcement(body: Mapping[str, Any]) -> Announcement:
         raise ProtocolError(
             "bad_body", "announcement must carry participants, model, timeout, cert"
         )
-    return Announcement(tuple(parts), model, float(timeout), cert, group_size)
+    secure = body.get(AKey.SECAGG.value, True)
+    clip = body.get(AKey.CLIP.value, 0.0)
+    n_cap = body.get(AKey.N_CAP.value, 0)
+    if secure is not True and (
+        secure is not False
+        or group_size
+        or not isinstance(clip, float | int)
+        or isinstance(clip, bool)
+        or not 0 < clip < float("inf")
+        or type(n_cap) is not int
+        or n_cap < 1
+    ):
+        raise ProtocolError(
+            "bad_body",
+            "a plaintext announcement needs secagg: false, clip > 0, n_cap >= 1 and no group_size",
+        )
+    return Announcement(
+        tuple(parts), model, float(timeout), cert, group_size, secure, float(clip), n_cap
+    )
 
 
 # -- model publication -------------------------------------------------------------------------
