@@ -4,10 +4,13 @@ What each side runs (all processes on this machine, 127.0.0.1 only):
 
 * **edgeagent** (``edgeagent``): a real Mosquitto broker with the shipped
   mTLS + ACL config; the real aggregator service (``fl.aggregator.Aggregator``,
-  SecAgg+ on: it has no plaintext mode) in its own process; one process per
-  client running the real box client (``fl.client.FlClient``: signed hello,
-  announcement checks, SecAgg+ stages, signed model download and
-  verification). Secure aggregation is always on in edgeagent.
+  SecAgg+ on) in its own process; one process per client running the real
+  box client (``fl.client.FlClient``: signed hello, announcement checks,
+  SecAgg+ stages, signed model download and verification).
+  ``edgeagent_plain`` = the same with secure aggregation off
+  (``[aggregator] secure_aggregation = false``, boxes with
+  ``allow_plaintext``): each box sends one signed envelope with its clipped
+  float32 update over the same mTLS broker, n_k-weighted FedAvg.
 * **Flower** (``flwr`` from PyPI, Deployment Runtime as its documentation
   recommends for real deployments: ``flower-superlink`` + one
   ``flower-supernode`` per client, each running the ClientApp in its default
@@ -39,6 +42,8 @@ CPU seconds per client per round (process tree). Ratios are edgeagent over
 Flower.
 
 Run: python bench/vs_flower.py [--clients 6] [--rounds 5] [--seconds 1200] [--epochs 2]
+(``flwr`` comes with ``pip install -e '.[bench]'``; it pins typer/rich down, so a
+``python -m venv --system-site-packages`` venv for it keeps the CLI's versions.)
 """
 
 from __future__ import annotations
@@ -284,7 +289,7 @@ def box_main(a: argparse.Namespace) -> None:
                               a.client)  # fmt: skip
     link = MqttLink(a.box, "127.0.0.1", a.port, files, a.fleet, identity=a.box, keepalive_s=120)
     c = FlClient(a.box, a.fleet, load_identity(files.cert, ca, a.box), ca, learner, link,
-                 global_sha256=sha256_hex(model))  # fmt: skip
+                 global_sha256=sha256_hex(model), allow_plaintext=a.plaintext)  # fmt: skip
     c.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -307,14 +312,14 @@ def aggregator_main(a: argparse.Namespace) -> None:
 
 
 def run_edgeagent(args: argparse.Namespace, tmp: Path, paths: list[Path], model: bytes,
-                  meta: str) -> dict[str, Any]:  # fmt: skip
+                  meta: str, secure: bool = True) -> dict[str, Any]:  # fmt: skip
     from edgeagent.broker import Broker
     from edgeagent.fl.constants import AGGREGATOR
     from edgeagent.model.graph import get_params, parse_model
     from edgeagent.pki import Pki
 
-    fleet = "versus"
-    d = tmp / "edge"
+    fleet = "versus" if secure else "versusplain"
+    d = tmp / ("edge" if secure else "edge-plain")
     d.mkdir()
     pki = Pki.init(d / "pki", fleet=fleet)
     pki.issue_aggregator()
@@ -334,7 +339,8 @@ def run_edgeagent(args: argparse.Namespace, tmp: Path, paths: list[Path], model:
         "aggregator": {"min_boxes": args.clients, "max_boxes": args.clients,
                        "min_survivors": args.clients, "rounds": args.rounds,
                        "stage_timeout_s": 120.0, "round_interval_s": 0.0, "n_cap": 100_000,
-                       "initial_model": str(d / "model.onnx")},
+                       "initial_model": str(d / "model.onnx"),
+                       "secure_aggregation": secure, "noise": "central"},
     }  # fmt: skip
     (d / "agg.json").write_text(json.dumps(cfg))
     t_start = time.time()
@@ -364,6 +370,7 @@ def run_edgeagent(args: argparse.Namespace, tmp: Path, paths: list[Path], model:
                 str(paths[k]),
                 "--epochs",
                 str(args.epochs),
+                *([] if secure else ["--plaintext"]),
             ]
         )
         for k, b in enumerate(boxes)
@@ -393,8 +400,10 @@ def run_edgeagent(args: argparse.Namespace, tmp: Path, paths: list[Path], model:
         raise RuntimeError(f"edgeagent: rounds {state['rounds']}")
     w = get_params(parse_model((d / "agg" / state["model"]["file"]).read_bytes()))
     ready_t = float((d / "ready").read_text())
+    name = ("edgeagent (SecAgg+ on, Mosquitto mTLS)" if secure
+            else "edgeagent (SecAgg off: plaintext updates over Mosquitto mTLS)")  # fmt: skip
     return side_result(
-        "edgeagent (SecAgg+ on, Mosquitto mTLS)", args, mon, boxes, wire,
+        name, args, mon, boxes, wire,
         wall=t_end - ready_t, startup=ready_t - t_start, w=w, meta=meta,
         in_round=[r["seconds"] for r in done],
     )  # fmt: skip
@@ -677,12 +686,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1200.0, help="simulated time per patient")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=600.0)
-    ap.add_argument("--sides", nargs="+", default=["edgeagent", "flower", "flower_secagg"])
+    all_sides = ["edgeagent", "edgeagent_plain", "flower", "flower_secagg"]
+    ap.add_argument("--sides", nargs="+", default=all_sides)
     ap.add_argument("--out", type=Path, default=RESULTS)
     # internal entry points (subprocesses)
     ap.add_argument("--proxy", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--box", help=argparse.SUPPRESS)
     ap.add_argument("--aggregator", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--plaintext", action="store_true", help=argparse.SUPPRESS)
     for k in ("client", "port"):
         ap.add_argument(f"--{k}", type=int, help=argparse.SUPPRESS)
     for k in ("pki", "fleet", "model", "meta", "data", "config", "ready"):
@@ -711,20 +722,20 @@ def main() -> None:
     sides: dict[str, dict[str, Any]] = {}
     for side in a.sides:
         t = time.perf_counter()
-        if side == "edgeagent":
-            sides[side] = run_edgeagent(a, tmp, paths, model, meta)
+        if side.startswith("edgeagent"):
+            sides[side] = run_edgeagent(a, tmp, paths, model, meta, secure=side == "edgeagent")
         else:
             sides[side] = run_flower(a, tmp, paths, meta, w0, secagg=side == "flower_secagg")
         print(f"{side}: {json.dumps(sides[side])} ({time.perf_counter() - t:.1f} s)", flush=True)
     initial = evaluate(spec_of(meta), w0, load(hold))
     ratios = {}
-    if "edgeagent" in sides:
-        e = sides["edgeagent"]
-        for other in ("flower", "flower_secagg"):
-            if other not in sides:
-                continue
-            f = sides[other]
-            ratios[f"edgeagent_over_{other}"] = {
+    # like for like: SecAgg on against Flower's SecAgg+, off against Flower's plain FedAvg;
+    # and each edgeagent side against the other Flower side for the cost of the choice
+    pairs = [(e, f) for e in ("edgeagent", "edgeagent_plain") for f in ("flower", "flower_secagg")]
+    for mine, other in pairs:
+        if mine in sides and other in sides:
+            e, f = sides[mine], sides[other]
+            ratios[f"{mine}_over_{other}"] = {
                 k: round(e[k] / f[k], 3) if f[k] else None
                 for k in ("accuracy", "balanced_accuracy", "wall_s_per_round",
                           "bytes_per_client_round", "client_peak_rss_mb", "server_peak_rss_mb",
@@ -755,11 +766,11 @@ def main() -> None:
     a.out.write_text(json.dumps(doc, indent=1))
     keys = ("accuracy", "balanced_accuracy", "wall_s_per_round", "bytes_per_client_round",
             "client_peak_rss_mb", "server_peak_rss_mb", "client_cpu_s_per_round")  # fmt: skip
-    print(f"\n{'':28}" + "".join(f"{k[:16]:>17}" for k in keys))
+    print(f"\n{'':36}" + "".join(f"{k[:16]:>17}" for k in keys))
     for side, s in sides.items():
-        print(f"{side:28}" + "".join(f"{s[k]:>17}" for k in keys))
+        print(f"{side:36}" + "".join(f"{s[k]:>17}" for k in keys))
     for name, r in ratios.items():
-        print(f"{name:28}" + "".join(f"{r[k]!s:>17}" for k in keys))
+        print(f"{name:36}" + "".join(f"{r[k]!s:>17}" for k in keys))
     print(f"initial model: {initial}; wrote {a.out}")
 
 
