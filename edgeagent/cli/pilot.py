@@ -29,7 +29,7 @@ def pilot(
         None, "--hubs", help="Hubs, one simulated patient each [default: 20; --small 6]."
     ),
     rounds: int | None = typer.Option(
-        None, "--rounds", help="Federated rounds [default: 30; --small 4]."
+        None, "--rounds", help="Federated rounds [default: 20; --small 4]."
     ),
     out: Path = _OUT,
     seed: int = typer.Option(0, "--seed", help="Seed of patients, schedules and training."),
