@@ -156,6 +156,17 @@ def _honest_mean(deltas: dict[str, tuple[np.ndarray, int]]) -> np.ndarray:
     return weighted_fedavg([ClientUpdate(b, d, n) for b, (d, n) in deltas.items()])
 
 
+def _assert_reference_near_honest(
+    agg: Aggregator, w0: np.ndarray, want: np.ndarray, honest: dict, atol: float
+) -> None:
+    """The published model is ``w0 + want`` and lands near the honest boxes' mean."""
+    w1 = get_params(parse_model(agg.model_bytes or b""))
+    np.testing.assert_allclose(w1, w0 + want.astype(np.float32), atol=atol)
+    ref = _honest_mean(honest)
+    got = w1.astype(np.float64) - w0
+    assert np.linalg.norm(got - ref) < 0.25 * np.linalg.norm(ref)
+
+
 @pytest.fixture
 def scenario(syn_model: bytes, tmp_path: Path) -> tuple[Path, np.ndarray, dict, dict]:
     """Six boxes, the last one boosting its update x100."""
@@ -188,12 +199,8 @@ def test_grouped_median_equals_reference_and_ignores_a_boosted_box(
     assert rob["tolerated_bad_groups"] == 1
     assert rec["survivors"] == list(BOXES[:6])
     # the groups are the public, nonce-keyed partition (boxes checked the same)
-    w1 = get_params(parse_model(agg.model_bytes or b""))
     want = _group_reference(rob["groups"], attacked, "median")
-    np.testing.assert_allclose(w1, w0 + want.astype(np.float32), atol=2e-5)
-    ref = _honest_mean(honest)
-    got = w1.astype(np.float64) - w0
-    assert np.linalg.norm(got - ref) < 0.25 * np.linalg.norm(ref)
+    _assert_reference_near_honest(agg, w0, want, honest, atol=2e-5)
     # the operator's view names rule and groups
     rep = status_report(tmp_path / "flr1")
     assert rep["rounds"][-1]["robust"]["groups"] == rob["groups"]
@@ -422,13 +429,9 @@ def test_plaintext_median_ignores_a_boosted_box(
     rob = rec["robust"]
     assert rob["mode"] == "plaintext" and rob["updates"] == 6
     assert rob["min_updates"] == 3 and rob["tolerated_bad_boxes"] == 2
-    w1 = get_params(parse_model(agg.model_bytes or b""))
     rows = [l2_clip(attacked[b][0].astype(np.float64), CLIP)[0] for b in BOXES[:6]]
     want = np.median(np.stack(rows), axis=0)
-    np.testing.assert_allclose(w1, w0 + want.astype(np.float32), atol=2e-6)
-    ref = _honest_mean(honest)
-    got = w1.astype(np.float64) - w0
-    assert np.linalg.norm(got - ref) < 0.25 * np.linalg.norm(ref)
+    _assert_reference_near_honest(agg, w0, want, honest, atol=2e-6)
     out = _status_cli(cfg, tmp_path)
     assert any(ln.split()[:2] == ["1", "completed"] and "median plain 6" in ln for ln in out)
 
