@@ -225,3 +225,17 @@ def test_r_peaks_on_simulator_ecg_match_its_beats(fs: float, kind: str | None) -
     found = found[(found > 0.3) & (found < 59.7)]
     tp, _ = match_beats(found, truth, tol_s=0.05)
     assert tp / truth.shape[0] >= 0.98 and tp / found.shape[0] >= 0.98
+
+
+@pytest.mark.parametrize("fs", [130.0, 250.0, 500.0])
+@pytest.mark.parametrize("n", [40, 1300, 5000])
+def test_cached_filtfilt_and_kurtosis_equal_scipy(fs: float, n: int) -> None:
+    """The alert path's fast filter and kurtosis give SciPy's numbers, not approximations."""
+    from scipy import signal, stats
+
+    x = np.random.default_rng(int(fs) + n).normal(size=n).cumsum()
+    for sos in (ecg._sos_band(fs, *ecg.QRS_BAND_HZ), ecg._sos_low(fs, ecg.MORPHOLOGY_LOWPASS_HZ)):
+        np.testing.assert_allclose(ecg._sosfiltfilt(sos, x), signal.sosfiltfilt(sos, x), 0, 1e-12)
+    assert ecg._kurtosis(x) == pytest.approx(float(stats.kurtosis(x)), rel=1e-12)
+    with pytest.raises(ValueError, match="padlen"):
+        ecg._sosfiltfilt(ecg._sos_band(fs, *ecg.QRS_BAND_HZ), x[:10])
