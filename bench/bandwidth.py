@@ -22,18 +22,10 @@ from pathlib import Path
 
 import onnx
 
-from edgeagent.bandwidth import ROUND_STAGES_S, measure
-from edgeagent.config import AggregatorSection, StatusSection
+from edgeagent.bandwidth import measure, operating_profiles
 from edgeagent.model.graph import get_params
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILES = {
-    "default": (
-        StatusSection().interval_s,
-        3600.0 / (AggregatorSection().round_interval_s + ROUND_STAGES_S),
-    ),
-    "pilot": (60.0, 3600.0 / (60.0 + ROUND_STAGES_S)),
-}
 
 
 def main() -> None:
@@ -45,7 +37,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     params = get_params(onnx.load(REPO / "models" / "baseline.onnx")).size
-    res = measure(params, args.boxes, args.seed, PROFILES)
+    res = measure(params, args.boxes, args.seed, operating_profiles())
     elapsed = time.perf_counter() - t0
     result = {
         "benchmark": "bandwidth",

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeagent.config import AggregatorSection, StatusSection
 from edgeagent.fl.privacy import fedavg_payload, payload_bound
 from edgeagent.fl.secagg import RoundConfig
 from edgeagent.fl.secagg.simulate import simulate_round
@@ -188,6 +189,23 @@ def profile(
         "total_bytes_per_h": round(total),
         "ratio_to_raw": total / raw,
         "meets_1pct_target": total / raw <= TARGET_RATIO,
+    }
+
+
+def operating_profiles() -> dict[str, tuple[float, float]]:
+    """(status interval s, rounds per hour) of the shipped config and of a fast-rounds setting.
+
+    ``default`` reads the config schema's defaults (status every 300 s; one
+    round per aggregator ``round_interval_s`` plus up to ``ROUND_STAGES_S`` of
+    stages), so the figure follows the shipped config; ``pilot`` is a
+    fast-convergence setting (status every 60 s, a round every 60 s + stages).
+    """
+    return {
+        "default": (
+            StatusSection().interval_s,
+            3600.0 / (AggregatorSection().round_interval_s + ROUND_STAGES_S),
+        ),
+        "pilot": (60.0, 3600.0 / (60.0 + ROUND_STAGES_S)),
     }
 
 

@@ -95,6 +95,19 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
     assert lat["central"]["p50"] >= 2 * delay  # raw up, alert back
     assert lat["edge_on_box_decision"]["p99"] < lat["edge"]["p50"]
 
+    band = r["bandwidth"]
+    # The pilot's own model, one 32-bit field element per parameter at least, per round.
+    assert band["model_parameters"] > 100
+    assert band["update_bytes_per_round"] >= 4 * band["model_parameters"]
+    assert band["raw_bytes_per_h"] > 0 and set(band["profiles"]) == {"default", "pilot"}
+    for name, p in band["profiles"].items():
+        parts = p["alerts_bytes_per_h"] + p["updates_bytes_per_h"] + p["status_bytes_per_h"]
+        assert abs(p["total_bytes_per_h"] - parts) <= 1
+        ratio = p["total_bytes_per_h"] / band["raw_bytes_per_h"]
+        assert p["ratio_to_raw"] == pytest.approx(ratio, rel=1e-3)
+        assert f"| {name} | {p['status_interval_s']:.0f} s |" in md
+    assert "## Bandwidth leaving a box" in md
+
     assert set(r["targets"]) == {
         "fed_personalised_ge_centralised",
         "federated_within_2pt_of_centralised",
