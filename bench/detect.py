@@ -295,11 +295,17 @@ def main(argv: list[str] | None = None) -> int:
         f"numpy twin {o['numpy_twin_median_us']:.1f} us "
         f"= {o['ratio_numpy_over_onnxruntime']:.2f} x onnxruntime"
     )
-    print(
-        f"last sample -> stored alert: median {a['alert_median_ms']:.2f} ms, "
-        f"p99 {a['alert_p99_ms']:.2f} ms beyond the hop over {a['alert_windows']} alerts "
-        f"(all windows p99 {a['window_p99_ms']:.2f} ms; target p99 <= 20 ms)"
-    )
+    if a["alert_windows"]:
+        print(
+            f"last sample -> stored alert: median {a['alert_median_ms']:.2f} ms, "
+            f"p99 {a['alert_p99_ms']:.2f} ms beyond the hop over {a['alert_windows']} alerts "
+            f"(all windows p99 {a['window_p99_ms']:.2f} ms; target p99 <= 20 ms)"
+        )
+    else:  # --quick can be too short for an episode: say so instead of a figure
+        print(
+            f"last sample -> stored alert: no alert in {a['sim_seconds']:.0f} s simulated "
+            f"(all windows p99 {a['window_p99_ms']:.2f} ms; target p99 <= 20 ms)"
+        )
     print(
         f"training: {tr['train_us_per_window']:.1f} us per window "
         f"(offer {tr['offer_us_per_window']:.1f} us)"
