@@ -1,1 +1,1 @@
-"""Firmware simulator: stands in for wearable sensors over BLE and serial. Never imports edgeagent."""
+"""Firmware simulator: wearable sensors over BLE and serial. Never imports edgeagent."""
