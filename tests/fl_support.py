@@ -87,3 +87,34 @@ class FixedLearner:
 
     def reset_global(self, w_global: np.ndarray) -> None:
         self.globals.append(np.asarray(w_global, np.float32).copy())
+
+
+def start_clients(
+    fleet: Pki,
+    broker: Broker,
+    model: bytes,
+    deltas: dict[str, tuple[np.ndarray, int]],
+    name: str,
+    **client_kw: Any,
+) -> list[Any]:
+    """One started ``FlClient`` per box in ``deltas``, each sending its fixed ``(delta, n_k)``.
+
+    ``client_kw`` reaches every ``FlClient`` (e.g. ``min_group_size``); a
+    callable value is called with the box id, so one box can differ.
+    """
+    from edgeagent.fl.client import FlClient
+    from edgeagent.fl.identity import load_ca, load_identity
+    from edgeagent.model.graph import sha256_hex
+    from edgeagent.transport.mqtt import MqttLink
+
+    ca = load_ca(fleet.ca_cert)
+    out = []
+    for b, (d, n) in deltas.items():
+        files = fleet.client_files(b)
+        link = MqttLink(b, broker.host, broker.port, files, name, identity=b)
+        kw = {k: (v(b) if callable(v) else v) for k, v in client_kw.items()}
+        c = FlClient(b, name, load_identity(files.cert, ca, b), ca, FixedLearner(d, n), link,
+                     global_sha256=sha256_hex(model), **kw)  # fmt: skip
+        c.start()
+        out.append(c)
+    return out

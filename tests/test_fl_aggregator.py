@@ -38,6 +38,7 @@ from tests.fl_support import (
     aggregator_config,
     make_fleet,
     start_broker,
+    start_clients,
 )
 
 GOOD = ("box-a", "box-b", "box-c", "box-d")
@@ -75,25 +76,6 @@ def _expected_mean(deltas: dict[str, tuple[np.ndarray, int]]) -> np.ndarray:
     return weighted_fedavg(ups, clip=CLIP, n_cap=N_CAP)
 
 
-def _clients(
-    fleet: Pki,
-    broker: Broker,
-    model: bytes,
-    deltas: dict[str, tuple[np.ndarray, int]],
-    name: str,
-) -> list[FlClient]:
-    ca = load_ca(fleet.ca_cert)
-    out = []
-    for b, (d, n) in deltas.items():
-        files = fleet.client_files(b)
-        link = MqttLink(b, broker.host, broker.port, files, name, identity=b)
-        c = FlClient(b, name, load_identity(files.cert, ca, b), ca, FixedLearner(d, n), link,
-                     global_sha256=sha256_hex(model))  # fmt: skip
-        c.start()
-        out.append(c)
-    return out
-
-
 def _run(agg: Aggregator, timeout: float, on_tick: Callable[[], None] | None = None) -> None:
     t = threading.Thread(target=agg.run, kwargs={"on_tick": on_tick}, daemon=True)
     t.start()
@@ -123,7 +105,7 @@ def test_round_equals_plaintext_fedavg_and_state_survives_restart(
     expected = _expected_mean(deltas)
     state = tmp_path / "agg"
     cfg = aggregator_config(fleet, broker, state, model_path, "fl1", min_boxes=4, rounds=1)
-    clients = _clients(fleet, broker, syn_model, deltas, "fl1")
+    clients = start_clients(fleet, broker, syn_model, deltas, "fl1")
     try:
         agg = Aggregator(parse_config(cfg))
         agg.start()
@@ -228,7 +210,7 @@ def test_forged_replayed_impersonating_and_foreign_messages_leave_the_round_inta
                         F2, identity="box-a", status=False).connect(timeout=10)  # fmt: skip
     c_key = load_identity(fleet.client_files("box-c").cert, ca, "box-c").key
 
-    clients = _clients(fleet, broker, syn_model, deltas, F2)
+    clients = start_clients(fleet, broker, syn_model, deltas, F2)
     x_client.start()
     agg = Aggregator(parse_config(cfg))
     acks: dict[str, int] = {}

@@ -43,7 +43,13 @@ from edgeagent.pki import Pki
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
-from tests.fl_support import FixedLearner, aggregator_config, make_fleet, start_broker
+from tests.fl_support import (
+    FixedLearner,
+    aggregator_config,
+    make_fleet,
+    start_broker,
+    start_clients,
+)
 
 BOXES = tuple(f"r{i}" for i in range(8))
 CLIP, N_CAP = 100.0, 100  # clip wide enough that clipping alone does not stop the boost
@@ -87,20 +93,11 @@ def _clients(
     model: bytes,
     deltas: dict[str, tuple[np.ndarray, int]],
     name: str,
-    refuse_plaintext: tuple[str, ...] = (),
+    **kw: Any,
 ) -> list[FlClient]:
-    """One started box per delta; groups of 2 allowed (the floor is tested on its own)."""
-    ca = load_ca(fleet.ca_cert)
-    out = []
-    for b, (d, n) in deltas.items():
-        files = fleet.client_files(b)
-        link = MqttLink(b, broker.host, broker.port, files, name, identity=b)
-        c = FlClient(b, name, load_identity(files.cert, ca, b), ca, FixedLearner(d, n), link,
-                     global_sha256=sha256_hex(model), min_group_size=2,
-                     allow_plaintext=b not in refuse_plaintext)  # fmt: skip
-        c.start()
-        out.append(c)
-    return out
+    """Groups of 2 and plaintext allowed (the boxes' floors are tested on their own)."""
+    kw.setdefault("allow_plaintext", True)
+    return start_clients(fleet, broker, model, deltas, name, min_group_size=2, **kw)
 
 
 def _run_round(cfg: dict[str, Any], clients: list[FlClient], timeout: float = 30) -> Aggregator:
@@ -400,7 +397,7 @@ def test_plaintext_fedavg_equals_weighted_fedavg_and_a_box_may_refuse(
     no = BOXES[4]  # its config keeps allow_plaintext = false
     cfg = _config(fleet, broker, tmp_path, model_path, "flp1", min_boxes=5,
                   secure_aggregation=False)  # fmt: skip
-    clients = _clients(fleet, broker, syn_model, honest, "flp1", refuse_plaintext=(no,))
+    clients = _clients(fleet, broker, syn_model, honest, "flp1", allow_plaintext=lambda b: b != no)
     agg = _run_round(cfg, clients)
     rec = agg.state["rounds"][-1]
     assert rec["status"] == "completed", rec
