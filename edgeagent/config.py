@@ -349,9 +349,24 @@ class AggregatorSection(_Section):
         description="false = plaintext rounds: each box sends its clipped update over TLS, "
         "the rule runs over single updates; only boxes with allow_plaintext answer.",
     )
+    intake_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Worker processes that take the masked vectors (MQTT 5 shared "
+        "subscription) and hand the aggregator partial sums; 0 = it takes them itself.",
+    )
 
     @model_validator(mode="after")
     def _counts(self) -> AggregatorSection:
+        if self.intake_workers and (self.robust != "none" or not self.secure_aggregation):
+            # a worker's partial sum mixes boxes of any group, and plaintext rounds have no
+            # masked vectors: both need every update in the aggregator itself
+            raise _keyed(
+                "intake_workers",
+                "needs robust = 'none' and secure_aggregation = true (grouped and plaintext "
+                "rounds take their updates in the aggregator); set intake_workers = 0",
+            )
         if self.min_survivors > self.min_boxes:
             raise _keyed("min_survivors", f"must not exceed min_boxes ({self.min_boxes})")
         if self.max_boxes < self.min_boxes:

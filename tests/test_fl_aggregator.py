@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import numpy as np
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeagent.broker import Broker
 from edgeagent.config import parse_config
-from edgeagent.errors import TransportError
+from edgeagent.errors import ConfigError, TransportError
 from edgeagent.fl.aggregate import ClientUpdate, weighted_fedavg
 from edgeagent.fl.aggregator import Aggregator, status_report
 from edgeagent.fl.client import FlClient
@@ -289,3 +290,85 @@ def test_outside_rounds_and_garbage_are_counted_not_fatal(
     assert agg.boxes == {}
     agg.tick()  # no eligible boxes: no round
     assert agg.round is None
+
+
+def test_intake_workers_take_the_masked_vectors_and_the_sum_is_unchanged(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path
+) -> None:
+    """Two worker processes share COLLECT_MASKED (``$share/...``); the aggregator folds
+    their partial sums and gets exactly the FedAvg of one aggregator, round after round."""
+    model_path = tmp_path / "m.onnx"
+    model_path.write_bytes(syn_model)
+    w0 = get_params(parse_model(syn_model))
+    deltas = _deltas(w0.size)
+    expected = _expected_mean(deltas).astype(np.float32)
+    cfg = aggregator_config(fleet, broker, tmp_path / "agg", model_path, "fl3", min_boxes=4,
+                            rounds=2, intake_workers=2)  # fmt: skip
+    clients = start_clients(fleet, broker, syn_model, deltas, "fl3")
+    agg = Aggregator(parse_config(cfg))
+    try:
+        agg.start()
+        workers = list(agg._workers)
+        assert len(workers) == 2 and all(p.poll() is None for p in workers)
+        _run(agg, 90)
+        w2 = get_params(parse_model(agg.model_bytes or b""))
+        np.testing.assert_allclose(w2, w0 + 2 * expected, atol=4e-5)
+        for rec in agg.state["rounds"]:
+            assert rec["status"] == "completed" and rec["survivors"] == list(GOOD), rec
+            intake = rec["intake"]
+            assert intake["refused_partials"] == {}
+            # every masked vector went through a worker, none through the aggregator
+            assert sum(intake["boxes_by_worker"].values()) == len(GOOD)
+            assert set(intake["boxes_by_worker"]) <= {"intake-0", "intake-1"}
+    finally:
+        agg.close()
+        for c in clients:
+            c.stop()
+    assert all(p.poll() is not None for p in workers)  # close() stops them
+
+
+def test_intake_workers_need_one_plain_secure_sum() -> None:
+    base = {"agent": {"box_id": "aggregator", "fleet": "f", "state_dir": "/tmp/x"}}
+    for extra in ({"robust": "median", "min_boxes": 9}, {"secure_aggregation": False}):
+        with pytest.raises(ConfigError, match="intake_workers"):
+            parse_config({**base, "aggregator": {"intake_workers": 2, **extra}})
+
+
+def test_intake_workers_a_box_silent_at_collect_is_a_dropout(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path
+) -> None:
+    """At the COLLECT_MASKED deadline the aggregator closes intake, takes the workers'
+    last partials, and SecAgg+ removes the silent box's masks: FedAvg of the rest."""
+    model_path = tmp_path / "m.onnx"
+    model_path.write_bytes(syn_model)
+    w0 = get_params(parse_model(syn_model))
+    deltas = _deltas(w0.size)
+    silent = GOOD[-1]
+    expected = _expected_mean({b: v for b, v in deltas.items() if b != silent})
+    cfg = aggregator_config(fleet, broker, tmp_path / "agg", model_path, "fl4", min_boxes=4,
+                            rounds=1, intake_workers=2, stage_timeout_s=3.0)  # fmt: skip
+    clients = start_clients(fleet, broker, syn_model, deltas, "fl4")
+    box = next(c for c in clients if c.box_id == silent)
+    send = box.link.publish
+
+    def drop_masked(topic: str, data: bytes, **kw: Any) -> Any:
+        if topic.endswith("/collect_masked"):  # the box goes quiet after SHARE_KEYS
+            return send(topic.replace("/collect_masked", "/test-dropped"), b"", **kw)  # no reader
+        return send(topic, data, **kw)
+
+    box.link.publish = drop_masked  # type: ignore[method-assign]
+    agg = Aggregator(parse_config(cfg))
+    try:
+        agg.start()
+        _run(agg, 60)
+        rec = agg.state["rounds"][-1]
+        assert rec["status"] == "completed", rec
+        assert rec["survivors"] == list(GOOD[:-1])
+        assert rec["dropped"].get("collect_masked") == [silent]
+        assert sum(rec["intake"]["boxes_by_worker"].values()) == len(GOOD) - 1
+        w1 = get_params(parse_model(agg.model_bytes or b""))
+        np.testing.assert_allclose(w1, w0 + expected.astype(np.float32), atol=2e-5)
+    finally:
+        agg.close()
+        for c in clients:
+            c.stop()

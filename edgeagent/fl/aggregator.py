@@ -51,6 +51,8 @@ import logging
 import os
 import queue
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -66,7 +68,16 @@ from edgeagent.errors import ModelError, ProtocolError, TransportError
 from edgeagent.fl import robust
 from edgeagent.fl.aggregate import apply_update, mean_from_total
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORDER, Key, Stage
+from edgeagent.fl.coordinator import CLOSE_GRACE_S, PartialCollector
 from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
+from edgeagent.fl.intake import (
+    OP_CLOSE,
+    OP_OPEN,
+    PARTIAL_KIND,
+    control_topic,
+    encode_control,
+    partial_topic,
+)
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import (
     DpAccountant,
@@ -102,6 +113,10 @@ HISTORY = 500
 MAX_WAIT_S = 0.25
 #: Messages queued from the network thread; beyond this the oldest are dropped (counted).
 INBOX_MAX = 100_000
+#: Seconds the local intake workers get to connect and subscribe at start.
+WORKER_START_S = 30.0
+#: Box topics the aggregator reads itself when intake workers take the masked vectors.
+_OWN_KINDS = ("hello", "status", Stage.SETUP.value, Stage.SHARE_KEYS.value, Stage.UNMASK.value)
 _STAGES = {s.value: s for s in Stage}
 
 
@@ -169,6 +184,11 @@ class _Round:
     plain: dict[str, tuple[np.ndarray, int]] | None = None
     #: model parameters (an UPDATE must carry exactly this many float32)
     dim: int = 0
+    #: participants' verified keys (the intake workers check box signatures with them)
+    box_keys: dict[str, Any] = field(default_factory=dict)
+    #: intake workers: partial sums folded into the (single) SecAgg+ instance
+    collector: PartialCollector | None = None
+    intake_closing: bool = False
 
     def __post_init__(self) -> None:
         self.group_of = {b: i for i, g in enumerate(self.groups) for b in g}
@@ -228,6 +248,8 @@ class Aggregator:
         self.bytes_out_total = 0
         self.done = threading.Event()
         self._stop = threading.Event()
+        self._workers: list[subprocess.Popen[bytes]] = []
+        self._control_seq = Sequencer()
         self.state = read_state(self.state_dir)
         self._restore()
         self.link = link or MqttLink(
@@ -380,9 +402,22 @@ class Aggregator:
             self.inbox_dropped += 1
 
     def start(self) -> None:
-        """Connect, subscribe to the boxes' topics, publish the current global model."""
+        """Connect, subscribe to the boxes' topics, publish the current global model.
+
+        With ``intake_workers``, start them first and subscribe to everything
+        but ``node/+/collect_masked``: a plain subscription matching it would
+        hand this process every masked vector too, beside the workers' shared
+        subscription.
+        """
         self.link.connect()
-        self.link.subscribe(topics.node_filter(self.fleet, "+")).wait(10.0)
+        if self.policy.intake_workers:
+            self._start_workers()
+            filters = [topics.node_filter(self.fleet, k) for k in _OWN_KINDS]
+            filters.append(partial_topic(self.fleet))
+        else:
+            filters = [topics.node_filter(self.fleet, "+")]
+        for f in filters:
+            self.link.subscribe(f).wait(10.0)
         for r in self.state["clear_announce"]:
             self.link.publish(topics.announce(self.fleet, r), b"", retain=True)
         self.state["clear_announce"] = []
@@ -393,6 +428,88 @@ class Aggregator:
         if self.round is not None:
             log.warning("stopping during round %d; it is abandoned", self.round.round_id)
         self.link.close()
+        self._stop_workers()
+
+    # -- intake workers ---------------------------------------------------------------------------
+
+    def _start_workers(self) -> None:
+        """Run ``intake_workers`` × ``python -m edgeagent.fl.intake`` on this host and wait
+        until each has subscribed (a worker on another host runs the same command)."""
+        fed = self.config.federation
+        ready_dir = self.state_dir / "intake"
+        ready_dir.mkdir(parents=True, exist_ok=True)
+        ready = [ready_dir / f"{i}.ready" for i in range(self.policy.intake_workers)]
+        for i, flag in enumerate(ready):
+            flag.unlink(missing_ok=True)
+            cmd = [sys.executable, "-m", "edgeagent.fl.intake", "--host", fed.broker_host,
+                   "--port", str(fed.broker_port), "--fleet", self.fleet,
+                   "--ca", str(fed.ca_file), "--cert", str(fed.cert_file),
+                   "--key", str(fed.key_file), "--worker", str(i),
+                   "--ready-file", str(flag)]  # fmt: skip
+            self._workers.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+        deadline = time.monotonic() + WORKER_START_S
+        for i, (proc, flag) in enumerate(zip(self._workers, ready, strict=True)):
+            while not flag.exists():
+                problem = None
+                if proc.poll() is not None:
+                    problem = f"exited with status {proc.returncode} before subscribing"
+                elif time.monotonic() > deadline:
+                    problem = f"not subscribed after {WORKER_START_S:.0f} s"
+                if problem:
+                    self._stop_workers()
+                    raise TransportError("intake_worker", f"intake worker {i} {problem}")
+                time.sleep(0.05)
+        log.info("%d intake workers subscribed", len(self._workers))
+
+    def _check_workers(self) -> None:
+        """A dead worker takes the service down (systemd restarts it); the round in
+        progress is then recorded as interrupted, like any restart mid-round."""
+        for i, proc in enumerate(self._workers):
+            if proc.poll() is not None:
+                code = proc.returncode
+                self._stop_workers()
+                raise TransportError("intake_worker", f"intake worker {i} exited ({code})")
+
+    def _stop_workers(self) -> None:
+        for proc in self._workers:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._workers:
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._workers = []
+
+    def _open_intake(self, r: _Round) -> None:
+        """COLLECT_MASKED opens: tell the workers the round, its size and the box keys."""
+        server = r.servers[0]
+        c = server.config
+        ctl = encode_control(OP_OPEN, r.round_id, r.nonce, self._control_seq.next(),
+                             self.identity.key, dim=c.dim,
+                             box_keys={n: r.box_keys[n] for n in c.participants})  # fmt: skip
+        self.bytes_out_total += len(ctl)
+        self.link.publish(control_topic(self.fleet), ctl)
+        r.collector = PartialCollector(server, self.identity.public_key)
+
+    def _close_intake(self, r: _Round) -> None:
+        """Ask the workers to flush what they hold for this round and let it go."""
+        ctl = encode_control(OP_CLOSE, r.round_id, r.nonce, self._control_seq.next(),
+                             self.identity.key)  # fmt: skip
+        self.bytes_out_total += len(ctl)
+        self.link.publish(control_topic(self.fleet), ctl)
+        r.intake_closing = True
+
+    def _on_partial(self, payload: bytes) -> None:
+        r = self.round
+        if r is None or r.collector is None:
+            self._refuse_outside("late_partial", "partial sum with no collect stage open")
+            return
+        self.bytes_in_total += len(payload)
+        t0 = time.perf_counter()
+        r.collector.receive(payload)  # refusals are counted by the collector
+        r.server_seconds += time.perf_counter() - t0
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -429,6 +546,10 @@ class Aggregator:
             self._refuse_outside("bad_topic", msg.topic)
             return
         if t.fleet != self.fleet or t.area != "node" or t.node_id is None:
+            return
+        if t.node_id == AGGREGATOR:  # only the aggregator identity may write here (ACL)
+            if t.kind == PARTIAL_KIND:
+                self._on_partial(msg.payload)
             return
         if t.kind == "hello":
             self._on_hello(t.node_id, msg.payload)
@@ -546,6 +667,8 @@ class Aggregator:
         """Open a round when due, close a stage when complete or past its deadline."""
         now = self.clock()
         r = self.round
+        if self._workers:
+            self._check_workers()
         if r is None:
             limit = self.policy.rounds
             if limit and self.state["totals"].get("completed", 0) >= limit:
@@ -560,6 +683,11 @@ class Aggregator:
             if r.plain is not None:
                 r.stage_seconds[str(Stage.UPDATE)] = round(now - r.stage_started, 4)
                 self._finish_plain()
+            elif r.collector is not None and not r.intake_closing and r.pending():
+                # COLLECT_MASKED deadline with boxes missing: the workers may still hold
+                # some of them in an unflushed partial; ask for it, wait a moment
+                self._close_intake(r)
+                r.deadline = now + CLOSE_GRACE_S
             else:
                 self._advance()
 
@@ -596,7 +724,8 @@ class Aggregator:
                 noise_std=box_std,
             )
             servers.append(SecAggServer(cfg))
-        rx = EnvelopeReceiver(AGGREGATOR, {n: self.boxes[n].key for n in chosen})
+        box_keys = {n: self.boxes[n].key for n in chosen}
+        rx = EnvelopeReceiver(AGGREGATOR, box_keys)
         rx.begin_round(round_id, nonce)
         now = self.clock()
         self.round = _Round(
@@ -613,6 +742,7 @@ class Aggregator:
             now,
             plain={} if plain else None,
             dim=dim - 1,
+            box_keys=box_keys,
         )
         self.state["next_round"] = round_id + 1
         self.state["in_progress"] = {
@@ -717,6 +847,10 @@ class Aggregator:
         r.server_seconds += time.perf_counter() - t0
         r.stage_started = now
         r.deadline = now + self.policy.stage_timeout_s
+        if r.collector is not None and closing is Stage.COLLECT_MASKED and not r.intake_closing:
+            self._close_intake(r)
+        if self._workers and Stage.COLLECT_MASKED in out:
+            self._open_intake(r)  # before the boxes get their COLLECT_MASKED bodies
         for stage in sorted(out, key=STAGE_ORDER.index):
             self._send_stage(stage, out[stage])
         if not r.live():
@@ -740,6 +874,14 @@ class Aggregator:
             have = dropped.setdefault(stage_name, [])
             have.extend(b for b in silent if b not in have)
         rec = self._base_record(r, dropped, refused)
+        if r.collector is not None:
+            rec["intake"] = {
+                "workers": self.policy.intake_workers,
+                "boxes_by_worker": dict(sorted(r.collector.by_worker.items())),
+                "refused_partials": {
+                    k: v for k, v in r.collector.counters.items() if k != "absorbed"
+                },
+            }
         done = [(i, s.result) for i, s in enumerate(r.servers) if s.result is not None]
         need = robust.min_groups(p.robust, **p.rule_params()) if grouped else 1
         if grouped:
