@@ -59,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     for key, row in r.get("latency", {}).items():
         ce = row["central"]["p99"]
-        print(f"  edge / centralised p99 latency at +{key} ms   {row['edge']['p99'] / ce:.3f}")
+        print(
+            f"  edge / centralised p99 latency at +{key} ms   "
+            f"{row['edge_on_box_decision']['p99'] / ce:.3f} (on-box alert), "
+            f"{row['edge']['p99'] / ce:.3f} (alert delivered to the cloud)"
+        )
+    for name, p in r["bandwidth"]["profiles"].items():
+        print(f"  bytes sent / raw stream bytes ({name:7})     {p['ratio_to_raw']:.4f}")
     print(f"wrote {args.out / 'pilot.json'} and {args.out / 'pilot.md'}")
     return 0
 
