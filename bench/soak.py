@@ -258,7 +258,7 @@ def main() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             snap = sup.snapshot()
-            if bus.depth() == 0 and (snap.get("outbox") or {}).get("depth", 1) <= 1:
+            if bus.depth() == 0 and (snap.get("outbox") or {}).get("depth", 1) == 0:
                 break
             time.sleep(0.5)
         final = sup.snapshot()
