@@ -372,3 +372,24 @@ def test_intake_workers_a_box_silent_at_collect_is_a_dropout(
         agg.close()
         for c in clients:
             c.stop()
+
+
+def test_a_dead_intake_worker_stops_the_aggregator_with_a_reason(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path
+) -> None:
+    model_path = tmp_path / "m.onnx"
+    model_path.write_bytes(syn_model)
+    cfg = aggregator_config(fleet, broker, tmp_path / "agg", model_path, "fl5",
+                            intake_workers=1)  # fmt: skip
+    agg = Aggregator(parse_config(cfg))
+    try:
+        agg.start()
+        agg.tick()  # healthy: nothing happens
+        (worker,) = agg._workers
+        worker.kill()
+        worker.wait(10)
+        with pytest.raises(TransportError, match="intake worker 0 exited"):
+            agg.tick()
+        assert agg._workers == []
+    finally:
+        agg.close()

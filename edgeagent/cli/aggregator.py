@@ -63,6 +63,9 @@ def run(
 
     try:
         agg.run(on_tick=ping)
+    except EdgeAgentError as exc:  # e.g. an intake worker died: exit non-zero, systemd restarts
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     finally:
         notifier.stopping(status="aggregator stopping")
         agg.close()
