@@ -1041,8 +1041,88 @@ def _pcts(v: Sequence[float]) -> dict[str, float | int | None]:
     }
 
 
+def _cloud_side(
+    conn: Any,
+    host: str,
+    port: int,
+    files: Any,
+    model: bytes,
+    alert_topic: str,
+    raw_topic: str,
+    back_topic: str,
+) -> None:
+    """The WAN and the cloud, in a process of their own (they are other machines).
+
+    Run in the hub's process, the relay's and the cloud client's threads took
+    the GIL from the on-box detector exactly when it ran (the previous
+    window's delayed bytes arrive one spacing later), which charged the
+    network's emulation to the box. Here: the cloud's MQTT client records
+    when edge alerts arrive and runs the cloud detector on raw windows; the
+    ``DelayProxy`` the hub connects through lives here too. Commands over
+    ``conn``: ``("proxy", delay_s)`` -> port, ``("count", path)``,
+    ``("take", path)`` -> {window: arrival perf_counter} (and clears),
+    ``("stop", None)``. ``perf_counter`` is CLOCK_MONOTONIC, shared by processes.
+    """
+    from edgeagent.pipeline.alerts import MemoryAlertSink
+    from edgeagent.pipeline.detect import Detector, DetectorConfig
+    from edgeagent.transport.mqtt import MqttLink
+
+    det = Detector(model, "pilot", MemoryAlertSink(), DetectorConfig())
+    arrived: dict[str, dict[int, float]] = {"edge": {}, "central": {}}
+    link: MqttLink | None = None
+
+    def on_cloud(msg: Any) -> None:
+        now = time.perf_counter()
+        if msg.topic == alert_topic:
+            arrived["edge"][int(json.loads(msg.payload)["i"])] = now
+        elif msg.topic == raw_topic:
+            (n,) = struct.unpack_from("<I", msg.payload)
+            i = int(json.loads(msg.payload[4 : 4 + n])["i"])
+            w = decode_window(msg.payload)
+            x = features.extract(w)
+            d = det.process_features(w.patient, w.start, w.end, x)
+            assert link is not None
+            link.publish(back_topic, json.dumps({"i": i, "score": d.score}).encode())
+
+    proxy: DelayProxy | None = None
+    try:
+        link = MqttLink("cloud", host, port, files, FLEET, identity="cloud", status=False,
+                        on_message=on_cloud, clean_start=True)  # fmt: skip
+        link.connect(timeout=10.0)
+        link.subscribe(alert_topic).wait(5.0)
+        link.subscribe(raw_topic).wait(5.0)
+        conn.send(("ready", None))
+        while True:
+            cmd, arg = conn.recv()
+            if cmd == "proxy":
+                if proxy is not None:
+                    proxy.close()
+                proxy = DelayProxy((host, port), float(arg))
+                conn.send(proxy.port)
+            elif cmd == "count":
+                conn.send(len(arrived[arg]))
+            elif cmd == "take":
+                conn.send(dict(arrived[arg]))
+                arrived[arg].clear()
+            else:
+                break
+    except Exception as exc:  # the parent reads this instead of waiting forever
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        if proxy is not None:
+            proxy.close()
+        if link is not None:
+            link.close()
+
+
 def measure_latency(cfg: PilotConfig, model: bytes, workdir: Path) -> dict[str, Any]:
-    """Edge vs centralised alert latency over a real broker, per added one-way delay."""
+    """Edge vs centralised alert latency over a real broker, per added one-way delay.
+
+    This process is the hub: it cuts features, runs the detector and publishes
+    over its own MQTT link. The WAN relay and the cloud run in another process
+    (``_cloud_side``), so only the hub's own work is timed on the hub.
+    """
     from edgeagent.pipeline.alerts import MemoryAlertSink
     from edgeagent.pipeline.detect import Detector, DetectorConfig
     from edgeagent.pki import Pki
@@ -1056,66 +1136,64 @@ def measure_latency(cfg: PilotConfig, model: bytes, workdir: Path) -> dict[str, 
     broker.start()
     windows = latency_windows(cfg.seed)
     box_det = Detector(model, "pilot", MemoryAlertSink(), DetectorConfig())
-    cloud_det = Detector(model, "pilot", MemoryAlertSink(), DetectorConfig())
     alert_topic = topics.alert(FLEET, "hub-00")
     raw_topic = topics.node(FLEET, "hub-00", "raw")
     back_topic = f"{topics.prefix(FLEET)}/cloud/hub-00/alert"
     results: dict[str, Any] = {}
-    arrived: dict[str, dict[int, float]] = {"edge": {}, "central": {}}
-    cloud_link: MqttLink | None = None
-
-    def on_cloud(msg: Any) -> None:
-        now = time.perf_counter()
-        if msg.topic == alert_topic:
-            arrived["edge"][int(json.loads(msg.payload)["i"])] = now
-        elif msg.topic == raw_topic:
-            (n,) = struct.unpack_from("<I", msg.payload)
-            i = int(json.loads(msg.payload[4 : 4 + n])["i"])
-            w = decode_window(msg.payload)
-            x = features.extract(w)
-            det = cloud_det.process_features(w.patient, w.start, w.end, x)
-            assert cloud_link is not None
-            cloud_link.publish(back_topic, json.dumps({"i": i, "score": det.score}).encode())
+    back: dict[int, float] = {}
 
     def on_box(msg: Any) -> None:
         if msg.topic == back_topic:
-            arrived["central"][int(json.loads(msg.payload)["i"])] = time.perf_counter()
+            back[int(json.loads(msg.payload)["i"])] = time.perf_counter()
 
-    try:
-        cloud_link = MqttLink(
-            "cloud",
+    # fork, like the training pool: no re-import of the caller's __main__ (spawn would need
+    # an ``if __name__ == "__main__"`` guard in every script that runs a pilot)
+    ctx = get_context("fork")
+    conn, child_conn = ctx.Pipe()
+    cloud = ctx.Process(
+        target=_cloud_side,
+        args=(
+            child_conn,
             broker.host,
             broker.port,
             pki.client_files("cloud"),
-            FLEET,
-            identity="cloud",
-            status=False,
-            on_message=on_cloud,
-            clean_start=True,
-        )
-        cloud_link.connect(timeout=10.0)
-        cloud_link.subscribe(alert_topic).wait(5.0)
-        cloud_link.subscribe(raw_topic).wait(5.0)
+            model,
+            alert_topic,
+            raw_topic,
+            back_topic,
+        ),
+        daemon=True,
+        name="pilot-cloud",
+    )
+
+    def ask(cmd: str, arg: Any = None) -> Any:
+        conn.send((cmd, arg))
+        if not conn.poll(60.0):
+            raise RuntimeError(f"the pilot's cloud process did not answer {cmd!r}")
+        got = conn.recv()
+        if isinstance(got, tuple) and got and got[0] == "error":
+            raise RuntimeError(f"the pilot's cloud process failed: {got[1]}")
+        return got
+
+    try:
+        cloud.start()
+        hello = conn.recv() if conn.poll(120.0) else ("error", "no answer in 120 s")
+        if hello != ("ready", None):
+            raise RuntimeError(f"the pilot's cloud process did not come up: {hello[1]}")
         for delay_ms in cfg.latency_delays_ms:
-            proxy = DelayProxy((broker.host, broker.port), delay_ms / 1000.0)
-            box = MqttLink(
-                f"hub-00-{int(delay_ms)}",
-                "127.0.0.1",
-                proxy.port,
-                pki.client_files("hub-00"),
-                FLEET,
-                identity="hub-00",
-                status=False,
-                on_message=on_box,
-                clean_start=True,
-            )
+            port = ask("proxy", delay_ms / 1000.0)
+            box = MqttLink(f"hub-00-{int(delay_ms)}", "127.0.0.1", port,
+                           pki.client_files("hub-00"), FLEET, identity="hub-00", status=False,
+                           on_message=on_box, clean_start=True)  # fmt: skip
             try:
                 box.connect(timeout=15.0)
                 box.subscribe(back_topic).wait(10.0)
                 local: list[float] = []
                 sent: dict[str, dict[int, float]] = {"edge": {}, "central": {}}
+                got: dict[str, dict[int, float]] = {}
                 for path in ("edge", "central"):
-                    arrived[path].clear()
+                    ask("take", "edge")
+                    back.clear()
                     for i in range(cfg.latency_windows):
                         w = windows[i % len(windows)]
                         t0 = time.perf_counter()
@@ -1136,10 +1214,15 @@ def measure_latency(cfg: PilotConfig, model: bytes, workdir: Path) -> dict[str, 
                             box.publish(raw_topic, struct.pack("<I", len(hb)) + hb + raw[4 + n :])
                         time.sleep(cfg.latency_spacing_s)
                     deadline = time.monotonic() + 10.0 + 4 * delay_ms / 1000.0
-                    while len(arrived[path]) < cfg.latency_windows and time.monotonic() < deadline:
+
+                    def count(path: str = path) -> int:
+                        return ask("count", "edge") if path == "edge" else len(back)
+
+                    while count() < cfg.latency_windows and time.monotonic() < deadline:
                         time.sleep(0.01)
+                    got[path] = ask("take", "edge") if path == "edge" else dict(back)
                 lat = {
-                    p: [arrived[p][i] - sent[p][i] for i in sent[p] if i in arrived[p]]
+                    p: [got[p][i] - sent[p][i] for i in sent[p] if i in got[p]]
                     for p in ("edge", "central")
                 }
                 results[f"{delay_ms:g}"] = {
@@ -1152,10 +1235,13 @@ def measure_latency(cfg: PilotConfig, model: bytes, workdir: Path) -> dict[str, 
                 }
             finally:
                 box.close()
-                proxy.close()
     finally:
-        if cloud_link is not None:
-            cloud_link.close()
+        if cloud.is_alive():
+            with contextlib.suppress(OSError, BrokenPipeError):
+                conn.send(("stop", None))
+            cloud.join(15.0)
+            if cloud.is_alive():
+                cloud.kill()
         broker.stop()
     return results
 
