@@ -184,8 +184,6 @@ class _Round:
     plain: dict[str, tuple[np.ndarray, int]] | None = None
     #: model parameters (an UPDATE must carry exactly this many float32)
     dim: int = 0
-    #: participants' verified keys (the intake workers check box signatures with them)
-    box_keys: dict[str, Any] = field(default_factory=dict)
     #: intake workers: partial sums folded into the (single) SecAgg+ instance
     collector: PartialCollector | None = None
     intake_closing: bool = False
@@ -488,7 +486,7 @@ class Aggregator:
         c = server.config
         ctl = encode_control(OP_OPEN, r.round_id, r.nonce, self._control_seq.next(),
                              self.identity.key, dim=c.dim,
-                             box_keys={n: r.box_keys[n] for n in c.participants})  # fmt: skip
+                             box_keys={n: r.receiver.keys[n] for n in c.participants})  # fmt: skip
         self.bytes_out_total += len(ctl)
         self.link.publish(control_topic(self.fleet), ctl)
         r.collector = PartialCollector(server, self.identity.public_key)
@@ -724,8 +722,7 @@ class Aggregator:
                 noise_std=box_std,
             )
             servers.append(SecAggServer(cfg))
-        box_keys = {n: self.boxes[n].key for n in chosen}
-        rx = EnvelopeReceiver(AGGREGATOR, box_keys)
+        rx = EnvelopeReceiver(AGGREGATOR, {n: self.boxes[n].key for n in chosen})
         rx.begin_round(round_id, nonce)
         now = self.clock()
         self.round = _Round(
@@ -742,7 +739,6 @@ class Aggregator:
             now,
             plain={} if plain else None,
             dim=dim - 1,
-            box_keys=box_keys,
         )
         self.state["next_round"] = round_id + 1
         self.state["in_progress"] = {
