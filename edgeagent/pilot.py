@@ -1059,8 +1059,8 @@ def _cloud_side(
     network's emulation to the box. Here: the cloud's MQTT client records
     when edge alerts arrive and runs the cloud detector on raw windows; the
     ``DelayProxy`` the hub connects through lives here too. Commands over
-    ``conn``: ``("proxy", delay_s)`` -> port, ``("count", path)``,
-    ``("take", path)`` -> {window: arrival perf_counter} (and clears),
+    ``conn``: ``("proxy", delay_s)`` -> port, ``("count", None)`` -> edge alerts
+    arrived, ``("take", None)`` -> {window: arrival perf_counter} (and clears),
     ``("stop", None)``. ``perf_counter`` is CLOCK_MONOTONIC, shared by processes.
     """
     from edgeagent.pipeline.alerts import MemoryAlertSink
@@ -1068,13 +1068,13 @@ def _cloud_side(
     from edgeagent.transport.mqtt import MqttLink
 
     det = Detector(model, "pilot", MemoryAlertSink(), DetectorConfig())
-    arrived: dict[str, dict[int, float]] = {"edge": {}, "central": {}}
+    arrived: dict[int, float] = {}  # edge alerts; centralised answers arrive at the hub
     link: MqttLink | None = None
 
     def on_cloud(msg: Any) -> None:
         now = time.perf_counter()
         if msg.topic == alert_topic:
-            arrived["edge"][int(json.loads(msg.payload)["i"])] = now
+            arrived[int(json.loads(msg.payload)["i"])] = now
         elif msg.topic == raw_topic:
             (n,) = struct.unpack_from("<I", msg.payload)
             i = int(json.loads(msg.payload[4 : 4 + n])["i"])
@@ -1100,10 +1100,10 @@ def _cloud_side(
                 proxy = DelayProxy((host, port), float(arg))
                 conn.send(proxy.port)
             elif cmd == "count":
-                conn.send(len(arrived[arg]))
+                conn.send(len(arrived))
             elif cmd == "take":
-                conn.send(dict(arrived[arg]))
-                arrived[arg].clear()
+                conn.send(dict(arrived))
+                arrived.clear()
             else:
                 break
     except Exception as exc:  # the parent reads this instead of waiting forever
@@ -1192,7 +1192,7 @@ def measure_latency(cfg: PilotConfig, model: bytes, workdir: Path) -> dict[str, 
                 sent: dict[str, dict[int, float]] = {"edge": {}, "central": {}}
                 got: dict[str, dict[int, float]] = {}
                 for path in ("edge", "central"):
-                    ask("take", "edge")
+                    ask("take")  # drop what a previous delay left behind
                     back.clear()
                     for i in range(cfg.latency_windows):
                         w = windows[i % len(windows)]
@@ -1214,13 +1214,12 @@ def measure_latency(cfg: PilotConfig, model: bytes, workdir: Path) -> dict[str, 
                             box.publish(raw_topic, struct.pack("<I", len(hb)) + hb + raw[4 + n :])
                         time.sleep(cfg.latency_spacing_s)
                     deadline = time.monotonic() + 10.0 + 4 * delay_ms / 1000.0
-
-                    def count(path: str = path) -> int:
-                        return ask("count", "edge") if path == "edge" else len(back)
-
-                    while count() < cfg.latency_windows and time.monotonic() < deadline:
+                    while time.monotonic() < deadline:
+                        n = ask("count") if path == "edge" else len(back)
+                        if n >= cfg.latency_windows:
+                            break
                         time.sleep(0.01)
-                    got[path] = ask("take", "edge") if path == "edge" else dict(back)
+                    got[path] = ask("take") if path == "edge" else dict(back)
                 lat = {
                     p: [got[p][i] - sent[p][i] for i in sent[p] if i in got[p]]
                     for p in ("edge", "central")
