@@ -65,6 +65,14 @@ def broker(fleet: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bro
     b.stop()
 
 
+@pytest.fixture
+def model_path(tmp_path: Path, syn_model: bytes) -> Path:
+    """The synthetic model as a file: the aggregator's ``initial_model``."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(syn_model)
+    return path
+
+
 def _deltas(dim: int) -> dict[str, tuple[np.ndarray, int]]:
     rng = np.random.default_rng(7)
     # norms around 1.2: some updates are clipped, which the reference must reproduce
@@ -97,10 +105,8 @@ def _wait(cond: Callable[[], bool], timeout: float) -> bool:
 
 
 def test_round_equals_plaintext_fedavg_and_state_survives_restart(
-    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, model_path: Path
 ) -> None:
-    model_path = tmp_path / "m.onnx"
-    model_path.write_bytes(syn_model)
     w0 = get_params(parse_model(syn_model))
     deltas = _deltas(w0.size)
     expected = _expected_mean(deltas)
@@ -164,10 +170,8 @@ def test_round_equals_plaintext_fedavg_and_state_survives_restart(
 
 
 def test_forged_replayed_impersonating_and_foreign_messages_leave_the_round_intact(
-    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, model_path: Path
 ) -> None:
-    model_path = tmp_path / "m.onnx"
-    model_path.write_bytes(syn_model)
     w0 = get_params(parse_model(syn_model))
     deltas = _deltas(w0.size)
     expected = _expected_mean(deltas).astype(np.float32)
@@ -272,11 +276,9 @@ def test_forged_replayed_impersonating_and_foreign_messages_leave_the_round_inta
 
 
 def test_outside_rounds_and_garbage_are_counted_not_fatal(
-    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path
+    fleet: Pki, broker: Broker, tmp_path: Path, model_path: Path
 ) -> None:
     """Messages that arrive with no round open, bad topics and bad hellos never crash the loop."""
-    model_path = tmp_path / "m.onnx"
-    model_path.write_bytes(syn_model)
     cfg = aggregator_config(fleet, broker, tmp_path / "agg", model_path)
     agg = Aggregator(parse_config(cfg))
     node = topics.node(FLEET, "box-a", "setup")
@@ -293,12 +295,10 @@ def test_outside_rounds_and_garbage_are_counted_not_fatal(
 
 
 def test_intake_workers_take_the_masked_vectors_and_the_sum_is_unchanged(
-    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, model_path: Path
 ) -> None:
     """Two worker processes share COLLECT_MASKED (``$share/...``); the aggregator folds
     their partial sums and gets exactly the FedAvg of one aggregator, round after round."""
-    model_path = tmp_path / "m.onnx"
-    model_path.write_bytes(syn_model)
     w0 = get_params(parse_model(syn_model))
     deltas = _deltas(w0.size)
     expected = _expected_mean(deltas).astype(np.float32)
@@ -335,12 +335,10 @@ def test_intake_workers_need_one_plain_secure_sum() -> None:
 
 
 def test_intake_workers_a_box_silent_at_collect_is_a_dropout(
-    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, model_path: Path
 ) -> None:
     """At the COLLECT_MASKED deadline the aggregator closes intake, takes the workers'
     last partials, and SecAgg+ removes the silent box's masks: FedAvg of the rest."""
-    model_path = tmp_path / "m.onnx"
-    model_path.write_bytes(syn_model)
     w0 = get_params(parse_model(syn_model))
     deltas = _deltas(w0.size)
     silent = GOOD[-1]
@@ -375,10 +373,8 @@ def test_intake_workers_a_box_silent_at_collect_is_a_dropout(
 
 
 def test_a_dead_intake_worker_stops_the_aggregator_with_a_reason(
-    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path
+    fleet: Pki, broker: Broker, tmp_path: Path, model_path: Path
 ) -> None:
-    model_path = tmp_path / "m.onnx"
-    model_path.write_bytes(syn_model)
     cfg = aggregator_config(fleet, broker, tmp_path / "agg", model_path, "fl5",
                             intake_workers=1)  # fmt: skip
     agg = Aggregator(parse_config(cfg))
