@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true", help="the CI-sized pilot")
     ap.add_argument("--hubs", type=int)
     ap.add_argument("--rounds", type=int)
+    ap.add_argument("--seeds", type=int, help="training seeds for the headline rows (default 3)")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         over["hubs"] = args.hubs
     if args.rounds:
         over["rounds"] = args.rounds
+    if args.seeds:
+        over["seeds"] = args.seeds
     cfg = PilotConfig.small(**over) if args.small else PilotConfig(**over)
     r = run_pilot(cfg, None, log=print)
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,6 +29,7 @@ from edgeagent.pilot import (
     render_markdown,
     run_federation,
     schedule,
+    seed_spread,
     targets,
 )
 from edgeagent.pipeline import features
@@ -291,6 +292,39 @@ def test_targets_judge_the_measured_values() -> None:
     md = render_markdown(r)
     assert "| federated (FedAvg, n_k-weighted) | 87.0 |" in md
     assert "NOT met" in md and "median" in md
+
+
+def test_targets_use_the_mean_over_training_seeds() -> None:
+    """One lucky seed must not meet a target the other seeds miss."""
+    r = _fake_results()
+    r["accuracy"]["federated"]["accuracy"] = 0.89  # seed 0: within 2 points of 0.90
+    by = {
+        row: {"metrics": {"accuracy": a, "f1": 0.8, "auroc": 0.9}}
+        for row, a in (
+            ("centralised", 0.90),
+            ("centralised@1", 0.88),
+            ("federated", 0.89),
+            ("federated@1", 0.79),
+            ("federated_personalised", 0.91),
+            ("federated_personalised@1", 0.90),
+        )
+    }
+    cfg = PilotConfig(seeds=2)
+    r["accuracy"]["seed_spread"] = seed_spread(by, cfg)
+    fed = r["accuracy"]["seed_spread"]["federated"]
+    assert fed["train_seeds"] == [0, 1] and fed["accuracy_mean"] == pytest.approx(0.84)
+    assert fed["accuracy_sd"] == pytest.approx(np.std([0.89, 0.79], ddof=1))
+    r["best_robust_at_20pct"]["honest_only_loss"] = 0.05
+    t = targets(r)
+    within = t["federated_within_2pt_of_centralised"]
+    assert not within["met"] and within["value"] == pytest.approx(0.84 - 0.89)
+    assert within["value_main_seed"] == pytest.approx(-0.01)
+    assert t["fed_personalised_ge_centralised"]["value"] == pytest.approx(0.905 - 0.89)
+    assert t["best_robust_loss_at_20pct_le_3pt"]["honest_only_loss"] == 0.05
+    r["targets"] = t
+    md = render_markdown(r)
+    assert "| federated | 89.0 | 79.0 | 84.0 | 7.1 |" in md
+    assert "seed 0: -0.010" in md and "honest hubs only: 0.050" in md
 
 
 def test_cli_refuses_a_bad_setting_before_running() -> None:

@@ -33,6 +33,12 @@ def pilot(
     ),
     out: Path = _OUT,
     seed: int = typer.Option(0, "--seed", help="Seed of patients, schedules and training."),
+    seeds: int | None = typer.Option(
+        None,
+        "--seeds",
+        help="Training seeds for the centralised and federated rows; targets use their mean "
+        "[default: 3; --small 2].",
+    ),
     small: bool = typer.Option(False, "--small", help="The CI-sized pilot (about a minute)."),
     no_latency: bool = typer.Option(
         False, "--no-latency", help="Skip the broker latency experiment."
@@ -49,6 +55,8 @@ def pilot(
         over["hubs"] = hubs
     if rounds is not None:
         over["rounds"] = rounds
+    if seeds is not None:
+        over["seeds"] = seeds
     if delay_ms:
         over["latency_delays_ms"] = tuple(delay_ms)
     try:

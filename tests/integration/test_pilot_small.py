@@ -52,6 +52,10 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
     acc = r["accuracy"]
     for row in ("centralised", "federated", "federated_personalised", "centralised_personalised"):
         _check_metrics(acc[row], n_eval)
+    for row, e in acc["seed_spread"].items():
+        assert e["train_seeds"] == [cfg.seed + k for k in range(cfg.seeds)]
+        assert len(e["accuracy"]) == cfg.seeds and e["accuracy"][0] == acc[row]["accuracy"]
+        assert min(e["accuracy"]) <= e["accuracy_mean"] <= max(e["accuracy"])
     lo = acc["local_only"]
     assert lo["accuracy_min"] <= lo["accuracy"] <= lo["accuracy_max"]
 
@@ -63,6 +67,7 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
         k = round(float(key) * cfg.hubs)
         assert len(row["malicious_hubs"]) == k
         _check_metrics(row["centralised_poisoned_data"], n_eval)
+        _check_metrics(row["honest_hubs_only"], n_eval)
         for a in cfg.attacks:
             assert set(row[a]) == set(cfg.modes)
             for mode in cfg.modes:
@@ -70,6 +75,8 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
                 assert f"| {a} | {float(key) * 100:.0f}% |" in md
     b = r["best_robust_at_20pct"]
     assert b["best_robust_mode"] in cfg.modes and b["best_robust_mode"] != "fedavg"
+    honest = att["runs"]["0.2"]["honest_hubs_only"]["accuracy"]
+    assert b["honest_only_loss"] == pytest.approx(att["clean_accuracy"]["fedavg"] - honest)
     assert b["best_robust_worst_loss"] == min(
         v for m, v in b["worst_loss_vs_clean_fedavg"].items() if m != "fedavg"
     )
