@@ -26,10 +26,10 @@ _DELAYS = typer.Option(
 @app.command()
 def pilot(
     hubs: int | None = typer.Option(
-        None, "--hubs", help="Hubs, one simulated patient each [default: 20; --small 6]."
+        None, "--hubs", help="Hubs, one simulated patient each \\[default: 20; --small 6]."
     ),
     rounds: int | None = typer.Option(
-        None, "--rounds", help="Federated rounds [default: 20; --small 4]."
+        None, "--rounds", help="Federated rounds \\[default: 20; --small 4]."
     ),
     out: Path = _OUT,
     seed: int = typer.Option(0, "--seed", help="Seed of patients, schedules and training."),
@@ -37,7 +37,7 @@ def pilot(
         None,
         "--seeds",
         help="Training seeds for the centralised and federated rows; targets use their mean "
-        "[default: 3; --small 2].",
+        "\\[default: 3; --small 2].",
     ),
     small: bool = typer.Option(False, "--small", help="The CI-sized pilot (about a minute)."),
     no_latency: bool = typer.Option(
