@@ -15,6 +15,7 @@ ignores the boosted box, and boxes refuse what their own config forbids
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -28,7 +29,7 @@ import pytest
 from edgeagent.broker import Broker
 from edgeagent.config import parse_config
 from edgeagent.errors import ConfigError, ProtocolError
-from edgeagent.fl import robust
+from edgeagent.fl import robust, seal
 from edgeagent.fl.aggregate import ClientUpdate, sum_payloads, weighted_fedavg
 from edgeagent.fl.aggregator import Aggregator, status_report
 from edgeagent.fl.client import FlClient
@@ -414,6 +415,53 @@ def test_plaintext_fedavg_equals_weighted_fedavg_and_a_box_may_refuse(
     assert agg.epsilon() is None  # noise_multiplier 0: no DP claim
 
 
+def test_plaintext_updates_are_sealed_and_a_tampered_seal_is_refused(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
+) -> None:
+    """What the broker relays is sealed; a validly signed envelope whose seal does not open
+    (tampered, or copied from another box or round) is refused and costs only that box."""
+    model_path, w0, honest, _ = scenario
+    cfg = _config(fleet, broker, tmp_path, model_path, "flp4", min_boxes=5,
+                  secure_aggregation=False)  # fmt: skip
+    clients = _clients(fleet, broker, syn_model, honest, "flp4")
+    by = {c.box_id: c for c in clients}
+    bad, good = BOXES[1], BOXES[2]
+    bad_key = load_identity(fleet.client_files(bad).cert, load_ca(fleet.ca_cert), bad).key
+    relayed: dict[str, bytes] = {}
+
+    def capture(box: str, tamper: bool) -> None:
+        publish = by[box].link.publish
+
+        def wrapped(topic: str, data: bytes, **kw: Any) -> Any:
+            if topic.endswith("/update"):
+                if tamper:
+                    msg = decode_unverified(data)
+                    sealed = bytearray(msg.body["update"])
+                    sealed[-1] ^= 1
+                    data = encode(dataclasses.replace(msg, body={"update": bytes(sealed)}),
+                                  bad_key)  # fmt: skip
+                relayed[box] = data
+            return publish(topic, data, **kw)
+
+        by[box].link.publish = wrapped  # type: ignore[method-assign]
+
+    capture(bad, tamper=True)
+    capture(good, tamper=False)
+    agg = _run_round(cfg, clients)
+    rec = agg.state["rounds"][-1]
+    assert rec["status"] == "completed", rec
+    assert rec["refused"] == {"undecryptable": 1}
+    took = [b for b in honest if b != bad]
+    assert rec["survivors"] == took and rec["dropped"] == {"update": [bad]}
+    w1 = get_params(parse_model(agg.model_bytes or b""))
+    want = weighted_fedavg([ClientUpdate(b, *honest[b]) for b in took], clip=CLIP, n_cap=N_CAP)
+    np.testing.assert_allclose(w1, w0 + want.astype(np.float32), atol=2e-6)
+    # the bytes the broker relayed for an honest box hold neither its update nor n_k in clear
+    clipped = l2_clip(honest[good][0].astype(np.float64), CLIP)[0].astype("<f4").tobytes()
+    body = decode_unverified(relayed[good]).body
+    assert set(body) == {"update"} and clipped[:32] not in relayed[good]
+
+
 def test_plaintext_median_ignores_a_boosted_box(
     fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
 ) -> None:
@@ -470,13 +518,16 @@ def test_box_floors_refuse_plaintext_and_small_groups(fleet: Pki, syn_model: byt
                         FixedLearner(delta, 500), link, global_sha256=sha256_hex(syn_model),
                         **kw)  # fmt: skip
 
+    nonce = os.urandom(16)
+
     def announce(round_id: int, **kw: Any) -> MqttMessage:
         ann = Announcement(parts, sha256_hex(syn_model), 5.0, agg.cert_der, **kw)
-        msg = Message(AGGREGATOR, BROADCAST, round_id, Stage.SETUP, 0, os.urandom(16),
+        msg = Message(AGGREGATOR, BROADCAST, round_id, Stage.SETUP, 0, nonce,
                       announcement_body(ann))  # fmt: skip
         return MqttMessage(topics.announce(name, round_id), encode(msg, agg.key), 1, True)
 
-    plain = {"secure_aggregation": False, "clip": 2.0, "n_cap": 100}
+    round_key, enc_pk = seal.round_key()
+    plain = {"secure_aggregation": False, "clip": 2.0, "n_cap": 100, "enc_pk": enc_pk}
     strict, lax = box(BOXES[0]), box(BOXES[1], allow_plaintext=True, min_group_size=2)
     sent: list[tuple[str, bytes]] = []
     lax.link.publish = lambda topic, data, **_: sent.append((topic, data))  # type: ignore[method-assign]
@@ -495,11 +546,19 @@ def test_box_floors_refuse_plaintext_and_small_groups(fleet: Pki, syn_model: byt
         ((topic, data),) = sent
         assert topic == topics.node(name, BOXES[1], "update")
         body = decode_unverified(data).body
-        upd = np.frombuffer(body["update"], "<f4")
-        assert body["n"] == 100 and upd.size == dim
+        assert set(body) == {"update"}  # n_k travels sealed with the update
+        context = seal.info(2, nonce, BOXES[1])
+        upd, n = seal.open_update(body["update"], round_key, context, dim)
+        assert n == 100 and upd.size == dim
         assert np.linalg.norm(upd) == pytest.approx(2.0, rel=1e-6)
-        # plaintext with a group size, or without clip, is not a usable announcement
-        for bad in ({**plain, "group_size": 3}, {**plain, "clip": 0.0}):
+        # plaintext with a group size, without clip or without a sealing key is not usable:
+        # the box never sends an update the broker could read
+        for bad in (
+            {**plain, "group_size": 3},
+            {**plain, "clip": 0.0},
+            {**plain, "enc_pk": b""},
+            {**plain, "enc_pk": enc_pk[:31]},
+        ):
             with pytest.raises(ProtocolError) as err:
                 lax.handle(announce(9, **bad))
             assert err.value.reason == "bad_body"

@@ -30,9 +30,11 @@ more is unmasked and the round aborts. Otherwise the rule runs over the
 group means (``robust.grouped_aggregate``) in place of FedAvg.
 
 With ``aggregator.secure_aggregation = false`` (plaintext mode) a round is one
-stage: the announcement says ``secagg: false`` with the clip and ``n_cap``,
-each invited box that allows it (``federation.allow_plaintext``) answers with
-one signed UPDATE envelope holding its clipped update and ``n_k``, and at the
+stage: the announcement says ``secagg: false`` with the clip, ``n_cap`` and
+the round's sealing key, each invited box that allows it
+(``federation.allow_plaintext``) answers with one signed UPDATE envelope
+holding its clipped update and ``n_k`` sealed to that key (``fl.seal``: the
+broker cannot read them; the key lives only as long as the round), and at the
 deadline (or when all are in) the rule runs over the single updates
 (``robust.unweighted_aggregate``; n_k-weighted FedAvg for ``robust = "none"``)
 with central DP noise scaled to what that rule can move (``_finish_plain``).
@@ -62,10 +64,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgeagent.config import Config
 from edgeagent.errors import ModelError, ProtocolError, TransportError
-from edgeagent.fl import robust
+from edgeagent.fl import robust, seal
 from edgeagent.fl.aggregate import apply_update, mean_from_total
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORDER, Key, Stage
 from edgeagent.fl.coordinator import CLOSE_GRACE_S, PartialCollector
@@ -182,6 +185,8 @@ class _Round:
     abort_silent: dict[int, tuple[str, list[str]]] = field(default_factory=dict)
     #: plaintext mode: box -> (update as sent, capped n_k); None in a SecAgg+ round
     plain: dict[str, tuple[np.ndarray, int]] | None = None
+    #: plaintext mode: this round's key updates are sealed to (``fl.seal``; never stored)
+    seal_key: X25519PrivateKey | None = None
     #: model parameters (an UPDATE must carry exactly this many float32)
     dim: int = 0
     #: intake workers: partial sums folded into the (single) SecAgg+ instance
@@ -629,17 +634,12 @@ class Aggregator:
             raise ProtocolError("wrong_mode", f"{stage} in a plaintext round")
         if node in r.plain:
             raise ProtocolError("replay", "a second update in the same round")
-        raw, n = body.get(Key.UPDATE.value), body.get(Key.N.value)
-        if (
-            not isinstance(raw, bytes)
-            or len(raw) != 4 * r.dim
-            or type(n) is not int
-            or not 1 <= n <= self.policy.n_cap
-        ):
-            raise ProtocolError(
-                "bad_body", f"update must be {r.dim} float32 and 1 <= n <= {self.policy.n_cap}"
-            )
-        u = np.frombuffer(raw, "<f4").astype(np.float64)
+        sealed = body.get(Key.UPDATE.value)
+        if not isinstance(sealed, bytes) or r.seal_key is None:
+            raise ProtocolError("bad_body", "update must be a sealed byte string")
+        u, n = seal.open_update(sealed, r.seal_key, seal.info(r.round_id, r.nonce, node), r.dim)
+        if not 1 <= n <= self.policy.n_cap:
+            raise ProtocolError("bad_body", f"n must be in 1..{self.policy.n_cap}, got {n}")
         if not np.all(np.isfinite(u)):
             raise ProtocolError("bad_body", "update contains NaN or infinity")
         if float(np.linalg.norm(u)) > self.clip * (1 + 1e-5):
@@ -740,6 +740,9 @@ class Aggregator:
             plain={} if plain else None,
             dim=dim - 1,
         )
+        enc_pk = b""
+        if plain:
+            self.round.seal_key, enc_pk = seal.round_key()
         self.state["next_round"] = round_id + 1
         self.state["in_progress"] = {
             "round": round_id,
@@ -774,6 +777,7 @@ class Aggregator:
             not plain,
             self.clip if plain else 0.0,
             p.n_cap if plain else 0,
+            enc_pk,
         )
         r = self.round
         self._publish(

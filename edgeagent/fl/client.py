@@ -59,6 +59,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeagent.errors import EdgeAgentError, ModelError, ProtocolError, TransportError
+from edgeagent.fl import seal
 from edgeagent.fl.aggregator import write_json_atomic
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Key, Stage
 from edgeagent.fl.identity import Identity, verify_identity_cert
@@ -360,7 +361,10 @@ class FlClient:
                 self.handle(m)
 
     def _send_update(self, ann: Announcement) -> None:
-        """Plaintext round: the clipped update and capped ``n_k`` in one signed envelope."""
+        """Plaintext round: the clipped update and capped ``n_k``, sealed to the round key.
+
+        Sealed (``fl.seal``) because TLS ends at the broker; signed like every envelope.
+        """
         cur = self.current
         assert cur is not None
         try:
@@ -369,10 +373,9 @@ class FlClient:
             self._end_round("refused", str(exc))
             raise ProtocolError("bad_input", str(exc)) from exc
         cur.plaintext = True
-        body = {
-            Key.UPDATE.value: clipped.astype("<f4").tobytes(),
-            Key.N.value: min(int(self.learner.n_k), ann.n_cap),
-        }
+        n = min(int(self.learner.n_k), ann.n_cap)
+        context = seal.info(cur.round_id, cur.nonce, self.box_id)
+        body = {Key.UPDATE.value: seal.seal_update(clipped, n, ann.enc_pk, context)}
         out = Message(self.box_id, AGGREGATOR, cur.round_id, Stage.UPDATE, cur.seq.next(),
                       cur.nonce, body)  # fmt: skip
         data = encode(out, self.identity.key)

@@ -112,6 +112,5 @@ class Key(StrEnum):
     # result
     STATUS = "status"
     REASON = "reason"
-    # update (box -> server, plaintext mode): clipped delta as float32 LE bytes, capped n_k
+    # update (box -> server, plaintext mode): capped n_k and clipped delta, sealed (fl.seal)
     UPDATE = "update"
-    N = "n"

@@ -17,9 +17,10 @@ the broker, and this module encodes and checks them without I/O:
   the groups itself (``robust.partition_groups`` over the round nonce) and
   checks its SETUP against its own group's graph. A plaintext round
   (``[aggregator] secure_aggregation = false``) carries ``secagg: false`` and
-  the ``clip`` and ``n_cap`` the box applies to its update, which it sends in
-  one signed UPDATE envelope instead of the SecAgg+ stages (only if its own
-  ``[federation] allow_plaintext`` says so).
+  the ``clip`` and ``n_cap`` the box applies to its update, and ``enc_pk``, the
+  round's X25519 key the box seals that update to (``fl.seal``, HPKE); the box
+  sends it in one signed UPDATE envelope instead of the SecAgg+ stages (only if
+  its own ``[federation] allow_plaintext`` says so).
 * **model publication** (``model/current``, retained): the ONNX bytes, their
   SHA-256, the Ed25519 signature over the hash (``model.signing``) and the
   signer's certificate; boxes check all three before the model lifecycle sees it.
@@ -68,6 +69,7 @@ class AKey(StrEnum):
     SECAGG = "secagg"
     CLIP = "clip"
     N_CAP = "n_cap"
+    ENC_PK = "enc_pk"
 
 
 def _loads(data: bytes, what: str) -> Any:
@@ -157,6 +159,8 @@ class Announcement:
     #: Plaintext rounds only (SecAgg+ sends them in SETUP): L2 clip and cap on ``n_k``.
     clip: float = 0.0
     n_cap: int = 0
+    #: Plaintext rounds only: the round's X25519 public key (raw) updates are sealed to.
+    enc_pk: bytes = b""
 
 
 def announcement_body(a: Announcement) -> dict[str, Any]:
@@ -172,6 +176,7 @@ def announcement_body(a: Announcement) -> dict[str, Any]:
         body[AKey.SECAGG.value] = False  # a plaintext update, it waits for a SETUP instead
         body[AKey.CLIP.value] = float(a.clip)
         body[AKey.N_CAP.value] = int(a.n_cap)
+        body[AKey.ENC_PK.value] = a.enc_pk
     return body
 
 
@@ -203,6 +208,7 @@ def parse_announcement(body: Mapping[str, Any]) -> Announcement:
     secure = body.get(AKey.SECAGG.value, True)
     clip = body.get(AKey.CLIP.value, 0.0)
     n_cap = body.get(AKey.N_CAP.value, 0)
+    enc_pk = body.get(AKey.ENC_PK.value, b"")
     if secure is not True and (
         secure is not False
         or group_size
@@ -211,13 +217,25 @@ def parse_announcement(body: Mapping[str, Any]) -> Announcement:
         or not 0 < clip < float("inf")
         or type(n_cap) is not int
         or n_cap < 1
+        or not isinstance(enc_pk, bytes)
+        or len(enc_pk) != 32
     ):
+        # without enc_pk a box would have to send its update readable by the broker
         raise ProtocolError(
             "bad_body",
-            "a plaintext announcement needs secagg: false, clip > 0, n_cap >= 1 and no group_size",
+            "a plaintext announcement needs secagg: false, clip > 0, n_cap >= 1, a 32-byte "
+            "enc_pk and no group_size",
         )
     return Announcement(
-        tuple(parts), model, float(timeout), cert, group_size, secure, float(clip), n_cap
+        tuple(parts),
+        model,
+        float(timeout),
+        cert,
+        group_size,
+        secure,
+        float(clip),
+        n_cap,
+        enc_pk if secure is False else b"",
     )
 
 
