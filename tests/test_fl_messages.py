@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import cbor2
@@ -11,8 +12,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeagent.errors import ProtocolError
-from edgeagent.fl.constants import AGGREGATOR, BROADCAST, SIGNATURE_CONTEXT, Key, Stage
-from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
+from edgeagent.fl.constants import (
+    AGGREGATOR,
+    BROADCAST,
+    ENVELOPE_VERSION,
+    SIGNATURE_CONTEXT,
+    Key,
+    Stage,
+)
+from edgeagent.fl.messages import (
+    EnvelopeReceiver,
+    Message,
+    Sequencer,
+    decode_unverified,
+    encode,
+    signed_bytes,
+)
 
 NONCE = bytes(range(16))
 
@@ -80,9 +95,24 @@ def test_tampered_payload_refused(rx, keys) -> None:
 
 def test_signature_is_domain_separated(rx, keys) -> None:
     outer = cbor2.loads(encode(msg(), keys["box1"]))
-    outer[Key.SIGNATURE.value] = keys["box1"].sign(outer[Key.PAYLOAD.value])  # no context
-    assert refused(rx, cbor2.dumps(outer)) == "bad_signature"
-    assert SIGNATURE_CONTEXT.endswith(b"\x00")
+    payload = outer[Key.PAYLOAD.value]
+    digest = hashlib.sha256(payload).digest()
+    for signed in (
+        digest,  # no context
+        SIGNATURE_CONTEXT + payload,  # the payload itself, not its digest
+        b"edgeagent/fl/envelope/v1\x00" + payload,  # what a version-1 box signed
+    ):
+        outer[Key.SIGNATURE.value] = keys["box1"].sign(signed)
+        assert refused(rx, cbor2.dumps(outer)) == "bad_signature"
+    assert (
+        SIGNATURE_CONTEXT.endswith(b"\x00") and signed_bytes(payload) == SIGNATURE_CONTEXT + digest
+    )
+
+
+def test_a_version_1_envelope_is_refused_by_version(rx, keys) -> None:
+    outer = cbor2.loads(encode(msg(), keys["box1"]))
+    outer[Key.VERSION.value] = 1
+    assert ENVELOPE_VERSION == 2 and refused(rx, cbor2.dumps(outer)) == "bad_version"
 
 
 def test_replay_with_old_seq_refused(rx, keys) -> None:
@@ -166,7 +196,7 @@ def test_no_round_yet_refuses_everything(keys) -> None:
 )
 def test_schema_violations_are_malformed(rx, keys, payload) -> None:
     p = cbor2.dumps(payload)
-    data = cbor2.dumps({"v": 1, "p": p, "sig": keys["box1"].sign(SIGNATURE_CONTEXT + p)})
+    data = cbor2.dumps({"v": ENVELOPE_VERSION, "p": p, "sig": keys["box1"].sign(signed_bytes(p))})
     assert refused(rx, data) == "malformed"
 
 

@@ -11,11 +11,13 @@ from enum import StrEnum
 from typing import Final
 
 #: Envelope format version. Bump when the envelope layout (not a body) changes.
-ENVELOPE_VERSION: Final = 1
+#: 2: the signature covers SHA-256 of the payload, not the payload itself.
+ENVELOPE_VERSION: Final = 2
 
 #: Domain separation for Ed25519 signatures: a signature made for a federated
-#: envelope can never be replayed as a signature over a model file or a CSR.
-SIGNATURE_CONTEXT: Final = b"edgeagent/fl/envelope/v1\x00"
+#: envelope can never be replayed as a signature over a model file or a CSR
+#: (nor a version-1 envelope signature as a version-2 one).
+SIGNATURE_CONTEXT: Final = b"edgeagent/fl/envelope/v2\x00"
 
 #: Largest envelope accepted before any parsing. A 100k-parameter masked vector
 #: is 400 kB; 4 MiB leaves room for 1M parameters and refuses memory bombs.

@@ -51,7 +51,6 @@ from edgeagent.fl.constants import (
     AGGREGATOR,
     BROADCAST,
     MAX_ENVELOPE_BYTES,
-    SIGNATURE_CONTEXT,
     Key,
     Stage,
 )
@@ -61,6 +60,7 @@ from edgeagent.fl.messages import (
     Sequencer,
     decode_unverified,
     encode,
+    signed_bytes,
 )
 from edgeagent.fl.secagg import MaskedSum
 from edgeagent.transport import topics
@@ -126,7 +126,7 @@ def verify_signed(data: bytes, key: Ed25519PublicKey) -> Message:
     msg = decode_unverified(data)
     try:
         outer = cbor2.loads(data)
-        key.verify(outer[Key.SIGNATURE.value], SIGNATURE_CONTEXT + outer[Key.PAYLOAD.value])
+        key.verify(outer[Key.SIGNATURE.value], signed_bytes(outer[Key.PAYLOAD.value]))
     except (InvalidSignature, KeyError, TypeError) as exc:
         raise ProtocolError("bad_signature", "not signed by the aggregator identity") from exc
     return msg
