@@ -23,7 +23,7 @@ Two measurements per worker count, alternated in one run (``--trials`` each):
 
 Throughput = boxes / seconds; the ratio is 2 workers over 1 worker.
 
-Run: python bench/intake_scale.py [--boxes 1000] [--dim 10000] [--trials 3]
+Run: python bench/intake_scale.py [--boxes 2000] [--dim 10000] [--trials 5]
 """
 
 from __future__ import annotations
@@ -254,9 +254,9 @@ def trial(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--boxes", type=int, default=1000)
+    ap.add_argument("--boxes", type=int, default=2000)
     ap.add_argument("--dim", type=int, default=10_000)
-    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--modes", nargs="+", default=["drain", "live"])
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--out", type=Path, default=RESULTS)
