@@ -817,6 +817,11 @@ def _task(job: dict[str, Any]) -> dict[str, Any]:
     budget = cfg.rounds * cfg.local_epochs
     extra: dict[str, Any] = {}
     w0 = init_params(meta.spec, cfg.seed)
+    ids = [d.id for d in hubs]
+
+    def malicious(fraction: float) -> list[str]:
+        return list(choose_malicious(ids, fraction, cfg.seed))
+
     if kind == "local":
         d = hubs[job["hub"]]
         ts = train_arrays(d, pop_mu, pop_sigma, personal, rule=Calibration.of(cfg))
@@ -824,7 +829,7 @@ def _task(job: dict[str, Any]) -> dict[str, Any]:
     elif kind == "central":
         bad = set()
         if job.get("fraction"):
-            bad = set(choose_malicious([d.id for d in hubs], job["fraction"], cfg.seed))
+            bad = set(malicious(job["fraction"]))
         clinical = list(range(1, len(meta.classes) - 1))
         sets = [
             train_arrays(
@@ -850,12 +855,10 @@ def _task(job: dict[str, Any]) -> dict[str, Any]:
                 boost=cfg.scaling_boost,
                 inflate=cfg.free_ride_inflate,
             )
-            extra["malicious"] = list(
-                choose_malicious([d.id for d in hubs], attack.fraction, cfg.seed)
-            )
+            extra["malicious"] = malicious(attack.fraction)
         if job.get("honest_only"):
             # The ideal defence: the malicious hubs' updates (and their data) never arrive.
-            bad = set(choose_malicious([d.id for d in hubs], job["honest_only"], cfg.seed))
+            bad = set(malicious(job["honest_only"]))
             hubs = [d for d in hubs if d.id not in bad]
             extra["excluded"] = sorted(bad)
         res = run_federation(
