@@ -722,6 +722,7 @@ class Aggregator:
                 noise_std=box_std,
             )
             servers.append(SecAggServer(cfg))
+        seal_key, enc_pk = seal.round_key() if plain else (None, b"")
         rx = EnvelopeReceiver(AGGREGATOR, {n: self.boxes[n].key for n in chosen})
         rx.begin_round(round_id, nonce)
         now = self.clock()
@@ -738,11 +739,9 @@ class Aggregator:
             time.time(),
             now,
             plain={} if plain else None,
+            seal_key=seal_key,
             dim=dim - 1,
         )
-        enc_pk = b""
-        if plain:
-            self.round.seal_key, enc_pk = seal.round_key()
         self.state["next_round"] = round_id + 1
         self.state["in_progress"] = {
             "round": round_id,
