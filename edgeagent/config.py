@@ -329,7 +329,9 @@ class AggregatorSection(_Section):
     initial_model: Path | None = Field(default=None, description="ONNX global model of round 0.")
     holdout: Path | None = Field(default=None, description="Held-out .npz (x, mu, sigma, y).")
     eval_tolerance: float = Field(default=0.10, ge=0, description="Relative loss increase allowed.")
-    robust: Literal["none", "median", "trimmed_mean", "multi_krum", "norm_bound"] = Field(
+    robust: Literal[
+        "none", "median", "trimmed_mean", "multi_krum", "norm_bound", "cosine_cluster"
+    ] = Field(
         default="none",
         description="none = n_k-weighted FedAvg of one secure sum; otherwise grouped secure "
         "aggregation with this rule over the group means (plaintext mode: over single updates).",

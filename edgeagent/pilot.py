@@ -111,6 +111,7 @@ MODES: tuple[str, ...] = (
     "trimmed_mean",
     "multi_krum",
     "norm_bound",
+    "cosine_cluster",
     "secure_grouped_median",
 )
 MODALITIES: tuple[str, ...] = ("ecg", "acc", "temp", "env")
@@ -553,6 +554,8 @@ def aggregate(
         return robust.robust_aggregate(
             x, "norm_bound", weights=[float(c) for c in counts], max_norm=max(bound, 1e-12)
         )
+    if mode == "cosine_cluster":
+        return robust.robust_aggregate(x, "cosine_cluster")
     if mode == "secure_grouped_median":
         from edgeagent.fl.secagg import RoundConfig
         from edgeagent.fl.secagg.simulate import simulate_round
@@ -1370,6 +1373,30 @@ def run_pilot(
             }
         attacks["runs"][key] = row
     best20 = _best_robust(attacks, cfg, 0.2)
+    if best20 and best20["best_robust_mode"] and cfg.seeds > 1:
+        # The attack grid is one seed; the mode it picks (and the ideal defence) is rerun
+        # with the other training seeds so the 20 % target is judged on a mean, like the
+        # accuracy targets (the clean FedAvg per seed is the seed-spread run).
+        t0 = time.perf_counter()
+        extra_jobs = []
+        for k in range(1, cfg.seeds):
+            common = {"kind": "fed", "train_seed": cfg.seed + k, "fraction": 0.2}
+            extra_jobs.append({**common, "honest_only": 0.2, "row": f"seed20:honest_only@{k}"})
+            for attack in cfg.attacks:
+                extra_jobs.append(
+                    {
+                        **common,
+                        "attack": attack,
+                        "mode": best20["best_robust_mode"],
+                        "row": f"seed20:{attack}@{k}",
+                    }
+                )
+        more = _pmap(_task, extra_jobs, cfg.processes, state)
+        timings["robust_seeds_s"] = time.perf_counter() - t0
+        log(f"{len(extra_jobs)} robust-mode reruns over seeds in {timings['robust_seeds_s']:.1f} s")
+        done += more
+        by.update({d["job"]["row"]: d for d in more})
+        best20["over_seeds"] = robust_over_seeds(by, attacks, best20, cfg)
 
     # Modality contribution.
     fed = by["federated"]
@@ -1498,6 +1525,35 @@ def seed_spread(by: dict[str, Any], cfg: PilotConfig) -> dict[str, Any]:
     return out
 
 
+def robust_over_seeds(
+    by: dict[str, Any], attacks: dict[str, Any], best: dict[str, Any], cfg: PilotConfig
+) -> dict[str, Any]:
+    """Per training seed at 20 %: clean FedAvg, the best mode's worst attack, the ideal defence.
+
+    Seed ``cfg.seed`` comes from the attack grid, the others from the reruns;
+    losses are against the same seed's clean FedAvg, then averaged.
+    """
+    mode = best["best_robust_mode"]
+    row0 = attacks["runs"][f"{0.2:g}"]
+    clean = [by["federated"]["metrics"]["accuracy"]]
+    worst = [min(row0[a][mode]["accuracy"] for a in cfg.attacks)]
+    honest = [row0["honest_hubs_only"]["accuracy"]]
+    for k in range(1, cfg.seeds):
+        clean.append(by[f"federated@{k}"]["metrics"]["accuracy"])
+        worst.append(min(by[f"seed20:{a}@{k}"]["metrics"]["accuracy"] for a in cfg.attacks))
+        honest.append(by[f"seed20:honest_only@{k}"]["metrics"]["accuracy"])
+    c, w, h = (np.asarray(v, float) for v in (clean, worst, honest))
+    return {
+        "mode": mode,
+        "train_seeds": [cfg.seed + k for k in range(cfg.seeds)],
+        "clean_fedavg": clean,
+        "worst_attack_accuracy": worst,
+        "honest_only_accuracy": honest,
+        "worst_loss_mean": float(np.mean(c - w)),
+        "honest_only_loss_mean": float(np.mean(c - h)),
+    }
+
+
 def _nan_sub(a: float, b: float) -> float:
     return float(a - b) if np.isfinite(a) and np.isfinite(b) else float("nan")
 
@@ -1574,14 +1630,21 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
     }
     b = r.get("best_robust_at_20pct")
     if b:
+        # Mean over training seeds when the best mode was rerun (seed-0 value beside it).
+        seeds = b.get("over_seeds")
+        loss = seeds["worst_loss_mean"] if seeds else b["best_robust_worst_loss"]
         out["best_robust_loss_at_20pct_le_3pt"] = {
-            "value": b["best_robust_worst_loss"],
+            "value": loss,
             "need": "<= 0.03",
-            "met": b["best_robust_worst_loss"] is not None and b["best_robust_worst_loss"] <= 0.03,
+            "met": loss is not None and loss <= 0.03,
             "mode": b["best_robust_mode"],
             "fedavg_worst_loss": b["fedavg_worst_loss"],
-            "honest_only_loss": b.get("honest_only_loss"),
+            "honest_only_loss": (
+                seeds["honest_only_loss_mean"] if seeds else b.get("honest_only_loss")
+            ),
         }
+        if seeds:
+            out["best_robust_loss_at_20pct_le_3pt"]["value_main_seed"] = b["best_robust_worst_loss"]
     lat = r.get("latency", {}).get("50")
     if lat and lat["edge"]["p99"] and lat["central"]["p99"]:
         # The edge path is on-box detection: the alert is raised (local alarm) on the hub.
@@ -1740,9 +1803,29 @@ def render_markdown(r: dict[str, Any]) -> str:
         if b.get("honest_only_loss") is not None:
             lines.append(
                 "An ideal defence that drops exactly the malicious hubs (FedAvg over the honest "
-                f"hubs only) loses {_f(b['honest_only_loss'])} points: the malicious hubs' "
-                "patients and classes are missing from the federation, whatever the rule."
+                f"hubs only) loses {_f(b['honest_only_loss'])} points in this seed: what an "
+                "attack costs even when every attacker is found (their patients are missing)."
             )
+        o = b.get("over_seeds")
+        if o:
+            lines += [
+                "",
+                f"Over training seeds (the attack grid is seed {o['train_seeds'][0]}; "
+                f"**{o['mode']}** and the ideal defence rerun at 20 % with the others; "
+                "loss vs the same seed's clean FedAvg):",
+                "",
+                "| 20 % malicious | "
+                + " | ".join(f"seed {k}" for k in o["train_seeds"])
+                + " | mean loss |",
+                "|---|" + "---|" * (len(o["train_seeds"]) + 1),
+                "| clean FedAvg | " + " | ".join(_f(v) for v in o["clean_fedavg"]) + " | |",
+                f"| {o['mode']}, worst attack | "
+                + " | ".join(_f(v) for v in o["worst_attack_accuracy"])
+                + f" | {_f(o['worst_loss_mean'])} |",
+                "| honest hubs only (ideal defence) | "
+                + " | ".join(_f(v) for v in o["honest_only_accuracy"])
+                + f" | {_f(o['honest_only_loss_mean'])} |",
+            ]
     lines += ["", "## Latency from a sample leaving the wearable to its alert (ms)", ""]
     lines.append("| added one-way delay | path | p50 | p95 | p99 | lost |")
     lines.append("|---|---|---|---|---|---|")
@@ -1816,7 +1899,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             seed_value = _f(t["value_main_seed"], False, 3)
             extra = f" (mean over training seeds; seed {cfg['seed']}: {seed_value})"
         if t.get("honest_only_loss") is not None:
-            extra = f" (ideal defence, honest hubs only: {_f(t['honest_only_loss'], False, 3)})"
+            extra += f" (ideal defence, honest hubs only: {_f(t['honest_only_loss'], False, 3)})"
         if "alert_delivered_ratio" in t:
             extra = (
                 f" (on-box decision; the alert delivered over the delayed link: "

@@ -481,6 +481,28 @@ def test_plaintext_median_ignores_a_boosted_box(
     assert any(ln.split()[:2] == ["1", "completed"] and "median plain 6" in ln for ln in out)
 
 
+def test_plaintext_cosine_cluster_drops_a_sign_flipped_box(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
+) -> None:
+    model_path, w0, honest, _ = scenario
+    flipped = dict(honest)
+    d5, n5 = _deltas(w0.size, BOXES[:6])[BOXES[5]]
+    flipped[BOXES[5]] = ((-3.0 * d5).astype(np.float32), n5)
+    cfg = _config(fleet, broker, tmp_path, model_path, "flp4", min_boxes=6,
+                  robust="cosine_cluster", secure_aggregation=False)  # fmt: skip
+    agg = _run_round(cfg, _clients(fleet, broker, syn_model, flipped, "flp4"))
+    rec = agg.state["rounds"][-1]
+    assert rec["status"] == "completed", rec
+    assert rec["robust"]["min_updates"] == 3 and rec["robust"]["tolerated_bad_boxes"] == 0
+    rows = [l2_clip(flipped[b][0].astype(np.float64), CLIP)[0] for b in BOXES[:6]]
+    want, kept = robust.cosine_cluster(rows)
+    assert set(kept) <= {0, 1, 2, 3, 4} and len(kept) >= 4  # a majority, the flipped box out
+    _assert_reference_near_honest(agg, w0, want, honest, atol=2e-6)
+    # plain FedAvg with the same box moves against the honest direction
+    ups = [ClientUpdate(b, *flipped[b]) for b in BOXES[:6]]
+    assert np.dot(weighted_fedavg(ups), _honest_mean(honest)) < 0.5 * np.dot(want, want)
+
+
 def test_plaintext_median_noise_covers_the_rule_and_is_accounted(
     fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
 ) -> None:

@@ -8,6 +8,7 @@ import pytest
 from edgeagent.fl.robust import (
     RULES,
     coordinate_median,
+    cosine_cluster,
     grouped_aggregate,
     grouping_tradeoff,
     krum_scores,
@@ -45,6 +46,52 @@ def test_norm_bound_limits_pull() -> None:
     assert np.linalg.norm(out - TRUE) < 3.0 * 3 / 19 + 0.2
     w = norm_bound(np.array([[1.0, 0.0], [0.0, 10.0]]), 1.0, weights=[3, 1])
     np.testing.assert_allclose(w, [0.75, 0.25])
+
+
+def _skewed_honest(n: int, seed: int = 0) -> np.ndarray:
+    """Honest updates as label-skewed hubs send them: a shared part plus a large own part."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0, 1, 40)
+    return np.stack([shared + rng.normal(0, 1.2, 40) for _ in range(n)])
+
+
+def test_cosine_cluster_drops_sign_flipped_rows() -> None:
+    honest = _skewed_honest(16)
+    x = np.vstack([honest, -honest[:4]])  # 20 % sign flipping
+    ref = honest.mean(0)
+    cos = honest @ ref / np.linalg.norm(honest, axis=1) / np.linalg.norm(ref)
+    assert cos.max() < 0.8  # the honest rows are far from identical
+    mean, kept = cosine_cluster(x)
+    # only honest rows, at least a majority of all rows (HDBSCAN may call outliers noise)
+    assert set(kept) <= set(range(16)) and len(kept) >= 20 // 2 + 1
+    bound = np.median(np.linalg.norm(x, axis=1))
+    rows = x[kept] * np.minimum(1, bound / np.linalg.norm(x[kept], axis=1))[:, None]
+    np.testing.assert_allclose(mean, rows.mean(0), rtol=1e-12)
+    # closer to the honest mean than the coordinate-wise median or the plain mean
+    assert np.linalg.norm(mean - ref) < np.linalg.norm(coordinate_median(x) - ref)
+    assert np.linalg.norm(mean - ref) < np.linalg.norm(x.mean(0) - ref)
+
+
+def test_cosine_cluster_bounds_boosted_rows_and_ignores_zero_rows_with_big_counts() -> None:
+    honest = _skewed_honest(8, seed=1)
+    boosted = 100 * honest[0]  # same direction, so it stays in the cluster: the clip bounds it
+    x = np.vstack([honest, boosted, np.zeros(40)])
+    counts = [10.0] * 9 + [1000.0]  # a free rider claiming 100x the samples
+    mean, kept = cosine_cluster(x, counts)
+    assert 9 not in kept and 8 in kept
+    bound = np.median(np.linalg.norm(x, axis=1))
+    assert np.linalg.norm(mean) <= bound * (1 + 1e-12)
+    assert np.linalg.norm(robust_aggregate(x, "cosine_cluster", weights=counts) - mean) == 0
+    with pytest.raises(ValueError, match="weights"):
+        cosine_cluster(x, [1.0] * 3)
+
+
+def test_cosine_cluster_without_a_majority_cluster_falls_back_to_the_clipped_mean() -> None:
+    x = np.eye(5) * np.arange(1, 6)[:, None]  # five unrelated directions
+    mean, kept = cosine_cluster(x)
+    assert list(kept) == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(mean, np.minimum(np.arange(1, 6), 3.0) / 5)
+    assert min_groups("cosine_cluster") == 3
 
 
 def test_median_and_trimmed_mean_exact() -> None:
@@ -208,6 +255,7 @@ def test_cancelled_secagg_instance_unmasks_nothing_and_tells_its_boxes() -> None
         ("multi_krum", {"f": 1}),
         ("norm_bound", {}),
         ("norm_bound", {"max_norm": 0.3}),
+        ("cosine_cluster", {}),
         ("mean", {}),
     ],
 )

@@ -9,6 +9,14 @@ Plaintext rules take a stacked matrix of updates (one row per box):
   ``n - f - 2`` nearest neighbours are closest; needs ``n > 2f + 2``.
 * ``norm_bound`` (Sun et al. 2019, "Can you really backdoor FL?"): clips every
   row to a norm then averages; limits, does not remove, a bad box's pull.
+* ``cosine_cluster`` (the filtering and clipping of FLAME, Nguyen et al. 2022,
+  USENIX Security, without its noise step): keeps the rows in the largest
+  HDBSCAN cluster of cosine distances (at least a majority), clips them to the
+  median row norm and averages them. Unlike the coordinate-wise rules it keeps
+  whole honest updates, so hubs that hold rare classes are not cut away
+  coordinate by coordinate; it removes rows that point elsewhere (sign
+  flipping) but guarantees nothing about a bad row inside the majority cluster,
+  whose pull the clip bounds.
 
 Under secure aggregation the server never sees single rows, so robust rules run
 over *group* means (``partition_groups`` + ``grouped_aggregate``): boxes are
@@ -30,7 +38,14 @@ from typing import Any
 
 import numpy as np
 
-RULES: tuple[str, ...] = ("mean", "median", "trimmed_mean", "multi_krum", "norm_bound")
+RULES: tuple[str, ...] = (
+    "mean",
+    "median",
+    "trimmed_mean",
+    "multi_krum",
+    "norm_bound",
+    "cosine_cluster",
+)
 
 
 def _stack(updates: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -100,6 +115,57 @@ def norm_bound(
     return (w[:, None] * factor[:, None] * x).sum(axis=0) / w.sum()
 
 
+def cosine_cluster(
+    updates: np.ndarray | Sequence[np.ndarray], weights: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the majority cosine cluster's rows, each clipped to the median row norm.
+
+    Returns ``(mean, kept rows)``. Cosine, not Euclidean, distance because a
+    boosted copy of an honest direction is a size problem (the clip handles
+    it) while a reversed or foreign direction is a direction problem. HDBSCAN
+    with ``min_cluster_size = n // 2 + 1`` can only find a cluster holding a
+    majority; rows it calls noise are dropped, and if it finds none (every row
+    unlike every other) all rows are kept, clipped, so the rule falls back to
+    ``norm_bound``. All-zero rows have no direction and are dropped.
+    """
+    from sklearn.cluster import HDBSCAN  # imported here: heavy, and only the aggregator needs it
+
+    x = _stack(updates)
+    n = x.shape[0]
+    norms = np.linalg.norm(x, axis=1)
+    live = norms > 0
+    if not live.any():
+        return np.zeros(x.shape[1]), np.flatnonzero(live)
+    unit = x / np.maximum(norms, 1e-300)[:, None]
+    dist = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+    dist[~live, :] = 2.0
+    dist[:, ~live] = 2.0
+    np.fill_diagonal(dist, 0.0)
+    keep = live
+    if n >= 3:
+        labels = (
+            HDBSCAN(
+                min_cluster_size=n // 2 + 1,
+                min_samples=1,
+                metric="precomputed",
+                allow_single_cluster=True,
+                copy=True,
+            )
+            .fit(dist)
+            .labels_
+        )
+        if (labels >= 0).any():
+            keep = (labels == np.bincount(labels[labels >= 0]).argmax()) & live
+    chosen = np.flatnonzero(keep)
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or np.any(w < 0) or w[chosen].sum() <= 0:
+        raise ValueError("weights must be one non-negative number per row, not all zero")
+    bound = max(float(np.median(norms)), 1e-300)
+    factor = np.minimum(1.0, bound / np.maximum(norms, 1e-300))
+    kw = w[chosen] * factor[chosen]
+    return (kw[:, None] * x[chosen]).sum(axis=0) / w[chosen].sum(), chosen
+
+
 def robust_aggregate(
     updates: np.ndarray | Sequence[np.ndarray],
     rule: str,
@@ -109,8 +175,9 @@ def robust_aggregate(
 ) -> np.ndarray:
     """Apply the rule named ``rule`` (one of ``RULES``) with its parameters.
 
-    ``weights`` are used by ``mean`` and ``norm_bound`` only: order statistics
-    and Krum must not let a box buy influence by claiming a large ``n_k``.
+    ``weights`` are used by ``mean``, ``norm_bound`` and ``cosine_cluster``
+    only: order statistics and Krum must not let a box buy influence by
+    claiming a large ``n_k``.
     """
     x = _stack(updates)
     if rule == "mean":
@@ -126,6 +193,8 @@ def robust_aggregate(
         if "max_norm" not in params:
             raise ValueError("norm_bound needs max_norm=<L2 bound>")
         return norm_bound(x, float(params["max_norm"]), weights)
+    if rule == "cosine_cluster":
+        return cosine_cluster(x, weights)[0]
     raise ValueError(f"unknown robust rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
@@ -187,7 +256,8 @@ def output_radius(rule: str, clip: float, **params: Any) -> float:
     Any two outputs (neighbouring fleets included) then lie within
     ``2 * output_radius`` of each other: that is the sensitivity central DP
     noise must cover when a rule runs over single plaintext updates. Per rule:
-    a mean of rows (``mean``, ``multi_krum``, ``norm_bound``) stays within
+    a mean of rows (``mean``, ``multi_krum``, ``norm_bound``,
+    ``cosine_cluster``) stays within
     ``clip`` (``norm_bound`` within ``max_norm`` if smaller); a coordinate is
     the median only if at least half the rows are as large in it, so
     ``|med|^2 <= (2/n) sum |x_i|^2 <= 2 clip^2``; a trimmed mean keeps
@@ -206,7 +276,7 @@ def output_radius(rule: str, clip: float, **params: Any) -> float:
         return clip / math.sqrt(1.0 - 2.0 * beta)
     if rule == "norm_bound" and params.get("max_norm") is not None:
         return min(clip, float(params["max_norm"]))
-    if rule in ("mean", "multi_krum", "norm_bound"):
+    if rule in ("mean", "multi_krum", "norm_bound", "cosine_cluster"):
         return clip
     raise ValueError(f"unknown robust rule {rule!r}; choose one of {', '.join(RULES)}")
 
@@ -238,6 +308,8 @@ def min_groups(rule: str, **params: Any) -> int:
         return 2 * f + 3
     if rule == "norm_bound":
         return 1 if params.get("max_norm") is not None else 3
+    if rule == "cosine_cluster":
+        return 3  # a majority cluster and a median norm need three rows
     if rule == "mean":
         return 1
     raise ValueError(f"unknown robust rule {rule!r}; choose one of {', '.join(RULES)}")
@@ -254,7 +326,9 @@ def tolerated_rows(rule: str, rows: int, **params: Any) -> int:
         if "f" in params:  # the rule removes the f it is configured with, not more
             bad = min(bad, int(params["f"]))
         return bad
-    return 0  # mean and norm_bound only bound, never remove, a bad row's pull
+    # mean and norm_bound only bound a bad row's pull; cosine_cluster removes the rows
+    # outside its majority cluster but promises nothing for one inside it.
+    return 0
 
 
 def grouping_tradeoff(n: int, group_size: int, rule: str, **params: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeagent.broker import find_mosquitto
@@ -80,6 +81,19 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
     assert b["best_robust_worst_loss"] == min(
         v for m, v in b["worst_loss_vs_clean_fedavg"].items() if m != "fedavg"
     )
+    # the chosen mode and the ideal defence rerun over the training seeds, judged on the mean
+    o = b["over_seeds"]
+    assert o["mode"] == b["best_robust_mode"] and len(o["train_seeds"]) == cfg.seeds
+    assert o["clean_fedavg"] == acc["seed_spread"]["federated"]["accuracy"]
+    assert o["worst_attack_accuracy"][0] == pytest.approx(
+        att["clean_accuracy"]["fedavg"] - b["best_robust_worst_loss"]
+    )
+    clean, worst = np.array(o["clean_fedavg"]), np.array(o["worst_attack_accuracy"])
+    assert o["worst_loss_mean"] == pytest.approx(float(np.mean(clean - worst)))
+    t = r["targets"]["best_robust_loss_at_20pct_le_3pt"]
+    assert t["value"] == o["worst_loss_mean"] and t["met"] == (t["value"] <= 0.03)
+    assert t["honest_only_loss"] == o["honest_only_loss_mean"]
+    assert f"| {o['mode']}, worst attack |" in md
 
     mod = r["modality"]
     assert set(mod["retrain_drop"]) == set(MODALITIES) == set(mod["permutation_drop"])
