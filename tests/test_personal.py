@@ -51,6 +51,27 @@ def test_robust_to_a_minority_of_anomalous_windows_and_nan() -> None:
     assert sd[1] > 0  # zero spread is floored
 
 
+def test_robust_stats_equal_numpy_nanmedian_bit_for_bit() -> None:
+    """The fast column median must not change a single calibration number."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 3, 7, 40, 200):
+        x = rng.normal(size=(n, 30)).astype(np.float32)
+        x[rng.random(x.shape) < 0.2] = np.nan
+        x[:, 3] = np.nan  # a column with no value at all
+        x[0, 5] = np.inf
+        med, mad, cnt = robust_stats(x)
+        ref = np.where(np.isfinite(x), x.astype(np.float64), np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = np.nanmedian(ref, axis=0)
+            want_mad = 1.4826 * np.nanmedian(np.abs(ref - want), axis=0)
+        assert np.array_equal(med, want, equal_nan=True)
+        assert np.array_equal(mad, want_mad, equal_nan=True)
+        assert np.array_equal(cnt, np.isfinite(x).sum(axis=0))
+
+
 def test_personal_threshold_rises_for_a_noisy_patient_never_falls_below_global() -> None:
     cal = PersonalCalibration("p", POP_MU, POP_SD, TH)
     rng = np.random.default_rng(2)

@@ -71,18 +71,30 @@ def trait_mask(names: Sequence[str]) -> np.ndarray:
     return np.asarray([n in TRAIT_FEATURES for n in names], bool)
 
 
+def _nanmedian_columns(x: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+    """Column medians ignoring NaN, ``cnt`` finite values per column (NaN where none).
+
+    The same numbers as ``np.nanmedian(x, axis=0)`` (tested bit for bit), 5-6x
+    faster on a calibration buffer: NumPy takes a masked-array path for small
+    arrays with NaN, and this runs on every accepted window, before the
+    window's alert leaves the box.
+    """
+    s = np.sort(x, axis=0)  # NaN sorts last, so the finite values lead each column
+    top = x.shape[0] - 1
+    lo = np.clip((cnt - 1) // 2, 0, top)[None, :]
+    hi = np.clip(cnt // 2, 0, top)[None, :]
+    med = 0.5 * (np.take_along_axis(s, lo, 0)[0] + np.take_along_axis(s, hi, 0)[0])
+    return np.where(cnt > 0, med, np.nan)
+
+
 def robust_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Column median, 1.4826 x MAD, and the count of finite values (NaN ignored)."""
     x = np.asarray(x, np.float64)
     x = np.where(np.isfinite(x), x, np.nan)
     cnt = np.sum(np.isfinite(x), axis=0)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=RuntimeWarning)
-            med = np.nanmedian(x, axis=0)
-            mad = 1.4826 * np.nanmedian(np.abs(x - med), axis=0)
+    med = _nanmedian_columns(x, cnt)
+    with np.errstate(invalid="ignore"):
+        mad = 1.4826 * _nanmedian_columns(np.abs(x - med), cnt)
     return med, mad, cnt
 
 
