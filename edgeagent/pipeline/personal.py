@@ -79,6 +79,8 @@ def _nanmedian_columns(x: np.ndarray, cnt: np.ndarray) -> np.ndarray:
     arrays with NaN, and this runs on every accepted window, before the
     window's alert leaves the box.
     """
+    if x.shape[0] == 0:
+        return np.full(x.shape[1], np.nan)
     s = np.sort(x, axis=0)  # NaN sorts last, so the finite values lead each column
     top = x.shape[0] - 1
     lo = np.clip((cnt - 1) // 2, 0, top)[None, :]
