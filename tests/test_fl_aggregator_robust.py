@@ -488,9 +488,9 @@ def test_plaintext_cosine_cluster_drops_a_sign_flipped_box(
     flipped = dict(honest)
     d5, n5 = _deltas(w0.size, BOXES[:6])[BOXES[5]]
     flipped[BOXES[5]] = ((-3.0 * d5).astype(np.float32), n5)
-    cfg = _config(fleet, broker, tmp_path, model_path, "flp4", min_boxes=6,
+    cfg = _config(fleet, broker, tmp_path, model_path, "flp5", min_boxes=6,
                   robust="cosine_cluster", secure_aggregation=False)  # fmt: skip
-    agg = _run_round(cfg, _clients(fleet, broker, syn_model, flipped, "flp4"))
+    agg = _run_round(cfg, _clients(fleet, broker, syn_model, flipped, "flp5"))
     rec = agg.state["rounds"][-1]
     assert rec["status"] == "completed", rec
     assert rec["robust"]["min_updates"] == 3 and rec["robust"]["tolerated_bad_boxes"] == 0
