@@ -95,3 +95,26 @@ def test_trait_only_location_only_calibration() -> None:
     mu, sd = calibrate(x, pop_mu, pop_sd, mask=mask, spread=False)
     assert np.all(mu[mask] > 4.0) and np.all(mu[~mask] == 0.0)
     np.testing.assert_array_equal(sd, pop_sd)
+
+
+def test_fit_continues_a_given_optimiser() -> None:
+    """A federated box keeps its Adam between rounds: moments and step count carry over."""
+    import pytest
+
+    from edgeagent.model.nn import Adam
+
+    rng = np.random.default_rng(1)
+    z, m = _rows(64, rng)
+    y = rng.choice([0, 1, 2, 3], size=64)
+    w0 = init_params(SPEC, 0)
+    kw = dict(batch=64, lr=1e-2, input_dropout=0.0)
+    opt = Adam(w0.size, lr=1e-2)
+    w1, _ = fit(SPEC, z, m, y, epochs=1, seed=3, flat=w0, opt=opt, **kw)
+    assert opt.t == 1  # one batch of 64
+    w2, _ = fit(SPEC, z, m, y, epochs=1, seed=4, flat=w1, opt=opt, **kw)
+    assert opt.t == 2
+    # a fresh optimiser for the second call takes a different (bias-corrected, sign-sized) step
+    w2_fresh, _ = fit(SPEC, z, m, y, epochs=1, seed=4, flat=w1, **kw)
+    assert not np.allclose(w2, w2_fresh)
+    with pytest.raises(ValueError, match="optimiser state"):
+        fit(SPEC, z, m, y, epochs=1, flat=w0, opt=Adam(3), **kw)

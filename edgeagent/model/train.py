@@ -35,6 +35,7 @@ def fit(
     groups: list[np.ndarray] | None = None,
     zp: np.ndarray | None = None,
     restrict_classes: bool = False,
+    opt: Adam | None = None,
 ) -> tuple[np.ndarray, dict[str, list[float]]]:
     """Train head (balanced cross-entropy, all rows) and autoencoder (normal rows only).
 
@@ -47,10 +48,16 @@ def fit(
     ``restrict_classes`` runs the head's softmax over the classes present in
     ``y`` only (see ``nn.head_loss_grad``): for federated boxes that each hold
     a few of the classes, so local training does not unlearn the others.
+
+    ``opt`` continues an optimiser from an earlier call (its moments and step
+    count; updated in place); ``None`` starts a fresh Adam at ``lr``.
     """
     rng = np.random.default_rng(seed)
     w = init_params(spec, seed) if flat is None else np.asarray(flat, np.float32).copy()
-    opt = Adam(w.size, lr=lr)
+    if opt is None:
+        opt = Adam(w.size, lr=lr)
+    elif opt.size != w.size:
+        raise ValueError(f"optimiser state is for {opt.size} parameters, the model has {w.size}")
     weights = balanced_weights(y, spec.n_classes)
     normal = np.flatnonzero(y == normal_class)
     present = np.bincount(y, minlength=spec.n_classes) > 0 if restrict_classes else None
