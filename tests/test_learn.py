@@ -66,8 +66,11 @@ def test_delta_contract_and_head_untouched(syn_model: bytes, syn_world: SynWorld
     # the local weights load into the same graph (hot-swappable)
     local = set_params(proto, learner.params())
     assert to_bytes(local) != syn_model
+    opt, steps = learner.opt, learner.opt.t
     learner.reset_global(learner.params())
     assert learner.n_k == 0 and not learner.delta().any()
+    # a new round keeps the optimiser's moments (a fresh Adam takes sign-sized first steps)
+    assert learner.opt is opt and opt.t == steps > 0
 
 
 def test_anomalies_and_faults_do_not_poison_normal_model(
