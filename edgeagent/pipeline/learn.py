@@ -80,8 +80,8 @@ class LocalLearner:
             self.w_local = w.copy()
             self.n_k = 0
             # The optimiser's moments carry over: a fresh Adam every round makes the first
-            # steps sign-sized on every coordinate (bias correction), which the pilot
-            # measured as an 8-point swing of the federated model between seeds.
+            # steps sign-sized on every coordinate (bias correction); in the pilot's
+            # federated classifier that cost up to 8 points between seeds (docs/pilot.md).
             opt = getattr(self, "opt", None)
             if opt is None or opt.size != w.size:
                 self.opt = Adam(w.size, lr=self.config.lr)
