@@ -58,6 +58,11 @@ class LocalLearner:
         self._cv = threading.Condition(self._lock)
         self._mask = ae_param_mask(spec)
         self._recent_err: deque[float] = deque(maxlen=128)
+        # One optimiser for the learner's life: its moments carry over between rounds, as a
+        # fresh Adam every round makes the first steps sign-sized on every coordinate (bias
+        # correction); in the pilot's federated classifier that cost up to 8 points between
+        # seeds (docs/pilot.md). reset_global only accepts vectors of this size.
+        self.opt = Adam(n_params(spec), lr=self.config.lr)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.counters = {
@@ -79,12 +84,6 @@ class LocalLearner:
             self.w_global = w
             self.w_local = w.copy()
             self.n_k = 0
-            # The optimiser's moments carry over: a fresh Adam every round makes the first
-            # steps sign-sized on every coordinate (bias correction); in the pilot's
-            # federated classifier that cost up to 8 points between seeds (docs/pilot.md).
-            opt = getattr(self, "opt", None)
-            if opt is None or opt.size != w.size:
-                self.opt = Adam(w.size, lr=self.config.lr)
             self._queue.clear()
 
     def offer(self, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, normal_ok: bool) -> None:
