@@ -158,12 +158,11 @@ def cosine_cluster(
             keep = (labels == np.bincount(labels[labels >= 0]).argmax()) & live
     chosen = np.flatnonzero(keep)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (n,) or np.any(w < 0) or w[chosen].sum() <= 0:
+    if w.shape != (n,) or np.any(w < 0):
         raise ValueError("weights must be one non-negative number per row, not all zero")
+    # the bound is the median over every row, the kept ones are clipped to it and averaged
     bound = max(float(np.median(norms)), 1e-300)
-    factor = np.minimum(1.0, bound / np.maximum(norms, 1e-300))
-    kw = w[chosen] * factor[chosen]
-    return (kw[:, None] * x[chosen]).sum(axis=0) / w[chosen].sum(), chosen
+    return norm_bound(x[chosen], bound, w[chosen]), chosen
 
 
 def robust_aggregate(
