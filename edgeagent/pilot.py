@@ -1392,9 +1392,10 @@ def run_pilot(
         # accuracy targets (the clean FedAvg per seed is the seed-spread run).
         t0 = time.perf_counter()
         extra_jobs = []
+        frac = best20["fraction"]
         for k in range(1, cfg.seeds):
-            common = {"kind": "fed", "train_seed": cfg.seed + k, "fraction": 0.2}
-            extra_jobs.append({**common, "honest_only": 0.2, "row": f"seed20:honest_only@{k}"})
+            common = {"kind": "fed", "train_seed": cfg.seed + k, "fraction": frac}
+            extra_jobs.append({**common, "honest_only": frac, "row": f"seed20:honest_only@{k}"})
             for attack in cfg.attacks:
                 extra_jobs.append(
                     {
@@ -1547,7 +1548,7 @@ def robust_over_seeds(
     losses are against the same seed's clean FedAvg, then averaged.
     """
     mode = best["best_robust_mode"]
-    row0 = attacks["runs"][f"{0.2:g}"]
+    row0 = attacks["runs"][f"{best['fraction']:g}"]
     clean = [by["federated"]["metrics"]["accuracy"]]
     worst = [min(row0[a][mode]["accuracy"] for a in cfg.attacks)]
     honest = [row0["honest_hubs_only"]["accuracy"]]
