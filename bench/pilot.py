@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hubs", type=int)
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--seeds", type=int, help="training seeds for the headline rows (default 3)")
+    ap.add_argument(
+        "--cohorts", type=int, help="simulated cohorts for the headline rows (default 3)"
+    )
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -43,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         over["rounds"] = args.rounds
     if args.seeds:
         over["seeds"] = args.seeds
+    if args.cohorts:
+        over["cohorts"] = args.cohorts
     cfg = PilotConfig.small(**over) if args.small else PilotConfig(**over)
     r = run_pilot(cfg, None, log=print)
     with tempfile.TemporaryDirectory() as tmp:

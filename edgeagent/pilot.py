@@ -122,6 +122,9 @@ SEED_ROWS: dict[str, dict[str, Any]] = {
     "federated": {"kind": "fed"},
     "federated_personalised": {"kind": "fed", "personal": True},
 }
+# Cohort k's patients come from data seed ``seed + COHORT_STRIDE * k``; its training seeds
+# are that plus 0..seeds-1, so cohorts never share a seed while seeds < COHORT_STRIDE.
+COHORT_STRIDE = 100
 _SLOW = ("fever", "hypothermia")
 FLEET = "pilot"
 
@@ -134,7 +137,7 @@ class PilotConfig:
     rounds: int = 20
     local_epochs: int = 5
     hub_seconds: float = 900.0
-    test_patients: int = 6
+    test_patients: int = 12
     test_seconds: float = 1200.0
     kinds_per_hub: int = 4
     calibration_frac: float = 0.3
@@ -168,6 +171,7 @@ class PilotConfig:
     latency_delays_ms: tuple[float, ...] = (0.0, 50.0)
     processes: int = 2
     seeds: int = 3  # training seeds for the headline rows; the data stay those of ``seed``
+    cohorts: int = 3  # simulated cohorts (other patients) for the headline rows; targets: mean
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the setting and the fix."""
@@ -201,8 +205,12 @@ class PilotConfig:
             raise ValueError("latency_delays_ms must be >= 0")
         if self.processes < 1:
             raise ValueError("processes must be >= 1")
-        if self.seeds < 1:
-            raise ValueError("seeds must be >= 1 (training seeds for the headline rows)")
+        if not 1 <= self.seeds < COHORT_STRIDE:
+            raise ValueError(
+                f"seeds must be in 1..{COHORT_STRIDE - 1} (training seeds for the headline rows)"
+            )
+        if self.cohorts < 1:
+            raise ValueError("cohorts must be >= 1 (simulated cohorts for the headline rows)")
 
     @classmethod
     def small(cls, **over: Any) -> PilotConfig:
@@ -221,6 +229,7 @@ class PilotConfig:
             latency_spacing_s=0.03,
             latency_delays_ms=(50.0,),
             seeds=2,
+            cohorts=2,
         )
         base.update(over)
         return cls(**base)
@@ -1283,6 +1292,50 @@ def measure_latency(cfg: PilotConfig, model: bytes, workdir: Path) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------- the run
+def prepare(cfg: PilotConfig) -> dict[str, Any]:
+    """The task runner's state for ``cfg.seed``'s cohort: hubs, test patients, model meta."""
+    hubs, test_data = make_dataset(cfg)
+    pop_mu, pop_sigma = population_calibration(hubs)
+    meta = make_meta(cfg, pop_mu, pop_sigma)
+    tests = [split_test(d, cfg.calibration_frac) for d in test_data]
+    return {"cfg": cfg, "meta": meta, "hubs": hubs, "tests": tests}
+
+
+def other_cohorts(
+    cfg: PilotConfig, log: Callable[[str], None] = lambda s: None
+) -> dict[str, dict[str, Any]]:
+    """The headline rows over every training seed on cohorts 1..cohorts-1 (by data seed).
+
+    Why: the main cohort's 20 hubs and test patients are one draw of patients,
+    and which patients a cohort holds moved the federated-vs-centralised gap
+    by more than the targets' margins (docs/pilot.md); a target met on one
+    cohort is not a property of the method.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for k in range(1, cfg.cohorts):
+        ck = dataclasses.replace(cfg, seed=cfg.seed + COHORT_STRIDE * k)
+        t0 = time.perf_counter()
+        state = prepare(ck)
+        jobs = [
+            {**job, "train_seed": ck.seed + j, "row": row if j == 0 else f"{row}@{j}"}
+            for j in range(ck.seeds)
+            for row, job in SEED_ROWS.items()
+        ]
+        done = _pmap(_task, jobs, cfg.processes, state)
+        out[str(ck.seed)] = seed_spread({d["job"]["row"]: d for d in done}, ck)
+        log(f"cohort {ck.seed}: {len(jobs)} headline runs in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def cohort_summary(main: dict[str, Any], others: dict[str, dict[str, Any]], seed: int) -> dict:
+    """Per cohort (data seed) the mean accuracy of each headline row, and the mean over cohorts."""
+    per = {str(seed): main, **others}
+    means = {
+        row: float(np.mean([c[row]["accuracy_mean"] for c in per.values()])) for row in SEED_ROWS
+    }
+    return {"data_seeds": [int(k) for k in per], "per_cohort": per, "accuracy_mean": means}
+
+
 def run_pilot(
     cfg: PilotConfig,
     out: Path | None = None,
@@ -1294,16 +1347,10 @@ def run_pilot(
     cfg.validate()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    hubs, test_data = make_dataset(cfg)
+    state = prepare(cfg)
+    hubs, tests, meta = state["hubs"], state["tests"], state["meta"]
     timings["simulate_s"] = time.perf_counter() - t_start
-    log(
-        f"simulated {len(hubs)} hubs + {len(test_data)} test patients "
-        f"in {timings['simulate_s']:.1f} s"
-    )
-    pop_mu, pop_sigma = population_calibration(hubs)
-    meta = make_meta(cfg, pop_mu, pop_sigma)
-    tests = [split_test(d, cfg.calibration_frac) for d in test_data]
-    state = {"cfg": cfg, "meta": meta, "hubs": hubs, "tests": tests}
+    log(f"simulated {len(hubs)} hubs + {len(tests)} test patients in {timings['simulate_s']:.1f} s")
 
     jobs: list[dict[str, Any]] = []
     for h in range(cfg.hubs):
@@ -1364,6 +1411,9 @@ def run_pilot(
     }
 
     accuracy["seed_spread"] = seed_spread(by, cfg)
+    t0 = time.perf_counter()
+    accuracy["cohorts"] = cohort_summary(accuracy["seed_spread"], other_cohorts(cfg, log), cfg.seed)
+    timings["cohorts_s"] = time.perf_counter() - t0
 
     # Attacks.
     clean_acc = {"fedavg": by["federated"]["metrics"]["accuracy"]}
@@ -1619,29 +1669,36 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, each with the measured value and whether it was met."""
     acc = r["accuracy"]
     out: dict[str, Any] = {}
-    # Judged on the mean over training seeds (one seed's federated row is a draw
-    # from a spread of several points); the main table's seed is shown beside it.
+    # Judged on the mean over cohorts and training seeds (one seed's federated row is a
+    # draw from a spread of several points, one cohort's gap moved by more than the
+    # margins); the main cohort's seed mean and the main table's seed are shown beside it.
     spread = acc.get("seed_spread")
+    cohorts = acc.get("cohorts")
+    main_seed = {row: acc[row]["accuracy"] for row in SEED_ROWS}
 
-    def mean(row: str) -> float:
-        return spread[row]["accuracy_mean"] if spread else acc[row]["accuracy"]
+    def seed_means(sp: dict[str, Any]) -> dict[str, float]:
+        return {row: sp[row]["accuracy_mean"] for row in SEED_ROWS}
 
-    c = mean("centralised")
-    gap_p = mean("federated_personalised") - c
-    gap_f = mean("federated") - c
-    out["fed_personalised_ge_centralised"] = {
-        "value": gap_p,
-        "need": ">= 0",
-        "met": gap_p >= 0,
-        "value_main_seed": acc["federated_personalised"]["accuracy"]
-        - acc["centralised"]["accuracy"],
-    }
-    out["federated_within_2pt_of_centralised"] = {
-        "value": gap_f,
-        "need": ">= -0.02",
-        "met": gap_f >= -0.02,
-        "value_main_seed": acc["federated"]["accuracy"] - acc["centralised"]["accuracy"],
-    }
+    main_cohort = seed_means(spread) if spread else main_seed
+    judged = cohorts["accuracy_mean"] if cohorts else main_cohort
+    for name, row, need, bound in (
+        ("fed_personalised_ge_centralised", "federated_personalised", ">= 0", 0.0),
+        ("federated_within_2pt_of_centralised", "federated", ">= -0.02", -0.02),
+    ):
+        value = judged[row] - judged["centralised"]
+        t: dict[str, Any] = {
+            "value": value,
+            "need": need,
+            "met": value >= bound,
+            "value_main_seed": main_seed[row] - main_seed["centralised"],
+        }
+        if cohorts:
+            t["value_main_cohort"] = main_cohort[row] - main_cohort["centralised"]
+            t["value_per_cohort"] = {
+                k: seed_means(c)[row] - seed_means(c)["centralised"]
+                for k, c in cohorts["per_cohort"].items()
+            }
+        out[name] = t
     b = r.get("best_robust_at_20pct")
     if b:
         # Mean over training seeds when the best mode was rerun (seed-0 value beside it).
@@ -1784,6 +1841,30 @@ def render_markdown(r: dict[str, Any]) -> str:
                 + " | ".join(_f(v) for v in e["accuracy"])
                 + f" | {_f(e['accuracy_mean'])} | {_f(e['accuracy_sd'])} |"
             )
+    co = acc.get("cohorts")
+    if co:
+        lines += [
+            "",
+            f"Over cohorts (accuracy %, mean over the training seeds; each cohort is another "
+            f"draw of hubs and test patients, data seed {cfg['seed']} is the table above; "
+            "the accuracy targets use the mean over cohorts):",
+            "",
+            "| cohort (data seed) | centralised | federated | federated + personalisation "
+            "| federated - centralised | fed. + pers. - centralised |",
+            "|---|---|---|---|---|---|",
+        ]
+        table = {
+            k: {row: c[row]["accuracy_mean"] for row in SEED_ROWS}
+            for k, c in co["per_cohort"].items()
+        }
+        table["mean"] = co["accuracy_mean"]
+        for key, means in table.items():
+            cen, fed, per = (
+                means[k] for k in ("centralised", "federated", "federated_personalised")
+            )
+            lines.append(
+                f"| {key} | {_f(cen)} | {_f(fed)} | {_f(per)} | {_f(fed - cen)} | {_f(per - cen)} |"
+            )
     lines += ["", "## Accuracy under attack (%, clean accuracy in the first row)", ""]
     modes = cfg["modes"]
     lines.append(
@@ -1909,7 +1990,13 @@ def render_markdown(r: dict[str, Any]) -> str:
     ]
     for name, t in r["targets"].items():
         extra = ""
-        if "value_main_seed" in t:
+        if "value_main_cohort" in t:
+            per = ", ".join(f"{k}: {_f(v, False, 3)}" for k, v in t["value_per_cohort"].items())
+            extra = (
+                f" (mean over cohorts x training seeds; per cohort {per}; "
+                f"seed {cfg['seed']} of cohort {cfg['seed']}: {_f(t['value_main_seed'], False, 3)})"
+            )
+        elif "value_main_seed" in t:
             seed_value = _f(t["value_main_seed"], False, 3)
             extra = f" (mean over training seeds; seed {cfg['seed']}: {seed_value})"
         if t.get("honest_only_loss") is not None:

@@ -21,6 +21,7 @@ from edgeagent.pilot import (
     PilotConfig,
     _shares,
     aggregate,
+    cohort_summary,
     decode_window,
     encode_window,
     evaluate_model,
@@ -327,6 +328,37 @@ def test_targets_use_the_mean_over_training_seeds() -> None:
     assert "seed 0: -0.010" in md and "honest hubs only: 0.050" in md
 
 
+def test_targets_use_the_mean_over_cohorts() -> None:
+    """A gap met on the main cohort only is not met: the targets average the cohorts."""
+    r = _fake_results()
+
+    def spread(seed: int, cen: float, fed: float, per: float) -> dict:
+        accs = {"centralised": cen, "federated": fed, "federated_personalised": per}
+        by = {row: {"metrics": {"accuracy": a, "f1": 0.8, "auroc": 0.9}} for row, a in accs.items()}
+        return seed_spread(by, PilotConfig(seed=seed, seeds=1))
+
+    main = spread(0, 0.90, 0.89, 0.91)
+    r["accuracy"]["seed_spread"] = main
+    r["accuracy"]["federated"]["accuracy"] = 0.89
+    summary = cohort_summary(main, {"100": spread(100, 0.84, 0.76, 0.80)}, seed=0)
+    assert summary["data_seeds"] == [0, 100]
+    assert summary["accuracy_mean"]["federated"] == pytest.approx(0.825)
+    r["accuracy"]["cohorts"] = summary
+    t = targets(r)
+    within = t["federated_within_2pt_of_centralised"]
+    assert not within["met"] and within["value"] == pytest.approx(0.825 - 0.87)
+    assert within["value_main_cohort"] == pytest.approx(-0.01)
+    assert within["value_per_cohort"]["100"] == pytest.approx(-0.08)
+    pers = t["fed_personalised_ge_centralised"]
+    assert not pers["met"] and pers["value"] == pytest.approx(0.855 - 0.87)
+    assert pers["value_per_cohort"] == {"0": pytest.approx(0.01), "100": pytest.approx(-0.04)}
+    r["targets"] = t
+    md = render_markdown(r)
+    assert "| 100 | 84.0 | 76.0 | 80.0 | -8.0 | -4.0 |" in md
+    assert "| mean | 87.0 | 82.5 | 85.5 | -4.5 | -1.5 |" in md
+    assert "per cohort 0: -0.010, 100: -0.080" in md
+
+
 def test_cli_refuses_a_bad_setting_before_running() -> None:
     from typer.testing import CliRunner
 
@@ -349,6 +381,8 @@ def test_config_validation_names_the_setting() -> None:
         ({"modes": ("mean_of_means",)}, "unknown mode"),
         ({"group_size": 11}, "group_size"),
         ({"latency_delays_ms": (-1.0,)}, "latency_delays_ms"),
+        ({"cohorts": 0}, "cohorts must be >= 1"),
+        ({"seeds": 100}, "seeds must be in 1..99"),
     ):
         with pytest.raises(ValueError, match=match):
             PilotConfig(**bad).validate()

@@ -39,6 +39,12 @@ def pilot(
         help="Training seeds for the centralised and federated rows; targets use their mean "
         "\\[default: 3; --small 2].",
     ),
+    cohorts: int | None = typer.Option(
+        None,
+        "--cohorts",
+        help="Simulated cohorts (other patients, data seeds SEED + 100 k) for the centralised "
+        "and federated rows; accuracy targets use their mean \\[default: 3; --small 2].",
+    ),
     small: bool = typer.Option(False, "--small", help="The CI-sized pilot (about a minute)."),
     no_latency: bool = typer.Option(
         False, "--no-latency", help="Skip the broker latency experiment."
@@ -57,6 +63,8 @@ def pilot(
         over["rounds"] = rounds
     if seeds is not None:
         over["seeds"] = seeds
+    if cohorts is not None:
+        over["cohorts"] = cohorts
     if delay_ms:
         over["latency_delays_ms"] = tuple(delay_ms)
     try:

@@ -57,6 +57,21 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
         assert e["train_seeds"] == [cfg.seed + k for k in range(cfg.seeds)]
         assert len(e["accuracy"]) == cfg.seeds and e["accuracy"][0] == acc[row]["accuracy"]
         assert min(e["accuracy"]) <= e["accuracy_mean"] <= max(e["accuracy"])
+    # the headline rows are rerun on other cohorts; the accuracy targets use their mean
+    co = acc["cohorts"]
+    assert co["data_seeds"] == [cfg.seed + 100 * k for k in range(cfg.cohorts)]
+    assert co["per_cohort"][str(cfg.seed)] == acc["seed_spread"]
+    for spread in co["per_cohort"].values():
+        assert set(spread) == {"centralised", "federated", "federated_personalised"}
+        assert all(len(e["accuracy"]) == cfg.seeds for e in spread.values())
+    for row, mean in co["accuracy_mean"].items():
+        per = [c[row]["accuracy_mean"] for c in co["per_cohort"].values()]
+        assert mean == pytest.approx(float(np.mean(per)))
+    within = r["targets"]["federated_within_2pt_of_centralised"]
+    gap = co["accuracy_mean"]["federated"] - co["accuracy_mean"]["centralised"]
+    assert within["value"] == pytest.approx(gap) and within["met"] == (gap >= -0.02)
+    assert set(within["value_per_cohort"]) == {str(s) for s in co["data_seeds"]}
+    assert "| mean |" in md and "Over cohorts" in md
     lo = acc["local_only"]
     assert lo["accuracy_min"] <= lo["accuracy"] <= lo["accuracy_max"]
 
