@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from edgeagent import bandwidth as bw
 from edgeagent.evaluate import POS_OVERLAP_S, _clean, auroc, binary_metrics, window_labels
@@ -87,6 +88,12 @@ from edgeagent.fl.privacy import (
     fedavg_payload,
     gaussian_std,
     payload_bound,
+)
+from edgeagent.model.head_calibration import (
+    ClassMoments,
+    calibrate_head,
+    class_moments,
+    robust_moments,
 )
 from edgeagent.model.meta import FAULT, NORMAL, ModelMeta, init_params
 from edgeagent.model.nn import Adam, standardise
@@ -147,6 +154,8 @@ class PilotConfig:
     server_momentum: float = 0.5  # FedAvgM (Hsu et al. 2019); 0 = plain FedAvg
     restrict_classes: bool = True  # local softmax over the classes a trainer holds (FedRS)
     keep_local_optimizer: bool = True  # a hub's Adam moments carry over between rounds
+    head_calibration: bool = True  # federated runs end with a CCVR round (not under DP)
+    calibration_samples: int = 1000  # virtual features per class for that round
     personal_traits_only: bool = True  # personal calibration of trait features only
     personal_spread: bool = False  # personal spread too (False: personal location only)
     batch: int = 64
@@ -209,6 +218,8 @@ class PilotConfig:
             raise ValueError(
                 f"seeds must be in 1..{COHORT_STRIDE - 1} (training seeds for the headline rows)"
             )
+        if self.calibration_samples < 10:
+            raise ValueError("calibration_samples must be >= 10 (virtual features per class)")
         if self.cohorts < 1:
             raise ValueError("cohorts must be >= 1 (simulated cohorts for the headline rows)")
 
@@ -230,6 +241,7 @@ class PilotConfig:
             latency_delays_ms=(50.0,),
             seeds=2,
             cohorts=2,
+            calibration_samples=200,
         )
         base.update(over)
         return cls(**base)
@@ -686,11 +698,54 @@ def run_federation(
         velocity = cfg.server_momentum * velocity + np.asarray(mean, np.float32)
         w = apply_update(w, velocity, cfg.server_lr)
         res.rounds.append({"round": r, "update_norm": float(np.linalg.norm(mean))})
+    if cfg.head_calibration and not dp:
+        nonce = np.random.default_rng([cfg.seed, cfg.rounds]).bytes(16)  # one more round
+        w = _calibration_round(cfg, meta, w, sets, mode, attack, bad, nonce)
     res.w = w
     res.clip = clip
     if acct is not None:
         res.epsilon = acct.epsilon()
     return res
+
+
+def _calibration_round(
+    cfg: PilotConfig,
+    meta: ModelMeta,
+    w: np.ndarray,
+    sets: dict[str, TrainSet],
+    mode: str,
+    attack: AttackConfig | None,
+    bad: set[str],
+    nonce: bytes,
+) -> np.ndarray:
+    """One more round after training: the head re-fitted on the hubs' class moments (CCVR).
+
+    Malicious hubs lie here too: their moments carry the label-poisoning flip,
+    scaling boosts them like its update, free riders send no features with
+    inflated counts. Plain FedAvg sums the moments; the robust modes combine
+    them with ``robust_moments`` (per hub, or per SecAgg group for the grouped
+    mode, whose server sees only group sums).
+    """
+    clinical = list(range(1, len(meta.classes) - 1))
+    per_hub: dict[str, ClassMoments] = {}
+    for node, ts in sets.items():
+        lying = attack is not None and node in bad
+        y = poison_labels(ts.y, clinical) if lying and not attack.poisons_data else ts.y
+        mom = class_moments(meta.spec, w, ts.z, ts.m, y, ts.zp)
+        if lying and attack.kind == "free_riding":
+            mom = mom.scaled(counts=attack.inflate, sums=0.0)
+        elif lying and attack.kind == "scaling":
+            mom = mom.scaled(counts=attack.boost, sums=attack.boost)
+        per_hub[node] = mom
+    if mode == "fedavg":
+        moments = sum(per_hub.values(), ClassMoments.zeros(meta.spec))
+    else:
+        parts = list(per_hub.values())
+        if mode == "secure_grouped_median":
+            groups = robust.partition_groups(list(per_hub), cfg.group_size, nonce)
+            parts = [sum((per_hub[b] for b in g), ClassMoments.zeros(meta.spec)) for g in groups]
+        moments = robust_moments(parts)
+    return calibrate_head(meta.spec, w, moments, per_class=cfg.calibration_samples, seed=cfg.seed)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -821,7 +876,14 @@ def _pmap(
         _init_worker(state or {})
         return [fn(j) for j in jobs]
     ctx = get_context("fork")
-    with ctx.Pool(processes, initializer=_init_worker, initargs=(state or {},)) as pool:
+    # One BLAS thread in the parent while it forks, and so in every worker: a forked
+    # child inherits OpenBLAS's thread pool in whatever state the parent left it, and
+    # the first large product in a worker (the head calibration's) then hung forever.
+    # The workers are the parallelism; BLAS threads on top only oversubscribe the cores.
+    with (
+        threadpool_limits(limits=1),
+        ctx.Pool(processes, initializer=_init_worker, initargs=(state or {},)) as pool,
+    ):
         return pool.map(fn, jobs, chunksize=1)
 
 

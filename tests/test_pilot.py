@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import socket
 import threading
@@ -13,6 +14,7 @@ import pytest
 from edgeagent.fl import robust
 from edgeagent.fl.aggregate import ClientUpdate, weighted_fedavg
 from edgeagent.fl.attacks import AttackConfig
+from edgeagent.model.meta import unflatten
 from edgeagent.pilot import (
     MODES,
     DelayProxy,
@@ -144,6 +146,34 @@ def test_federation_learns_and_a_sign_flip_hurts_fedavg_more_than_median() -> No
     }
     assert acc["median"] > acc_clean - 0.05
     assert acc["fedavg"] < acc["median"] - 0.1
+
+
+def test_federation_ends_with_a_head_calibration_round_that_changes_only_the_head() -> None:
+    """CCVR re-fits the head's output layer, in clean and attacked runs; DP runs skip it."""
+    rng = np.random.default_rng(4)
+    cfg = PilotConfig(hubs=6, rounds=3, local_epochs=1, processes=1, seed=0)
+    hubs = [_blob_patient(i, 120, rng, 4.0) for i in range(cfg.hubs)]
+    meta = make_meta(cfg, np.zeros(N_F, np.float32), np.ones(N_F, np.float32))
+    plain = run_federation(dataclasses.replace(cfg, head_calibration=False), meta, hubs).w
+    calibrated = run_federation(cfg, meta, hubs).w
+    p, q = unflatten(meta.spec, plain), unflatten(meta.spec, calibrated)
+    for name in ("W1", "b1", "We", "be", "Wd", "bd"):
+        np.testing.assert_array_equal(p[name], q[name])
+    assert not np.array_equal(p["W2"], q["W2"])
+    # the DP row skips the round (the accountant covers the updates only)
+    dp_cfg = dataclasses.replace(cfg, dp_noise_multiplier=1.0)
+    np.testing.assert_array_equal(
+        run_federation(dp_cfg, meta, hubs, dp=True).w,
+        run_federation(dataclasses.replace(dp_cfg, head_calibration=False), meta, hubs, dp=True).w,
+    )
+    riding = AttackConfig("free_riding", fraction=0.34)
+    ridden = run_federation(cfg, meta, hubs, attack=riding).w
+    unridden = run_federation(
+        dataclasses.replace(cfg, head_calibration=False), meta, hubs, attack=riding
+    ).w
+    r, u = unflatten(meta.spec, ridden), unflatten(meta.spec, unridden)
+    np.testing.assert_array_equal(r["W1"], u["W1"])
+    assert not np.array_equal(r["W2"], u["W2"])
 
 
 def test_dp_federation_reports_epsilon() -> None:

@@ -28,10 +28,20 @@ def standardise(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.nd
     return z, (~nan).astype(np.float32)
 
 
-def _softmax(a: np.ndarray) -> np.ndarray:
+def softmax(a: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row maximum so large logits cannot overflow."""
     a = a - a.max(axis=1, keepdims=True)
     e = np.exp(a)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def hidden(
+    spec: ModelSpec, flat: np.ndarray, z: np.ndarray, m: np.ndarray, zp: np.ndarray | None = None
+) -> np.ndarray:
+    """The head's hidden layer (ReLU) for standardised inputs, as the graph computes it."""
+    p = unflatten(spec, flat)
+    zp = z if zp is None else zp
+    return np.maximum(np.concatenate([z, zp, m], axis=1) @ p["W1"] + p["b1"], 0.0)
 
 
 def forward(
@@ -42,9 +52,8 @@ def forward(
     ``zp`` is the population-scaled input (defaults to ``z``: calibration = population).
     """
     p = unflatten(spec, flat)
-    zp = z if zp is None else zp
-    h = np.maximum(np.concatenate([z, zp, m], axis=1) @ p["W1"] + p["b1"], 0.0)
-    probs = _softmax(h @ p["W2"] + p["b2"])
+    h = hidden(spec, flat, z, m, zp)
+    probs = softmax(h @ p["W2"] + p["b2"])
     recon = np.tanh(z @ p["We"] + p["be"]) @ p["Wd"] + p["bd"]
     err = ((recon - z) ** 2 * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
     return probs.astype(np.float32), err.astype(np.float32)
@@ -80,7 +89,7 @@ def head_loss_grad(
     logits = h @ p["W2"] + p["b2"]
     if classes is not None:
         logits = np.where(np.asarray(classes, bool)[None, :], logits, -1e9)
-    probs = _softmax(logits)
+    probs = softmax(logits)
     loss = float(-(w * np.log(probs[np.arange(n), y] + 1e-12)).sum())
     d = probs.copy()
     d[np.arange(n), y] -= 1.0
