@@ -24,6 +24,11 @@ them beside ours). How each part runs, so the table can be read honestly:
   every group's sum is a real in-memory SecAgg+ round
   (``fl.secagg.simulate_round``: signed envelopes, masking, unmasking) and the
   median runs over group means. No broker in the accuracy experiments.
+  Every federated run but the DP one ends with a head-calibration round
+  (CCVR, ``model.head_calibration``) in which malicious hubs lie too.
+* **Cohorts.** The headline rows are also trained on ``cohorts - 1`` other
+  simulated cohorts (data seeds ``seed + 100 k``); the accuracy targets use
+  the mean over cohorts and training seeds.
 * **Evaluation.** Each model is exported to ONNX and scored by onnxruntime on
   the test patients' windows after a calibration period (the first
   ``calibration_frac`` of each patient's windows, unlabelled, which the
