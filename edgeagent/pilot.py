@@ -734,12 +734,15 @@ def _calibration_round(
     clinical = list(range(1, len(meta.classes) - 1))
     per_hub: dict[str, ClassMoments] = {}
     for node, ts in sets.items():
-        lying = attack is not None and node in bad
-        y = poison_labels(ts.y, clinical) if lying and not attack.poisons_data else ts.y
+        if attack is None or node not in bad:
+            per_hub[node] = class_moments(meta.spec, w, ts.z, ts.m, ts.y, ts.zp)
+            continue
+        # (data-poisoning attackers' labels are flipped in their training set already)
+        y = ts.y if attack.poisons_data else poison_labels(ts.y, clinical)
         mom = class_moments(meta.spec, w, ts.z, ts.m, y, ts.zp)
-        if lying and attack.kind == "free_riding":
+        if attack.kind == "free_riding":
             mom = mom.scaled(counts=attack.inflate, sums=0.0)
-        elif lying and attack.kind == "scaling":
+        elif attack.kind == "scaling":
             mom = mom.scaled(counts=attack.boost, sums=attack.boost)
         per_hub[node] = mom
     if mode == "fedavg":
@@ -1394,7 +1397,9 @@ def other_cohorts(
     return out
 
 
-def cohort_summary(main: dict[str, Any], others: dict[str, dict[str, Any]], seed: int) -> dict:
+def cohort_summary(
+    main: dict[str, Any], others: dict[str, dict[str, Any]], seed: int
+) -> dict[str, Any]:
     """Per cohort (data seed) the mean accuracy of each headline row, and the mean over cohorts."""
     per = {str(seed): main, **others}
     means = {
