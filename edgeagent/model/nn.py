@@ -35,13 +35,22 @@ def softmax(a: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _head_input(z: np.ndarray, m: np.ndarray, zp: np.ndarray | None) -> np.ndarray:
+    """``[z, zp, m]``, the head's input as the graph builds it (``zp`` defaults to ``z``)."""
+    return np.concatenate([z, z if zp is None else zp, m], axis=1)
+
+
+def _hidden(
+    p: dict[str, np.ndarray], z: np.ndarray, m: np.ndarray, zp: np.ndarray | None
+) -> np.ndarray:
+    return np.maximum(_head_input(z, m, zp) @ p["W1"] + p["b1"], 0.0)
+
+
 def hidden(
     spec: ModelSpec, flat: np.ndarray, z: np.ndarray, m: np.ndarray, zp: np.ndarray | None = None
 ) -> np.ndarray:
     """The head's hidden layer (ReLU) for standardised inputs, as the graph computes it."""
-    p = unflatten(spec, flat)
-    zp = z if zp is None else zp
-    return np.maximum(np.concatenate([z, zp, m], axis=1) @ p["W1"] + p["b1"], 0.0)
+    return _hidden(unflatten(spec, flat), z, m, zp)
 
 
 def forward(
@@ -52,8 +61,7 @@ def forward(
     ``zp`` is the population-scaled input (defaults to ``z``: calibration = population).
     """
     p = unflatten(spec, flat)
-    h = hidden(spec, flat, z, m, zp)
-    probs = softmax(h @ p["W2"] + p["b2"])
+    probs = softmax(_hidden(p, z, m, zp) @ p["W2"] + p["b2"])
     recon = np.tanh(z @ p["We"] + p["be"]) @ p["Wd"] + p["bd"]
     err = ((recon - z) ** 2 * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
     return probs.astype(np.float32), err.astype(np.float32)
@@ -83,7 +91,7 @@ def head_loss_grad(
     n = z.shape[0]
     w = np.ones(n, np.float32) if weights is None else weights.astype(np.float32)
     w = w / max(float(w.sum()), 1e-12)
-    zm = np.concatenate([z, z if zp is None else zp, m], axis=1)
+    zm = _head_input(z, m, zp)
     a1 = zm @ p["W1"] + p["b1"]
     h = np.maximum(a1, 0.0)
     logits = h @ p["W2"] + p["b2"]
