@@ -1371,6 +1371,18 @@ def prepare(cfg: PilotConfig) -> dict[str, Any]:
     return {"cfg": cfg, "meta": meta, "hubs": hubs, "tests": tests}
 
 
+def seed_jobs(cfg: PilotConfig, first: int) -> list[dict[str, Any]]:
+    """The headline rows' jobs for training seeds ``first..seeds-1`` of ``cfg.seed``'s cohort.
+
+    Named as ``seed_spread`` reads them: seed 0 is ``row``, seed k is ``row@k``.
+    """
+    return [
+        {**job, "train_seed": cfg.seed + k, "row": row if k == 0 else f"{row}@{k}"}
+        for k in range(first, cfg.seeds)
+        for row, job in SEED_ROWS.items()
+    ]
+
+
 def other_cohorts(
     cfg: PilotConfig, log: Callable[[str], None] = lambda s: None
 ) -> dict[str, dict[str, Any]]:
@@ -1386,14 +1398,9 @@ def other_cohorts(
         ck = dataclasses.replace(cfg, seed=cfg.seed + COHORT_STRIDE * k)
         t0 = time.perf_counter()
         state = prepare(ck)
-        jobs = [
-            {**job, "train_seed": ck.seed + j, "row": row if j == 0 else f"{row}@{j}"}
-            for j in range(ck.seeds)
-            for row, job in SEED_ROWS.items()
-        ]
-        done = _pmap(_task, jobs, cfg.processes, state)
+        done = _pmap(_task, seed_jobs(ck, first=0), cfg.processes, state)
         out[str(ck.seed)] = seed_spread({d["job"]["row"]: d for d in done}, ck)
-        log(f"cohort {ck.seed}: {len(jobs)} headline runs in {time.perf_counter() - t0:.1f} s")
+        log(f"cohort {ck.seed}: {len(done)} headline runs in {time.perf_counter() - t0:.1f} s")
     return out
 
 
@@ -1434,9 +1441,7 @@ def run_pilot(
         {"kind": "fed", "personal": True, "row": "federated_personalised", "keep_weights": True}
     )
     jobs.append({"kind": "fed", "dp": True, "row": "federated_dp"})
-    for k in range(1, cfg.seeds):
-        for row, job in SEED_ROWS.items():
-            jobs.append({**job, "train_seed": cfg.seed + k, "row": f"{row}@{k}"})
+    jobs += seed_jobs(cfg, first=1)  # seed 0's headline rows are the main table's jobs above
     for mode in cfg.modes:
         if mode != "fedavg":
             jobs.append({"kind": "fed", "mode": mode, "row": f"clean:{mode}"})
