@@ -132,6 +132,9 @@ def cosine_cluster(
 
     x = _stack(updates)
     n = x.shape[0]
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or np.any(w < 0):
+        raise ValueError("weights must be one non-negative number per row, not all zero")
     norms = np.linalg.norm(x, axis=1)
     live = norms > 0
     if not live.any():
@@ -157,9 +160,6 @@ def cosine_cluster(
         if (labels >= 0).any():
             keep = (labels == np.bincount(labels[labels >= 0]).argmax()) & live
     chosen = np.flatnonzero(keep)
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (n,) or np.any(w < 0):
-        raise ValueError("weights must be one non-negative number per row, not all zero")
     # the bound is the median over every row, the kept ones are clipped to it and averaged
     bound = max(float(np.median(norms)), 1e-300)
     return norm_bound(x[chosen], bound, w[chosen]), chosen
