@@ -16,6 +16,7 @@ from edgeagent.fl.robust import (
     multi_krum,
     norm_bound,
     partition_groups,
+    reputation_filter,
     robust_aggregate,
     trimmed_mean,
 )
@@ -92,6 +93,62 @@ def test_cosine_cluster_without_a_majority_cluster_falls_back_to_the_clipped_mea
     assert list(kept) == [0, 1, 2, 3, 4]
     np.testing.assert_allclose(mean, np.minimum(np.arange(1, 6), 3.0) / 5)
     assert min_groups("cosine_cluster") == 3
+
+
+def _late_round(n_honest: int, n_bad: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A late round on label-skewed hubs: a faint shared part under large own parts.
+
+    The honest rows are nearly orthogonal (as the pilot measured after ~13
+    rounds); the attackers send their own honest update reversed.
+    """
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0, 1, 200)
+    own = rng.normal(0, 1, (n_honest + n_bad, 200))
+    honest = 0.35 * shared + own
+    return np.vstack([honest[:n_honest], -honest[n_honest:]]), shared
+
+
+def test_reputation_finds_reversed_boxes_over_rounds_that_one_round_cannot() -> None:
+    n_honest, n_bad = 16, 4
+    bad = set(range(n_honest, n_honest + n_bad))
+    one_round_misses = 0
+    scores = np.zeros(n_honest + n_bad)
+    for r in range(12):
+        x, shared = _late_round(n_honest, n_bad, seed=r)
+        _, kept_alone, _ = reputation_filter(x)
+        one_round_misses += len(bad & set(kept_alone.tolist()))
+        mean, kept, scores = reputation_filter(x, scores)
+    # one round alone keeps reversed rows (their cosine to the median is barely negative)
+    assert one_round_misses > 0
+    # with the history every reversed box is dropped by the end and every honest one kept
+    assert set(kept.tolist()) == set(range(n_honest))
+    assert scores[sorted(bad)].max() < 0 < scores[:n_honest].min()
+    bound = np.median(np.linalg.norm(x, axis=1))
+    rows = x[kept] * np.minimum(1, bound / np.linalg.norm(x[kept], axis=1))[:, None]
+    np.testing.assert_allclose(mean, rows.mean(0), rtol=1e-12)
+    assert mean @ shared > 0 > x.mean(0) @ shared - mean @ shared  # it helps the shared part
+
+
+def test_reputation_drops_zero_rows_without_shrinking_the_clip() -> None:
+    honest = _skewed_honest(8, seed=2)
+    x = np.vstack([honest, np.zeros((3, 40))])
+    mean, kept, scores = reputation_filter(x, [0.5] * 8 + [9.0] * 3)
+    assert set(kept.tolist()) <= set(range(8))
+    np.testing.assert_allclose(scores[8:], 9.0)  # a zero row earns nothing (and loses nothing)
+    bound = np.median(np.linalg.norm(honest, axis=1))  # the zero rows do not lower it
+    rows = x[kept] * np.minimum(1, bound / np.linalg.norm(x[kept], axis=1))[:, None]
+    np.testing.assert_allclose(mean, rows.mean(0), rtol=1e-12)
+    again = robust_aggregate(x, "reputation", scores=[0.5] * 8 + [9.0] * 3)
+    np.testing.assert_allclose(again, mean)
+    # nothing positive: every non-zero row kept, clipped; nothing live: zeros
+    _, kept_all, _ = reputation_filter(honest, [-100.0] * 8)
+    assert kept_all.tolist() == list(range(8))
+    assert not reputation_filter(np.zeros((3, 4)))[0].any()
+    with pytest.raises(ValueError, match="scores"):
+        reputation_filter(honest, [0.0] * 3)
+    with pytest.raises(ValueError, match="scores"):
+        reputation_filter(honest, [np.nan] * 8)
+    assert min_groups("reputation") == 3
 
 
 def test_median_and_trimmed_mean_exact() -> None:
@@ -256,6 +313,7 @@ def test_cancelled_secagg_instance_unmasks_nothing_and_tells_its_boxes() -> None
         ("norm_bound", {}),
         ("norm_bound", {"max_norm": 0.3}),
         ("cosine_cluster", {}),
+        ("reputation", {}),
         ("mean", {}),
     ],
 )

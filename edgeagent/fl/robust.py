@@ -17,6 +17,17 @@ Plaintext rules take a stacked matrix of updates (one row per box):
   coordinate by coordinate; it removes rows that point elsewhere (sign
   flipping) but guarantees nothing about a bad row inside the majority cluster,
   whose pull the clip bounds.
+* ``reputation_filter``: a box's reputation is the running sum, over the
+  rounds it took part in, of the cosine between its update and the
+  coordinate-wise median of the round's updates (the reference FLTrust, Cao
+  et al. 2021, NDSS, takes from a server-side root data set, which an
+  aggregator of patients' data does not have). Rows of boxes whose reputation
+  is not positive are dropped, the rest clipped to the median row norm and
+  averaged. Why history: with non-IID boxes, one round's honest updates end
+  up nearly orthogonal (the pilot measured their mean pairwise cosine fall
+  from 0.34 in round 1 to about 0 by round 13), so a one-round direction test
+  cannot tell a reversed update from an honest one late in training, while
+  the small, consistent disagreement of a reversed box adds up over rounds.
 
 Under secure aggregation the server never sees single rows, so robust rules run
 over *group* means (``partition_groups`` + ``grouped_aggregate``): boxes are
@@ -45,6 +56,7 @@ RULES: tuple[str, ...] = (
     "multi_krum",
     "norm_bound",
     "cosine_cluster",
+    "reputation",
 )
 
 
@@ -165,6 +177,48 @@ def cosine_cluster(
     return norm_bound(x[chosen], bound, w[chosen]), chosen
 
 
+def reputation_filter(
+    updates: np.ndarray | Sequence[np.ndarray], scores: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean of the clipped rows whose reputation stays positive.
+
+    ``scores`` are the rows' boxes' reputations from earlier rounds (0 for a
+    new box; ``None``: no history, as for group means, whose groups change
+    every round). Returns ``(mean, kept rows, new scores)``; the caller keeps
+    the new scores for the next round. All-zero rows (free riders) have no
+    direction: they earn nothing, are dropped, and do not lower the clip,
+    which is the median norm of the non-zero rows. If no row has a positive
+    reputation every non-zero row is kept, clipped (``norm_bound``).
+
+    Limits, stated in docs/security.md: a box that agrees with the median for
+    many rounds banks reputation it can then spend attacking; a bad row that
+    keeps a positive cosine (the "little is enough" attack, scaling) stays in,
+    its pull bounded by the clip; and the median reference needs an honest
+    majority.
+    """
+    x = _stack(updates)
+    n = x.shape[0]
+    prior = np.zeros(n) if scores is None else np.asarray(scores, dtype=np.float64)
+    if prior.shape != (n,) or not np.all(np.isfinite(prior)):
+        raise ValueError("scores must be one finite reputation per row")
+    norms = np.linalg.norm(x, axis=1)
+    live = norms > 0
+    if not live.any():
+        return np.zeros(x.shape[1]), np.flatnonzero(live), prior.copy()
+    ref = np.median(x[live], axis=0)
+    ref_norm = float(np.linalg.norm(ref))
+    cos = np.zeros(n)
+    if ref_norm > 0:
+        cos[live] = (x[live] @ ref) / (norms[live] * ref_norm)
+    new = prior + cos
+    keep = live & (new > 0)
+    if not keep.any():
+        keep = live
+    chosen = np.flatnonzero(keep)
+    bound = max(float(np.median(norms[live])), 1e-300)
+    return norm_bound(x[chosen], bound), chosen, new
+
+
 def robust_aggregate(
     updates: np.ndarray | Sequence[np.ndarray],
     rule: str,
@@ -176,7 +230,8 @@ def robust_aggregate(
 
     ``weights`` are used by ``mean``, ``norm_bound`` and ``cosine_cluster``
     only: order statistics and Krum must not let a box buy influence by
-    claiming a large ``n_k``.
+    claiming a large ``n_k``. ``reputation`` takes ``scores=`` (earlier
+    rounds' reputations); without it the rule judges this round alone.
     """
     x = _stack(updates)
     if rule == "mean":
@@ -194,6 +249,8 @@ def robust_aggregate(
         return norm_bound(x, float(params["max_norm"]), weights)
     if rule == "cosine_cluster":
         return cosine_cluster(x, weights)[0]
+    if rule == "reputation":
+        return reputation_filter(x, params.get("scores"))[0]
     raise ValueError(f"unknown robust rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
@@ -256,7 +313,7 @@ def output_radius(rule: str, clip: float, **params: Any) -> float:
     ``2 * output_radius`` of each other: that is the sensitivity central DP
     noise must cover when a rule runs over single plaintext updates. Per rule:
     a mean of rows (``mean``, ``multi_krum``, ``norm_bound``,
-    ``cosine_cluster``) stays within
+    ``cosine_cluster``, ``reputation``) stays within
     ``clip`` (``norm_bound`` within ``max_norm`` if smaller); a coordinate is
     the median only if at least half the rows are as large in it, so
     ``|med|^2 <= (2/n) sum |x_i|^2 <= 2 clip^2``; a trimmed mean keeps
@@ -275,7 +332,7 @@ def output_radius(rule: str, clip: float, **params: Any) -> float:
         return clip / math.sqrt(1.0 - 2.0 * beta)
     if rule == "norm_bound" and params.get("max_norm") is not None:
         return min(clip, float(params["max_norm"]))
-    if rule in ("mean", "multi_krum", "norm_bound", "cosine_cluster"):
+    if rule in ("mean", "multi_krum", "norm_bound", "cosine_cluster", "reputation"):
         return clip
     raise ValueError(f"unknown robust rule {rule!r}; choose one of {', '.join(RULES)}")
 
@@ -307,8 +364,8 @@ def min_groups(rule: str, **params: Any) -> int:
         return 2 * f + 3
     if rule == "norm_bound":
         return 1 if params.get("max_norm") is not None else 3
-    if rule == "cosine_cluster":
-        return 3  # a majority cluster and a median norm need three rows
+    if rule in ("cosine_cluster", "reputation"):
+        return 3  # a majority cluster, a median reference and a median norm need three rows
     if rule == "mean":
         return 1
     raise ValueError(f"unknown robust rule {rule!r}; choose one of {', '.join(RULES)}")
@@ -326,7 +383,8 @@ def tolerated_rows(rule: str, rows: int, **params: Any) -> int:
             bad = min(bad, int(params["f"]))
         return bad
     # mean and norm_bound only bound a bad row's pull; cosine_cluster removes the rows
-    # outside its majority cluster but promises nothing for one inside it.
+    # outside its majority cluster but promises nothing for one inside it, reputation
+    # those pointing away from the median over time but nothing for one agreeing with it.
     return 0
 
 
