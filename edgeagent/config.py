@@ -330,7 +330,13 @@ class AggregatorSection(_Section):
     holdout: Path | None = Field(default=None, description="Held-out .npz (x, mu, sigma, y).")
     eval_tolerance: float = Field(default=0.10, ge=0, description="Relative loss increase allowed.")
     robust: Literal[
-        "none", "median", "trimmed_mean", "multi_krum", "norm_bound", "cosine_cluster"
+        "none",
+        "median",
+        "trimmed_mean",
+        "multi_krum",
+        "norm_bound",
+        "cosine_cluster",
+        "reputation",
     ] = Field(
         default="none",
         description="none = n_k-weighted FedAvg of one secure sum; otherwise grouped secure "

@@ -505,6 +505,47 @@ def test_plaintext_cosine_cluster_drops_a_sign_flipped_box(
     )
 
 
+def test_plaintext_reputation_remembers_a_sign_flipped_box_across_a_restart(
+    fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
+) -> None:
+    """Round 1: a box sends -3x its update and is dropped; its score goes to the state
+    file. Round 2, after a restart: its update now agrees (cosine ~0.86), and the
+    remembered score still keeps it out, which the same round judged alone would not."""
+    model_path, w0, honest, _ = scenario
+    flipped = dict(honest)
+    d5, n5 = _deltas(w0.size, BOXES[:6])[BOXES[5]]
+    flipped[BOXES[5]] = ((-3.0 * d5).astype(np.float32), n5)
+    cfg = _config(fleet, broker, tmp_path, model_path, "flp6", min_boxes=6,
+                  robust="reputation", secure_aggregation=False)  # fmt: skip
+    agg = _run_round(cfg, _clients(fleet, broker, syn_model, flipped, "flp6"))
+    rec = agg.state["rounds"][-1]
+    assert rec["status"] == "completed", rec
+    assert rec["robust"]["min_updates"] == 3 and rec["robust"]["dropped"] == [BOXES[5]]
+    rows = [l2_clip(flipped[b][0].astype(np.float64), CLIP)[0] for b in BOXES[:6]]
+    want, kept, scores = robust.reputation_filter(rows)
+    assert kept.tolist() == [0, 1, 2, 3, 4]
+    _assert_reference_near_honest(agg, w0, want, honest, atol=2e-6)
+    book = status_report(tmp_path / "flp6")["reputation"]
+    assert book == pytest.approx(dict(zip(BOXES[:6], scores.tolist(), strict=True)))
+    assert book[BOXES[5]] < -0.9
+    assert f"distrusted  {BOXES[5]}" in _status_cli(cfg, tmp_path)
+
+    w1 = get_params(parse_model(agg.model_bytes or b""))
+    rng = np.random.default_rng(3)
+    late = dict(honest)
+    late[BOXES[5]] = ((d5 + rng.normal(0, 0.03, d5.size)).astype(np.float32), n5)
+    cfg["aggregator"]["rounds"] = 2
+    agg = _run_round(cfg, _clients(fleet, broker, syn_model, late, "flp6"))
+    rec = agg.state["rounds"][-1]
+    assert rec["status"] == "completed", rec
+    rows = [l2_clip(late[b][0].astype(np.float64), CLIP)[0] for b in BOXES[:6]]
+    assert 5 in robust.reputation_filter(rows)[1]  # alone, round 2 would keep it
+    want, kept, _ = robust.reputation_filter(rows, [book[b] for b in BOXES[:6]])
+    assert kept.tolist() == [0, 1, 2, 3, 4] and rec["robust"]["dropped"] == [BOXES[5]]
+    w2 = get_params(parse_model(agg.model_bytes or b""))
+    np.testing.assert_allclose(w2, w1 + want.astype(np.float32), atol=2e-6)
+
+
 def test_plaintext_median_noise_covers_the_rule_and_is_accounted(
     fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
 ) -> None:

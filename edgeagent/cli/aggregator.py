@@ -116,6 +116,9 @@ def status(
     typer.echo(f"dropouts    {rep['dropouts']}")
     typer.echo(f"refused     {rep['refused'] or '-'}")
     typer.echo(f"epsilon     {_fmt_eps(rep['epsilon'])}")
+    distrusted = sorted(b for b, v in rep["reputation"].items() if v <= 0)
+    if rep["reputation"]:  # robust = "reputation": the boxes whose updates it now drops
+        typer.echo(f"distrusted  {', '.join(distrusted) or '-'}")
     if rep["in_progress"]:
         typer.echo(f"in progress round {rep['in_progress']['round']}")
     typer.echo("")

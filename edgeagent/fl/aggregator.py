@@ -36,7 +36,8 @@ the round's sealing key, each invited box that allows it
 holding its clipped update and ``n_k`` sealed to that key (``fl.seal``: the
 broker cannot read them; the key lives only as long as the round), and at the
 deadline (or when all are in) the rule runs over the single updates
-(``robust.unweighted_aggregate``; n_k-weighted FedAvg for ``robust = "none"``)
+(``robust.unweighted_aggregate``; n_k-weighted FedAvg for ``robust = "none"``;
+``reputation`` also reads and updates each box's score in the state file)
 with central DP noise scaled to what that rule can move (``_finish_plain``).
 
 State (next round id, model versions, DP events, round history) is one JSON
@@ -1012,7 +1013,10 @@ class Aggregator:
                     mean = mean_from_total(total)
                 else:
                     rows = [l2_clip(r.plain[b][0], self.clip)[0] for b in got]
-                    mean = robust.unweighted_aggregate(rows, p.robust, **params)
+                    if p.robust == "reputation":
+                        mean = self._reputation_mean(got, rows, rec)
+                    else:
+                        mean = robust.unweighted_aggregate(rows, p.robust, **params)
                     std = z * 2.0 * robust.output_radius(p.robust, self.clip, **params)
                     mean = add_gaussian_noise(mean, std)
                     rec["noise_std"] = std
@@ -1031,6 +1035,22 @@ class Aggregator:
              for b in got},
         )  # fmt: skip
         self._conclude(r, rec, released)
+
+    def _reputation_mean(
+        self, boxes: list[str], rows: list[np.ndarray], rec: dict[str, Any]
+    ) -> np.ndarray:
+        """The ``reputation`` rule over single updates, remembering each box's score.
+
+        The scores live in the state file, so a restart does not hand a box
+        that earned distrust a clean slate; the round record names the boxes
+        dropped, which is what an operator needs to go and look at them.
+        """
+        book: dict[str, float] = self.state.setdefault("reputation", {})
+        mean, kept, scores = robust.reputation_filter(rows, [book.get(b, 0.0) for b in boxes])
+        book.update(zip(boxes, map(float, scores), strict=True))
+        chosen = set(kept.tolist())
+        rec["robust"]["dropped"] = [b for i, b in enumerate(boxes) if i not in chosen]
+        return mean
 
     def _conclude(self, r: _Round, rec: dict[str, Any], released: bool) -> None:
         """Account privacy if anything was released, persist the record, end the round."""
@@ -1100,5 +1120,6 @@ def status_report(state_dir: Path) -> dict[str, Any]:
         "refused": s.get("refused", {}),
         "epsilon": rounds[-1].get("epsilon") if rounds else None,
         "in_progress": s.get("in_progress"),
+        "reputation": s.get("reputation", {}),
         "rounds": rounds,
     }
