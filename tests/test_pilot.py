@@ -21,6 +21,7 @@ from edgeagent.pilot import (
     HeldOutSet,
     PatientData,
     PilotConfig,
+    _calibration_round,
     _shares,
     aggregate,
     cohort_summary,
@@ -34,6 +35,7 @@ from edgeagent.pilot import (
     schedule,
     seed_spread,
     targets,
+    train_arrays,
 )
 from edgeagent.pipeline import features
 
@@ -142,10 +144,42 @@ def test_federation_learns_and_a_sign_flip_hurts_fedavg_more_than_median() -> No
         mode: evaluate_model(
             meta, run_federation(cfg, meta, hubs, mode=mode, attack=attack).w, test, False
         )["accuracy"]
-        for mode in ("fedavg", "median")
+        for mode in ("fedavg", "median", "reputation")
     }
     assert acc["median"] > acc_clean - 0.05
+    assert acc["reputation"] > acc_clean - 0.05
     assert acc["fedavg"] < acc["median"] - 0.1
+
+
+def test_reputation_mode_remembers_scores_and_its_verdict_limits_the_calibration_round() -> None:
+    nodes, deltas, counts = _updates(n=6)
+    deltas[5] = -deltas[5]
+    kw = {"assumed_malicious": 0.2, "clip": 1.0, "n_cap": 1000}
+    memory: dict[str, float] = {}
+    first = aggregate("reputation", nodes, deltas, counts, **kw, reputation=memory)
+    want, _, scores = robust.reputation_filter(np.stack(deltas))
+    np.testing.assert_allclose(first, want)
+    assert memory == dict(zip(nodes, scores.tolist(), strict=True)) and memory[nodes[5]] < 0
+    second = aggregate("reputation", nodes, deltas, counts, **kw, reputation=memory)
+    np.testing.assert_allclose(second, robust.reputation_filter(np.stack(deltas), scores)[0])
+    # the CCVR round takes the moments of the trusted hubs only
+    rng = np.random.default_rng(6)
+    cfg = PilotConfig(hubs=6, rounds=1, local_epochs=1, processes=1, seed=0)
+    hubs = [_blob_patient(i, 120, rng, 4.0) for i in range(cfg.hubs)]
+    meta = make_meta(cfg, np.zeros(N_F, np.float32), np.ones(N_F, np.float32))
+    w = run_federation(dataclasses.replace(cfg, head_calibration=False), meta, hubs).w
+    ones = np.ones(N_F, np.float32)
+    sets = {d.id: train_arrays(d, ones * 0, ones, False) for d in hubs}
+    trusted = {d.id for d in hubs[:4]}
+    nonce = bytes(16)
+    some = _calibration_round(cfg, meta, w, sets, "reputation", None, set(), nonce, trusted)
+    only = {k: v for k, v in sets.items() if k in trusted}
+    np.testing.assert_array_equal(
+        some, _calibration_round(cfg, meta, w, only, "reputation", None, set(), nonce)
+    )
+    assert not np.array_equal(
+        some, _calibration_round(cfg, meta, w, sets, "reputation", None, set(), nonce)
+    )
 
 
 def test_federation_ends_with_a_head_calibration_round_that_changes_only_the_head() -> None:

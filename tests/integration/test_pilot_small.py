@@ -103,6 +103,10 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
     assert o["worst_attack_accuracy"][0] == pytest.approx(
         att["clean_accuracy"]["fedavg"] - b["best_robust_worst_loss"]
     )
+    per = o["accuracy_per_attack"]
+    assert set(per) == set(cfg.attacks) and all(len(v) == cfg.seeds for v in per.values())
+    for k, a in enumerate(o["worst_attack"]):
+        assert o["worst_attack_accuracy"][k] == per[a][k] == min(v[k] for v in per.values())
     clean, worst = np.array(o["clean_fedavg"]), np.array(o["worst_attack_accuracy"])
     assert o["worst_loss_mean"] == pytest.approx(float(np.mean(clean - worst)))
     t = r["targets"]["best_robust_loss_at_20pct_le_3pt"]
