@@ -30,6 +30,11 @@ from pydantic import (
 )
 
 from edgeagent.errors import ConfigError, ConfigErrors
+from edgeagent.fl.constants import ROBUST_RULES
+
+#: ``[aggregator] robust``: FedAvg ("none") or a rule of ``fl.robust`` (its unweighted
+#: ``mean`` is no defence, so it is not offered).
+ROBUST_CHOICES: tuple[str, ...] = ("none", *(r for r in ROBUST_RULES if r != "mean"))
 
 DEFAULT_PATH = Path("/etc/edgeagent/config.toml")
 REDACTED = "<redacted>"
@@ -329,15 +334,7 @@ class AggregatorSection(_Section):
     initial_model: Path | None = Field(default=None, description="ONNX global model of round 0.")
     holdout: Path | None = Field(default=None, description="Held-out .npz (x, mu, sigma, y).")
     eval_tolerance: float = Field(default=0.10, ge=0, description="Relative loss increase allowed.")
-    robust: Literal[
-        "none",
-        "median",
-        "trimmed_mean",
-        "multi_krum",
-        "norm_bound",
-        "cosine_cluster",
-        "reputation",
-    ] = Field(
+    robust: str = Field(
         default="none",
         description="none = n_k-weighted FedAvg of one secure sum; otherwise grouped secure "
         "aggregation with this rule over the group means (plaintext mode: over single updates).",
@@ -364,6 +361,14 @@ class AggregatorSection(_Section):
         description="Worker processes that take the masked vectors (MQTT 5 shared "
         "subscription) and hand the aggregator partial sums; 0 = it takes them itself.",
     )
+
+    @field_validator("robust")
+    @classmethod
+    def _rule(cls, v: str) -> str:
+        # the choices come from the rules themselves, so a new rule needs no second list here
+        if v not in ROBUST_CHOICES:
+            raise ValueError(f"unknown rule {v!r}; choose one of {', '.join(ROBUST_CHOICES)}")
+        return v
 
     @model_validator(mode="after")
     def _counts(self) -> AggregatorSection:

@@ -87,6 +87,7 @@ from edgeagent.fl.attacks import (
     choose_malicious,
     poison_labels,
 )
+from edgeagent.fl.constants import ROBUST_RULES
 from edgeagent.fl.privacy import (
     DpAccountant,
     add_gaussian_noise,
@@ -117,14 +118,10 @@ PAPER: dict[str, Any] = {
     "modality_contribution_pct": {"ecg": 40.0, "acc": 30.0, "temp": 20.0, "env": 10.0},
 }
 
+#: FedAvg, every plaintext rule of ``fl.robust`` but its unweighted mean, grouped SecAgg.
 MODES: tuple[str, ...] = (
     "fedavg",
-    "median",
-    "trimmed_mean",
-    "multi_krum",
-    "norm_bound",
-    "cosine_cluster",
-    "reputation",
+    *(r for r in ROBUST_RULES if r != "mean"),
     "secure_grouped_median",
 )
 MODALITIES: tuple[str, ...] = ("ecg", "acc", "temp", "env")

@@ -79,6 +79,7 @@ def test_minimal_config_gets_defaults() -> None:
         ({"detection": {"thresholds": {"af": 0.4}}}, "detection.thresholds", None, "clinical"),
         ({"detection": {"thresholds": {"fault": 1.5}}}, "detection.thresholds", None, "[0, 1]"),
         ({"detection": {"thresholds": {"novelty": 0}}}, "detection.thresholds", None, "> 0"),
+        ({"aggregator": {"robust": "mean"}}, "aggregator.robust", "mean", "reputation"),
     ],
 )
 def test_errors_name_key_value_and_fix(

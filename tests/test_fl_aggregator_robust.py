@@ -481,13 +481,19 @@ def test_plaintext_median_ignores_a_boosted_box(
     assert any(ln.split()[:2] == ["1", "completed"] and "median plain 6" in ln for ln in out)
 
 
+def _last_box_flipped(honest: dict, w0: np.ndarray) -> dict[str, tuple[np.ndarray, int]]:
+    """The five honest boxes' updates and a sixth box's honest update sent as -3x."""
+    flipped = dict(honest)
+    d5, n5 = _deltas(w0.size, BOXES[:6])[BOXES[5]]
+    flipped[BOXES[5]] = ((-3.0 * d5).astype(np.float32), n5)
+    return flipped
+
+
 def test_plaintext_cosine_cluster_drops_a_sign_flipped_box(
     fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path, scenario: tuple
 ) -> None:
     model_path, w0, honest, _ = scenario
-    flipped = dict(honest)
-    d5, n5 = _deltas(w0.size, BOXES[:6])[BOXES[5]]
-    flipped[BOXES[5]] = ((-3.0 * d5).astype(np.float32), n5)
+    flipped = _last_box_flipped(honest, w0)
     cfg = _config(fleet, broker, tmp_path, model_path, "flp5", min_boxes=6,
                   robust="cosine_cluster", secure_aggregation=False)  # fmt: skip
     agg = _run_round(cfg, _clients(fleet, broker, syn_model, flipped, "flp5"))
@@ -512,9 +518,7 @@ def test_plaintext_reputation_remembers_a_sign_flipped_box_across_a_restart(
     file. Round 2, after a restart: its update now agrees (cosine ~0.86), and the
     remembered score still keeps it out, which the same round judged alone would not."""
     model_path, w0, honest, _ = scenario
-    flipped = dict(honest)
-    d5, n5 = _deltas(w0.size, BOXES[:6])[BOXES[5]]
-    flipped[BOXES[5]] = ((-3.0 * d5).astype(np.float32), n5)
+    flipped = _last_box_flipped(honest, w0)
     cfg = _config(fleet, broker, tmp_path, model_path, "flp6", min_boxes=6,
                   robust="reputation", secure_aggregation=False)  # fmt: skip
     agg = _run_round(cfg, _clients(fleet, broker, syn_model, flipped, "flp6"))
@@ -533,6 +537,7 @@ def test_plaintext_reputation_remembers_a_sign_flipped_box_across_a_restart(
     w1 = get_params(parse_model(agg.model_bytes or b""))
     rng = np.random.default_rng(3)
     late = dict(honest)
+    d5, n5 = _deltas(w0.size, BOXES[:6])[BOXES[5]]
     late[BOXES[5]] = ((d5 + rng.normal(0, 0.03, d5.size)).astype(np.float32), n5)
     cfg["aggregator"]["rounds"] = 2
     agg = _run_round(cfg, _clients(fleet, broker, syn_model, late, "flp6"))

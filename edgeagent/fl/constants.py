@@ -10,6 +10,18 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
+#: Byzantine-robust rules of ``fl.robust``, named here (numpy-free) so the
+#: config can offer exactly these without importing the numeric code.
+ROBUST_RULES: Final = (
+    "mean",
+    "median",
+    "trimmed_mean",
+    "multi_krum",
+    "norm_bound",
+    "cosine_cluster",
+    "reputation",
+)
+
 #: Envelope format version. Bump when the envelope layout (not a body) changes.
 #: 2: the signature covers SHA-256 of the payload, not the payload itself.
 ENVELOPE_VERSION: Final = 2

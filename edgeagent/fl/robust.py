@@ -49,15 +49,9 @@ from typing import Any
 
 import numpy as np
 
-RULES: tuple[str, ...] = (
-    "mean",
-    "median",
-    "trimmed_mean",
-    "multi_krum",
-    "norm_bound",
-    "cosine_cluster",
-    "reputation",
-)
+from edgeagent.fl.constants import ROBUST_RULES
+
+RULES: tuple[str, ...] = ROBUST_RULES
 
 
 def _stack(updates: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
