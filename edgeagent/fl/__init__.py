@@ -8,7 +8,8 @@
 - ``privacy``: clipping, FedAvg payloads, Gaussian noise, DP accountant,
   adaptive clipping.
 - ``aggregate``: weighted FedAvg over plain records.
-- ``robust``: median, trimmed mean, Multi-Krum, norm bounding, grouped rules.
+- ``robust``: median, trimmed mean, Multi-Krum, norm bounding, cosine clustering,
+  reputation over rounds, grouped rules (their names: ``constants.ROBUST_RULES``).
 
 Transport (MQTT) and process wiring live elsewhere and call into these.
 """
