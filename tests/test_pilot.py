@@ -7,13 +7,14 @@ import itertools
 import socket
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 
 from edgeagent.fl import robust
 from edgeagent.fl.aggregate import ClientUpdate, weighted_fedavg
-from edgeagent.fl.attacks import AttackConfig
+from edgeagent.fl.attacks import AttackConfig, choose_malicious
 from edgeagent.model.meta import unflatten
 from edgeagent.pilot import (
     MODES,
@@ -180,6 +181,30 @@ def test_reputation_mode_remembers_scores_and_its_verdict_limits_the_calibration
     assert not np.array_equal(
         some, _calibration_round(cfg, meta, w, sets, "reputation", None, set(), nonce)
     )
+
+
+def test_a_reputation_run_hands_the_calibration_round_the_hubs_it_trusts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import edgeagent.pilot as pilot_mod
+
+    seen: list[set[str] | None] = []
+    real = pilot_mod._calibration_round
+
+    def spy(*args: Any) -> np.ndarray:
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(pilot_mod, "_calibration_round", spy)
+    rng = np.random.default_rng(7)
+    cfg = PilotConfig(hubs=6, rounds=3, local_epochs=1, processes=1, seed=0)
+    hubs = [_blob_patient(i, 120, rng, 4.0) for i in range(cfg.hubs)]
+    meta = make_meta(cfg, np.zeros(N_F, np.float32), np.ones(N_F, np.float32))
+    attack = AttackConfig("sign_flip", fraction=0.34)
+    bad = set(choose_malicious([d.id for d in hubs], attack.fraction, cfg.seed))
+    run_federation(cfg, meta, hubs, mode="reputation", attack=attack)
+    run_federation(cfg, meta, hubs, mode="median", attack=attack)
+    assert len(bad) == 2 and seen == [{d.id for d in hubs} - bad, None]
 
 
 def test_federation_ends_with_a_head_calibration_round_that_changes_only_the_head() -> None:

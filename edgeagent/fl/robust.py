@@ -22,8 +22,8 @@ Plaintext rules take a stacked matrix of updates (one row per box):
   coordinate-wise median of the round's updates (the reference FLTrust, Cao
   et al. 2021, NDSS, takes from a server-side root data set, which an
   aggregator of patients' data does not have). Rows of boxes whose reputation
-  is not positive are dropped, the rest clipped to the median row norm and
-  averaged. Why history: with non-IID boxes, one round's honest updates end
+  is not positive are dropped, the rest clipped to the median norm of the
+  non-zero rows and averaged. Why history: with non-IID boxes, one round's honest updates end
   up nearly orthogonal (the pilot measured their mean pairwise cosine fall
   from 0.34 in round 1 to about 0 by round 13), so a one-round direction test
   cannot tell a reversed update from an honest one late in training, while
@@ -185,9 +185,10 @@ def reputation_filter(
     reputation every non-zero row is kept, clipped (``norm_bound``).
 
     Limits, stated in docs/security.md: a box that agrees with the median for
-    many rounds banks reputation it can then spend attacking; a bad row that
-    keeps a positive cosine (the "little is enough" attack, scaling) stays in,
-    its pull bounded by the clip; and the median reference needs an honest
+    many rounds banks reputation it can then spend attacking; a dropped box
+    is readmitted once its sum turns positive again; a bad row that keeps a
+    positive cosine (the "little is enough" attack, scaling) stays in, its
+    pull bounded by the clip; and the median reference needs an honest
     majority.
     """
     x = _stack(updates)
