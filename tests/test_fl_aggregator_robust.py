@@ -292,7 +292,7 @@ def _agg_cfg(**policy: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("policy", "key", "words"),
     [
-        ({"robust": "krum"}, "aggregator.robust", "'none', 'median', 'trimmed_mean'"),
+        ({"robust": "krum"}, "aggregator.robust", "choose one of none, median, trimmed_mean"),
         ({"robust": "trimmed_mean", "beta": 0.5}, "aggregator.beta", "less than 0.5"),
         ({"robust": "multi_krum", "f": 0}, "aggregator.f", "greater than or equal to 1"),
         ({"robust": "median", "group_size": 1}, "aggregator.group_size", "greater than or"),
