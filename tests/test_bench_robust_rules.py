@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from edgeagent.fl.constants import ROBUST_RULES
-from tests.plugins.ops import REPO
+from tests.plugins.ops import run_bench
 
 
 def test_robust_rules_bench_reports_every_rule(tmp_path: Path) -> None:
     out = tmp_path / "robust_rules.json"
     args = ["--sizes", "6", "12", "--dim", "40", "--repeats", "1", "--out", str(out)]
-    run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "robust_rules.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
+    run = run_bench("robust_rules.py", args, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert [r["rows"] for r in doc["runs"]] == [6, 12]

@@ -9,13 +9,11 @@ and the RSS series is sampled. The memory target itself needs the full
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.plugins.ops import REPO
+from tests.plugins.ops import run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +22,7 @@ def test_short_soak_delivers_everything_through_an_outage(tmp_path: Path) -> Non
     pytest.importorskip("psutil")
     out = tmp_path / "soak.json"
     args = ["--minutes", "0.4", "--wearables", "2", "--pool-min", "2", "--outage", "0.25"]
-    run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "soak.py"), *args, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        cwd=REPO,
-    )
+    run = run_bench("soak.py", [*args, "--out", str(out)], timeout=150)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     res = json.loads(out.read_text())
     ob = res["outbox"]

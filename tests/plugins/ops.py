@@ -29,6 +29,17 @@ EXAMPLE_CONFIG = REPO / "systemd" / "edgeagent.example.toml"
 CLI = [sys.executable, "-c", "from edgeagent.cli import main; main()"]
 
 
+def run_bench(script: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``bench/<script>`` as a user would (its own process, from the repository root)."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
 def write_toml(path: Path, data: dict[str, Any]) -> Path:
     """Write a config dict as TOML with the agent's own renderer."""
     from edgeagent.config import to_toml
