@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeagent.fl.constants import ROBUST_RULES
+from edgeagent.fl.constants import DEFENCE_RULES
 from edgeagent.fl.privacy import l2_clip
 from edgeagent.fl.robust import unweighted_aggregate
 
@@ -66,9 +66,7 @@ def run(n: int, dim: int, repeats: int, seed: int = 0) -> dict[str, Any]:
     rows = np.stack([l2_clip(0.3 * shared + rng.normal(0, 1, dim), CLIP)[0] for _ in range(n)])
     base = measure(rows, "mean", {}, repeats)
     out: dict[str, Any] = {"rows": n, "params": dim, "baseline_mean": base, "rules": {}}
-    for rule in ROBUST_RULES:
-        if rule == "mean":
-            continue
+    for rule in DEFENCE_RULES:
         m = measure(rows, rule, rule_params(rule, n, rng), repeats)
         m["time_over_mean"] = m["seconds"] / base["seconds"]
         m["memory_over_rows"] = m["peak_bytes"] / rows.nbytes

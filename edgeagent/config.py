@@ -30,11 +30,10 @@ from pydantic import (
 )
 
 from edgeagent.errors import ConfigError, ConfigErrors
-from edgeagent.fl.constants import ROBUST_RULES
+from edgeagent.fl.constants import DEFENCE_RULES
 
-#: ``[aggregator] robust``: FedAvg ("none") or a rule of ``fl.robust`` (its unweighted
-#: ``mean`` is no defence, so it is not offered).
-ROBUST_CHOICES: tuple[str, ...] = ("none", *(r for r in ROBUST_RULES if r != "mean"))
+#: ``[aggregator] robust``: FedAvg ("none") or one of ``fl.robust``'s defences.
+ROBUST_CHOICES: tuple[str, ...] = ("none", *DEFENCE_RULES)
 
 DEFAULT_PATH = Path("/etc/edgeagent/config.toml")
 REDACTED = "<redacted>"

@@ -87,7 +87,7 @@ from edgeagent.fl.attacks import (
     choose_malicious,
     poison_labels,
 )
-from edgeagent.fl.constants import ROBUST_RULES
+from edgeagent.fl.constants import DEFENCE_RULES
 from edgeagent.fl.privacy import (
     DpAccountant,
     add_gaussian_noise,
@@ -118,12 +118,8 @@ PAPER: dict[str, Any] = {
     "modality_contribution_pct": {"ecg": 40.0, "acc": 30.0, "temp": 20.0, "env": 10.0},
 }
 
-#: FedAvg, every plaintext rule of ``fl.robust`` but its unweighted mean, grouped SecAgg.
-MODES: tuple[str, ...] = (
-    "fedavg",
-    *(r for r in ROBUST_RULES if r != "mean"),
-    "secure_grouped_median",
-)
+#: FedAvg, every defence of ``fl.robust`` over single updates, grouped SecAgg.
+MODES: tuple[str, ...] = ("fedavg", *DEFENCE_RULES, "secure_grouped_median")
 MODALITIES: tuple[str, ...] = ("ecg", "acc", "temp", "env")
 # The headline rows rerun with other training seeds (``PilotConfig.seeds``): the
 # federated row moves by several points between seeds, so targets use the mean.

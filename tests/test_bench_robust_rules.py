@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeagent.fl.constants import ROBUST_RULES
+from edgeagent.fl.constants import DEFENCE_RULES
 from tests.plugins.ops import run_bench
 
 
@@ -17,7 +17,7 @@ def test_robust_rules_bench_reports_every_rule(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert [r["rows"] for r in doc["runs"]] == [6, 12]
     for r in doc["runs"]:
-        assert set(r["rules"]) == set(ROBUST_RULES) - {"mean"}
+        assert set(r["rules"]) == set(DEFENCE_RULES)
         base = r["baseline_mean"]["seconds"]
         for m in r["rules"].values():
             assert m["time_over_mean"] == m["seconds"] / base and m["peak_bytes"] > 0

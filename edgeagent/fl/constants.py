@@ -21,6 +21,8 @@ ROBUST_RULES: Final = (
     "cosine_cluster",
     "reputation",
 )
+#: The rules a deployment can choose as a defence: all but the unweighted ``mean``.
+DEFENCE_RULES: Final = tuple(r for r in ROBUST_RULES if r != "mean")
 
 #: Envelope format version. Bump when the envelope layout (not a body) changes.
 #: 2: the signature covers SHA-256 of the payload, not the payload itself.
