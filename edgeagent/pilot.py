@@ -1418,14 +1418,18 @@ def other_cohorts(
     return out
 
 
+def headline_means(spread: dict[str, Any]) -> dict[str, float]:
+    """Each headline row's accuracy averaged over one cohort's training seeds (``seed_spread``)."""
+    return {row: spread[row]["accuracy_mean"] for row in SEED_ROWS}
+
+
 def cohort_summary(
     main: dict[str, Any], others: dict[str, dict[str, Any]], seed: int
 ) -> dict[str, Any]:
     """Per cohort (data seed) the mean accuracy of each headline row, and the mean over cohorts."""
     per = {str(seed): main, **others}
-    means = {
-        row: float(np.mean([c[row]["accuracy_mean"] for c in per.values()])) for row in SEED_ROWS
-    }
+    per_means = [headline_means(c) for c in per.values()]
+    means = {row: float(np.mean([m[row] for m in per_means])) for row in SEED_ROWS}
     return {"data_seeds": [int(k) for k in per], "per_cohort": per, "accuracy_mean": means}
 
 
@@ -1772,10 +1776,8 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
     cohorts = acc.get("cohorts")
     main_seed = {row: acc[row]["accuracy"] for row in SEED_ROWS}
 
-    def seed_means(sp: dict[str, Any]) -> dict[str, float]:
-        return {row: sp[row]["accuracy_mean"] for row in SEED_ROWS}
-
-    main_cohort = seed_means(spread) if spread else main_seed
+    main_cohort = headline_means(spread) if spread else main_seed
+    per_cohort = {k: headline_means(c) for k, c in (cohorts or {}).get("per_cohort", {}).items()}
     judged = cohorts["accuracy_mean"] if cohorts else main_cohort
     for name, row, need, bound in (
         ("fed_personalised_ge_centralised", "federated_personalised", ">= 0", 0.0),
@@ -1790,10 +1792,7 @@ def targets(r: dict[str, Any]) -> dict[str, Any]:
         }
         if cohorts:
             t["value_main_cohort"] = main_cohort[row] - main_cohort["centralised"]
-            t["value_per_cohort"] = {
-                k: seed_means(c)[row] - seed_means(c)["centralised"]
-                for k, c in cohorts["per_cohort"].items()
-            }
+            t["value_per_cohort"] = {k: m[row] - m["centralised"] for k, m in per_cohort.items()}
         out[name] = t
     b = r.get("best_robust_at_20pct")
     if b:
@@ -1949,10 +1948,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             "| federated - centralised | fed. + pers. - centralised |",
             "|---|---|---|---|---|---|",
         ]
-        table = {
-            k: {row: c[row]["accuracy_mean"] for row in SEED_ROWS}
-            for k, c in co["per_cohort"].items()
-        }
+        table = {k: headline_means(c) for k, c in co["per_cohort"].items()}
         table["mean"] = co["accuracy_mean"]
         for key, means in table.items():
             cen, fed, per = (
