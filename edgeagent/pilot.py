@@ -545,6 +545,14 @@ class FedResult:
     epsilon: float | None = None
 
 
+@dataclass
+class Reputation:
+    """The ``reputation`` rule's memory across rounds: each hub's score, and whom it kept last."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+    kept: set[str] = field(default_factory=set)
+
+
 def aggregate(
     mode: str,
     nodes: Sequence[str],
@@ -557,7 +565,7 @@ def aggregate(
     n_cap: int = 2000,
     nonce: bytes = b"\0" * 16,
     round_id: int = 0,
-    reputation: dict[str, float] | None = None,
+    reputation: Reputation | None = None,
 ) -> np.ndarray:
     """One round's mean update under the deployment's aggregation ``mode`` (pure except SecAgg).
 
@@ -567,8 +575,8 @@ def aggregate(
     ``group_size`` boxes with real in-memory SecAgg+ rounds (payloads clipped
     to ``clip`` with n_k capped at ``n_cap``) and takes the median of group means.
     ``reputation`` is the stateful rule's memory: the hubs' scores from earlier
-    rounds, which this call updates in place (the aggregator service keeps
-    them in its state file).
+    rounds, which this call updates in place with the hubs the rule kept (the
+    aggregator service keeps the scores in its state file).
     """
     n = len(nodes)
     f = max(0, min(math.ceil(assumed_malicious * n), (n - 3) // 2))
@@ -590,9 +598,10 @@ def aggregate(
     if mode == "cosine_cluster":
         return robust.robust_aggregate(x, "cosine_cluster")
     if mode == "reputation":
-        memory = {} if reputation is None else reputation
-        mean, _, scores = robust.reputation_filter(x, [memory.get(b, 0.0) for b in nodes])
-        memory.update(zip(nodes, scores.tolist(), strict=True))
+        memory = Reputation() if reputation is None else reputation
+        mean, kept, scores = robust.reputation_filter(x, [memory.scores.get(b, 0.0) for b in nodes])
+        memory.scores.update(zip(nodes, scores.tolist(), strict=True))
+        memory.kept = {nodes[i] for i in kept}
         return mean
     if mode == "secure_grouped_median":
         from edgeagent.fl.secagg import RoundConfig
@@ -654,7 +663,7 @@ def run_federation(
     clip = cfg.secure_clip or None
     acct = DpAccountant(cfg.dp_delta) if dp else None
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xD9]))
-    reputation: dict[str, float] = {}
+    reputation = Reputation()
     for r in range(cfg.rounds):
         deltas: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
@@ -710,10 +719,8 @@ def run_federation(
         res.rounds.append({"round": r, "update_norm": float(np.linalg.norm(mean))})
     if cfg.head_calibration and not dp:
         nonce = np.random.default_rng([cfg.seed, cfg.rounds]).bytes(16)  # one more round
-        trusted = None
-        if mode == "reputation":
-            # the rule's verdict carries over: hubs it would drop now add no moments
-            trusted = {n for n in nodes if reputation.get(n, 0.0) > 0 and deltas[n].any()}
+        # the reputation rule's verdict carries over: hubs it dropped add no moments
+        trusted = reputation.kept if mode == "reputation" else None
         w = _calibration_round(cfg, meta, w, sets, mode, attack, bad, nonce, trusted)
     res.w = w
     res.clip = clip

@@ -22,6 +22,7 @@ from edgeagent.pilot import (
     HeldOutSet,
     PatientData,
     PilotConfig,
+    Reputation,
     _calibration_round,
     _shares,
     aggregate,
@@ -156,11 +157,13 @@ def test_reputation_mode_remembers_scores_and_its_verdict_limits_the_calibration
     nodes, deltas, counts = _updates(n=6)
     deltas[5] = -deltas[5]
     kw = {"assumed_malicious": 0.2, "clip": 1.0, "n_cap": 1000}
-    memory: dict[str, float] = {}
+    memory = Reputation()
     first = aggregate("reputation", nodes, deltas, counts, **kw, reputation=memory)
-    want, _, scores = robust.reputation_filter(np.stack(deltas))
+    want, kept, scores = robust.reputation_filter(np.stack(deltas))
     np.testing.assert_allclose(first, want)
-    assert memory == dict(zip(nodes, scores.tolist(), strict=True)) and memory[nodes[5]] < 0
+    assert memory.scores == dict(zip(nodes, scores.tolist(), strict=True))
+    assert memory.scores[nodes[5]] < 0 and memory.kept == {nodes[i] for i in kept}
+    assert nodes[5] not in memory.kept
     second = aggregate("reputation", nodes, deltas, counts, **kw, reputation=memory)
     np.testing.assert_allclose(second, robust.reputation_filter(np.stack(deltas), scores)[0])
     # the CCVR round takes the moments of the trusted hubs only
