@@ -599,9 +599,9 @@ def aggregate(
         return robust.robust_aggregate(x, "cosine_cluster")
     if mode == "reputation":
         memory = Reputation() if reputation is None else reputation
-        mean, kept, scores = robust.reputation_filter(x, [memory.scores.get(b, 0.0) for b in nodes])
-        memory.scores.update(zip(nodes, scores.tolist(), strict=True))
-        memory.kept = {nodes[i] for i in kept}
+        mean, kept, scores = robust.reputation_by_box(x, nodes, memory.scores)
+        memory.scores.update(scores)
+        memory.kept = set(kept)
         return mean
     if mode == "secure_grouped_median":
         from edgeagent.fl.secagg import RoundConfig

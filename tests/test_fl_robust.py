@@ -16,6 +16,7 @@ from edgeagent.fl.robust import (
     multi_krum,
     norm_bound,
     partition_groups,
+    reputation_by_box,
     reputation_filter,
     robust_aggregate,
     trimmed_mean,
@@ -140,6 +141,15 @@ def test_reputation_drops_zero_rows_without_shrinking_the_clip() -> None:
     np.testing.assert_allclose(mean, rows.mean(0), rtol=1e-12)
     again = robust_aggregate(x, "reputation", scores=[0.5] * 8 + [9.0] * 3)
     np.testing.assert_allclose(again, mean)
+    # keyed by box: unknown boxes start at 0, the kept rows come back as names
+    names = [f"box{i}" for i in range(11)]
+    book = {n: 0.5 for n in names[:8]} | {n: 9.0 for n in names[8:]}
+    by_box, kept_names, new = reputation_by_box(x, names, book)
+    np.testing.assert_array_equal(by_box, mean)
+    assert kept_names == [names[i] for i in kept] and new == dict(zip(names, scores, strict=True))
+    assert reputation_by_box(x, names, {})[2] == dict(
+        zip(names, reputation_filter(x)[2].tolist(), strict=True)
+    )
     # nothing positive: every non-zero row kept, clipped; nothing live: zeros
     _, kept_all, _ = reputation_filter(honest, [-100.0] * 8)
     assert kept_all.tolist() == list(range(8))

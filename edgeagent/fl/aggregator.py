@@ -1046,10 +1046,9 @@ class Aggregator:
         dropped, which is what an operator needs to go and look at them.
         """
         book: dict[str, float] = self.state.setdefault("reputation", {})
-        mean, kept, scores = robust.reputation_filter(rows, [book.get(b, 0.0) for b in boxes])
-        book.update(zip(boxes, map(float, scores), strict=True))
-        chosen = set(kept.tolist())
-        rec["robust"]["dropped"] = [b for i, b in enumerate(boxes) if i not in chosen]
+        mean, kept, scores = robust.reputation_by_box(rows, boxes, book)
+        book.update(scores)
+        rec["robust"]["dropped"] = [b for b in boxes if b not in kept]
         return mean
 
     def _conclude(self, r: _Round, rec: dict[str, Any], released: bool) -> None:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -212,6 +212,19 @@ def reputation_filter(
     chosen = np.flatnonzero(keep)
     bound = max(float(np.median(norms[live])), 1e-300)
     return norm_bound(x[chosen], bound), chosen, new
+
+
+def reputation_by_box(
+    updates: np.ndarray | Sequence[np.ndarray], boxes: Sequence[str], book: Mapping[str, float]
+) -> tuple[np.ndarray, list[str], dict[str, float]]:
+    """``reputation_filter`` keyed by box name, as a server that remembers boxes runs it.
+
+    ``book`` holds the scores of earlier rounds (a box it has never seen
+    starts at 0). Returns ``(mean, kept boxes, these boxes' new scores)``; the
+    caller merges the scores into its book.
+    """
+    mean, kept, scores = reputation_filter(updates, [float(book.get(b, 0.0)) for b in boxes])
+    return mean, [boxes[i] for i in kept], dict(zip(boxes, scores.tolist(), strict=True))
 
 
 def robust_aggregate(
