@@ -11,6 +11,7 @@ from edgeagent.model.head_calibration import (
     calibrate_head,
     class_moments,
     robust_moments,
+    sample_counts,
 )
 from edgeagent.model.meta import ModelSpec, init_params, unflatten
 from edgeagent.model.nn import forward, hidden
@@ -77,6 +78,40 @@ def test_calibration_refits_the_head_across_classes_no_trainer_held_together() -
     np.testing.assert_array_equal(p["W2"][:, 3], q["W2"][:, 3])
     assert p["b2"][3] == q["b2"][3]
     np.testing.assert_array_equal(calibrate_head(SPEC, w, moments, seed=0), wc)
+
+
+def test_sample_counts_split_the_virtual_features_by_prior() -> None:
+    n = np.array([8000.0, 1500.0, 500.0, 3.0])
+    counts = sample_counts(n, 100, "counts")
+    assert counts.tolist() == [320, 60, 20, 1]  # proportional, a rare class keeps one
+    assert sample_counts(n, 100, "balanced").tolist() == [100] * 4
+
+
+def test_count_prior_calls_the_common_class_where_classes_overlap() -> None:
+    """Why the pilot samples by counts: with a majority class that overlaps a rarer one,
+    equal shares hand the overlap to the rare class and cost accuracy on data drawn as the
+    fleet's is; the fleet's own frequencies keep it (and balanced shares keep more recall)."""
+    rng = np.random.default_rng(4)
+    w = init_params(SPEC, 4)
+
+    def draw(n: int) -> tuple[np.ndarray, ...]:
+        y = (rng.random(n) < 0.2).astype(int)  # 80 % normal, 20 % class "a"
+        z = (CENTRES[y] * 0.3 + rng.normal(0.0, 0.7, (n, SPEC.n_features))).astype(np.float32)
+        return z, np.ones_like(z), y
+
+    z, m, y = draw(3000)
+    moments = class_moments(SPEC, w, z, m, y)
+    zt, mt, yt = draw(3000)
+    preds = {
+        prior: forward(SPEC, calibrate_head(SPEC, w, moments, prior=prior), zt, mt)[0].argmax(1)
+        for prior in ("counts", "balanced")
+    }
+    acc = {k: float(np.mean(p == yt)) for k, p in preds.items()}
+    recall = {k: float(np.mean(p[yt == 1] == 1)) for k, p in preds.items()}
+    assert acc["counts"] > acc["balanced"] + 0.05, acc
+    assert recall["balanced"] > recall["counts"], recall
+    with pytest.raises(ValueError, match="unknown prior 'flat'; choose one of counts, balanced"):
+        calibrate_head(SPEC, w, moments, prior="flat")
 
 
 def test_robust_moments_drop_a_lying_box_and_cap_inflated_counts() -> None:

@@ -51,7 +51,13 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
     n_eval = sum(t["positive"] + t["negative"] for t in r["data"]["test_patients"])
     assert n_eval > 50
     acc = r["accuracy"]
-    for row in ("centralised", "federated", "federated_personalised", "centralised_personalised"):
+    for row in (
+        "centralised",
+        "federated",
+        "federated_personalised",
+        "centralised_personalised",
+        "centralised_refit",
+    ):
         _check_metrics(acc[row], n_eval)
     for row, e in acc["seed_spread"].items():
         assert e["train_seeds"] == [cfg.seed + k for k in range(cfg.seeds)]
@@ -62,7 +68,12 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
     assert co["data_seeds"] == [cfg.seed + 100 * k for k in range(cfg.cohorts)]
     assert co["per_cohort"][str(cfg.seed)] == acc["seed_spread"]
     for spread in co["per_cohort"].values():
-        assert set(spread) == {"centralised", "federated", "federated_personalised"}
+        assert set(spread) == {
+            "centralised",
+            "centralised_refit",
+            "federated",
+            "federated_personalised",
+        }
         assert all(len(e["accuracy"]) == cfg.seeds for e in spread.values())
     for row, mean in co["accuracy_mean"].items():
         per = [c[row]["accuracy_mean"] for c in co["per_cohort"].values()]
@@ -70,6 +81,9 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
     within = r["targets"]["federated_within_2pt_of_centralised"]
     gap = co["accuracy_mean"]["federated"] - co["accuracy_mean"]["centralised"]
     assert within["value"] == pytest.approx(gap) and within["met"] == (gap >= -0.02)
+    control = co["accuracy_mean"]["federated"] - co["accuracy_mean"]["centralised_refit"]
+    assert within["value_vs_refit_control"] == pytest.approx(control)
+    assert within["met_vs_refit_control"] == (control >= -0.02)
     assert set(within["value_per_cohort"]) == {str(s) for s in co["data_seeds"]}
     assert "| mean |" in md and "Over cohorts" in md
     lo = acc["local_only"]
