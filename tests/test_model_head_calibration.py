@@ -139,6 +139,10 @@ def test_robust_moments_drop_a_lying_box_and_cap_inflated_counts() -> None:
     )
     cap = float(np.median([p.n[1] for p in [*honest, liar, booster] if p.n[1] >= 2]))
     assert got.n[1] <= total.n[1] + cap + 1e-9  # the booster counts as one median box
+    # k_mad=None (boxes already judged one by one): every mean stays, counts are still capped
+    capped = robust_moments([*honest, liar, booster], k_mad=None)
+    assert capped.n[0] > got.n[0]  # the liar's normal rows are in
+    assert capped.n[1] <= total.n[1] + cap + 1e-9
     with pytest.raises(ValueError, match="no moments"):
         robust_moments([])
 

@@ -10,7 +10,8 @@ was nearly as good. Classifier Calibration with Virtual Representations (Luo
 et al., NeurIPS 2021, arXiv:2106.05001) keeps the hidden layer, collects each
 class's first and second moments of the hidden features (sums over hubs: a
 secure sum reveals only the fleet's totals, no hub's own), samples features
-from those per-class Gaussians and re-fits the head on them with every class
+from those per-class Gaussians (as many per class as the fleet's counts
+say, see ``calibrate_head``) and re-fits the head on them with every class
 in one softmax. Pure numpy; no I/O.
 """
 
@@ -66,7 +67,7 @@ def class_moments(
 
 
 def robust_moments(
-    parts: list[ClassMoments], min_rows: int = 2, k_mad: float = 3.0
+    parts: list[ClassMoments], min_rows: int = 2, k_mad: float | None = 3.0
 ) -> ClassMoments:
     """Per class, the summed moments of the trainers whose class mean is not an outlier.
 
@@ -78,7 +79,10 @@ def robust_moments(
     kept trainer's rows count at most the median count of the class's holders
     (its moments are scaled down, not cut). Dropping a fixed share instead
     dropped the atypical honest patients too and cost the calibration most
-    of its gain (docs/pilot.md).
+    of its gain (docs/pilot.md). ``k_mad=None`` drops no mean and only caps
+    the counts: for trainers a rule has already judged one by one (the
+    pilot's ``reputation`` mode), where the 3-MAD test still dropped atypical
+    honest patients' means and cost clean accuracy.
     """
     if not parts:
         raise ValueError("no moments to combine")
@@ -93,7 +97,11 @@ def robust_moments(
         mu = np.stack([p.s1[k] / p.n[k] for p in held])
         dist = np.linalg.norm(mu - np.median(mu, axis=0), axis=1)
         med = np.median(dist)
-        keep = dist <= med + k_mad * 1.4826 * np.median(np.abs(dist - med))
+        keep = (
+            dist <= med + k_mad * 1.4826 * np.median(np.abs(dist - med))
+            if k_mad is not None
+            else np.ones(len(held), bool)
+        )
         cap = float(np.median(n))
         for p, nk, ok in zip(held, n, keep, strict=True):
             if ok:
