@@ -785,11 +785,10 @@ def _calibration_round(
         if mode == "secure_grouped_median":
             groups = robust.partition_groups(list(per_hub), cfg.group_size, nonce)
             parts = [sum((per_hub[b] for b in g), ClassMoments.zeros(meta.spec)) for g in groups]
-        # Hubs the reputation rule kept have been judged one by one over 20 rounds; the
-        # per-class outlier test on top dropped atypical honest patients' means and cost
-        # that mode ~3 points of clean accuracy (docs/pilot.md), so they only get the cap.
-        judged = mode == "reputation" and bool(trusted)
-        moments = robust_moments(parts, k_mad=None if judged else 3.0)
+        # Trusted hubs have been judged one by one over the rounds; the per-class outlier
+        # test on top dropped atypical honest patients' means and cost the reputation mode
+        # ~3 points of clean accuracy (docs/pilot.md), so they only get the count cap.
+        moments = robust_moments(parts, k_mad=None if trusted else 3.0)
     return refit_head(cfg, meta, w, moments)
 
 
