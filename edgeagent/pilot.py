@@ -33,8 +33,10 @@ them beside ours). How each part runs, so the table can be read honestly:
   the test patients' windows after a calibration period (the first
   ``calibration_frac`` of each patient's windows, unlabelled, which the
   personalised variant uses for its per-patient calibration,
-  ``pipeline.personal.calibrate``). A window is predicted clinical when the
-  clinical probability reaches the model's threshold and the sensor-fault
+  ``pipeline.personal.calibrate``, moved as far as the hubs' own recordings
+  show a calibration period's baseline persists, and for the detector's
+  personal threshold). A window is predicted clinical when the
+  clinical probability reaches the (personal) threshold and the sensor-fault
   probability does not (as the detector decides, without its hysteresis);
   positive / negative / excluded windows and the metrics are
   ``edgeagent.evaluate``'s definitions.
@@ -106,7 +108,15 @@ from edgeagent.model.meta import FAULT, NORMAL, ModelMeta, init_params
 from edgeagent.model.nn import Adam, standardise
 from edgeagent.model.train import fit
 from edgeagent.pipeline import features
-from edgeagent.pipeline.personal import calibrate, robust_stats, trait_mask
+from edgeagent.pipeline.personal import (
+    BUFFER_WINDOWS,
+    calibrate,
+    persistence_sums,
+    persistence_weights,
+    personal_threshold,
+    robust_stats,
+    trait_mask,
+)
 
 #: The seed paper's pilot figures, printed beside ours for comparison only (never used as results).
 PAPER: dict[str, Any] = {
@@ -163,6 +173,9 @@ class PilotConfig:
     calibration_prior: str = "counts"  # classes' shares of them: fleet row counts or "balanced"
     personal_traits_only: bool = True  # personal calibration of trait features only
     personal_spread: bool = False  # personal spread too (False: personal location only)
+    # personal location moved only the share the fleet finds persists (persistence_weights)
+    personal_persistence: bool = True
+    personal_threshold: bool = True  # the detector's personal clinical threshold
     batch: int = 64
     hidden: int = 32
     latent: int = 12
@@ -441,23 +454,36 @@ class TrainSet:
 
 @dataclass(frozen=True)
 class Calibration:
-    """How a box turns its calibration period's normal windows into its personal scale.
+    """How a box personalises: its personal scale from the calibration period, its threshold.
 
     The same rule serves the hubs' training data and the test patients, so
     the head is trained on the scale it is evaluated with. ``frac`` is the
     leading share of a recording that calibrates (its normal windows only);
-    ``traits_only`` and ``spread`` are ``pipeline.personal.calibrate``'s
-    ``mask=trait_mask(...)`` and ``spread``.
+    ``traits_only``, ``spread`` and ``weights`` are
+    ``pipeline.personal.calibrate``'s ``mask=trait_mask(...)``, ``spread``
+    and ``weights`` (the fleet's ``persistence_weights``; ``None``: full
+    weight). ``threshold``: the evaluation raises the clinical threshold to
+    ``personal_threshold`` of the calibration period's scores, as the
+    detector does.
     """
 
     frac: float = 0.3
     traits_only: bool = True
     spread: bool = False
+    weights: tuple[float, ...] | None = None
+    threshold: bool = False
 
     @classmethod
-    def of(cls, cfg: PilotConfig) -> Calibration:
-        """The rule a pilot configuration selects."""
-        return cls(cfg.calibration_frac, cfg.personal_traits_only, cfg.personal_spread)
+    def of(cls, cfg: PilotConfig, weights: Sequence[float] | None = None) -> Calibration:
+        """The rule a pilot configuration selects (``weights``: the cohort's, if it uses them)."""
+        use = cfg.personal_persistence and weights is not None
+        return cls(
+            cfg.calibration_frac,
+            cfg.personal_traits_only,
+            cfg.personal_spread,
+            tuple(float(v) for v in weights) if use else None,
+            cfg.personal_threshold,
+        )
 
     def period(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The calibration period's normal rows (all its rows if none is normal)."""
@@ -465,11 +491,37 @@ class Calibration:
         cal = x[:k][y[:k] == 0]
         return cal if len(cal) else x[:k]
 
+    def later(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The normal rows after the calibration period (what its baseline should predict)."""
+        k = max(1, round(self.frac * len(x)))
+        return x[k:][y[k:] == 0]
+
     def __call__(
         self, x_cal: np.ndarray, pop_mu: np.ndarray, pop_sigma: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         mask = trait_mask(features.FEATURE_NAMES) if self.traits_only else None
-        return calibrate(x_cal, pop_mu, pop_sigma, mask=mask, spread=self.spread)
+        w = None if self.weights is None else np.asarray(self.weights, np.float32)
+        return calibrate(x_cal, pop_mu, pop_sigma, mask=mask, spread=self.spread, weights=w)
+
+
+def fleet_persistence(
+    hubs: Sequence[PatientData], frac: float, pop_mu: np.ndarray, pop_sigma: np.ndarray
+) -> np.ndarray:
+    """The training hubs' ``persistence_weights``: each hub adds its pair of sums.
+
+    A hub holds its whole recording, so it can tell how well its own
+    calibration period predicted its later baseline; only the sums over hubs
+    are needed (a secure-aggregation round could carry them), and the test
+    patients, who have only their calibration period, use the result.
+    """
+    rule = Calibration(frac)
+    cr = np.zeros(len(pop_mu))
+    cc = np.zeros(len(pop_mu))
+    for d in hubs:
+        a, b = persistence_sums(rule.period(d.x, d.y), rule.later(d.x, d.y), pop_mu, pop_sigma)
+        cr += a
+        cc += b
+    return persistence_weights(cr, cc)
 
 
 def train_arrays(
@@ -649,10 +701,15 @@ def run_federation(
     attack: AttackConfig | None = None,
     drop: str | None = None,
     dp: bool = False,
+    rule: Calibration | None = None,
 ) -> FedResult:
-    """``cfg.rounds`` federated rounds from the shared initial weights; returns the global model."""
+    """``cfg.rounds`` federated rounds from the shared initial weights; returns the global model.
+
+    ``rule``: the hubs' personal calibration when ``personal`` (default ``Calibration.of(cfg)``).
+    """
     pop_mu = np.asarray(meta.pop_mu, np.float32)
     pop_sigma = np.asarray(meta.pop_sigma, np.float32)
+    rule = rule or Calibration.of(cfg)
     nodes = [d.id for d in hubs]
     bad = set(choose_malicious(nodes, attack.fraction, cfg.seed)) if attack else set()
     clinical = list(range(1, len(meta.classes) - 1))
@@ -663,7 +720,7 @@ def run_federation(
             if (d.id in bad and attack and attack.poisons_data)
             else None
         )
-        sets[d.id] = train_arrays(d, pop_mu, pop_sigma, personal, drop, y, Calibration.of(cfg))
+        sets[d.id] = train_arrays(d, pop_mu, pop_sigma, personal, drop, y, rule)
     w = init_params(meta.spec, cfg.seed)
     velocity = np.zeros_like(w)
     # A box keeps its optimiser between rounds, as it keeps its data: restarting Adam every
@@ -840,6 +897,16 @@ def split_test(d: PatientData, frac: float) -> HeldOutSet:
     return HeldOutSet(d.id, cal, d.x[k:], spans, d.labels, wy)
 
 
+def _probabilities(sess: Any, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Class probabilities of rows ``x`` under the personal scale ``mu``, ``sigma``."""
+    feeds = {
+        "x": np.ascontiguousarray(x, np.float32),
+        "mu": mu.reshape(1, -1).astype(np.float32),
+        "sigma": sigma.reshape(1, -1).astype(np.float32),
+    }
+    return np.asarray(sess.run(None, feeds)[0])
+
+
 def evaluate_model(
     meta: ModelMeta,
     w: np.ndarray,
@@ -851,7 +918,11 @@ def evaluate_model(
     rng: np.random.Generator | None = None,
     rule: Calibration | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, F1, precision, recall, AUROC over the test patients (onnxruntime, batched)."""
+    """Accuracy, F1, precision, recall, AUROC over the test patients (onnxruntime, batched).
+
+    With ``personal`` the result also lists each test patient's clinical
+    threshold (``thresholds``; the global one unless ``rule.threshold``).
+    """
     from edgeagent.pipeline.detect import make_session
 
     sess = make_session(model_bytes(meta, w))
@@ -859,7 +930,8 @@ def evaluate_model(
     pop_sigma = np.asarray(meta.pop_sigma, np.float32)
     fault_idx = meta.classes.index(FAULT)
     clinical = [i for i, c in enumerate(meta.classes) if c not in (NORMAL, FAULT)]
-    ys, preds, scores = [], [], []
+    ys, preds, scores, thresholds = [], [], [], []
+    rule = rule or Calibration()
     for t in tests:
         x, x_cal = t.x.copy(), t.x_cal.copy()
         if drop is not None:
@@ -871,21 +943,18 @@ def evaluate_model(
             order = (rng or np.random.default_rng(0)).permutation(len(x))
             x[:, cols] = x[order][:, cols]
         if personal:
-            mu, sigma = (rule or Calibration())(x_cal, pop_mu, pop_sigma)
+            mu, sigma = rule(x_cal, pop_mu, pop_sigma)
         else:
             mu, sigma = pop_mu, pop_sigma
-        probs, _ = sess.run(
-            None,
-            {
-                "x": np.ascontiguousarray(x, np.float32),
-                "mu": mu.reshape(1, -1).astype(np.float32),
-                "sigma": sigma.reshape(1, -1).astype(np.float32),
-            },
-        )
+        threshold = meta.thresholds["clinical"]
+        if personal and rule.threshold:
+            # the detector's rule over the calibration period's normal windows (its buffer)
+            cal_probs = _probabilities(sess, x_cal[-BUFFER_WINDOWS:], mu, sigma)
+            threshold = personal_threshold(cal_probs[:, clinical].sum(axis=1), threshold)
+        probs = _probabilities(sess, x, mu, sigma)
         score = probs[:, clinical].sum(axis=1)
-        pred = (score >= meta.thresholds["clinical"]) & (
-            probs[:, fault_idx] < meta.thresholds["fault"]
-        )
+        pred = (score >= threshold) & (probs[:, fault_idx] < meta.thresholds["fault"])
+        thresholds.append(threshold)
         keep = t.wy >= 0
         ys.append(t.wy[keep] == 1)
         preds.append(pred[keep])
@@ -896,6 +965,8 @@ def evaluate_model(
     out["balanced_accuracy"] = 0.5 * (
         out["tp"] / max(1, out["tp"] + out["fn"]) + out["tn"] / max(1, out["tn"] + out["fp"])
     )
+    if personal:
+        out["thresholds"] = [float(v) for v in thresholds]
     return out
 
 
@@ -911,6 +982,7 @@ def _short(m: dict[str, Any]) -> dict[str, Any]:
         "fp",
         "fn",
         "tn",
+        "thresholds",
     )
     return {k: m[k] for k in keys if k in m}
 
@@ -963,13 +1035,14 @@ def _task(job: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     w0 = init_params(meta.spec, cfg.seed)
     ids = [d.id for d in hubs]
+    rule = Calibration.of(cfg, _STATE.get("persistence"))
 
     def malicious(fraction: float) -> list[str]:
         return list(choose_malicious(ids, fraction, cfg.seed))
 
     if kind == "local":
         d = hubs[job["hub"]]
-        ts = train_arrays(d, pop_mu, pop_sigma, personal, rule=Calibration.of(cfg))
+        ts = train_arrays(d, pop_mu, pop_sigma, personal, rule=rule)
         w = local_fit(cfg, meta, ts, w0, budget, cfg.seed)
     elif kind == "central":
         bad = set()
@@ -984,7 +1057,7 @@ def _task(job: dict[str, Any]) -> dict[str, Any]:
                 personal,
                 drop,
                 poison_labels(d.y, clinical) if d.id in bad else None,
-                Calibration.of(cfg),
+                rule,
             )
             for d in hubs
         ]
@@ -1019,6 +1092,7 @@ def _task(job: dict[str, Any]) -> dict[str, Any]:
             attack=attack,
             drop=drop,
             dp=bool(job.get("dp")),
+            rule=rule,
         )
         w = res.w
         extra["clip"] = res.clip
@@ -1026,7 +1100,7 @@ def _task(job: dict[str, Any]) -> dict[str, Any]:
         extra["final_update_norm"] = res.rounds[-1]["update_norm"] if res.rounds else None
     else:
         raise ValueError(f"unknown task kind {kind!r}")
-    metrics = _short(evaluate_model(meta, w, tests, personal, drop=drop, rule=Calibration.of(cfg)))
+    metrics = _short(evaluate_model(meta, w, tests, personal, drop=drop, rule=rule))
     out = {"job": job, "metrics": metrics, "seconds": round(time.perf_counter() - t0, 3), **extra}
     if job.get("keep_weights"):
         out["w"] = w
@@ -1422,7 +1496,8 @@ def prepare(cfg: PilotConfig) -> dict[str, Any]:
     pop_mu, pop_sigma = population_calibration(hubs)
     meta = make_meta(cfg, pop_mu, pop_sigma)
     tests = [split_test(d, cfg.calibration_frac) for d in test_data]
-    return {"cfg": cfg, "meta": meta, "hubs": hubs, "tests": tests}
+    persistence = fleet_persistence(hubs, cfg.calibration_frac, pop_mu, pop_sigma)
+    return {"cfg": cfg, "meta": meta, "hubs": hubs, "tests": tests, "persistence": persistence}
 
 
 def seed_jobs(cfg: PilotConfig, first: int) -> list[dict[str, Any]]:
@@ -1548,6 +1623,20 @@ def run_pilot(
     }
 
     accuracy["seed_spread"] = seed_spread(by, cfg)
+    names = np.asarray(features.FEATURE_NAMES)
+    mask = trait_mask(names) if cfg.personal_traits_only else np.ones(len(names), bool)
+    weights = zip(names[mask], state["persistence"][mask], strict=True)
+    personalisation = {
+        # the main cohort's, learnt from its hubs' recordings (fleet_persistence)
+        "persistence_weights": (
+            {str(n): float(v) for n, v in weights} if cfg.personal_persistence else None
+        ),
+        "personal_threshold": cfg.personal_threshold,
+        "global_threshold": cfg.threshold,
+        "thresholds_federated_personalised": by["federated_personalised"]["metrics"].get(
+            "thresholds"
+        ),
+    }
     t0 = time.perf_counter()
     accuracy["cohorts"] = cohort_summary(accuracy["seed_spread"], other_cohorts(cfg, log), cfg.seed)
     timings["cohorts_s"] = time.perf_counter() - t0
@@ -1688,6 +1777,7 @@ def run_pilot(
         },
         "budget": budget(cfg, hubs),
         "accuracy": accuracy,
+        "personalisation": personalisation,
         "attacks": attacks,
         "best_robust_at_20pct": best20,
         "modality": modality,
@@ -1932,6 +2022,37 @@ def _budget_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def _personalisation_lines(r: dict[str, Any]) -> list[str]:
+    """What the personalised rows' personalisation was: the fleet's weights, the thresholds."""
+    pers = r.get("personalisation")
+    if not pers:
+        return []
+    out = ["", "Personalisation (the two personalised rows):"]
+    weights = pers.get("persistence_weights")
+    if weights:
+        out.append(
+            "personal location moved by the share of a calibration period's deviation that "
+            "persists on the hubs' own recordings (`persistence_weights`): "
+            + ", ".join(f"{n} {v:.2f}" for n, v in weights.items())
+            + ";"
+        )
+    else:
+        out.append("personal location at full weight;")
+    th = pers.get("thresholds_federated_personalised")
+    if pers.get("personal_threshold") and th:
+        g = pers["global_threshold"]
+        raised = [v for v in th if v > g]
+        top = f" (up to {max(raised):.2f})" if raised else ""
+        out.append(
+            f"clinical threshold personal (the detector's rule): raised above {g:g} for "
+            f"{len(raised)} of {len(th)} test patients{top} in the federated + "
+            "personalisation run."
+        )
+    else:
+        out.append("one global clinical threshold.")
+    return out
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """The results table as Markdown (what docs/pilot.md quotes)."""
     cfg = r["config"]
@@ -1966,6 +2087,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"| {label} | {_f(m['accuracy'])} | {_f(m['balanced_accuracy'])} | {_f(m['f1'])} | "
             f"{_f(m['auroc'], False, 3)} | {_f(p, True, 0) if p else ''} |"
         )
+    lines += _personalisation_lines(r)
     spread = acc.get("seed_spread")
     if spread:
         seeds = spread["centralised"]["train_seeds"]

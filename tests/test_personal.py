@@ -7,11 +7,18 @@ import numpy as np
 from edgeagent.pipeline.alerts import MemoryAlertSink
 from edgeagent.pipeline.detect import Detector, DetectorConfig
 from edgeagent.pipeline.personal import (
+    MAX_THRESHOLD,
+    PERSISTENCE_CLIP,
     PRIOR_WINDOWS,
+    THRESHOLD_MARGIN,
     WARMUP_WINDOWS,
     PersonalCalibration,
     Thresholds,
     blend,
+    calibrate,
+    persistence_sums,
+    persistence_weights,
+    personal_threshold,
     robust_stats,
 )
 from tests.plugins.model import SYN_FEATURES, SYN_MODALITY, SynWorld
@@ -85,6 +92,61 @@ def test_personal_threshold_rises_for_a_noisy_patient_never_falls_below_global()
     for _ in range(100):
         quiet.observe(rng.normal(POP_MU, POP_SD).astype(np.float32), score=0.01)
     assert quiet.thresholds.clinical == TH.clinical
+
+
+def test_personal_threshold_is_the_normal_scores_99th_percentile_plus_margin_within_bounds() -> (
+    None
+):
+    rng = np.random.default_rng(4)
+    assert personal_threshold(rng.uniform(0.6, 0.8, 19), 0.5) == 0.5  # too few scores
+    s = rng.uniform(0.2, 0.7, 200)
+    assert personal_threshold(s, 0.5) == np.quantile(s, 0.99) + THRESHOLD_MARGIN
+    assert personal_threshold(s * 0.1, 0.5) == 0.5  # never below the floor
+    assert personal_threshold(s + 0.5, 0.5) == MAX_THRESHOLD  # never above the ceiling
+
+
+def _fleet(rng: np.random.Generator, n: int = 40) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Patients' (calibration rows, later rows) for three features (population 0 +- 1):
+
+    0, a trait: the later baseline is the calibration one; 1, a context: the
+    calibration period catches one state, unrelated to the later baseline;
+    2, never moves from the population median.
+    """
+    out = []
+    for _ in range(n):
+        trait, state, later_state = rng.normal(0, 1, 3)
+        cal = np.c_[trait + rng.normal(0, 0.1, 60), state + rng.normal(0, 0.1, 60), np.zeros(60)]
+        later = np.c_[trait + rng.normal(0, 0.1, 300), later_state + rng.normal(0, 0.1, 300)]
+        out.append((cal, np.c_[later, np.zeros(300)]))
+    return out
+
+
+def test_persistence_weights_keep_a_trait_and_drop_what_the_calibration_cannot_predict() -> None:
+    mu, sd = np.zeros(3), np.ones(3)
+    sums = [persistence_sums(cal, later, mu, sd) for cal, later in _fleet(np.random.default_rng(5))]
+    w = persistence_weights(sum(s[0] for s in sums), sum(s[1] for s in sums))
+    assert w[0] > 0.95 and w[1] < 0.35 and w[2] == 0.0, w
+    # an anti-correlated feature is clipped to 0, never a negative weight
+    assert persistence_weights(np.array([-5.0]), np.array([5.0]))[0] == 0.0
+    # one box adds at most PERSISTENCE_CLIP**2 per feature, however far its medians sit
+    cr, cc = persistence_sums(np.full((30, 3), 1e6), np.full((30, 3), -1e6), mu, sd)
+    assert np.all(cc == PERSISTENCE_CLIP**2) and np.all(cr == -(PERSISTENCE_CLIP**2))
+    # a feature a box never saw (all NaN) adds nothing
+    cal = np.full((30, 3), 2.0)
+    cal[:, 1] = np.nan
+    cr, cc = persistence_sums(cal, np.full((50, 3), 2.0), mu, sd)
+    assert cr[1] == cc[1] == 0.0 and cc[0] == 4.0
+
+
+def test_calibrate_weights_move_the_location_only_that_share_of_the_way() -> None:
+    x = np.c_[np.full(100, 90.0), np.full(100, 37.1)].astype(np.float32)
+    full_mu, full_sd = calibrate(x, POP_MU, POP_SD, spread=False)
+    mu, sd = calibrate(x, POP_MU, POP_SD, spread=False, weights=np.array([0.0, 0.5]))
+    assert mu[0] == POP_MU[0]
+    assert mu[1] == np.float32(POP_MU[1] + 0.5 * (full_mu[1] - POP_MU[1]))
+    np.testing.assert_array_equal(sd, full_sd)
+    same, _ = calibrate(x, POP_MU, POP_SD, spread=False, weights=np.ones(2))
+    np.testing.assert_array_equal(same, full_mu)
 
 
 def test_state_roundtrip_restores_calibration() -> None:

@@ -19,6 +19,7 @@ from edgeagent.model.head_calibration import class_moments, robust_moments
 from edgeagent.model.meta import unflatten
 from edgeagent.pilot import (
     MODES,
+    Calibration,
     DelayProxy,
     HeldOutSet,
     PatientData,
@@ -31,6 +32,7 @@ from edgeagent.pilot import (
     decode_window,
     encode_window,
     evaluate_model,
+    fleet_persistence,
     latency_windows,
     make_meta,
     refit_head,
@@ -153,6 +155,49 @@ def test_federation_learns_and_a_sign_flip_hurts_fedavg_more_than_median() -> No
     assert acc["median"] > acc_clean - 0.05
     assert acc["reputation"] > acc_clean - 0.05
     assert acc["fedavg"] < acc["median"] - 0.1
+
+
+def test_fleet_persistence_learns_which_baselines_a_calibration_period_pins() -> None:
+    rng = np.random.default_rng(6)
+    hr = features.FEATURE_NAMES.index("hr_bpm")
+    temp = features.FEATURE_NAMES.index("skin_temp_c")
+    hubs = []
+    for i in range(12):
+        d = _blob_patient(i, 300, rng, 0.0)
+        d.x[:, temp] += rng.normal(0, 2)  # a trait: the whole recording sits there
+        d.x[:90, hr] += rng.normal(0, 2)  # the calibration period (30 %) alone
+        hubs.append(d)
+    w = fleet_persistence(hubs, 0.3, np.zeros(N_F), np.ones(N_F))
+    assert w[temp] > 0.9 and w[hr] < 0.2, (w[temp], w[hr])
+    assert np.all((w >= 0) & (w <= 1))
+    cfg = PilotConfig()
+    assert Calibration.of(cfg, w).weights == tuple(float(v) for v in w)
+    assert Calibration.of(dataclasses.replace(cfg, personal_persistence=False), w).weights is None
+    assert (
+        Calibration.of(cfg).threshold
+        and not Calibration.of(dataclasses.replace(cfg, personal_threshold=False)).threshold
+    )
+
+
+def test_personal_threshold_rises_with_the_scores_of_a_patients_own_normal_windows() -> None:
+    rng = np.random.default_rng(7)
+    cfg = PilotConfig(hubs=4, rounds=6, local_epochs=2, processes=1, seed=0)
+    hubs = [_blob_patient(i, 200, rng, 4.0) for i in range(cfg.hubs)]
+    meta = make_meta(cfg, np.zeros(N_F, np.float32), np.ones(N_F, np.float32))
+    w = run_federation(cfg, meta, hubs).w
+    d = _blob_patient(99, 400, rng, 4.0)
+    normal = d.x[:100][d.y[:100] == 0]  # a calibration period's normal windows
+    quiet = HeldOutSet("q", normal, d.x[100:], d.spans[100:], [], d.y[100:].astype(np.int8))
+    hot = dataclasses.replace(quiet, id="h", x_cal=normal.copy())
+    hot.x_cal[:, features.FEATURE_NAMES.index("hr_bpm")] += 4.0  # looks like the anomaly
+    tests = [quiet, hot]
+    rule = Calibration(traits_only=False, weights=(0.0,) * N_F, threshold=True)
+    got = evaluate_model(meta, w, tests, True, rule=rule)
+    assert cfg.threshold <= got["thresholds"][0] < got["thresholds"][1] <= 0.9
+    plain = evaluate_model(meta, w, tests, True, rule=dataclasses.replace(rule, threshold=False))
+    assert plain["thresholds"] == [cfg.threshold] * 2
+    assert got["tp"] + got["fp"] < plain["tp"] + plain["fp"]  # fewer windows called clinical
+    assert "thresholds" not in evaluate_model(meta, w, tests, False, rule=rule)
 
 
 def test_reputation_mode_remembers_scores_and_its_verdict_limits_the_calibration_round() -> None:

@@ -12,6 +12,7 @@ import pytest
 from edgeagent.broker import find_mosquitto
 from edgeagent.errors import BrokerError
 from edgeagent.pilot import MODALITIES, PilotConfig, run_pilot
+from edgeagent.pipeline.personal import TRAIT_FEATURES
 
 METRICS = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "auroc")
 
@@ -64,6 +65,13 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
         assert len(e["accuracy"]) == cfg.seeds and e["accuracy"][0] == acc[row]["accuracy"]
         assert min(e["accuracy"]) <= e["accuracy_mean"] <= max(e["accuracy"])
     # the headline rows are rerun on other cohorts; the accuracy targets use their mean
+    pers = r["personalisation"]
+    assert set(pers["persistence_weights"]) == set(TRAIT_FEATURES)
+    assert all(0.0 <= v <= 1.0 for v in pers["persistence_weights"].values())
+    th = pers["thresholds_federated_personalised"]
+    assert th == acc["federated_personalised"]["thresholds"]
+    assert len(th) == cfg.test_patients and all(cfg.threshold <= v <= 0.9 for v in th)
+    assert "Personalisation (the two personalised rows):" in md
     co = acc["cohorts"]
     assert co["data_seeds"] == [cfg.seed + 100 * k for k in range(cfg.cohorts)]
     assert co["per_cohort"][str(cfg.seed)] == acc["seed_spread"]
