@@ -94,9 +94,7 @@ def test_personal_threshold_rises_for_a_noisy_patient_never_falls_below_global()
     assert quiet.thresholds.clinical == TH.clinical
 
 
-def test_personal_threshold_is_the_normal_scores_99th_percentile_plus_margin_within_bounds() -> (
-    None
-):
+def test_personal_threshold_is_q99_plus_margin_between_floor_and_ceiling() -> None:
     rng = np.random.default_rng(4)
     assert personal_threshold(rng.uniform(0.6, 0.8, 19), 0.5) == 0.5  # too few scores
     s = rng.uniform(0.2, 0.7, 200)

@@ -64,7 +64,7 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
         assert e["train_seeds"] == [cfg.seed + k for k in range(cfg.seeds)]
         assert len(e["accuracy"]) == cfg.seeds and e["accuracy"][0] == acc[row]["accuracy"]
         assert min(e["accuracy"]) <= e["accuracy_mean"] <= max(e["accuracy"])
-    # the headline rows are rerun on other cohorts; the accuracy targets use their mean
+    # the personalised rows' weights (one per trait feature) and per-patient thresholds
     pers = r["personalisation"]
     assert set(pers["persistence_weights"]) == set(TRAIT_FEATURES)
     assert all(0.0 <= v <= 1.0 for v in pers["persistence_weights"].values())
@@ -72,6 +72,7 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
     assert th == acc["federated_personalised"]["thresholds"]
     assert len(th) == cfg.test_patients and all(cfg.threshold <= v <= 0.9 for v in th)
     assert "Personalisation (the two personalised rows):" in md
+    # the headline rows are rerun on other cohorts; the accuracy targets use their mean
     co = acc["cohorts"]
     assert co["data_seeds"] == [cfg.seed + 100 * k for k in range(cfg.cohorts)]
     assert co["per_cohort"][str(cfg.seed)] == acc["seed_spread"]
