@@ -485,15 +485,19 @@ class Calibration:
             cfg.personal_threshold,
         )
 
+    def cut(self, n: int) -> int:
+        """How many of a recording's ``n`` leading windows form its calibration period."""
+        return max(1, round(self.frac * n))
+
     def period(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The calibration period's normal rows (all its rows if none is normal)."""
-        k = max(1, round(self.frac * len(x)))
+        k = self.cut(len(x))
         cal = x[:k][y[:k] == 0]
         return cal if len(cal) else x[:k]
 
     def later(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The normal rows after the calibration period (what its baseline should predict)."""
-        k = max(1, round(self.frac * len(x)))
+        k = self.cut(len(x))
         return x[k:][y[k:] == 0]
 
     def __call__(
@@ -890,10 +894,11 @@ def split_test(d: PatientData, frac: float) -> HeldOutSet:
     hubs' training calibration does (``Calibration.period``; on a box, the
     detector's "normal and good quality" judgement selects them).
     """
-    k = max(1, round(frac * len(d.x)))
+    rule = Calibration(frac)
+    k = rule.cut(len(d.x))
     spans = d.spans[k:]
     wy, _ = window_labels([tuple(s) for s in spans], d.labels)
-    cal = Calibration(frac).period(d.x, d.y)
+    cal = rule.period(d.x, d.y)
     return HeldOutSet(d.id, cal, d.x[k:], spans, d.labels, wy)
 
 
