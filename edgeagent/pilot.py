@@ -1631,15 +1631,11 @@ def run_pilot(
     names = np.asarray(features.FEATURE_NAMES)
     mask = trait_mask(names) if cfg.personal_traits_only else np.ones(len(names), bool)
     weights = zip(names[mask], state["persistence"][mask], strict=True)
+    # (the thresholds are in the personalised rows' metrics, the switches in the config)
     personalisation = {
         # the main cohort's, learnt from its hubs' recordings (fleet_persistence)
         "persistence_weights": (
             {str(n): float(v) for n, v in weights} if cfg.personal_persistence else None
-        ),
-        "personal_threshold": cfg.personal_threshold,
-        "global_threshold": cfg.threshold,
-        "thresholds_federated_personalised": by["federated_personalised"]["metrics"].get(
-            "thresholds"
         ),
     }
     t0 = time.perf_counter()
@@ -2043,9 +2039,9 @@ def _personalisation_lines(r: dict[str, Any]) -> list[str]:
         )
     else:
         out.append("personal location at full weight;")
-    th = pers.get("thresholds_federated_personalised")
-    if pers.get("personal_threshold") and th:
-        g = pers["global_threshold"]
+    th = r["accuracy"]["federated_personalised"].get("thresholds")
+    if r["config"].get("personal_threshold") and th:
+        g = r["config"]["threshold"]
         raised = [v for v in th if v > g]
         top = f" (up to {max(raised):.2f})" if raised else ""
         out.append(
