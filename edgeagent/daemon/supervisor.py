@@ -20,26 +20,24 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import queue
 import re
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from edgeagent import __version__
-from edgeagent.config import Config
-from edgeagent.control import ControlServer
+from edgeagent.atomic import write_atomic
+from edgeagent.daemon.control import ControlServer
+from edgeagent.daemon.health import Liveness, LivenessReport
+from edgeagent.daemon.sdnotify import Notifier, watchdog_interval
+from edgeagent.daemon.telemetry import OutboxStats, ProcessStats, build_status, status_payload
 from edgeagent.errors import EdgeAgentError
-from edgeagent.health import Liveness, LivenessReport
-from edgeagent.sdnotify import Notifier, watchdog_interval
+from edgeagent.ops.config import Config
 from edgeagent.streams import Gap, SampleBlock
-from edgeagent.telemetry import OutboxStats, ProcessStats, build_status, status_payload
 
 log = logging.getLogger(__name__)
 
@@ -464,22 +462,6 @@ def sample_process(proc: Any = None) -> ProcessStats | None:
         return None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file + fsync + rename: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 class Supervisor:
     """Runs components under one process with systemd integration.
 
@@ -769,7 +751,7 @@ def build_supervisor(config: Config, notifier: Notifier | None = None) -> Superv
     liveness.register(pipeline.name, config.status.stall_after_s)
     ctx = Context(config, liveness, counters, bus, pipeline)
     components: list[Component] = [pipeline]
-    from edgeagent.wiring import daemon_factory
+    from edgeagent.daemon.wiring import daemon_factory
 
     register_factory(daemon_factory)  # detection, learner, outbox, MQTT, federation
     for factory in COMPONENT_FACTORIES:

@@ -42,12 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from edgeagent.atomic import write_atomic
+from edgeagent.daemon.health import Liveness
+from edgeagent.daemon.supervisor import Component, Context, Counters
+from edgeagent.daemon.telemetry import outbox_stats_from, status_payload
 from edgeagent.errors import EdgeAgentError, ModelError, OutboxError, PkiError, TransportError
-from edgeagent.health import Liveness
 from edgeagent.pipeline.alerts import Alert, AlertStore
-from edgeagent.service import Component, Context, Counters, write_atomic
 from edgeagent.streams import Gap, SampleBlock
-from edgeagent.telemetry import outbox_stats_from, status_payload
 from edgeagent.transport import topics
 
 log = logging.getLogger(__name__)
@@ -626,7 +627,7 @@ def _open_registry(ctx: Context) -> tuple[Any, Any] | None:
 
 
 def _transport(ctx: Context, outbox_c: OutboxComponent, sink: OutboxStatusSink) -> Any:
-    from edgeagent.pki import TlsFiles
+    from edgeagent.ops.pki import TlsFiles
     from edgeagent.transport.mqtt import MqttLink, OutboxForwarder
 
     cfg = ctx.config
@@ -654,7 +655,7 @@ def _transport(ctx: Context, outbox_c: OutboxComponent, sink: OutboxStatusSink) 
 
 def _federation(ctx: Context, link: SharedLink, learner: Any, manager: Any, sha: str) -> Any:
     """H9's ``FlClient`` on the shared link, or None (logged) without a signing identity."""
-    from edgeagent.fl.client import FlClient
+    from edgeagent.federation.client import FlClient
     from edgeagent.fl.identity import load_ca, load_identity
 
     cfg = ctx.config
@@ -694,9 +695,9 @@ def daemon_factory(ctx: Context) -> list[Component]:
     ``federation.enabled`` alerts are stored and queued, to go out once a
     broker is configured.
     """
-    from edgeagent.model.lifecycle import ModelManager
     from edgeagent.pipeline.detect import Detector, DetectorConfig
     from edgeagent.pipeline.learn import LearnerConfig, LocalLearner
+    from edgeagent.pipeline.lifecycle import ModelManager
     from edgeagent.pipeline.windows import Windower
     from edgeagent.transport.outbox import Outbox, OutboxLimits
 
