@@ -507,14 +507,11 @@ class Hub:
     """One simulated box: serial wearable on a pty -> source -> windows -> detector -> learner."""
 
     def __init__(self, index: int, opts: DemoOptions, workdir: Path, model: ModelInfo) -> None:
-        from edgeagent.model.graph import get_params, parse_model, read_meta
+        from edgeagent.daemon.wiring import detection_stack
         from edgeagent.model.registry import ModelRegistry
         from edgeagent.ops.config import LearningSection
         from edgeagent.pipeline import features
         from edgeagent.pipeline.alerts import AlertStore
-        from edgeagent.pipeline.detect import Detector
-        from edgeagent.pipeline.learn import LearnerConfig, LocalLearner
-        from edgeagent.pipeline.lifecycle import ModelManager
         from edgeagent.pipeline.windows import Windower
         from edgeagent.sources.retry import RetryPolicy
         from edgeagent.sources.serial import DEFAULT_MAX_SKEW_S, SerialSource
@@ -546,25 +543,15 @@ class Hub:
         rec = self.registry.add(model.data, "demo baseline")
         self.registry.activate(rec.version, "demo baseline")
         self.alert_store = AlertStore(self.state)
-        meta = read_meta(parse_model(model.data))
-        # The daemon's learning defaults (config [learning]: learning_rate, batch <= 16).
-        learn = LearningSection()
-        self.learner = LocalLearner(
-            meta.spec,
-            get_params(parse_model(model.data)),
-            LearnerConfig(lr=learn.learning_rate, batch=min(16, learn.batch_size)),
-        )
         self.last_features: np.ndarray | None = None
         self._extract = features.extract
         self.feature_names = tuple(features.FEATURE_NAMES)
-        self.detector = Detector(
-            model.data,
-            rec.label,
-            self.alert_store,
-            featurize=self._featurize,
-            on_scored=self.learner.offer,
+        # Wired as the daemon wires it, with the daemon's learning defaults.
+        stack = detection_stack(
+            self.registry, rec, self.alert_store, LearningSection(), featurize=self._featurize
         )
-        self.manager = ModelManager(self.registry, self.detector)
+        assert stack.learner is not None  # learning is on by default
+        self.detector, self.learner, self.manager = stack.detector, stack.learner, stack.manager
         self.windower = Windower(WINDOW_S, HOP_S, patient=self.patient)
         self.source = SerialSource(
             str(self.link),
