@@ -2,7 +2,8 @@
 
 Links to wearables drop all the time (a textile unplugged, a BLE peer walking
 out of range, BlueZ busy with another connection). Every source reconnects the
-same way, so the *when* (``backoff_delay``) and the *whether* (``classify``)
+same way, so the *when* (``backoff_delay``, shared with the MQTT link in
+:mod:`edgeagent.backoff`) and the *whether* (``classify``)
 live here as pure functions that are tested as tables, in the style of
 bleak-retry-connector. Sources only do the sleeping and the I/O.
 
@@ -17,47 +18,21 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
+from edgeagent.backoff import DEFAULT_JITTER, backoff_delay
+
+__all__ = ["DEFAULT_JITTER", "Action", "RetryPolicy", "Verdict", "backoff_delay", "classify"]
+
 # Defaults chosen for wired/BLE wearables on a hub:
 # - first retry after ~0.25 s: a USB-serial adapter re-enumerates in ~100-500 ms,
 #   so an immediate retry usually fails and a long one wastes data;
 # - cap 30 s: a wearable out of range for minutes should not be hammered
 #   (BlueZ and the radio are shared), but must be picked up within a window;
-# - jitter 0.5: half of each delay is random so that many boxes (or many
-#   sources on one box) restarting together do not retry in lock-step.
+# - jitter (edgeagent.backoff.DEFAULT_JITTER): half of each delay is random.
 DEFAULT_BASE_S = 0.25
 DEFAULT_CAP_S = 30.0
-DEFAULT_JITTER = 0.5
 # Retries that are expected to succeed almost at once (a transient "busy")
 # wait this long instead of entering the exponential ladder.
 FAST_RETRY_S = 0.05
-
-
-def backoff_delay(
-    attempt: int,
-    base: float,
-    cap: float,
-    jitter_rng: random.Random | None,
-    jitter: float = DEFAULT_JITTER,
-) -> float:
-    """Seconds to wait before retry number ``attempt`` (0 = first retry).
-
-    Exponential ``base * 2**attempt`` capped at ``cap``; a fraction ``jitter``
-    of it is replaced by a uniform random draw from ``jitter_rng`` ("equal
-    jitter"), so the delay never falls below ``(1 - jitter)`` of the ladder step
-    (no hammering) yet peers spread out. ``jitter_rng=None`` gives the
-    deterministic ladder, which tests and docs use.
-    """
-    if attempt < 0:
-        raise ValueError(f"attempt must be >= 0, got {attempt}")
-    if base <= 0 or cap <= 0:
-        raise ValueError(f"base and cap must be > 0, got base={base} cap={cap}")
-    if not 0.0 <= jitter <= 1.0:
-        raise ValueError(f"jitter must be within [0, 1], got {jitter}")
-    # 2**attempt overflows float quickly; the cap is reached long before 64.
-    step = min(cap, base * (2.0 ** min(attempt, 64)))
-    if jitter_rng is None or jitter == 0.0:
-        return step
-    return step * (1.0 - jitter) + jitter_rng.random() * step * jitter
 
 
 @dataclass(frozen=True, slots=True)

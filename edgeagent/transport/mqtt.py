@@ -12,7 +12,8 @@ must not lose an alert (FIELD-NOTES "MQTT"):
   messages survive a reconnect;
 * the built-in reconnect backoff has no jitter, so a fleet reconnects in
   lock-step after a broker restart. The link runs its own network thread with
-  :func:`backoff_delay` (exponential, "equal jitter");
+  :func:`edgeagent.backoff.backoff_delay` (exponential, "equal jitter", the
+  same function the wearable sources use);
 * nothing survives a process restart: durable delivery is the job of the
   SQLite :class:`~edgeagent.transport.outbox.Outbox`, drained by
   :class:`OutboxForwarder` which deletes a row only on a successful PUBACK.
@@ -44,6 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgeagent.backoff import backoff_delay
 from edgeagent.errors import TransportError
 from edgeagent.ops.pki import TlsFiles
 from edgeagent.transport import topics
@@ -59,7 +61,6 @@ __all__ = [
     "OutboxForwarder",
     "PendingAck",
     "TlsFiles",
-    "backoff_delay",
     "is_transient",
 ]
 
@@ -68,8 +69,12 @@ log = logging.getLogger(__name__)
 # --- policy as data ---------------------------------------------------------
 #: First reconnect wait. Short: most outages on a LAN are a broker restart.
 RECONNECT_MIN_S = 0.5
-#: Cap. A fleet of thousands must not hammer a recovering broker.
-RECONNECT_MAX_S = 60.0
+#: Cap of the ladder. With equal jitter a box waits 1.5-3 s between attempts
+#: once the ladder tops out, so it is back within ~3 s of its broker (a 60 s cap
+#: kept boxes away for 39 s after a 60 s outage); the random half still spreads
+#: a fleet of thousands over the window, and a refused TCP connect costs the
+#: broker almost nothing.
+RECONNECT_MAX_S = 3.0
 #: Keep the session (subscriptions, queued QoS 1) this long while a box is away.
 SESSION_EXPIRY_S = 7 * 24 * 3600
 KEEPALIVE_S = 30
@@ -85,23 +90,6 @@ RC_NOT_AUTHORIZED = 0x87
 TRANSIENT_CODES = frozenset({0x89, 0x97})  # Server busy, Quota exceeded
 #: Pseudo reason code for "the link was closed before a PUBACK came".
 RC_CLOSED = -1
-
-
-def backoff_delay(
-    attempt: int, rnd: float, min_s: float = RECONNECT_MIN_S, max_s: float = RECONNECT_MAX_S
-) -> float:
-    """Seconds to wait before reconnect attempt ``attempt`` (0-based); pure.
-
-    "Equal jitter": half of the exponential step is fixed, half random
-    (``rnd`` in [0, 1)). The fixed half keeps a box from spinning; the random
-    half spreads a fleet out after a broker restart.
-    """
-    if attempt < 0:
-        raise ValueError("attempt must be >= 0")
-    if not 0.0 <= rnd < 1.0:
-        raise ValueError("rnd must be in [0, 1)")
-    step = min(max_s, min_s * 2.0 ** min(attempt, 62))
-    return step / 2.0 + rnd * step / 2.0
 
 
 def is_transient(reason_code: int) -> bool:
@@ -208,6 +196,8 @@ class LinkCounters:
     refused: int = 0
     received: int = 0
     callback_errors: int = 0
+    outages: int = 0
+    last_outage_s: float | None = None
     last_error: str = ""
     refusals: dict[int, int] = field(default_factory=dict)
 
@@ -259,6 +249,11 @@ class MqttLink:
         self.counters = LinkCounters()
         self.session_present = False
         self.connected_since: float | None = None
+        #: Monotonic time the broker became unreachable (None while connected and
+        #: before the first attempt); an outage is logged once when it starts and
+        #: once when it ends, with its length.
+        self.down_since: float | None = None
+        self._failures_in_outage = 0
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._pending: dict[int, PendingAck] = {}
@@ -388,21 +383,45 @@ class MqttLink:
             attempt += 1
 
     def _delay(self, attempt: int) -> float:
-        return backoff_delay(
-            attempt, self._rng.random(), self.reconnect_min_s, self.reconnect_max_s
-        )
+        return backoff_delay(attempt, self.reconnect_min_s, self.reconnect_max_s, self._rng)
 
     def _note_failure(self, exc: BaseException) -> None:
         if isinstance(exc, ssl.SSLError) and _is_certificate_problem(exc):
             self._tls_refused.set()
         self.counters.connect_failures += 1
         self.counters.last_error = f"{type(exc).__name__}: {exc}"
+        self._failures_in_outage += 1
+        if self.down_since is None and not self._connected.is_set():
+            # Unreachable from the first attempt: the outage starts now, said once.
+            self.down_since = time.monotonic()
+            self.counters.outages += 1
+            log.warning(
+                "mqtt %s: broker %s:%d unreachable (%s); retrying every %.1f s at most",
+                self.client_id, self.host, self.port, self.counters.last_error,
+                self.reconnect_max_s,
+            )  # fmt: skip
         log.debug("mqtt %s: %s", self.client_id, self.counters.last_error)
 
     def _mark_down(self) -> None:
         if self._connected.is_set():
             self._connected.clear()
+            now = time.monotonic()
+            up_s = now - self.connected_since if self.connected_since is not None else 0.0
             self.connected_since = None
+            self.down_since = now
+            self._failures_in_outage = 0
+            self.counters.outages += 1
+            if not self._closing.is_set():
+                log.warning(
+                    "mqtt %s: lost the broker %s:%d after %.1f s connected (%s)",
+                    self.client_id, self.host, self.port, up_s,
+                    self.counters.last_error or "connection closed",
+                )  # fmt: skip
+
+    def down_for_s(self) -> float | None:
+        """Seconds the broker has been unreachable, or None while connected."""
+        since = self.down_since
+        return None if since is None else round(time.monotonic() - since, 3)
 
     def close(self, timeout: float = 5.0) -> None:
         """Say ``offline`` (retained), disconnect cleanly, stop the thread.
@@ -455,6 +474,17 @@ class MqttLink:
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connected_since = time.monotonic()
+        if self.down_since is not None:
+            self.counters.last_outage_s = round(self.connected_since - self.down_since, 3)
+            log.info(
+                "mqtt %s: broker %s:%d back after %.1f s unreachable (%d failed attempt(s))",
+                self.client_id, self.host, self.port, self.counters.last_outage_s,
+                self._failures_in_outage,
+            )  # fmt: skip
+        else:
+            log.info("mqtt %s: connected to %s:%d", self.client_id, self.host, self.port)
+        self.down_since = None
+        self._failures_in_outage = 0
         # Re-subscribe every time: harmless when the session survived, vital when it did not.
         with self._lock:
             subs = list(self._subs.items())
