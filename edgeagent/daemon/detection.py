@@ -162,7 +162,7 @@ class DetectionComponent:
             log.error("learner keeps its old model: %s", exc)
 
     def start(self) -> None:
-        self.relay.resend_unsent()
+        self.relay.start()
 
     def stop(self) -> None:
         """Score the windows that can close now; partial windows are not scored."""

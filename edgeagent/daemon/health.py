@@ -12,6 +12,11 @@ A component that reports a backlog but makes no progress, or that stops
 reporting at all (hung thread, deadlock), is *stalled* after
 ``stall_after_s``. The tracker is pure bookkeeping over an injectable clock,
 thread-safe, and does no I/O.
+
+*Faults* are conditions a restart cannot cure (a disk short of space, a broker
+that is away, an outbox that was found corrupt and replaced): they do not
+stall the watchdog, but they make the report *degraded*, so ``status``,
+the retained presence message and ``sd_notify`` STATUS say so.
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ class LivenessReport:
 
     ok: bool
     components: tuple[ComponentHealth, ...] = field(default_factory=tuple)
+    faults: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def degraded(self) -> bool:
+        """True while a fault is raised (the watchdog still pings: restarting cannot help)."""
+        return bool(self.faults)
 
     @property
     def stalled(self) -> list[str]:
@@ -58,11 +69,15 @@ class LivenessReport:
     def summary(self) -> str:
         """One line for sd_notify STATUS and logs."""
         if not self.components:
-            return "no components"
-        if self.ok:
+            text = "no components"
+        elif self.ok:
             active = sum(c.state == "active" for c in self.components)
-            return f"{active} active, {len(self.components) - active} idle"
-        return "stalled: " + ", ".join(self.stalled)
+            text = f"{active} active, {len(self.components) - active} idle"
+        else:
+            text = "stalled: " + ", ".join(self.stalled)
+        if self.faults:
+            text += "; degraded: " + "; ".join(f"{n}: {t}" for n, t in self.faults)
+        return text
 
 
 class Liveness:
@@ -72,6 +87,21 @@ class Liveness:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
+        self._faults: dict[str, str] = {}
+
+    def fault(self, name: str, text: str | None) -> bool:
+        """Raise (``text``) or clear (None) the fault ``name``; True when that changed it."""
+        with self._lock:
+            before = self._faults.get(name)
+            if text is None:
+                self._faults.pop(name, None)
+            else:
+                self._faults[name] = text
+            return (before is None) != (text is None)
+
+    def faults(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._faults)
 
     def register(self, name: str, stall_after_s: float) -> None:
         """Start tracking ``name``; registration counts as progress (a start-up grace period)."""
@@ -141,4 +171,7 @@ class Liveness:
                         note=e.note,
                     )
                 )
-        return LivenessReport(ok=all(c.state != "stalled" for c in out), components=tuple(out))
+            faults = tuple(sorted(self._faults.items()))
+        return LivenessReport(
+            ok=all(c.state != "stalled" for c in out), components=tuple(out), faults=faults
+        )

@@ -68,7 +68,7 @@ def presence_state(snapshot: Mapping[str, Any]) -> str:
     if snapshot.get("state") != "running":
         return "offline"
     live = snapshot.get("liveness") or {}
-    return "online" if live.get("ok", True) else "degraded"
+    return "online" if live.get("ok", True) and not live.get("faults") else "degraded"
 
 
 def status_payload(snapshot: Mapping[str, Any]) -> bytes:
@@ -129,6 +129,7 @@ def build_status(
             {
                 "ok": liveness.ok,
                 "summary": liveness.summary(),
+                "faults": dict(liveness.faults),
                 "components": [asdict(c) for c in liveness.components],
             }
             if liveness is not None

@@ -67,6 +67,7 @@ from edgeagent.daemon.supervisor import Supervisor
 from edgeagent.errors import EdgeAgentError, ModelError, PkiError, TransportError
 from edgeagent.model.registry import ModelRecord, ModelRegistry
 from edgeagent.ops.config import Config, LearningSection
+from edgeagent.ops.disk import DiskReserve
 from edgeagent.pipeline.alerts import AlertStore
 from edgeagent.pipeline.detect import AlertSink, Detector, DetectorConfig
 from edgeagent.pipeline.learn import LearnerConfig, LocalLearner
@@ -230,6 +231,49 @@ def _federation(ctx: Context, link: SharedLink, learner: Any, manager: Any, sha:
     )
 
 
+def _alert_store(state: Path, ctx: Context) -> AlertStore:
+    """``alerts.sqlite``, integrity-checked: a corrupt one is moved aside and its rows salvaged."""
+    from edgeagent.ops import dbcheck
+    from edgeagent.pipeline.alerts import DB_NAME
+
+    path = state / DB_NAME
+    bad = None
+    if path.exists():
+        verdict = dbcheck.check(path)
+        if not verdict.ok:
+            bad = dbcheck.quarantine(path)
+            reason = verdict.reason
+    store = AlertStore(path)
+    if bad is not None:
+        cols = ("id", "patient", "device", "start", "end", "kind", "category", "score",
+                "modality", "model", "created", "closed", "sent", "detail")  # fmt: skip
+        n = store.restore(dbcheck.read_rows(bad, "alerts", cols))
+        ctx.counters.add("alert_store_recovered")
+        ctx.liveness.fault("alert_store", f"replaced a corrupt {path.name} ({reason})")
+        log.error(
+            "alert store: %s was corrupt (%s); moved to %s, started a fresh file, "
+            "salvaged %d alert(s)",
+            path, reason, bad.name, n,
+        )  # fmt: skip
+    return store
+
+
+def check_directories(config: Config) -> list[str]:
+    """One line per directory the daemon must write and cannot (empty when all are fine)."""
+    from edgeagent.ops.disk import check_writable
+
+    wanted = [
+        (Path(config.agent.state_dir), "state directory (agent.state_dir)"),
+        (Path(config.control.socket_path).parent, "control socket directory (control.socket_path)"),
+    ]
+    problems = []
+    for path, what in wanted:
+        why = check_writable(path, what)
+        if why is not None:
+            problems.append(why)
+    return problems
+
+
 def daemon_factory(ctx: Context) -> list[Component]:
     """Detection, learner, outbox, transport and federation components for ``ctx.config``.
 
@@ -240,7 +284,8 @@ def daemon_factory(ctx: Context) -> list[Component]:
     """
     from edgeagent.pipeline.windows import Windower
     from edgeagent.providers import choose_from_config
-    from edgeagent.transport.outbox import Outbox, OutboxLimits
+    from edgeagent.transport.outbox import OutboxLimits
+    from edgeagent.transport.outbox_recover import open_checked
 
     cfg = ctx.config
     state = Path(cfg.agent.state_dir)
@@ -257,7 +302,11 @@ def daemon_factory(ctx: Context) -> list[Component]:
             return []
     comps: list[Component] = []
     limits = OutboxLimits(cfg.outbox.max_messages, cfg.outbox.max_bytes, cfg.outbox.max_age_s)
-    outbox_c = OutboxComponent(Outbox.in_state_dir(state, limits))
+    outbox, recovery = open_checked(state, limits, min_free_bytes=cfg.outbox.min_free_bytes)
+    reserve = DiskReserve(state, cfg.outbox.reserve_bytes)
+    outbox_c = OutboxComponent(outbox, ctx.liveness, reserve=reserve, recovery=recovery)
+    if recovery is not None:
+        ctx.counters.add("outbox_recovered")
     comps.append(outbox_c)
     sink = OutboxStatusSink(
         outbox_c, topics.status(cfg.agent.fleet, cfg.agent.box_id), ctx.counters
@@ -272,12 +321,15 @@ def daemon_factory(ctx: Context) -> list[Component]:
 
     registry, active = model
     relay = AlertRelay(
-        AlertStore(state),
+        _alert_store(state, ctx),
         outbox_c.outbox,
         topics.alert(cfg.agent.fleet, cfg.agent.box_id),
         cfg.agent.box_id,
         ctx.counters,
+        reserve=reserve,
     )
+    relay.outbox_recovery = recovery
+    outbox_c.checkpoints.append(relay.checkpoint)
     backend = choose_from_config(cfg.detection, state)  # providers + threads sized to the box
     stack = detection_stack(
         registry,
@@ -352,6 +404,14 @@ def run_daemon(config: Config) -> int:
     files) is reported in one line and in ``STATUS=``, and the exit code is 1
     (no ``READY=1``), so systemd's ``Restart=on-failure`` retries it.
     """
+    problems = check_directories(config)
+    if problems:
+        for line in problems:
+            log.error("cannot start: %s", line)
+        notifier = Notifier()
+        notifier.status(f"start-up failed: {problems[0]}")
+        notifier.close()
+        return 1
     try:
         sup = build_supervisor(config)
     except EdgeAgentError as exc:

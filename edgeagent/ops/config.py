@@ -447,6 +447,18 @@ class OutboxSection(_Section):
     max_messages: int = Field(default=100_000, ge=1)
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     max_age_s: float = Field(default=7 * 86400, gt=0)
+    min_free_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=0,
+        description="Below this much free space in state_dir only alerts are stored "
+        "(status, telemetry and updates are refused); 0 turns the floor off.",
+    )
+    reserve_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=0,
+        description="Pre-allocated state_dir/reserve.bin, released when an alert "
+        "cannot be stored otherwise; 0 keeps no reserve.",
+    )
 
 
 class StatusSection(_Section):

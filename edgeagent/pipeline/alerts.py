@@ -4,7 +4,9 @@ Why a store before MQTT: an alert must survive a crash or a broker outage,
 and a clinician must be able to ask the box what it raised. Each alert is a
 row; episodes are de-duplicated by the detector, which opens one alert and
 later extends its end time instead of writing a new row per window. The
-``sent`` column is for the MQTT forwarder (outbox) to mark delivery.
+``sent`` column says how far the row's messages got into the outbox: 0 none,
+1 ``opened`` queued, 2 ``closed`` queued too (the outbox's ``alert_life`` table
+is the authority; this copy lets a restart find unfinished rows by an index).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,11 @@ CREATE TABLE IF NOT EXISTS alerts (
     detail   TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS alerts_patient_start ON alerts(patient, start);
+CREATE INDEX IF NOT EXISTS alerts_unfinished ON alerts(sent) WHERE sent < 2 OR closed = 0;
 """
+
+#: ``sent`` values: how far the alert's messages got into the outbox.
+SENT_NONE, SENT_OPENED, SENT_CLOSED = 0, 1, 2
 
 
 @dataclass
@@ -80,6 +87,9 @@ class AlertStore:
         self._db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # Bounded WAL (see transport.outbox: an unbounded one filled a small disk).
+        self._db.execute("PRAGMA wal_autocheckpoint=64")
+        self._db.execute("PRAGMA journal_size_limit=262144")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -117,9 +127,53 @@ class AlertStore:
                 (end, score, int(closed), alert_id),
             )
 
-    def mark_sent(self, alert_id: str) -> None:
+    def mark_sent(self, alert_id: str, level: int = SENT_OPENED) -> None:
+        """Record that the alert's ``opened`` (1) or also its ``closed`` (2) message is queued."""
         with self._lock:
-            self._db.execute("UPDATE alerts SET sent=1 WHERE id=?", (alert_id,))
+            self._db.execute("UPDATE alerts SET sent=MAX(sent, ?) WHERE id=?", (level, alert_id))
+
+    def close_left_open(self, alert_id: str, reason: str) -> None:
+        """Close an episode the detector can no longer follow (its state died with a process)."""
+        with self._lock:
+            row = self._db.execute("SELECT detail FROM alerts WHERE id=?", (alert_id,)).fetchone()
+            detail = json.loads(row[0]) if row is not None else {}
+            detail["close_reason"] = reason
+            self._db.execute(
+                "UPDATE alerts SET closed=1, detail=? WHERE id=?", (json.dumps(detail), alert_id)
+            )
+
+    def restore(self, rows: Iterable[tuple]) -> int:
+        """Insert rows salvaged from a corrupt store (all 14 columns); returns how many."""
+        n = 0
+        with self._lock:
+            for r in rows:
+                if len(r) != 14:
+                    continue
+                try:
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO alerts (id, patient, device, start, end, kind,"
+                        " category, score, modality, model, created, closed, sent, detail)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        r,
+                    )
+                except sqlite3.Error:
+                    continue
+                n += cur.rowcount
+        return n
+
+    def get(self, alert_id: str) -> Alert | None:
+        """One alert by id, or None."""
+        found = self._select("WHERE id = ?", [alert_id], 1)
+        return found[0] if found else None
+
+    def unfinished(self, limit: int = 10_000) -> list[Alert]:
+        """Alerts still open or whose messages are not all queued, oldest first."""
+        return self._select("WHERE sent < 2 OR closed = 0", [], limit)
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the main file and truncate it (the daemon's tick calls this)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def list(
         self,
@@ -130,10 +184,7 @@ class AlertStore:
         limit: int = 1000,
     ) -> list[Alert]:
         """Alerts in start order, filtered."""
-        q = (
-            "SELECT id, patient, device, start, end, kind, category, score, modality, model,"
-            " created, closed, detail FROM alerts WHERE 1=1"
-        )
+        q = "WHERE 1=1"
         args: list[Any] = []
         if patient is not None:
             q += " AND patient=?"
@@ -146,10 +197,15 @@ class AlertStore:
             args.append(category)
         if unsent:
             q += " AND sent=0"
-        q += " ORDER BY start, created LIMIT ?"
-        args.append(limit)
+        return self._select(q, args, limit)
+
+    def _select(self, where: str, args: list[Any], limit: int) -> list[Alert]:
+        q = (
+            "SELECT id, patient, device, start, end, kind, category, score, modality, model,"
+            f" created, closed, detail FROM alerts {where} ORDER BY start, created LIMIT ?"
+        )
         with self._lock:
-            rows = self._db.execute(q, args).fetchall()
+            rows = self._db.execute(q, [*args, limit]).fetchall()
         return [
             Alert(
                 id=r[0],

@@ -13,6 +13,18 @@ first within it (telemetry before updates before alerts: losing an alert to
 make room for telemetry would be the wrong trade), and counts every drop per
 kind in a persistent counters table that ``edgeagent outbox stats`` reports.
 
+The WAL is checkpointed (automatically every ``WAL_AUTOCHECKPOINT_PAGES`` and
+by :meth:`Outbox.checkpoint`, which the daemon calls on its tick) and truncated
+to ``JOURNAL_SIZE_LIMIT`` afterwards: an unbounded WAL once filled a small state
+directory by itself. Below a free-space floor (``min_free_bytes``) the outbox
+refuses new status, telemetry and update rows (counted as ``refused_disk.<kind>``)
+and keeps taking alerts, so what is left of the disk goes to what matters.
+
+Each alert's delivery life (queued opened, sent, closed, close sent; see
+:mod:`edgeagent.transport.alert_life`) is stored in the ``alert_life`` table in
+the same transaction as the message it concerns (:meth:`Outbox.put_alert`, and
+the PUBACK deletes in :meth:`Outbox.ack_many`).
+
 Priorities: alerts (0) go before model updates (1), status (2), telemetry (3).
 Within a priority, rows go oldest first. Each row carries a ``msg_id`` (sent as
 the MQTT 5 user property ``msg-id``) so receivers drop the duplicates that a
@@ -21,6 +33,8 @@ resend after a lost PUBACK can create.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sqlite3
 import threading
 import time
@@ -28,14 +42,21 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeagent.errors import OutboxError
+from edgeagent.transport.alert_life import ACK_EVENT, QUEUE_EVENT, AlertState, split_msg_id, step
 
 #: Lower number = sent first.
 PRIORITY: dict[str, int] = {"alert": 0, "update": 1, "status": 2, "telemetry": 3}
 KINDS = tuple(PRIORITY)
 DB_NAME = "outbox.sqlite3"
 SCHEMA_VERSION = 1
+#: Checkpoint the WAL into the main file every this many pages (SQLite's default
+#: is 1000 pages, 4 MB: more than a small state partition holds).
+WAL_AUTOCHECKPOINT_PAGES = 64
+#: After a checkpoint the WAL file is truncated to at most this many bytes.
+JOURNAL_SIZE_LIMIT = 256 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -67,6 +88,12 @@ CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alert_life (
+    alert_id TEXT PRIMARY KEY,
+    state    TEXT NOT NULL,
+    updated  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_life_state ON alert_life (state);
 """
 
 
@@ -111,9 +138,11 @@ class Outbox:
         limits: OutboxLimits | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        min_free_bytes: int = 0,
     ) -> None:
         self.path = Path(path)
         self.limits = limits or OutboxLimits()
+        self.min_free_bytes = min_free_bytes
         self._clock = clock
         self._lock = threading.RLock()
         self._put_event = threading.Event()
@@ -126,6 +155,8 @@ class Outbox:
             # FULL: fsync the WAL on every commit, so "stored" survives a power cut.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+            self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise OutboxError(
@@ -137,9 +168,11 @@ class Outbox:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path | str, limits: OutboxLimits | None = None) -> Outbox:
+    def in_state_dir(
+        cls, state_dir: Path | str, limits: OutboxLimits | None = None, *, min_free_bytes: int = 0
+    ) -> Outbox:
         """The outbox at ``<state_dir>/outbox.sqlite3`` (where the daemon keeps it)."""
-        return cls(Path(state_dir) / DB_NAME, limits)
+        return cls(Path(state_dir) / DB_NAME, limits, min_free_bytes=min_free_bytes)
 
     def close(self) -> None:
         with self._lock:
@@ -169,8 +202,32 @@ class Outbox:
         """
         return self.put_many([(topic, payload, kind, msg_id, retain)])[0]
 
-    def put_many(self, items: Iterable[tuple[str, bytes, str, str | None, bool]]) -> list[str]:
-        """Store several ``(topic, payload, kind, msg_id, retain)`` in one transaction."""
+    def put_alert(self, topic: str, payload: bytes, alert_id: str, event: str) -> str:
+        """Store an alert's ``opened``/``closed`` message and its life's step in one transaction.
+
+        Raises :class:`OutboxError` when the life forbids the step (queued twice),
+        which also means nothing was stored.
+        """
+        mid = f"{alert_id}.{event}"
+        if event not in QUEUE_EVENT:
+            raise OutboxError(f"alert message event must be opened or closed, got {event!r}")
+        return self.put_many([(topic, payload, "alert", mid, False)], alert=(alert_id, event))[0]
+
+    def disk_free(self) -> int:
+        """Bytes free for this process on the outbox's file system."""
+        return int(shutil.disk_usage(self.path.parent).free)
+
+    def put_many(
+        self,
+        items: Iterable[tuple[str, bytes, str, str | None, bool]],
+        *,
+        alert: tuple[str, str] | None = None,
+    ) -> list[str]:
+        """Store several ``(topic, payload, kind, msg_id, retain)`` in one transaction.
+
+        ``alert=(alert id, "opened"|"closed")`` steps that alert's life in the same
+        transaction (see :meth:`put_alert`).
+        """
         rows = []
         now = self._clock()
         for topic, payload, kind, msg_id, retain in items:
@@ -187,11 +244,19 @@ class Outbox:
             rows.append((mid, kind, PRIORITY[kind], topic, bytes(payload), int(retain), now))
         if not rows:
             return []
+        self._check_floor({r[1] for r in rows})
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 ids = []
                 for r in rows:
+                    if (
+                        alert is not None
+                        and self._db.execute(
+                            "SELECT 1 FROM messages WHERE msg_id = ?", (r[0],)
+                        ).fetchone()
+                    ):
+                        continue  # queued before a crash: only the life's step is missing
                     cur = self._db.execute(
                         "INSERT INTO messages (msg_id, kind, priority, topic, payload, retain,"
                         " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -199,18 +264,28 @@ class Outbox:
                     )
                     ids.append(cur.lastrowid)
                     self._bump(f"stored.{r[1]}")
+                if alert is not None:
+                    self._step_life_locked(alert[0], QUEUE_EVENT[alert[1]], now, strict=True)
                 self._expire_locked(now)
                 self._enforce_locked()
-                survivors = {
-                    i
-                    for (i,) in self._db.execute(
-                        f"SELECT id FROM messages WHERE id IN ({','.join('?' * len(ids))})", ids
-                    )
-                }
+                survivors = (
+                    {
+                        i
+                        for (i,) in self._db.execute(
+                            f"SELECT id FROM messages WHERE id IN ({','.join('?' * len(ids))})", ids
+                        )
+                    }
+                    if ids
+                    else set()
+                )
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
                 self._db.execute("ROLLBACK")
                 raise OutboxError(f"duplicate msg_id in put: {exc}") from exc
+            except OutboxError:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
             except sqlite3.DatabaseError as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -222,6 +297,72 @@ class Outbox:
                 "(everything stored outranks them); raise the limits or drain the outbox"
             )
         return [r[0] for r in rows]
+
+    def _check_floor(self, kinds: set[str]) -> None:
+        """Refuse non-alert rows while free space is under ``min_free_bytes``."""
+        if self.min_free_bytes <= 0 or kinds <= {"alert"}:
+            return
+        try:
+            free = self.disk_free()
+        except OSError:
+            return
+        if free >= self.min_free_bytes:
+            return
+        low = sorted(kinds - {"alert"})
+        with self._lock, contextlib.suppress(sqlite3.DatabaseError):
+            for k in low:
+                self._bump(f"refused_disk.{k}")
+        raise OutboxError(
+            f"disk short: {free} bytes free under {self.path.parent}, below the "
+            f"{self.min_free_bytes}-byte floor; {', '.join(low)} refused, alerts still taken"
+        )
+
+    def _step_life_locked(self, alert_id: str, event: Any, now: float, *, strict: bool) -> None:
+        row = self._db.execute(
+            "SELECT state FROM alert_life WHERE alert_id = ?", (alert_id,)
+        ).fetchone()
+        before = AlertState(row[0]) if row is not None else None
+        try:
+            after = step(before, event)
+        except OutboxError:
+            if strict:
+                raise OutboxError(f"alert {alert_id}: {event.value} in state {before}") from None
+            return  # an ack of a message queued outside the life (e.g. by an older agent)
+        self._db.execute(
+            "INSERT INTO alert_life (alert_id, state, updated) VALUES (?, ?, ?) "
+            "ON CONFLICT(alert_id) DO UPDATE SET state = excluded.state, "
+            "updated = excluded.updated",
+            (alert_id, after.value, now),
+        )
+
+    def alert_lives(self, states: Iterable[AlertState] | None = None) -> dict[str, AlertState]:
+        """``alert id -> state`` of every stored life (only ``states``, when given)."""
+        sql, args = "SELECT alert_id, state FROM alert_life", []
+        if states is not None:
+            wanted = [s.value for s in states]
+            sql += f" WHERE state IN ({','.join('?' * len(wanted))})"
+            args = wanted
+        with self._lock:
+            return {a: AlertState(st) for a, st in self._db.execute(sql, args)}
+
+    def has_message(self, msg_id: str) -> bool:
+        """True while the message with ``msg_id`` is still queued."""
+        with self._lock:
+            return (
+                self._db.execute("SELECT 1 FROM messages WHERE msg_id = ?", (msg_id,)).fetchone()
+                is not None
+            )
+
+    def checkpoint(self) -> int:
+        """Fold the WAL into the main file and truncate it; returns the WAL pages moved.
+
+        Why the daemon calls this on its tick as well: the automatic checkpoint
+        runs only inside a commit, and a box that stopped writing (a full disk)
+        would otherwise keep the last WAL's size.
+        """
+        with self._lock:
+            row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return int(row[2]) if row and row[2] is not None and row[2] > 0 else 0
 
     def _bump(self, name: str, by: int = 1) -> None:
         self._db.execute(
@@ -310,7 +451,7 @@ class Outbox:
 
     def ack(self, row_id: int) -> bool:
         """Delete a row after a successful PUBACK; False if it was already gone."""
-        return self._delete(row_id, "delivered")
+        return self.ack_many([row_id]) == 1
 
     def ack_many(self, row_ids: Iterable[int]) -> int:
         """Delete several acknowledged rows in one transaction; returns how many were there.
@@ -329,9 +470,19 @@ class Outbox:
                 groups = self._db.execute(
                     f"SELECT kind, COUNT(*) FROM messages WHERE id IN ({marks}) GROUP BY kind", ids
                 ).fetchall()
+                alert_mids = self._db.execute(
+                    f"SELECT msg_id FROM messages WHERE id IN ({marks}) AND kind = 'alert' "
+                    "ORDER BY id",
+                    ids,
+                ).fetchall()
                 self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)
                 for kind, n in groups:
                     self._bump(f"delivered.{kind}", n)
+                now = self._clock()
+                for (mid,) in alert_mids:
+                    parts = split_msg_id(mid)
+                    if parts is not None:
+                        self._step_life_locked(parts[0], ACK_EVENT[parts[1]], now, strict=False)
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError:
                 self._db.execute("ROLLBACK")
@@ -371,6 +522,51 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 raise
         return sum(n for _, n in groups)
+
+    def restore(
+        self,
+        messages: Iterable[tuple],
+        lives: Iterable[tuple[str, str, float]] = (),
+        counters: Iterable[tuple[str, int]] = (),
+    ) -> int:
+        """Copy rows salvaged from a corrupt outbox into this one; returns messages restored.
+
+        ``messages`` are ``(msg_id, kind, priority, topic, payload, retain, created,
+        attempts)``; a msg_id already present, an unknown kind or a malformed row is
+        skipped. Lives and counters are taken as they were.
+        """
+        n = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for m in messages:
+                    if len(m) != 8 or m[1] not in PRIORITY or not isinstance(m[4], bytes):
+                        continue
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO messages (msg_id, kind, priority, topic, payload,"
+                        " retain, created, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (m[0], m[1], PRIORITY[m[1]], m[3], m[4], int(bool(m[5])), m[6], m[7]),
+                    )
+                    n += cur.rowcount
+                for alert_id, state, updated in lives:
+                    with contextlib.suppress(ValueError):
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO alert_life (alert_id, state, updated) "
+                            "VALUES (?, ?, ?)",
+                            (alert_id, AlertState(state).value, updated),
+                        )
+                for name, value in counters:
+                    if isinstance(name, str) and isinstance(value, int):
+                        self._bump(name, value)
+                if n:
+                    self._bump("salvaged", n)
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError:
+                self._db.execute("ROLLBACK")
+                raise
+        if n:
+            self._put_event.set()
+        return n
 
     # -- inspection -----------------------------------------------------------
     def count(self) -> int:
