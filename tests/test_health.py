@@ -116,3 +116,19 @@ def test_thread_safe_under_concurrent_reports() -> None:
     for t in threads:
         t.join()
     assert lv.check().components[0].progress_total == 8000
+
+
+def test_faults_degrade_the_report_without_stalling_the_watchdog() -> None:
+    from edgeagent.daemon.telemetry import presence_state
+
+    live = Liveness(clock=lambda: 0.0)
+    live.register("pipeline", 10.0)
+    assert live.fault("disk", "short: 100 bytes free") is True
+    assert live.fault("disk", "short: 90 bytes free") is False  # updated, not new
+    report = live.check()
+    assert report.ok and report.degraded
+    assert "degraded: disk: short: 90 bytes free" in report.summary()
+    snap = {"state": "running", "liveness": {"ok": True, "faults": dict(report.faults)}}
+    assert presence_state(snap) == "degraded"
+    assert live.fault("disk", None) is True
+    assert not live.check().degraded and live.faults() == {}

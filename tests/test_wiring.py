@@ -30,6 +30,7 @@ from edgeagent.pipeline.detect import Detector
 from edgeagent.pipeline.learn import LocalLearner
 from edgeagent.pipeline.windows import Windower
 from edgeagent.streams import Gap, SampleBlock, Stream
+from edgeagent.transport.alert_life import AlertState
 from edgeagent.transport.outbox import Outbox, OutboxLimits
 from firmware_sim.physiology import Generator, Label, SimConfig, make_patient
 from tests.plugins.ops import REPO
@@ -88,18 +89,62 @@ def test_relay_stores_then_queues_opened_and_closed(tmp_state: Path) -> None:
 
 def test_alert_stored_before_a_crash_is_queued_once_at_next_start(tmp_state: Path) -> None:
     relay, ob, counters = _relay(tmp_state)
-    lost = _alert()
+    lost = _alert(closed=True)
     relay.store.add(lost)  # the process died before the outbox put
-    assert relay.resend_unsent() == 1
-    assert relay.resend_unsent() == 0  # marked sent: not queued twice
-    assert [m for m, _ in _messages(ob)] == [f"{lost.id}.opened"]
-    # Queued but not yet marked when the crash came: the outbox refuses the duplicate.
-    again = _alert()
+    assert relay.recover() == {"closed": [], "resumed": [lost.id]}
+    assert relay.recover() == {"closed": [], "resumed": []}  # finished: not queued twice
+    assert [m for m, _ in _messages(ob)] == [f"{lost.id}.opened", f"{lost.id}.closed"]
+    # Queued but not yet marked when the crash came: the life steps, the row is not doubled.
+    again = _alert(closed=True)
     relay.store.add(again)
     ob.put(TOPIC, relay.payload(again, "opened"), "alert", msg_id=f"{again.id}.opened")
-    assert relay.resend_unsent() == 1
-    assert ob.count() == 2 and relay.store.list(unsent=True) == []
+    assert relay.recover()["resumed"] == [again.id]
+    assert ob.count() == 4 and relay.store.unfinished() == []
     assert counters.snapshot().get("alerts_outbox_errors", 0) == 0
+
+
+def test_alert_open_at_a_restart_is_closed_and_its_closed_message_queued(tmp_state: Path) -> None:
+    relay, ob, counters = _relay(tmp_state)
+    a = _alert()
+    relay.add(a)
+    relay.extend(a.id, 30.0, 0.97)  # still open when the process dies
+    relay.store.close()
+    ob.close()
+    relay, ob, counters = _relay(tmp_state)  # the next start
+    assert relay.recover() == {"closed": [a.id], "resumed": []}
+    msgs = dict(_messages(ob))
+    assert set(msgs) == {f"{a.id}.opened", f"{a.id}.closed"}
+    closed = msgs[f"{a.id}.closed"]
+    assert closed["end"] == 30.0 and closed["score"] == 0.97
+    assert closed["detail"]["close_reason"] == "restart"
+    assert relay.store.get(a.id).closed and relay.store.unfinished() == []  # type: ignore[union-attr]
+    assert ob.alert_lives()[a.id] == AlertState.CLOSED_QUEUED
+    assert counters.snapshot()["alerts_closed_at_start"] == 1
+
+
+def test_closed_row_whose_closed_message_was_never_queued_is_resumed(tmp_state: Path) -> None:
+    relay, ob, _ = _relay(tmp_state)
+    a = _alert()
+    relay.add(a)
+    relay.store.extend(a.id, 40.0, 0.9, closed=True)  # killed before the closed put
+    got = relay.recover()
+    assert got == {"closed": [], "resumed": [a.id]}
+    assert f"{a.id}.closed" in dict(_messages(ob))
+
+
+def test_acks_walk_the_life_to_close_sent(tmp_state: Path) -> None:
+    relay, ob, _ = _relay(tmp_state)
+    a = _alert()
+    relay.add(a)
+    (opened,) = ob.peek(limit=5)
+    ob.ack_many([opened.id])
+    assert ob.alert_lives()[a.id] == AlertState.OPENED_SENT
+    relay.extend(a.id, 22.0, 0.9, closed=True)
+    (closed,) = ob.peek(limit=5)
+    ob.ack_many([closed.id])
+    assert ob.alert_lives()[a.id] == AlertState.CLOSE_SENT
+    assert relay.recover() == {"closed": [], "resumed": []}
+    assert ob.count() == 0
 
 
 def test_alert_the_outbox_cannot_take_stays_unsent_and_counted(tmp_state: Path) -> None:
@@ -109,6 +154,7 @@ def test_alert_the_outbox_cannot_take_stays_unsent_and_counted(tmp_state: Path) 
     assert counters.snapshot()["alerts_outbox_errors"] == 1
     assert ob.count() == 0
     assert [x.id for x in relay.store.list(unsent=True)] == [a.id]  # kept, retried at start
+    assert [x.id for x in relay.store.unfinished()] == [a.id]
 
 
 def test_status_sink_keeps_only_the_newest_snapshot_retained(tmp_state: Path) -> None:
