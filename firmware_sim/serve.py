@@ -298,6 +298,7 @@ def _run_pty(args: argparse.Namespace) -> int:
         duration=args.duration,
         faults=args.faults,
         sine=args.sine,
+        ledger=args.ledger,
     )
     return serve_serial.run(ns)
 

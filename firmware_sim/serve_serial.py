@@ -4,7 +4,7 @@ Meant to be registered by ``firmware_sim/__main__.py`` (``add_arguments`` +
 ``run``) so that ``python -m firmware_sim serve --serial ...`` works, and
 runnable on its own as ``python -m firmware_sim.serve_serial ...``. Prints
 the port path first (so scripts can wait for it) and the ledger counts at the
-end, as JSON lines.
+end, as JSON lines; ``--ledger FILE`` also writes the final ledger there.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from firmware_sim.serialdev import FaultConfig, GeneratorLike, PtyDevice
 
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sine", action="store_true", help="use the small sine generator, not physiology"
     )
+    parser.add_argument("--ledger", type=Path, default=None, help="write the final ledger (JSON)")
 
 
 def _generator(args: argparse.Namespace) -> GeneratorLike | None:
@@ -75,11 +77,25 @@ def run(args: argparse.Namespace) -> int:
             pass
     finally:
         dev.stop()
-    print(json.dumps({"ledger": dev.ledger.counts}), flush=True)
+    counts = dict(dev.ledger.counts)
+    counts["sample_values_sent"] = sum(
+        len(f.values) for f in dev.ledger.intact if f.values is not None
+    )
+    print(json.dumps({"ledger": counts}), flush=True)
+    ledger_path = getattr(args, "ledger", None)
+    if ledger_path is not None:
+        write_ledger(Path(ledger_path), counts)
     if dev.error is not None:
         print(f"error: device failed: {dev.error!r}", file=sys.stderr)
         return 1
     return 0
+
+
+def write_ledger(path: Path, counts: dict[str, int]) -> None:
+    """Write the ledger as JSON via a temp file and a rename, so a reader never sees half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(counts, indent=1, sort_keys=True))
+    tmp.replace(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -82,6 +82,17 @@ def test_cli_serial_runs_for_its_duration_and_writes_the_ledger(tmp_path: Path) 
     assert last["ledger"]["sample_values_sent"] == 0  # nothing could be sent: no port
 
 
+def test_cli_pty_writes_the_ledger_file_too(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.json"
+    link = tmp_path / "ttySIM"
+    res = _serve("--pty", str(link), "--sine", "--duration", "0.5", "--ledger", str(ledger))
+    assert res.returncode == 0, res.stderr
+    last = json.loads(res.stdout.strip().splitlines()[-1])
+    assert ledger.exists(), "--pty --ledger wrote no file"
+    assert last["ledger"] == json.loads(ledger.read_text())
+    assert "sample_values_sent" in last["ledger"]
+
+
 def test_cli_help_lists_every_link_mode() -> None:
     res = _serve("--help")
     assert res.returncode == 0
