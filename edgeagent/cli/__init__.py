@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 
 # Verb modules, imported for their side effect of registering on ``app``.
-_VERB_MODULES = ("pki", "outbox")
+_VERB_MODULES = ("pki", "outbox", "alerts")
 _VERB_MODULES += ("run", "config", "status", "doctor", "serial", "logs", "support")  # ops
 _VERB_MODULES += ("model", "evaluate")  # model / detection
 _VERB_MODULES += ("service",)  # field install

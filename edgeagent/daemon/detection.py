@@ -169,6 +169,7 @@ class DetectionComponent:
         with self._lock:
             for w in self.windowers.values():
                 self._score(w.pop_ready(self.clock()))
+            self.relay.close_open("shutdown")
         self.relay.store.close()
 
     def status(self) -> Mapping[str, Any]:

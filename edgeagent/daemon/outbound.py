@@ -162,6 +162,28 @@ class AlertRelay:
         if closed and a is not None and self._enqueue(a, "closed"):
             self._store("mark_sent", lambda: self.store.mark_sent(a.id, SENT_CLOSED))
 
+    def close_open(self, reason: str) -> list[str]:
+        """Close every episode still open (a clean stop), queueing each ``closed`` message.
+
+        The detector's episode state ends with the process, so an episode that is
+        not closed now would only be closed at the next start: close it while the
+        transport can still deliver the message.
+        """
+        with self._lock:
+            still = list(self._open.values())
+            self._open.clear()
+        for a in still:
+            self._store("close", lambda a=a: self.store.close_left_open(a.id, reason))
+            a.closed = True
+            a.detail["close_reason"] = reason
+            if self._enqueue(a, "closed"):
+                self._store("mark_sent", lambda a=a: self.store.mark_sent(a.id, SENT_CLOSED))
+        if still:
+            self.counters.add("alerts_closed_at_stop", len(still))
+            log.info("closed %d open alert(s) at %s: %s", len(still), reason,
+                     ", ".join(a.id for a in still))  # fmt: skip
+        return [a.id for a in still]
+
     def raise_box_fault(self, kind: str, detail: dict[str, Any]) -> str:
         """An alert about the box itself (category ``box_fault``), opened and closed at once."""
         now = time.time()

@@ -231,7 +231,9 @@ def test_alert_over_mqtt_retained_status_clean_stop_and_resume(
         assert "Traceback" not in out, out[-3000:]
         assert _rows(tmp_state, "SELECT COUNT(*) FROM messages WHERE kind='alert'") == [(0,)]
         stored = _rows(tmp_state, "SELECT id, sent FROM alerts")
-        assert stored and all(sent == 1 for _id, sent in stored)
+        # Every episode closed by the stop at the latest, its closed message queued and sent.
+        assert stored and all(sent == 2 for _id, sent in stored)
+        assert _rows(tmp_state, "SELECT COUNT(*) FROM alerts WHERE closed=0") == [(0,)]
         assert alert["id"] in {i for i, _s in stored}
         first_ids = {i for i, _s in stored}
         assert (tmp_state / "learner_state.npz").exists()
