@@ -224,16 +224,15 @@ class FaultRig:
         )
         log.close()
         if wait_ready:
-            wait_for(
-                lambda: (
-                    self.status().get("time", 0) > t0
-                    and self.status().get("state") == "running"
-                    or self.proc is None
-                    or self.proc.poll() is not None
-                ),
-                timeout,
-                "the daemon to run",
-            )
+            proc = self.proc
+
+            def running() -> bool:
+                st = self.status()
+                return (st.get("time", 0) > t0 and st.get("state") == "running") or (
+                    proc.poll() is not None
+                )
+
+            wait_for(running, timeout, "the daemon to run")
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log_tail()}")
         return self.proc

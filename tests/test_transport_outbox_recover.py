@@ -73,3 +73,21 @@ def test_alert_lives_survive_a_salvage(tmp_state: Path) -> None:
     ob, rec = open_checked(tmp_state)
     assert rec is not None
     assert ob.alert_lives() in ({}, {"a1": AlertState.OPENED_QUEUED})
+
+
+def test_salvaged_lives_step_back_to_what_the_salvaged_messages_prove() -> None:
+    from edgeagent.transport.outbox_recover import consistent_lives
+
+    lives = [
+        ("a", "opened_queued", 1.0),  # message lost: dropped, queued again from the store
+        ("b", "opened_queued", 1.0),  # message salvaged: kept
+        ("c", "closed_queued", 1.0),  # both lost: dropped
+        ("d", "closed_queued", 1.0),  # closed lost, opened kept: back to opened_queued
+        ("e", "close_sent", 1.0),  # done: kept
+    ]
+    got = consistent_lives(lives, {"b.opened", "d.opened"})
+    assert got == [
+        ("b", "opened_queued", 1.0),
+        ("d", "opened_queued", 1.0),
+        ("e", "close_sent", 1.0),
+    ]

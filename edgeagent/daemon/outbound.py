@@ -24,7 +24,7 @@ from edgeagent.errors import OutboxError
 from edgeagent.ops.dbcheck import Recovery
 from edgeagent.ops.disk import DiskReserve, disk_state, is_disk_full
 from edgeagent.pipeline.alerts import SENT_CLOSED, SENT_OPENED, Alert, AlertStore
-from edgeagent.transport.alert_life import OPEN_STATES
+from edgeagent.transport.alert_life import OPEN_STATES, AlertState
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ DRAIN_ON_STOP_S = 3.0
 
 #: At start, at most this many unfinished alerts are closed or resumed (the rest next start).
 RECOVER_BATCH = 10_000
+
+#: Lives whose "closed" message is queued or delivered: nothing left to queue.
+DONE_STATES = frozenset({AlertState.CLOSED_QUEUED, AlertState.CLOSE_SENT})
 
 #: A store error is logged the first time and then once per this many repeats (counted always).
 LOG_EVERY = 100
@@ -215,7 +218,7 @@ class AlertRelay:
             since = time.time() - float(getattr(self.outbox.limits, "max_age_s", 7 * 86400))
             seen = {a.id for a in todo}
             todo += [a for a in self.store.list(since=since, limit=RECOVER_BATCH)
-                     if a.id not in lives and a.id not in seen]  # fmt: skip
+                     if a.id not in seen and lives.get(a.id) not in DONE_STATES]  # fmt: skip
         for a in todo:
             life = lives.get(a.id)
             if not a.closed:

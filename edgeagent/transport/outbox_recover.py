@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgeagent.ops import dbcheck
 from edgeagent.ops.dbcheck import Recovery
+from edgeagent.transport.alert_life import AlertState
 from edgeagent.transport.outbox import DB_NAME, Outbox, OutboxLimits
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,10 @@ def _salvage(rec: Recovery, outbox: Outbox) -> None:
         except Exception as exc:  # salvage is best effort: a fresh outbox matters more
             rec.unreadable[table] = f"{type(exc).__name__}: {exc}"
             got[table] = []
+    msgs = [tuple(bytes(c) if isinstance(c, memoryview) else c for c in m)
+            for m in got["messages"]]  # fmt: skip
+    got["alert_life"] = consistent_lives(got["alert_life"], {str(m[0]) for m in msgs})
     try:
-        msgs = [tuple(bytes(c) if isinstance(c, memoryview) else c for c in m)
-                for m in got["messages"]]  # fmt: skip
         n = outbox.restore(
             msgs,
             got["alert_life"],
@@ -74,3 +76,26 @@ def _salvage(rec: Recovery, outbox: Outbox) -> None:
         "alert_life": len(got["alert_life"]),
         "counters": len(got["counters"]),
     }
+
+
+def consistent_lives(lives: list[tuple], salvaged_ids: set[str]) -> list[tuple[str, str, float]]:
+    """The salvaged lives that agree with the salvaged messages.
+
+    A life that says a message is queued while that message was on an
+    unreadable page would keep it from ever being queued again. Such a life
+    steps back to what the rows prove: ``closed_queued`` without its closed
+    message becomes ``opened_queued`` if the opened one survived, else it is
+    dropped (the alert store queues both again; receivers drop repeats);
+    ``opened_queued`` without its message is dropped.
+    """
+    out = []
+    for alert_id, state, updated in lives:
+        opened, closed = f"{alert_id}.opened" in salvaged_ids, f"{alert_id}.closed" in salvaged_ids
+        if state == AlertState.OPENED_QUEUED and not opened:
+            continue
+        if state == AlertState.CLOSED_QUEUED and not closed:
+            if not opened:
+                continue
+            state = AlertState.OPENED_QUEUED.value
+        out.append((alert_id, str(state), updated))
+    return out
