@@ -43,6 +43,15 @@ def render(snap: dict[str, Any], console: Console) -> None:
     if inference:
         console.print(f"inference: {inference.get('reason', inference.get('providers'))}")
     live = snap.get("liveness") or {}
+    for name, text in (live.get("faults") or {}).items():
+        console.print(f"[bold red]degraded[/] {name}: {text}")
+    disk = ((snap.get("components") or {}).get("outbox") or {}).get("disk")
+    if disk:
+        console.print(
+            f"disk: {disk['free_bytes']} bytes free under {disk['path']} "
+            f"(floor {disk['floor_bytes']}, reserve {disk['reserve_bytes']})"
+            + ("  [bold red]SHORT[/]" if disk.get("short") else "")
+        )
     if live:
         t = Table(title=f"components ({live.get('summary')})")
         for col in ("component", "state", "since progress s", "backlog", "progress", "note"):
