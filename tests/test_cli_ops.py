@@ -380,3 +380,22 @@ def test_journal_lines_carry_syslog_priority() -> None:
     assert fmt.format(rec) == "<3>edgeagent.x: bad link"
     rec.levelname, rec.levelno = "INFO", logging.INFO
     assert fmt.format(rec).startswith("<6>")
+
+
+def test_doctor_reports_disk_pressure_with_the_free_bytes_and_set_aside_outboxes(
+    ops_config_data: dict[str, Any], tmp_path: Path, tmp_state: Path
+) -> None:
+    from edgeagent.transport.outbox import Outbox
+
+    Outbox.in_state_dir(tmp_state).close()
+    (tmp_state / "outbox.sqlite3.corrupt-20260101T000000Z").write_bytes(b"x")
+    ops_config_data["outbox"] = {"min_free_bytes": 2**62}  # any real disk is "short"
+    path = write_toml(tmp_path / "c.toml", ops_config_data)
+    checks = {}
+    for c in json.loads(cli("doctor", "-c", str(path), "--json").stdout)["checks"]:
+        checks.setdefault(c["name"], []).append(c)
+    (disk,) = checks["disk"]
+    assert disk["status"] == "fail" and disk["detail"].startswith("disk pressure: ")
+    assert "bytes (" in disk["detail"] and f"floor {2**62}" in disk["detail"]
+    statuses = {c["status"] for c in checks["outbox"]}
+    assert statuses == {"warn", "ok"}  # sound file, one set aside

@@ -319,14 +319,24 @@ def _existing_parent(p: Path) -> Path:
 
 
 def check_disk(cfg: Config) -> list[Check]:
-    """Free space under the state directory, and that it is writable."""
+    """Free space under the state directory against the daemon's floor, and that it is writable."""
+    from edgeagent.ops.disk import RESERVE_NAME, check_writable
+
     sd = cfg.agent.state_dir
     base = _existing_parent(sd)
     usage = shutil.disk_usage(base)
-    free_mib = usage.free / 2**20
-    detail = f"{free_mib:.0f} MiB free of {usage.total / 2**30:.1f} GiB at {base}"
+    floor = cfg.outbox.min_free_bytes
+    reserve = sd / RESERVE_NAME
+    held = reserve.stat().st_size if reserve.exists() else 0
+    detail = (
+        f"{usage.free} bytes ({usage.free / 2**20:.0f} MiB) free of "
+        f"{usage.total / 2**30:.1f} GiB at {base}; floor {floor}, reserve held {held}"
+    )
     out: list[Check] = []
-    if usage.free < DISK_FAIL_BYTES:
+    if usage.free < floor:
+        out.append(_fail("disk", f"disk pressure: {detail}",
+                         "free space: below the floor only alerts are stored"))  # fmt: skip
+    elif usage.free < DISK_FAIL_BYTES:
         out.append(_fail("disk", detail, "free space: purge old logs or outbox"))
     elif usage.free < DISK_WARN_BYTES:
         out.append(_warn("disk", detail, "free space soon"))
@@ -334,8 +344,10 @@ def check_disk(cfg: Config) -> list[Check]:
         out.append(_ok("disk", detail))
     if not sd.exists():
         out.append(_warn("state dir", f"{sd} does not exist yet", "systemd creates it on start"))
-    elif not os.access(sd, os.W_OK):
-        out.append(_fail("state dir", f"{sd} not writable by uid {os.getuid()}"))
+        return out
+    why = check_writable(sd, "state directory")
+    if why is not None:
+        out.append(_fail("state dir", why))
     else:
         out.append(_ok("state dir", f"{sd} writable"))
     return out
@@ -343,9 +355,18 @@ def check_disk(cfg: Config) -> list[Check]:
 
 def check_outbox(cfg: Config) -> list[Check]:
     """The store-and-forward database is sound; reports depth and drops."""
+    from edgeagent.ops import dbcheck
+
     path = cfg.agent.state_dir / "outbox.sqlite3"
     if not path.exists():
         return [_skip("outbox", f"no outbox yet at {path}")]
+    moved = sorted(path.parent.glob(path.name + ".corrupt-*"))
+    aside = [_warn("outbox", f"{len(moved)} corrupt file(s) set aside, newest {moved[-1].name}",
+                   "keep for analysis or delete")] if moved else []  # fmt: skip
+    verdict = dbcheck.check(path)
+    if not verdict.ok:
+        fix = "the daemon moves it aside and salvages it at its next start"
+        return [*aside, _fail("outbox", f"{path}: {verdict.reason}", fix)]
     try:
         from edgeagent.transport.outbox import Outbox
     except ImportError:
@@ -370,8 +391,8 @@ def check_outbox(cfg: Config) -> list[Check]:
     except Exception as exc:
         return [_fail("outbox", f"{path}: {exc}", "move the file aside; the agent recreates it")]
     if verdict != "ok":
-        return [_fail("outbox", f"integrity check: {verdict}", "move the file aside")]
-    return [_ok("outbox", f"integrity ok; {detail}")]
+        return [*aside, _fail("outbox", f"integrity check: {verdict}", "move the file aside")]
+    return [*aside, _ok("outbox", f"integrity ok; {detail}")]
 
 
 def _sha256(path: Path) -> str:
