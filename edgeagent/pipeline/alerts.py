@@ -132,6 +132,24 @@ class AlertStore:
         with self._lock:
             self._db.execute("UPDATE alerts SET sent=MAX(sent, ?) WHERE id=?", (level, alert_id))
 
+    def upsert(self, a: Alert, sent: int) -> None:
+        """Write the whole row as the relay knows it (after writes failed on a full disk).
+
+        End, score, ``closed`` and ``sent`` only ever grow, so a late copy
+        cannot undo a newer write.
+        """
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO alerts (id, patient, device, start, end, kind, category, score,"
+                " modality, model, created, closed, sent, detail)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
+                " end=MAX(end, excluded.end), score=MAX(score, excluded.score),"
+                " closed=MAX(closed, excluded.closed), sent=MAX(sent, excluded.sent),"
+                " detail=excluded.detail",
+                (a.id, a.patient, a.device, a.start, a.end, a.kind, a.category, a.score,
+                 a.modality, a.model, a.created, int(a.closed), sent, json.dumps(a.detail)),
+            )  # fmt: skip
+
     def close_left_open(self, alert_id: str, reason: str) -> None:
         """Close an episode the detector can no longer follow (its state died with a process)."""
         with self._lock:
