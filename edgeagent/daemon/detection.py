@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -69,6 +70,7 @@ class DetectionComponent:
     ) -> None:
         self.detector = detector
         self.relay = relay
+        self._last_check_error = ""
         self.patient_of = dict(patient_of)
         self.make_windower = make_windower
         self.counters = counters
@@ -147,9 +149,16 @@ class DetectionComponent:
             if res is not None:
                 log.info("model probation: %s", res.as_dict())
                 self.swaps.append({"probation": res.as_dict(), "t": round(time.time(), 3)})
-        except EdgeAgentError as exc:
+        except (EdgeAgentError, sqlite3.Error) as exc:
+            # sqlite3.Error: the registry cannot even open on a full or failing disk; the
+            # running model keeps running, and the next check tries again.
             self.counters.add("model_check_errors")
-            log.error("model check failed, keeping %s: %s", self.detector.model_label, exc)
+            text = f"{type(exc).__name__}: {exc}"
+            if text != self._last_check_error:
+                log.error("model check failed, keeping %s: %s", self.detector.model_label, text)
+            self._last_check_error = text
+        else:
+            self._last_check_error = ""
 
     def _reset_learner(self, registry: Any, rec: Any) -> None:
         if self.learner is None:

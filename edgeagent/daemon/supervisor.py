@@ -101,6 +101,7 @@ class Supervisor:
         self.stop_budget_s = stop_budget_s
         self.status_sinks: list[Callable[[dict[str, Any]], None]] = []
         self.state = "created"
+        self._status_write_error = ""
         self.started_at = time.time()
         self.watchdog_s = watchdog_interval()
         self.watchdog_pings = 0
@@ -329,7 +330,11 @@ class Supervisor:
             )
         except OSError as exc:
             self.counters.add("status_write_errors")
-            log.warning("cannot write status.json: %s", exc)
+            if str(exc) != self._status_write_error:  # once per kind, not once a second
+                log.warning("cannot write status.json: %s", exc)
+            self._status_write_error = str(exc)
+        else:
+            self._status_write_error = ""
         for sink in self.status_sinks:
             try:
                 sink(snap)

@@ -120,10 +120,16 @@ class AlertStore:
         return a.id
 
     def extend(self, alert_id: str, end: float, score: float, closed: bool = False) -> None:
-        """Stretch an open episode to ``end``; keep its peak score; optionally close it."""
+        """Stretch an episode to ``end``; keep its peak score; optionally close it.
+
+        A closed row stays closed: the detector may resume an episode within its
+        cooldown (same id), but its ``closed`` message is already on its way, so the
+        resumption only stretches the box's own record.
+        """
         with self._lock:
             self._db.execute(
-                "UPDATE alerts SET end=MAX(end, ?), score=MAX(score, ?), closed=? WHERE id=?",
+                "UPDATE alerts SET end=MAX(end, ?), score=MAX(score, ?), closed=MAX(closed, ?)"
+                " WHERE id=?",
                 (end, score, int(closed), alert_id),
             )
 
