@@ -44,7 +44,7 @@ def _policy(**kw: Any) -> AggregatorSection:
 def test_secagg_round_gives_fedavg_of_the_survivors_and_records_the_dropout() -> None:
     deltas = _deltas()
     nonce = os.urandom(16)
-    proto = SecAggProtocol(round_id=3, nonce=nonce, participants=BOXES, dim=DIM + 1,
+    proto = SecAggProtocol(round_id=3, nonce=nonce, participants=BOXES, params=DIM,
                            policy=_policy(), clip=CLIP, noise_multiplier=0.0)  # fmt: skip
     assert proto.terms().secure_aggregation and proto.terms().group_size == 0
     assert proto.recorded_groups() is None
@@ -83,7 +83,7 @@ def test_secagg_round_gives_fedavg_of_the_survivors_and_records_the_dropout() ->
 
 def test_secagg_round_refuses_a_plaintext_update_and_aborts_below_the_floor() -> None:
     nonce = os.urandom(16)
-    proto = SecAggProtocol(round_id=4, nonce=nonce, participants=BOXES, dim=DIM + 1,
+    proto = SecAggProtocol(round_id=4, nonce=nonce, participants=BOXES, params=DIM,
                            policy=_policy(min_survivors=4), clip=CLIP,
                            noise_multiplier=0.0)  # fmt: skip
     bodies = proto.start()
@@ -108,7 +108,7 @@ def test_plaintext_round_takes_one_sealed_update_per_box_and_refuses_the_rest() 
     deltas = _deltas(1)
     traffic = RoundTraffic()
     book: dict[str, float] = {}
-    proto = PlaintextProtocol(round_id=9, nonce=os.urandom(16), participants=BOXES, dim=DIM,
+    proto = PlaintextProtocol(round_id=9, nonce=os.urandom(16), participants=BOXES, params=DIM,
                               policy=_policy(secure_aggregation=False), clip=CLIP,
                               noise_multiplier=0.0, traffic=traffic,
                               reputation=lambda: book)  # fmt: skip
@@ -149,7 +149,7 @@ def test_plaintext_round_takes_one_sealed_update_per_box_and_refuses_the_rest() 
 
 def test_plaintext_over_clip_is_counted_and_too_few_updates_abort() -> None:
     traffic = RoundTraffic()
-    proto = PlaintextProtocol(round_id=2, nonce=os.urandom(16), participants=BOXES, dim=DIM,
+    proto = PlaintextProtocol(round_id=2, nonce=os.urandom(16), participants=BOXES, params=DIM,
                               policy=_policy(secure_aggregation=False, min_survivors=3),
                               clip=CLIP, noise_multiplier=0.0, traffic=traffic,
                               reputation=dict)  # fmt: skip
