@@ -30,6 +30,7 @@ All MQTT callbacks only enqueue; one thread owns the state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -60,12 +61,31 @@ from edgeagent.model.graph import get_params, parse_model, set_params, sha256_he
 from edgeagent.ops.config import Config
 from edgeagent.ops.pki import TlsFiles
 from edgeagent.transport import topics
+from edgeagent.transport.dedupe import SeenIds
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
 
 __all__ = ["Aggregator", "BoxInfo", "read_state", "status_report"]
 
 log = logging.getLogger(__name__)
+
+#: Message ids remembered to drop repeats: many rounds' worth of every box's replies.
+SEEN_CAPACITY = 100_000
+
+
+def message_key(msg: MqttMessage) -> str:
+    """The id a repeat shares with its original: the sender's msg-id, else topic + bytes.
+
+    Round replies are published without an outbox msg-id; a QoS 1 redelivery of one is
+    byte-identical (the same signed envelope), so its digest identifies it.
+    """
+    if msg.msg_id:
+        return f"id:{msg.msg_id}"
+    h = hashlib.sha256(msg.topic.encode())
+    h.update(b"\0")
+    h.update(msg.payload)
+    return f"sha:{h.hexdigest()}"
+
 
 #: Messages queued from the network thread; beyond this the oldest are dropped (counted).
 INBOX_MAX = 100_000
@@ -114,6 +134,11 @@ class Aggregator:
         self.round: Round | None = None
         self.inbox: queue.Queue[MqttMessage] = queue.Queue(maxsize=INBOX_MAX)
         self.inbox_dropped = 0
+        #: Boxes send at least once; a repeat (same msg-id, or for messages without one,
+        #: the same signed bytes on the same topic) is dropped here, before any round
+        #: sees it, and counted apart from refusals (a redelivery is not an attack).
+        self.seen = SeenIds(capacity=SEEN_CAPACITY)
+        self.duplicates = 0
         self.bytes_in_total = 0
         self.bytes_out_total = 0
         self.done = threading.Event()
@@ -247,6 +272,9 @@ class Aggregator:
 
     def on_message(self, msg: MqttMessage) -> None:
         """Dispatch one message from ``node/<id>/<kind>`` (the only topics subscribed)."""
+        if msg.payload and not self.seen.first(message_key(msg)):
+            self.duplicates += 1
+            return
         try:
             t = topics.parse(msg.topic)
         except TransportError:
