@@ -15,6 +15,7 @@ import random
 import re
 import sqlite3
 import subprocess
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +42,7 @@ def lines(rig: FaultRig, needle: str) -> list[str]:
 def live_status(rig: FaultRig) -> dict[str, Any]:
     """The running daemon's status over its control socket (status.json may be unwritable)."""
     res = subprocess.run(
-        [*CLI, "status", "--json", "--socket", str(rig.socket)],
+        [*CLI, "status", "--json", "--socket", str(rig.socket), "--timeout", "20"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -131,10 +132,12 @@ def full_disk(rig: FaultRig, watch_s: float = 6.0) -> dict[str, Any]:
     out["max_wal_bytes"] = biggest
     out["pressure_before_filler"] = bool(live_status(rig).get("liveness", {}).get("faults", {})
                                          .get("disk"))  # fmt: skip
-    with open(state / "filler", "wb") as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 65536)
-            f.flush()
+    # The filler keeps taking whatever the disk frees (a runaway log would): space the
+    # daemon gains back by truncating its WALs is gone again within a tenth of a second.
+    stop = threading.Event()
+    filler = threading.Thread(target=_fill, args=(state / "filler", stop), daemon=True)
+    filler.start()
+    time.sleep(0.5)
     before = rig.delivered()
     with contextlib.suppress(AssertionError):
         wait_for(lambda: bool(lines(rig, "disk pressure:")), 15, "the disk pressure line")
@@ -155,11 +158,24 @@ def full_disk(rig: FaultRig, watch_s: float = 6.0) -> dict[str, Any]:
         m.endswith(".opened") for m in rig.delivered() - before
     )
     out["reserve_released"] = bool(lines(rig, "released the"))
+    stop.set()
+    filler.join(5)
     (state / "filler").unlink()
     with contextlib.suppress(AssertionError):
         wait_for(lambda: bool(lines(rig, "disk pressure over")), 15, "the pressure to end")
     out["log_pressure_over_line"] = bool(lines(rig, "disk pressure over"))
     return finish(rig, out)
+
+
+def _fill(path: Path, stop: threading.Event) -> None:
+    """Append to ``path`` until the disk is full, and keep it full until ``stop``."""
+    with open(path, "wb") as f:
+        while not stop.is_set():
+            try:
+                f.write(b"\0" * 16384)
+                f.flush()
+            except OSError:
+                stop.wait(0.1)
 
 
 def _queued_then_stopped(rig: FaultRig) -> None:
