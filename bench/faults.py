@@ -79,7 +79,7 @@ def scenarios(args: argparse.Namespace) -> dict[str, Callable[[Path, Pki, Broker
         if why is not None:
             return {"skipped": f"cannot mount a tmpfs: {why}"}
         rig = _rig(d, pki, b, state_dir=state,
-                   outbox={"min_free_bytes": 512 * 1024, "reserve_bytes": 256 * 1024})  # fmt: skip
+                   outbox={"min_free_bytes": 1024 * 1024, "reserve_bytes": 256 * 1024})  # fmt: skip
         try:
             return fs.full_disk(rig, watch_s=args.watch_s)
         finally:

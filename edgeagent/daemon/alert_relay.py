@@ -71,6 +71,9 @@ class AlertRelay:
         self._errors: dict[str, int] = {}
         #: Alerts whose store write failed (full disk): rewritten whole once writes work.
         self._dirty: dict[str, Alert] = {}
+        #: Alerts a message of which the outbox could not take (full disk): queued again
+        #: as soon as it can, so an alert raised on a full disk still leaves the box.
+        self._unqueued: dict[str, Alert] = {}
         #: Set by the wiring when the outbox was found corrupt and replaced at start.
         self.outbox_recovery: Recovery | None = None
 
@@ -89,12 +92,12 @@ class AlertRelay:
         body = {"type": "alert", "event": event, "box_id": self.box_id, **alert.as_dict()}
         return json.dumps(body, separators=(",", ":"), default=str).encode()
 
-    def _complain(self, what: str, exc: BaseException) -> None:
+    def _complain(self, what: str, exc: BaseException, detail: str = "") -> None:
         key = f"{what}: {exc}"
         n = self._errors.get(key, 0) + 1
         self._errors[key] = n
         if n == 1 or n % LOG_EVERY == 0:
-            log.error("%s (%d time(s))", key, n)
+            log.error("%s (%d time(s))%s", key, n, f" [{detail}]" if detail else "")
 
     def _with_reserve(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn``; on a full disk release the reserve once and run it again."""
@@ -153,17 +156,53 @@ class AlertRelay:
             self._with_reserve(lambda: self.outbox.put_alert(self.topic, payload, alert.id, event))
         except OutboxError as exc:
             if "alert life" in str(exc) or "in state" in str(exc):
-                return True  # this step was taken already: the message is on its way
+                life = self.outbox.alert_life(alert.id)
+                if life is not None and (event == "opened" or life in DONE_STATES):
+                    return True  # this step was taken already: the message is on its way
+                # "closed" before "opened" made it (the disk refused it): retried in order.
+                with self._lock:
+                    self._unqueued[alert.id] = alert
+                return False
             self.counters.add("alerts_outbox_errors")
-            self._complain(f"alert {alert.id} {event} could not be queued", exc)
+            self._complain(f"alert {event} message could not be queued", exc, alert.id)
+            with self._lock:
+                self._unqueued[alert.id] = alert
             return False
         self.counters.add(f"alerts_queued_{event}")
         return True
 
-    def add(self, a: Alert) -> str:
-        """Store the new alert, queue its ``opened`` message, then note that in the row."""
+    def retry_queue(self) -> int:
+        """Queue the messages the outbox could not take before; returns alerts now complete."""
+        with self._lock:
+            todo = list(self._unqueued.values())
+        done = 0
+        for a in todo:
+            life = self.outbox.alert_life(a.id)
+            ok = life is not None or self._enqueue(a, "opened")
+            if ok and a.closed and life not in DONE_STATES:
+                ok = self._enqueue(a, "closed")
+            if not ok:
+                break  # still no room: keep the order, try again later
+            with self._lock:
+                if self._unqueued.get(a.id) is a:
+                    del self._unqueued[a.id]
+            level = SENT_CLOSED if a.closed else SENT_OPENED
+            self._store("mark_sent", lambda a=a, lv=level: self.store.mark_sent(a.id, lv), a)
+            done += 1
+        if done:
+            self.counters.add("alerts_requeued", done)
+            log.info("outbox writable again: queued the messages of %d alert(s)", done)
+        return done
+
+    def _retry(self) -> None:
+        if self._unqueued:
+            self.retry_queue()
         if self._dirty:
             self.retry_store()
+
+    def add(self, a: Alert) -> str:
+        """Store the new alert, queue its ``opened`` message, then note that in the row."""
+        self._retry()
         stored = self._store("add", lambda: self.store.add(a), a)
         self.counters.add("alerts_raised")
         with self._lock:
@@ -174,8 +213,7 @@ class AlertRelay:
 
     def extend(self, alert_id: str, end: float, score: float, closed: bool = False) -> None:
         """Stretch the stored episode; when it closes, queue the ``closed`` message."""
-        if self._dirty:
-            self.retry_store()
+        self._retry()
         with self._lock:
             a = self._open.get(alert_id)
             if a is not None:
@@ -204,7 +242,7 @@ class AlertRelay:
             self._store("close", lambda a=a: self.store.close_left_open(a.id, reason), a)
             if self._enqueue(a, "closed"):
                 self._store("mark_sent", lambda a=a: self.store.mark_sent(a.id, SENT_CLOSED), a)
-        self.retry_store()
+        self._retry()
         if still:
             self.counters.add("alerts_closed_at_stop", len(still))
             log.info("closed %d open alert(s) at %s: %s", len(still), reason,
@@ -299,7 +337,7 @@ class AlertRelay:
             return False
 
     def checkpoint(self) -> None:
-        """Rewrite rows a full disk kept out; truncate the store's WAL (called on the tick)."""
-        self.retry_store()
+        """Retry what a full disk kept out; truncate the store's WAL (called on the tick)."""
+        self._retry()
         with contextlib.suppress(sqlite3.Error):
             self.store.checkpoint()

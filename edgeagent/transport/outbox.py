@@ -335,6 +335,14 @@ class Outbox:
             (alert_id, after.value, now),
         )
 
+    def alert_life(self, alert_id: str) -> AlertState | None:
+        """The stored life of one alert, or None when none was started."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state FROM alert_life WHERE alert_id = ?", (alert_id,)
+            ).fetchone()
+        return AlertState(row[0]) if row is not None else None
+
     def alert_lives(self, states: Iterable[AlertState] | None = None) -> dict[str, AlertState]:
         """``alert id -> state`` of every stored life (only ``states``, when given)."""
         sql, args = "SELECT alert_id, state FROM alert_life", []

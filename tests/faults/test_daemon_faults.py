@@ -73,14 +73,14 @@ def test_full_disk_keeps_alerts_flowing_and_reports_pressure(
 ) -> None:
     state = tmpfs(tmp_path / "state", size="2m")
     rig = rig_factory(
-        state_dir=state, outbox={"min_free_bytes": 512 * 1024, "reserve_bytes": 256 * 1024}
+        state_dir=state, outbox={"min_free_bytes": 1024 * 1024, "reserve_bytes": 256 * 1024}
     )
     doc = fs.full_disk(rig)
     _nothing_lost(doc)
     assert doc["max_wal_bytes"] <= 512 * 1024, doc  # checkpointed and bounded
     assert not doc["pressure_before_filler"], doc  # the daemon alone does not fill its disk
     assert doc["log_pressure_line"] and doc["log_pressure_over_line"], doc
-    assert doc["status_disk"]["short"] and doc["status_disk"]["free_bytes"] < 512 * 1024, doc
+    assert doc["status_disk"]["short"] and doc["status_disk"]["free_bytes"] < 1024 * 1024, doc
     assert "bytes free" in doc["status_fault"] and "degraded" in doc["status_summary"], doc
     assert doc["alerts_delivered_on_full_disk"] >= 1, doc
 
