@@ -187,7 +187,8 @@ def _after_restart(rig: FaultRig, out: dict[str, Any]) -> dict[str, Any]:
     rig.start_daemon()
     said = lines(rig, "was corrupt")
     out["log_line"] = said[-1].split(": ", 1)[-1] if said else None
-    out["moved_aside"] = [p.name for p in rig.state.glob("outbox.sqlite3.corrupt-*")]
+    out["moved_aside"] = [p.name for p in rig.state.glob("outbox.sqlite3.corrupt-*")
+                          if not p.name.endswith(("-wal", "-shm"))]  # fmt: skip
     out["fresh_file_ok"] = dbcheck.check(rig.state / "outbox.sqlite3").ok
     st = rig.status()
     out["status_fault"] = st.get("liveness", {}).get("faults", {}).get("outbox")
