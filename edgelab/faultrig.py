@@ -53,8 +53,11 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, step: float = 
 
 
 def falls(every_s: float = 30.0, length_s: float = 14.0, until_s: float = 3600.0) -> tuple:
-    """A fall every ``every_s`` simulated seconds: one alert episode each, opened and closed."""
-    out, t = [], 20.0
+    """A fall every ``every_s`` simulated seconds: one alert episode each, opened and closed.
+
+    The first comes after 12 s, once the windower has its first full windows.
+    """
+    out, t = [], 12.0
     while t + length_s < until_s:
         out.append(Label(t, t + length_s, "fall"))
         t += every_s
