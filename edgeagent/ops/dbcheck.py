@@ -53,7 +53,7 @@ class Recovery:
 
 
 def check(path: Path | str) -> Verdict:
-    """SQLite's verdict on ``path`` (which must exist), without writing to it.
+    """SQLite's verdict on ``path`` (which must exist); it writes no row.
 
     An empty main file with no WAL beside it is a truncated database, not a new one:
     SQLite would silently treat it as empty.
@@ -66,7 +66,9 @@ def check(path: Path | str) -> Verdict:
     except OSError as exc:
         return Verdict(False, f"cannot stat: {exc}")
     try:
-        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=10.0)
+        # Read-write, not mode=ro: after a crash SQLite must be free to recover the WAL
+        # (and create a missing -shm) to read the file at all; nothing else is written.
+        db = sqlite3.connect(str(p), timeout=10.0)
     except sqlite3.Error as exc:
         return Verdict(False, str(exc))
     try:
