@@ -128,6 +128,7 @@ class FaultRig:
         self.consumer: subprocess.Popen[str] | None = None
         self.got: dict[str, dict[str, Any]] = {}
         self.consumer_lines: Counter[str] = Counter()
+        self.consumer_repeats = 0
         self.wire: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._raw: MqttLink | None = None
@@ -185,6 +186,7 @@ class FaultRig:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         threading.Thread(target=self._read_consumer, daemon=True).start()
+        threading.Thread(target=self._read_consumer_err, daemon=True).start()
         self._raw = MqttLink(
             f"wire-{os.getpid()}", self.broker.host, self.broker.port, files, self.fleet,
             identity="aggregator", status=False, on_message=self._on_wire,
@@ -205,6 +207,13 @@ class FaultRig:
             with self._lock:
                 self.consumer_lines[doc["msg_id"]] += 1
                 self.got[doc["msg_id"]] = doc
+
+    def _read_consumer_err(self) -> None:
+        assert self.consumer is not None and self.consumer.stderr is not None
+        for line in self.consumer.stderr:
+            if line.startswith("repeat dropped: "):
+                with self._lock:
+                    self.consumer_repeats += 1
 
     def _on_wire(self, m: Message) -> None:
         if m.msg_id:
@@ -326,6 +335,7 @@ class FaultRig:
                 acc.lost_closed.append(aid)
         with self._lock:
             acc.consumer_max_per_id = max(self.consumer_lines.values(), default=0)
+            acc.consumer_repeats = self.consumer_repeats
             acc.wire_duplicates = sum(n - 1 for n in self.wire.values())
         return acc
 

@@ -2,9 +2,10 @@
 
 Subscribes to every box's alert topic on a persistent MQTT 5 session (nothing
 published while it is away is lost within the session's expiry), prints each
-alert message once as one JSON line, and drops repeats by ``msg-id``
+alert message once as one JSON line on stdout, and drops repeats by ``msg-id``
 (:class:`~edgeagent.transport.dedupe.SeenIds`, kept in ``--seen FILE`` across
-restarts). Boxes deliver at least once; this consumer turns that into once.
+restarts; each repeat is named on stderr). Boxes deliver at least once; this
+consumer turns that into once.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def follow(
             body = {"unparsed": m.payload[:200].decode(errors="replace")}
         mid = m.msg_id or f"{body.get('id')}.{body.get('event')}"
         if not ids.first(mid):
+            typer.echo(f"repeat dropped: {mid}", err=True)
             return
         with lock:
             typer.echo(json.dumps({"msg_id": mid, "topic": m.topic, **body}))
