@@ -38,12 +38,7 @@ def test_allowed_steps(before: AlertState | None, event: AlertEvent, after: Aler
 
 
 def test_every_other_step_is_refused() -> None:
-    refused = [
-        (b, e)
-        for b in (None, *AlertState)
-        for e in AlertEvent
-        if (b, e) not in TRANSITIONS
-    ]
+    refused = [(b, e) for b in (None, *AlertState) for e in AlertEvent if (b, e) not in TRANSITIONS]
     assert (S.CLOSED_QUEUED, E.QUEUE_CLOSED) in refused  # queueing "closed" twice
     assert (None, E.QUEUE_CLOSED) in refused  # "closed" before "opened"
     assert (S.OPENED_QUEUED, E.QUEUE_OPENED) in refused
