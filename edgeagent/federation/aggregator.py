@@ -30,7 +30,6 @@ All MQTT callbacks only enqueue; one thread owns the state.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import queue
@@ -69,22 +68,8 @@ __all__ = ["Aggregator", "BoxInfo", "read_state", "status_report"]
 
 log = logging.getLogger(__name__)
 
-#: Message ids remembered to drop repeats: many rounds' worth of every box's replies.
+#: Message ids remembered to drop repeats: days of every box's outbox messages.
 SEEN_CAPACITY = 100_000
-
-
-def message_key(msg: MqttMessage) -> str:
-    """The id a repeat shares with its original: the sender's msg-id, else topic + bytes.
-
-    Round replies are published without an outbox msg-id; a QoS 1 redelivery of one is
-    byte-identical (the same signed envelope), so its digest identifies it.
-    """
-    if msg.msg_id:
-        return f"id:{msg.msg_id}"
-    h = hashlib.sha256(msg.topic.encode())
-    h.update(b"\0")
-    h.update(msg.payload)
-    return f"sha:{h.hexdigest()}"
 
 
 #: Messages queued from the network thread; beyond this the oldest are dropped (counted).
@@ -134,9 +119,10 @@ class Aggregator:
         self.round: Round | None = None
         self.inbox: queue.Queue[MqttMessage] = queue.Queue(maxsize=INBOX_MAX)
         self.inbox_dropped = 0
-        #: Boxes send at least once; a repeat (same msg-id, or for messages without one,
-        #: the same signed bytes on the same topic) is dropped here, before any round
-        #: sees it, and counted apart from refusals (a redelivery is not an attack).
+        #: Boxes send what leaves their outbox at least once, each message with a msg-id;
+        #: a repeat is dropped here, before any round sees it, and counted apart from
+        #: refusals (a redelivery is not an attack). Round replies carry no msg-id: the
+        #: envelope's round, nonce and sequence number refuse their repeats (``replay``).
         self.seen = SeenIds(capacity=SEEN_CAPACITY)
         self.duplicates = 0
         self.bytes_in_total = 0
@@ -272,7 +258,8 @@ class Aggregator:
 
     def on_message(self, msg: MqttMessage) -> None:
         """Dispatch one message from ``node/<id>/<kind>`` (the only topics subscribed)."""
-        if msg.payload and not self.seen.first(message_key(msg)):
+        mid = msg.msg_id
+        if mid is not None and not self.seen.first(mid):
             self.duplicates += 1
             return
         try:
