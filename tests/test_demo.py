@@ -12,21 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgelab.demo import (
-    CLINICAL,
-    DemoOptions,
-    GatedFeed,
-    Hub,
-    MemoryFederation,
-    Part,
+from edgelab.demo.hubs import GatedFeed, Hub, demo_schedule
+from edgelab.demo.model import prepare_model
+from edgelab.demo.options import CLINICAL, DemoOptions, Part
+from edgelab.demo.report import render_html
+from edgelab.demo.rounds import MemoryFederation
+from edgelab.demo.summary import (
     build_summary,
     check_summary,
-    demo_schedule,
     detection_delays,
     match_alerts,
     percentiles,
-    prepare_model,
-    render_html,
 )
 from firmware_sim.physiology import Generator, Label, SimConfig, make_patient
 
@@ -248,6 +244,8 @@ def test_memory_federation_round_updates_every_hub(tmp_path: Path) -> None:
         fed = MemoryFederation(hubs, model, noise_multiplier=0.0)
         aborted = fed.run_round(1)
         assert aborted["status"] == "aborted" and "trained" in aborted["reason"]
+        assert "(hub-1, hub-2)" in aborted["reason"]  # the driver names who sat it out
+        assert aborted["n_k"] == {"hub-1": 0, "hub-2": 0} and aborted["seconds"] >= 0
         rng = np.random.default_rng(0)
         meta = hubs[0].detector.meta
         mu = np.asarray(meta.pop_mu, np.float32)[None, :]

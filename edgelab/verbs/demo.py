@@ -1,7 +1,9 @@
 """``edgeagent demo``: the whole system on one machine (see ``edgelab.demo``).
 
 This module only parses flags, draws live progress with rich and prints the
-summary; every stage and every figure comes from ``edgelab.demo``.
+summary; every stage and every figure comes from ``edgelab.demo``. At import it
+reads only ``edgelab.demo.options`` (every ``edgeagent`` command imports this
+module to register the verb); the stages load when the demo runs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import typer
 
 from edgeagent.cli import app
-from edgelab.demo import DEFAULT_SECONDS, NOISE_MULTIPLIER
+from edgelab.demo.options import DEFAULT_SECONDS, NOISE_MULTIPLIER
 
 _STREAMS = ("ecg", "acc", "skin_temp", "env", "hr", "rr")
 OUT_OPTION = typer.Option(Path("demo-out"), "--out", help="Where the report is written.")
@@ -244,7 +246,9 @@ def demo(
     from rich.console import Console
 
     from edgeagent.errors import EdgeAgentError
-    from edgelab.demo import DemoOptions, run_demo, to_json
+    from edgelab.demo.options import DemoOptions
+    from edgelab.demo.run import run_demo
+    from edgelab.demo.summary import to_json
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     opts = DemoOptions(
