@@ -268,3 +268,44 @@ def test_memory_federation_round_updates_every_hub(tmp_path: Path) -> None:
     finally:
         for h in hubs:
             h.close()
+
+
+def test_live_table_fits_100_columns_with_whole_headers() -> None:
+    """Issue 22: at COLUMNS=100 the live view truncates no header and no cell."""
+    import io
+
+    from rich.console import Console
+
+    from edgelab.verbs.demo import _STREAMS, _LiveView
+
+    names = [f"hub-{i}" for i in (1, 2, 20)]
+    hubs = [
+        {
+            "hub": n,
+            "received": {s: 100_000 for s in _STREAMS},
+            "windows": 1234,
+            "alerts": 56,
+            "features": {"hr_bpm": 72.31, "rr_rmssd_ms": 41.2, "skin_temp_c": 33.9},
+            "model": "v12-1a2b3c4d",
+            "link": "connecting",
+            "sim_t": 900.0,
+        }
+        for n in names
+    ]
+    live = {
+        "phase": "streaming segment 4/4",
+        "elapsed": 42.0,
+        "hubs": hubs,
+        "ble": {n: {"received": {"ecg": 17_000, "hr": 130}, "windows": 12} for n in names},
+        "rounds": [],
+    }
+    rates = {n: ({"ecg": 12_500.0, "acc": 2_500.0, "skin_temp": 25.0}, 12.3) for n in names}
+    out = io.StringIO()
+    Console(width=100, file=out, color_system=None).print(_LiveView._render(live, rates))
+    text = out.getvalue()
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    header = next(line for line in text.splitlines() if line.split()[:2] == ["hub", "link"])
+    for head in ("sim s", "ecg", "acc", "temp", "env", "hr", "rr", "windows", "win/s", "alerts"):
+        assert head in header, header
+    assert "v12-1a2b3c4d" in text and "hr_bpm=72.31" in text

@@ -398,8 +398,8 @@ def start_federation(
                     "aggregator + box clients",
                     True,
                     "real",
-                    "fl.aggregator + fl.client over MQTT (mTLS, signed SecAgg+ stages, "
-                    "signed models)",
+                    "federation.aggregator + federation.client over MQTT (mTLS, signed SecAgg+ "
+                    "stages, signed models)",
                 )
             )
             return fed, {"how": "real", "reason": ""}, parts
