@@ -309,3 +309,22 @@ def test_live_table_fits_100_columns_with_whole_headers() -> None:
     for head in ("sim s", "ecg", "acc", "temp", "env", "hr", "rr", "windows", "win/s", "alerts"):
         assert head in header, header
     assert "v12-1a2b3c4d" in text and "hr_bpm=72.31" in text
+
+
+def test_printed_summary_fits_100_columns_with_whole_headers() -> None:
+    import io
+
+    from rich.console import Console
+
+    from edgelab.verbs.demo import _print_summary
+
+    s = _summary()
+    s["consistency"] = []
+    s["report"] = {"html": "demo-out/report.html"}
+    s["hubs"][0]["serial"]["streams"]["ecg"].update(sent_intact=1_234_567, received=1_234_567)
+    out = io.StringIO()
+    _print_summary(Console(width=100, file=out, color_system=None), s)
+    text = out.getvalue()
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "1,234,567" in text and "rejected" in text and "all figures consistent" in text

@@ -142,6 +142,7 @@ class _LiveView:
 
 
 def _print_summary(console: Any, s: dict[str, Any]) -> None:
+    from rich import box
     from rich.table import Table
 
     o = s["options"]
@@ -158,20 +159,26 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
     for p in s["parts"]:
         parts.add_row(p["name"], f"[{colour[p['how']]}]{p['how']}[/]", p["reason"])
     console.print(parts)
-    hubs = Table(title="Hubs (serial path, against ground truth)")
+    # Ten columns in 100: no vertical rules, two-line headers, nothing cut.
+    hubs = Table(
+        title="Hubs (serial path, against ground truth)",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
     for col in (
         "hub",
-        "samples sent",
+        "samples\nsent",
         "received",
-        "frames rejected",
-        "frames missing",
+        "frames\nrejected",
+        "frames\nmissing",
         "windows",
-        "clinical TP/FP",
-        "episodes found",
-        "fault TP/FP",
-        "BLE alerts",
+        "clinical\nTP/FP",
+        "episodes\nfound",
+        "fault\nTP/FP",
+        "BLE\nalerts",
     ):
-        hubs.add_column(col, justify="right")
+        hubs.add_column(col, justify="right", no_wrap=True)
     for h in s["hubs"]:
         st = h["serial"]["streams"]
         link = h["serial"]["link"]
