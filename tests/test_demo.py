@@ -328,3 +328,21 @@ def test_printed_summary_fits_100_columns_with_whole_headers() -> None:
     assert "…" not in text, text
     assert max(len(line) for line in text.splitlines()) <= 100
     assert "1,234,567" in text and "rejected" in text and "all figures consistent" in text
+
+
+def test_registering_the_verb_loads_only_the_options() -> None:
+    """Every ``edgeagent`` command imports the verb module: it must not pull the stages."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json, edgelab.verbs.demo\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('edgelab', 'numpy')))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    want = {"edgelab", "edgelab.verbs", "edgelab.verbs.demo", "edgelab.demo"}
+    want.add("edgelab.demo.options")
+    assert loaded == want, loaded  # no numpy, no stage
