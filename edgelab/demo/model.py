@@ -45,7 +45,13 @@ def prepare_model(build_dir: Path | None = None, timeout_s: float = 900.0) -> Mo
         if built:
             log.warning("building the baseline model first (edgelab.baseline, deterministic)")
             cmd = [sys.executable, "-m", "edgelab.baseline", "--out", str(out)]
-            proc = subprocess.run(cmd, timeout=timeout_s, capture_output=True)
+            try:
+                proc = subprocess.run(cmd, timeout=timeout_s, capture_output=True)
+            except subprocess.TimeoutExpired as exc:
+                raise ModelError(
+                    f"python -m edgelab.baseline did not finish within {timeout_s:.0f} s; "
+                    f"run it yourself (python -m edgelab.baseline --out {out}) and start again"
+                ) from exc
             if proc.returncode != 0 or not path.is_file():
                 tail = proc.stderr.decode(errors="replace")[-2000:]
                 raise ModelError(f"python -m edgelab.baseline failed ({proc.returncode}): {tail}")

@@ -123,7 +123,7 @@ class MqttFederation(RoundDriver):
 
     def __init__(
         self,
-        hubs: list[Hub],
+        hubs: Sequence[Hub],
         model: ModelInfo,
         broker: BrokerInfo,
         pki: Any,
@@ -402,18 +402,15 @@ def start_federation(
                     "stages, signed models)",
                 )
             )
-            return fed, {"how": "real", "reason": ""}, parts
+            return fed, {"how": fed.how, "reason": ""}, parts
         except Exception as exc:
             log.exception("MQTT federation failed to start")
             if fed is not None:
                 fed.close()
             why = f"MQTT federation failed to start ({exc}): rounds ran in memory"
             parts.append(Part("aggregator + box clients", True, "in-memory", why))
-            return (
-                MemoryFederation(hubs, model, opts.noise_multiplier),
-                {"how": "in-memory", "reason": why},
-                parts,
-            )
+            mem = MemoryFederation(hubs, model, opts.noise_multiplier)
+            return mem, {"how": mem.how, "reason": why}, parts
     parts.append(Part("MQTT broker", False, "skipped", broker.reason))
     if opts.hubs < 2:
         parts.append(Part("aggregator + box clients", False, "skipped", broker.reason))
@@ -426,5 +423,5 @@ def start_federation(
                 "fl.secagg.simulate_round (signed envelopes, no network): " + broker.reason,
             )
         )
-    fed_info = {"how": "in-memory", "reason": broker.reason}
-    return MemoryFederation(hubs, model, opts.noise_multiplier), fed_info, parts
+    mem = MemoryFederation(hubs, model, opts.noise_multiplier)
+    return mem, {"how": mem.how, "reason": broker.reason}, parts
