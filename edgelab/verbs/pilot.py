@@ -54,7 +54,9 @@ def pilot(
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
 ) -> None:
     """Run the pilot and write the results table (Markdown + JSON) and plots."""
-    from edgelab.pilot import PilotConfig, render_markdown, run_pilot
+    from edgelab.pilot.config import PilotConfig
+    from edgelab.pilot.report import render_markdown
+    from edgelab.pilot.runner import run_pilot
 
     over: dict[str, object] = {"seed": seed, "processes": processes}
     if hubs is not None:
