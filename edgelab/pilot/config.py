@@ -1,7 +1,7 @@
 """The pilot's knobs and fixed tables: one ``PilotConfig`` records everything a run depends on.
 
-Every other pilot module reads these; nothing here computes, so a results file's
-``config`` section is enough to repeat the run.
+Every other pilot module reads these; nothing here trains or measures, so a results
+file's ``config`` section is enough to repeat the run.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from edgeagent.pipeline.personal import robust_stats
 from edgelab.pilot.config import PilotConfig
 from edgelab.pilot.parallel import pmap
 
-#: Kinds whose signature builds over minutes rather than within one window.
+#: Kinds scheduled as long episodes (200-300 s) with long gaps: they build over minutes.
 _SLOW = ("fever", "hypothermia")
 
 
