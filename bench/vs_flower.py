@@ -108,9 +108,9 @@ def evaluate(spec: ModelSpec, w: np.ndarray, hold: dict[str, np.ndarray]) -> dic
 
 def prepare(tmp: Path, n_clients: int, seconds: float) -> tuple[list[Path], Path, bytes, str]:
     """Simulate + featurise patients; write one .npz per client and the holdout; model v0."""
-    import models.build as build
     from edgeagent.model.graph import build_model, to_bytes
     from edgeagent.pipeline import features
+    from edgelab import baseline as build
 
     jobs = [("train", i, seconds) for i in range(n_clients)]
     jobs += [("held", i, seconds) for i in HOLDOUT_PATIENTS]
