@@ -45,7 +45,16 @@ from pathlib import Path
 from typing import Any
 
 from edgeagent.errors import OutboxError
-from edgeagent.transport.alert_life import ACK_EVENT, QUEUE_EVENT, AlertState, split_msg_id, step
+from edgeagent.transport.alert_life import (
+    ACK_EVENT,
+    QUEUE_EVENT,
+    AlertState,
+    split_msg_id,
+    step,
+)
+from edgeagent.transport.alert_life import (
+    msg_id as alert_msg_id,
+)
 
 #: Lower number = sent first.
 PRIORITY: dict[str, int] = {"alert": 0, "update": 1, "status": 2, "telemetry": 3}
@@ -208,9 +217,7 @@ class Outbox:
         Raises :class:`OutboxError` when the life forbids the step (queued twice),
         which also means nothing was stored.
         """
-        mid = f"{alert_id}.{event}"
-        if event not in QUEUE_EVENT:
-            raise OutboxError(f"alert message event must be opened or closed, got {event!r}")
+        mid = alert_msg_id(alert_id, event)  # raises for an event other than opened/closed
         return self.put_many([(topic, payload, "alert", mid, False)], alert=(alert_id, event))[0]
 
     def disk_free(self) -> int:
