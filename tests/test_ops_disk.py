@@ -60,3 +60,40 @@ def test_check_writable_names_the_directory_and_why(tmp_path: Path) -> None:
         ro.mkdir(mode=0o500)
         msg = check_writable(ro, "state directory")
         assert msg is not None and "not writable" in msg
+
+
+def test_outbox_component_raises_and_clears_the_disk_fault_once(
+    tmp_state: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgeagent.daemon.health import Liveness
+    from edgeagent.daemon.outbound import OutboxComponent
+
+    live = Liveness()
+    ob = Outbox.in_state_dir(tmp_state, min_free_bytes=1 << 62)
+    box = OutboxComponent(ob, live, reserve=DiskReserve(tmp_state, 4096))
+    box.start()
+    box.tick()
+    assert "bytes free" in live.faults()["disk"] and box.status()["disk"]["short"]
+    assert sum("disk pressure:" in r.getMessage() for r in caplog.records) == 1
+    assert box.reserve is not None and box.reserve.held == 0  # no room above the floor
+    ob.min_free_bytes = 0
+    box.tick()
+    assert "disk" not in live.faults() and box.reserve.held == 4096
+    assert sum("disk pressure over" in r.getMessage() for r in caplog.records) == 1
+    box.stop()
+
+
+def test_daemon_refuses_to_start_on_a_directory_it_cannot_write(tmp_path: Path) -> None:
+    from edgeagent.daemon.wiring import check_directories
+    from edgeagent.ops.config import parse_config
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    cfg = parse_config(
+        {
+            "agent": {"box_id": "box-1", "state_dir": str(blocker)},
+            "control": {"socket_path": str(tmp_path / "run" / "ctl.sock")},
+        }
+    )
+    (problem,) = check_directories(cfg)
+    assert problem.startswith(f"state directory (agent.state_dir) {blocker}")

@@ -492,3 +492,29 @@ def test_forwarder_reoffers_rows_whose_puback_never_came(
     assert set(ids) == {"a-stall"} and 1 <= len(ids) <= 2
     assert ob.counters()["delivered.alert"] == 1
     ob.close()
+
+
+def test_outage_is_said_once_when_lost_and_once_when_back(
+    mosquitto_broker: Broker, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="edgeagent.transport.mqtt")
+    link = _link(mosquitto_broker, pki, "box-a").connect()
+    try:
+        assert link.down_for_s() is None
+        mosquitto_broker.stop()
+        deadline = time.monotonic() + 10
+        while link.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(1.5)  # several failed attempts: still one line
+        down = link.down_for_s()
+        assert down is not None and down >= 1.0
+        mosquitto_broker.start()
+        assert link.wait_connected(10)
+        lost = [r.getMessage() for r in caplog.records if "lost the broker" in r.getMessage()]
+        back = [r.getMessage() for r in caplog.records if "back after" in r.getMessage()]
+        assert len(lost) == 1 and len(back) == 1, caplog.text
+        assert "unreachable" in back[0] and "failed attempt" in back[0]
+        assert link.down_for_s() is None and link.counters.outages == 1
+        assert link.counters.last_outage_s is not None and link.counters.last_outage_s >= down
+    finally:
+        link.close()
