@@ -82,3 +82,17 @@ def test_requeue_of_a_message_still_stored_steps_the_life_without_a_copy(
     ob.put("t/alert", b"{}", "alert", msg_id="a9.opened")  # queued by an older agent
     ob.put_alert("t/alert", b"{}", "a9", "opened")
     assert ob.count() == 1 and ob.alert_lives() == {"a9": S.OPENED_QUEUED}
+
+
+def test_finished_lives_are_pruned_past_the_age_bound(tmp_state: Path) -> None:
+    from edgeagent.transport.outbox import OutboxLimits
+
+    now = [1000.0]
+    ob = Outbox(tmp_state / "o.sqlite3", OutboxLimits(max_age_s=100.0), clock=lambda: now[0])
+    for a in ("old", "open"):
+        ob.put_alert("t/alert", b"{}", a, "opened")
+    ob.put_alert("t/alert", b"{}", "old", "closed")
+    ob.ack_many([r.id for r in ob.peek(limit=10) if r.msg_id.startswith("old.")])
+    now[0] += 101.0
+    ob.checkpoint()
+    assert ob.alert_lives() == {"open": S.OPENED_QUEUED}  # unfinished lives stay

@@ -369,12 +369,20 @@ class Outbox:
             )
 
     def checkpoint(self) -> int:
-        """Fold the WAL into the main file and truncate it; returns the WAL pages moved.
+        """Drop finished alert lives past the age bound, fold the WAL into the main file.
+
+        Returns the WAL pages moved.
 
         Why the daemon calls this on its tick as well: the automatic checkpoint
         runs only inside a commit, and a box that stopped writing (a full disk)
         would otherwise keep the last WAL's size.
         """
+        with self._lock, contextlib.suppress(sqlite3.Error):  # a full disk: checkpoint anyway
+            # Finished lives older than the age bound: nothing can re-send them any more.
+            self._db.execute(
+                "DELETE FROM alert_life WHERE state = ? AND updated < ?",
+                (AlertState.CLOSE_SENT.value, self._clock() - self.limits.max_age_s),
+            )
         with self._lock:
             row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return int(row[2]) if row and row[2] is not None and row[2] > 0 else 0
