@@ -1,9 +1,9 @@
 """One backoff function for every link that reconnects: wearables and the broker.
 
 Why one place: the serial and BLE sources and the MQTT link all wait the same
-way between attempts (exponential steps, a cap, "equal jitter"); two copies
-drift apart (one had a 60 s cap that kept a box offline 39 s after its broker
-was back). Pure: the caller passes the random source and does the sleeping.
+way between attempts (exponential steps, a cap, "equal jitter"), and two
+copies of that drift apart. Pure: the caller passes the random source and does
+the sleeping.
 """
 
 from __future__ import annotations

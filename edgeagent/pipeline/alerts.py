@@ -87,7 +87,7 @@ class AlertStore:
         self._db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        # Bounded WAL (see transport.outbox: an unbounded one filled a small disk).
+        # Bounded WAL (see transport.outbox: an unbounded one can fill a small disk).
         self._db.execute("PRAGMA wal_autocheckpoint=64")
         self._db.execute("PRAGMA journal_size_limit=262144")
         self._db.executescript(_SCHEMA)

@@ -70,10 +70,10 @@ log = logging.getLogger(__name__)
 #: First reconnect wait. Short: most outages on a LAN are a broker restart.
 RECONNECT_MIN_S = 0.5
 #: Cap of the ladder. With equal jitter a box waits 1.5-3 s between attempts
-#: once the ladder tops out, so it is back within ~3 s of its broker (a 60 s cap
-#: kept boxes away for 39 s after a 60 s outage); the random half still spreads
-#: a fleet of thousands over the window, and a refused TCP connect costs the
-#: broker almost nothing.
+#: once the ladder tops out, so it is back within ~3 s of its broker (a long cap
+#: leaves a box offline for most of a step after its broker returned); the random
+#: half still spreads a fleet of thousands over the window, and a refused TCP
+#: connect costs the broker almost nothing.
 RECONNECT_MAX_S = 3.0
 #: Keep the session (subscriptions, queued QoS 1) this long while a box is away.
 SESSION_EXPIRY_S = 7 * 24 * 3600

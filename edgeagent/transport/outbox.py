@@ -15,7 +15,7 @@ kind in a persistent counters table that ``edgeagent outbox stats`` reports.
 
 The WAL is checkpointed (automatically every ``WAL_AUTOCHECKPOINT_PAGES`` and
 by :meth:`Outbox.checkpoint`, which the daemon calls on its tick) and truncated
-to ``JOURNAL_SIZE_LIMIT`` afterwards: an unbounded WAL once filled a small state
+to ``JOURNAL_SIZE_LIMIT`` afterwards: an unbounded WAL can fill a small state
 directory by itself. Below a free-space floor (``min_free_bytes``) the outbox
 refuses new status, telemetry and update rows (counted as ``refused_disk.<kind>``)
 and keeps taking alerts, so what is left of the disk goes to what matters.
