@@ -70,6 +70,7 @@ def test_outbox_stores_the_step_with_the_message_or_neither(tmp_state: Path) -> 
     ob.ack_many([r.id for r in rows])
     assert ob.alert_lives() == {"a1": S.CLOSE_SENT} and ob.count() == 0
     assert ob.alert_lives([S.OPENED_QUEUED, S.OPENED_SENT]) == {}
+    assert ob.stats()["alert_lives"] == {"close_sent": 1}
     ob.close()
     # Persisted: a new process reads the same life.
     assert Outbox.in_state_dir(tmp_state).alert_lives() == {"a1": S.CLOSE_SENT}

@@ -605,7 +605,7 @@ class Outbox:
             return dict(self._db.execute("SELECT name, value FROM counters ORDER BY name"))
 
     def stats(self) -> dict[str, object]:
-        """Rows/bytes per kind, oldest age, limits and the drop/delivery counters."""
+        """Rows/bytes per kind, oldest age, limits, drop/delivery counters, alert lives by state."""
         now = self._clock()
         with self._lock:
             rows, nbytes = self._db.execute("SELECT rows, bytes FROM totals WHERE k = 0").fetchone()
@@ -616,6 +616,7 @@ class Outbox:
                     "FROM messages GROUP BY kind"
                 )
             }
+            lives = dict(self._db.execute("SELECT state, COUNT(*) FROM alert_life GROUP BY state"))
         return {
             "path": str(self.path),
             "rows": rows,
@@ -627,6 +628,7 @@ class Outbox:
                 "max_age_s": self.limits.max_age_s,
             },
             "counters": self.counters(),
+            "alert_lives": lives,
         }
 
     def integrity_check(self) -> str:
