@@ -41,6 +41,33 @@ def table(cells: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown(cells: list[dict[str, Any]]) -> str:
+    """The tables of docs/scale.md: one row per cell and side; processes of one cell."""
+    out = ["| clients | params | side | wall s/round | client CPU s/round | server CPU s/round "
+           "| up B/client/round | down B/client/round | client RSS MB | server RSS MB |",
+           "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for c in cells:
+        for side, s in c["sides"].items():
+            out.append(f"| {c['clients']} | {c['params']:,} | {side} | {s['wall_s_per_round']} | "
+                       f"{s['client_cpu_s_per_round']} | {s['server_cpu_s_per_round']} | "
+                       f"{s['bytes_up_per_client_round']:,} | "
+                       f"{s['bytes_down_per_client_round']:,} | {s['client_peak_rss_mb']} | "
+                       f"{s['server_peak_rss_mb']} |")  # fmt: skip
+    return "\n".join(out)
+
+
+def processes_markdown(cell: dict[str, Any]) -> str:
+    out = ["| side | role | process | count | peak RSS MB (max) | peak PSS MB (max) "
+           "| CPU s (all) |", "|---|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    for side, s in cell["sides"].items():
+        for role in ("client", "server"):
+            for r in s[f"{role}_processes"]:
+                out.append(f"| {side} | {role} | {r['process']} | {r['count']} | "
+                           f"{r['peak_rss_mb_max']} | {r['peak_pss_mb_max']} | "
+                           f"{r['cpu_s_sum']} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[2, 6])
@@ -50,7 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=300.0, help="simulated time per patient")
     ap.add_argument("--sides", nargs="+", default=SIDES)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--report", action="store_true", help="print --out's tables as markdown")
     a = ap.parse_args(argv)
+    if a.report:
+        done = [c for c in json.loads(a.out.read_text())["cells"] if "sides" in c]
+        print(markdown(done))
+        for c in done:
+            print(f"\n{c['clients']} clients, {c['params']:,} parameters\n")
+            print(processes_markdown(c))
+        return 0
     cells: list[dict[str, Any]] = []
     tmp = a.out.parent / "vs_flower_cells"
     tmp.mkdir(parents=True, exist_ok=True)
