@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pytest
 
 from tests.plugins.ops import REPO, run_bench
 
@@ -36,9 +37,10 @@ def test_smaps_groups_add_up_to_the_process_rss() -> None:
     assert any(r["group"] == "numpy" for r in rows)
 
 
+@pytest.mark.slow
 def test_daemon_rss_bench_runs_the_real_daemon(tmp_path: Path) -> None:
     out = tmp_path / "daemon_rss.json"
-    args = ["--seconds", "6", "--first-seconds", "6", "--out", str(out)]
+    args = ["--seconds", "4", "--first-seconds", "4", "--out", str(out)]
     run = run_bench("daemon_rss.py", args, timeout=240)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     doc = json.loads(out.read_text())
