@@ -21,6 +21,9 @@ What each side runs (all processes on this machine, 127.0.0.1 only):
   ``flower_secagg`` = SecAgg+ as in Flower's secure-aggregation example
   (``LegacyContext`` + ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow)``,
   ``NumPyClient`` with ``secaggplus_mod``), the only way Flower offers SecAgg+.
+  Each Flower side also runs ``_tuned`` (TLS, one CPU per SuperNode, the
+  SuperExec poll at its minimum) and ``_patched`` (tuned, with the two
+  hard-coded 3 s polls shortened): see ``FLOWER_SETTINGS``.
 
 Same work on every side: the project's detector (``edgeagent.model``: MLP
 head + autoencoder, flat float32 parameter vector), initialised identically;
@@ -37,7 +40,8 @@ divided by the number of rounds); bytes on the wire per client per round
 (every client's TCP connection goes through a counting proxy, both
 directions, TLS/gRPC framing included, so it is what a cellular modem
 would bill); peak resident memory per client (the client's whole process
-tree) and of the server side (aggregator process; SuperLink + ServerApp);
+tree) and of the server side (aggregator + Mosquitto; SuperLink + SuperExec +
+ServerApp), and every process's own peak RSS and PSS;
 CPU seconds per client per round (process tree). Ratios are edgeagent over
 Flower.
 
