@@ -16,8 +16,20 @@ Why it is built this way:
   features) suppress clinical decisions for that window and produce alerts of
   kind "sensor_fault", never clinical ones.
 * Missing modalities arrive as NaN features; the graph masks them, so a
-  window with ECG alone is still scored. A window with no finite feature is
-  reported as ``status="no_data"`` and raises nothing.
+  window with ECG alone is still scored. A class that only an absent
+  modality can show (fever without a temperature stream, a fall without an
+  accelerometer) gets probability 0 and the rest are renormalised: on a real
+  ECG-only recording the head otherwise called 746 of 898 windows "fever".
+  A window with no finite feature is reported as ``status="no_data"`` and
+  raises nothing.
+* ECG signal quality (``ecg_sqi``, from ``pipeline.beats``) below
+  ``beats.SQI_MIN`` makes the ECG classes unavailable for that window, as if
+  the lead were absent, and opens a sensor-fault alert whose detail says
+  ``"reason": "signal_quality"``: a noisy strip is reported as such, never
+  as asystole or VT.
+* Clinical ECG alerts name the beats: a per-patient ``BeatTracker`` keeps the
+  patient's dominant beat and rhythm, and the alert's ``detail`` lists the
+  abnormal beats of the window that opened it ("3 ventricular beats at ...").
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import onnxruntime as ort
 
 from edgeagent.errors import ModelError
 from edgeagent.model.meta import FAULT, NORMAL, ModelMeta, session_meta
+from edgeagent.pipeline import beats
 from edgeagent.pipeline.alerts import Alert
 from edgeagent.pipeline.personal import PersonalCalibration, Thresholds
 from edgeagent.providers import ProviderChoice, open_session
@@ -44,6 +57,22 @@ DEFAULT_THRESHOLDS = {"clinical": 0.5, "fault": 0.5, "novelty": 4.0}
 #: A window is "clearly normal" evidence when every feature is within this many
 #: personal standard deviations of the patient's baseline.
 VALID_Z = 3.0
+#: The modality a clinical class can only be seen through; a class whose modality is
+#: absent from a window (or, for ECG, of too poor quality) cannot be that window's
+#: answer. A model may override this with ``info["class_modality"]``.
+CLASS_MODALITY: dict[str, str] = {
+    "tachycardia": "ecg",
+    "bradycardia": "ecg",
+    "af": "ecg",
+    "pvc": "ecg",
+    "st_change": "ecg",
+    "fall": "acc",
+    "fever": "temp",
+    "hypothermia": "temp",
+}
+#: Seconds of each window's ECG tail fed to the patient's beat tracker (windows
+#: overlap; the tracker skips beats it has seen, so the tail only has to cover a hop).
+TRACK_TAIL_S = 6.0
 MODALITY_STREAMS: dict[str, tuple[Stream, ...]] = {
     "ecg": (Stream.ECG, Stream.HR, Stream.RR),
     "acc": (Stream.ACC,),
@@ -131,6 +160,7 @@ class _Active:
     fault_idx: int
     clinical_idx: np.ndarray
     thresholds: Thresholds
+    class_modality: tuple[str, ...]  # per class: the modality it needs ("" = none)
 
 
 @dataclass
@@ -206,6 +236,11 @@ class Detector:
         self.backend: ProviderChoice | None = self.config.backend
         self._active = self._prepare(model_bytes, label)
         self._mod_idx = self._modality_index(self._active.meta)
+        self._sqi_idx = (
+            self.feature_names.index("ecg_sqi") if "ecg_sqi" in self.feature_names else -1
+        )
+        #: Per-patient dominant beat and rhythm (stays on the box, never averaged).
+        self.trackers: dict[str, beats.BeatTracker] = {}
 
     # -- model lifecycle -------------------------------------------------
     def _prepare(self, data: bytes, label: str) -> _Active:
@@ -234,6 +269,7 @@ class Detector:
         fault_idx = classes.index(FAULT) if FAULT in classes else -1
         clinical = [i for i, c in enumerate(classes) if c not in (NORMAL, FAULT)]
         th = {**DEFAULT_THRESHOLDS, **meta.thresholds, **self.config.thresholds}
+        cmod = {**CLASS_MODALITY, **dict(meta.info.get("class_modality", {}))}
         return _Active(
             session=sess,
             meta=meta,
@@ -241,6 +277,7 @@ class Detector:
             fault_idx=fault_idx,
             clinical_idx=np.asarray(clinical, np.int64),
             thresholds=Thresholds(th["clinical"], th["fault"], th["novelty"]),
+            class_modality=tuple(str(cmod.get(c, "")) for c in classes),
         )
 
     def _modality_index(self, meta: ModelMeta) -> dict[str, np.ndarray]:
@@ -316,7 +353,38 @@ class Detector:
         """Featurise and score one window (from ``Windower.pop_ready``)."""
         x = np.asarray(self._featurize(window), np.float32)
         devices = {str(k): v for k, v in getattr(window, "devices", {}).items()}
-        return self.process_features(window.patient, window.start, window.end, x, devices)
+        tracker = self._track(window)
+        detail = None
+        if tracker is not None:
+            w0, w1 = float(window.start), float(window.end)
+
+            def detail() -> dict[str, Any]:
+                return beat_detail(tracker, w0, w1)
+
+        return self.process_features(
+            window.patient, window.start, window.end, x, devices, detail=detail
+        )
+
+    def _track(self, window: Any) -> beats.BeatTracker | None:
+        """Feed the window's newest ECG to the patient's beat tracker (None without ECG)."""
+        data = getattr(window, "data", {})
+        if Stream.ECG not in data:
+            return None
+        t, v = data[Stream.ECG]
+        fs = getattr(window, "rates", {}).get(Stream.ECG, float("nan"))
+        if t.shape[0] < 2:
+            return None
+        if not np.isfinite(fs):
+            fs = 1.0 / float(np.median(np.diff(t)))
+        if fs < 100.0:
+            return None
+        tail = int(np.searchsorted(t, t[-1] - TRACK_TAIL_S))
+        tt, xx = t[tail:], v[tail:, 0].astype(np.float64)
+        if tt.shape[0] < fs or float(np.max(np.diff(tt))) > 1.5 / fs:
+            return self.trackers.get(window.patient)  # a hole: skip this hop
+        tr = self.trackers.setdefault(window.patient, beats.BeatTracker())
+        tr.update(tt, xx, fs)
+        return tr
 
     def process_features(
         self,
@@ -325,8 +393,13 @@ class Detector:
         end: float,
         x: np.ndarray,
         devices: dict[str, str] | None = None,
+        detail: Callable[[], dict[str, Any]] | None = None,
     ) -> Detection:
-        """Score one feature vector and update the patient's alert episodes."""
+        """Score one feature vector and update the patient's alert episodes.
+
+        ``detail`` is called only when a clinical alert opens; what it returns
+        goes into the alert's ``detail`` (the beats that raised it).
+        """
         a = self._active
         self.counters["windows"] += 1
         x = np.asarray(x, np.float32).ravel()
@@ -348,13 +421,17 @@ class Detector:
                 sigma = np.asarray(a.meta.pop_sigma, np.float32)[None, :]
                 th = a.thresholds
         probs, recon = self.score(x[None, :], mu, sigma)
-        p = probs[0]
+        sqi = float(x[self._sqi_idx]) if self._sqi_idx >= 0 else float("nan")
+        poor_ecg = bool(np.isfinite(sqi) and sqi < beats.SQI_MIN)
+        p = self._mask_classes(probs[0], x, poor_ecg)
         r = float(recon[0])
         p_fault = float(p[a.fault_idx]) if a.fault_idx >= 0 else 0.0
+        if poor_ecg:
+            p_fault = max(p_fault, 1.0 - sqi)
         clin = p[a.clinical_idx]
         score = float(clin.sum())
         kind = a.meta.classes[int(a.clinical_idx[int(np.argmax(clin))])] if clin.size else ""
-        fault = p_fault >= th.fault
+        fault = p_fault >= th.fault or poor_ecg
         clin_on = (not fault) and score >= th.clinical
         clin_hold = (not fault) and score >= th.clinical * self.config.off_ratio
         novel_on = self.config.novelty and not fault and not clin_on and r >= th.novelty
@@ -362,11 +439,20 @@ class Detector:
         opened: list[Alert] = []
         with self._lock:
             ctx = (patient, start, end, devs, a.label, x, mu, sigma)
-            al = self._step("clinical", ctx, clin_on, clin_hold, kind, score)
+            al = self._step("clinical", ctx, clin_on, clin_hold, kind, score, detail)
             if al:
                 opened.append(al)
             fault_hold = p_fault >= th.fault * self.config.off_ratio
-            al = self._step("sensor_fault", ctx, fault, fault_hold, FAULT, p_fault)
+            why = {"reason": "signal_quality", "ecg_sqi": round(sqi, 3)} if poor_ecg else None
+            al = self._step(
+                "sensor_fault",
+                ctx,
+                fault,
+                fault_hold,
+                FAULT,
+                p_fault,
+                (lambda: why) if why else None,
+            )
             if al:
                 opened.append(al)
             if self.config.novelty:
@@ -417,6 +503,25 @@ class Detector:
             tuple(opened),
         )
 
+    def _mask_classes(self, p: np.ndarray, x: np.ndarray, poor_ecg: bool) -> np.ndarray:
+        """Zero the classes whose modality is absent (or, for ECG, unusable) and renormalise."""
+        a = self._active
+        absent = {m for m, idx in self._mod_idx.items() if not np.isfinite(x[idx]).any()}
+        if poor_ecg:
+            absent.add("ecg")
+        drop = [i for i, m in enumerate(a.class_modality) if m and m in absent]
+        if not drop:
+            return p
+        q = np.asarray(p, np.float64).copy()
+        q[drop] = 0.0
+        total = float(q.sum())
+        if total <= 0.0:
+            q[:] = 0.0
+            q[0] = 1.0  # class 0 is "normal"
+        else:
+            q /= total
+        return q.astype(np.float32)
+
     def _step(
         self,
         category: str,
@@ -425,6 +530,7 @@ class Detector:
         hold: bool,
         kind: str,
         score: float,
+        detail: Callable[[], dict[str, Any]] | None = None,
     ) -> Alert | None:
         patient, start, end, devices, label, x, mu, sigma = ctx
         ep = self._episodes.setdefault((patient, category), _Episode())
@@ -464,6 +570,7 @@ class Detector:
             score=score,
             modality=modality,
             model=label,
+            detail=detail() if detail is not None else {},
         )
         self.sink.add(alert)
         self.counters["alerts"] += 1
@@ -507,3 +614,16 @@ class Detector:
             if str(s) in devices:
                 return devices[str(s)]
         return next(iter(devices.values()), "")
+
+
+def beat_detail(tracker: beats.BeatTracker, start: float, end: float) -> dict[str, Any]:
+    """The abnormal beats a tracker scored in ``[start, end]``, for an alert's ``detail``."""
+    evs = [e for e in tracker.events if start <= e.t <= end and e.label != "N"]
+    out: dict[str, Any] = {
+        "window": [start, end],
+        "beats": [{"t": round(e.t, 3), "label": e.label, "score": round(e.score, 2)} for e in evs],
+    }
+    text = beats.describe(evs)
+    if text:
+        out["text"] = text
+    return out
