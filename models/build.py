@@ -40,10 +40,11 @@ from edgeagent.model.nn import standardise  # noqa: E402
 from edgeagent.model.train import fit  # noqa: E402
 from edgeagent.pipeline import features  # noqa: E402
 from edgeagent.pipeline.alerts import MemoryAlertSink  # noqa: E402
-from edgeagent.pipeline.detect import Detector, DetectorConfig  # noqa: E402
+from edgeagent.pipeline.detect import CLASS_MODALITY, Detector, DetectorConfig  # noqa: E402
 from edgeagent.pipeline.personal import calibrate, robust_stats  # noqa: E402
 from edgeagent.pipeline.windows import Windower  # noqa: E402
 from edgeagent.streams import SampleBlock, Stream  # noqa: E402
+from firmware_sim.ecg_variation import ECGVariation, make_variation  # noqa: E402
 from firmware_sim.physiology import (  # noqa: E402
     ANOMALY_KINDS,
     FAULT_KINDS,
@@ -57,7 +58,7 @@ from firmware_sim.physiology import (  # noqa: E402
 CLASSES: tuple[str, ...] = (NORMAL, *ANOMALY_KINDS, FAULT)
 WINDOW_S = 10.0
 HOP_S = 2.0
-TRAIN_PATIENTS = range(0, 16)
+TRAIN_PATIENTS = range(0, 24)
 TRAIN_SECONDS = 2400.0
 HELDOUT_PATIENTS = range(100, 110)
 HELDOUT_SECONDS = 1800.0
@@ -112,9 +113,15 @@ def patient_features(
     seconds: float,
     episodes: tuple[Label, ...] | None,
     drop_streams: Sequence[str] = (),
+    variation: ECGVariation | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float, str]]]:
-    """(features (n, F), spans (n, 2), labels) of one simulated patient via the agent's windows."""
-    cfg = SimConfig(episodes=episodes) if episodes is not None else SimConfig()
+    """(features (n, F), spans (n, 2), labels) of one simulated patient via the agent's windows.
+
+    ``variation`` gives the patient a real wearable's lead (polarity, gain,
+    noise, morphology spread); the baseline is built and evaluated with one
+    drawn per patient (``make_variation``).
+    """
+    cfg = SimConfig(episodes=episodes, variation=variation)
     gen = Generator(profile, cfg)
     win = Windower(WINDOW_S, HOP_S, patient=profile.patient_id)
     windows = []
@@ -160,7 +167,7 @@ def _job(args: tuple[str, int, float]) -> dict[str, Any]:
     group, index, seconds = args
     profile = unusual_profile(index) if group == "unusual" else make_patient(index, SEED)
     eps = schedule(index, seconds, ANOMALY_KINDS + FAULT_KINDS)
-    x, spans, labs = patient_features(profile, seconds, eps)
+    x, spans, labs = patient_features(profile, seconds, eps, variation=make_variation(index, SEED))
     return {
         "group": group,
         "index": index,
@@ -245,8 +252,23 @@ def train_model(
             "seed": seed,
         },
     )
+    # A class's own modality is never dropped from its rows (see ``fit``).
+    mods = ("ecg", "acc", "temp", "env")
+    class_group = np.asarray(
+        [mods.index(CLASS_MODALITY[c]) if c in CLASS_MODALITY else -1 for c in CLASSES]
+    )
     w, _ = fit(
-        meta.spec, z, m, y, epochs=epochs, batch=128, lr=3e-3, seed=seed, groups=groups, zp=zp
+        meta.spec,
+        z,
+        m,
+        y,
+        epochs=epochs,
+        batch=128,
+        lr=3e-3,
+        seed=seed,
+        groups=groups,
+        zp=zp,
+        class_group=class_group,
     )
     return to_bytes(build_model(meta, w))
 

@@ -18,7 +18,7 @@ Why it is built this way:
 * Missing modalities arrive as NaN features; the graph masks them, so a
   window with ECG alone is still scored. A class that only an absent
   modality can show (fever without a temperature stream, a fall without an
-  accelerometer) gets probability 0 and the rest are renormalised: on a real
+  accelerometer) gets probability 0, its mass going to "normal": on a real
   ECG-only recording the head otherwise called 746 of 898 windows "fever".
   A window with no finite feature is reported as ``status="no_data"`` and
   raises nothing.
@@ -504,7 +504,12 @@ class Detector:
         )
 
     def _mask_classes(self, p: np.ndarray, x: np.ndarray, poor_ecg: bool) -> np.ndarray:
-        """Zero the classes whose modality is absent (or, for ECG, unusable) and renormalise."""
+        """Move the probability of classes whose modality is absent (or unusable) to "normal".
+
+        To normal, not spread over the other classes: renormalising would
+        inflate the remaining clinical classes (a missing thermometer must not
+        make tachycardia likelier), so scores only ever go down.
+        """
         a = self._active
         absent = {m for m, idx in self._mod_idx.items() if not np.isfinite(x[idx]).any()}
         if poor_ecg:
@@ -512,15 +517,10 @@ class Detector:
         drop = [i for i, m in enumerate(a.class_modality) if m and m in absent]
         if not drop:
             return p
-        q = np.asarray(p, np.float64).copy()
+        q = np.asarray(p, np.float32).copy()
+        q[0] += float(q[drop].sum())  # class 0 is "normal" (ModelSpec enforces it)
         q[drop] = 0.0
-        total = float(q.sum())
-        if total <= 0.0:
-            q[:] = 0.0
-            q[0] = 1.0  # class 0 is "normal"
-        else:
-            q /= total
-        return q.astype(np.float32)
+        return q
 
     def _step(
         self,
