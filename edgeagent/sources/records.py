@@ -9,13 +9,18 @@ magic bytes), never from a flag the user might get wrong.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
+
+from edgeagent.annotations import BEATS_FILE, write_beats
 from edgeagent.errors import RecordingError
-from edgeagent.recording import Recording, read_recording
+from edgeagent.recording import LABELS_FILE, Recording, read_recording
 from edgeagent.sources.edf import is_edf, read_edf
 from edgeagent.sources.wfdb_record import read_wfdb, record_base
+from edgeagent.streams import CHANNELS
 
 
 def recording_kind(path: str | os.PathLike[str]) -> str:
@@ -59,3 +64,48 @@ def open_recording(
     if lead or annotations not in (None, "", "none"):
         rec.notes.append(f"{Path(path).name}: --lead/--annotations apply to WFDB and EDF records")
     return rec
+
+
+#: Decimal places per stream column when writing (the sensors' resolution, no more).
+_DECIMALS = {"ecg": 3, "acc": 1, "skin_temp": 3, "env": 3, "hr": 2, "rr": 4}
+META_FILE = "meta.json"
+
+
+def write_recording(
+    rec: Recording, out_dir: str | os.PathLike[str], *, force: bool = False
+) -> dict:
+    """Write ``rec`` as a recording directory: one CSV per stream, labels, beats, meta.
+
+    Refuses an existing non-empty ``out_dir`` unless ``force`` (an import must
+    not mix two records' files). Returns what was written (rows per file).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RecordingError(str(out), "exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise RecordingError(str(out), "directory is not empty (pass --force to overwrite)")
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, int] = {}
+    for stream in rec.streams:
+        t, v = rec.data[stream]
+        cols = ",".join(("t", *CHANNELS[stream]))
+        fmt = ["%.9f"] + [f"%.{_DECIMALS.get(stream.value, 4)}f"] * v.shape[1]
+        arr = np.column_stack([t, v.astype(np.float64)])
+        np.savetxt(
+            out / f"{stream.value}.csv", arr, fmt=fmt, delimiter=",", header=cols, comments=""
+        )
+        written[f"{stream.value}.csv"] = len(t)
+    with open(out / LABELS_FILE, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write("start,end,kind\n")
+        for s, e, k in rec.labels:
+            fh.write(f"{s:.3f},{e:.3f},{k}\n")
+    written[LABELS_FILE] = len(rec.labels)
+    if rec.beats is not None:
+        write_beats(out / BEATS_FILE, rec.beats)
+        written[BEATS_FILE] = len(rec.beats)
+    meta = {**rec.meta, "source": str(rec.path), "notes": list(rec.notes)}
+    meta["rejected"] = rec.rejected
+    with open(out / META_FILE, "w", encoding="utf-8") as fh:
+        json.dump(meta, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    return written
