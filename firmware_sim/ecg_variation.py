@@ -14,7 +14,11 @@ Ranges: gain 0.35-2.6x (R waves of ~0.3-4 mV seen across leads and devices),
 QRS 0.7-1.35x the table's width (real narrow QRS 40-60 ms at the 20 %-slope
 measure used by the agent; record 100 of the MIT-BIH Arrhythmia Database
 reads 42 ms), resting ST -8 % to +4 % of R (record 100: -45 uV on 1.2 mV),
-EMG up to 35 uV rms in bursts, mains up to 40 uV. Deterministic from
+EMG up to 35 uV rms in bursts, mains up to 40 uV, and up to 2.5 isolated
+early beats a minute outside episodes, beat-to-beat RR noise of 0.5-3.5 %
+(record 100: RMSSD 27 ms, pNN50 9 % in 10 s windows), QRS widths varying
+2-10 % from beat to beat, (record 100: 34 in 30 min; healthy
+Holter recordings commonly hold some), a share of them ventricular. Deterministic from
 ``(seed, index)``; never imports ``edgeagent``.
 """
 
@@ -43,6 +47,10 @@ class ECGVariation:
     emg_duty: float = 0.0  # fraction of time in EMG bursts
     mains_uv: float = 0.0
     mains_hz: float = 50.0
+    rr_jitter: float = 0.0  # relative beat-to-beat RR noise (vagal variability)
+    width_jitter: float = 0.0  # relative beat-to-beat QRS width spread
+    ectopy_per_min: float = 0.0  # isolated early beats outside any episode
+    pvc_share: float = 0.0  # of those, the fraction that are ventricular
 
 
 def make_variation(index: int, seed: int = 0) -> ECGVariation:
@@ -62,6 +70,10 @@ def make_variation(index: int, seed: int = 0) -> ECGVariation:
         emg_duty=float(rng.uniform(0.0, 0.3)),
         mains_uv=float(rng.uniform(0.0, 40.0)),
         mains_hz=50.0 if rng.random() < 0.5 else 60.0,
+        rr_jitter=float(rng.uniform(0.005, 0.035)),
+        width_jitter=float(rng.uniform(0.02, 0.10)),
+        ectopy_per_min=float(rng.uniform(0.0, 2.5)),
+        pvc_share=float(rng.uniform(0.0, 0.5)),
     )
 
 
@@ -87,6 +99,7 @@ def shape_waves(
     r = amp[:, 2].copy()
     amp[:, 4] += var.st_offset * r
     amp *= (1.0 + var.beat_jitter * 3.46 * beat_hash(beat_t))[:, None]
+    width[:, 1:4] *= (1.0 + var.width_jitter * 3.46 * beat_hash(beat_t + 0.5))[:, None]
 
 
 def front_end(

@@ -94,6 +94,7 @@ _TAGS = {
     "bouts": 6,
     "events": 7,
     "emg": 8,
+    "ectopy": 9,
 }
 
 # Activity-dependent targets, indexed like ACTIVITIES.
@@ -481,6 +482,10 @@ class Generator:
         self._beat_st: list[float] = [0.0]
         self._pvc_count = 0
         self._compensate = 0.0
+        # Isolated ectopic beats of a real wearer (ECGVariation), from their own stream.
+        self._ectopy_rng = np.random.default_rng(
+            np.random.SeedSequence([profile.seed, _TAGS["ectopy"]])
+        )
         self._bt_arr: dict[str, np.ndarray] | None = None
         self._noise_cache: dict[tuple[str, int], np.ndarray] = {}
 
@@ -676,8 +681,25 @@ class Generator:
                 + 0.5 * math.sin(resp_ph)
             )
             rr = rr0 * (1.0 + m + 0.006 * z[0])
+            var = self.config.variation
+            if var is not None and var.rr_jitter > 0:
+                # Beat-to-beat (vagal) variability: real resting pNN50 is 5-30 %.
+                rr *= 1.0 + var.rr_jitter * float(self._ectopy_rng.standard_normal())
             if self._compensate > 0.0:
                 rr, self._compensate = self._compensate, 0.0
+            elif var is not None and var.ectopy_per_min > 0 and ep is None:
+                # Healthy hearts throw an occasional early beat outside any episode:
+                # unlabelled, so a window holding one is still normal.
+                u = self._ectopy_rng.random(3)
+                if u[0] < var.ectopy_per_min * rr / 60.0:
+                    if u[1] < var.pvc_share:
+                        rr_pre = rr * (0.6 + 0.1 * u[2])
+                        self._compensate = 2.0 * rr - rr_pre  # full compensatory pause
+                        rr, kind = rr_pre, 1
+                    else:
+                        rr_pre = rr * (0.62 + 0.2 * u[2])
+                        self._compensate = rr * 1.05  # atrial: the sinus node resets
+                        rr = rr_pre
             elif in_label and ep is not None and ep.kind == "af":
                 rr = rr0 * math.exp(ep.p["irr"] * z[1])
             elif in_label and ep is not None and ep.kind == "pvc":

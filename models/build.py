@@ -63,6 +63,10 @@ TRAIN_SECONDS = 2400.0
 HELDOUT_PATIENTS = range(100, 110)
 HELDOUT_SECONDS = 1800.0
 UNUSUAL_PATIENTS = range(200, 204)
+#: Training patients whose resting heart rate is high (100-126 bpm, as in ICU
+#: patients), labelled normal: "tachycardia" must mean fast *for this patient*,
+#: not fast for the population, or every such patient alarms all day.
+HIGH_HR_PATIENTS = range(300, 304)
 SEED = 0
 _SLOW = ("fever", "hypothermia")  # long ramps: leave room before and after
 
@@ -76,6 +80,13 @@ def unusual_profile(index: int, seed: int = SEED) -> PatientProfile:
     return dataclasses.replace(
         p, patient_id=f"unusual-{index:03d}", baseline_hr=hr, baseline_temp=temp
     )
+
+
+def high_hr_profile(index: int, seed: int = SEED) -> PatientProfile:
+    """A patient whose resting heart rate is high (their normal, not an episode)."""
+    p = make_patient(index, seed)
+    hr = (102.0, 110.0, 118.0, 126.0)[index % 4]
+    return dataclasses.replace(p, patient_id=f"high-hr-{index:03d}", baseline_hr=hr)
 
 
 def schedule(
@@ -165,8 +176,16 @@ def class_labels(spans: np.ndarray, labels: list[tuple[float, float, str]]) -> n
 
 def _job(args: tuple[str, int, float]) -> dict[str, Any]:
     group, index, seconds = args
-    profile = unusual_profile(index) if group == "unusual" else make_patient(index, SEED)
-    eps = schedule(index, seconds, ANOMALY_KINDS + FAULT_KINDS)
+    kinds = ANOMALY_KINDS + FAULT_KINDS
+    if group == "unusual":
+        profile = unusual_profile(index)
+    elif group == "train_hr":
+        profile = high_hr_profile(index)
+        # Rate episodes are drawn in absolute bpm, below or near this baseline.
+        kinds = tuple(k for k in kinds if k not in ("tachycardia", "bradycardia"))
+    else:
+        profile = make_patient(index, SEED)
+    eps = schedule(index, seconds, kinds)
     x, spans, labs = patient_features(profile, seconds, eps, variation=make_variation(index, SEED))
     return {
         "group": group,
@@ -320,10 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     jobs = [("train", i, TRAIN_SECONDS) for i in TRAIN_PATIENTS]
+    jobs += [("train_hr", i, TRAIN_SECONDS) for i in HIGH_HR_PATIENTS]
     jobs += [("heldout", i, HELDOUT_SECONDS) for i in HELDOUT_PATIENTS]
     jobs += [("unusual", i, HELDOUT_SECONDS) for i in UNUSUAL_PATIENTS]
     data = make_data(jobs, args.processes)
-    train = [d for d in data if d["group"] == "train"]
+    train = [d for d in data if d["group"] in ("train", "train_hr")]
     t1 = time.perf_counter()
     print(f"simulated + featurised {len(data)} patients in {t1 - t0:.1f} s")
     model = train_model(train, personal=True, epochs=args.epochs)

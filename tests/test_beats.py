@@ -31,14 +31,12 @@ def _ectopic_ecg(
     bt = beat_times(rr)
     dur = bt[-1] + 0.8
     t, x = synth_ecg(bt[~ab], dur, fs, seed=seed)
-    _, xe = synth_ecg(
-        bt[ab], dur, fs, qrs_scale=3.0 if wide else 1.0, noise_uv=0.0, wander_uv=0.0
-    )
+    _, xe = synth_ecg(bt[ab], dur, fs, qrs_scale=3.0 if wide else 1.0, noise_uv=0.0, wander_uv=0.0)
     return t, x + xe, bt, ab
 
 
 def test_cut_beats_is_invariant_to_polarity_and_gain() -> None:
-    t, x, bt, _ = _ectopic_ecg(every=1000)
+    _, x, _, _ = _ectopic_ecg(every=1000)
     peaks = ecg.detect_r_peaks(x, FS)
     a = beats.cut_beats(x, FS, peaks)
     b = beats.cut_beats(-0.25 * x, FS, peaks)
@@ -50,7 +48,7 @@ def test_cut_beats_is_invariant_to_polarity_and_gain() -> None:
 
 
 def test_cut_beats_drops_beats_too_close_to_the_edges() -> None:
-    t, x, _, _ = _ectopic_ecg(n=10, every=1000)
+    _, x, _, _ = _ectopic_ecg(n=10, every=1000)
     peaks = np.array([5, 200, len(x) - 5])
     bs = beats.cut_beats(x, FS, peaks)
     assert bs.peaks.tolist() == [200]
@@ -72,7 +70,7 @@ def test_segment_beats_flags_premature_and_wide_beats(wide: bool) -> None:
 
 
 def test_signal_quality_separates_ecg_from_noise_and_lead_off() -> None:
-    t, x, _, _ = _ectopic_ecg(n=14, every=1000)
+    _, x, _, _ = _ectopic_ecg(n=14, every=1000)
     rng = np.random.default_rng(1)
     clean = beats.signal_quality(x, FS)
     assert clean.sqi > 0.9 and clean.detector_agreement > 0.95
@@ -106,8 +104,8 @@ def test_tracker_scores_each_beat_once_across_overlapping_windows() -> None:
 
 def test_tracker_keeps_a_bigeminal_patients_template_normal() -> None:
     """With every other beat ectopic the window median is ambiguous; the tracker's is not."""
-    t, x, bt, ab = _ectopic_ecg(n=40, every=1000, seed=4)  # 30 s of normal beats first
-    t2, x2, bt2, ab2 = _ectopic_ecg(n=60, every=2, wide=True, seed=5)
+    t, x, _, _ = _ectopic_ecg(n=40, every=1000, seed=4)  # 30 s of normal beats first
+    t2, x2, _, _ = _ectopic_ecg(n=60, every=2, wide=True, seed=5)
     tr = beats.BeatTracker()
     n = round(10 * FS)
     for s in range(0, len(x) - n + 1, n // 2):

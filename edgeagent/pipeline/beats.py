@@ -244,24 +244,39 @@ def _agreement(a: np.ndarray, b: np.ndarray, tol: int) -> float:
     return 2.0 * matched / (a.shape[0] + b.shape[0])
 
 
-def signal_quality(x: np.ndarray, fs: float, peaks: np.ndarray | None = None) -> SignalQuality:
+def signal_quality(
+    x: np.ndarray,
+    fs: float,
+    peaks: np.ndarray | None = None,
+    quality: ecg.Quality | None = None,
+) -> SignalQuality:
     """How far one segment can be trusted for clinical ECG decisions, 0 (noise) to 1 (clean).
 
     The combination is a minimum of per-index scores, because any one failure
     (lead off, clipping, muscle noise, no recognisable QRS) is enough to make
-    "asystole" or "VT" unsafe to call: kurtosis (a clean ECG is peaky, >5
-    at rest, ~2.5 at 150 bpm with motion; broadband noise is ~0), agreement
-    of two QRS detectors (bSQI), the share of power in the QRS band, power
-    above 40 Hz (muscle noise; a ventricular rhythm has little there, which
-    keeps a real VT from reading as noise), flatline and clip fractions.
+    "asystole" or "VT" unsafe to call:
+
+    * agreement of two different QRS detectors (bSQI) below 0.6-0.9;
+    * power above 40 Hz (muscle noise) above 5-15 % of the total; a
+      ventricular rhythm has little there, which keeps a real VT from
+      reading as noise;
+    * flatline and clip fractions;
+    * kurtosis of the 0.5-40 Hz signal (a clean ECG is peaky: >5 at rest,
+      ~3 at 150 bpm with motion; broadband noise ~0) and the share of
+      1-40 Hz power in the QRS band: both low means no QRS stands out, unless
+      the two detectors agree on nearly every beat (>= 95 %), which a small
+      QRS under tall T waves does (PTB s0010_re, lead II) and noise does not.
+
     Thresholds were set on the simulator's running patients (must stay
-    clean) and the false VT alarm v102s (must read as noise).
+    clean), record 100, s0010_re and 03700181 (real, clean) and the false VT
+    alarm v102s (muscle noise, must read as noise). ``peaks`` and ``quality``
+    (``ecg.quality`` of the same ``x``) save recomputing what the caller has.
     """
     x = np.asarray(x, np.float64)
-    q = ecg.quality(x, fs)
+    q = ecg.quality(x, fs) if quality is None else quality
     nan = math.nan
     if x.shape[0] < fs or not np.isfinite(x).all() or np.ptp(x) == 0:
-        return SignalQuality(0.0, q.kurtosis, 0.0, nan, q.hf_noise_ratio, 1.0, q.clip_frac)
+        return SignalQuality(0.0, nan, 0.0, nan, q.hf_noise_ratio, 1.0, q.clip_frac)
     p1 = ecg.detect_r_peaks(x, fs) if peaks is None else np.asarray(peaks, np.int64)
     p2 = _second_detector(x, fs)
     agree = _agreement(p1, p2, max(1, round(0.15 * fs)))
@@ -270,11 +285,14 @@ def signal_quality(x: np.ndarray, fs: float, peaks: np.ndarray | None = None) ->
     band = float(spec[(f >= 5.0) & (f <= 15.0)].sum())
     wide = float(spec[(f >= 1.0) & (f <= 40.0)].sum())
     qrs_ratio = band / wide if wide > 0 else 0.0
-    kurt = q.kurtosis if math.isfinite(q.kurtosis) else 0.0
+    bp = ecg._sosfiltfilt(ecg._sos_band(round(fs, 3), 0.5, min(40.0, 0.45 * fs)), x - x.mean())
+    kurt = ecg._kurtosis(bp)
+    kurt = kurt if math.isfinite(kurt) else 0.0
+    agreed = _ramp(agree, 0.95, 1.0)
     scores = (
-        _ramp(kurt, 0.5, 2.0),
         _ramp(agree, 0.6, 0.9),
-        _ramp(qrs_ratio, 0.10, 0.20),
+        max(_ramp(kurt, 0.5, 2.0), agreed),
+        max(_ramp(qrs_ratio, 0.10, 0.20), agreed),
         _ramp(1.0 - q.hf_noise_ratio, 0.85, 0.95),
         1.0 - _ramp(q.flatline_frac, 0.05, 0.25),
         1.0 - _ramp(q.clip_frac, 0.005, 0.05),

@@ -27,6 +27,8 @@ Why it is built this way:
   the lead were absent, and opens a sensor-fault alert whose detail says
   ``"reason": "signal_quality"``: a noisy strip is reported as such, never
   as asystole or VT.
+* An ectopy class ("pvc") needs ``ECTOPY_MIN_BEATS`` abnormal beats in the
+  window (from the beat tracker): a lone early beat is normal for most people.
 * Clinical ECG alerts name the beats: a per-patient ``BeatTracker`` keeps the
   patient's dominant beat and rhythm, and the alert's ``detail`` lists the
   abnormal beats of the window that opened it ("3 ventricular beats at ...").
@@ -70,6 +72,10 @@ CLASS_MODALITY: dict[str, str] = {
     "fever": "temp",
     "hypothermia": "temp",
 }
+#: Classes that describe ectopic beats, and how many abnormal beats a window must
+#: hold before the class may be its answer: one early beat in a window is
+#: normal for most people (record 100: 34 in 30 min), an episode is a run.
+ECTOPY_MIN_BEATS: dict[str, int] = {"pvc": 3}
 #: Seconds of each window's ECG tail fed to the patient's beat tracker (windows
 #: overlap; the tracker skips beats it has seen, so the tail only has to cover a hop).
 TRACK_TAIL_S = 6.0
@@ -107,6 +113,11 @@ class DetectorConfig:
     cooldown_s: float = 20.0
     personalise: bool = True
     novelty: bool = False
+    #: No clinical alert opens before the patient's calibration has warmed up
+    #: (``personal.WARMUP_WINDOWS`` accepted windows, ~80 s at a 2 s hop):
+    #: "unusual" is judged against the patient's own normal, which the first
+    #: minutes establish. Sensor faults and signal quality are never held.
+    warmup_hold: bool = True
     validation_windows: int = 256
     #: Operator overrides of the model's thresholds (``[detection] thresholds``).
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -361,8 +372,18 @@ class Detector:
             def detail() -> dict[str, Any]:
                 return beat_detail(tracker, w0, w1)
 
+        abnormal = None
+        if tracker is not None and tracker.ready:
+            w0, w1 = float(window.start), float(window.end)
+            abnormal = sum(1 for e in tracker.events if w0 <= e.t <= w1 and e.label != "N")
         return self.process_features(
-            window.patient, window.start, window.end, x, devices, detail=detail
+            window.patient,
+            window.start,
+            window.end,
+            x,
+            devices,
+            detail=detail,
+            abnormal_beats=abnormal,
         )
 
     def _track(self, window: Any) -> beats.BeatTracker | None:
@@ -394,11 +415,15 @@ class Detector:
         x: np.ndarray,
         devices: dict[str, str] | None = None,
         detail: Callable[[], dict[str, Any]] | None = None,
+        abnormal_beats: int | None = None,
     ) -> Detection:
         """Score one feature vector and update the patient's alert episodes.
 
         ``detail`` is called only when a clinical alert opens; what it returns
         goes into the alert's ``detail`` (the beats that raised it).
+        ``abnormal_beats`` is how many beats of the window the patient's beat
+        tracker judged abnormal (None: estimated from ``beat_abnormal_frac``
+        and the heart rate when those features exist).
         """
         a = self._active
         self.counters["windows"] += 1
@@ -423,7 +448,9 @@ class Detector:
         probs, recon = self.score(x[None, :], mu, sigma)
         sqi = float(x[self._sqi_idx]) if self._sqi_idx >= 0 else float("nan")
         poor_ecg = bool(np.isfinite(sqi) and sqi < beats.SQI_MIN)
-        p = self._mask_classes(probs[0], x, poor_ecg)
+        if abnormal_beats is None:
+            abnormal_beats = self._abnormal_from_features(x, end - start)
+        p = self._mask_classes(probs[0], x, poor_ecg, abnormal_beats)
         r = float(recon[0])
         p_fault = float(p[a.fault_idx]) if a.fault_idx >= 0 else 0.0
         if poor_ecg:
@@ -432,7 +459,8 @@ class Detector:
         score = float(clin.sum())
         kind = a.meta.classes[int(a.clinical_idx[int(np.argmax(clin))])] if clin.size else ""
         fault = p_fault >= th.fault or poor_ecg
-        clin_on = (not fault) and score >= th.clinical
+        held = self.config.personalise and self.config.warmup_hold and not cal.warmed_up
+        clin_on = (not fault) and (not held) and score >= th.clinical
         clin_hold = (not fault) and score >= th.clinical * self.config.off_ratio
         novel_on = self.config.novelty and not fault and not clin_on and r >= th.novelty
         devs = devices or {}
@@ -503,8 +531,24 @@ class Detector:
             tuple(opened),
         )
 
-    def _mask_classes(self, p: np.ndarray, x: np.ndarray, poor_ecg: bool) -> np.ndarray:
-        """Move the probability of classes whose modality is absent (or unusable) to "normal".
+    def _abnormal_from_features(self, x: np.ndarray, span_s: float) -> int | None:
+        names = self.feature_names
+        if "beat_abnormal_frac" not in names or "hr_bpm" not in names:
+            return None
+        frac = float(x[names.index("beat_abnormal_frac")])
+        hr = float(x[names.index("hr_bpm")])
+        if not (np.isfinite(frac) and np.isfinite(hr)):
+            return None
+        return round(frac * hr * span_s / 60.0)
+
+    def _mask_classes(
+        self, p: np.ndarray, x: np.ndarray, poor_ecg: bool, abnormal_beats: int | None = None
+    ) -> np.ndarray:
+        """Move the probability of classes the window cannot show to "normal".
+
+        A class cannot be shown when its modality is absent (or, for ECG,
+        unusable), or, for an ectopy class, when the window holds fewer
+        abnormal beats than ``ECTOPY_MIN_BEATS`` asks.
 
         To normal, not spread over the other classes: renormalising would
         inflate the remaining clinical classes (a missing thermometer must not
@@ -515,6 +559,10 @@ class Detector:
         if poor_ecg:
             absent.add("ecg")
         drop = [i for i, m in enumerate(a.class_modality) if m and m in absent]
+        if abnormal_beats is not None:
+            for c, n in ECTOPY_MIN_BEATS.items():
+                if c in a.meta.classes and abnormal_beats < n:
+                    drop.append(a.meta.classes.index(c))
         if not drop:
             return p
         q = np.asarray(p, np.float32).copy()

@@ -221,10 +221,12 @@ def _ecg_signal_features(t: np.ndarray, x: np.ndarray, fs: float, out: np.ndarra
     beat_parts: list[beats.BeatFeatures] = []
     st_rel: list[tuple[float, int]] = []
     sqi: list[tuple[float, int]] = []
-    for seg in segments:
+    qual: dict[int, ecg.Quality] = {}
+    for i, seg in enumerate(segments):
         xs = x[seg]
         peaks = ecg.detect_r_peaks(xs, fs)
-        sqi.append((beats.signal_quality(xs, fs, peaks).sqi, xs.shape[0]))
+        qual[i] = ecg.quality(xs, fs)
+        sqi.append((beats.signal_quality(xs, fs, peaks, qual[i]).sqi, xs.shape[0]))
         if peaks.shape[0] >= 2:
             rr_parts.append(np.diff(t[seg][peaks]))
         if peaks.shape[0]:
@@ -250,8 +252,11 @@ def _ecg_signal_features(t: np.ndarray, x: np.ndarray, fs: float, out: np.ndarra
             beat_morph_dist_max=float(np.max(np.concatenate([b.dist for b in scored]))),
             beat_prematurity_min=float(np.nanmin(prem)) if np.isfinite(prem).any() else math.nan,
         )
-    longest = max(segments, key=lambda s: s.stop - s.start) if segments else slice(0, x.shape[0])
-    q = ecg.quality(x[longest], fs)
+    if segments:
+        i = max(range(len(segments)), key=lambda k: segments[k].stop - segments[k].start)
+        q = qual[i]
+    else:
+        q = ecg.quality(x, fs)
     _set(
         out,
         ecg_flatline_frac=q.flatline_frac,
