@@ -422,7 +422,7 @@ class Detector:
         ``detail`` is called only when a clinical alert opens; what it returns
         goes into the alert's ``detail`` (the beats that raised it).
         ``abnormal_beats`` is how many beats of the window the patient's beat
-        tracker judged abnormal (None: estimated from ``beat_abnormal_frac``
+        tracker judged abnormal (None: estimated from ``ecg_beat_abnormal_frac``
         and the heart rate when those features exist).
         """
         a = self._active
@@ -533,9 +533,9 @@ class Detector:
 
     def _abnormal_from_features(self, x: np.ndarray, span_s: float) -> int | None:
         names = self.feature_names
-        if "beat_abnormal_frac" not in names or "hr_bpm" not in names:
+        if "ecg_beat_abnormal_frac" not in names or "hr_bpm" not in names:
             return None
-        frac = float(x[names.index("beat_abnormal_frac")])
+        frac = float(x[names.index("ecg_beat_abnormal_frac")])
         hr = float(x[names.index("hr_bpm")])
         if not (np.isfinite(frac) and np.isfinite(hr)):
             return None

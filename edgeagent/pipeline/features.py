@@ -69,9 +69,9 @@ _ECG_FEATURES: tuple[str, ...] = (
 _BEAT_FEATURES: tuple[str, ...] = (
     "ecg_sqi",
     "ecg_st_rel",
-    "beat_abnormal_frac",
-    "beat_morph_dist_max",
-    "beat_prematurity_min",
+    "ecg_beat_abnormal_frac",
+    "ecg_beat_morph_dist_max",
+    "ecg_beat_prematurity_min",
 )
 _ACC_FEATURES: tuple[str, ...] = (
     "acc_coverage",
@@ -246,11 +246,12 @@ def _ecg_signal_features(t: np.ndarray, x: np.ndarray, fs: float, out: np.ndarra
     if scored:
         lab = np.concatenate([b.label for b in scored])
         prem = np.concatenate([b.prematurity for b in scored])
+        prem_min = float(np.nanmin(prem)) if np.isfinite(prem).any() else math.nan
         _set(
             out,
-            beat_abnormal_frac=float(np.mean(lab != "N")),
-            beat_morph_dist_max=float(np.max(np.concatenate([b.dist for b in scored]))),
-            beat_prematurity_min=float(np.nanmin(prem)) if np.isfinite(prem).any() else math.nan,
+            ecg_beat_abnormal_frac=float(np.mean(lab != "N")),
+            ecg_beat_morph_dist_max=float(np.max(np.concatenate([b.dist for b in scored]))),
+            ecg_beat_prematurity_min=prem_min,
         )
     if segments:
         i = max(range(len(segments)), key=lambda k: segments[k].stop - segments[k].start)
