@@ -81,10 +81,10 @@ class _TimedDetector(Detector):
 
     cpu_track = 0.0
 
-    def _track(self, window: Any) -> beats.BeatTracker | None:
+    def _track(self, window: Any, learn: bool = True) -> beats.BeatTracker | None:
         c0 = time.process_time()
         try:
-            return super()._track(window)
+            return super()._track(window, learn)
         finally:
             self.cpu_track += time.process_time() - c0
 

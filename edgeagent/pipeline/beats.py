@@ -56,8 +56,10 @@ TEMPLATE_ALPHA = 0.05
 TEMPLATE_MIN_BEATS = 8
 #: Beat score above which a beat is reported as abnormal.
 BEAT_ABNORMAL_SCORE = 1.0
-#: Signal quality below this gates ECG clinical decisions into "signal quality".
-SQI_MIN = 0.5
+#: Signal quality below this gates ECG clinical decisions into "signal quality"
+#: (real records: every window of MIT-BIH 100, PTB s0010_re and the simulator's
+#: patients scores >= 0.9; the muscle-noise bursts of CinC a103l score 0-0.88).
+SQI_MIN = 0.8
 
 
 @dataclass(frozen=True)
@@ -350,8 +352,14 @@ class BeatTracker:
     def ready(self) -> bool:
         return self.template is not None and self.n_template >= TEMPLATE_MIN_BEATS
 
-    def update(self, t: np.ndarray, x: np.ndarray, fs: float) -> list[BeatEvent]:
-        """Score the new beats of a segment; returns their events (also kept in ``events``)."""
+    def update(
+        self, t: np.ndarray, x: np.ndarray, fs: float, learn: bool = True
+    ) -> list[BeatEvent]:
+        """Score the new beats of a segment; returns their events (also kept in ``events``).
+
+        ``learn=False`` (a segment of poor signal quality) scores the beats
+        without letting them into the template or the RR reference.
+        """
         t = np.asarray(t, np.float64)
         peaks = ecg.detect_r_peaks(x, fs)
         bs = cut_beats(x, fs, peaks)
@@ -361,6 +369,8 @@ class BeatTracker:
         # A beat within 150 ms of one already scored is that beat again.
         new = tb > self.last_t + 0.15
         if self.template is None:
+            if not learn:
+                return []  # never seed the template from a poor strip
             self.template = np.median(bs.waves, axis=0)
             self.n_template = 0
         out: list[BeatEvent] = []
@@ -388,10 +398,10 @@ class BeatTracker:
             out.append(ev)
             normal_shape = f.dist[0] <= MORPH_ABNORMAL
             on_time = not (math.isfinite(f.prematurity[0]) and f.prematurity[0] < PREMATURE_RATIO)
-            if math.isfinite(rr_b) and on_time and normal_shape:
+            if learn and math.isfinite(rr_b) and on_time and normal_shape:
                 self.normal_rr.append(float(rr_b))
                 del self.normal_rr[:-LOCAL_RR_BEATS]
-            if normal_shape and on_time:
+            if learn and normal_shape and on_time:
                 a = max(TEMPLATE_ALPHA, 1.0 / (self.n_template + 1))
                 self.template = (1 - a) * self.template + a * bs.waves[i]
                 self.n_template += 1

@@ -27,6 +27,9 @@ Why it is built this way:
   the lead were absent, and opens a sensor-fault alert whose detail says
   ``"reason": "signal_quality"``: a noisy strip is reported as such, never
   as asystole or VT.
+* A rate class (tachycardia, bradycardia) needs, once the patient's
+  calibration is personal, a rate unusual for the patient (``RATE_Z``) or
+  beyond absolute limits (``RATE_LIMITS_BPM``).
 * An ectopy class ("pvc") needs ``ECTOPY_MIN_BEATS`` abnormal beats in the
   window (from the beat tracker): a lone early beat is normal for most people.
 * Clinical ECG alerts name the beats: a per-patient ``BeatTracker`` keeps the
@@ -76,6 +79,18 @@ CLASS_MODALITY: dict[str, str] = {
 #: hold before the class may be its answer: one early beat in a window is
 #: normal for most people (record 100: 34 in 30 min), an episode is a run.
 ECTOPY_MIN_BEATS: dict[str, int] = {"pvc": 3}
+#: Rate classes judge the rate against the patient's own normal: after warm-up
+#: they need the heart rate this many personal spreads away from the patient's
+#: median (an ICU patient resting at 127 bpm is not in a new tachycardia) ...
+RATE_Z = 2.0
+#: ... unless it is beyond these absolute limits (bpm), which always count.
+RATE_LIMITS_BPM = (40.0, 150.0)
+RATE_SIGN: dict[str, float] = {"tachycardia": 1.0, "bradycardia": -1.0}
+#: Poor ECG quality in any of the patient's last this many windows (the current
+#: one included) keeps the ECG classes unavailable: noise comes in bursts, and
+#: with 10 s windows at a 2 s hop a window shares data with the 4 before it, so
+#: it holds part of any burst they saw even when its own index reads well.
+SQI_HOLD_WINDOWS = 5
 #: Seconds of each window's ECG tail fed to the patient's beat tracker (windows
 #: overlap; the tracker skips beats it has seen, so the tail only has to cover a hop).
 TRACK_TAIL_S = 6.0
@@ -252,6 +267,8 @@ class Detector:
         )
         #: Per-patient dominant beat and rhythm (stays on the box, never averaged).
         self.trackers: dict[str, beats.BeatTracker] = {}
+        self._sqi_recent: dict[str, deque[float]] = {}
+        self._hr_idx = self.feature_names.index("hr_bpm") if "hr_bpm" in self.feature_names else -1
 
     # -- model lifecycle -------------------------------------------------
     def _prepare(self, data: bytes, label: str) -> _Active:
@@ -364,7 +381,10 @@ class Detector:
         """Featurise and score one window (from ``Windower.pop_ready``)."""
         x = np.asarray(self._featurize(window), np.float32)
         devices = {str(k): v for k, v in getattr(window, "devices", {}).items()}
-        tracker = self._track(window)
+        sqi = float(x[self._sqi_idx]) if self._sqi_idx >= 0 else float("nan")
+        # A poor strip is still scored (its beats may be named) but teaches the
+        # template nothing: noise must not become the patient's normal beat.
+        tracker = self._track(window, learn=not (np.isfinite(sqi) and sqi < beats.SQI_MIN))
         detail = None
         if tracker is not None:
             w0, w1 = float(window.start), float(window.end)
@@ -386,7 +406,7 @@ class Detector:
             abnormal_beats=abnormal,
         )
 
-    def _track(self, window: Any) -> beats.BeatTracker | None:
+    def _track(self, window: Any, learn: bool = True) -> beats.BeatTracker | None:
         """Feed the window's newest ECG to the patient's beat tracker (None without ECG)."""
         data = getattr(window, "data", {})
         if Stream.ECG not in data:
@@ -404,7 +424,7 @@ class Detector:
         if tt.shape[0] < fs or float(np.max(np.diff(tt))) > 1.5 / fs:
             return self.trackers.get(window.patient)  # a hole: skip this hop
         tr = self.trackers.setdefault(window.patient, beats.BeatTracker())
-        tr.update(tt, xx, fs)
+        tr.update(tt, xx, fs, learn=learn)
         return tr
 
     def process_features(
@@ -447,10 +467,18 @@ class Detector:
                 th = a.thresholds
         probs, recon = self.score(x[None, :], mu, sigma)
         sqi = float(x[self._sqi_idx]) if self._sqi_idx >= 0 else float("nan")
+        if np.isfinite(sqi):
+            recent = self._sqi_recent.setdefault(patient, deque(maxlen=SQI_HOLD_WINDOWS))
+            recent.append(sqi)
+            sqi = min(recent)
         poor_ecg = bool(np.isfinite(sqi) and sqi < beats.SQI_MIN)
         if abnormal_beats is None:
             abnormal_beats = self._abnormal_from_features(x, end - start)
-        p = self._mask_classes(probs[0], x, poor_ecg, abnormal_beats)
+        hr_z = None
+        if self._hr_idx >= 0 and self.config.personalise and cal.warmed_up:
+            i = self._hr_idx
+            hr_z = float((x[i] - mu.ravel()[i]) / sigma.ravel()[i])
+        p = self._mask_classes(probs[0], x, poor_ecg, abnormal_beats, hr_z)
         r = float(recon[0])
         p_fault = float(p[a.fault_idx]) if a.fault_idx >= 0 else 0.0
         if poor_ecg:
@@ -542,13 +570,21 @@ class Detector:
         return round(frac * hr * span_s / 60.0)
 
     def _mask_classes(
-        self, p: np.ndarray, x: np.ndarray, poor_ecg: bool, abnormal_beats: int | None = None
+        self,
+        p: np.ndarray,
+        x: np.ndarray,
+        poor_ecg: bool,
+        abnormal_beats: int | None = None,
+        hr_z: float | None = None,
     ) -> np.ndarray:
         """Move the probability of classes the window cannot show to "normal".
 
         A class cannot be shown when its modality is absent (or, for ECG,
         unusable), or, for an ectopy class, when the window holds fewer
-        abnormal beats than ``ECTOPY_MIN_BEATS`` asks.
+        abnormal beats than ``ECTOPY_MIN_BEATS`` asks, or, for a rate class
+        once the patient's calibration is personal, when the heart rate is
+        within ``RATE_Z`` personal spreads of the patient's own median and
+        inside ``RATE_LIMITS_BPM``.
 
         To normal, not spread over the other classes: renormalising would
         inflate the remaining clinical classes (a missing thermometer must not
@@ -562,6 +598,13 @@ class Detector:
         if abnormal_beats is not None:
             for c, n in ECTOPY_MIN_BEATS.items():
                 if c in a.meta.classes and abnormal_beats < n:
+                    drop.append(a.meta.classes.index(c))
+        if hr_z is not None and np.isfinite(hr_z):
+            hr = float(x[self._hr_idx])
+            lo, hi = RATE_LIMITS_BPM
+            for c, sign in RATE_SIGN.items():
+                extreme = hr >= hi if sign > 0 else hr <= lo
+                if c in a.meta.classes and sign * hr_z < RATE_Z and not extreme:
                     drop.append(a.meta.classes.index(c))
         if not drop:
             return p
