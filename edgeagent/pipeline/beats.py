@@ -9,9 +9,9 @@ a pause follows. So every quantity here is a ratio or a correlation, and the
 dominant-beat template is learned per patient on the box (``BeatTracker``),
 never sent anywhere.
 
-Pure numpy/scipy except ``BeatTracker``, which keeps a patient's template and
-recent RR history between calls (a few kB per patient). ECG in microvolts,
-rates in Hz.
+Pure numpy (filters from ``pipeline.dsp``) except ``BeatTracker``, which
+keeps a patient's template and recent RR history between calls (a few kB per
+patient). ECG in microvolts, rates in Hz.
 
 References: beat matching/definitions after ANSI/AAMI EC57; prematurity and
 compensatory pause as in the classic Holter ectopy criteria (a beat earlier
@@ -27,9 +27,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import signal
 
-from edgeagent.pipeline import ecg
+from edgeagent.pipeline import dsp, ecg
 
 #: Beats are resampled onto this grid so templates compare across sampling rates.
 GRID_HZ = 250.0
@@ -118,8 +117,9 @@ def cut_beats(x: np.ndarray, fs: float, peaks: np.ndarray) -> BeatSet:
     """
     x = np.asarray(x, np.float64)
     peaks = np.asarray(peaks, np.int64)
-    if x.shape[0] > 30:
-        x = ecg._sosfiltfilt(ecg._sos_low(round(fs, 3), LOWPASS_HZ), x)
+    b, a = ecg._low(round(fs, 3), LOWPASS_HZ)
+    if x.shape[0] > dsp.padlen(b, a):
+        x = dsp.filtfilt(b, a, x, fs)
     t = np.arange(x.shape[0]) / fs
     lo, hi = SPAN_S
     end = float(t[-1]) if t.shape[0] else -1.0
@@ -223,12 +223,14 @@ def _second_detector(x: np.ndarray, fs: float) -> np.ndarray:
     percentile, 250 ms apart: no adaptive thresholds, no search-back, so on a
     clean ECG it agrees with Pan-Tompkins and on noise it does not.
     """
-    sos = ecg._sos_band(round(fs, 3), 8.0, min(20.0, 0.45 * fs))
-    y = np.abs(np.gradient(ecg._sosfiltfilt(sos, x - x.mean())))
+    b, a = ecg._band(round(fs, 3), 8.0, min(20.0, 0.45 * fs))
+    y = np.abs(np.gradient(dsp.filtfilt(b, a, x - x.mean(), fs)))
     thr = 0.35 * float(np.percentile(y, 98))
     if not thr > 0:
         return np.empty(0, np.int64)
-    p, _ = signal.find_peaks(y, height=thr, distance=max(1, round(0.25 * fs)))
+    # Zeroing what lies under the threshold first is SciPy's ``height`` filter
+    # applied before its ``distance`` rule.
+    p = dsp.find_peaks(np.where(y >= thr, y, 0.0), distance=max(1, round(0.25 * fs)))
     return p.astype(np.int64)
 
 
@@ -287,7 +289,7 @@ def signal_quality(
     band = float(spec[(f >= 5.0) & (f <= 15.0)].sum())
     wide = float(spec[(f >= 1.0) & (f <= 40.0)].sum())
     qrs_ratio = band / wide if wide > 0 else 0.0
-    bp = ecg._sosfiltfilt(ecg._sos_band(round(fs, 3), 0.5, min(40.0, 0.45 * fs)), x - x.mean())
+    bp = dsp.filtfilt(*ecg._band(round(fs, 3), 0.5, min(40.0, 0.45 * fs)), x - x.mean(), fs)
     kurt = ecg._kurtosis(bp)
     kurt = kurt if math.isfinite(kurt) else 0.0
     agreed = _ramp(agree, 0.95, 1.0)

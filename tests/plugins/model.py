@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeagent.model.graph import ModelMeta, build_model, to_bytes
 from edgeagent.model.nn import standardise
-from edgeagent.model.train import fit
 from edgeagent.pipeline.personal import calibrate
+from edgelab.train import fit
 
 SYN_FEATURES = (
     "hr_mean",
@@ -75,7 +75,7 @@ class SynWorld:
 
 
 def train_syn_model(world: SynWorld, patients: range = range(12), seed: int = 0) -> bytes:
-    """Train a small detector on the synthetic world the way models/build.py does."""
+    """Train a small detector on the synthetic world the way edgelab.baseline does."""
     xs, ys, cal = [], [], []
     for p in patients:
         normal = world.rows(p, "normal", 240)

@@ -1,0 +1,320 @@
+"""The daemon's wiring: alert relay, status via the outbox, learner persistence,
+detection from blocks, registry follow-up, and what the factory builds.
+
+Real parts: SQLite stores in a temp state dir, onnxruntime sessions of the
+shipped baseline model, the physiology simulator for blocks. The whole
+daemon as a subprocess is tested in ``tests/integration/test_daemon_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeagent.daemon.components import BlockBus, Context, Counters, PipelineComponent
+from edgeagent.daemon.detection import DetectionComponent, LearnerComponent
+from edgeagent.daemon.health import Liveness
+from edgeagent.daemon.outbound import AlertRelay, OutboxComponent, OutboxStatusSink, SharedLink
+from edgeagent.daemon.wiring import daemon_factory, describe
+from edgeagent.errors import TransportError
+from edgeagent.model.graph import get_params, set_params, to_bytes
+from edgeagent.model.registry import ModelRegistry
+from edgeagent.ops.config import parse_config
+from edgeagent.pipeline.alerts import Alert, AlertStore
+from edgeagent.pipeline.detect import Detector
+from edgeagent.pipeline.learn import LocalLearner
+from edgeagent.pipeline.windows import Windower
+from edgeagent.streams import Gap, SampleBlock, Stream
+from edgeagent.transport.outbox import Outbox, OutboxLimits
+from firmware_sim.physiology import Generator, Label, SimConfig, make_patient
+from tests.plugins.ops import REPO
+
+MODEL = REPO / "models" / "baseline.onnx"
+TOPIC = "edgeagent/v1/f/node/box/alert"
+
+
+def _alert(**kw: Any) -> Alert:
+    base = dict(
+        patient="p1",
+        device="d1",
+        start=10.0,
+        end=20.0,
+        kind="fall",
+        category="clinical",
+        score=0.9,
+        modality="acc",
+        model="v1-x",
+    )
+    return Alert(**{**base, **kw})
+
+
+def _relay(state: Path, limits: OutboxLimits | None = None) -> tuple[AlertRelay, Outbox, Counters]:
+    ob = Outbox.in_state_dir(state, limits)
+    counters = Counters()
+    return AlertRelay(AlertStore(state), ob, TOPIC, "box", counters), ob, counters
+
+
+def _messages(ob: Outbox) -> list[tuple[str, dict[str, Any]]]:
+    rows = ob.peek(limit=100)
+    return [(r.msg_id, json.loads(r.payload)) for r in rows]
+
+
+def test_relay_stores_then_queues_opened_and_closed(tmp_state: Path) -> None:
+    relay, ob, counters = _relay(tmp_state)
+    a = _alert()
+    relay.add(a)
+    relay.extend(a.id, 24.0, 0.95)  # an extension only updates the local row
+    assert [m for m, _ in _messages(ob)] == [f"{a.id}.opened"]
+    relay.extend(a.id, 26.0, 0.5, closed=True)
+    msgs = dict(_messages(ob))
+    assert set(msgs) == {f"{a.id}.opened", f"{a.id}.closed"}
+    closed = msgs[f"{a.id}.closed"]
+    assert closed["event"] == "closed" and closed["closed"] is True
+    assert closed["end"] == 26.0 and closed["score"] == 0.95 and closed["box_id"] == "box"
+    (row,) = relay.store.list()
+    assert row.end == 26.0 and row.closed
+    assert ob.peek(limit=1)[0].kind == "alert"
+    assert counters.snapshot() == {
+        "alerts_raised": 1,
+        "alerts_queued_opened": 1,
+        "alerts_queued_closed": 1,
+    }
+
+
+def test_alert_stored_before_a_crash_is_queued_once_at_next_start(tmp_state: Path) -> None:
+    relay, ob, counters = _relay(tmp_state)
+    lost = _alert()
+    relay.store.add(lost)  # the process died before the outbox put
+    assert relay.resend_unsent() == 1
+    assert relay.resend_unsent() == 0  # marked sent: not queued twice
+    assert [m for m, _ in _messages(ob)] == [f"{lost.id}.opened"]
+    # Queued but not yet marked when the crash came: the outbox refuses the duplicate.
+    again = _alert()
+    relay.store.add(again)
+    ob.put(TOPIC, relay.payload(again, "opened"), "alert", msg_id=f"{again.id}.opened")
+    assert relay.resend_unsent() == 1
+    assert ob.count() == 2 and relay.store.list(unsent=True) == []
+    assert counters.snapshot().get("alerts_outbox_errors", 0) == 0
+
+
+def test_alert_the_outbox_cannot_take_stays_unsent_and_counted(tmp_state: Path) -> None:
+    relay, ob, counters = _relay(tmp_state, OutboxLimits(max_bytes=1024))
+    a = _alert(detail={"trace": "x" * 2000})  # larger than the outbox may hold
+    relay.add(a)
+    assert counters.snapshot()["alerts_outbox_errors"] == 1
+    assert ob.count() == 0
+    assert [x.id for x in relay.store.list(unsent=True)] == [a.id]  # kept, retried at start
+
+
+def test_status_sink_keeps_only_the_newest_snapshot_retained(tmp_state: Path) -> None:
+    box = OutboxComponent(Outbox.in_state_dir(tmp_state))
+    sink = OutboxStatusSink(box, "edgeagent/v1/f/node/box/status", Counters())
+    sink({"box_id": "box", "state": "running", "time": 1.0})
+    sink({"box_id": "box", "state": "running", "time": 2.0})
+    rows = box.outbox.peek(limit=10)
+    assert len(rows) == 1 and rows[0].retain and rows[0].kind == "status"
+    body = json.loads(rows[0].payload)
+    assert body["t"] == 2.0 and body["state"] == "online" and body["daemon_state"] == "running"
+    assert box.status()["outbox"].depth == 1
+    box.stop()
+    sink({"box_id": "box", "state": "stopped", "time": 3.0})  # after close: skipped, no error
+    assert sink.queued == 2 and box.status() == {}
+
+
+def test_shared_link_keeps_lifecycle_with_the_owner() -> None:
+    class Link:
+        connected = True
+        on_message = None
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def connect(self, **_k: Any) -> None:
+            self.calls.append("connect")
+
+        def close(self, **_k: Any) -> None:
+            self.calls.append("close")
+
+        def publish(self, topic: str, payload: bytes) -> str:
+            return f"pub {topic}"
+
+    link = Link()
+    shared = SharedLink(link)
+    shared.on_message = print
+    shared.connect()
+    shared.close()
+    assert link.on_message is print and link.calls == []
+    assert shared.publish("t", b"") == "pub t" and shared.connected
+
+
+def _learner(data: bytes) -> LocalLearner:
+    det = Detector(data, "v", _NullSink())
+    return LocalLearner(det.meta.spec, get_params(onnx.load_from_string(data)))
+
+
+class _NullSink:
+    def add(self, a: Alert) -> str:
+        return a.id
+
+    def extend(self, alert_id: str, end: float, score: float, closed: bool = False) -> None:
+        pass
+
+
+def test_learner_progress_survives_a_restart_only_for_the_same_model(tmp_state: Path) -> None:
+    data = MODEL.read_bytes()
+    path = tmp_state / "learner_state.npz"
+    lr = _learner(data)
+    lr.w_local = lr.w_local + np.float32(0.01)
+    lr.n_k = 42
+    LearnerComponent(lr, Liveness(), path, "sha-a").save()
+
+    again = _learner(data)
+    comp = LearnerComponent(again, Liveness(), path, "sha-a")
+    assert comp.restore() and again.n_k == 42
+    np.testing.assert_array_equal(again.delta(), lr.delta())
+
+    other = _learner(data)
+    assert not LearnerComponent(other, Liveness(), path, "sha-b").restore()
+    assert other.n_k == 0
+    path.write_bytes(b"not a zip")
+    assert not LearnerComponent(_learner(data), Liveness(), path, "sha-a").restore()
+
+
+def _blocks(device: str, seconds: int, kind: str = "fall") -> list[SampleBlock]:
+    gen = Generator(make_patient(3, seed=1), SimConfig(episodes=(Label(40.0, 70.0, kind),)))
+    out = []
+    for i in range(seconds):
+        for name, (t, v) in gen.advance(1.0).streams.items():
+            if len(t):
+                out.append(SampleBlock(device, Stream(name), t, v, i))
+    return out
+
+
+def _detection(tmp_state: Path) -> tuple[DetectionComponent, Outbox, ModelRegistry, Counters]:
+    reg = ModelRegistry(tmp_state)
+    rec = reg.activate(reg.add(MODEL.read_bytes(), "test").version, "test")
+    relay, ob, counters = _relay(tmp_state)
+    det = Detector(reg.load_bytes(rec), rec.label, relay)
+
+    from edgeagent.pipeline.lifecycle import ModelManager
+
+    comp = DetectionComponent(
+        det,
+        relay,
+        {"textile-01": "p3"},
+        lambda p: Windower(10.0, 2.0, patient=p),
+        counters,
+        manager=ModelManager(reg, det),
+        clock=lambda: 0.0,  # simulated time starts at 0: windows close by watermark
+    )
+    return comp, ob, reg, counters
+
+
+def test_detection_turns_blocks_into_a_queued_alert(tmp_state: Path) -> None:
+    comp, ob, _reg, _c = _detection(tmp_state)
+    comp.start()
+    for b in _blocks("textile-01", 100):
+        comp.consume(b)
+    comp.consume(SampleBlock("stranger", Stream.HR, np.array([1.0]), np.ones((1, 1), "f4"), 0))
+    comp.consume(Gap("stranger", None, 1.0, 2.0, "link"))
+    comp.tick()
+    st = comp.status()
+    assert st["counters"]["detection_windows"] >= 40
+    assert st["counters"]["detection_unknown_device"] == 2
+    assert st["detection"]["patients"] == ["p3"]
+    opened = [b for _m, b in _messages(ob) if b["event"] == "opened"]
+    assert opened and opened[0]["category"] == "clinical" and opened[0]["patient"] == "p3"
+    assert opened[0]["end"] >= 30.0 and opened[0]["start"] <= 80.0  # around the scripted fall
+    comp.stop()
+
+
+def test_detection_follows_a_model_activated_in_the_registry(tmp_state: Path) -> None:
+    comp, _ob, reg, _c = _detection(tmp_state)
+    first = comp.detector.model_label
+    m = onnx.load_from_string(MODEL.read_bytes())
+    other = to_bytes(set_params(m, get_params(m) * np.float32(0.999)))
+    rec = reg.activate(reg.add(other, "cli").version, "operator")  # `edgeagent model activate`
+    comp.check_registry()
+    assert comp.detector.model_label == rec.label != first
+    assert comp.status()["model_version"] == rec.label
+    comp.stop()
+
+
+def _ctx(tmp_state: Path, short: Path, **sections: Any) -> Context:
+    cfg = parse_config(
+        {
+            "agent": {"box_id": "box-w", "state_dir": str(tmp_state)},
+            "control": {"socket_path": str(short / "c.sock")},
+            **sections,
+        }
+    )
+    live, counters = Liveness(), Counters()
+    bus = BlockBus(counters=counters)
+    return Context(cfg, live, counters, bus, PipelineComponent(bus, live, counters))
+
+
+def test_factory_builds_what_the_config_asks_for(tmp_state: Path, short_dir: Path) -> None:
+    ctx = _ctx(tmp_state, short_dir)
+    assert daemon_factory(ctx) == []  # no model, no broker: ingestion only
+    assert ctx.counters.snapshot() == {"detection_no_model": 1}
+
+    ctx = _ctx(tmp_state, short_dir, detection={"model_path": str(MODEL)})
+    comps = daemon_factory(ctx)
+    assert describe(comps) == ["outbox", "detection", "learner"]
+    assert ctx.pipeline.consumers and not ctx.status_sinks
+    for c in reversed(comps):
+        c.stop()
+
+    ctx = _ctx(
+        tmp_state,
+        short_dir,
+        # threads 0 = size to the box
+        detection={"model_path": str(MODEL), "threads": 0, "thresholds": {"clinical": 0.7}},
+        learning={"enabled": False},
+    )
+    comps = daemon_factory(ctx)
+    assert describe(comps) == ["outbox", "detection"]
+    det = next(c for c in comps if isinstance(c, DetectionComponent)).detector
+    assert det.config.intra_op_threads >= 1
+    assert det.calibration("p").thresholds.clinical == 0.7
+    for c in reversed(comps):
+        c.stop()
+
+
+def test_factory_refuses_federation_without_mtls(tmp_state: Path, short_dir: Path) -> None:
+    ctx = _ctx(
+        tmp_state,
+        short_dir,
+        federation={"enabled": True, "tls": False},
+    )
+    with pytest.raises(TransportError, match="mTLS"):
+        daemon_factory(ctx)
+
+
+def test_run_reports_an_unbuildable_daemon_in_one_line(tmp_state: Path, short_dir: Path) -> None:
+    """``edgeagent run`` with an active model whose file was altered: exit 1, no traceback."""
+    import subprocess
+
+    from tests.plugins.ops import CLI, write_toml
+
+    reg = ModelRegistry(tmp_state)
+    rec = reg.activate(reg.add(MODEL.read_bytes(), "test").version, "test")
+    rec.file.write_bytes(rec.file.read_bytes() + b"tampered")
+    cfg = write_toml(
+        short_dir / "c.toml",
+        {
+            "agent": {"box_id": "box-x", "state_dir": str(tmp_state)},
+            "control": {"socket_path": str(short_dir / "c.sock")},
+        },
+    )
+    out = subprocess.run(
+        [*CLI, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1
+    assert "cannot start" in out.stderr and "does not match its hash" in out.stderr
+    assert "Traceback" not in out.stderr
