@@ -13,7 +13,8 @@ missing is skipped; one that fails to import is reported and skipped, so a
 broken BLE stack never takes ``record`` down with it.
 
 Built in: ``record OUT_DIR`` (simulate a session into a recording directory)
-and ``replay DIR`` (stream a recording through the serial device on a pty).
+and ``replay SRC`` (stream a recording directory, WFDB record or EDF file
+through the serial device on a pty; ``serve-ble --recording`` is its BLE twin).
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ def _run_record(args: argparse.Namespace) -> int:
 
 
 def _add_replay_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recording", metavar="DIR", help="recording directory to replay")
+    p.add_argument(
+        "recording", metavar="SRC", help="recording directory, WFDB record or EDF file to replay"
+    )
+    p.add_argument("--lead", default=None, help="ECG lead of a WFDB/EDF record (default MLII, II)")
     p.add_argument("--link", required=True, help="symlink path for the pty (e.g. /tmp/textile)")
     p.add_argument("--fast", action="store_true", help="send as fast as the reader takes it")
     p.add_argument("--faults", default="", help='fault spec, e.g. "bit_flip=0.01,garbage=0.005"')
@@ -95,11 +99,11 @@ def _add_replay_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from firmware_sim.recording import RecordingFormatError, RecordingPlayer, read_recording
+    from firmware_sim.recording import open_player
 
     try:
-        player = RecordingPlayer(read_recording(args.recording))
-    except RecordingFormatError as exc:
+        player = open_player(args.recording, args.lead)
+    except (ValueError, OSError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 2
     try:
