@@ -102,6 +102,12 @@ def read_wfdb(
         raise RecordingError(str(hea), "multi-segment WFDB records are not supported")
     if not header.n_sig or not header.sig_name:
         raise RecordingError(str(hea), "the header lists no signals")
+    described = {len(x or []) for x in (header.sig_name, header.file_name, header.fmt)}
+    if described != {header.n_sig}:
+        raise RecordingError(
+            str(hea),
+            f"bad WFDB header: says {header.n_sig} signals but describes {sorted(described)}",
+        )
     units = list(header.units or ["mV"] * header.n_sig)
     ch = choose_lead(list(header.sig_name), units, lead, str(hea))
     name = header.sig_name[ch]
