@@ -148,12 +148,14 @@ def score_windows(
     duration_s: float | None = None,
     fault_kinds: Sequence[str] = FAULT_KINDS,
     hop_s: float | None = None,
+    end_s: float | None = None,
 ) -> dict[str, Any]:
     """Every window- and alert-level metric ``edgeagent evaluate`` reports.
 
     ``hop_s`` (default: the median spacing of the window ends) is how long a
-    decision holds; ``window_s`` is also the grace after a label's end within
-    which an alert still belongs to it.
+    decision holds, never past ``end_s`` (the recording's last sample;
+    default: the first window's start plus ``duration_s``); ``window_s`` is
+    also the grace after a label's end within which an alert still belongs to it.
     """
     labels = sorted(labels)
     ws = [w for w in windows if w.status == "ok"]
@@ -231,7 +233,10 @@ def score_windows(
     if hop_s is None:
         hop_s = float(np.median(np.diff(np.sort(ends)))) if len(ws) > 1 else window_s
     hop_s = hop_s if hop_s > 0 else window_s
-    until = float(ends.max()) + hop_s if len(ws) else None
+    until = None
+    if len(ws):
+        last = end_s if end_s is not None else float(starts.min()) + (duration_s or 0.0)
+        until = min(float(ends.max()) + hop_s, max(last, float(ends.max())))
     spans = alert_spans(ends, clin, hop_s, until=until)
     fa = false_alarms(spans, labels, duration_s or 0.0, window_s, fault_kinds)
     ev = event_recall(spans, labels, window_s, fault_kinds)
@@ -346,7 +351,9 @@ def evaluate_recording(
         run(win.pop_ready())
     run(win.flush())
     labels = [(float(s), float(e), str(k)) for s, e, k in rec.labels]
-    out = score_windows(scored, labels, window_s, duration_s=float(rec.duration), hop_s=hop_s)
+    out = score_windows(
+        scored, labels, window_s, duration_s=float(rec.duration), hop_s=hop_s, end_s=rec.end
+    )
     warnings: list[str] = []
     rejected = dict(getattr(rec, "rejected", {}))
     for name, why in sorted(rejected.items()):
