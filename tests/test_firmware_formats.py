@@ -143,3 +143,26 @@ def test_cli_replay_wfdb_and_bad_record(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "bad.hea").write_text("bad 1 360 100\nbad.dat 16 200 16 0 0 0 0 MLII\n")
     assert cli.main(["replay", str(tmp_path / "bad"), "--link", str(tmp_path / "l")]) == 2
     assert "bad" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve-ble", "--recording", "{bad}", "--seconds", "1"],
+        ["serve", "--pty", "{link}", "--recording", "{bad}", "--duration", "1"],
+        ["serve", "--pty", "{link}", "--recording", "{good}", "--lead", "V9", "--duration", "1"],
+    ],
+)
+def test_serve_refuses_a_bad_recording_before_opening_a_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    (tmp_path / "bad.hea").write_text("not a header\n")
+    fill = {
+        "bad": str(tmp_path / "bad"),
+        "link": str(tmp_path / "tty"),
+        "good": str(record_path("100")),
+    }
+    assert cli.main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "--recording" in err and ("bad" in err or "V9" in err)
+    assert not os.path.lexists(tmp_path / "tty")
