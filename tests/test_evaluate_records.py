@@ -160,6 +160,25 @@ def test_broken_records_fail_naming_the_file_or_degrade(tmp_path: Path) -> None:
     assert code == 0, err
     assert out["windows_negative"] == 0 and out["per_kind"]["sensor_fault:lead_off"]["events"] == 1
     assert any("flat line" in n for n in out["notes"])
+    # A clipped stretch: runs, labelled saturation.
+    d = wfdb.rdrecord(str(src), channels=[0], sampto=360 * 60, physical=False).d_signal[:, 0]
+    x = np.clip(
+        d.astype(np.int64) - 1024 + np.where(np.arange(d.size) // 360 == 30, 1500, 0), -2048, 900
+    )
+    wfdb.wrsamp(
+        "clip",
+        fs=360,
+        units=["mV"],
+        sig_name=["MLII"],
+        d_signal=x.reshape(-1, 1),
+        fmt=["16"],
+        adc_gain=[200.0],
+        baseline=[0],
+        write_dir=str(tmp_path),
+    )
+    code, out, err = _evaluate(str(tmp_path / "clip"))
+    assert code == 0, err
+    assert out["per_kind"]["sensor_fault:saturation"]["events"] == 1
 
 
 def test_dropped_rows_are_warned(tmp_path: Path) -> None:
