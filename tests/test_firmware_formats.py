@@ -166,3 +166,44 @@ def test_serve_refuses_a_bad_recording_before_opening_a_link(
     err = capsys.readouterr().err
     assert "--recording" in err and ("bad" in err or "V9" in err)
     assert not os.path.lexists(tmp_path / "tty")
+
+
+def test_cli_replay_ble_reaches_the_agent(tmp_path: Path, dbus_system_bus: str) -> None:
+    """``replay SRC --ble``: a WFDB record on a simulated strap, read by the agent's BleSource."""
+    from edgeagent.sources.ble import BleSource, DeviceFilter
+    from tests.plugins.ble import BLE_FAST_RETRY, BleCollected
+
+    rec = _slice_100(tmp_path, 10)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firmware_sim", "replay", str(rec), "--ble",
+         "--bus", dbus_system_bus],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    got = BleCollected()
+    src = BleSource(
+        DeviceFilter(),
+        got.blocks.append,
+        got.gaps.append,
+        got.events.append,
+        retry=BLE_FAST_RETRY,
+        scan_s=0.5,
+        rescan_s=0.5,
+        seed=1,
+    )
+    try:
+        src.start()
+        ok = got.wait_for(lambda: sum(len(b) for b in got.blocks if b.stream == "ecg") > 300, 15.0)
+        src.stop()
+        out, err = proc.communicate(timeout=20.0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert ok, (proc.returncode, err)
+    assert proc.returncode == 0, err
+    assert "as a BLE chest strap" in out
+    t = np.concatenate([b.t for b in got.blocks if b.stream == "ecg"])
+    assert 1 / np.median(np.diff(t)) == pytest.approx(130.0, rel=1e-3)
+    uv = np.concatenate([b.values for b in got.blocks if b.stream == "ecg"])[:, 0]
+    assert 300 < np.ptp(uv) < 3000  # record 100's MLII in microvolts, not millivolts
