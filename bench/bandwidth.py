@@ -1,8 +1,8 @@
 """Bytes per hour leaving a box (alerts, model updates, status) against shipping the raw streams.
 
-The accounting lives in ``edgeagent.bandwidth`` (the pilot report uses it
+The accounting lives in ``edgelab.bandwidth`` (the pilot report uses it
 too); this script runs it for the baseline model and two operating profiles:
-``default`` is the shipped config, read from ``edgeagent.config`` (status
+``default`` is the shipped config, read from ``edgeagent.ops.config`` (status
 every 300 s, aggregator ``round_interval_s`` 3600 s plus up to 30 s of
 stages: about one round per hour); ``pilot`` is a fast-convergence setting
 (status every 60 s, ``round_interval_s`` 60 s: about 40 rounds per hour).
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import onnx
 
-from edgeagent.bandwidth import measure, operating_profiles
 from edgeagent.model.graph import get_params
+from edgelab.bandwidth import measure, operating_profiles
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -47,19 +47,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edgeagent.broker import Broker  # noqa: E402
-from edgeagent.config import parse_config  # noqa: E402
-from edgeagent.fl.aggregator import Aggregator  # noqa: E402
-from edgeagent.fl.client import FlClient  # noqa: E402
+from edgeagent.federation.aggregator import Aggregator  # noqa: E402
+from edgeagent.federation.client import FlClient  # noqa: E402
 from edgeagent.fl.constants import AGGREGATOR, Stage  # noqa: E402
 from edgeagent.fl.identity import load_ca, load_identity  # noqa: E402
 from edgeagent.fl.messages import EnvelopeReceiver, Message, encode  # noqa: E402
 from edgeagent.model.graph import build_model, get_params, parse_model, sha256_hex, to_bytes  # noqa: E402
 from edgeagent.model.meta import ModelMeta, init_params  # noqa: E402
-from edgeagent.pki import Pki  # noqa: E402
+from edgeagent.ops.config import parse_config  # noqa: E402
+from edgeagent.ops.pki import Pki  # noqa: E402
 from edgeagent.transport import topics  # noqa: E402
 from edgeagent.transport.mqtt import Message as MqttMessage  # noqa: E402
 from edgeagent.transport.mqtt import MqttLink  # noqa: E402
+from edgelab.broker import Broker  # noqa: E402
 
 N_K = 50
 RESULTS = ROOT / "bench" / "results" / "fl_mqtt.json"

@@ -4,7 +4,7 @@ What runs (all on this machine, 127.0.0.1 only):
 - a real Mosquitto broker with the shipped TLS + ACL config;
 - the coordinator (``fl.coordinator.Coordinator``, this process) owning the
   ``SecAggServer``, and ``--workers`` intake worker processes
-  (``python -m edgeagent.fl.intake``) sharing the masked-vector intake via
+  (``python -m edgeagent.federation.intake``) sharing the masked-vector intake via
   ``$share/intake/.../node/+/collect_masked`` and sending partial sums;
 - ``--procs`` simulator processes (``fl.fleetsim``), each driving its share of
   the boxes: one mTLS MQTT connection, one Ed25519 identity, one real
@@ -47,16 +47,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edgeagent.broker import Broker  # noqa: E402
+from edgeagent.federation.intake import raw_public  # noqa: E402
 from edgeagent.fl.constants import AGGREGATOR, STAGE_ORDER, Stage  # noqa: E402
-from edgeagent.fl.coordinator import Coordinator  # noqa: E402
-from edgeagent.fl.fleetsim import FleetProcess, SimSpec, default_payload, issue_boxes  # noqa: E402
 from edgeagent.fl.identity import load_ca, load_identity  # noqa: E402
-from edgeagent.fl.intake import raw_public  # noqa: E402
 from edgeagent.fl.privacy import payload_bound  # noqa: E402
 from edgeagent.fl.secagg import RoundConfig  # noqa: E402
-from edgeagent.pki import Pki  # noqa: E402
+from edgeagent.ops.pki import Pki  # noqa: E402
 from edgeagent.transport.mqtt import MqttLink  # noqa: E402
+from edgelab.broker import Broker  # noqa: E402
+from edgelab.coordinator import Coordinator  # noqa: E402
+from edgelab.fleetsim import FleetProcess, SimSpec, default_payload, issue_boxes  # noqa: E402
 
 FLEET = "scale"
 CLIP, N_CAP, N_K = 1.0, 100, 50
@@ -93,7 +93,7 @@ def start_workers(pki: Pki, broker: Broker, n: int, tmp: Path) -> list[subproces
     procs = []
     for i in range(n):
         ready = tmp / f"worker{i}.ready"
-        cmd = [sys.executable, "-m", "edgeagent.fl.intake", "--port", str(broker.port),
+        cmd = [sys.executable, "-m", "edgeagent.federation.intake", "--port", str(broker.port),
                "--fleet", FLEET, "--ca", str(files.ca), "--cert", str(files.cert),
                "--key", str(files.key), "--worker", str(i), "--ready-file", str(ready)]  # fmt: skip
         procs.append(subprocess.Popen(cmd, cwd=ROOT))

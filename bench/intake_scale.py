@@ -4,7 +4,7 @@ What runs (127.0.0.1, the shipped Mosquitto TLS + ACL config):
 - ``--boxes`` boxes, each with its own client certificate and mTLS connection
   (``fl.fleetsim.Mux``, in a publisher process), each publishing one signed
   COLLECT_MASKED envelope of ``--dim`` masked uint32 values;
-- 1 or 2 intake worker processes (``python -m edgeagent.fl.intake``) on
+- 1 or 2 intake worker processes (``python -m edgeagent.federation.intake``) on
   ``$share/intake/.../node/+/collect_masked``: they verify every envelope
   (size, schema, Ed25519 signature, round, nonce, sequence) and add it into
   a partial sum, published signed to the coordinator;
@@ -57,11 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: E402
     Ed25519PublicKey,
 )
 
-from edgeagent.broker import Broker  # noqa: E402
-from edgeagent.fl.constants import AGGREGATOR, Key, Stage  # noqa: E402
-from edgeagent.fl.fleetsim import BoxSpec, Mux, issue_boxes  # noqa: E402
-from edgeagent.fl.identity import load_ca, load_identity  # noqa: E402
-from edgeagent.fl.intake import (  # noqa: E402
+from edgeagent.federation.intake import (  # noqa: E402
     OP_CLOSE,
     OP_OPEN,
     control_topic,
@@ -70,10 +66,14 @@ from edgeagent.fl.intake import (  # noqa: E402
     partial_topic,
     raw_public,
 )
+from edgeagent.fl.constants import AGGREGATOR, Key, Stage  # noqa: E402
+from edgeagent.fl.identity import load_ca, load_identity  # noqa: E402
 from edgeagent.fl.messages import Message, encode  # noqa: E402
-from edgeagent.pki import Pki  # noqa: E402
+from edgeagent.ops.pki import Pki  # noqa: E402
 from edgeagent.transport import topics  # noqa: E402
 from edgeagent.transport.mqtt import MqttLink  # noqa: E402
+from edgelab.broker import Broker  # noqa: E402
+from edgelab.fleetsim import BoxSpec, Mux, issue_boxes  # noqa: E402
 
 FLEET = "intake"
 RESULTS = ROOT / "bench" / "results" / "intake_scale.json"
@@ -164,7 +164,7 @@ def start_workers(n: int, pki: Pki, broker: Broker, tmp: Path, tag: str) -> list
     procs = []
     for i in range(n):
         ready = tmp / f"{tag}-{i}.ready"
-        cmd = [sys.executable, "-m", "edgeagent.fl.intake", "--port", str(broker.port),
+        cmd = [sys.executable, "-m", "edgeagent.federation.intake", "--port", str(broker.port),
                "--fleet", FLEET, "--ca", str(files.ca), "--cert", str(files.cert),
                "--key", str(files.key), "--worker", f"{tag}-{i}",
                "--ready-file", str(ready)]  # fmt: skip

@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeagent.broker import Broker
-from edgeagent.pki import Pki
+from edgeagent.ops.pki import Pki
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import MqttLink, OutboxForwarder
 from edgeagent.transport.outbox import Outbox
+from edgelab.broker import Broker
 
 FLEET = "bench"
 PAYLOAD = 512  # bytes: a typical alert / small telemetry record

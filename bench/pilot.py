@@ -1,6 +1,6 @@
 """Pilot benchmark: the results table of ``edgeagent pilot``, written to bench/results/.
 
-Runs exactly the code behind ``edgeagent pilot`` (``edgeagent.pilot.run_pilot``)
+Runs exactly the code behind ``edgeagent pilot`` (``edgelab.pilot.run_pilot``)
 with the default configuration and writes ``bench/results/pilot.json``,
 ``bench/results/pilot.md`` and the plots (``bench/results/pilot_*.png``).
 Baselines are measured in the same run: centralised training on the pooled
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edgeagent.pilot import PilotConfig, render_markdown, run_pilot, write_outputs  # noqa: E402
+from edgelab.pilot import PilotConfig, render_markdown, run_pilot, write_outputs  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 

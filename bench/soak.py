@@ -1,6 +1,6 @@
 """Accelerated soak of the daemon: memory growth and outbox behaviour over simulated hours.
 
-The daemon's own components (``edgeagent.wiring.daemon_factory``: detection
+The daemon's own components (``edgeagent.daemon.wiring.daemon_factory``: detection
 per patient, local learner, SQLite outbox, MQTT transport with the federated
 client, plus the service's pipeline and supervisor loop) run in this process
 exactly as ``edgeagent run`` builds them, against a real Mosquitto broker
@@ -46,21 +46,16 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeagent.broker import Broker  # noqa: E402
-from edgeagent.config import parse_config  # noqa: E402
-from edgeagent.health import Liveness  # noqa: E402
-from edgeagent.pki import Pki  # noqa: E402
-from edgeagent.service import (  # noqa: E402
-    BlockBus,
-    Context,
-    Counters,
-    PipelineComponent,
-    Supervisor,
-)
+from edgeagent.daemon.components import BlockBus, Context, Counters, PipelineComponent  # noqa: E402
+from edgeagent.daemon.health import Liveness  # noqa: E402
+from edgeagent.daemon.supervisor import Supervisor  # noqa: E402
+from edgeagent.daemon.wiring import daemon_factory, describe  # noqa: E402
+from edgeagent.ops.config import parse_config  # noqa: E402
+from edgeagent.ops.pki import Pki  # noqa: E402
 from edgeagent.streams import SampleBlock, Stream  # noqa: E402
 from edgeagent.transport import topics  # noqa: E402
 from edgeagent.transport.mqtt import Message, MqttLink  # noqa: E402
-from edgeagent.wiring import daemon_factory, describe  # noqa: E402
+from edgelab.broker import Broker  # noqa: E402
 from firmware_sim.physiology import Generator, SimConfig, make_patient  # noqa: E402
 
 FLEET = "soak"

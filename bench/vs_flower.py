@@ -27,7 +27,7 @@ head + autoencoder, flat float32 parameter vector), initialised identically;
 each client is one simulated patient (``firmware_sim.physiology`` ->
 ``pipeline.windows`` -> ``pipeline.features``, population standardisation),
 so the partition is naturally non-IID; local training is the same function
-(``edgeagent.model.train.fit``, same epochs, batch, learning rate and seed
+(``edgelab.train.fit``, same epochs, batch, learning rate and seed
 per client and round); the global model is the sample-weighted mean.
 
 Measured in the same run, per side: accuracy and balanced accuracy of the
@@ -73,7 +73,7 @@ if str(ROOT) not in sys.path:
 
 from edgeagent.model.meta import ModelMeta, ModelSpec, init_params  # noqa: E402
 from edgeagent.model.nn import forward  # noqa: E402
-from edgeagent.model.train import fit  # noqa: E402
+from edgelab.train import fit  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "vs_flower.json"
 HIDDEN, LATENT = 32, 12
@@ -274,10 +274,10 @@ class TrainingLearner:
 
 
 def box_main(a: argparse.Namespace) -> None:
-    from edgeagent.fl.client import FlClient
+    from edgeagent.federation.client import FlClient
     from edgeagent.fl.identity import load_ca, load_identity
     from edgeagent.model.graph import get_params, parse_model, sha256_hex
-    from edgeagent.pki import Pki
+    from edgeagent.ops.pki import Pki
     from edgeagent.transport.mqtt import MqttLink
 
     pki = Pki.open(Path(a.pki))
@@ -298,8 +298,8 @@ def box_main(a: argparse.Namespace) -> None:
 
 
 def aggregator_main(a: argparse.Namespace) -> None:
-    from edgeagent.config import parse_config
-    from edgeagent.fl.aggregator import Aggregator
+    from edgeagent.federation.aggregator import Aggregator
+    from edgeagent.ops.config import parse_config
 
     agg = Aggregator(parse_config(json.loads(Path(a.config).read_text())))
     agg.start()
@@ -313,10 +313,10 @@ def aggregator_main(a: argparse.Namespace) -> None:
 
 def run_edgeagent(args: argparse.Namespace, tmp: Path, paths: list[Path], model: bytes,
                   meta: str, secure: bool = True) -> dict[str, Any]:  # fmt: skip
-    from edgeagent.broker import Broker
     from edgeagent.fl.constants import AGGREGATOR
     from edgeagent.model.graph import get_params, parse_model
-    from edgeagent.pki import Pki
+    from edgeagent.ops.pki import Pki
+    from edgelab.broker import Broker
 
     fleet = "versus" if secure else "versusplain"
     d = tmp / ("edge" if secure else "edge-plain")

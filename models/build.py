@@ -37,13 +37,13 @@ if str(ROOT) not in sys.path:
 from edgeagent.evaluate import POS_OVERLAP_S, ScoredWindow, score_windows  # noqa: E402
 from edgeagent.model.graph import FAULT, NORMAL, ModelMeta, build_model, to_bytes  # noqa: E402
 from edgeagent.model.nn import standardise  # noqa: E402
-from edgeagent.model.train import fit  # noqa: E402
 from edgeagent.pipeline import features  # noqa: E402
 from edgeagent.pipeline.alerts import MemoryAlertSink  # noqa: E402
 from edgeagent.pipeline.detect import Detector, DetectorConfig  # noqa: E402
 from edgeagent.pipeline.personal import calibrate, robust_stats  # noqa: E402
 from edgeagent.pipeline.windows import Windower  # noqa: E402
 from edgeagent.streams import SampleBlock, Stream  # noqa: E402
+from edgelab.train import fit  # noqa: E402
 from firmware_sim.physiology import (  # noqa: E402
     ANOMALY_KINDS,
     FAULT_KINDS,

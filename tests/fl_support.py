@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeagent.broker import Broker, find_mosquitto
 from edgeagent.errors import BrokerError
-from edgeagent.pki import Pki
+from edgeagent.ops.pki import Pki
+from edgelab.broker import Broker, find_mosquitto
 
 FLEET = "flfleet"
 
@@ -102,7 +102,7 @@ def start_clients(
     ``client_kw`` reaches every ``FlClient`` (e.g. ``min_group_size``); a
     callable value is called with the box id, so one box can differ.
     """
-    from edgeagent.fl.client import FlClient
+    from edgeagent.federation.client import FlClient
     from edgeagent.fl.identity import load_ca, load_identity
     from edgeagent.model.graph import sha256_hex
     from edgeagent.transport.mqtt import MqttLink

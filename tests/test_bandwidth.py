@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgeagent.bandwidth import (
+from edgelab.bandwidth import (
     TLS_RECORD,
     alert_bytes,
     measure,

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from edgeagent.cli import _register, app
 from edgeagent.cli.doctor import check_certificates, check_dbus
 from edgeagent.cli.logs import journal_command, journald_available
-from edgeagent.config import parse_config
-from edgeagent.pki import Pki
+from edgeagent.ops.config import parse_config
+from edgeagent.ops.pki import Pki
 from tests.plugins.ops import CLI, Daemon, NotifyListener, write_toml
 
 _register()

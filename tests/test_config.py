@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from edgeagent.config import REDACTED, load_config, parse_config, redacted, to_toml
 from edgeagent.errors import ConfigError, ConfigErrors
+from edgeagent.ops.config import REDACTED, load_config, parse_config, redacted, to_toml
 from tests.plugins.ops import EXAMPLE_CONFIG
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edgeagent.control import MAX_REQUEST_BYTES, ControlServer, request
+from edgeagent.daemon.control import MAX_REQUEST_BYTES, ControlServer, request
 from edgeagent.errors import ControlError
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeagent.demo import (
+from edgelab.demo import (
     CLINICAL,
     DemoOptions,
     GatedFeed,

@@ -19,20 +19,20 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeagent.broker import Broker
-from edgeagent.config import parse_config
 from edgeagent.errors import ConfigError, TransportError
+from edgeagent.federation.aggregator import Aggregator, status_report
+from edgeagent.federation.client import FlClient
 from edgeagent.fl.aggregate import ClientUpdate, weighted_fedavg
-from edgeagent.fl.aggregator import Aggregator, status_report
-from edgeagent.fl.client import FlClient
 from edgeagent.fl.constants import AGGREGATOR, Stage
 from edgeagent.fl.identity import load_ca, load_identity
 from edgeagent.fl.messages import Message, encode
 from edgeagent.model.graph import get_params, parse_model, sha256_hex
-from edgeagent.pki import Pki
+from edgeagent.ops.config import parse_config
+from edgeagent.ops.pki import Pki
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import RC_NOT_AUTHORIZED, MqttLink
 from edgeagent.transport.mqtt import Message as MqttMessage
+from edgelab.broker import Broker
 from tests.fl_support import (
     FLEET,
     FixedLearner,
@@ -152,7 +152,7 @@ def test_round_equals_plaintext_fedavg_and_state_survives_restart(
         from typer.testing import CliRunner
 
         from edgeagent.cli import _register, app
-        from edgeagent.config import to_toml
+        from edgeagent.ops.config import to_toml
 
         _register()
         toml = tmp_path / "agg.toml"

@@ -26,24 +26,25 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeagent.broker import Broker
-from edgeagent.config import parse_config
 from edgeagent.errors import ConfigError, ProtocolError
+from edgeagent.federation.accountant import DpAccountant
+from edgeagent.federation.aggregator import Aggregator, status_report
+from edgeagent.federation.client import FlClient
 from edgeagent.fl import robust, seal
 from edgeagent.fl.aggregate import ClientUpdate, sum_payloads, weighted_fedavg
-from edgeagent.fl.aggregator import Aggregator, status_report
-from edgeagent.fl.client import FlClient
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Stage
 from edgeagent.fl.identity import load_ca, load_identity
 from edgeagent.fl.messages import Message, decode_unverified, encode
-from edgeagent.fl.privacy import DpAccountant, l2_clip
+from edgeagent.fl.privacy import l2_clip
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
 from edgeagent.fl.wire import Announcement, announcement_body
 from edgeagent.model.graph import get_params, parse_model, sha256_hex
-from edgeagent.pki import Pki
+from edgeagent.ops.config import parse_config
+from edgeagent.ops.pki import Pki
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
+from edgelab.broker import Broker
 from tests.fl_support import (
     FixedLearner,
     aggregator_config,
@@ -132,7 +133,7 @@ def _status_cli(cfg: dict[str, Any], tmp: Path) -> list[str]:
     from typer.testing import CliRunner
 
     from edgeagent.cli import _register, app
-    from edgeagent.config import to_toml
+    from edgeagent.ops.config import to_toml
 
     _register()
     toml = tmp / "agg.toml"

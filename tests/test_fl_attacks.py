@@ -7,7 +7,7 @@ import pytest
 
 from edgeagent.fl import robust
 from edgeagent.fl.aggregate import ClientUpdate, weighted_fedavg
-from edgeagent.fl.attacks import (
+from edgelab.attacks import (
     ATTACKS,
     AttackConfig,
     MaliciousUpdates,

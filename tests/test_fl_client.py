@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeagent.broker import Broker
+from edgeagent.daemon.health import Liveness
 from edgeagent.errors import ProtocolError
-from edgeagent.fl.client import FlClient
+from edgeagent.federation.client import FlClient
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Stage
 from edgeagent.fl.identity import Identity, load_ca, load_identity
 from edgeagent.fl.messages import Message, encode
@@ -30,17 +30,17 @@ from edgeagent.fl.wire import (
     encode_hello,
     encode_model,
 )
-from edgeagent.health import Liveness
 from edgeagent.model.graph import get_params, parse_model, sha256_hex
-from edgeagent.model.lifecycle import ModelManager
 from edgeagent.model.registry import ModelRegistry
 from edgeagent.model.signing import sign_hash
+from edgeagent.ops.pki import Pki
 from edgeagent.pipeline.alerts import MemoryAlertSink
 from edgeagent.pipeline.detect import Detector
-from edgeagent.pki import Pki
+from edgeagent.pipeline.lifecycle import ModelManager
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
+from edgelab.broker import Broker
 from tests.fl_support import FixedLearner
 from tests.plugins.model import SYN_FEATURES, SYN_MODALITY
 

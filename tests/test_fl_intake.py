@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeagent.fl.constants import AGGREGATOR, Key, Stage
-from edgeagent.fl.coordinator import PartialCollector
-from edgeagent.fl.intake import (
+from edgeagent.federation.intake import (
     OP_CLOSE,
     OP_OPEN,
     IntakeState,
@@ -27,6 +25,8 @@ from edgeagent.fl.intake import (
     partial_topic,
     shared_filter,
 )
+from edgeagent.federation.partials import PartialCollector
+from edgeagent.fl.constants import AGGREGATOR, Key, Stage
 from edgeagent.fl.messages import Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import payload_bound
 from edgeagent.fl.secagg import RoundConfig, SecAggClient, SecAggServer

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from edgeagent.federation.accountant import DpAccountant
 from edgeagent.fl.privacy import (
     AdaptiveClip,
-    DpAccountant,
     add_gaussian_noise,
     adjusted_noise_multiplier,
     clip_indicator,

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from edgeagent.health import Liveness
+from edgeagent.daemon.health import Liveness
 
 
 class Clock:

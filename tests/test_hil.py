@@ -1,4 +1,4 @@
-"""edgeagent.hil: bench files are validated key by key; the link checks catch real faults.
+"""edgelab.hil: bench files are validated key by key; the link checks catch real faults.
 
 The checks are fed hand-built runs with a known defect each (wrong rate, a
 hole with no gap, bad scale, time going backwards ...) so every one is
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from edgeagent.errors import BenchError
-from edgeagent.hil import (
+from edgeagent.streams import Gap, LinkCounters, SampleBlock, Stream
+from edgelab.hil import (
     HilBench,
     LinkRun,
     Tolerances,
@@ -25,7 +26,6 @@ from edgeagent.hil import (
     load_bench,
     parse_bench,
 )
-from edgeagent.streams import Gap, LinkCounters, SampleBlock, Stream
 
 FULL = """
 [bench]

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeagent.cli import _register, app
-from edgeagent.install import (
+from edgeagent.ops.install import (
     GROUPS,
     UDEV_NAME,
     FileAccounts,

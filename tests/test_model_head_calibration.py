@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 
 from edgeagent.errors import ModelError
-from edgeagent.model.head_calibration import (
+from edgeagent.model.meta import ModelSpec, init_params, unflatten
+from edgeagent.model.nn import forward, hidden
+from edgelab.head_calibration import (
     ClassMoments,
     calibrate_head,
     class_moments,
     robust_moments,
     sample_counts,
 )
-from edgeagent.model.meta import ModelSpec, init_params, unflatten
-from edgeagent.model.nn import forward, hidden
-from edgeagent.model.train import fit
+from edgelab.train import fit
 
 SPEC = ModelSpec(n_features=6, classes=("normal", "a", "b", "c"), hidden=16, latent=3)
 CENTRES = np.array([[0, 0, 0, 0, 0, 0], [3, 0, 0, 0, 0, 0], [0, 3, 0, 0, 0, 0]], np.float32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from typer.testing import CliRunner
 from edgeagent.cli import _register, app
 from edgeagent.errors import ModelError
 from edgeagent.model.graph import sha256_hex
-from edgeagent.model.registry import ModelRegistry, atomic_write
+from edgeagent.model.registry import ModelRegistry
 from edgeagent.model.signing import public_key_raw, sign_hash, verify_hash
 
 
@@ -103,14 +102,6 @@ def test_signatures(tmp_state: Path, syn_model: bytes, signing_key: Ed25519Priva
     }
     # the same registry opened without the key cannot vouch for the signature
     assert ModelRegistry(tmp_state).verify(rec.version)["ok"] is False
-
-
-def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
-    p = tmp_path / "d" / "f.bin"
-    atomic_write(p, b"one")
-    atomic_write(p, b"two")
-    assert p.read_bytes() == b"two"
-    assert os.listdir(p.parent) == ["f.bin"]
 
 
 def test_cli_model_verbs(

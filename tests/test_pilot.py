@@ -14,10 +14,11 @@ import pytest
 
 from edgeagent.fl import robust
 from edgeagent.fl.aggregate import ClientUpdate, weighted_fedavg
-from edgeagent.fl.attacks import AttackConfig, choose_malicious
-from edgeagent.model.head_calibration import class_moments, robust_moments
 from edgeagent.model.meta import unflatten
-from edgeagent.pilot import (
+from edgeagent.pipeline import features
+from edgelab.attacks import AttackConfig, choose_malicious
+from edgelab.head_calibration import class_moments, robust_moments
+from edgelab.pilot import (
     MODES,
     Calibration,
     DelayProxy,
@@ -43,7 +44,6 @@ from edgeagent.pilot import (
     targets,
     train_arrays,
 )
-from edgeagent.pipeline import features
 
 N_F = len(features.FEATURE_NAMES)
 
@@ -243,7 +243,7 @@ def test_reputation_mode_remembers_scores_and_its_verdict_limits_the_calibration
 def test_a_reputation_run_hands_the_calibration_round_the_hubs_it_trusts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import edgeagent.pilot as pilot_mod
+    import edgelab.pilot as pilot_mod
 
     seen: list[set[str] | None] = []
     real = pilot_mod._calibration_round
@@ -371,7 +371,7 @@ def _fake_results() -> dict:
     pct = {"p50": 1.0, "p95": 2.0, "p99": 3.0, "n": 10, "mean": 1.0}
     return {
         "config": cfg,
-        "paper": __import__("edgeagent.pilot", fromlist=["PAPER"]).PAPER,
+        "paper": __import__("edgelab.pilot", fromlist=["PAPER"]).PAPER,
         "accuracy": {
             "local_only": m,
             "centralised": m,

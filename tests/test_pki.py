@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from edgeagent.cli import _register, app
 from edgeagent.errors import PkiError
-from edgeagent.pki import AGGREGATOR_ID, Pki, TlsFiles, common_name, validate_box_id
+from edgeagent.ops.pki import AGGREGATOR_ID, Pki, TlsFiles, common_name, validate_box_id
 
 
 def _cert(p: Path) -> x509.Certificate:

@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgeagent.config import DetectionSection
 from edgeagent.errors import ModelError
+from edgeagent.ops.config import DetectionSection
 from edgeagent.providers import (
     CPU,
     CUDA,
@@ -157,7 +157,7 @@ def test_detector_runs_on_the_chosen_backend_and_reports_the_fallback() -> None:
 
 def test_doctor_shows_the_backend_and_the_fallback(tmp_path: Path) -> None:
     from edgeagent.cli.doctor import check_model
-    from edgeagent.config import load_config
+    from edgeagent.ops.config import load_config
 
     cfg_file = tmp_path / "config.toml"
     cfg_file.write_text(
@@ -191,10 +191,10 @@ def test_status_renders_the_backend_a_daemon_reports() -> None:
 def test_daemon_detection_runs_on_the_configured_backend(tmp_state: Path, short_dir: Path) -> None:
     """``edgeagent run`` wiring: threads = 0 is sized to the box, CUDA falls back to CPU,
     and the detection component reports the backend for status."""
-    from edgeagent.config import parse_config
-    from edgeagent.health import Liveness
-    from edgeagent.service import BlockBus, Context, Counters, PipelineComponent
-    from edgeagent.wiring import daemon_factory
+    from edgeagent.daemon.components import BlockBus, Context, Counters, PipelineComponent
+    from edgeagent.daemon.health import Liveness
+    from edgeagent.daemon.wiring import daemon_factory
+    from edgeagent.ops.config import parse_config
 
     cfg = parse_config(
         {

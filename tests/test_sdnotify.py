@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from edgeagent.sdnotify import (
+from edgeagent.daemon.sdnotify import (
     MAX_STATUS_CHARS,
     Notifier,
     build,

@@ -18,19 +18,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeagent.config import Config, parse_config
-from edgeagent.control import request
-from edgeagent.health import Liveness
-from edgeagent.sdnotify import Notifier
-from edgeagent.service import (
-    BlockBus,
-    Counters,
-    MqttStatusSink,
-    PipelineComponent,
-    Supervisor,
-    build_supervisor,
-    write_atomic,
-)
+from edgeagent.daemon.components import BlockBus, Counters, MqttStatusSink, PipelineComponent
+from edgeagent.daemon.control import request
+from edgeagent.daemon.health import Liveness
+from edgeagent.daemon.sdnotify import Notifier
+from edgeagent.daemon.supervisor import Supervisor
+from edgeagent.daemon.wiring import build_supervisor
+from edgeagent.ops.config import Config, parse_config
 from edgeagent.streams import SampleBlock, Stream
 from tests.plugins.ops import NotifyListener
 
@@ -316,18 +310,6 @@ def test_status_over_control_socket_and_sinks(
     assert r.finish() == 0
     assert published[-1]["state"] == "stopped"
     assert sup.counters.snapshot()["status_sink_errors"] >= 1
-
-
-def test_write_atomic_leaves_old_or_new_never_partial(tmp_path: Path) -> None:
-    target = tmp_path / "status.json"
-    write_atomic(target, b"old")
-
-    with pytest.raises(TypeError):
-        write_atomic(target, "not bytes")  # type: ignore[arg-type]
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]  # no temp left behind
-    write_atomic(target, b"new")
-    assert target.read_bytes() == b"new"
 
 
 def test_configured_serial_device_flows_into_the_pipeline(

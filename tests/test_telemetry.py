@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeagent.health import Liveness
-from edgeagent.telemetry import (
+from edgeagent.daemon.health import Liveness
+from edgeagent.daemon.telemetry import (
     OutboxStats,
     ProcessStats,
     build_status,

@@ -6,9 +6,9 @@ import numpy as np
 
 from edgeagent.model.meta import ModelSpec, init_params, unflatten
 from edgeagent.model.nn import forward, head_loss_grad
-from edgeagent.model.train import fit
 from edgeagent.pipeline import features
 from edgeagent.pipeline.personal import TRAIT_FEATURES, calibrate, trait_mask
+from edgelab.train import fit
 
 SPEC = ModelSpec(n_features=6, classes=("normal", "a", "b", "c"), hidden=8, latent=3)
 

@@ -20,9 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeagent.broker import Broker, render_config
 from edgeagent.errors import TransportError
-from edgeagent.pki import Pki, TlsFiles
+from edgeagent.ops.pki import Pki, TlsFiles
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import (
     RC_NO_MATCHING_SUBSCRIBERS,
@@ -34,6 +33,7 @@ from edgeagent.transport.mqtt import (
     is_transient,
 )
 from edgeagent.transport.outbox import Outbox
+from edgelab.broker import Broker, render_config
 from tests.plugins.mqtt import TEST_FLEET as FLEET
 
 # --------------------------------------------------------------------------- pure parts
@@ -309,7 +309,7 @@ def test_status_is_retained_online_and_offline_on_clean_close(
 _VANISH = """
 import sys, time
 from pathlib import Path
-from edgeagent.pki import TlsFiles
+from edgeagent.ops.pki import TlsFiles
 from edgeagent.transport.mqtt import MqttLink
 ca, cert, key, port, fleet = sys.argv[1:]
 link = MqttLink("box-c", "127.0.0.1", int(port), TlsFiles(Path(ca), Path(cert), Path(key)),

@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from edgeagent.broker import Broker
 from edgeagent.cli import _register, app
 from edgeagent.errors import OutboxError
-from edgeagent.pki import Pki
+from edgeagent.ops.pki import Pki
 from edgeagent.transport import topics
 from edgeagent.transport.outbox import DB_NAME, Outbox, OutboxLimits
+from edgelab.broker import Broker
 from tests.plugins.mqtt import TEST_FLEET as FLEET
 
 

@@ -16,28 +16,21 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeagent.config import parse_config
+from edgeagent.daemon.components import BlockBus, Context, Counters, PipelineComponent
+from edgeagent.daemon.detection import DetectionComponent, LearnerComponent
+from edgeagent.daemon.health import Liveness
+from edgeagent.daemon.outbound import AlertRelay, OutboxComponent, OutboxStatusSink, SharedLink
+from edgeagent.daemon.wiring import daemon_factory, describe
 from edgeagent.errors import TransportError
-from edgeagent.health import Liveness
 from edgeagent.model.graph import get_params, set_params, to_bytes
 from edgeagent.model.registry import ModelRegistry
+from edgeagent.ops.config import parse_config
 from edgeagent.pipeline.alerts import Alert, AlertStore
 from edgeagent.pipeline.detect import Detector
 from edgeagent.pipeline.learn import LocalLearner
 from edgeagent.pipeline.windows import Windower
-from edgeagent.service import BlockBus, Context, Counters, PipelineComponent
 from edgeagent.streams import Gap, SampleBlock, Stream
 from edgeagent.transport.outbox import Outbox, OutboxLimits
-from edgeagent.wiring import (
-    AlertRelay,
-    DetectionComponent,
-    LearnerComponent,
-    OutboxComponent,
-    OutboxStatusSink,
-    SharedLink,
-    daemon_factory,
-    describe,
-)
 from firmware_sim.physiology import Generator, Label, SimConfig, make_patient
 from tests.plugins.ops import REPO
 
@@ -208,7 +201,7 @@ def _detection(tmp_state: Path) -> tuple[DetectionComponent, Outbox, ModelRegist
     relay, ob, counters = _relay(tmp_state)
     det = Detector(reg.load_bytes(rec), rec.label, relay)
 
-    from edgeagent.model.lifecycle import ModelManager
+    from edgeagent.pipeline.lifecycle import ModelManager
 
     comp = DetectionComponent(
         det,

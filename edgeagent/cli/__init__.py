@@ -2,12 +2,16 @@
 
 Each verb group lives in its own module here and registers itself on ``app``;
 this file only assembles them, so adding a verb never touches another's code.
+Verbs of other installed packages (the lab's ``demo`` and ``pilot``) come in
+through the ``edgeagent.verbs`` entry-point group: the runtime never imports
+them by name, and a box without the lab simply has fewer verbs.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+from importlib.metadata import entry_points
 
 import typer
 
@@ -22,13 +26,12 @@ app = typer.Typer(
 )
 
 # Verb modules, imported for their side effect of registering on ``app``.
-_VERB_MODULES = ("demo", "pki", "outbox")
+_VERB_MODULES = ("pki", "outbox")
 _VERB_MODULES += ("run", "config", "status", "doctor", "serial", "logs", "support")  # ops
 _VERB_MODULES += ("model", "evaluate", "convert")  # model / detection, record import
 _VERB_MODULES += ("service",)  # field install
 _VERB_MODULES += ("aggregator",)  # federated aggregator
 _VERB_MODULES += ("devices",)  # BLE
-_VERB_MODULES += ("pilot",)  # pilot evaluation
 
 
 @app.command()
@@ -52,9 +55,27 @@ def version(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
             typer.echo(f"{k:12} {v}")
 
 
+#: Entry-point group through which other packages add verbs (each names a module to import).
+VERB_GROUP = "edgeagent.verbs"
+
+
 def _register() -> None:
     for name in _VERB_MODULES:
         importlib.import_module(f"edgeagent.cli.{name}")
+    for ep in entry_points(group=VERB_GROUP):
+        try:
+            ep.load()
+        except ImportError as exc:  # the lab installed without its extra: say what to install
+            _unavailable(ep.name, exc)
+
+
+def _unavailable(verb: str, exc: ImportError) -> None:
+    @app.command(name=verb, help=f"Not available here: {exc}. Install edgeagent[lab].")
+    def _missing() -> None:
+        raise typer.Exit(
+            f"edgeagent {verb}: needs the lab package ({exc}); "
+            "install it with: pip install 'edgeagent[lab]'"
+        )
 
 
 def main() -> None:

@@ -36,9 +36,9 @@ def run(
     """Run the aggregator in the foreground until SIGTERM/SIGINT (or aggregator.rounds done)."""
     cfg = load_or_exit(config, as_json)
     from edgeagent.cli.run import setup_logging
+    from edgeagent.daemon.sdnotify import Notifier, watchdog_interval
     from edgeagent.errors import EdgeAgentError
-    from edgeagent.fl.aggregator import Aggregator
-    from edgeagent.sdnotify import Notifier, watchdog_interval
+    from edgeagent.federation.aggregator import Aggregator
 
     setup_logging(cfg.agent.log_level, as_json)
     notifier = Notifier()
@@ -98,7 +98,7 @@ def status(
     """Rounds, participants, dropouts, rejections and epsilon from the aggregator's state."""
     cfg = load_or_exit(config, as_json)
     from edgeagent.errors import EdgeAgentError
-    from edgeagent.fl.aggregator import status_report
+    from edgeagent.federation.aggregator import status_report
 
     try:
         rep = status_report(cfg.agent.state_dir)

@@ -17,8 +17,8 @@ from typing import Any
 import typer
 
 from edgeagent.cli import app
-from edgeagent.config import DEFAULT_PATH, Config, load_config, redacted, to_toml
 from edgeagent.errors import ConfigError, ConfigErrors
+from edgeagent.ops.config import DEFAULT_PATH, Config, load_config, redacted, to_toml
 
 # Exit code for an invalid configuration (distinct from 1 = runtime failure).
 EXIT_CONFIG = 2

@@ -30,9 +30,9 @@ from rich.table import Table
 
 from edgeagent.cli import app
 from edgeagent.cli.config import CONFIG_OPTION, JSON_OPTION, default_config_path, echo_json
-from edgeagent.config import Config, load_config
+from edgeagent.daemon.telemetry import outbox_stats_from
 from edgeagent.errors import ConfigError, ControlError
-from edgeagent.telemetry import outbox_stats_from
+from edgeagent.ops.config import Config, load_config
 
 # A certificate expiring sooner than this is a warning: renewal takes a visit.
 CERT_WARN_DAYS = 30
@@ -447,7 +447,7 @@ def check_model(cfg: Config) -> list[Check]:
 
 def check_daemon(cfg: Config) -> list[Check]:
     """Is a daemon answering on the control socket (informational)."""
-    from edgeagent.control import request
+    from edgeagent.daemon.control import request
 
     try:
         snap = request(cfg.control.socket_path, "status", timeout=NET_TIMEOUT_S)

@@ -98,7 +98,7 @@ def flush(
     as_json: bool = _JSON,
 ) -> None:
     """Connect now and send everything stored; exit 1 if rows remain."""
-    from edgeagent.pki import Pki
+    from edgeagent.ops.pki import Pki
     from edgeagent.transport.mqtt import MqttLink, OutboxForwarder
 
     with _open(state_dir) as ob:

@@ -2,7 +2,7 @@
 
 Field set-up runs ``pki init`` once on a trusted machine and ``pki issue BOX``
 per box, then copies ``ca.crt`` + ``clients/BOX.{crt,key}`` to the box. Tests
-and the demo use the same code (:mod:`edgeagent.pki`).
+and the demo use the same code (:mod:`edgeagent.ops.pki`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import typer
 
 from edgeagent.cli import app
 from edgeagent.errors import PkiError
-from edgeagent.pki import DEFAULT_BROKER_HOSTS, Pki
+from edgeagent.ops.pki import DEFAULT_BROKER_HOSTS, Pki
 
 pki_app = typer.Typer(help="Fleet PKI: CA, broker and per-box certificates.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")

@@ -18,8 +18,8 @@ from rich.table import Table
 
 from edgeagent.cli import app
 from edgeagent.cli.config import JSON_OPTION, default_config_path, echo_json
-from edgeagent.config import load_config
 from edgeagent.errors import ConfigError
+from edgeagent.ops.config import load_config
 
 _CONFIG: Any = typer.Option(None, "--config", "-c", help="Also show configured ports.")
 serial_app = typer.Typer(help="Serial ports (wired textiles and hubs).", no_args_is_help=True)

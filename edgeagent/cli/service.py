@@ -1,6 +1,6 @@
 """``edgeagent service install|uninstall``: put the agent in place on a box, or take it out.
 
-Thin: the steps live in :mod:`edgeagent.install` (testable in a temporary
+Thin: the steps live in :mod:`edgeagent.ops.install` (testable in a temporary
 root); this module parses options, prints each step and sets the exit code
 (0 ok, 1 a step failed).
 """
@@ -15,7 +15,7 @@ import typer
 from edgeagent.cli import app
 from edgeagent.cli.config import JSON_OPTION, echo_json
 from edgeagent.errors import InstallError
-from edgeagent.install import GROUPS, USER, Report, install, uninstall
+from edgeagent.ops.install import GROUPS, USER, Report, install, uninstall
 
 service_app = typer.Typer(
     help="Install or remove the systemd unit, udev rule, user and directories.",

@@ -11,9 +11,9 @@ from rich.table import Table
 
 from edgeagent.cli import app
 from edgeagent.cli.config import CONFIG_OPTION, JSON_OPTION, default_config_path, echo_json
-from edgeagent.config import ControlSection, load_config
-from edgeagent.control import request
+from edgeagent.daemon.control import request
 from edgeagent.errors import ConfigError, ControlError
+from edgeagent.ops.config import ControlSection, load_config
 
 _SOCKET: Any = typer.Option(None, "--socket", help="Control socket path (overrides config).")
 

@@ -30,8 +30,8 @@ from rich.progress import Progress
 from edgeagent import __version__
 from edgeagent.cli import app
 from edgeagent.cli.config import CONFIG_OPTION, default_config_path, echo_json, error_list
-from edgeagent.config import REDACTED, Config, load_config, redacted, to_toml
 from edgeagent.errors import ConfigError, ControlError
+from edgeagent.ops.config import REDACTED, Config, load_config, redacted, to_toml
 
 _OUTPUT: Any = typer.Option(..., "--output", "-o", help="Archive to write (.tar.gz).")
 
@@ -72,7 +72,7 @@ def _status(cfg: Config | None) -> dict[str, Any]:
     """Live status from the daemon, else the last status.json it saved."""
     if cfg is None:
         return {"source": "none", "error": "config invalid; socket unknown"}
-    from edgeagent.control import request
+    from edgeagent.daemon.control import request
 
     try:
         return {"source": "daemon", "status": request(cfg.control.socket_path, "status")}

@@ -1,4 +1,7 @@
-"""Clipping, Gaussian noise, the DP accountant and adaptive clipping, as small pure helpers.
+"""Clipping, Gaussian noise and adaptive clipping, as small pure helpers.
+
+The accountant that turns rounds into (epsilon, delta) runs on the aggregator
+only (``federation.accountant``): a box needs none of dp-accounting's weight.
 
 Unit of privacy: one box per round (user-level DP, McMahan et al. 2018,
 "Learning Differentially Private Recurrent Language Models"). A box's payload
@@ -17,11 +20,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import dp_accounting
 import numpy as np
-from dp_accounting import pld, rdp
 
 
 def l2_clip(delta: np.ndarray, clip: float) -> tuple[np.ndarray, float]:
@@ -88,61 +89,6 @@ def add_gaussian_noise(
     if std == 0:
         return v.copy()
     return v + (rng or new_noise_rng()).normal(0.0, std, size=v.shape)
-
-
-@dataclass
-class DpAccountant:
-    """Tracks (epsilon, delta) over rounds with dp-accounting (RDP or PLD).
-
-    Each round is a Poisson-subsampled Gaussian mechanism with sampling rate
-    ``q`` (boxes invited / fleet size) and noise multiplier ``z``. Rounds with
-    different ``z`` or ``q`` (adaptive settings) compose as separate events.
-    """
-
-    target_delta: float
-    method: str = "rdp"
-    _events: list[tuple[float, float, int]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.method not in ("rdp", "pld"):
-            raise ValueError("method must be 'rdp' or 'pld'")
-        if not 0 < self.target_delta < 1:
-            raise ValueError("target_delta must be in (0, 1)")
-
-    @property
-    def rounds(self) -> int:
-        """Rounds accounted so far."""
-        return sum(n for _, _, n in self._events)
-
-    def step(self, noise_multiplier: float, sampling_rate: float, rounds: int = 1) -> None:
-        """Account ``rounds`` more rounds with the given noise multiplier and sampling rate."""
-        if noise_multiplier <= 0:
-            raise ValueError("a round without noise has no finite epsilon; use z > 0")
-        if not 0 < sampling_rate <= 1 or rounds < 1:
-            raise ValueError("sampling_rate must be in (0, 1] and rounds >= 1")
-        if self._events and self._events[-1][:2] == (noise_multiplier, sampling_rate):
-            z, q, n = self._events[-1]
-            self._events[-1] = (z, q, n + rounds)
-        else:
-            self._events.append((noise_multiplier, sampling_rate, rounds))
-
-    def epsilon(self) -> float:
-        """Epsilon at ``target_delta`` for everything accounted so far (0 before any round)."""
-        if not self._events:
-            return 0.0
-        events = [
-            dp_accounting.SelfComposedDpEvent(
-                dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), n
-            )
-            for z, q, n in self._events
-        ]
-        event = events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)
-        if self.method == "rdp":
-            acc: dp_accounting.PrivacyAccountant = rdp.RdpAccountant()
-        else:
-            acc = pld.PLDAccountant()
-        acc.compose(event)
-        return float(acc.get_epsilon(self.target_delta))
 
 
 @dataclass

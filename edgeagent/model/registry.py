@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgeagent.atomic import write_atomic
 from edgeagent.errors import ModelError
 from edgeagent.model.meta import sha256_hex
 from edgeagent.model.signing import public_key_raw, verify_hash
@@ -92,22 +92,6 @@ class ModelRecord:
             "rejected": self.rejected,
             "info": self.info,
         }
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either the old content or all of the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class ModelRegistry:
@@ -180,11 +164,11 @@ class ModelRegistry:
         if existing is not None:
             return existing
         path = self.dir / f"{digest}.onnx"
-        atomic_write(path, data)
+        write_atomic(path, data)
         # The flat vector beside the model lets the learner start without importing onnx.
         buf = io.BytesIO()
         np.save(buf, get_params(model), allow_pickle=False)
-        atomic_write(path.with_suffix(".params.npy"), buf.getvalue())
+        write_atomic(path.with_suffix(".params.npy"), buf.getvalue())
         info = dict(read_meta(model).info)
         info["params_sha256"] = sha256_hex(buf.getvalue())
         with self._db() as db:

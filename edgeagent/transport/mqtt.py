@@ -45,7 +45,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeagent.errors import TransportError
-from edgeagent.pki import TlsFiles
+from edgeagent.ops.pki import TlsFiles
 from edgeagent.transport import topics
 
 if TYPE_CHECKING:

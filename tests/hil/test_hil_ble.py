@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeagent.hil import (
+from edgeagent.sources.ble import BleSource, DeviceFilter, LinkEvent
+from edgeagent.sources.retry import RetryPolicy
+from edgeagent.streams import Gap, LinkCounters, SampleBlock
+from edgelab.hil import (
     LinkRun,
     Tolerances,
     check_accounting,
@@ -26,9 +29,6 @@ from edgeagent.hil import (
     check_framing,
     check_reconnect,
 )
-from edgeagent.sources.ble import BleSource, DeviceFilter, LinkEvent
-from edgeagent.sources.retry import RetryPolicy
-from edgeagent.streams import Gap, LinkCounters, SampleBlock
 from tests.plugins.hil import BleTarget, run_replug, wait_until
 
 pytestmark = pytest.mark.hil

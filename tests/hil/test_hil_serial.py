@@ -3,7 +3,7 @@
 Each test runs on ``serial_target`` = ``sim`` (PtyDevice on a pty, exact
 ledger accounting, CI) and ``hw`` (the bench's port, tolerances from the
 bench; skipped with the reason when no port is described). The checks are
-the shared ones in :mod:`edgeagent.hil`; the simulator additionally proves
+the shared ones in :mod:`edgelab.hil`; the simulator additionally proves
 exactness against its ledger.
 """
 
@@ -24,7 +24,10 @@ import numpy as np
 import pytest
 
 from edgeagent.codecs.serial_frame import Hello
-from edgeagent.hil import (
+from edgeagent.sources.retry import RetryPolicy
+from edgeagent.sources.serial import DEFAULT_MAX_SKEW_S, SerialSource
+from edgeagent.streams import Gap, SampleBlock
+from edgelab.hil import (
     LinkRun,
     SerialBench,
     Tolerances,
@@ -33,9 +36,6 @@ from edgeagent.hil import (
     check_framing,
     check_reconnect,
 )
-from edgeagent.sources.retry import RetryPolicy
-from edgeagent.sources.serial import DEFAULT_MAX_SKEW_S, SerialSource
-from edgeagent.streams import Gap, SampleBlock
 from firmware_sim.physiology import Generator, SimConfig, make_patient
 from firmware_sim.serialdev import FaultConfig, Ledger, PtyDevice
 from tests.plugins.hil import SerialTarget, run_replug, wait_until

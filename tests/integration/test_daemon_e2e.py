@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from edgeagent.broker import Broker
-from edgeagent.pki import Pki
+from edgeagent.ops.pki import Pki
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message, MqttLink
+from edgelab.broker import Broker
 from firmware_sim.physiology import Generator, Label, SimConfig, make_patient
 from firmware_sim.serialdev import PtyDevice
 from tests.plugins.mqtt import TEST_FLEET

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from edgeagent.config import to_toml
-from edgeagent.fl.aggregator import read_state
+from edgeagent.federation.aggregator import read_state
+from edgeagent.ops.config import to_toml
 from firmware_sim.physiology import Generator, SimConfig, make_patient
 from firmware_sim.serialdev import PtyDevice
 from tests.fl_support import FLEET, aggregator_config, federation, make_fleet, start_broker

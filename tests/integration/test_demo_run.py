@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from edgeagent.broker import find_mosquitto
-from edgeagent.demo import check_summary
 from edgeagent.errors import BrokerError
+from edgelab.broker import find_mosquitto
+from edgelab.demo import check_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -154,8 +154,8 @@ def test_demo_against_an_external_broker(tmp_path: Path) -> None:
     """``--broker HOST:PORT``: a broker someone else runs, set up with the demo's PKI."""
     if not _have_mosquitto():
         pytest.skip("mosquitto not installed (apt-get install mosquitto)")
-    from edgeagent.broker import Broker
-    from edgeagent.demo import demo_pki
+    from edgelab.broker import Broker
+    from edgelab.demo import demo_pki
 
     out = tmp_path / "demo"
     pki = demo_pki(out / "pki", ["hub-1", "hub-2"])  # what a first demo run leaves behind

@@ -1,6 +1,6 @@
 """Whole federated system: 4 box processes + the aggregator process over a real broker.
 
-Each box is ``python -m edgeagent.fl.client`` (the daemon's Supervisor running
+Each box is ``python -m edgelab.featurebox`` (the daemon's Supervisor running
 the real detector, local learner, model lifecycle and federated client; its
 local data are synthetic feature rows replayed through the detector). The
 aggregator is ``edgeagent aggregator run``. One box is frozen (SIGSTOP) while
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeagent.config import to_toml
-from edgeagent.fl.aggregator import read_state
+from edgeagent.federation.aggregator import read_state
 from edgeagent.model.registry import ModelRegistry
+from edgeagent.ops.config import to_toml
 from edgeagent.pipeline.personal import calibrate
 from tests.fl_support import federation, make_fleet, start_broker
 from tests.plugins.model import _POP, _SCALE, SYN_CLASSES, SynWorld, train_syn_model
@@ -129,7 +129,7 @@ def _run_fleet(tmp: Path, pki: Any, broker: Any, procs: dict[str, subprocess.Pop
             "status": {"interval_s": 1.0, "stall_after_s": 10.0},
         }
         (d / "box.toml").write_text(to_toml(cfg))
-        args = [sys.executable, "-m", "edgeagent.fl.client", "--config", str(d / "box.toml"),
+        args = [sys.executable, "-m", "edgelab.featurebox", "--config", str(d / "box.toml"),
                 "--features", str(d / "rows.npy"), "--rate", "100"]  # fmt: skip
         _spawn(procs, box, args, d / "box.log")
     agg_state = tmp / "agg"

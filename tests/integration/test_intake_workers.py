@@ -1,7 +1,7 @@
 """Two intake worker processes over real Mosquitto: shared subscription, exact partial sums.
 
 Real parts only: the shipped broker config (mTLS, ACL), worker processes
-started as ``python -m edgeagent.fl.intake`` with the aggregator's TLS
+started as ``python -m edgeagent.federation.intake`` with the aggregator's TLS
 identity, boxes with their own certificates publishing signed envelopes.
 """
 
@@ -20,12 +20,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeagent.broker import Broker
-from edgeagent.fl.constants import AGGREGATOR, Key, Stage
-from edgeagent.fl.coordinator import Coordinator
-from edgeagent.fl.fleetsim import FleetProcess, SimSpec, default_payload, issue_boxes
-from edgeagent.fl.identity import load_ca, load_identity
-from edgeagent.fl.intake import (
+from edgeagent.federation.intake import (
     OP_CLOSE,
     OP_OPEN,
     Partial,
@@ -35,12 +30,17 @@ from edgeagent.fl.intake import (
     partial_topic,
     raw_public,
 )
+from edgeagent.fl.constants import AGGREGATOR, Key, Stage
+from edgeagent.fl.identity import load_ca, load_identity
 from edgeagent.fl.messages import Message, encode
 from edgeagent.fl.privacy import payload_bound
 from edgeagent.fl.secagg import RoundConfig
-from edgeagent.pki import Pki
+from edgeagent.ops.pki import Pki
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import MqttLink
+from edgelab.broker import Broker
+from edgelab.coordinator import Coordinator
+from edgelab.fleetsim import FleetProcess, SimSpec, default_payload, issue_boxes
 from tests.fl_support import mosquitto_or_skip
 
 FLEET = "intakefleet"
@@ -69,10 +69,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pki, Broke
 
 
 def start_worker(pki: Pki, broker: Broker, root: Path, name: str) -> subprocess.Popen:
-    """``python -m edgeagent.fl.intake`` with the aggregator identity; returns once subscribed."""
+    """``python -m edgeagent.federation.intake`` as the aggregator; returns once subscribed."""
     files = pki.client_files(AGGREGATOR)
     ready = root / f"{name}.ready"
-    cmd = [sys.executable, "-m", "edgeagent.fl.intake", "--port", str(broker.port),
+    cmd = [sys.executable, "-m", "edgeagent.federation.intake", "--port", str(broker.port),
            "--fleet", FLEET, "--ca", str(files.ca), "--cert", str(files.cert),
            "--key", str(files.key), "--worker", name, "--flush-every", "3",
            "--ready-file", str(ready)]  # fmt: skip

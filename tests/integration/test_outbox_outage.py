@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from edgeagent.broker import Broker
-from edgeagent.pki import Pki
+from edgeagent.ops.pki import Pki
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message, MqttLink, OutboxForwarder
 from edgeagent.transport.outbox import Outbox
+from edgelab.broker import Broker
 from tests.plugins.mqtt import TEST_FLEET as FLEET
 
 BOX = "box-a"

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeagent.broker import find_mosquitto
 from edgeagent.errors import BrokerError
-from edgeagent.pilot import MODALITIES, PilotConfig, run_pilot
 from edgeagent.pipeline.personal import TRAIT_FEATURES
+from edgelab.broker import find_mosquitto
+from edgelab.pilot import MODALITIES, PilotConfig, run_pilot
 
 METRICS = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "auroc")
 

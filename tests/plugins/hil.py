@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from edgeagent.errors import BenchError
-from edgeagent.hil import (
+from edgelab.hil import (
     BLE_RATES_HZ,
     BLE_STREAMS,
     BleBench,

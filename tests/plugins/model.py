@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeagent.model.graph import ModelMeta, build_model, to_bytes
 from edgeagent.model.nn import standardise
-from edgeagent.model.train import fit
 from edgeagent.pipeline.personal import calibrate
+from edgelab.train import fit
 
 SYN_FEATURES = (
     "hr_mean",

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeagent.broker import Broker, find_mosquitto
 from edgeagent.errors import BrokerError
-from edgeagent.pki import Pki
+from edgeagent.ops.pki import Pki
+from edgelab.broker import Broker, find_mosquitto
 
 #: Boxes issued in the shared ``pki`` fixture (plus the aggregator identity).
 TEST_BOXES = ("box-a", "box-b", "box-c")

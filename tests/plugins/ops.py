@@ -42,7 +42,7 @@ def run_bench(script: str, args: list[str], timeout: float) -> subprocess.Comple
 
 def write_toml(path: Path, data: dict[str, Any]) -> Path:
     """Write a config dict as TOML with the agent's own renderer."""
-    from edgeagent.config import to_toml
+    from edgeagent.ops.config import to_toml
 
     path.write_text(to_toml(data))
     return path
@@ -87,7 +87,7 @@ class NotifyListener:
     def drain(self, timeout: float = 0.0) -> list[dict[str, str]]:
         """Collect every datagram arriving within ``timeout`` seconds (bounded even
         while a watchdog keeps pinging); returns all received so far."""
-        from edgeagent.sdnotify import parse
+        from edgeagent.daemon.sdnotify import parse
 
         deadline = time.monotonic() + timeout
         while True:

@@ -39,25 +39,22 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeagent.errors import ProtocolError, TransportError
-from edgeagent.fl.constants import AGGREGATOR, Stage
-from edgeagent.fl.intake import (
+from edgeagent.federation.intake import (
     OP_CLOSE,
     OP_OPEN,
     PARTIAL_KIND,
     control_topic,
-    decode_partial,
     encode_control,
     partial_topic,
 )
+from edgeagent.federation.partials import CLOSE_GRACE_S, PartialCollector
+from edgeagent.fl.constants import AGGREGATOR, Stage
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.secagg import RoundConfig, RoundResult, SecAggServer
 from edgeagent.transport import topics
 
 log = logging.getLogger(__name__)
 
-#: After asking the workers to flush (deadline of COLLECT_MASKED), wait this
-#: long for their last partials before treating the missing boxes as dropped.
-CLOSE_GRACE_S = 1.0
 #: A stage may close before its deadline once this fraction of the expected
 #: replies is in and nothing new arrived for a while (see ``idle_close_s``):
 #: silent boxes then cost a short wait instead of the whole stage timeout.
@@ -67,36 +64,6 @@ DEFAULT_QUORUM = 0.8
 DEFAULT_IDLE_CLOSE_S = 2.0
 #: Stage replies the coordinator takes itself (masked vectors go to the workers).
 COORDINATOR_STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.UNMASK)
-
-
-class PartialCollector:
-    """Folds verified partial sums from intake workers into a ``SecAggServer``."""
-
-    def __init__(self, server: SecAggServer, aggregator_key: Ed25519PublicKey) -> None:
-        self.server = server
-        self._key = aggregator_key
-        self.counters: Counter[str] = Counter()
-        self.by_worker: Counter[str] = Counter()  # boxes absorbed per worker
-        self._seen: set[tuple[str, int]] = set()
-
-    def receive(self, data: bytes) -> int:
-        """Absorb one partial; returns how many boxes it added (0 if refused, counted)."""
-        c = self.server.config
-        try:
-            p = decode_partial(data, self._key, c.round_id, c.nonce, c.dim)
-            if (p.worker, p.part) in self._seen:
-                raise ProtocolError("duplicate_partial", f"{p.worker} part {p.part} again")
-            if self.server.stage is not Stage.COLLECT_MASKED:
-                raise ProtocolError("late_partial", f"arrived in {self.server.stage}")
-            self.server.absorb(p.total)
-        except ProtocolError as exc:
-            self.counters[exc.reason] += 1
-            log.warning("round %d: refused partial sum: %s", c.round_id, exc)
-            return 0
-        self._seen.add((p.worker, p.part))
-        self.counters["absorbed"] += 1
-        self.by_worker[p.worker] += len(p.total.nodes)
-        return len(p.total.nodes)
 
 
 @dataclass

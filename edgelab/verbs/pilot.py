@@ -54,7 +54,7 @@ def pilot(
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
 ) -> None:
     """Run the pilot and write the results table (Markdown + JSON) and plots."""
-    from edgeagent.pilot import PilotConfig, render_markdown, run_pilot
+    from edgelab.pilot import PilotConfig, render_markdown, run_pilot
 
     over: dict[str, object] = {"seed": seed, "processes": processes}
     if hubs is not None:

@@ -23,7 +23,7 @@ partial sums):
   a worker holds one ``dim``-vector per open round, never the vectors.
 
 ``IntakeState`` is the sans-I/O core (bytes in, partial-sum envelopes out);
-``IntakeWorker`` is the thin MQTT shell and ``python -m edgeagent.fl.intake``
+``IntakeWorker`` is the thin MQTT shell and ``python -m edgeagent.federation.intake``
 runs one as a process.
 """
 
@@ -436,9 +436,9 @@ class IntakeWorker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m edgeagent.fl.intake``: run one intake worker until SIGTERM/SIGINT."""
+    """``python -m edgeagent.federation.intake``: run one intake worker until SIGTERM/SIGINT."""
     from edgeagent.fl.identity import load_ca, load_identity
-    from edgeagent.pki import TlsFiles
+    from edgeagent.ops.pki import TlsFiles
     from edgeagent.transport.mqtt import MqttLink
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

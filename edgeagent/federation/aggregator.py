@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import secrets
 import subprocess
@@ -67,14 +66,10 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edgeagent.config import Config
+from edgeagent.atomic import write_atomic, write_json_atomic
 from edgeagent.errors import ModelError, ProtocolError, TransportError
-from edgeagent.fl import robust, seal
-from edgeagent.fl.aggregate import apply_update, mean_from_total
-from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORDER, Key, Stage
-from edgeagent.fl.coordinator import CLOSE_GRACE_S, PartialCollector
-from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
-from edgeagent.fl.intake import (
+from edgeagent.federation.accountant import DpAccountant
+from edgeagent.federation.intake import (
     OP_CLOSE,
     OP_OPEN,
     PARTIAL_KIND,
@@ -82,9 +77,13 @@ from edgeagent.fl.intake import (
     encode_control,
     partial_topic,
 )
+from edgeagent.federation.partials import CLOSE_GRACE_S, PartialCollector
+from edgeagent.fl import robust, seal
+from edgeagent.fl.aggregate import apply_update, mean_from_total
+from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORDER, Key, Stage
+from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import (
-    DpAccountant,
     add_gaussian_noise,
     distributed_std,
     fedavg_payload,
@@ -102,7 +101,8 @@ from edgeagent.fl.wire import (
 )
 from edgeagent.model.graph import get_params, parse_model, set_params, sha256_hex, to_bytes
 from edgeagent.model.signing import sign_hash
-from edgeagent.pki import TlsFiles
+from edgeagent.ops.config import Config
+from edgeagent.ops.pki import TlsFiles
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
@@ -122,17 +122,6 @@ WORKER_START_S = 30.0
 #: Box topics the aggregator reads itself when intake workers take the masked vectors.
 _OWN_KINDS = ("hello", "status", Stage.SETUP.value, Stage.SHARE_KEYS.value, Stage.UNMASK.value)
 _STAGES = {s.value: s for s in Stage}
-
-
-def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    """Write JSON via temp file + fsync + rename, so a crash leaves old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_state(state_dir: Path) -> dict[str, Any]:
@@ -327,12 +316,7 @@ class Aggregator:
         sha = sha256_hex(data)
         rel = f"{MODELS_DIR}/{sha}.onnx"
         path = self.state_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
         self.state["model"] = {
             "version": version,
             "sha256": sha,
@@ -386,8 +370,8 @@ class Aggregator:
         path = self.policy.holdout
         if path is None:
             return {}
-        from edgeagent.model.lifecycle import validation_loss
         from edgeagent.pipeline.detect import ValidatedWindow
+        from edgeagent.pipeline.lifecycle import validation_loss
 
         with np.load(path, allow_pickle=False) as z:
             x, mu, sg, y = z["x"], z["mu"], z["sigma"], z["y"]
@@ -437,7 +421,7 @@ class Aggregator:
     # -- intake workers ---------------------------------------------------------------------------
 
     def _start_workers(self) -> None:
-        """Run ``intake_workers`` × ``python -m edgeagent.fl.intake`` on this host and wait
+        """Run ``intake_workers`` × ``python -m edgeagent.federation.intake`` on this host and wait
         until each has subscribed (a worker on another host runs the same command)."""
         fed = self.config.federation
         ready_dir = self.state_dir / "intake"
@@ -445,7 +429,7 @@ class Aggregator:
         ready = [ready_dir / f"{i}.ready" for i in range(self.policy.intake_workers)]
         for i, flag in enumerate(ready):
             flag.unlink(missing_ok=True)
-            cmd = [sys.executable, "-m", "edgeagent.fl.intake", "--host", fed.broker_host,
+            cmd = [sys.executable, "-m", "edgeagent.federation.intake", "--host", fed.broker_host,
                    "--port", str(fed.broker_port), "--fleet", self.fleet,
                    "--ca", str(fed.ca_file), "--cert", str(fed.cert_file),
                    "--key", str(fed.key_file), "--worker", str(i),

@@ -7,7 +7,7 @@ so the CLI, the tests and the report read the same facts):
    or, in a checkout without it, a deterministic build through
    ``models/build.py`` (the summary says which).
 2. :func:`start_broker` — Mosquitto as a subprocess on 127.0.0.1 with the
-   fleet's TLS + ACL config (:mod:`edgeagent.broker`), a broker at HOST:PORT,
+   fleet's TLS + ACL config (:mod:`edgelab.broker`), a broker at HOST:PORT,
    or none (then rounds run in memory through the same SecAgg+ code and the
    summary says so).
 3. :func:`start_hubs` — per hub: a simulated patient (``firmware_sim.physiology``)
@@ -162,7 +162,7 @@ class BrokerInfo:
     port: int | None
     how: str  # "real" | "in-memory"
     reason: str
-    broker: Any = None  # edgeagent.broker.Broker we started, if any
+    broker: Any = None  # edgelab.broker.Broker we started, if any
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -387,7 +387,7 @@ def demo_pki(root: Path, boxes: Sequence[str]) -> Any:
     Kept so that an external broker (``--broker HOST:PORT``) can be set up once
     with ``pki/ca.crt``, ``pki/broker.crt`` and ``pki/broker.key``.
     """
-    from edgeagent.pki import AGGREGATOR_ID, Pki
+    from edgeagent.ops.pki import AGGREGATOR_ID, Pki
 
     pki = Pki.open(root) if (root / "ca.crt").is_file() else Pki.init(root, fleet=FLEET)
     for name in (AGGREGATOR_ID, *boxes):
@@ -401,8 +401,8 @@ def demo_pki(root: Path, boxes: Sequence[str]) -> Any:
 
 def start_broker(opts: DemoOptions, workdir: Path, pki: Any) -> BrokerInfo:
     """Start or locate the MQTT broker the federated rounds use (or say why there is none)."""
-    from edgeagent.broker import Broker, find_mosquitto
     from edgeagent.errors import BrokerError
+    from edgelab.broker import Broker, find_mosquitto
 
     if opts.hubs < 2:
         return BrokerInfo(None, None, "in-memory", "secure aggregation needs at least 2 hubs")
@@ -507,14 +507,11 @@ class Hub:
     """One simulated box: serial wearable on a pty -> source -> windows -> detector -> learner."""
 
     def __init__(self, index: int, opts: DemoOptions, workdir: Path, model: ModelInfo) -> None:
-        from edgeagent.config import LearningSection
-        from edgeagent.model.graph import get_params, parse_model, read_meta
-        from edgeagent.model.lifecycle import ModelManager
+        from edgeagent.daemon.wiring import detection_stack
         from edgeagent.model.registry import ModelRegistry
+        from edgeagent.ops.config import LearningSection
         from edgeagent.pipeline import features
         from edgeagent.pipeline.alerts import AlertStore
-        from edgeagent.pipeline.detect import Detector
-        from edgeagent.pipeline.learn import LearnerConfig, LocalLearner
         from edgeagent.pipeline.windows import Windower
         from edgeagent.sources.retry import RetryPolicy
         from edgeagent.sources.serial import DEFAULT_MAX_SKEW_S, SerialSource
@@ -546,25 +543,15 @@ class Hub:
         rec = self.registry.add(model.data, "demo baseline")
         self.registry.activate(rec.version, "demo baseline")
         self.alert_store = AlertStore(self.state)
-        meta = read_meta(parse_model(model.data))
-        # The daemon's learning defaults (config [learning]: learning_rate, batch <= 16).
-        learn = LearningSection()
-        self.learner = LocalLearner(
-            meta.spec,
-            get_params(parse_model(model.data)),
-            LearnerConfig(lr=learn.learning_rate, batch=min(16, learn.batch_size)),
-        )
         self.last_features: np.ndarray | None = None
         self._extract = features.extract
         self.feature_names = tuple(features.FEATURE_NAMES)
-        self.detector = Detector(
-            model.data,
-            rec.label,
-            self.alert_store,
-            featurize=self._featurize,
-            on_scored=self.learner.offer,
+        # Wired as the daemon wires it, with the daemon's learning defaults.
+        stack = detection_stack(
+            self.registry, rec, self.alert_store, LearningSection(), featurize=self._featurize
         )
-        self.manager = ModelManager(self.registry, self.detector)
+        assert stack.learner is not None  # learning is on by default
+        self.detector, self.learner, self.manager = stack.detector, stack.learner, stack.manager
         self.windower = Windower(WINDOW_S, HOP_S, patient=self.patient)
         self.source = SerialSource(
             str(self.link),
@@ -763,10 +750,10 @@ class MqttFederation:
         workdir: Path,
         noise_multiplier: float = NOISE_MULTIPLIER,
     ) -> None:
-        from edgeagent.config import parse_config
-        from edgeagent.fl.aggregator import Aggregator
-        from edgeagent.fl.client import FlClient
+        from edgeagent.federation.aggregator import Aggregator
+        from edgeagent.federation.client import FlClient
         from edgeagent.fl.identity import load_ca, load_identity
+        from edgeagent.ops.config import parse_config
         from edgeagent.transport.mqtt import MqttLink
 
         assert broker.host is not None and broker.port is not None
@@ -938,7 +925,7 @@ class MemoryFederation:
     def __init__(
         self, hubs: list[Hub], model: ModelInfo, noise_multiplier: float = NOISE_MULTIPLIER
     ) -> None:
-        from edgeagent.fl.privacy import DpAccountant
+        from edgeagent.federation.accountant import DpAccountant
 
         self.noise_multiplier = noise_multiplier
         self.hubs = hubs

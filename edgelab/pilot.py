@@ -40,7 +40,7 @@ them beside ours). How each part runs, so the table can be read honestly:
   probability does not (as the detector decides, without its hysteresis);
   positive / negative / excluded windows and the metrics are
   ``edgeagent.evaluate``'s definitions.
-* **Latency.** Real mosquitto (``edgeagent.broker``, shipped TLS config and
+* **Latency.** Real mosquitto (``edgelab.broker``, shipped TLS config and
   ACL plus a ``cloud`` identity for the centralised path), real ``MqttLink``
   clients, a TCP proxy adding the configured one-way delay to each direction
   of the hub's connection. Edge path: hub featurises and scores the window,
@@ -73,8 +73,8 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from edgeagent import bandwidth as bw
 from edgeagent.evaluate import POS_OVERLAP_S, _clean, auroc, binary_metrics, window_labels
+from edgeagent.federation.accountant import DpAccountant
 from edgeagent.fl import robust
 from edgeagent.fl.aggregate import (
     ClientUpdate,
@@ -82,31 +82,15 @@ from edgeagent.fl.aggregate import (
     sum_payloads,
     weighted_fedavg,
 )
-from edgeagent.fl.attacks import (
-    ATTACKS,
-    AttackConfig,
-    attack_update,
-    choose_malicious,
-    poison_labels,
-)
 from edgeagent.fl.constants import DEFENCE_RULES
 from edgeagent.fl.privacy import (
-    DpAccountant,
     add_gaussian_noise,
     fedavg_payload,
     gaussian_std,
     payload_bound,
 )
-from edgeagent.model.head_calibration import (
-    PRIORS,
-    ClassMoments,
-    calibrate_head,
-    class_moments,
-    robust_moments,
-)
 from edgeagent.model.meta import FAULT, NORMAL, ModelMeta, init_params
 from edgeagent.model.nn import Adam, standardise
-from edgeagent.model.train import fit
 from edgeagent.pipeline import features
 from edgeagent.pipeline.personal import (
     BUFFER_WINDOWS,
@@ -117,6 +101,22 @@ from edgeagent.pipeline.personal import (
     robust_stats,
     trait_mask,
 )
+from edgelab import bandwidth as bw
+from edgelab.attacks import (
+    ATTACKS,
+    AttackConfig,
+    attack_update,
+    choose_malicious,
+    poison_labels,
+)
+from edgelab.head_calibration import (
+    PRIORS,
+    ClassMoments,
+    calibrate_head,
+    class_moments,
+    robust_moments,
+)
+from edgelab.train import fit
 
 #: The seed paper's pilot figures, printed beside ours for comparison only (never used as results).
 PAPER: dict[str, Any] = {
@@ -438,7 +438,7 @@ def make_meta(cfg: PilotConfig, pop_mu: np.ndarray, pop_sigma: np.ndarray) -> Mo
         hidden=cfg.hidden,
         latent=cfg.latent,
         thresholds={"clinical": cfg.threshold, "fault": 0.5, "novelty": 6.0},
-        info={"built_by": "edgeagent.pilot", "seed": cfg.seed},
+        info={"built_by": "edgelab.pilot", "seed": cfg.seed},
     )
 
 
@@ -1212,7 +1212,7 @@ topic write edgeagent/v1/+/cloud/#
 
 def _pilot_broker(pki: Any, data_dir: Path) -> Any:
     """The shipped broker config + ACL, with the pilot's cloud identity appended to the ACL."""
-    from edgeagent.broker import Broker
+    from edgelab.broker import Broker
 
     class _PilotBroker(Broker):
         def write_config(self) -> Path:
@@ -1372,9 +1372,9 @@ def measure_latency(cfg: PilotConfig, model: bytes, workdir: Path) -> dict[str, 
     over its own MQTT link. The WAN relay and the cloud run in another process
     (``_cloud_side``), so only the hub's own work is timed on the hub.
     """
+    from edgeagent.ops.pki import Pki
     from edgeagent.pipeline.alerts import MemoryAlertSink
     from edgeagent.pipeline.detect import Detector, DetectorConfig
-    from edgeagent.pki import Pki
     from edgeagent.transport import topics
     from edgeagent.transport.mqtt import MqttLink
 

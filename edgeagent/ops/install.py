@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from edgeagent.atomic import write_atomic
 from edgeagent.errors import InstallError
 
 USER: Final = "edgeagent"
@@ -246,11 +247,7 @@ class FileAccounts:
 
     @staticmethod
     def _write(path: Path, rows: list[list[str]]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".edgeagent-new")
-        tmp.write_text("".join(":".join(r) + "\n" for r in rows))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_atomic(path, "".join(":".join(r) + "\n" for r in rows).encode(), mode=0o644)
 
     def _free_id(self, rows: list[list[str]], col: int) -> int:
         used = {int(r[col]) for r in rows if len(r) > col and r[col].isdigit()}
@@ -365,7 +362,7 @@ class DryRunAccounts:
 
 def shipped_file(name: str) -> Path:
     """A file we install (unit, udev rule, config example), from the package or the source tree."""
-    pkg = Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parent.parent
     # edgeagent/data/ holds links to the repo's systemd/ files; wheels carry their content.
     for cand in (pkg / "data" / name, pkg.parent / "systemd" / name):
         if cand.is_file():
@@ -484,13 +481,8 @@ class _Installer:
         ids = self._owner(group) if group is not None else None
 
         def do() -> str:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(p.name + ".edgeagent-new")
-            tmp.write_text(content)
-            os.chmod(tmp, mode)
-            if ids is not None and _can_chown():
-                os.chown(tmp, 0, ids[1])
-            os.replace(tmp, p)
+            gid = ids[1] if ids is not None and _can_chown() else None
+            write_atomic(p, content.encode(), mode=mode, gid=gid)
             return f"{mode:04o}, {len(content.encode())} bytes"
 
         return self._step("write", target, do)

@@ -1,7 +1,7 @@
-"""``edgeagent demo``: the whole system on one machine (see ``edgeagent.demo``).
+"""``edgeagent demo``: the whole system on one machine (see ``edgelab.demo``).
 
 This module only parses flags, draws live progress with rich and prints the
-summary; every stage and every figure comes from ``edgeagent.demo``.
+summary; every stage and every figure comes from ``edgelab.demo``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from edgeagent.cli import app
-from edgeagent.demo import DEFAULT_SECONDS, NOISE_MULTIPLIER
+from edgelab.demo import DEFAULT_SECONDS, NOISE_MULTIPLIER
 
 _STREAMS = ("ecg", "acc", "skin_temp", "env", "hr", "rr")
 OUT_OPTION = typer.Option(Path("demo-out"), "--out", help="Where the report is written.")
@@ -243,8 +243,8 @@ def demo(
 
     from rich.console import Console
 
-    from edgeagent.demo import DemoOptions, run_demo, to_json
     from edgeagent.errors import EdgeAgentError
+    from edgelab.demo import DemoOptions, run_demo, to_json
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     opts = DemoOptions(

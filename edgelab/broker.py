@@ -25,7 +25,7 @@ from string import Template
 from types import TracebackType
 
 from edgeagent.errors import BrokerError
-from edgeagent.pki import Pki
+from edgeagent.ops.pki import Pki
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0

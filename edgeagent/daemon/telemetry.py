@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edgeagent.health import LivenessReport
+from edgeagent.daemon.health import LivenessReport
 
 # Bumped when a field changes meaning or disappears (adding fields is compatible).
 STATUS_SCHEMA = 1

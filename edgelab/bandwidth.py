@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeagent.config import AggregatorSection, StatusSection
+from edgeagent.daemon.telemetry import OutboxStats, ProcessStats, build_status, status_payload
 from edgeagent.fl.privacy import fedavg_payload, payload_bound
 from edgeagent.fl.secagg import RoundConfig
 from edgeagent.fl.secagg.simulate import simulate_round
+from edgeagent.ops.config import AggregatorSection, StatusSection
 from edgeagent.pipeline.alerts import Alert
-from edgeagent.telemetry import OutboxStats, ProcessStats, build_status, status_payload
 from edgeagent.transport import topics
 from firmware_sim.physiology import Generator, SimConfig, make_patient
 from firmware_sim.serialdev import Framer

@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeagent.errors import ProtocolError, TransportError
+from edgeagent.federation.intake import raw_public
 from edgeagent.fl.constants import AGGREGATOR, STAGE_ORDER, Stage
-from edgeagent.fl.intake import raw_public
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import fedavg_payload
 from edgeagent.fl.secagg import SecAggClient

@@ -3,7 +3,7 @@
 A box that runs modified software controls two things the aggregator sees:
 the update vector ``delta`` and its claimed sample count ``n_k``; and,
 upstream of both, the labels it trains on. Each attack here is one of those
-levers, written as a pure function so tests, the pilot (``edgeagent.pilot``)
+levers, written as a pure function so tests, the pilot (``edgelab.pilot``)
 and a live malicious box (``MaliciousUpdates`` wrapped around a learner) all
 misbehave in exactly the same way:
 

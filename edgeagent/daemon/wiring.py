@@ -1,0 +1,363 @@
+"""What ``edgeagent run`` runs besides the sources: detection, learning, outbox, MQTT, federation.
+
+:func:`daemon_factory` builds, from one config, every component that turns
+sample blocks into delivered alerts, and registers nothing global: the
+supervisor calls it like any other factory (``service.build_supervisor``).
+Everything is built in one function because the parts share objects (one
+outbox, one detector, one learner, one MQTT link) and must agree on them.
+
+Start order (lower first) and therefore reverse stop order::
+
+    10 outbox       SQLite store-and-forward; closed last, after every producer
+    20 transport    MQTT link + OutboxForwarder; drains the outbox at stop
+    30 federation   FlClient (rounds, global models) on the transport's link
+    35 detection    per-patient Windower -> features -> Detector -> alerts
+    37 learner      LocalLearner's training thread (never on the detection path)
+    40 pipeline     the BlockBus drain (service.PipelineComponent)
+    60 sources      serial / BLE
+
+So on SIGTERM the sources stop first, the pipeline drains the bus into the
+windowers, the learner saves its progress, detection closes what windows it
+can and hands their alerts to the outbox, the federation client stops, the
+transport offers what the outbox holds for a bounded time, and the outbox is
+closed: whatever was not acknowledged stays on disk for the next start.
+
+Why alerts take two stores: ``alerts.sqlite`` is the box's own record (what
+a clinician can ask the box) and ``outbox.sqlite3`` is what still has to
+reach the fleet. An alert row is marked ``sent`` only once its message is in
+the outbox, so an alert written just before a crash is queued at the next
+start instead of being lost between the two.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeagent.daemon.components import (
+    BlockBus,
+    Component,
+    Context,
+    Counters,
+    Factory,
+    PipelineComponent,
+)
+from edgeagent.daemon.detection import (
+    LEARNER_STATE,
+    DetectionComponent,
+    LearnerComponent,
+    SerialManager,
+)
+from edgeagent.daemon.health import Liveness
+from edgeagent.daemon.outbound import (
+    AlertRelay,
+    OutboxComponent,
+    OutboxStatusSink,
+    SharedLink,
+    TransportComponent,
+)
+from edgeagent.daemon.sdnotify import Notifier
+from edgeagent.daemon.sources import ble_factory, serial_factory
+from edgeagent.daemon.supervisor import Supervisor
+from edgeagent.errors import EdgeAgentError, ModelError, PkiError, TransportError
+from edgeagent.model.registry import ModelRecord, ModelRegistry
+from edgeagent.ops.config import Config, LearningSection
+from edgeagent.pipeline.alerts import AlertStore
+from edgeagent.pipeline.detect import AlertSink, Detector, DetectorConfig
+from edgeagent.pipeline.learn import LearnerConfig, LocalLearner
+from edgeagent.pipeline.lifecycle import ModelManager
+from edgeagent.transport import topics
+
+log = logging.getLogger(__name__)
+
+ORDER_FEDERATION = 30
+
+
+# -- alerts: local store + outbox ------------------------------------------------------
+
+
+# -- outbox ------------------------------------------------------------------------------
+
+
+# -- transport ---------------------------------------------------------------------------
+
+
+# -- detection ---------------------------------------------------------------------------
+
+
+# -- learner -----------------------------------------------------------------------------
+
+
+# -- the factory -------------------------------------------------------------------------
+
+
+#: The learner's batch: the config's ``learning.batch_size`` capped at this. Every wiring of
+#: the detector and learner has used the cap since the first release, and the shipped
+#: learning rate was chosen with it; lifting it is a measured change, not a refactor.
+MAX_LEARN_BATCH = 16
+
+
+@dataclass
+class DetectionStack:
+    """The detector, the local learner fed by it, and the model lifecycle around both."""
+
+    detector: Detector
+    learner: LocalLearner | None
+    manager: ModelManager
+
+
+def detection_stack(
+    registry: ModelRegistry,
+    active: ModelRecord,
+    sink: AlertSink,
+    learning: LearningSection,
+    *,
+    detector_config: DetectorConfig | None = None,
+    featurize: Callable[[Any], np.ndarray] | None = None,
+    feature_names: tuple[str, ...] | None = None,
+    modality_of: dict[str, str] | None = None,
+) -> DetectionStack:
+    """The one place the detection pipeline is wired: the daemon, the demo and the lab use it.
+
+    The detector scores windows (``featurize`` turns a window into features; the
+    defaults are the agent's own), hands every scored window to the learner's queue
+    (non-blocking: training runs on the learner's thread), and the model manager swaps
+    and rolls back models on both.
+    """
+    detector = Detector(
+        registry.load_bytes(active),
+        active.label,
+        sink,
+        detector_config,
+        feature_names=feature_names,
+        featurize=featurize,
+        modality_of=modality_of,
+    )
+    learner = None
+    if learning.enabled:
+        learner = LocalLearner(
+            detector.meta.spec,
+            registry.load_params(active),
+            LearnerConfig(
+                lr=learning.learning_rate, batch=min(MAX_LEARN_BATCH, learning.batch_size)
+            ),
+        )
+        detector.on_scored = learner.offer
+    return DetectionStack(detector, learner, ModelManager(registry, detector))
+
+
+def _open_registry(ctx: Context) -> tuple[Any, Any] | None:
+    """The registry and its active model, seeded from ``detection.model_path`` if empty."""
+    from edgeagent.model.registry import ModelRegistry
+
+    cfg = ctx.config
+    registry = ModelRegistry(cfg.agent.state_dir)
+    active = registry.active()
+    if active is None and cfg.detection.model_path is not None:
+        try:
+            data = Path(cfg.detection.model_path).read_bytes()
+        except OSError as exc:
+            raise ModelError(f"detection.model_path {cfg.detection.model_path}: {exc}") from exc
+        active = registry.activate(registry.add(data, "config").version, "starting model")
+    if active is None:
+        return None
+    return registry, active
+
+
+def _transport(ctx: Context, outbox_c: OutboxComponent, sink: OutboxStatusSink) -> Any:
+    from edgeagent.ops.pki import TlsFiles
+    from edgeagent.transport.mqtt import MqttLink, OutboxForwarder
+
+    cfg = ctx.config
+    fed = cfg.federation
+    if not fed.tls or fed.ca_file is None or fed.cert_file is None or fed.key_file is None:
+        raise TransportError(
+            "no_tls",
+            "federation needs tls = true with ca_file, cert_file and key_file (boxes use mTLS; "
+            "issue them with `edgeagent pki issue <box>`)",
+        )
+    link = MqttLink(
+        cfg.agent.box_id,
+        fed.broker_host,
+        fed.broker_port,
+        TlsFiles(fed.ca_file, fed.cert_file, fed.key_file),
+        cfg.agent.fleet,
+        identity=cfg.agent.box_id,
+        keepalive_s=fed.keepalive_s,
+    )
+    forwarder = OutboxForwarder(outbox_c.outbox, link)
+    comp = TransportComponent(link, forwarder, ctx.liveness, sink)
+    ctx.liveness.register(comp.name, cfg.status.stall_after_s)
+    return comp
+
+
+def _federation(ctx: Context, link: SharedLink, learner: Any, manager: Any, sha: str) -> Any:
+    """H9's ``FlClient`` on the shared link, or None (logged) without a signing identity."""
+    from edgeagent.federation.client import FlClient
+    from edgeagent.fl.identity import load_ca, load_identity
+
+    cfg = ctx.config
+    fed = cfg.federation
+    assert fed.ca_file is not None and fed.cert_file is not None
+    try:
+        ca = load_ca(fed.ca_file)
+        identity = load_identity(fed.cert_file, ca, cfg.agent.box_id)
+    except PkiError as exc:
+        log.error("federated rounds disabled: %s", exc)
+        ctx.counters.add("federation_unavailable")
+        return None
+    # Global models arrive signed; nothing unsigned may replace the running one from now on.
+    manager.registry.require_signature = True
+    return FlClient(
+        cfg.agent.box_id,
+        cfg.agent.fleet,
+        identity,
+        ca,
+        learner,
+        link,  # type: ignore[arg-type]  # the MqttLink surface FlClient uses
+        manager=manager,
+        global_sha256=sha,
+        min_samples=cfg.learning.min_samples,
+        state_dir=cfg.agent.state_dir,
+        liveness=ctx.liveness,
+        allow_plaintext=fed.allow_plaintext,
+        min_group_size=fed.min_group_size,
+    )
+
+
+def daemon_factory(ctx: Context) -> list[Component]:
+    """Detection, learner, outbox, transport and federation components for ``ctx.config``.
+
+    Without a model (empty registry, no ``detection.model_path``) the box
+    still ingests and reports status, and says why detection is off. Without
+    ``federation.enabled`` alerts are stored and queued, to go out once a
+    broker is configured.
+    """
+    from edgeagent.pipeline.windows import Windower
+    from edgeagent.providers import choose_from_config
+    from edgeagent.transport.outbox import Outbox, OutboxLimits
+
+    cfg = ctx.config
+    state = Path(cfg.agent.state_dir)
+    fed_on = cfg.federation.enabled
+    model = _open_registry(ctx)
+    if model is None:
+        log.warning(
+            "detection is off: no model in %s and no detection.model_path "
+            "(add one with `edgeagent model add FILE --activate`)",
+            state,
+        )
+        ctx.counters.add("detection_no_model")
+        if not fed_on:
+            return []
+    comps: list[Component] = []
+    limits = OutboxLimits(cfg.outbox.max_messages, cfg.outbox.max_bytes, cfg.outbox.max_age_s)
+    outbox_c = OutboxComponent(Outbox.in_state_dir(state, limits))
+    comps.append(outbox_c)
+    sink = OutboxStatusSink(
+        outbox_c, topics.status(cfg.agent.fleet, cfg.agent.box_id), ctx.counters
+    )
+    transport = None
+    if fed_on:
+        transport = _transport(ctx, outbox_c, sink)
+        comps.append(transport)
+        ctx.status_sinks.append(sink)
+    if model is None:
+        return comps
+
+    registry, active = model
+    relay = AlertRelay(
+        AlertStore(state),
+        outbox_c.outbox,
+        topics.alert(cfg.agent.fleet, cfg.agent.box_id),
+        cfg.agent.box_id,
+        ctx.counters,
+    )
+    backend = choose_from_config(cfg.detection, state)  # providers + threads sized to the box
+    stack = detection_stack(
+        registry,
+        active,
+        relay,
+        cfg.learning,
+        detector_config=DetectorConfig(
+            intra_op_threads=backend.intra_op_threads,
+            backend=backend,
+            thresholds=dict(cfg.detection.thresholds),
+        ),
+    )
+    detector, learner, manager = stack.detector, stack.learner, stack.manager
+    if detector.backend is not None:
+        log.info("inference backend: %s", detector.backend.reason)
+    lateness = min(5.0, cfg.windows.length_s)
+
+    def make_windower(patient: str) -> Windower:
+        return Windower(cfg.windows.length_s, cfg.windows.hop_s, patient=patient,
+                        lateness_s=lateness)  # fmt: skip
+
+    detection = DetectionComponent(
+        detector, relay, ctx.patient_of, make_windower, ctx.counters,
+        manager=manager, learner=learner,
+    )  # fmt: skip
+    ctx.pipeline.add_consumer(detection.consume)
+    comps.append(detection)
+    if learner is not None:
+        lc = LearnerComponent(learner, ctx.liveness, state / LEARNER_STATE, active.sha256)
+        if lc.restore():
+            log.info("learner resumed with n_k=%d", learner.n_k)
+        ctx.liveness.register(lc.name, cfg.status.stall_after_s)
+        comps.append(lc)
+        if transport is not None:
+            shared_mgr = SerialManager(manager, detection.model_lock)
+            client = _federation(ctx, transport.shared, learner, shared_mgr, active.sha256)
+            if client is not None:
+                ctx.liveness.register(client.name, cfg.status.stall_after_s)
+                comps.append(client)
+    return comps
+
+
+def describe(components: list[Component]) -> list[str]:
+    """Names in start order, for logs and tests."""
+    return [c.name for c in sorted(components, key=lambda c: getattr(c, "order", 50))]
+
+
+#: Every factory of the daemon, in one fixed tuple: sources, then detection and the rest.
+FACTORIES: tuple[Factory, ...] = (serial_factory, ble_factory, daemon_factory)
+
+
+def build_supervisor(config: Config, notifier: Notifier | None = None) -> Supervisor:
+    """The daemon as configured: the pipeline, then every factory's components."""
+    liveness = Liveness()
+    counters = Counters()
+    bus = BlockBus(counters=counters)
+    pipeline = PipelineComponent(bus, liveness, counters)
+    liveness.register(pipeline.name, config.status.stall_after_s)
+    ctx = Context(config, liveness, counters, bus, pipeline)
+    components: list[Component] = [pipeline]
+    for factory in FACTORIES:
+        components.extend(factory(ctx))
+    sup = Supervisor(config, components, notifier=notifier, liveness=liveness, counters=counters)
+    sup.status_sinks.extend(ctx.status_sinks)
+    return sup
+
+
+def run_daemon(config: Config) -> int:
+    """Entry point of ``edgeagent run``: build the supervisor and run it to completion.
+
+    A part that cannot be built (unreadable model or outbox, missing TLS
+    files) is reported in one line and in ``STATUS=``, and the exit code is 1
+    (no ``READY=1``), so systemd's ``Restart=on-failure`` retries it.
+    """
+    try:
+        sup = build_supervisor(config)
+    except EdgeAgentError as exc:
+        log.error("cannot start: %s", exc)
+        notifier = Notifier()
+        notifier.status(f"start-up failed: {exc}")
+        notifier.close()
+        return 1
+    return sup.run()

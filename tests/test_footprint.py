@@ -1,0 +1,45 @@
+"""What a box loads: the daemon and the federated client must not pull the aggregator's or the
+lab's libraries. Checked in a fresh interpreter, since this test process has imported them all.
+
+import-linter (run by .ci/run) holds the static layers; this holds the lazy imports it cannot
+see, by importing the box's entry points and listing the heavy modules that came along.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+#: Libraries a box must never load (aggregator, lab, tests).
+FORBIDDEN = (
+    "sklearn",
+    "dp_accounting",
+    "Crypto",
+    "threadpoolctl",
+    "matplotlib",
+    "edgelab",
+    "firmware_sim",
+)
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["edgeagent.daemon.wiring", "edgeagent.federation.client", "edgeagent.cli.run"],
+)
+def test_box_entry_points_load_no_aggregator_or_lab_library(module: str) -> None:
+    code = (
+        f"import sys, json, {module}\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    assert not loaded & set(FORBIDDEN), f"{module} loads {sorted(loaded & set(FORBIDDEN))}"
+
+
+def test_runtime_cli_finds_the_lab_verbs_through_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    names = {ep.name: ep.value for ep in entry_points(group="edgeagent.verbs")}
+    assert names == {"demo": "edgelab.verbs.demo", "pilot": "edgelab.verbs.pilot"}
