@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,19 @@ def test_rates(tmp_path: Path, fs: float, ok: bool) -> None:
     else:
         with pytest.raises(RecordingError, match="below 100 Hz"):
             read_wfdb(base)
+
+
+def test_without_the_formats_extra_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from edgeagent.sources.edf import read_edf
+
+    monkeypatch.setitem(sys.modules, "wfdb", None)  # import wfdb -> ImportError
+    monkeypatch.setitem(sys.modules, "pyedflib", None)
+    with pytest.raises(
+        RecordingError, match=r"needs the 'wfdb' package: pip install 'edgeagent\[formats\]'"
+    ):
+        read_wfdb(record_path("100"))
+    (tmp_path / "x.edf").write_bytes(b"0       ")
+    with pytest.raises(RecordingError, match=r"needs the 'pyedflib' package"):
+        read_edf(tmp_path / "x.edf")
