@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +76,18 @@ def test_cli_import(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "not empty" in res.stderr
     res = r.invoke(app, ["import", str(record_path("100")), str(tmp_path / "d"), "--lead", "X9"])
     assert res.exit_code == 2 and "no lead 'X9'" in res.stderr
+
+
+def test_record_readers_load_wfdb_only_when_a_record_is_read() -> None:
+    """The verbs and readers import wfdb/pyedflib lazily: a box without the extra starts."""
+    code = (
+        "import sys, json\n"
+        "sys.argv = ['edgeagent', 'import', '--help']\n"
+        "import edgeagent.sources.records, edgeagent.evaluate\n"
+        "from edgeagent import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    assert not loaded & {"wfdb", "pyedflib", "pandas", "matplotlib"}, loaded
