@@ -118,6 +118,14 @@ def test_truncated_signal_file_is_read_as_far_as_it_goes(tmp_path: Path) -> None
         read_wfdb(base)
 
 
+def test_truncated_mat_signal_file_is_refused(tmp_path: Path) -> None:
+    base = _copy("a103l", tmp_path)
+    with open(tmp_path / "a103l.mat", "r+b") as fh:
+        fh.truncate(200_000)
+    with pytest.raises(RecordingError, match=r"a103l\.mat: truncated: .*cannot be read in part"):
+        read_wfdb(base)
+
+
 @pytest.mark.parametrize(
     "header",
     [

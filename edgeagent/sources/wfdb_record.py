@@ -67,21 +67,28 @@ def record_base(path: str | Path) -> Path | None:
     return None
 
 
-def _frames_available(base: Path, header: Any, ch: int) -> int | None:
-    """Whole frames the signal file of channel ``ch`` holds (None when not computable)."""
+def _frame_bits(header: Any, ch: int) -> float | None:
+    """Bits per frame of the signal file holding channel ``ch`` (None for FLAC formats)."""
     fname = header.file_name[ch]
-    fmts = [header.fmt[i] for i in range(header.n_sig) if header.file_name[i] == fname]
-    spf = [
-        (header.samps_per_frame[i] if header.samps_per_frame else 1) or 1
-        for i in range(header.n_sig)
-        if header.file_name[i] == fname
-    ]
-    if any(str(f) not in _BITS for f in fmts) or fname.lower().endswith(".mat"):
+    sigs = [i for i in range(header.n_sig) if header.file_name[i] == fname]
+    if any(str(header.fmt[i]) not in _BITS for i in sigs):
         return None
-    frame_bits = sum(_BITS[str(f)] * n for f, n in zip(fmts, spf, strict=True))
+    spf = header.samps_per_frame or [1] * header.n_sig
+    return float(sum(_BITS[str(header.fmt[i])] * (spf[i] or 1) for i in sigs))
+
+
+def _frames_available(base: Path, header: Any, ch: int) -> int | None:
+    """Whole frames the signal file of channel ``ch`` holds (None when not computable).
+
+    A ``.mat`` signal file also holds a MATLAB header of its own length, so
+    its count is an upper bound; ``read_wfdb`` refuses a short one outright.
+    """
+    bits = _frame_bits(header, ch)
+    if bits is None:
+        return None
     offset = (header.byte_offset[ch] if header.byte_offset else 0) or 0
-    size = (base.parent / fname).stat().st_size - offset
-    return max(0, math.floor(size * 8 / frame_bits))
+    size = (base.parent / header.file_name[ch]).stat().st_size - offset
+    return max(0, math.floor(size * 8 / bits))
 
 
 def read_wfdb(
@@ -123,6 +130,12 @@ def read_wfdb(
     sig_len = int(header.sig_len or 0)
     have = _frames_available(base, header, ch)
     sampto = sig_len
+    if have is not None and have < sig_len and sig_file.suffix.lower() == ".mat":
+        raise RecordingError(
+            str(sig_file),
+            f"truncated: holds at most {have} of the {sig_len} frames {hea.name} promises "
+            "(a .mat signal file cannot be read in part)",
+        )
     if have is not None and have < sig_len:
         if have == 0:
             raise RecordingError(str(sig_file), f"empty: {hea.name} promises {sig_len} samples")
