@@ -120,13 +120,46 @@ def _read_wfdb(path: Path, lead: str | None) -> Chunk:
     uv = np.asarray(raw, np.float64) * _UV.get(h.units[ch].strip().lower(), 1e3)
     labels: list[Label] = []
     if Path(f"{base}.atr").is_file():
-        try:
-            ann = wfdb.rdann(str(base), "atr")
-            times = (np.asarray(ann.sample) / float(h.fs)).tolist()
-            labels = _rhythms(times, [str(a or "") for a in ann.aux_note], uv.size / fs)
-        except Exception as exc:
-            raise RecordFileError(f"{base}.atr: cannot read annotations: {exc}") from None
+        times, notes = _rhythm_notes(Path(f"{base}.atr").read_bytes())
+        labels = _rhythms([t / float(h.fs) for t in times], notes, uv.size / fs)
     return _chunk(uv, fs, labels)
+
+
+def _rhythm_notes(data: bytes) -> tuple[list[int], list[str]]:
+    """Sample and note of every annotation with a note, from MIT-format bytes.
+
+    Written here from the format (WFDB annot(5): 16-bit words, 6-bit code,
+    10-bit time step; 59 SKIP + 32-bit step; 60-62 one-word fields; 63 AUX
+    with its text), not with ``wfdb.rdann``, which loops forever on some
+    damaged files; a damaged tail simply ends the list.
+    """
+    t, times, notes, i = 0, [], [], 0
+    n = len(data) // 2
+    while i < n:
+        w = data[2 * i] | (data[2 * i + 1] << 8)
+        code, step = w >> 10, w & 0x3FF
+        if w == 0:
+            break
+        if code == 59:
+            if i + 2 >= n:
+                break
+            b = data[2 * i + 2 : 2 * i + 6]
+            v = (b[0] << 16) | (b[1] << 24) | b[2] | (b[3] << 8)
+            t += v - (1 << 32) if v >= 1 << 31 else v
+            i += 3
+        elif code in (60, 61, 62):
+            i += 1
+        elif code == 63:
+            text = data[2 * i + 2 : 2 * i + 2 + step].split(b"\x00", 1)[0]
+            if times:
+                notes[-1] = text.decode("latin-1")
+            i += 1 + (step + 1) // 2
+        else:
+            t += step
+            times.append(t)
+            notes.append("")
+            i += 1
+    return times, notes
 
 
 def _read_edf(path: Path, lead: str | None) -> Chunk:

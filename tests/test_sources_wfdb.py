@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeagent.errors import RecordingError
 from edgeagent.sources.wfdb_record import read_wfdb, record_base
@@ -220,3 +222,47 @@ def test_without_the_formats_extra_the_error_says_what_to_install(
     (tmp_path / "x.edf").write_bytes(b"0       ")
     with pytest.raises(RecordingError, match=r"needs the 'pyedflib' package"):
         read_edf(tmp_path / "x.edf")
+
+
+@pytest.fixture(scope="module")
+def small_record(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Record 100's first 10 s (signal and beat annotations) as a small WFDB record."""
+    d = tmp_path_factory.mktemp("small")
+    src = record_path("100")
+    rec = wfdb.rdrecord(str(src), sampto=3600, physical=False)
+    rec.record_name, rec.file_name = "s", ["s.dat"] * rec.n_sig
+    rec.wrsamp(write_dir=str(d))
+    ann = wfdb.rdann(str(src), "atr", sampto=3600)
+    wfdb.wrann(
+        "s", "atr", ann.sample, symbol=ann.symbol, aux_note=ann.aux_note, fs=360, write_dir=str(d)
+    )
+    return d
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    which=st.sampled_from(["hea", "atr", "dat"]),
+    edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.one_of(st.none(), st.floats(0, 1)),
+)
+def test_any_corruption_reads_or_fails_with_a_recording_error(
+    small_record: Path, tmp_path_factory: pytest.TempPathFactory, which: str,
+    edits: list[tuple[float, int]], cut: float | None,
+) -> None:  # fmt: skip
+    """Bytes flipped or cut anywhere in any file: a Recording or a RecordingError, no crash."""
+    d = tmp_path_factory.mktemp("fuzz")
+    for f in small_record.iterdir():
+        shutil.copyfile(f, d / f.name)
+    target = d / f"s.{which}"
+    data = bytearray(target.read_bytes())
+    for pos, value in edits:
+        data[min(int(pos * len(data)), len(data) - 1)] = value
+    if cut is not None:
+        data = data[: int(cut * len(data))]
+    target.write_bytes(bytes(data))
+    try:
+        rec = read_wfdb(d / "s")
+    except RecordingError as exc:
+        assert str(d) in str(exc)  # names the file
+        return
+    assert rec.streams == (Stream.ECG,) or rec.data[Stream.ECG][0].size == 0

@@ -10,9 +10,10 @@ from it and refuses what it cannot trust, naming the file:
 * one lead becomes the ECG stream (``--lead``; default MLII / II, see
   ``ecg_record.choose_lead``), scaled from the header's units to µV;
 * beat annotations become ``Recording.beats`` (AAMI classes), rhythm
-  annotations ``(AFIB`` ... become labels (``edgeagent.annotations``); an
-  annotation file that runs past the end of the signal belongs to another
-  record and is refused.
+  annotations ``(AFIB`` ... become labels (``edgeagent.annotations``); the
+  annotation file is parsed by ``wfdb_annotations`` (``wfdb.rdann`` can hang
+  on a damaged one); an annotation file that runs past the end of the
+  signal belongs to another record and is refused.
 
 ``wfdb`` pulls pandas, scipy and matplotlib along, so it is an optional
 dependency (the ``formats`` extra); without it the error says how to install it.
@@ -30,6 +31,7 @@ from edgeagent.annotations import Beats, rhythm_labels
 from edgeagent.errors import RecordingError
 from edgeagent.recording import Recording
 from edgeagent.sources.ecg_record import check_rate, choose_lead, ecg_recording, uv_per_unit
+from edgeagent.sources.wfdb_annotations import parse_annotations
 
 #: Bits per sample of the fixed-width WFDB signal formats (FLAC ones, 5xx, vary).
 _BITS: dict[str, float] = {
@@ -115,9 +117,11 @@ def read_wfdb(
             str(hea),
             f"bad WFDB header: says {header.n_sig} signals but describes {sorted(described)}",
         )
-    units = list(header.units or ["mV"] * header.n_sig)
-    ch = choose_lead(list(header.sig_name), units, lead, str(hea))
-    name = header.sig_name[ch]
+    # WFDB's default unit is mV; a damaged header may leave names or units empty.
+    units = [str(u) if u else "mV" for u in (header.units or [None] * header.n_sig)]
+    names = [str(n) if n is not None else f"signal {i}" for i, n in enumerate(header.sig_name)]
+    ch = choose_lead(names, units, lead, str(hea))
+    name = names[ch]
     scale = uv_per_unit(units[ch], str(hea), name)
     # A lead may hold several samples per frame: its own rate is a multiple of the frame rate.
     spf = int((header.samps_per_frame[ch] if header.samps_per_frame else 1) or 1)
@@ -162,9 +166,7 @@ def read_wfdb(
     if ann_ext and ann_ext.lower() != "none":
         ann_file = Path(f"{base}.{ann_ext}")
         if ann_file.is_file():
-            beats, labels, ann_notes = _read_annotations(
-                wfdb, base, ann_ext, frame_fs, sig_len, end_s
-            )
+            beats, labels, ann_notes = _read_annotations(base, ann_ext, frame_fs, sig_len, end_s)
             notes.extend(ann_notes)
         elif annotations is not None:
             raise RecordingError(str(ann_file), "annotation file not found")
@@ -176,7 +178,7 @@ def read_wfdb(
         "units": units[ch],
         "gain": float(header.adc_gain[ch]) if header.adc_gain else None,
         "samples_per_frame": spf,
-        "signals": list(header.sig_name),
+        "signals": names,
         "comments": list(header.comments or []),
     }
     return ecg_recording(
@@ -185,19 +187,23 @@ def read_wfdb(
 
 
 def _read_annotations(
-    wfdb: Any, base: Path, ext: str, fs: float, sig_len: int, end_s: float
+    base: Path, ext: str, fs: float, sig_len: int, end_s: float
 ) -> tuple[Beats, list[tuple[float, float, str]], list[str]]:
+    """Beats and rhythm labels of ``<base>.<ext>`` (parsed here, not by ``wfdb.rdann``:
+    see ``wfdb_annotations``). ``fs`` is the record's frame rate, unless the file
+    states its own time resolution."""
     ann_file = Path(f"{base}.{ext}")
     try:
-        ann = wfdb.rdann(str(base), ext)
-    except Exception as exc:
-        raise RecordingError(
-            str(ann_file), f"bad annotation file: {type(exc).__name__}: {exc}"
-        ) from None
-    samples = np.asarray(ann.sample, np.int64)
-    symbols = [str(s) for s in ann.symbol]
-    aux = [str(a or "") for a in (ann.aux_note or [""] * len(symbols))]
-    notes: list[str] = []
+        ann = parse_annotations(ann_file.read_bytes())
+    except OSError as exc:
+        raise RecordingError(str(ann_file), f"cannot read: {exc.strerror or exc}") from None
+    if ann.problems and not ann.sample.size:
+        raise RecordingError(str(ann_file), "bad annotation file: " + "; ".join(ann.problems))
+    notes = [f"{ann_file.name}: {p}" for p in ann.problems]
+    samples, symbols, aux = ann.sample, ann.symbol, ann.aux
+    if ann.fs is not None and abs(ann.fs - fs) > 1e-6 * fs:
+        notes.append(f"{ann_file.name}: time resolution {ann.fs:g} Hz (record {fs:g} Hz)")
+        samples = samples * (fs / ann.fs)
     if samples.size and samples.max() > sig_len + _ANN_SLACK_S * fs:
         raise RecordingError(
             str(ann_file),
