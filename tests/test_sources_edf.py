@@ -110,7 +110,7 @@ def test_corrupt_edf_header_names_the_file(
 def test_truncated_edf_and_not_an_edf(edf_100: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     cut = tmp_path / "cut.edf"
     cut.write_bytes(edf_100[0].read_bytes()[:-5000])
-    with pytest.raises(RecordingError, match=r"cut\.edf: not a readable EDF/BDF file"):
+    with pytest.raises(RecordingError, match=r"cut\.edf: not a readable EDF/BDF file.*filesize"):
         read_edf(cut)
     txt = tmp_path / "notes.edf"
     txt.write_text("hello")
@@ -118,3 +118,16 @@ def test_truncated_edf_and_not_an_edf(edf_100: tuple[Path, np.ndarray], tmp_path
         read_edf(txt)
     with pytest.raises(RecordingError, match="no such file"):
         read_edf(tmp_path / "absent.edf")
+
+
+def test_edflib_messages_stay_off_stdout(
+    edf_100: tuple[Path, np.ndarray], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """EDFlib's printf on a bad file goes into the error, not onto a --json answer."""
+    cut = tmp_path / "cut.edf"
+    cut.write_bytes(edf_100[0].read_bytes()[:-777])
+    with pytest.raises(RecordingError):
+        read_edf(cut)
+    print("after")
+    out, _ = capfd.readouterr()
+    assert out == "after\n"
