@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeagent.errors import RecordingError
 from edgeagent.sources.edf import is_edf, read_edf
@@ -131,3 +133,27 @@ def test_edflib_messages_stay_off_stdout(
     print("after")
     out, _ = capfd.readouterr()
     assert out == "after\n"
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 767), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.one_of(st.none(), st.floats(0, 1)),
+)
+def test_any_header_corruption_reads_or_fails_with_a_recording_error(
+    edf_100: tuple[Path, np.ndarray], tmp_path_factory: pytest.TempPathFactory,
+    edits: list[tuple[int, int]], cut: float | None,
+) -> None:  # fmt: skip
+    data = bytearray(edf_100[0].read_bytes())
+    for pos, value in edits:  # the fixed header and the first signal headers
+        data[pos] = value
+    if cut is not None:
+        data = data[: int(cut * len(data))]
+    bad = tmp_path_factory.mktemp("edf-fuzz") / "x.edf"
+    bad.write_bytes(bytes(data))
+    try:
+        rec = read_edf(bad)
+    except RecordingError as exc:
+        assert "x.edf" in str(exc)
+        return
+    assert rec.meta["format"] == "edf"
