@@ -26,7 +26,7 @@ from firmware_sim.physiology import Chunk, Label
 #: Header unit -> µV.
 _UV = {"uv": 1.0, "µv": 1.0, "μv": 1.0, "mv": 1e3, "v": 1e6, "nv": 1e-3}
 #: Leads tried in order when none is named.
-_PREFERRED = ("mlii", "ii", "ml2", "ecg", "i", "v1", "v2", "v5", "mcl1", "v")
+_PREFERRED = ("mlii", "ii", "ml2", "ecg", "ekg", "i", "v1", "v2", "v5", "mcl1", "v")
 #: Rhythm notes -> the simulator's episode kinds (None: not an episode).
 _RHYTHM = {
     "N": None, "P": None, "AFIB": "af", "AFL": "af", "VT": "tachycardia",
