@@ -163,12 +163,17 @@ def read_beats(path: str | os.PathLike[str]) -> tuple[Beats, int, list[str]]:
     f = Path(path)
     try:
         with open(f, encoding="utf-8-sig", newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r and not r[0].lstrip().startswith("#")]
+            reader = csv.reader(fh)
+            rows = [
+                (reader.line_num, r)
+                for r in reader
+                if r and "".join(r).strip() and not r[0].lstrip().startswith("#")
+            ]
     except (OSError, UnicodeDecodeError) as exc:
         raise RecordingError(str(f), f"cannot read beats: {exc}") from None
     if not rows:
         raise RecordingError(str(f), "empty file: expected a header 't,symbol,aami'")
-    head = [c.strip().lower() for c in rows[0]]
+    head = [c.strip().lower() for c in rows[0][1]]
     if "t" not in head or "symbol" not in head:
         raise RecordingError(
             str(f), f"header {head} lacks 't' and 'symbol' (expected 't,symbol,aami')"
@@ -180,7 +185,7 @@ def read_beats(path: str | os.PathLike[str]) -> tuple[Beats, int, list[str]]:
     cls: list[str] = []
     dropped = 0
     first_bad = ""
-    for lineno, r in enumerate(rows[1:], start=2):
+    for lineno, r in rows[1:]:
         try:
             tv = float(r[it])
             s = r[isym].strip()

@@ -36,6 +36,7 @@ import numpy as np
 
 from edgeagent.metrics import (
     alert_spans,
+    auroc,
     beat_classification,
     beat_detection,
     beat_scores,
@@ -60,29 +61,6 @@ class ScoredWindow:
     clinical_active: bool
     fault_active: bool
     status: str = "ok"
-
-
-def auroc(y: np.ndarray, s: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties averaged.
-
-    NaN when only one class is present (undefined, not 0.5).
-    """
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(s, np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def binary_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -148,12 +126,14 @@ def score_windows(
     duration_s: float | None = None,
     fault_kinds: Sequence[str] = FAULT_KINDS,
     hop_s: float | None = None,
+    end_s: float | None = None,
 ) -> dict[str, Any]:
     """Every window- and alert-level metric ``edgeagent evaluate`` reports.
 
     ``hop_s`` (default: the median spacing of the window ends) is how long a
-    decision holds; ``window_s`` is also the grace after a label's end within
-    which an alert still belongs to it.
+    decision holds, never past ``end_s`` (the recording's last sample;
+    default: the first window's start plus ``duration_s``); ``window_s`` is
+    also the grace after a label's end within which an alert still belongs to it.
     """
     labels = sorted(labels)
     ws = [w for w in windows if w.status == "ok"]
@@ -231,7 +211,10 @@ def score_windows(
     if hop_s is None:
         hop_s = float(np.median(np.diff(np.sort(ends)))) if len(ws) > 1 else window_s
     hop_s = hop_s if hop_s > 0 else window_s
-    until = float(ends.max()) + hop_s if len(ws) else None
+    until = None
+    if len(ws):
+        last = end_s if end_s is not None else float(starts.min()) + (duration_s or 0.0)
+        until = min(float(ends.max()) + hop_s, max(last, float(ends.max())))
     spans = alert_spans(ends, clin, hop_s, until=until)
     fa = false_alarms(spans, labels, duration_s or 0.0, window_s, fault_kinds)
     ev = event_recall(spans, labels, window_s, fault_kinds)
@@ -346,7 +329,9 @@ def evaluate_recording(
         run(win.pop_ready())
     run(win.flush())
     labels = [(float(s), float(e), str(k)) for s, e, k in rec.labels]
-    out = score_windows(scored, labels, window_s, duration_s=float(rec.duration), hop_s=hop_s)
+    out = score_windows(
+        scored, labels, window_s, duration_s=float(rec.duration), hop_s=hop_s, end_s=rec.end
+    )
     warnings: list[str] = []
     rejected = dict(getattr(rec, "rejected", {}))
     for name, why in sorted(rejected.items()):

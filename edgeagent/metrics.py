@@ -57,6 +57,29 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else float("nan")
 
 
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties averaged.
+
+    NaN when only one class is present (undefined, not 0.5).
+    """
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(s, np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 # --------------------------------------------------------------------------- beats
 
 
@@ -182,8 +205,6 @@ def beat_classification(
     per-beat decision) also the sensitivity and positive predictivity of the
     flag for abnormal beats.
     """
-    from edgeagent.evaluate import auroc
-
     cls = np.asarray(aami).astype(str).ravel()
     sc = np.asarray(scores, np.float64).ravel()
     if cls.size != sc.size:

@@ -39,7 +39,7 @@ UV_PER_UNIT: dict[str, float] = {
 
 #: Leads tried in order when none is named: the monitoring leads first.
 PREFERRED_LEADS: tuple[str, ...] = (
-    "mlii", "ii", "ml2", "ecg", "ecg ii", "ecg1", "i", "v1", "v2", "v5", "mcl1", "v", "iii",
+    "mlii", "ii", "ml2", "ecg", "ecg ii", "ecg1", "ekg", "i", "v1", "v2", "v5", "mcl1", "v", "iii",
     "avr", "avl", "avf", "v3", "v4", "v6",
 )  # fmt: skip
 

@@ -17,6 +17,12 @@ and EDFlib's reason. ``pyedflib`` is part of the ``formats`` extra.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +69,30 @@ def _pyedflib() -> Any:
     return pyedflib
 
 
+@contextlib.contextmanager
+def _c_stdout_captured() -> Iterator[list[str]]:
+    """Hold what C code prints on stdout while open, and give it back as text.
+
+    EDFlib prints some header problems (``filesize ... != ...``) with printf;
+    on our stdout they would corrupt a ``--json`` answer, in the error they
+    tell the user what is wrong.
+    """
+    said: list[str] = []
+    sys.stdout.flush()
+    libc = ctypes.CDLL(None)
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(1)
+        os.dup2(tmp.fileno(), 1)
+        try:
+            yield said
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+            tmp.seek(0)
+            said.append(" ".join(tmp.read().decode("utf-8", "replace").split()))
+
+
 def read_edf(path: str | Path, lead: str | None = None) -> Recording:
     """Read the EDF/EDF+/BDF file at ``path`` (one lead; annotations when EDF+)."""
     p = Path(path)
@@ -70,9 +100,11 @@ def read_edf(path: str | Path, lead: str | None = None) -> Recording:
         raise RecordingError(str(p), "no such file")
     pyedflib = _pyedflib()
     try:
-        reader = pyedflib.EdfReader(str(p))
+        with _c_stdout_captured() as said:
+            reader = pyedflib.EdfReader(str(p))
     except Exception as exc:  # EDFlib reports every header problem as OSError
-        raise RecordingError(str(p), f"not a readable EDF/BDF file: {exc}") from None
+        detail = f" ({said[-1]})" if said and said[-1] else ""
+        raise RecordingError(str(p), f"not a readable EDF/BDF file: {exc}{detail}") from None
     try:
         return _read(reader, p, lead)
     finally:

@@ -10,9 +10,10 @@ from it and refuses what it cannot trust, naming the file:
 * one lead becomes the ECG stream (``--lead``; default MLII / II, see
   ``ecg_record.choose_lead``), scaled from the header's units to µV;
 * beat annotations become ``Recording.beats`` (AAMI classes), rhythm
-  annotations ``(AFIB`` ... become labels (``edgeagent.annotations``); an
-  annotation file that runs past the end of the signal belongs to another
-  record and is refused.
+  annotations ``(AFIB`` ... become labels (``edgeagent.annotations``); the
+  annotation file is parsed by ``wfdb_annotations`` (``wfdb.rdann`` can hang
+  on a damaged one); an annotation file that runs past the end of the
+  signal belongs to another record and is refused.
 
 ``wfdb`` pulls pandas, scipy and matplotlib along, so it is an optional
 dependency (the ``formats`` extra); without it the error says how to install it.
@@ -30,6 +31,7 @@ from edgeagent.annotations import Beats, rhythm_labels
 from edgeagent.errors import RecordingError
 from edgeagent.recording import Recording
 from edgeagent.sources.ecg_record import check_rate, choose_lead, ecg_recording, uv_per_unit
+from edgeagent.sources.wfdb_annotations import parse_annotations
 
 #: Bits per sample of the fixed-width WFDB signal formats (FLAC ones, 5xx, vary).
 _BITS: dict[str, float] = {
@@ -67,21 +69,28 @@ def record_base(path: str | Path) -> Path | None:
     return None
 
 
-def _frames_available(base: Path, header: Any, ch: int) -> int | None:
-    """Whole frames the signal file of channel ``ch`` holds (None when not computable)."""
+def _frame_bits(header: Any, ch: int) -> float | None:
+    """Bits per frame of the signal file holding channel ``ch`` (None for FLAC formats)."""
     fname = header.file_name[ch]
-    fmts = [header.fmt[i] for i in range(header.n_sig) if header.file_name[i] == fname]
-    spf = [
-        (header.samps_per_frame[i] if header.samps_per_frame else 1) or 1
-        for i in range(header.n_sig)
-        if header.file_name[i] == fname
-    ]
-    if any(str(f) not in _BITS for f in fmts) or fname.lower().endswith(".mat"):
+    sigs = [i for i in range(header.n_sig) if header.file_name[i] == fname]
+    if any(str(header.fmt[i]) not in _BITS for i in sigs):
         return None
-    frame_bits = sum(_BITS[str(f)] * n for f, n in zip(fmts, spf, strict=True))
+    spf = header.samps_per_frame or [1] * header.n_sig
+    return float(sum(_BITS[str(header.fmt[i])] * (spf[i] or 1) for i in sigs))
+
+
+def _frames_available(base: Path, header: Any, ch: int) -> int | None:
+    """Whole frames the signal file of channel ``ch`` holds (None when not computable).
+
+    A ``.mat`` signal file also holds a MATLAB header of its own length, so
+    its count is an upper bound; ``read_wfdb`` refuses a short one outright.
+    """
+    bits = _frame_bits(header, ch)
+    if bits is None:
+        return None
     offset = (header.byte_offset[ch] if header.byte_offset else 0) or 0
-    size = (base.parent / fname).stat().st_size - offset
-    return max(0, math.floor(size * 8 / frame_bits))
+    size = (base.parent / header.file_name[ch]).stat().st_size - offset
+    return max(0, math.floor(size * 8 / bits))
 
 
 def read_wfdb(
@@ -102,9 +111,17 @@ def read_wfdb(
         raise RecordingError(str(hea), "multi-segment WFDB records are not supported")
     if not header.n_sig or not header.sig_name:
         raise RecordingError(str(hea), "the header lists no signals")
-    units = list(header.units or ["mV"] * header.n_sig)
-    ch = choose_lead(list(header.sig_name), units, lead, str(hea))
-    name = header.sig_name[ch]
+    described = {len(x or []) for x in (header.sig_name, header.file_name, header.fmt)}
+    if described != {header.n_sig}:
+        raise RecordingError(
+            str(hea),
+            f"bad WFDB header: says {header.n_sig} signals but describes {sorted(described)}",
+        )
+    # WFDB's default unit is mV; a damaged header may leave names or units empty.
+    units = [str(u) if u else "mV" for u in (header.units or [None] * header.n_sig)]
+    names = [str(n) if n is not None else f"signal {i}" for i, n in enumerate(header.sig_name)]
+    ch = choose_lead(names, units, lead, str(hea))
+    name = names[ch]
     scale = uv_per_unit(units[ch], str(hea), name)
     # A lead may hold several samples per frame: its own rate is a multiple of the frame rate.
     spf = int((header.samps_per_frame[ch] if header.samps_per_frame else 1) or 1)
@@ -117,6 +134,12 @@ def read_wfdb(
     sig_len = int(header.sig_len or 0)
     have = _frames_available(base, header, ch)
     sampto = sig_len
+    if have is not None and have < sig_len and sig_file.suffix.lower() == ".mat":
+        raise RecordingError(
+            str(sig_file),
+            f"truncated: holds at most {have} of the {sig_len} frames {hea.name} promises "
+            "(a .mat signal file cannot be read in part)",
+        )
     if have is not None and have < sig_len:
         if have == 0:
             raise RecordingError(str(sig_file), f"empty: {hea.name} promises {sig_len} samples")
@@ -143,9 +166,7 @@ def read_wfdb(
     if ann_ext and ann_ext.lower() != "none":
         ann_file = Path(f"{base}.{ann_ext}")
         if ann_file.is_file():
-            beats, labels, ann_notes = _read_annotations(
-                wfdb, base, ann_ext, frame_fs, sig_len, end_s
-            )
+            beats, labels, ann_notes = _read_annotations(base, ann_ext, frame_fs, sig_len, end_s)
             notes.extend(ann_notes)
         elif annotations is not None:
             raise RecordingError(str(ann_file), "annotation file not found")
@@ -157,7 +178,7 @@ def read_wfdb(
         "units": units[ch],
         "gain": float(header.adc_gain[ch]) if header.adc_gain else None,
         "samples_per_frame": spf,
-        "signals": list(header.sig_name),
+        "signals": names,
         "comments": list(header.comments or []),
     }
     return ecg_recording(
@@ -166,19 +187,23 @@ def read_wfdb(
 
 
 def _read_annotations(
-    wfdb: Any, base: Path, ext: str, fs: float, sig_len: int, end_s: float
+    base: Path, ext: str, fs: float, sig_len: int, end_s: float
 ) -> tuple[Beats, list[tuple[float, float, str]], list[str]]:
+    """Beats and rhythm labels of ``<base>.<ext>`` (parsed here, not by ``wfdb.rdann``:
+    see ``wfdb_annotations``). ``fs`` is the record's frame rate, unless the file
+    states its own time resolution."""
     ann_file = Path(f"{base}.{ext}")
     try:
-        ann = wfdb.rdann(str(base), ext)
-    except Exception as exc:
-        raise RecordingError(
-            str(ann_file), f"bad annotation file: {type(exc).__name__}: {exc}"
-        ) from None
-    samples = np.asarray(ann.sample, np.int64)
-    symbols = [str(s) for s in ann.symbol]
-    aux = [str(a or "") for a in (ann.aux_note or [""] * len(symbols))]
-    notes: list[str] = []
+        ann = parse_annotations(ann_file.read_bytes())
+    except OSError as exc:
+        raise RecordingError(str(ann_file), f"cannot read: {exc.strerror or exc}") from None
+    if ann.problems and not ann.sample.size:
+        raise RecordingError(str(ann_file), "bad annotation file: " + "; ".join(ann.problems))
+    notes = [f"{ann_file.name}: {p}" for p in ann.problems]
+    samples, symbols, aux = ann.sample, ann.symbol, ann.aux
+    if ann.fs is not None and abs(ann.fs - fs) > 1e-6 * fs:
+        notes.append(f"{ann_file.name}: time resolution {ann.fs:g} Hz (record {fs:g} Hz)")
+        samples = samples * (fs / ann.fs)
     if samples.size and samples.max() > sig_len + _ANN_SLACK_S * fs:
         raise RecordingError(
             str(ann_file),
