@@ -130,10 +130,11 @@ class DetectorConfig:
     cooldown_s: float = 20.0
     personalise: bool = True
     novelty: bool = False
-    #: No clinical alert opens before the patient's calibration has warmed up
-    #: (``personal.WARMUP_WINDOWS`` accepted windows, ~80 s at a 2 s hop):
-    #: "unusual" is judged against the patient's own normal, which the first
-    #: minutes establish. Sensor faults and signal quality are never held.
+    #: No ECG class (rate, rhythm, ectopy, ST) answers before the patient's
+    #: calibration has warmed up (``personal.WARMUP_WINDOWS`` accepted windows,
+    #: ~80 s at a 2 s hop): they are judged against the patient's own normal,
+    #: which the first minutes establish. Falls, temperature classes, sensor
+    #: faults and signal quality are never held.
     warmup_hold: bool = True
     validation_windows: int = 256
     #: Operator overrides of the model's thresholds (``[detection] thresholds``).
@@ -481,7 +482,10 @@ class Detector:
         if self._hr_idx >= 0 and self.config.personalise and cal.warmed_up:
             i = self._hr_idx
             hr_z = float((x[i] - mu.ravel()[i]) / sigma.ravel()[i])
-        p = self._mask_classes(probs[0], x, poor_ecg, abnormal_beats, hr_z)
+        # Until the patient's own normal is known, no ECG class (judged against
+        # it) may answer; falls and temperature thresholds are absolute and may.
+        held = self.config.personalise and self.config.warmup_hold and not cal.warmed_up
+        p = self._mask_classes(probs[0], x, poor_ecg or held, abnormal_beats, hr_z)
         r = float(recon[0])
         p_fault = float(p[a.fault_idx]) if a.fault_idx >= 0 else 0.0
         if poor_ecg:
@@ -490,8 +494,7 @@ class Detector:
         score = float(clin.sum())
         kind = a.meta.classes[int(a.clinical_idx[int(np.argmax(clin))])] if clin.size else ""
         fault = p_fault >= th.fault or poor_ecg
-        held = self.config.personalise and self.config.warmup_hold and not cal.warmed_up
-        clin_on = (not fault) and (not held) and score >= th.clinical
+        clin_on = (not fault) and score >= th.clinical
         clin_hold = (not fault) and score >= th.clinical * self.config.off_ratio
         novel_on = self.config.novelty and not fault and not clin_on and r >= th.novelty
         devs = devices or {}
