@@ -50,8 +50,13 @@ import onnxruntime as ort
 
 from edgeagent.errors import ModelError
 from edgeagent.model.meta import FAULT, NORMAL, ModelMeta, session_meta
-from edgeagent.pipeline import beats
+from edgeagent.pipeline import beats, evidence
 from edgeagent.pipeline.alerts import Alert
+from edgeagent.pipeline.evidence import (
+    CLASS_MODALITY,
+    SQI_HOLD_WINDOWS,
+    beat_detail,
+)
 from edgeagent.pipeline.personal import PersonalCalibration, Thresholds
 from edgeagent.providers import ProviderChoice, open_session
 from edgeagent.streams import Stream
@@ -62,37 +67,6 @@ DEFAULT_THRESHOLDS = {"clinical": 0.5, "fault": 0.5, "novelty": 4.0}
 #: A window is "clearly normal" evidence when every feature is within this many
 #: personal standard deviations of the patient's baseline.
 VALID_Z = 3.0
-#: The modality a clinical class can only be seen through; a class whose modality is
-#: absent from a window (or, for ECG, of too poor quality) cannot be that window's
-#: answer. A model may override this with ``info["class_modality"]``.
-CLASS_MODALITY: dict[str, str] = {
-    "tachycardia": "ecg",
-    "bradycardia": "ecg",
-    "af": "ecg",
-    "pvc": "ecg",
-    "st_change": "ecg",
-    "fall": "acc",
-    "fever": "temp",
-    "hypothermia": "temp",
-}
-#: Classes that describe ectopic beats, and how many beats of abnormal (ventricular)
-#: shape a window must hold before the class may be its answer: an isolated early
-#: beat is normal for most people, and atrial premature beats, however close
-#: together (record 100 has pairs within 10 s), are not PVCs; the simulator's
-#: bigeminy/trigeminy puts 2-4 ventricular beats in every 10 s window.
-ECTOPY_MIN_BEATS: dict[str, int] = {"pvc": 2}
-#: Rate classes judge the rate against the patient's own normal: after warm-up
-#: they need the heart rate this many personal spreads away from the patient's
-#: median (an ICU patient resting at 127 bpm is not in a new tachycardia) ...
-RATE_Z = 2.0
-#: ... unless it is beyond these absolute limits (bpm), which always count.
-RATE_LIMITS_BPM = (40.0, 150.0)
-RATE_SIGN: dict[str, float] = {"tachycardia": 1.0, "bradycardia": -1.0}
-#: Poor ECG quality in any of the patient's last this many windows (the current
-#: one included) keeps the ECG classes unavailable: noise comes in bursts, and
-#: with 10 s windows at a 2 s hop a window shares data with the 4 before it, so
-#: it holds part of any burst they saw even when its own index reads well.
-SQI_HOLD_WINDOWS = 5
 #: Seconds of each window's ECG tail fed to the patient's beat tracker (windows
 #: overlap; the tracker skips beats it has seen, so the tail only has to cover a hop).
 TRACK_TAIL_S = 6.0
@@ -583,41 +557,16 @@ class Detector:
         abnormal_beats: int | None = None,
         hr_z: float | None = None,
     ) -> np.ndarray:
-        """Move the probability of classes the window cannot show to "normal".
-
-        A class cannot be shown when its modality is absent (or, for ECG,
-        unusable), or, for an ectopy class, when the window holds fewer
-        abnormal beats than ``ECTOPY_MIN_BEATS`` asks, or, for a rate class
-        once the patient's calibration is personal, when the heart rate is
-        within ``RATE_Z`` personal spreads of the patient's own median and
-        inside ``RATE_LIMITS_BPM``.
-
-        To normal, not spread over the other classes: renormalising would
-        inflate the remaining clinical classes (a missing thermometer must not
-        make tachycardia likelier), so scores only ever go down.
-        """
+        """``evidence.move_to_normal`` of the classes this window cannot show."""
         a = self._active
         absent = {m for m, idx in self._mod_idx.items() if not np.isfinite(x[idx]).any()}
         if poor_ecg:
             absent.add("ecg")
-        drop = [i for i, m in enumerate(a.class_modality) if m and m in absent]
-        if abnormal_beats is not None:
-            for c, n in ECTOPY_MIN_BEATS.items():
-                if c in a.meta.classes and abnormal_beats < n:
-                    drop.append(a.meta.classes.index(c))
-        if hr_z is not None and np.isfinite(hr_z):
-            hr = float(x[self._hr_idx])
-            lo, hi = RATE_LIMITS_BPM
-            for c, sign in RATE_SIGN.items():
-                extreme = hr >= hi if sign > 0 else hr <= lo
-                if c in a.meta.classes and sign * hr_z < RATE_Z and not extreme:
-                    drop.append(a.meta.classes.index(c))
-        if not drop:
-            return p
-        q = np.asarray(p, np.float32).copy()
-        q[0] += float(q[drop].sum())  # class 0 is "normal" (ModelSpec enforces it)
-        q[drop] = 0.0
-        return q
+        hr = float(x[self._hr_idx]) if self._hr_idx >= 0 else float("nan")
+        drop = evidence.unavailable_classes(
+            a.meta.classes, a.class_modality, absent, abnormal_beats, hr, hr_z
+        )
+        return evidence.move_to_normal(p, drop)
 
     def _step(
         self,
@@ -711,16 +660,3 @@ class Detector:
             if str(s) in devices:
                 return devices[str(s)]
         return next(iter(devices.values()), "")
-
-
-def beat_detail(tracker: beats.BeatTracker, start: float, end: float) -> dict[str, Any]:
-    """The abnormal beats a tracker scored in ``[start, end]``, for an alert's ``detail``."""
-    evs = [e for e in tracker.events if start <= e.t <= end and e.label != "N"]
-    out: dict[str, Any] = {
-        "window": [start, end],
-        "beats": [{"t": round(e.t, 3), "label": e.label, "score": round(e.score, 2)} for e in evs],
-    }
-    text = beats.describe(evs)
-    if text:
-        out["text"] = text
-    return out
