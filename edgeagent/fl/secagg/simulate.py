@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeagent.errors import ProtocolError, RoundAborted
 from edgeagent.fl.constants import AGGREGATOR, STAGE_ORDER, Stage
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, encode
-from edgeagent.fl.secagg.client import SecAggClient
+from edgeagent.fl.secagg.auth import RoundSigner, trust_map
+from edgeagent.fl.secagg.client import PrivacyFloor, SecAggClient
 from edgeagent.fl.secagg.server import SecAggServer
 from edgeagent.fl.secagg.state import RoundConfig, RoundResult
 
@@ -50,6 +51,7 @@ def simulate_round(
     drop: Mapping[str, Stage] | None = None,
     wire: Wire | None = None,
     identities: Mapping[str, Ed25519PrivateKey] | None = None,
+    floor: PrivacyFloor | None = None,
 ) -> SimReport:
     """Run one round; ``drop[box] = stage`` makes that box go silent from that stage on."""
     t0 = time.perf_counter()
@@ -58,7 +60,8 @@ def simulate_round(
     for node in (*config.participants, AGGREGATOR):
         ids.setdefault(node, Ed25519PrivateKey.generate())
     pubs = {n: k.public_key() for n, k in ids.items()}
-    server = SecAggServer(config)
+    verify = trust_map(pubs)
+    server = SecAggServer(config, verify)
     server_rx = EnvelopeReceiver(AGGREGATOR, {n: pubs[n] for n in config.participants})
     server_rx.begin_round(config.round_id, config.nonce)
     server_seq = Sequencer()
@@ -66,7 +69,9 @@ def simulate_round(
     client_rx: dict[str, EnvelopeReceiver] = {}
     client_seq: dict[str, Sequencer] = {}
     for node in config.participants:
-        clients[node] = SecAggClient(node)
+        signer = RoundSigner(ids[node], pubs[node].public_bytes_raw(), verify)
+        clients[node] = SecAggClient(node, signer, floor=floor)
+        clients[node].expect_participants(config.participants)
         clients[node].set_input(payloads[node])
         client_rx[node] = EnvelopeReceiver(node, {AGGREGATOR: pubs[AGGREGATOR]})
         client_rx[node].begin_round(config.round_id, config.nonce)
