@@ -30,6 +30,7 @@ from edgeagent.fl.constants import AGGREGATOR, Key, Stage
 from edgeagent.fl.messages import Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import payload_bound
 from edgeagent.fl.secagg import RoundConfig, SecAggClient, SecAggServer
+from edgeagent.fl.secagg.auth import lab_signers
 
 DIM = 33
 
@@ -52,7 +53,10 @@ class Fleet:
             bound=payload_bound(1.0, 1),
         )
         self.server = SecAggServer(self.config)
-        self.clients = {b: SecAggClient(b) for b in self.nodes}
+        signers = lab_signers(self.nodes)
+        self.clients = {b: SecAggClient(b, signers[b]) for b in self.nodes}
+        for cl in self.clients.values():
+            cl.expect_participants(self.nodes)
         self.seq = {b: Sequencer() for b in self.nodes}
         c = self.config
         bodies = self.server.start()
@@ -98,10 +102,11 @@ class Fleet:
         """Run UNMASK with the survivors and return the unmasked total."""
         c = self.config
         bodies = self.server.advance()
-        for b, body in bodies.items():
-            self.server.receive(b, Stage.UNMASK, self.clients[b].handle(
-                c.round_id, c.nonce, Stage.UNMASK, body))  # fmt: skip
-        self.server.advance()
+        for stage in (Stage.CONSISTENCY, Stage.UNMASK):
+            for b, body in bodies.items():
+                self.server.receive(b, stage, self.clients[b].handle(
+                    c.round_id, c.nonce, stage, body))  # fmt: skip
+            bodies = self.server.advance()
         assert self.server.result is not None, self.server.abort
         return self.server.result.total
 

@@ -657,6 +657,7 @@ def _federation(ctx: Context, link: SharedLink, learner: Any, manager: Any, sha:
     """H9's ``FlClient`` on the shared link, or None (logged) without a signing identity."""
     from edgeagent.federation.client import FlClient
     from edgeagent.fl.identity import load_ca, load_identity
+    from edgeagent.fl.secagg.client import PrivacyFloor
 
     cfg = ctx.config
     fed = cfg.federation
@@ -684,6 +685,8 @@ def _federation(ctx: Context, link: SharedLink, learner: Any, manager: Any, sha:
         liveness=ctx.liveness,
         allow_plaintext=fed.allow_plaintext,
         min_group_size=fed.min_group_size,
+        # the box's own clip and noise multiplier are floors no SETUP may undercut
+        floor=PrivacyFloor(max_clip=fed.clip_norm, min_noise_multiplier=fed.noise_multiplier),
     )
 
 

@@ -66,9 +66,11 @@ from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_u
 from edgeagent.fl.privacy import fedavg_payload, l2_clip
 from edgeagent.fl.robust import partition_groups
 from edgeagent.fl.secagg import SecAggClient
+from edgeagent.fl.secagg.auth import RoundSigner
+from edgeagent.fl.secagg.client import PrivacyFloor
 from edgeagent.fl.wire import Announcement, decode_model, encode_hello, parse_announcement
 from edgeagent.model.graph import get_params, parse_model
-from edgeagent.model.signing import verify_hash
+from edgeagent.model.signing import verify_hash, verify_release
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
@@ -146,6 +148,8 @@ class FlClient:
         liveness: LivenessSink | None = None,
         allow_plaintext: bool = False,
         min_group_size: int = 3,
+        floor: PrivacyFloor | None = None,
+        revoked: frozenset[str] = frozenset(),
     ) -> None:
         self.box_id = box_id
         self.allow_plaintext = allow_plaintext
@@ -168,7 +172,10 @@ class FlClient:
         self.counters: Counter[str] = Counter()
         self.rounds: list[dict[str, Any]] = []
         self.last_apply: dict[str, Any] | None = None
-        self.secagg = SecAggClient(box_id)
+        self.revoked = set(revoked)  # boxes this box refuses as neighbours (revocation)
+        self._peer_certs: dict[tuple[str, bytes], Ed25519PublicKey] = {}
+        signer = RoundSigner(identity.key, identity.cert_der, self._verify_peer)
+        self.secagg = SecAggClient(box_id, signer, floor=floor)
         self.current: _BoxRound | None = None
         self._early: list[tuple[int, MqttMessage]] = []
         self._keys: dict[bytes, Ed25519PublicKey] = {}
@@ -291,6 +298,18 @@ class FlClient:
                 self._on_announce(t.round_id, msg.payload)
             elif t.to_node == self.box_id and t.stage in _STAGES:
                 self._on_stage(t.round_id, _STAGES[t.stage], msg)
+
+    def _verify_peer(self, node: str, cert_der: bytes) -> Ed25519PublicKey:
+        """A neighbour's identity key from its fleet certificate (named for it, not revoked)."""
+        if node in self.revoked or node == AGGREGATOR:
+            raise ProtocolError("revoked", f"{node!r} may not take part in rounds")
+        key = self._peer_certs.get((node, cert_der))
+        if key is None:
+            key = verify_identity_cert(cert_der, self.ca, node)
+            if len(self._peer_certs) > 4096:
+                self._peer_certs.clear()
+            self._peer_certs[(node, cert_der)] = key
+        return key
 
     def _aggregator_key(self, cert_der: bytes) -> Ed25519PublicKey:
         key = self._keys.get(cert_der)
@@ -467,6 +486,8 @@ class FlClient:
         key = self._aggregator_key(pub.cert_der)
         try:
             verify_hash([key], pub.sha256, pub.signature)
+            # the labels this box acts on (version order, round) must be signed too
+            verify_release(key, self.fleet, pub.version, pub.round_id, pub.sha256, pub.release_sig)
         except ModelError as exc:
             raise ProtocolError("bad_model_signature", str(exc)) from exc
         if pub.version < self.global_version:

@@ -246,7 +246,8 @@ class SecAggClient:
         if t < min_safe_threshold(k):
             # below (k+1+c)/2 a lying server plus c colluders collect both shares of a box
             raise ProtocolError(
-                "bad_body", f"threshold {t} unsafe for {k} neighbours (need >= {min_safe_threshold(k)})"
+                "bad_body",
+                f"threshold {t} unsafe for {k} neighbours (need >= {min_safe_threshold(k)})",
             )
         dim = _int(body, Key.DIM, 1, MAX_DIM)
         try:
@@ -309,7 +310,9 @@ class SecAggClient:
                 raise ProtocolError("duplicate_key", f"round key of {node!r} repeats another")
             seen |= {pk_enc, pk_mask}
             ident = self.signer.verify_peer(node, cert)
-            statement = auth.keys_statement(self.round_id, self.nonce, node, pk_enc, pk_mask, commit)
+            statement = auth.keys_statement(
+                self.round_id, self.nonce, node, pk_enc, pk_mask, commit
+            )
             auth.check_signature(ident, sig, statement, f"round keys of {node}")
             peers[node] = (pk_enc, pk_mask, commit)
             ids[node] = ident
@@ -367,9 +370,7 @@ class SecAggClient:
 
     def _consistency(self, body: Mapping[str, Any]) -> dict[str, Any]:
         assert self._participants is not None and self.round_id is not None
-        survivors = frozenset(
-            _ids(_need(body, Key.SURVIVORS, list), len(self._participants))
-        )
+        survivors = frozenset(_ids(_need(body, Key.SURVIVORS, list), len(self._participants)))
         if not survivors <= set(self._participants):
             raise ProtocolError("unsafe_unmask", "survivor set names boxes outside this round")
         if self.node_id not in survivors:

@@ -236,7 +236,9 @@ class SecAggServer:
         if len(cert) > auth.MAX_CERT_BYTES:
             raise ProtocolError("bad_body", "certificate too large")
         pk_enc, pk_mask = body[Key.PK_ENC.value], body[Key.PK_MASK.value]
-        used = {k for n, r in self._replies.items() for k in (r[Key.PK_ENC.value], r[Key.PK_MASK.value])}
+        used = {
+            k for n, r in self._replies.items() for k in (r[Key.PK_ENC.value], r[Key.PK_MASK.value])
+        }
         if pk_enc == pk_mask or pk_enc in used or pk_mask in used:
             # neighbours refuse repeated keys; refusing the copier here keeps the round alive
             raise ProtocolError("duplicate_key", f"round key of {src} repeats another box's")
@@ -281,7 +283,9 @@ class SecAggServer:
         try:
             opened = cbor2.loads(plain)
         except Exception as exc:  # cbor2 raises several types, incl. RecursionError
-            raise ProtocolError("bad_body", f"sealed shares are not CBOR: {type(exc).__name__}") from exc
+            raise ProtocolError(
+                "bad_body", f"sealed shares are not CBOR: {type(exc).__name__}"
+            ) from exc
         survivors, dropped = self._unmask_sent[src]
         for key, names, size in (
             (Key.SEED_SHARES, survivors, SHAMIR_CHUNK),
@@ -302,7 +306,9 @@ class SecAggServer:
                     raise ProtocolError("bad_body", f"{key.value} entry malformed")
                 if entry[0] != self._expected_index(owner, src):
                     # a repeated or foreign index would make the Lagrange step fail or lie
-                    raise ProtocolError("bad_share_index", f"{src} sent index {entry[0]} for {owner}")
+                    raise ProtocolError(
+                        "bad_share_index", f"{src} sent index {entry[0]} for {owner}"
+                    )
         return opened
 
     # -- stage closing --------------------------------------------------------------------------
