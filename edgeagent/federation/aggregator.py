@@ -30,7 +30,6 @@ All MQTT callbacks only enqueue; one thread owns the state.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import secrets
@@ -55,7 +54,7 @@ from edgeagent.fl.aggregate import apply_update
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORDER, Stage
 from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, decode_unverified, encode
-from edgeagent.fl.wire import Announcement, announcement_body, decode_hello
+from edgeagent.fl.wire import Announcement, announcement_body, decode_hello, parse_status
 from edgeagent.model.graph import get_params, parse_model, set_params, sha256_hex, to_bytes
 from edgeagent.ops.config import Config
 from edgeagent.ops.pki import TlsFiles
@@ -70,7 +69,14 @@ log = logging.getLogger(__name__)
 #: Messages queued from the network thread; beyond this the oldest are dropped (counted).
 INBOX_MAX = 100_000
 #: Box topics the aggregator reads itself when intake workers take the masked vectors.
-_OWN_KINDS = ("hello", "status", Stage.SETUP.value, Stage.SHARE_KEYS.value, Stage.UNMASK.value)
+_OWN_KINDS = (
+    "hello",
+    "status",
+    Stage.SETUP.value,
+    Stage.SHARE_KEYS.value,
+    Stage.CONSISTENCY.value,
+    Stage.UNMASK.value,
+)
 _STAGES = {s.value: s for s in Stage}
 
 
@@ -246,7 +252,20 @@ class Aggregator:
         self.tick()
 
     def on_message(self, msg: MqttMessage) -> None:
-        """Dispatch one message from ``node/<id>/<kind>`` (the only topics subscribed)."""
+        """Dispatch one message; whatever it holds, it can only be refused, never crash us.
+
+        Hellos and statuses are retained and partly unsigned: an exception that
+        escaped here would come back at every restart. So every handler's
+        failure is a counted refusal of that one message.
+        """
+        try:
+            self._dispatch(msg)
+        except ProtocolError as exc:
+            self._refuse_outside(exc.reason, f"{msg.topic}: {exc.detail}")
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+            self._refuse_outside("malformed", f"{msg.topic}: {type(exc).__name__}: {exc}")
+
+    def _dispatch(self, msg: MqttMessage) -> None:
         try:
             t = topics.parse(msg.topic)
         except TransportError:
@@ -292,9 +311,9 @@ class Aggregator:
 
     def _on_status(self, node: str, payload: bytes) -> None:
         try:
-            state = json.loads(payload.decode()).get("state") if payload else "offline"
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            self._refuse_outside("malformed", f"status of {node}")
+            state = parse_status(payload)  # bounded: unsigned and retained
+        except ProtocolError as exc:
+            self._refuse_outside(exc.reason, f"status of {node}: {exc.detail}")
             return
         info = self.boxes.get(node)
         if info is not None:
@@ -320,6 +339,8 @@ class Aggregator:
         self.bytes_in_total += len(payload)
         t0 = time.perf_counter()
         try:
+            if len(payload) > r.receiver.max_bytes:  # size first, before any decoding
+                raise ProtocolError("oversized", f"{len(payload)} bytes")
             claimed = decode_unverified(payload)
             if claimed.src != node:
                 # relayed or forged under another box's name: the topic is the broker's word
@@ -381,7 +402,8 @@ class Aggregator:
                                      reputation=self.store.reputation, **common)  # fmt: skip
         take_partials = self.workers is not None and bool(self.workers.procs)
         key = self.identity.public_key if take_partials else None
-        return SecAggProtocol(dim=dim, intake_key=key, **common)
+        keys = {n: self.boxes[n].key for n in chosen}
+        return SecAggProtocol(dim=dim, intake_key=key, box_keys=keys, **common)
 
     def start_round(self, ready: list[str]) -> None:
         """Select participants, announce the round (retained) and send each box its first stage."""
