@@ -66,6 +66,9 @@ __all__ = ["Aggregator", "BoxInfo", "read_state", "status_report"]
 
 log = logging.getLogger(__name__)
 
+#: Sampling rate the DP accountant composes rounds with (see ``_conclude``).
+DP_SAMPLING_RATE = 1.0
+
 #: Messages queued from the network thread; beyond this the oldest are dropped (counted).
 INBOX_MAX = 100_000
 #: Box topics the aggregator reads itself when intake workers take the masked vectors.
@@ -513,8 +516,10 @@ class Aggregator:
     def _conclude(self, r: Round, rec: dict[str, Any], released: bool) -> None:
         """Account privacy if anything was released, persist the record, end the round."""
         if released:
-            fleet = max(len(self.boxes), len(r.participants))
-            self.store.account(self.noise_multiplier, min(1.0, len(r.participants) / fleet))
+            # q = 1: the participants are a fixed-size draw from the boxes online now (all of
+            # them when there are at most max_boxes) and their list is published, which is no
+            # Poisson sampling of the fleet; amplification by sampling is not claimed
+            self.store.account(self.noise_multiplier, DP_SAMPLING_RATE)
         eps = self.store.epsilon()
         rec["epsilon"] = eps
         rec["seconds"] = round(self.clock() - r.timing.started, 4)  # incl. model build + publish

@@ -61,6 +61,8 @@ def status_report(state_dir: Path) -> dict[str, Any]:
         "dropouts": dropouts,
         "refused": s.get("refused", {}),
         "epsilon": rounds[-1].get("epsilon") if rounds else None,
+        # how epsilon was composed: q = 1, no amplification by sampling (see docs/security.md)
+        "dp_sampling": "q = 1 (no sampling amplification)",
         "in_progress": s.get("in_progress"),
         "reputation": s.get("reputation", {}),
         "rounds": rounds,

@@ -61,10 +61,7 @@ def rig(
         nonce=os.urandom(16),
         participants=nodes,
         dim=dim + 1,
-        bound=payload_bound(CLIP, N_CAP),
-        clip=CLIP,
-        n_cap=N_CAP,
-        **cfg,
+        **({"bound": payload_bound(CLIP, N_CAP), "clip": CLIP, "n_cap": N_CAP} | cfg),
     )
     signers = signers or lab_signers(nodes)
     clients = {b: SecAggClient(b, signers[b]) for b in nodes}

@@ -32,9 +32,7 @@ from edgeagent.transport.mqtt import Message as MqttMessage
 from tests.fl_support import aggregator_config, make_fleet
 
 FLEET = "fuzz"
-_SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=list(HealthCheck)
-)
+_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 #: CBOR-able values, including huge integers, deep-ish nesting, NaN and bytes.
 values = st.recursive(
@@ -44,7 +42,9 @@ values = st.recursive(
     | st.floats()
     | st.binary(max_size=64)
     | st.text(max_size=12),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
+    ),
     max_leaves=20,
 )
 keys = st.sampled_from([k.value for k in Key] + [k.value for k in AKey] + ["state", "x"])
@@ -65,15 +65,26 @@ def _envelope(body: dict[str, Any], header: dict[str, Any], key: Ed25519PrivateK
     } | header
     payload = cbor2.dumps(inner)
     return cbor2.dumps(
-        {Key.VERSION.value: ENVELOPE_VERSION, Key.PAYLOAD.value: payload,
-         Key.SIGNATURE.value: key.sign(signed_bytes(payload))}  # fmt: skip
+        {
+            Key.VERSION.value: ENVELOPE_VERSION,
+            Key.PAYLOAD.value: payload,
+            Key.SIGNATURE.value: key.sign(signed_bytes(payload)),
+        }  # fmt: skip
     )
 
 
 BOX_KEY = Ed25519PrivateKey.generate()
 headers = st.dictionaries(
-    st.sampled_from([Key.SRC.value, Key.DST.value, Key.ROUND.value, Key.STAGE.value,
-                     Key.SEQ.value, Key.NONCE.value]),  # fmt: skip
+    st.sampled_from(
+        [
+            Key.SRC.value,
+            Key.DST.value,
+            Key.ROUND.value,
+            Key.STAGE.value,
+            Key.SEQ.value,
+            Key.NONCE.value,
+        ]
+    ),  # fmt: skip
     values,
     max_size=3,
 )
@@ -132,13 +143,19 @@ def services(tmp_path_factory: pytest.TempPathFactory, syn_model: bytes):
 
 node_kinds = st.sampled_from(["hello", "status", *[s.value for s in Stage], "intake", "x"])
 topics_agg = st.one_of(
-    st.builds(lambda n, k: f"edgeagent/v1/{FLEET}/node/{n}/{k}",
-              st.sampled_from(["box-a", "aggregator", "box-b"]), node_kinds),  # fmt: skip
+    st.builds(
+        lambda n, k: f"edgeagent/v1/{FLEET}/node/{n}/{k}",
+        st.sampled_from(["box-a", "aggregator", "box-b"]),
+        node_kinds,
+    ),  # fmt: skip
     st.text(max_size=40),
 )
 topics_box = st.one_of(
-    st.builds(lambda r, s: f"edgeagent/v1/{FLEET}/round/{r}/{s}/box-a",
-              st.integers(0, 2**70).map(str), node_kinds),  # fmt: skip
+    st.builds(
+        lambda r, s: f"edgeagent/v1/{FLEET}/round/{r}/{s}/box-a",
+        st.integers(0, 2**70).map(str),
+        node_kinds,
+    ),  # fmt: skip
     st.builds(lambda r: f"edgeagent/v1/{FLEET}/round/{r}/announce", st.integers(0, 2**70)),
     st.just(f"edgeagent/v1/{FLEET}/model/current"),
 )

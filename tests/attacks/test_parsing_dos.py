@@ -112,7 +112,9 @@ def test_duplicate_share_index_is_refused_and_the_round_completes() -> None:
     replies = {n: r.handle(n, Stage.UNMASK, b) for n, b in r.out.items()}
     evil = "box001"
     ctx = unmask_context(1, cfg.nonce, evil)
-    opened = cbor2.loads(seal.open_bytes(replies[evil][Key.SEALED.value], r.server._seal_key, ctx, 1 << 20))
+    opened = cbor2.loads(
+        seal.open_bytes(replies[evil][Key.SEALED.value], r.server._seal_key, ctx, 1 << 20)
+    )
     seeds = opened[Key.SEED_SHARES.value]
     owners = sorted(seeds)
     # every share claims index 1 (someone else's index for most owners)

@@ -96,9 +96,7 @@ def test_substituted_neighbour_keys_are_refused(fleet_signers, tmp_path: Path) -
     # (b) ... signed with the aggregator's identity and certificate: not the neighbour's
     agg = _agg_identity(pki)
     c = honest[neighbour][2]
-    sig = agg.key.sign(
-        auth.keys_statement(1, r.config.nonce, neighbour, mine[0], mine[1], c)
-    )
+    sig = agg.key.sign(auth.keys_statement(1, r.config.nonce, neighbour, mine[0], mine[1], c))
     with pytest.raises(ProtocolError, match="wrong_identity"):
         r.handle(victim, Stage.SHARE_KEYS, tampered([*mine, c, sig, agg.cert_der]))
     # (c) a certificate from another CA with the neighbour's name
@@ -164,7 +162,10 @@ def test_split_view_of_the_survivor_set_yields_neither_secret() -> None:
     # the colluding box signs both sets
     for view, shown in (("with", every), ("without", without)):
         st = auth.survivors_statement(1, cfg.nonce, colluder, auth.survivors_digest(shown))
-        sigs[view][colluder] = [r.clients[colluder].signer.key.sign(st), r.clients[colluder].signer.cert]
+        sigs[view][colluder] = [
+            r.clients[colluder].signer.key.sign(st),
+            r.clients[colluder].signer.cert,
+        ]
     seed_shares, key_shares = 1, 1  # the colluder's own share of each secret
     for node, shown in told.items():
         view = "with" if shown == every else "without"
