@@ -214,7 +214,7 @@ def test_unmask_shares_are_sealed_to_the_round_key() -> None:
         assert set(reply) == {Key.SEALED.value}
         # what the broker stores and forwards: the signed envelope bytes
         env = encode(Message(node, "aggregator", 1, Stage.UNMASK, 9, r.config.nonce, reply), agg_id)
-        for owner, (_, share) in r.clients[node]._held.items():
+        for _owner, (_, share) in r.clients[node]._held.items():
             assert share[2 * SHAMIR_CHUNK :] not in env and share[: 2 * SHAMIR_CHUNK] not in env
         # bound to round, nonce and sender: it does not open as another box's reply
         with pytest.raises(ProtocolError, match="undecryptable"):
