@@ -47,7 +47,8 @@ HELLO_CONTEXT = b"edgeagent/fl/hello/v1\x00"
 WIRE_VERSION = 1
 #: A hello or model publication larger than this is refused before parsing.
 MAX_HELLO_BYTES = 16 * 1024
-MAX_MODEL_BYTES = 32 * 1024 * 1024
+#: Below the shipped broker's max_packet_size (8 MiB), which no publication may exceed.
+MAX_MODEL_BYTES = 8 * 1024 * 1024 - 64 * 1024
 #: A box's retained status (``node/<id>/status``, JSON) larger or deeper than this is refused.
 MAX_STATUS_BYTES = 1024
 MAX_STATUS_DEPTH = 4
