@@ -240,10 +240,10 @@ def test_client_refuses_unsafe_unmask_request() -> None:
     server, clients, out = drive_to(Stage.CONSISTENCY)
     node = sorted(out)[0]
     body = dict(out[node])
-    body[Key.SURVIVORS.value] = [n for n in body[Key.SURVIVORS.value] if n != node]
+    body[Key.DROPPED.value] = [node]
     with pytest.raises(ProtocolError, match="unsafe_unmask"):  # it sent its input: it survived
         clients[node].handle(1, server.config.nonce, Stage.CONSISTENCY, body)
-    body[Key.SURVIVORS.value] = [node, "stranger"]
+    body[Key.DROPPED.value] = ["stranger"]
     with pytest.raises(ProtocolError, match="unsafe_unmask"):
         clients[node].handle(1, server.config.nonce, Stage.CONSISTENCY, body)
 

@@ -69,7 +69,7 @@ class Stage(StrEnum):
     SETUP = "setup"  # server: config + neighbours; box: public keys + commitment
     SHARE_KEYS = "share_keys"  # server: neighbours' keys; box: encrypted shares
     COLLECT_MASKED = "collect_masked"  # server: shares for you; box: masked vector
-    #: Bonawitz 2017 round 3: server: the survivor set; box: its signature over that set
+    #: Bonawitz 2017 round 3: server: who dropped; box: its signature over the survivor set
     CONSISTENCY = "consistency"
     UNMASK = "unmask"  # server: survivors' signatures; box: shares to unmask (sealed)
     RESULT = "result"  # server: aborted or done (informational, ends the round)
@@ -129,8 +129,8 @@ class Key(StrEnum):
     SHARES = "shares"
     # collect (box -> server)
     MASKED = "masked"
-    # consistency (server -> box): the survivor set; (box -> server): its signature
-    SURVIVORS = "survivors"
+    # consistency (server -> box): DROPPED, the participants that are not survivors;
+    # (box -> server): its signature over the survivor set
     DROPPED = "dropped"
     SURVIVORS_SIG = "survivors_sig"
     # unmask (server -> box): signer -> [survivors_sig, cert]

@@ -156,7 +156,8 @@ def test_split_view_of_the_survivor_set_yields_neither_secret() -> None:
     told = {victim: every, "box001": every, "box002": without, "box003": without}
     sigs: dict[str, dict[str, list]] = {"with": {}, "without": {}}
     for node, shown in told.items():
-        reply = r.handle(node, Stage.CONSISTENCY, {Key.SURVIVORS.value: shown})
+        dropped = sorted(set(every) - set(shown))
+        reply = r.handle(node, Stage.CONSISTENCY, {Key.DROPPED.value: dropped})
         view = "with" if shown == every else "without"
         sigs[view][node] = [reply[Key.SURVIVORS_SIG.value], r.clients[node].signer.cert]
     # the colluding box signs both sets

@@ -370,11 +370,13 @@ class SecAggClient:
 
     def _consistency(self, body: Mapping[str, Any]) -> dict[str, Any]:
         assert self._participants is not None and self.round_id is not None
-        survivors = frozenset(_ids(_need(body, Key.SURVIVORS, list), len(self._participants)))
-        if not survivors <= set(self._participants):
-            raise ProtocolError("unsafe_unmask", "survivor set names boxes outside this round")
-        if self.node_id not in survivors:
-            raise ProtocolError("unsafe_unmask", "this box sent its input but is not a survivor")
+        # the survivor set as the participants (announcement) less the boxes listed as dropped
+        dropped = frozenset(_ids(_need(body, Key.DROPPED, list), len(self._participants)))
+        if not dropped <= set(self._participants):
+            raise ProtocolError("unsafe_unmask", "dropped list names boxes outside this round")
+        if self.node_id in dropped:
+            raise ProtocolError("unsafe_unmask", "this box sent its input but is listed as dropped")
+        survivors = frozenset(self._participants) - dropped
         live = (self._mask_peers | {self.node_id}) & survivors
         if len(live) < self.threshold:
             raise ProtocolError("below_threshold", f"{len(live)} survivors < t={self.threshold}")
@@ -395,7 +397,7 @@ class SecAggClient:
                 raise ProtocolError("inconsistent", f"signature of {signer!r}, not a survivor")
             if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], bytes):
                 raise ProtocolError("bad_body", f"signature entry of {signer!r} malformed")
-            if len(entry[1]) > auth.MAX_CERT_BYTES:
+            if not isinstance(entry[0], bytes) or len(entry[1]) > auth.MAX_CERT_BYTES:
                 raise ProtocolError("bad_body", f"certificate of {signer!r} too large")
             ident = (
                 self.signer.key.public_key()

@@ -395,8 +395,9 @@ class SecAggServer:
         self._digest = auth.survivors_digest(u2)
         self._finish(Stage.CONSISTENCY)
         self._expected = set(u2)
-        listed = sorted(u2)
-        return {node: {Key.SURVIVORS.value: listed} for node in u2}
+        # the boxes know the participant list (announcement): the dropped ones say it all
+        dropped = sorted(set(c.participants) - u2)
+        return {node: {Key.DROPPED.value: dropped} for node in u2}
 
     def _close_consistency(self) -> dict[str, dict[str, Any]]:
         c = self.config
@@ -417,15 +418,36 @@ class SecAggServer:
             peers = self._mask_peers[node]
             sent = (frozenset((peers | {node}) & u2), frozenset(peers - u2))
             self._unmask_sent[node] = sent
-            signers: set[str] = set()
-            for owner in peers | {node}:
-                signers |= (c.graph[owner] | {owner}) & u3
+            known = self._sent_keys[node] | {node}  # identities the box already checked
+            chosen = self._signers_for(node, peers | {node}, u3, known)
             out[node] = {
-                Key.SIGS.value: {s: [sigs[s], self._certs.get(s, b"")] for s in sorted(signers)}
+                Key.SIGS.value: {
+                    s: [sigs[s], b"" if s in known else self._certs.get(s, b"")]
+                    for s in sorted(chosen)
+                }
             }
         self._finish(Stage.UNMASK)
         self._expected = set(u3)
         return out
+
+    def _signers_for(
+        self, node: str, owners: Iterable[str], signed: frozenset[str], known: frozenset[str]
+    ) -> set[str]:
+        """Enough survivor-set signatures for ``node``: t from the holders of each owner.
+
+        Greedy and small: signatures already chosen count for every owner they
+        hold a share of, and boxes whose identity ``node`` already knows come
+        first (they need no certificate in the message).
+        """
+        g, t = self.config.graph, self.config.threshold
+        chosen: set[str] = set()
+        for owner in sorted(owners):
+            cands = (g[owner] | {owner}) & signed
+            need = t - len(cands & chosen)
+            if need > 0:
+                rest = sorted(cands - chosen, key=lambda s: (s not in known, s))
+                chosen.update(rest[:need])
+        return chosen
 
     def _close_unmask(self) -> dict[str, dict[str, Any]]:
         c = self.config
