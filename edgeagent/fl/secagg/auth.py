@@ -77,10 +77,7 @@ def keys_statement(
 
 def survivors_digest(survivors: Iterable[str]) -> bytes:
     """SHA-256 of a survivor set (order-free: sorted, length-prefixed ids)."""
-    h = hashlib.sha256()
-    for node in sorted(set(survivors)):
-        h.update(_field(node))
-    return h.digest()
+    return hashlib.sha256(b"".join(_field(n) for n in sorted(set(survivors)))).digest()
 
 
 def survivors_statement(round_id: int, nonce: bytes, signer: str, digest: bytes) -> bytes:

@@ -168,6 +168,7 @@ class SecAggClient:
         self._held: dict[str, tuple[int, bytes]] = {}  # owner -> (index, 48-byte share)
         self._mask_peers: frozenset[str] = frozenset()
         self._survivors: frozenset[str] | None = None  # the set this box signed
+        self._digest = b""
 
     def expect_participants(self, participants: Iterable[str] | None) -> None:
         """Check the aggregator's neighbour list against the round's public participant list.
@@ -381,7 +382,7 @@ class SecAggClient:
         if len(live) < self.threshold:
             raise ProtocolError("below_threshold", f"{len(live)} survivors < t={self.threshold}")
         self._survivors = survivors
-        digest = auth.survivors_digest(survivors)
+        self._digest = digest = auth.survivors_digest(survivors)
         statement = auth.survivors_statement(self.round_id, self.nonce, self.node_id, digest)
         return {Key.SURVIVORS_SIG.value: self.signer.key.sign(statement)}
 
@@ -390,7 +391,7 @@ class SecAggClient:
         sigs = _need(body, Key.SIGS, dict)
         if len(sigs) > len(self._survivors):
             raise ProtocolError("bad_body", "more signatures than survivors")
-        digest = auth.survivors_digest(self._survivors)
+        digest = self._digest
         signed: set[str] = set()
         for signer, entry in sigs.items():
             if signer not in self._survivors:
