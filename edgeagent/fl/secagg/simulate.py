@@ -42,6 +42,8 @@ class SimReport:
     wall_seconds: float = 0.0
     refused: Counter[str] = field(default_factory=Counter)  # envelope + body refusals, by reason
     duplicates: int = 0  # byte-identical redeliveries acknowledged without processing
+    stage_bytes: Counter[str] = field(default_factory=Counter)  # stage -> bytes, both ways
+    stage_seconds: Counter[str] = field(default_factory=Counter)  # stage -> box + server CPU
 
 
 def simulate_round(
@@ -97,6 +99,7 @@ def simulate_round(
             )
             env = encode(msg, ids[AGGREGATOR])
             report.bytes_down[dst] += len(env)
+            report.stage_bytes[str(stage)] += len(env)
             if silent(dst, stage):
                 continue
             for data in deliver(AGGREGATOR, dst, stage, env):
@@ -113,6 +116,7 @@ def simulate_round(
                     continue
                 finally:
                     report.client_seconds[dst] += time.perf_counter() - tc
+                    report.stage_seconds[str(stage)] += time.perf_counter() - tc
                 if stage is Stage.RESULT:
                     continue
                 up = Message(
@@ -127,7 +131,9 @@ def simulate_round(
                 tc = time.perf_counter()
                 up_env = encode(up, ids[dst])
                 report.client_seconds[dst] += time.perf_counter() - tc
+                report.stage_seconds[str(stage)] += time.perf_counter() - tc
                 report.bytes_up[dst] += len(up_env)
+                report.stage_bytes[str(stage)] += len(up_env)
                 for up_data in deliver(dst, AGGREGATOR, stage, up_env):
                     ts = time.perf_counter()
                     try:
@@ -140,11 +146,13 @@ def simulate_round(
                         report.refused[f"server:{exc.reason}"] += 1
                     finally:
                         report.server_seconds += time.perf_counter() - ts
+                        report.stage_seconds[str(stage)] += time.perf_counter() - ts
         if stage is Stage.RESULT:
             break
         ts = time.perf_counter()
         outgoing = server.advance()
         report.server_seconds += time.perf_counter() - ts
+        report.stage_seconds[str(stage)] += time.perf_counter() - ts
     report.result, report.abort = server.result, server.abort
     report.wall_seconds = time.perf_counter() - t0
     return report
