@@ -58,6 +58,7 @@ from edgeagent.fl.wire import Announcement, announcement_body, decode_hello, par
 from edgeagent.model.graph import get_params, parse_model, set_params, sha256_hex, to_bytes
 from edgeagent.ops.config import Config
 from edgeagent.ops.pki import TlsFiles
+from edgeagent.ops.revocation import read_deny_list
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
@@ -110,7 +111,11 @@ class Aggregator:
         self.state_dir = Path(config.agent.state_dir)
         self.clock = clock
         self.ca = load_ca(fed.ca_file)
-        self.identity: Identity = load_identity(fed.cert_file, self.ca, AGGREGATOR)
+        self.identity: Identity = load_identity(
+            fed.cert_file, self.ca, AGGREGATOR, fed.signing_key_file
+        )
+        #: revoked boxes (``edgeagent pki revoke``): hellos refused, never invited
+        self.revoked = read_deny_list(fed.revoked_file)
         self.clip = float(fed.clip_norm)
         self.noise_multiplier = float(fed.noise_multiplier)
         if not agg.secure_aggregation and agg.noise == "distributed":
@@ -295,6 +300,10 @@ class Aggregator:
     def _on_hello(self, node: str, payload: bytes) -> None:
         if not payload:  # retained hello cleared: the box left the fleet
             self.boxes.pop(node, None)
+            return
+        if node in self.revoked:
+            self.boxes.pop(node, None)
+            self._refuse_outside("revoked", f"hello from revoked box {node}")
             return
         try:
             hello = decode_hello(payload)

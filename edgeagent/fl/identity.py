@@ -108,9 +108,17 @@ def identity_paths(tls_cert: Path) -> tuple[Path, Path]:
     return p.with_name(f"{stem}.sign.key"), p.with_name(f"{stem}.sign.crt")
 
 
-def load_identity(tls_cert: Path, ca: x509.Certificate, name: str) -> Identity:
-    """Load and self-check our signing identity (issued by ``edgeagent pki issue``)."""
-    key_path, cert_path = identity_paths(tls_cert)
+def load_identity(
+    tls_cert: Path, ca: x509.Certificate, name: str, key_path: Path | None = None
+) -> Identity:
+    """Load and self-check our signing identity (issued by ``edgeagent pki issue``).
+
+    ``key_path`` overrides where the private key is read from (a systemd
+    credential, ``[federation] signing_key_file``); the certificate stays beside
+    the TLS certificate.
+    """
+    default_key, cert_path = identity_paths(tls_cert)
+    key_path = Path(key_path) if key_path is not None else default_key
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
