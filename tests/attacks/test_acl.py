@@ -38,8 +38,9 @@ def broker(fleet: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bro
 
 
 def _link(fleet: Pki, broker: Broker, name: str, identity: str, on_message=None) -> MqttLink:
-    return MqttLink(name, broker.host, broker.port, fleet.client_files(identity), FLEET,
-                    identity=identity, status=False, on_message=on_message).connect(timeout=10)  # fmt: skip
+    link = MqttLink(name, broker.host, broker.port, fleet.client_files(identity), FLEET,
+                    identity=identity, status=False, on_message=on_message)  # fmt: skip
+    return link.connect(timeout=10)
 
 
 def test_box_reads_only_its_own_stage_messages(fleet: Pki, broker: Broker) -> None:
@@ -73,7 +74,8 @@ def test_box_reads_only_its_own_stage_messages(fleet: Pki, broker: Broker) -> No
 
 def test_box_cannot_write_into_another_fleet(fleet: Pki, broker: Broker) -> None:
     a = _link(fleet, broker, "box-a", "box-a")
-    assert a.publish(topics.node("otherfleet", "box-a", "update"), b"x").wait(5) == RC_NOT_AUTHORIZED
+    other = topics.node("otherfleet", "box-a", "update")
+    assert a.publish(other, b"x").wait(5) == RC_NOT_AUTHORIZED
     assert a.publish(topics.node(FLEET, "box-b", "update"), b"x").wait(5) == RC_NOT_AUTHORIZED
     assert a.publish(topics.node(FLEET, "box-a", "update"), b"x").wait(5) < 0x80
     a.close()
