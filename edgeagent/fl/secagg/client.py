@@ -39,7 +39,12 @@ from edgeagent.fl.constants import MAX_DEGREE, NONCE_BYTES, SHAMIR_CHUNK, Key, S
 from edgeagent.fl.privacy import sensitivity
 from edgeagent.fl.quantize import Quantizer, add_mod, sub_mod
 from edgeagent.fl.secagg import auth, crypto
-from edgeagent.fl.secagg.state import check_stage, min_safe_threshold, neighbour_graph
+from edgeagent.fl.secagg.state import (
+    check_stage,
+    min_safe_threshold,
+    ring_neighbours,
+    ring_order,
+)
 
 #: Largest payload dimension a box accepts from a SETUP message (memory guard).
 MAX_DIM = 50_000_000
@@ -236,11 +241,20 @@ class SecAggClient:
             raise ProtocolError("bad_body", "neighbours must be other boxes' ids")
         if not 1 <= len(set(neighbours)) == len(neighbours) <= MAX_DEGREE:
             raise ProtocolError("bad_body", f"need 1..{MAX_DEGREE} distinct neighbours")
+        # the public graph where this box needs it: its own neighbourhood and its
+        # neighbours' (whose share holders sign the survivor set at UNMASK)
+        order = ring_order(self._participants, self.nonce)
+        where = {n: i for i, n in enumerate(order)}
+        if self.node_id not in where:
+            raise ProtocolError("bad_graph", "this box is not among the round's participants")
         try:
-            graph = neighbour_graph(self._participants, len(neighbours), self.nonce)
+            mine = ring_neighbours(order, where[self.node_id], len(neighbours))
+            graph = {self.node_id: mine}
+            for peer in mine:
+                graph[peer] = ring_neighbours(order, where[peer], len(neighbours))
         except ValueError as exc:
             raise ProtocolError("bad_graph", str(exc)) from exc
-        if graph.get(self.node_id) != frozenset(neighbours):
+        if mine != frozenset(neighbours):
             raise ProtocolError("bad_graph", "neighbours differ from the public round graph")
         k = len(neighbours)
         t = _int(body, Key.THRESHOLD, 2, k + 1)

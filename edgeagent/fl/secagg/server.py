@@ -88,7 +88,7 @@ class SecAggServer:
         self._key_sigs: dict[str, bytes] = {}
         self._survivors: frozenset[str] = frozenset()
         self._digest = b""
-        self._consistency_sigs: dict[str, bytes] = {}
+        self._used_keys: set[bytes] = set()  # round keys taken at SETUP (no box may reuse one)
         self.quantizer = Quantizer(config.bound, len(config.participants), config.headroom_bits)
         self.stage: Stage | None = None
         self.rejected: Counter[str] = Counter()
@@ -236,10 +236,7 @@ class SecAggServer:
         if len(cert) > auth.MAX_CERT_BYTES:
             raise ProtocolError("bad_body", "certificate too large")
         pk_enc, pk_mask = body[Key.PK_ENC.value], body[Key.PK_MASK.value]
-        used = {
-            k for n, r in self._replies.items() for k in (r[Key.PK_ENC.value], r[Key.PK_MASK.value])
-        }
-        if pk_enc == pk_mask or pk_enc in used or pk_mask in used:
+        if pk_enc == pk_mask or pk_enc in self._used_keys or pk_mask in self._used_keys:
             # neighbours refuse repeated keys; refusing the copier here keeps the round alive
             raise ProtocolError("duplicate_key", f"round key of {src} repeats another box's")
         if self.verify_peer is not None:
@@ -250,6 +247,7 @@ class SecAggServer:
             )  # fmt: skip
             auth.check_signature(ident, sig, statement, f"round keys of {src}")
             self._idents[src] = ident
+        self._used_keys |= {pk_enc, pk_mask}
         return body
 
     def _check_shares(self, src: str, body: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -87,6 +87,26 @@ def min_safe_threshold(degree: int) -> int:
     return min(degree + 1, choose_threshold(degree, min(corrupt_tolerated(degree), degree - 1)))
 
 
+def ring_order(nodes: Iterable[str], nonce: bytes) -> list[str]:
+    """The nonce-keyed pseudo-random order of the boxes that the neighbour graph is a ring over."""
+    return sorted(set(nodes), key=lambda n: hashlib.sha256(nonce + n.encode()).digest())
+
+
+def ring_neighbours(order: list[str], index: int, degree: int) -> frozenset[str]:
+    """Neighbours of ``order[index]`` in the Harary ring of ``degree`` (all others if dense).
+
+    What one box needs of the public graph (its own and its neighbours'
+    neighbourhoods) without building the whole graph: O(k) per box, not O(n k).
+    """
+    n = len(order)
+    if degree >= n - 1:
+        return frozenset(order) - {order[index]}
+    if degree % 2:
+        raise ValueError("a sparse neighbour graph needs an even degree")
+    half = degree // 2
+    return frozenset(order[(index + off) % n] for off in range(-half, half + 1) if off)
+
+
 def neighbour_graph(nodes: Iterable[str], degree: int, nonce: bytes) -> dict[str, frozenset[str]]:
     """Symmetric k-regular graph (Harary ring) over a nonce-keyed pseudo-random node order.
 
@@ -94,20 +114,8 @@ def neighbour_graph(nodes: Iterable[str], degree: int, nonce: bytes) -> dict[str
     round nonce), and the ring keeps the graph connected and exactly k-regular
     (k even), which bounds Shamir work per box to one t-of-(k+1) split.
     """
-    order = sorted(set(nodes), key=lambda n: hashlib.sha256(nonce + n.encode()).digest())
-    n = len(order)
-    if degree >= n - 1:
-        return {a: frozenset(order) - {a} for a in order}
-    if degree % 2:
-        raise ValueError("a sparse neighbour graph needs an even degree")
-    half = degree // 2
-    graph: dict[str, set[str]] = {a: set() for a in order}
-    for i, a in enumerate(order):
-        for off in range(1, half + 1):
-            b = order[(i + off) % n]
-            graph[a].add(b)
-            graph[b].add(a)
-    return {a: frozenset(v) for a, v in graph.items()}
+    order = ring_order(nodes, nonce)
+    return {a: ring_neighbours(order, i, degree) for i, a in enumerate(order)}
 
 
 @dataclass(frozen=True, slots=True)
