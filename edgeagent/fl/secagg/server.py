@@ -88,6 +88,7 @@ class SecAggServer:
         self._key_sigs: dict[str, bytes] = {}
         self._survivors: frozenset[str] = frozenset()
         self._digest = b""
+        self._ranks: dict[str, dict[str, int]] = {}  # owner -> holder -> Shamir index
         self._used_keys: set[bytes] = set()  # round keys taken at SETUP (no box may reuse one)
         self.quantizer = Quantizer(config.bound, len(config.participants), config.headroom_bits)
         self.stage: Stage | None = None
@@ -272,7 +273,12 @@ class SecAggServer:
 
     def _expected_index(self, owner: str, holder: str) -> int:
         """The Shamir index ``holder`` got for ``owner``'s secrets (1 + rank among holders)."""
-        return sorted({owner} | self._sent_keys[owner]).index(holder) + 1
+        ranks = self._ranks.get(owner)
+        if ranks is None:
+            ranks = self._ranks[owner] = {
+                h: i + 1 for i, h in enumerate(sorted({owner} | self._sent_keys[owner]))
+            }
+        return ranks.get(holder, 0)
 
     def _check_unmask(self, src: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
         sealed = _field(body, Key.SEALED, bytes)
