@@ -80,6 +80,8 @@ log = logging.getLogger(__name__)
 STATE_FILE = "fl_client.json"
 #: Stage messages that arrive before their announcement are held (bounded) and replayed.
 EARLY_MAX = 16
+#: ... and never more than this many bytes of them (a SETUP is about a kilobyte).
+EARLY_MAX_BYTES = 256 * 1024
 INBOX_MAX = 10_000
 _STAGES = {s.value: s for s in Stage}
 
@@ -417,6 +419,9 @@ class FlClient:
         cur = self.current
         if cur is None or cur.round_id != round_id:
             if round_id > self.last_round and (cur is None or round_id > cur.round_id):
+                held = sum(len(m.payload) for _, m in self._early)
+                if held + len(msg.payload) > EARLY_MAX_BYTES:
+                    raise ProtocolError("oversized", "early stage messages over the byte bound")
                 self._early.append((round_id, msg))
                 del self._early[:-EARLY_MAX]
             else:
