@@ -46,14 +46,9 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgeagent.daemon.components import BlockBus, Context, Counters, PipelineComponent  # noqa: E402
 from edgeagent.daemon.health import Liveness  # noqa: E402
-from edgeagent.daemon.supervisor import (  # noqa: E402
-    BlockBus,
-    Context,
-    Counters,
-    PipelineComponent,
-    Supervisor,
-)
+from edgeagent.daemon.supervisor import Supervisor  # noqa: E402
 from edgeagent.daemon.wiring import daemon_factory, describe  # noqa: E402
 from edgeagent.ops.config import parse_config  # noqa: E402
 from edgeagent.ops.pki import Pki  # noqa: E402

@@ -1,9 +1,90 @@
 """One root error for the agent; subclasses carry the fields a caller acts on.
 
 Errors say who broke what and how to fix it, so the CLI can print them as-is.
+Protocol and transport errors carry a *reason* from a closed set (bleak's
+style): reasons are counted, logged, documented and printed by ``--json``, so a
+typo in a new reason must fail at once rather than open a new counter silently.
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
+from typing import TypeVar
+
+_R = TypeVar("_R", bound=StrEnum)
+
+
+class ProtocolReason(StrEnum):
+    """Why a federated-protocol message was refused (docs/wire-protocol.md)."""
+
+    # envelope and schema
+    MALFORMED = "malformed"  # not a decodable envelope, or header fields of the wrong type
+    BAD_BODY = "bad_body"  # the body does not match the stage's schema
+    OVERSIZED = "oversized"  # larger than the stage allows
+    BAD_INPUT = "bad_input"  # a value out of range inside an otherwise valid body
+    TOPIC_MISMATCH = "topic_mismatch"  # the envelope names another sender or stage than its topic
+    # who sent it
+    BAD_SIGNATURE = "bad_signature"  # the Ed25519 signature does not verify
+    BAD_CERTIFICATE = "bad_certificate"  # the sender's identity certificate is unusable
+    FOREIGN_CA = "foreign_ca"  # the certificate was not issued by this fleet's CA
+    EXPIRED = "expired"  # the certificate is outside its validity period
+    WRONG_IDENTITY = "wrong_identity"  # the certificate names another box than the sender
+    IMPERSONATION = "impersonation"  # a box signs as another box or as the aggregator
+    UNEXPECTED_SENDER = "unexpected_sender"  # the sender is not a participant of this round
+    UNKNOWN_SENDER = "unknown_sender"  # no identity key is known for the sender
+    WRONG_DESTINATION = "wrong_destination"  # addressed to another party
+    BAD_VERSION = "bad_version"  # an envelope version this party does not speak
+    REVOKED = "revoked"  # the sender is on the deny-list (edgeagent pki revoke)
+    # when it came
+    REPLAY = "replay"  # a (sender, sequence) seen before in this round
+    OUT_OF_ORDER = "out_of_order"  # a stage that may not follow the current one
+    OUT_OF_ROUND = "out_of_round"  # another round id or nonce than the open round's
+    STALE_NONCE = "stale_nonce"  # the open round's id with another (older) nonce
+    WRONG_STAGE = "wrong_stage"  # a reply for a stage that is not open
+    WRONG_MODE = "wrong_mode"  # a SecAgg message in a plaintext round, or the reverse
+    DUPLICATE_REPLY = "duplicate_reply"  # a second reply of one box to one stage
+    LATE_PARTIAL = "late_partial"  # an intake worker's partial sum after the stage closed
+    DUPLICATE_PARTIAL = "duplicate_partial"  # the same partial sum twice
+    BAD_PARTIAL = "bad_partial"  # a partial sum that does not verify or names unknown boxes
+    # secure aggregation
+    BAD_KEY = "bad_key"  # a public key that is malformed or repeated
+    DUPLICATE_KEY = "duplicate_key"  # a round key that another box (or this one) already uses
+    BAD_SHARE_INDEX = "bad_share_index"  # a Shamir index other than the one that holder got
+    INCONSISTENT = "inconsistent"  # fewer than t share holders signed this box's survivor set
+    PRIVACY_FLOOR = "privacy_floor"  # clip, n_cap or DP noise weaker than the box's own
+    BAD_SHARE = "bad_share"  # a share that fails decryption, routing or size checks
+    UNDECRYPTABLE = "undecryptable"  # a sealed payload this party cannot open
+    BAD_GRAPH = "bad_graph"  # the neighbour graph is not what the round's seed gives
+    BAD_GROUPS = "bad_groups"  # the robust groups are not what the round's seed gives
+    BELOW_THRESHOLD = "below_threshold"  # fewer parties than the threshold t
+    UNSAFE_UNMASK = "unsafe_unmask"  # asked for both secrets of one box
+    NO_INPUT = "no_input"  # a stage needs this box's input and it has none
+    # models
+    HASH_MISMATCH = "hash_mismatch"  # the model's bytes do not hash to the announced value
+    BAD_MODEL_SIGNATURE = "bad_model_signature"  # the model's signature does not verify
+    STALE_MODEL = "stale_model"  # a model older than the one the box runs
+
+
+class TransportReason(StrEnum):
+    """Why an MQTT link operation failed."""
+
+    CONNECT_FAILED = "connect_failed"  # TCP, TLS or CONNACK failed
+    CLOSED = "closed"  # the link was closed by this side
+    BAD_TLS_FILES = "bad_tls_files"  # CA, certificate or key unreadable
+    NO_TLS = "no_tls"  # a broker link without TLS where TLS is required
+    BAD_TOPIC = "bad_topic"
+    BAD_TOPIC_LEVEL = "bad_topic_level"
+    BAD_QOS = "bad_qos"
+    BAD_PUBLISH = "bad_publish"
+    PUBLISH_FAILED = "publish_failed"  # the broker refused or the client could not queue
+    ACK_TIMEOUT = "ack_timeout"  # no PUBACK in time
+    SUBSCRIBE_FAILED = "subscribe_failed"
+    SUBSCRIBE_REFUSED = "subscribe_refused"  # SUBACK with a failure code (ACL)
+    NO_STATUS = "no_status"
+    NO_FEDERATION = "no_federation"  # the config enables no federation
+    INTAKE_WORKER = "intake_worker"  # an intake worker process failed
+    SIM_NOT_READY = "sim_not_ready"
+    SIM_TIMEOUT = "sim_timeout"
 
 
 class EdgeAgentError(Exception):
@@ -45,10 +126,18 @@ class ModelError(EdgeAgentError):
 class ProtocolError(EdgeAgentError):
     """A federated-protocol message was malformed, forged, replayed or out of order."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
+    def __init__(self, reason: ProtocolReason | str, detail: str = "") -> None:
+        self.reason = _reason(ProtocolReason, reason)
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+def _reason(kind: type[_R], reason: _R | str) -> _R:
+    """``reason`` as a member of ``kind``; a string outside the set is a programming error."""
+    try:
+        return kind(reason)
+    except ValueError:
+        raise TypeError(f"{reason!r} is not a {kind.__name__}; add it there") from None
 
 
 class PkiError(EdgeAgentError):
@@ -62,8 +151,8 @@ class BrokerError(EdgeAgentError):
 class TransportError(EdgeAgentError):
     """An MQTT link operation failed (not connected, refused by the broker, closed)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
+    def __init__(self, reason: TransportReason | str, detail: str = "") -> None:
+        self.reason = _reason(TransportReason, reason)
         self.detail = detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgeagent.errors import ModelError, TransportError
 from edgeagent.federation.client import FlClient
-from edgeagent.model.graph import get_params, parse_model, sha256_hex
+from edgeagent.model.graph import parse_model, sha256_hex
 from edgeagent.transport.mqtt import MqttLink
 
 log = logging.getLogger(__name__)
@@ -93,14 +93,12 @@ def build_box(config: Any, features: Path | None = None, rate_hz: float = 50.0) 
     (the signing identity sits next to the TLS certificate) and
     ``detection.model_path`` as the starting model.
     """
+    from edgeagent.daemon.wiring import detection_stack
     from edgeagent.fl.identity import load_ca, load_identity
     from edgeagent.model.graph import read_meta
     from edgeagent.model.registry import ModelRegistry
     from edgeagent.ops.pki import TlsFiles
     from edgeagent.pipeline.alerts import MemoryAlertSink
-    from edgeagent.pipeline.detect import Detector
-    from edgeagent.pipeline.learn import LearnerConfig, LocalLearner
-    from edgeagent.pipeline.lifecycle import ModelManager
 
     fed = config.federation
     if not fed.enabled or fed.ca_file is None or fed.cert_file is None or fed.key_file is None:
@@ -119,21 +117,18 @@ def build_box(config: Any, features: Path | None = None, rate_hz: float = 50.0) 
     registry.require_signature = True  # from now on only signed global models
     data = registry.load_bytes(active)
     meta = read_meta(parse_model(data))
-    learner = LocalLearner(
-        meta.spec,
-        get_params(parse_model(data)),
-        LearnerConfig(lr=config.learning.learning_rate, batch=min(16, config.learning.batch_size)),
-    )
-    detector = Detector(
-        data,
-        active.label,
+    stack = detection_stack(
+        registry,
+        active,
         MemoryAlertSink(),
+        config.learning,
         feature_names=tuple(meta.feature_names),
         featurize=lambda _w: np.full(len(meta.feature_names), np.nan, np.float32),
         modality_of={},
-        on_scored=learner.offer,
     )
-    manager = ModelManager(registry, detector)
+    if stack.learner is None:
+        raise ModelError("a feature-replay box trains: set learning.enabled = true")
+    detector, learner, manager = stack.detector, stack.learner, stack.manager
     link = MqttLink(
         box,
         fed.broker_host,

@@ -191,8 +191,8 @@ def test_status_renders_the_backend_a_daemon_reports() -> None:
 def test_daemon_detection_runs_on_the_configured_backend(tmp_state: Path, short_dir: Path) -> None:
     """``edgeagent run`` wiring: threads = 0 is sized to the box, CUDA falls back to CPU,
     and the detection component reports the backend for status."""
+    from edgeagent.daemon.components import BlockBus, Context, Counters, PipelineComponent
     from edgeagent.daemon.health import Liveness
-    from edgeagent.daemon.supervisor import BlockBus, Context, Counters, PipelineComponent
     from edgeagent.daemon.wiring import daemon_factory
     from edgeagent.ops.config import parse_config
 

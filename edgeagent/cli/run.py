@@ -66,6 +66,6 @@ def run(
     """Run the agent daemon in the foreground until SIGTERM/SIGINT (systemd: Type=notify)."""
     cfg = load_or_exit(config, as_json)
     setup_logging(cfg.agent.log_level, as_json)
-    from edgeagent.daemon.supervisor import run_daemon
+    from edgeagent.daemon.wiring import run_daemon
 
     raise typer.Exit(run_daemon(cfg))

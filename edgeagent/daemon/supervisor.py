@@ -2,9 +2,8 @@
 
 Everything the box runs (sources, pipeline, learner, federated client,
 transport) is a :class:`Component` with ``start()``, ``stop()`` and
-``status()``. Components are built from the config by *factories*
-(:data:`COMPONENT_FACTORIES`), so wiring a new part in is one ``register_factory``
-call and never an edit to the supervisor's loop.
+``status()``. Components are built from the config by the composition root
+(``daemon.wiring``), so wiring a new part in never edits the supervisor's loop.
 
 The supervisor owns the process-level duties: SIGTERM/SIGINT handling, the
 sd_notify READY/STATUS/WATCHDOG/STOPPING conversation, the liveness-gated
@@ -17,27 +16,26 @@ bounded in time, so data producers stop before the consumers that flush them.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
-import queue
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from edgeagent import __version__
 from edgeagent.atomic import write_atomic
+from edgeagent.daemon.components import (
+    DEFAULT_ORDER,
+    Component,
+    Counters,
+)
 from edgeagent.daemon.control import ControlServer
 from edgeagent.daemon.health import Liveness, LivenessReport
 from edgeagent.daemon.sdnotify import Notifier, watchdog_interval
-from edgeagent.daemon.telemetry import OutboxStats, ProcessStats, build_status, status_payload
-from edgeagent.errors import EdgeAgentError
+from edgeagent.daemon.telemetry import OutboxStats, ProcessStats, build_status
 from edgeagent.ops.config import Config
-from edgeagent.streams import Gap, SampleBlock
 
 log = logging.getLogger(__name__)
 
@@ -47,397 +45,8 @@ DEFAULT_STOP_TIMEOUT_S = 10.0
 # All stops together stay inside this, under the unit's TimeoutStopSec=30s, so
 # the final status.json is written before systemd's SIGKILL.
 DEFAULT_STOP_BUDGET_S = 20.0
-# Start order: sinks < pipeline < sources; equal orders keep registration order.
-DEFAULT_ORDER = 50
-ORDER_SINK = 20
-ORDER_PIPELINE = 40
-ORDER_SOURCE = 60
 # Upper bound of the supervisor's sleep: how fast it notices ticks and signals.
 MAX_TICK_S = 1.0
-
-
-@runtime_checkable
-class Component(Protocol):
-    """A supervised part of the daemon.
-
-    ``start`` returns once the component runs (threads started); it raises to
-    abort daemon start-up. ``stop`` flushes and closes, is idempotent and must
-    return in bounded time. ``status`` is cheap and JSON-able; recognised keys
-    feed the status snapshot: ``links`` (device -> dict), ``outbox``
-    (``OutboxStats`` fields), ``model_version``, ``last_round``, ``counters``.
-    A component may also define ``tick() -> None``, called from the supervisor
-    loop about once a second (e.g. to poll a source's state into liveness),
-    and ``order: int`` (default :data:`DEFAULT_ORDER`): lower starts earlier
-    and stops later, so sinks (outbox, transport) outlive the producers
-    that flush into them.
-    """
-
-    name: str
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def status(self) -> Mapping[str, Any]: ...
-
-
-class Counters:
-    """Process-wide counters that components add to (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[str, int] = {}
-
-    def add(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self._values[key] = self._values.get(key, 0) + n
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
-
-
-class BlockBus:
-    """Bounded hand-off from source threads to the pipeline thread.
-
-    Sources must never block on a slow consumer (that would stall the link and
-    lose device data silently), so a full bus drops the *oldest* item and
-    counts it; the pipeline component reports the depth as its backlog.
-    """
-
-    def __init__(self, maxsize: int = 4096, counters: Counters | None = None) -> None:
-        self._q: queue.Queue[SampleBlock | Gap] = queue.Queue(maxsize=maxsize)
-        self._counters = counters or Counters()
-        self._lock = threading.Lock()
-
-    def put(self, item: SampleBlock | Gap) -> None:
-        with self._lock:
-            while True:
-                try:
-                    self._q.put_nowait(item)
-                    break
-                except queue.Full:
-                    with contextlib.suppress(queue.Empty):
-                        self._q.get_nowait()
-                        self._counters.add("bus_dropped")
-        self._counters.add("bus_in")
-
-    def get(self, timeout: float) -> SampleBlock | Gap | None:
-        try:
-            return self._q.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def depth(self) -> int:
-        return self._q.qsize()
-
-
-Consumer = Callable[[SampleBlock | Gap], None]
-
-
-class PipelineComponent:
-    """Drains the bus on its own thread and feeds every registered consumer.
-
-    Until windows/detection land, consumers may be empty: blocks are then only
-    counted. Liveness: progress per item, idle when the bus is empty, backlog
-    = bus depth, so a consumer that hangs makes the watchdog stop pinging.
-    """
-
-    name = "pipeline"
-    order = ORDER_PIPELINE
-
-    def __init__(self, bus: BlockBus, liveness: Liveness, counters: Counters) -> None:
-        self.bus = bus
-        self.liveness = liveness
-        self.counters = counters
-        self.consumers: list[Consumer] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.processed = 0
-        self.consumer_errors = 0
-
-    def add_consumer(self, consumer: Consumer) -> None:
-        self.consumers.append(consumer)
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            item = self.bus.get(timeout=0.2)
-            if item is None:
-                self.liveness.idle(self.name, "bus empty")
-                continue
-            for consumer in self.consumers:
-                try:
-                    consumer(item)
-                except Exception:  # one bad consumer must not stop ingestion
-                    self.consumer_errors += 1
-                    self.counters.add("pipeline_consumer_errors")
-                    log.exception("pipeline consumer %r failed", consumer)
-            self.processed += 1
-            self.liveness.progress(self.name, backlog=self.bus.depth())
-
-    def tick(self) -> None:
-        self.liveness.backlog(self.name, self.bus.depth())
-
-    def stop(self) -> None:
-        """Drain what is queued (bounded), then stop the thread."""
-        deadline = time.monotonic() + 2.0
-        while self.bus.depth() and time.monotonic() < deadline and self._thread is not None:
-            time.sleep(0.01)
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-
-    def status(self) -> Mapping[str, Any]:
-        return {
-            "counters": {
-                "pipeline_processed": self.processed,
-                "pipeline_backlog": self.bus.depth(),
-                "pipeline_consumer_errors": self.consumer_errors,
-            }
-        }
-
-
-class SerialComponent:
-    """Adapts a ``SerialSource`` (sources/serial.py) to the Component protocol.
-
-    Liveness: each block is progress. While the reader thread runs, a link
-    that is connecting, backing off, open-but-silent or given up is *known
-    idle*: restarting the daemon would not make a device talk, and the state
-    is shown per link in the status. A reader thread that died without
-    reaching ``stopped``/``failed`` stops reporting, so the watchdog fires.
-    """
-
-    order = ORDER_SOURCE
-
-    def __init__(self, source: Any, device_id: str, patient: str, liveness: Liveness) -> None:
-        self.source = source
-        self.device_id = device_id
-        self.patient = patient
-        self.name = f"serial:{device_id}"
-        self.liveness = liveness
-
-    def on_block(self) -> None:
-        self.liveness.progress(self.name)
-
-    def start(self) -> None:
-        self.source.start()
-
-    def tick(self) -> None:
-        state = str(getattr(self.source, "state", "unknown"))
-        if state in ("stopped", "failed") or self.source.alive:
-            note = "link open, no data" if state == "open" else f"link {state}"
-            self.liveness.idle(self.name, note)
-
-    def stop(self) -> None:
-        self.source.stop()
-
-    def status(self) -> Mapping[str, Any]:
-        counters = getattr(self.source, "counters", None)
-        err = getattr(self.source, "last_error", None)
-        return {
-            "links": {
-                self.device_id: {
-                    "kind": "serial",
-                    "patient": self.patient,
-                    "port": getattr(self.source, "port", None),
-                    "state": str(getattr(self.source, "state", "unknown")),
-                    "last_error": str(err) if err is not None else None,
-                    "counters": counters.as_dict() if counters is not None else {},
-                }
-            }
-        }
-
-
-class BleComponent:
-    """Adapts the ``BleSource`` (sources/ble.py, one for every wearable) to a Component.
-
-    Blocks and gaps of configured wearables are relabelled from the BLE
-    address to the configured ``device_id``, so everything downstream sees
-    the same ids as in the config and status. Liveness: each block is
-    progress; every tick schedules an idle report *on the source's own event
-    loop*, so a wedged loop (not just a dead thread) stops the watchdog,
-    while searching for or reconnecting to absent wearables is known idle.
-    """
-
-    name = "ble"
-    order = ORDER_SOURCE
-
-    def __init__(self, liveness: Liveness, ids: Mapping[str, str]) -> None:
-        self.liveness = liveness
-        self.ids = {a.upper(): d for a, d in ids.items()}
-        self.source: Any = None
-        self._stopping = False
-
-    def relabel(self, item: SampleBlock | Gap) -> SampleBlock | Gap:
-        device_id = self.ids.get(item.device.upper())
-        if device_id is None:
-            return item
-        if isinstance(item, SampleBlock):
-            return SampleBlock(device_id, item.stream, item.t, item.values, item.seq)
-        return dataclasses.replace(item, device=device_id)
-
-    def start(self) -> None:
-        self.source.start()
-
-    def tick(self) -> None:
-        loop = self.source.loop
-        state = str(getattr(self.source, "state", "unknown"))
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self.liveness.idle, self.name, f"ble {state}")
-        elif self._stopping:
-            self.liveness.idle(self.name, "stopped")
-
-    def stop(self) -> None:
-        self._stopping = True
-        self.source.stop()
-
-    def status(self) -> Mapping[str, Any]:
-        links: dict[str, Any] = {}
-        for addr, info in dict(getattr(self.source, "links", {})).items():
-            counters = self.source.counters.get(addr)
-            links[self.ids.get(addr.upper(), addr)] = {
-                "kind": "ble",
-                **info.as_dict(),
-                "counters": counters.as_dict() if counters is not None else {},
-            }
-        return {"links": links}
-
-
-def ble_device_filter(ble: Any) -> dict[str, Any]:
-    """DeviceFilter arguments from ``[devices.ble]``: allow-list (or the configured
-    addresses), name prefixes as one anchored pattern, advertised services."""
-    addresses = set(ble.allow) or {d.address for d in ble.device}
-    pattern = (
-        "^(?:" + "|".join(re.escape(p) for p in ble.name_prefixes) + ")"
-        if ble.name_prefixes
-        else None
-    )
-    return {
-        "addresses": frozenset(addresses),
-        "name_pattern": pattern,
-        "service_uuids": frozenset(ble.service_uuids),
-    }
-
-
-class MqttStatusSink:
-    """Status sink that publishes each snapshot, retained, through an ``MqttLink``.
-
-    Published directly (QoS 1, retained) rather than through the outbox: only
-    the latest status matters, and while the link is down the last will
-    already says ``offline``. Snapshots taken while disconnected are skipped
-    and counted.
-    """
-
-    def __init__(self, link: Any, topic: str | None = None) -> None:
-        self.link = link
-        self.topic = topic or link.status_topic
-        if not self.topic:
-            raise ValueError("MqttStatusSink needs a topic (the link has no status topic)")
-        self.published = 0
-        self.skipped = 0
-
-    def __call__(self, snapshot: dict[str, Any]) -> None:
-        if not self.link.connected:
-            self.skipped += 1
-            return
-        self.link.publish(self.topic, status_payload(snapshot), qos=1, retain=True)
-        self.published += 1
-
-
-@dataclass
-class Context:
-    """What a component factory gets to build its components from."""
-
-    config: Config
-    liveness: Liveness
-    counters: Counters
-    bus: BlockBus
-    pipeline: PipelineComponent
-    status_sinks: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
-
-    @property
-    def patient_of(self) -> dict[str, str]:
-        """device_id -> patient for every configured device (blocks carry device ids)."""
-        devs = (*self.config.devices.serial, *self.config.devices.ble.device)
-        return {d.device_id: d.patient for d in devs}
-
-
-Factory = Callable[[Context], list[Component]]
-
-
-def _serial_factory(ctx: Context) -> list[Component]:
-    """One SerialComponent per ``[[devices.serial]]`` once sources/serial.py exists."""
-    if not ctx.config.devices.serial:
-        return []
-    try:
-        from edgeagent.sources.serial import SerialSource
-    except ImportError as exc:
-        log.warning("serial devices configured but serial sources are unavailable: %s", exc)
-        ctx.counters.add("serial_unavailable", len(ctx.config.devices.serial))
-        return []
-    out: list[Component] = []
-    stall = ctx.config.status.stall_after_s
-    for dev in ctx.config.devices.serial:
-        holder: dict[str, SerialComponent] = {}
-
-        def on_block(block: SampleBlock, _h: dict[str, SerialComponent] = holder) -> None:
-            ctx.bus.put(block)
-            _h["c"].on_block()
-
-        source = SerialSource(
-            dev.port, dev.device_id, on_block=on_block, on_gap=ctx.bus.put, baudrate=dev.baudrate
-        )
-        comp = SerialComponent(source, dev.device_id, dev.patient, ctx.liveness)
-        holder["c"] = comp
-        ctx.liveness.register(comp.name, stall)
-        out.append(comp)
-    return out
-
-
-def _ble_factory(ctx: Context) -> list[Component]:
-    """One BleComponent when ``[devices.ble] enabled = true``."""
-    ble = ctx.config.devices.ble
-    if not ble.enabled:
-        return []
-    try:
-        from edgeagent.sources.ble import BleSource, DeviceFilter
-    except ImportError as exc:
-        log.warning("BLE enabled but BLE sources are unavailable: %s", exc)
-        ctx.counters.add("ble_unavailable")
-        return []
-    comp = BleComponent(ctx.liveness, {d.address: d.device_id for d in ble.device})
-
-    def on_block(block: SampleBlock) -> None:
-        ctx.bus.put(comp.relabel(block))
-        ctx.liveness.progress(comp.name)
-
-    def on_gap(gap: Gap) -> None:
-        ctx.bus.put(comp.relabel(gap))
-
-    comp.source = BleSource(
-        DeviceFilter(**ble_device_filter(ble)),
-        on_block,
-        on_gap,
-        scan_s=min(ble.scan_timeout_s, 5.0),
-    )
-    ctx.liveness.register(comp.name, ctx.config.status.stall_after_s)
-    return [comp]
-
-
-COMPONENT_FACTORIES: list[Factory] = [_serial_factory, _ble_factory]
-
-
-def register_factory(factory: Factory) -> None:
-    """Add a factory whose components start after those already registered."""
-    if factory not in COMPONENT_FACTORIES:
-        COMPONENT_FACTORIES.append(factory)
 
 
 def sample_process(proc: Any = None) -> ProcessStats | None:
@@ -740,40 +349,3 @@ def _safe_status(comp: Component) -> dict[str, Any]:
         return dict(comp.status())
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-def build_supervisor(config: Config, notifier: Notifier | None = None) -> Supervisor:
-    """The daemon as configured: pipeline first, then every factory's components."""
-    liveness = Liveness()
-    counters = Counters()
-    bus = BlockBus(counters=counters)
-    pipeline = PipelineComponent(bus, liveness, counters)
-    liveness.register(pipeline.name, config.status.stall_after_s)
-    ctx = Context(config, liveness, counters, bus, pipeline)
-    components: list[Component] = [pipeline]
-    from edgeagent.daemon.wiring import daemon_factory
-
-    register_factory(daemon_factory)  # detection, learner, outbox, MQTT, federation
-    for factory in COMPONENT_FACTORIES:
-        components.extend(factory(ctx))
-    sup = Supervisor(config, components, notifier=notifier, liveness=liveness, counters=counters)
-    sup.status_sinks.extend(ctx.status_sinks)
-    return sup
-
-
-def run_daemon(config: Config) -> int:
-    """Entry point of ``edgeagent run``: build the supervisor and run it to completion.
-
-    A part that cannot be built (unreadable model or outbox, missing TLS
-    files) is reported in one line and in ``STATUS=``, and the exit code is 1
-    (no ``READY=1``), so systemd's ``Restart=on-failure`` retries it.
-    """
-    try:
-        sup = build_supervisor(config)
-    except EdgeAgentError as exc:
-        log.error("cannot start: %s", exc)
-        notifier = Notifier()
-        notifier.status(f"start-up failed: {exc}")
-        notifier.close()
-        return 1
-    return sup.run()

@@ -398,24 +398,24 @@ class Aggregator:
         if self.scheduler.stage_closes(now, bool(r.pending())):
             self._close_stage(r, now)
 
-    def _protocol(self, round_id: int, nonce: bytes, chosen: tuple[str, ...], dim: int,
+    def _protocol(self, round_id: int, nonce: bytes, chosen: tuple[str, ...], params: int,
                   traffic: RoundTraffic) -> RoundProtocol:  # fmt: skip
         """The round's mode, fixed by ``aggregator.secure_aggregation`` for the round's life."""
-        common: dict[str, Any] = dict(
-            round_id=round_id,
-            nonce=nonce,
-            participants=chosen,
-            policy=self.policy,
-            clip=self.clip,
-            noise_multiplier=self.noise_multiplier,
-        )
+        common: dict[str, Any] = {
+            "round_id": round_id,
+            "nonce": nonce,
+            "participants": chosen,
+            "params": params,
+            "policy": self.policy,
+            "clip": self.clip,
+            "noise_multiplier": self.noise_multiplier,
+        }
         if not self.policy.secure_aggregation:
-            return PlaintextProtocol(dim=dim - 1, traffic=traffic,
-                                     reputation=self.store.reputation, **common)  # fmt: skip
+            return PlaintextProtocol(traffic=traffic, reputation=self.store.reputation, **common)
         take_partials = self.workers is not None and bool(self.workers.procs)
         key = self.identity.public_key if take_partials else None
         keys = {n: self.boxes[n].key for n in chosen}
-        return SecAggProtocol(dim=dim, intake_key=key, box_keys=keys, **common)
+        return SecAggProtocol(intake_key=key, box_keys=keys, **common)
 
     def start_round(self, ready: list[str]) -> None:
         """Select participants, announce the round (retained) and send each box its first stage."""
@@ -424,9 +424,9 @@ class Aggregator:
         chosen = tuple(choose(ready, p.max_boxes))
         round_id = int(self.state["next_round"])
         nonce = secrets.token_bytes(NONCE_BYTES)
-        dim = int(get_params(parse_model(self.store.model_bytes)).size) + 1
+        params = int(get_params(parse_model(self.store.model_bytes)).size)
         traffic = RoundTraffic()
-        protocol = self._protocol(round_id, nonce, chosen, dim, traffic)
+        protocol = self._protocol(round_id, nonce, chosen, params, traffic)
         rx = EnvelopeReceiver(AGGREGATOR, {n: self.boxes[n].key for n in chosen})
         rx.begin_round(round_id, nonce)
         now = self.clock()

@@ -40,7 +40,7 @@ class PlaintextProtocol(RoundProtocol):
         round_id: int,
         nonce: bytes,
         participants: tuple[str, ...],
-        dim: int,
+        params: int,
         policy: AggregatorSection,
         clip: float,
         noise_multiplier: float,
@@ -51,7 +51,7 @@ class PlaintextProtocol(RoundProtocol):
         self.nonce = nonce
         self.participants = participants
         #: model parameters: an UPDATE must carry exactly this many float32
-        self.dim = dim
+        self.params = params
         self.policy = policy
         self.clip = clip
         self.noise_multiplier = noise_multiplier
@@ -84,7 +84,7 @@ class PlaintextProtocol(RoundProtocol):
         if not isinstance(sealed, bytes):
             raise ProtocolError("bad_body", "update must be a sealed byte string")
         info = seal.info(self.round_id, self.nonce, node)
-        u, n = seal.open_update(sealed, self.seal_key, info, self.dim)
+        u, n = seal.open_update(sealed, self.seal_key, info, self.params)
         if not 1 <= n <= self.policy.n_cap:
             raise ProtocolError("bad_body", f"n must be in 1..{self.policy.n_cap}, got {n}")
         if not np.all(np.isfinite(u)):

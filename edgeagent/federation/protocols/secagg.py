@@ -53,7 +53,7 @@ class SecAggProtocol(RoundProtocol):
         round_id: int,
         nonce: bytes,
         participants: tuple[str, ...],
-        dim: int,
+        params: int,
         policy: AggregatorSection,
         clip: float,
         noise_multiplier: float,
@@ -80,7 +80,7 @@ class SecAggProtocol(RoundProtocol):
                 round_id=round_id,
                 nonce=nonce,
                 participants=group,
-                dim=dim,
+                dim=params + 1,  # the payload: n_k * clipped update, then n_k
                 bound=payload_bound(clip, p.n_cap, box_std),
                 min_survivors=floor,
                 clip=clip,

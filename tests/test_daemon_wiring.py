@@ -16,18 +16,11 @@ import numpy as np
 import onnx
 import pytest
 
+from edgeagent.daemon.components import BlockBus, Context, Counters, PipelineComponent
+from edgeagent.daemon.detection import DetectionComponent, LearnerComponent
 from edgeagent.daemon.health import Liveness
-from edgeagent.daemon.supervisor import BlockBus, Context, Counters, PipelineComponent
-from edgeagent.daemon.wiring import (
-    AlertRelay,
-    DetectionComponent,
-    LearnerComponent,
-    OutboxComponent,
-    OutboxStatusSink,
-    SharedLink,
-    daemon_factory,
-    describe,
-)
+from edgeagent.daemon.outbound import AlertRelay, OutboxComponent, OutboxStatusSink, SharedLink
+from edgeagent.daemon.wiring import daemon_factory, describe
 from edgeagent.errors import TransportError
 from edgeagent.model.graph import get_params, set_params, to_bytes
 from edgeagent.model.registry import ModelRegistry

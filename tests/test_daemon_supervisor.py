@@ -18,17 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgeagent.daemon.components import BlockBus, Counters, MqttStatusSink, PipelineComponent
 from edgeagent.daemon.control import request
 from edgeagent.daemon.health import Liveness
 from edgeagent.daemon.sdnotify import Notifier
-from edgeagent.daemon.supervisor import (
-    BlockBus,
-    Counters,
-    MqttStatusSink,
-    PipelineComponent,
-    Supervisor,
-    build_supervisor,
-)
+from edgeagent.daemon.supervisor import Supervisor
+from edgeagent.daemon.wiring import build_supervisor
 from edgeagent.ops.config import Config, parse_config
 from edgeagent.streams import SampleBlock, Stream
 from tests.plugins.ops import NotifyListener
