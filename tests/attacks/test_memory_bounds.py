@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeagent.errors import TransportError
+from edgeagent.errors import ProtocolError, TransportError
 from edgeagent.federation import intake
 from edgeagent.federation.intake import OP_OPEN, IntakeState, encode_control
 from edgeagent.fl.constants import AGGREGATOR, Stage
@@ -103,3 +103,26 @@ def test_intake_holds_only_verified_early_updates_within_bounds(monkeypatch) -> 
     w.on_update("box2", env("box2", 2, 1000))  # over the byte bound
     assert w.counters["held_early"] == 2
     assert w._early_bytes <= 3000
+
+
+def test_box_holds_early_stage_messages_within_a_byte_bound(fleet: Pki, syn_model: bytes) -> None:
+    """Stage messages before their announcement are held (unverifiable yet), but bounded."""
+    import numpy as np
+
+    from edgeagent.federation import client as fl_client
+    from edgeagent.federation.client import FlClient
+    from edgeagent.fl.identity import load_ca, load_identity
+    from edgeagent.transport.mqtt import Message as MqttMessage
+    from tests.fl_support import FixedLearner
+
+    ca = load_ca(fleet.ca_cert)
+    files = fleet.client_files("box-a")
+    link = MqttLink("box-a", "127.0.0.1", 9, files, FLEET, identity="box-a")  # never connected
+    box = FlClient("box-a", FLEET, load_identity(files.cert, ca, "box-a"), ca,
+                   FixedLearner(np.zeros(3, np.float32), 5), link)  # fmt: skip
+    topic = topics.round_topic(FLEET, 5, "setup", "box-a")
+    box.handle(MqttMessage(topic, b"x" * 1000, 1, False))
+    assert len(box._early) == 1
+    with pytest.raises(ProtocolError, match="oversized"):
+        box.handle(MqttMessage(topic, b"x" * fl_client.EARLY_MAX_BYTES, 1, False))
+    assert len(box._early) == 1
