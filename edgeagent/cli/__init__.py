@@ -29,7 +29,7 @@ app = typer.Typer(
 # Verb modules, imported for their side effect of registering on ``app``.
 _VERB_MODULES = ("pki", "outbox")
 _VERB_MODULES += ("run", "config", "status", "doctor", "serial", "logs", "support")  # ops
-_VERB_MODULES += ("model", "evaluate")  # model / detection
+_VERB_MODULES += ("model", "evaluate", "convert")  # model / detection, record import
 _VERB_MODULES += ("service",)  # field install
 _VERB_MODULES += ("aggregator",)  # federated aggregator
 _VERB_MODULES += ("devices",)  # BLE
