@@ -108,7 +108,8 @@ def start_workers(pki: Pki, broker: Broker, n: int, tmp: Path) -> list[subproces
 def drops_for(nodes: list[str], fraction: float, rng: np.random.Generator) -> dict[str, Stage]:
     """``fraction`` of the boxes go silent, spread over SETUP..UNMASK."""
     gone = rng.choice(nodes, size=round(fraction * len(nodes)), replace=False)
-    return {str(b): STAGE_ORDER[i % 4] for i, b in enumerate(sorted(gone))}
+    stages = [s for s in STAGE_ORDER if s not in (Stage.CONSISTENCY, Stage.RESULT)]
+    return {str(b): stages[i % len(stages)] for i, b in enumerate(sorted(gone))}
 
 
 def cpu_of(procs: list[psutil.Process]) -> float:
@@ -161,7 +162,7 @@ def run_size(
     for r in range(args.rounds):
         drops = drops_for(names, args.dropout, rng)
         for s in sims:
-            s.set_drops(drops)
+            s.set_drops(drops, tuple(names))
         cfg = RoundConfig(round_id=round_id + r, nonce=secrets.token_bytes(16),
                           participants=tuple(names), dim=args.dim + 1,
                           bound=payload_bound(CLIP, N_CAP), clip=CLIP, n_cap=N_CAP,

@@ -31,10 +31,15 @@ class ProtocolReason(StrEnum):
     WRONG_IDENTITY = "wrong_identity"  # the certificate names another box than the sender
     IMPERSONATION = "impersonation"  # a box signs as another box or as the aggregator
     UNEXPECTED_SENDER = "unexpected_sender"  # the sender is not a participant of this round
+    UNKNOWN_SENDER = "unknown_sender"  # no identity key is known for the sender
+    WRONG_DESTINATION = "wrong_destination"  # addressed to another party
+    BAD_VERSION = "bad_version"  # an envelope version this party does not speak
+    REVOKED = "revoked"  # the sender is on the deny-list (edgeagent pki revoke)
     # when it came
     REPLAY = "replay"  # a (sender, sequence) seen before in this round
     OUT_OF_ORDER = "out_of_order"  # a stage that may not follow the current one
     OUT_OF_ROUND = "out_of_round"  # another round id or nonce than the open round's
+    STALE_NONCE = "stale_nonce"  # the open round's id with another (older) nonce
     WRONG_STAGE = "wrong_stage"  # a reply for a stage that is not open
     WRONG_MODE = "wrong_mode"  # a SecAgg message in a plaintext round, or the reverse
     DUPLICATE_REPLY = "duplicate_reply"  # a second reply of one box to one stage
@@ -43,6 +48,10 @@ class ProtocolReason(StrEnum):
     BAD_PARTIAL = "bad_partial"  # a partial sum that does not verify or names unknown boxes
     # secure aggregation
     BAD_KEY = "bad_key"  # a public key that is malformed or repeated
+    DUPLICATE_KEY = "duplicate_key"  # a round key that another box (or this one) already uses
+    BAD_SHARE_INDEX = "bad_share_index"  # a Shamir index other than the one that holder got
+    INCONSISTENT = "inconsistent"  # fewer than t share holders signed this box's survivor set
+    PRIVACY_FLOOR = "privacy_floor"  # clip, n_cap or DP noise weaker than the box's own
     BAD_SHARE = "bad_share"  # a share that fails decryption, routing or size checks
     UNDECRYPTABLE = "undecryptable"  # a sealed payload this party cannot open
     BAD_GRAPH = "bad_graph"  # the neighbour graph is not what the round's seed gives

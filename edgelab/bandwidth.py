@@ -127,7 +127,8 @@ def update_bytes(params: int, boxes: int, seed: int) -> tuple[int, int]:
     rep = simulate_round(cfg, payloads)
     assert rep.result is not None, rep.abort
     up = int(np.mean([rep.bytes_up[n] for n in nodes]))
-    stages = 4  # advertise keys, share keys, masked input, unmask: one PUBLISH each
+    # advertise keys, share keys, masked input, survivor-set signature, unmask: one PUBLISH each
+    stages = 5
     topic = topics.update(FLEET, BOX)
     return up + stages * mqtt_overhead(topic, up // stages), stages
 

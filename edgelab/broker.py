@@ -26,6 +26,8 @@ from types import TracebackType
 
 from edgeagent.errors import BrokerError
 from edgeagent.ops.pki import Pki
+from edgeagent.ops.revocation import crl_path, write_crl
+from edgeagent.transport import topics
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -55,12 +57,23 @@ def data_file(name: str) -> str:
     return resources.files("edgeagent").joinpath("data", name).read_text(encoding="utf-8")
 
 
+def render_acl(fleet: str | None = None) -> str:
+    """The shipped ACL with its fleet level fixed to ``fleet`` (``+``, any fleet, if None)."""
+    if fleet is not None:
+        topics.prefix(fleet)  # a valid topic level, or TransportError
+    return Template(data_file("mosquitto.acl")).substitute(fleet=fleet or "+")
+
+
 def render_config(
     pki: Pki, data_dir: Path, port: int, bind: str = "127.0.0.1", acl_file: Path | None = None
 ) -> str:
     """The broker configuration text for this PKI, directory and port (pure)."""
     files = pki.broker_files()
+    crl = crl_path(pki)
+    if not crl.exists():
+        write_crl(pki)  # an empty CRL: the broker then refuses only what is revoked later
     return Template(data_file("mosquitto.conf.template")).substitute(
+        crlfile=str(crl),
         acl_file=str(acl_file or data_dir / "mosquitto.acl"),
         data_dir=str(data_dir),
         log_file=str(data_dir / "mosquitto.log"),
@@ -77,9 +90,16 @@ class Broker:
     """A Mosquitto subprocess with the shipped config. Restartable on the same port."""
 
     def __init__(
-        self, pki: Pki, data_dir: Path, port: int | None = None, bind: str = "127.0.0.1"
+        self,
+        pki: Pki,
+        data_dir: Path,
+        port: int | None = None,
+        bind: str = "127.0.0.1",
+        fleet: str | None = None,
     ) -> None:
         self.pki = pki
+        #: the ACL's fleet level: this fleet only, or any ("+") for a lab broker
+        self.fleet = fleet
         self.data_dir = Path(data_dir)
         self.bind = bind
         self.port = port if port is not None else free_port(bind)
@@ -117,7 +137,7 @@ class Broker:
     def write_config(self) -> Path:
         """Render the config and copy the ACL into ``data_dir``; returns the config path."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "mosquitto.acl").write_text(data_file("mosquitto.acl"))
+        (self.data_dir / "mosquitto.acl").write_text(render_acl(self.fleet))
         self.conf_path.write_text(render_config(self.pki, self.data_dir, self.port, self.bind))
         return self.conf_path
 

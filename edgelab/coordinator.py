@@ -49,6 +49,7 @@ from edgeagent.federation.intake import (
 )
 from edgeagent.federation.partials import CLOSE_GRACE_S, PartialCollector
 from edgeagent.fl.constants import AGGREGATOR, Stage
+from edgeagent.fl.identity import known_key_verifier
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.secagg import RoundConfig, RoundResult, SecAggServer
 from edgeagent.transport import topics
@@ -63,7 +64,7 @@ DEFAULT_QUORUM = 0.8
 #: so a slow but steady stage is never cut short by a momentary lull.
 DEFAULT_IDLE_CLOSE_S = 2.0
 #: Stage replies the coordinator takes itself (masked vectors go to the workers).
-COORDINATOR_STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.UNMASK)
+COORDINATOR_STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.CONSISTENCY, Stage.UNMASK)
 
 
 @dataclass
@@ -137,7 +138,7 @@ class Coordinator:
         t0 = self.clock()
         report = CoordinatorReport(result=None, abort=None)
         cpu = time.process_time()
-        server = SecAggServer(config)
+        server = SecAggServer(config, known_key_verifier(box_keys))
         collector = PartialCollector(server, self.pub)
         rx = EnvelopeReceiver(AGGREGATOR, {n: box_keys[n] for n in config.participants})
         rx.begin_round(config.round_id, config.nonce)

@@ -40,9 +40,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgeagent.errors import ProtocolError, TransportError
 from edgeagent.federation.intake import raw_public
 from edgeagent.fl.constants import AGGREGATOR, STAGE_ORDER, Stage
+from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import fedavg_payload
 from edgeagent.fl.secagg import SecAggClient
+from edgeagent.fl.secagg.auth import PeerVerifier, RoundSigner
 from edgeagent.transport import topics
 
 #: How often every client's keepalive bookkeeping (``loop_misc``) runs.
@@ -82,13 +84,15 @@ class SimBox:
         fleet: str,
         aggregator_key: Ed25519PublicKey,
         payload: Callable[[int, float, int], np.ndarray],
+        identity: Identity,
+        verify_peer: PeerVerifier,
     ) -> None:
         self.node = node
         self.fleet = fleet
-        self.key = Ed25519PrivateKey.generate()
+        self.key: Ed25519PrivateKey = identity.key
         self._agg = aggregator_key
         self._payload = payload
-        self.client = SecAggClient(node)
+        self.client = SecAggClient(node, RoundSigner(identity.key, identity.cert_der, verify_peer))
         self.rx: EnvelopeReceiver | None = None
         self.seq = Sequencer()
         self.drop_at: Stage | None = None
@@ -260,9 +264,24 @@ def run_process(conn: Any, spec: SimSpec) -> None:
     mux = Mux()
     boxes: dict[str, SimBox] = {}
     t0 = time.perf_counter()
+    ca = load_ca(Path(spec.ca))
+    verified: dict[tuple[str, bytes], Ed25519PublicKey] = {}
+
+    def verify_peer(node: str, cert: bytes) -> Ed25519PublicKey:
+        # what a box does: the neighbour's identity certificate against the fleet CA
+        key = verified.get((node, cert))
+        if key is None:
+            key = verified[(node, cert)] = verify_identity_cert(cert, ca, node)
+        return key
+
     for b in spec.boxes:
         boxes[b.node] = SimBox(
-            b.node, spec.fleet, agg, default_payload(spec.seed, b.node, spec.n_k)
+            b.node,
+            spec.fleet,
+            agg,
+            default_payload(spec.seed, b.node, spec.n_k),
+            load_identity(Path(b.cert), ca, b.node),
+            verify_peer,
         )
         sub = f"{topics.prefix(spec.fleet)}/round/+/+/{b.node}"
         mux.add(b.node, spec.host, spec.port, spec.ca, b.cert, b.key, sub)
@@ -306,6 +325,10 @@ def run_process(conn: Any, spec: SimSpec) -> None:
                 b.drop_at = None
             for node, stage in (cmd.get("drop") or {}).items():
                 boxes[node].drop_at = Stage(stage)
+            participants = cmd.get("participants")
+            for b in boxes.values():
+                # what the signed announcement tells a real box: who is in the round
+                b.client.expect_participants(participants)
             conn.send({"ok": True})
         mux.poll(0.01)
     conn.send(
@@ -349,9 +372,12 @@ class FleetProcess:
         self.pubs = {n: Ed25519PublicKey.from_public_bytes(raw) for n, raw in msg["pubs"].items()}
         self.connect_s = msg["connect_s"]
 
-    def set_drops(self, drops: Mapping[str, Stage]) -> None:
+    def set_drops(
+        self, drops: Mapping[str, Stage], participants: tuple[str, ...] | None = None
+    ) -> None:
+        """Before a round: who drops where, and the round's public participant list."""
         mine = {n: str(s) for n, s in drops.items() if n in self.pubs}
-        self.conn.send({"drop": mine})
+        self.conn.send({"drop": mine, "participants": participants})
         self.conn.recv()
 
     def counters(self) -> dict[str, int]:

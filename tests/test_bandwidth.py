@@ -33,7 +33,7 @@ def test_alerts_are_open_updates_and_close_per_episode() -> None:
 def test_update_bytes_follow_the_model_size() -> None:
     small, msgs = update_bytes(500, 5, seed=0)
     large, _ = update_bytes(5000, 5, seed=0)
-    assert msgs == 4
+    assert msgs == 5  # keys, shares, masked vector, survivor-set signature, unmask
     # the masked vector dominates: 4 bytes per coordinate (Z_2^32), plus keys and shares
     assert large - small == pytest.approx(4 * 4500, rel=0.05)
 

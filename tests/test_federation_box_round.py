@@ -77,5 +77,5 @@ def test_every_move_outside_the_table_is_refused() -> None:
 def test_stage_bodies_map_to_events() -> None:
     assert stage_event(Stage.RESULT) is E.RESULT
     assert stage_event(Stage.UPDATE) is E.UPDATE
-    for s in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED, Stage.UNMASK):
+    for s in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED, Stage.CONSISTENCY, Stage.UNMASK):
         assert stage_event(s) is E.STAGE

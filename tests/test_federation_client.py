@@ -34,7 +34,7 @@ from edgeagent.fl.wire import (
 )
 from edgeagent.model.graph import get_params, parse_model, sha256_hex
 from edgeagent.model.registry import ModelRegistry
-from edgeagent.model.signing import sign_hash
+from edgeagent.model.signing import sign_hash, sign_release
 from edgeagent.ops.pki import Pki
 from edgeagent.pipeline.alerts import MemoryAlertSink
 from edgeagent.pipeline.detect import Detector
@@ -90,6 +90,10 @@ def _publication(signer: Identity, data: bytes, version: int, **over: object) ->
         "eval": {},
     }
     fields.update(over)
+    fields.setdefault(
+        "release_sig",
+        sign_release(signer.key, FLEET, fields["version"], fields["round_id"], sha),  # type: ignore[arg-type]
+    )
     return ModelPublication(**fields)  # type: ignore[arg-type]
 
 

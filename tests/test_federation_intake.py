@@ -30,6 +30,7 @@ from edgeagent.fl.constants import AGGREGATOR, Key, Stage
 from edgeagent.fl.messages import Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import payload_bound
 from edgeagent.fl.secagg import RoundConfig, SecAggClient, SecAggServer
+from edgeagent.fl.secagg.auth import lab_signers
 
 DIM = 33
 
@@ -52,7 +53,10 @@ class Fleet:
             bound=payload_bound(1.0, 1),
         )
         self.server = SecAggServer(self.config)
-        self.clients = {b: SecAggClient(b) for b in self.nodes}
+        signers = lab_signers(self.nodes)
+        self.clients = {b: SecAggClient(b, signers[b]) for b in self.nodes}
+        for cl in self.clients.values():
+            cl.expect_participants(self.nodes)
         self.seq = {b: Sequencer() for b in self.nodes}
         c = self.config
         bodies = self.server.start()
@@ -98,10 +102,11 @@ class Fleet:
         """Run UNMASK with the survivors and return the unmasked total."""
         c = self.config
         bodies = self.server.advance()
-        for b, body in bodies.items():
-            self.server.receive(b, Stage.UNMASK, self.clients[b].handle(
-                c.round_id, c.nonce, Stage.UNMASK, body))  # fmt: skip
-        self.server.advance()
+        for stage in (Stage.CONSISTENCY, Stage.UNMASK):
+            for b, body in bodies.items():
+                self.server.receive(b, stage, self.clients[b].handle(
+                    c.round_id, c.nonce, stage, body))  # fmt: skip
+            bodies = self.server.advance()
         assert self.server.result is not None, self.server.abort
         return self.server.result.total
 
@@ -148,8 +153,16 @@ def test_partials_from_several_workers_give_the_exact_round_result(
 def test_refusals_are_counted_and_refused_boxes_become_dropouts() -> None:
     fleet = Fleet(10, seed=3)
     w = fleet.worker("a")
-    # an update before the round is opened is held, then taken when it opens
+    # an update before the round is opened is held only once its signature checks out with
+    # a key the worker knows: a worker that has never seen box000 refuses it
     early = fleet.masked_envelope("box000")
+    assert w.on_update("box000", early) == [] and w.counters["out_of_round"] == 1
+    c = fleet.config
+    prev = encode_control(OP_OPEN, c.round_id - 1, os.urandom(16), 0, fleet.agg, dim=DIM,
+                          box_keys=fleet.pubs)  # fmt: skip
+    w.on_control(prev)  # an earlier round: the worker now knows the boxes' keys
+    forged_early = fleet.masked_envelope("box001", key=Ed25519PrivateKey.generate())
+    assert w.on_update("box001", forged_early) == [] and w.counters["bad_signature"] == 1
     assert w.on_update("box000", early) == [] and w.counters["held_early"] == 1
     w.on_control(fleet.open())
     assert w.counters["accepted"] == 1
@@ -162,7 +175,7 @@ def test_refusals_are_counted_and_refused_boxes_become_dropouts() -> None:
     w.on_update("box003", forged)
     w.on_update("box004", b"\xff not cbor")
     assert w.counters["impersonation"] == 1
-    assert w.counters["bad_signature"] == 1
+    assert w.counters["bad_signature"] == 2
     assert w.counters["malformed"] == 1
     for b in fleet.nodes[5:]:
         w.on_update(b, fleet.masked_envelope(b))

@@ -19,6 +19,7 @@ from edgeagent.fl import seal
 from edgeagent.fl.constants import Key, Stage
 from edgeagent.fl.privacy import fedavg_payload, l2_clip
 from edgeagent.fl.secagg import SecAggClient
+from edgeagent.fl.secagg.auth import lab_signers
 from edgeagent.ops.config import AggregatorSection
 
 BOXES = ("box-a", "box-b", "box-c", "box-d")
@@ -36,6 +37,15 @@ def _fedavg(deltas: dict[str, tuple[np.ndarray, int]]) -> np.ndarray:
     return total[:-1] / total[-1]
 
 
+def _clients() -> dict[str, SecAggClient]:
+    """Boxes with signing identities that trust each other and know the participant list."""
+    signers = lab_signers(BOXES)
+    clients = {b: SecAggClient(b, signers[b]) for b in BOXES}
+    for c in clients.values():
+        c.expect_participants(BOXES)
+    return clients
+
+
 def _policy(**kw: Any) -> AggregatorSection:
     base = {"min_boxes": 4, "min_survivors": 2, "n_cap": N_CAP}
     return AggregatorSection(**{**base, **kw})
@@ -48,7 +58,7 @@ def test_secagg_round_gives_fedavg_of_the_survivors_and_records_the_dropout() ->
                            policy=_policy(), clip=CLIP, noise_multiplier=0.0)  # fmt: skip
     assert proto.terms().secure_aggregation and proto.terms().group_size == 0
     assert proto.recorded_groups() is None
-    clients = {b: SecAggClient(b) for b in BOXES}
+    clients = _clients()
     for b, (d, n) in deltas.items():
         clients[b].set_input(fedavg_payload(d, n, CLIP, N_CAP))
     silent = "box-d"  # goes quiet from COLLECT_MASKED on
@@ -56,7 +66,7 @@ def test_secagg_round_gives_fedavg_of_the_survivors_and_records_the_dropout() ->
     closed = []
     while True:
         for b, body in sorted(bodies.items()):
-            if b == silent and stage in (Stage.COLLECT_MASKED, Stage.UNMASK):
+            if b == silent and stage in (Stage.COLLECT_MASKED, Stage.CONSISTENCY, Stage.UNMASK):
                 continue
             reply = clients[b].handle(3, nonce, stage, body)
             if stage is not Stage.RESULT:
@@ -68,8 +78,8 @@ def test_secagg_round_gives_fedavg_of_the_survivors_and_records_the_dropout() ->
         assert not close.drain and close.open_intake is None  # no intake workers
         closed.append(close.closed)
         ((stage, bodies),) = close.sends.items()
-    assert close.finished and closed == [Stage.SETUP, Stage.SHARE_KEYS,
-                                         Stage.COLLECT_MASKED, Stage.UNMASK]  # fmt: skip
+    assert close.finished and closed == [Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED,
+                                         Stage.CONSISTENCY, Stage.UNMASK]  # fmt: skip
     rec: dict[str, Any] = {"refused": {}}
     assert proto.tally(rec) is True
     assert rec["survivors"] == ["box-a", "box-b", "box-c"] and "status" not in rec
@@ -89,7 +99,7 @@ def test_secagg_round_refuses_a_plaintext_update_and_aborts_below_the_floor() ->
     bodies = proto.start()
     with pytest.raises(ProtocolError, match="wrong_mode"):
         proto.receive("box-a", Stage.UPDATE, {})
-    clients = {b: SecAggClient(b) for b in BOXES}
+    clients = _clients()
     for b in BOXES[:3]:  # box-d never answers SETUP: 3 < min_survivors 4
         proto.receive(b, Stage.SETUP, clients[b].handle(4, nonce, Stage.SETUP, bodies[b]))
     close = proto.close_stage()

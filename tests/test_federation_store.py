@@ -19,7 +19,7 @@ from edgeagent.fl.constants import AGGREGATOR
 from edgeagent.fl.identity import load_ca, load_identity
 from edgeagent.fl.wire import decode_model
 from edgeagent.model.graph import sha256_hex
-from edgeagent.model.signing import verify_hash
+from edgeagent.model.signing import verify_hash, verify_release
 from edgeagent.ops.pki import Pki
 
 
@@ -86,9 +86,14 @@ def test_models_are_content_addressed_checked_and_published_signed(
     assert s.current_eval() == {"holdout_loss": 0.3} and s.version() == 0
     assert AggregatorStore(tmp_path, 1e-5).model_bytes == syn_model
     ident = load_identity(pki.client_files(AGGREGATOR).cert, load_ca(pki.ca_cert), AGGREGATOR)
-    pub = decode_model(s.publication(ident))
+    pub = decode_model(s.publication(ident, "f1"))
     assert pub.sha256 == sha and pub.onnx == syn_model and pub.version == 0
     assert verify_hash([ident.public_key], pub.sha256, pub.signature) == 0
+    # the release signature binds the labels a box acts on, for this fleet only
+    verify_release(ident.public_key, "f1", pub.version, pub.round_id, pub.sha256, pub.release_sig)
+    with pytest.raises(ModelError):
+        verify_release(ident.public_key, "f2", pub.version, pub.round_id, pub.sha256,
+                       pub.release_sig)  # fmt: skip
     (tmp_path / "models" / f"{sha}.onnx").write_bytes(syn_model + b"\x00")
     with pytest.raises(ModelError, match="does not match its hash"):
         AggregatorStore(tmp_path, 1e-5)

@@ -296,11 +296,15 @@ def test_cancelled_secagg_instance_unmasks_nothing_and_tells_its_boxes() -> None
     from edgeagent.errors import ProtocolError
     from edgeagent.fl.constants import Stage
     from edgeagent.fl.secagg import RoundConfig, SecAggClient, SecAggServer
+    from edgeagent.fl.secagg.auth import lab_signers
 
     nonce = os.urandom(16)
     nodes = ("a", "b", "c")
     server = SecAggServer(RoundConfig(1, nonce, nodes, dim=3, bound=10.0))
-    clients = {n: SecAggClient(n) for n in nodes}
+    signers = lab_signers(nodes)
+    clients = {n: SecAggClient(n, signers[n]) for n in nodes}
+    for c in clients.values():
+        c.expect_participants(nodes)
     for n, body in server.start().items():
         server.receive(n, Stage.SETUP, clients[n].handle(1, nonce, Stage.SETUP, body))
     server.advance()

@@ -36,10 +36,12 @@ from edgeagent.fl.secagg import (
     crypto,
     neighbour_graph,
 )
+from edgeagent.fl.secagg.auth import lab_signers
 from edgeagent.fl.secagg.simulate import simulate_round
 
 CLIP, N_CAP = 1.0, 500
 STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED, Stage.UNMASK)
+ALL_STAGES = (*STAGES[:3], Stage.CONSISTENCY, Stage.UNMASK)
 
 
 def make_updates(n: int, dim: int, seed: int = 0) -> list[ClientUpdate]:
@@ -195,7 +197,7 @@ def test_forged_replayed_out_of_round_messages_refused_round_unaffected() -> Non
         "server:replay": 1,
     }
     # replayed bytes are acknowledged as duplicates and never processed twice
-    assert report.duplicates == 4 * len(updates) + 1
+    assert report.duplicates == 5 * len(updates) + 1  # five stages answered
 
 
 def test_out_of_round_message_refused_by_receiver() -> None:
@@ -207,12 +209,21 @@ def test_out_of_round_message_refused_by_receiver() -> None:
         rx.receive(encode(old, key))
 
 
+def make_clients(cfg: RoundConfig) -> dict[str, SecAggClient]:
+    """Boxes with signing identities that trust each other, knowing the public participant list."""
+    signers = lab_signers(cfg.participants)
+    clients = {n: SecAggClient(n, signers[n]) for n in cfg.participants}
+    for c in clients.values():
+        c.expect_participants(cfg.participants)
+    return clients
+
+
 def drive_to(stage: Stage, n: int = 5) -> tuple[SecAggServer, dict[str, SecAggClient], dict]:
     """Run a round by hand up to the bodies the server sends for ``stage``."""
     updates = make_updates(n, 4, seed=1)
     cfg = make_round(updates)
     server = SecAggServer(cfg)
-    clients = {u.node: SecAggClient(u.node) for u in updates}
+    clients = make_clients(cfg)
     for u in updates:
         clients[u.node].set_input(fedavg_payload(u.delta, u.n, CLIP, N_CAP))
     out = server.start()
@@ -226,21 +237,19 @@ def drive_to(stage: Stage, n: int = 5) -> tuple[SecAggServer, dict[str, SecAggCl
 
 
 def test_client_refuses_unsafe_unmask_request() -> None:
-    server, clients, out = drive_to(Stage.UNMASK)
+    server, clients, out = drive_to(Stage.CONSISTENCY)
     node = sorted(out)[0]
     body = dict(out[node])
-    other = (
-        body[Key.SURVIVORS.value][-1]
-        if body[Key.SURVIVORS.value][-1] != node
-        else body[Key.SURVIVORS.value][0]
-    )
-    body[Key.DROPPED.value] = [other]  # ask for both the seed and the key share of `other`
+    body[Key.DROPPED.value] = [node]
+    with pytest.raises(ProtocolError, match="unsafe_unmask"):  # it sent its input: it survived
+        clients[node].handle(1, server.config.nonce, Stage.CONSISTENCY, body)
+    body[Key.DROPPED.value] = ["stranger"]
     with pytest.raises(ProtocolError, match="unsafe_unmask"):
-        clients[node].handle(1, server.config.nonce, Stage.UNMASK, body)
+        clients[node].handle(1, server.config.nonce, Stage.CONSISTENCY, body)
 
 
 def test_client_refuses_stage_out_of_order_and_other_round() -> None:
-    c = SecAggClient("box000")
+    c = SecAggClient("box000", lab_signers(["box000"])["box000"])
     with pytest.raises(ProtocolError, match="out_of_order"):
         c.handle(1, b"n" * 16, Stage.UNMASK, {})
     server, clients, out = drive_to(Stage.SHARE_KEYS)
@@ -252,15 +261,18 @@ def test_client_refuses_stage_out_of_order_and_other_round() -> None:
 
 
 def test_client_refuses_unsafe_setup() -> None:
-    c = SecAggClient("box000")
-    _, _, out = drive_to(Stage.SETUP)
+    server, clients, out = drive_to(Stage.SETUP)
+    nonce = server.config.nonce
+    c = clients["box000"]
     body = dict(out["box000"])
     body[Key.THRESHOLD.value] = 1  # one neighbour could unmask this box alone
     with pytest.raises(ProtocolError, match="bad_body"):
-        c.handle(1, b"n" * 16, Stage.SETUP, body)
-    c2 = SecAggClient("box000")
+        c.handle(1, nonce, Stage.SETUP, body)
     with pytest.raises(ProtocolError, match="bad_body"):
-        c2.handle(1, b"n" * 16, Stage.SETUP, {Key.NEIGHBOURS.value: "everyone"})
+        c.handle(1, nonce, Stage.SETUP, {Key.NEIGHBOURS.value: "everyone"})
+    blind = SecAggClient("box000", lab_signers(["box000"])["box000"])
+    with pytest.raises(ProtocolError, match="bad_graph"):  # no participant list: cannot check
+        blind.handle(1, nonce, Stage.SETUP, out["box000"])
 
 
 def test_server_refuses_bad_bodies_without_state_change() -> None:
@@ -280,15 +292,33 @@ def test_server_refuses_bad_bodies_without_state_change() -> None:
     assert server.rejected["bad_body"] == 2
 
 
+def reseal(server: SecAggServer, node: str, body: dict) -> dict:
+    """What a box would send: ``body`` (seed and key shares) sealed to the round key."""
+    from edgeagent.fl import seal
+    from edgeagent.fl.secagg.client import unmask_context
+
+    ctx = unmask_context(server.config.round_id, server.config.nonce, node)
+    return {Key.SEALED.value: seal.seal_bytes(cbor2.dumps(body), server.enc_pk, ctx)}
+
+
+def opened(server: SecAggServer, node: str, reply: dict) -> dict:
+    from edgeagent.fl import seal
+    from edgeagent.fl.secagg.client import unmask_context
+
+    ctx = unmask_context(server.config.round_id, server.config.nonce, node)
+    return cbor2.loads(seal.open_bytes(reply[Key.SEALED.value], server._seal_key, ctx, 1 << 20))
+
+
 def test_corrupted_share_detected_by_commitment() -> None:
     server, clients, out = drive_to(Stage.UNMASK, n=6)
     holders = sorted(out)
     replies = {n: clients[n].handle(1, server.config.nonce, Stage.UNMASK, out[n]) for n in holders}
     victim = holders[0]
     for n in holders:  # corrupt every holder's share of the victim's seed
-        idx, share = replies[n][Key.SEED_SHARES.value][victim]
-        replies[n][Key.SEED_SHARES.value][victim] = [idx, bytes(b ^ 1 for b in share)]
-        server.receive(n, Stage.UNMASK, replies[n])
+        body = opened(server, n, replies[n])
+        idx, share = body[Key.SEED_SHARES.value][victim]
+        body[Key.SEED_SHARES.value][victim] = [idx, bytes(b ^ 1 for b in share)]
+        server.receive(n, Stage.UNMASK, reseal(server, n, body))
     result = server.advance()
     assert server.result is None and "reconstruction_failed" in server.abort.reason
     assert all(b[Key.STATUS.value] == "aborted" for b in result.values())
@@ -309,11 +339,10 @@ def test_partial_sums_from_two_intake_workers_combine() -> None:
         server.absorb(worker)  # the same boxes twice
     assert not server.pending()
     out = server.advance()
-    for node, body in out.items():
-        server.receive(
-            node, Stage.UNMASK, clients[node].handle(1, server.config.nonce, Stage.UNMASK, body)
-        )
-    server.advance()
+    for stage in (Stage.CONSISTENCY, Stage.UNMASK):
+        for node, body in out.items():
+            server.receive(node, stage, clients[node].handle(1, server.config.nonce, stage, body))
+        out = server.advance()
     assert server.result is not None and len(server.result.survivors) == 6
 
 
@@ -394,14 +423,15 @@ def test_box_checks_its_neighbours_against_the_public_graph() -> None:
     cfg = make_round(updates)
     server = SecAggServer(cfg)
     out = server.start()
-    honest = SecAggClient("box000")
+    signer = lab_signers(["box000"])["box000"]
+    honest = SecAggClient("box000", signer)
     honest.expect_participants(cfg.participants)
     honest.handle(1, cfg.nonce, Stage.SETUP, out["box000"])
     body = dict(out["box000"])
     others = sorted(set(cfg.participants) - cfg.graph["box000"] - {"box000"})
     swapped = sorted(cfg.graph["box000"])[1:] + others[:1]  # one neighbour hand-picked
     body[Key.NEIGHBOURS.value] = swapped
-    victim = SecAggClient("box000")
+    victim = SecAggClient("box000", signer)
     victim.expect_participants(cfg.participants)
     with pytest.raises(ProtocolError, match="bad_graph"):
         victim.handle(1, cfg.nonce, Stage.SETUP, body)
@@ -425,7 +455,7 @@ _bodies = st.dictionaries(st.sampled_from([k.value for k in Key]), _cbor_values,
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(stage=st.sampled_from(STAGES), body=_bodies)
+@given(stage=st.sampled_from(ALL_STAGES), body=_bodies)
 def test_random_bodies_are_refused_never_crash(stage: Stage, body: dict) -> None:
     server, clients, out = drive_to(stage, n=3)
     node = sorted(out)[0]

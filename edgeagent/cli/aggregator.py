@@ -115,7 +115,7 @@ def status(
     typer.echo(f"totals      {rep['totals']}")
     typer.echo(f"dropouts    {rep['dropouts']}")
     typer.echo(f"refused     {rep['refused'] or '-'}")
-    typer.echo(f"epsilon     {_fmt_eps(rep['epsilon'])}")
+    typer.echo(f"epsilon     {_fmt_eps(rep['epsilon'])}  (sampling: {rep['dp_sampling']})")
     distrusted = sorted(b for b, v in rep["reputation"].items() if v <= 0)
     if rep["reputation"]:  # robust = "reputation": the boxes whose updates it now drops
         typer.echo(f"distrusted  {', '.join(distrusted) or '-'}")

@@ -79,3 +79,24 @@ def show(directory: Path = _DIR, as_json: bool = _JSON) -> None:
     except PkiError as exc:
         raise _fail(exc) from exc
     _emit(doc, as_json)
+
+
+@pki_app.command("revoke")
+def revoke_box(
+    box_id: str = typer.Argument(..., help="Box id to revoke."),
+    directory: Path = _DIR,
+    as_json: bool = _JSON,
+) -> None:
+    """Revoke a box: add it to revoked.txt and rewrite the CRL (crl.pem).
+
+    Restart the broker with the new crl.pem (it refuses the box's TLS
+    certificate), and copy revoked.txt to [federation] revoked_file on the
+    aggregator and the boxes (they refuse its hello and its round keys).
+    """
+    from edgeagent.ops.revocation import revoke
+
+    try:
+        deny, crl = revoke(Pki.open(directory), box_id)
+    except PkiError as exc:
+        raise _fail(exc) from exc
+    _emit({"revoked": box_id, "deny_list": str(deny), "crl": str(crl)}, as_json)

@@ -201,13 +201,16 @@ def _federation(ctx: Context, link: SharedLink, learner: Any, manager: Any, sha:
     """H9's ``FlClient`` on the shared link, or None (logged) without a signing identity."""
     from edgeagent.federation.client import FlClient
     from edgeagent.fl.identity import load_ca, load_identity
+    from edgeagent.fl.secagg.client import PrivacyFloor
+    from edgeagent.ops.revocation import read_deny_list
 
     cfg = ctx.config
     fed = cfg.federation
     assert fed.ca_file is not None and fed.cert_file is not None
     try:
         ca = load_ca(fed.ca_file)
-        identity = load_identity(fed.cert_file, ca, cfg.agent.box_id)
+        identity = load_identity(fed.cert_file, ca, cfg.agent.box_id, fed.signing_key_file)
+        revoked = read_deny_list(fed.revoked_file)
     except PkiError as exc:
         log.error("federated rounds disabled: %s", exc)
         ctx.counters.add("federation_unavailable")
@@ -228,6 +231,9 @@ def _federation(ctx: Context, link: SharedLink, learner: Any, manager: Any, sha:
         liveness=ctx.liveness,
         allow_plaintext=fed.allow_plaintext,
         min_group_size=fed.min_group_size,
+        # the box's own clip and noise multiplier are floors no SETUP may undercut
+        floor=PrivacyFloor(max_clip=fed.clip_norm, min_noise_multiplier=fed.noise_multiplier),
+        revoked=revoked,
     )
 
 

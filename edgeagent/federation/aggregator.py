@@ -30,7 +30,6 @@ All MQTT callbacks only enqueue; one thread owns the state.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import secrets
@@ -55,10 +54,11 @@ from edgeagent.fl.aggregate import apply_update
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORDER, Stage
 from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, decode_unverified, encode
-from edgeagent.fl.wire import Announcement, announcement_body, decode_hello
+from edgeagent.fl.wire import Announcement, announcement_body, decode_hello, parse_status
 from edgeagent.model.graph import get_params, parse_model, set_params, sha256_hex, to_bytes
 from edgeagent.ops.config import Config
 from edgeagent.ops.pki import TlsFiles
+from edgeagent.ops.revocation import read_deny_list
 from edgeagent.transport import topics
 from edgeagent.transport.dedupe import SeenIds
 from edgeagent.transport.mqtt import Message as MqttMessage
@@ -70,12 +70,20 @@ log = logging.getLogger(__name__)
 
 #: Message ids remembered to drop repeats: days of every box's outbox messages.
 SEEN_CAPACITY = 100_000
-
+#: Sampling rate the DP accountant composes rounds with (see ``_conclude``).
+DP_SAMPLING_RATE = 1.0
 
 #: Messages queued from the network thread; beyond this the oldest are dropped (counted).
 INBOX_MAX = 100_000
 #: Box topics the aggregator reads itself when intake workers take the masked vectors.
-_OWN_KINDS = ("hello", "status", Stage.SETUP.value, Stage.SHARE_KEYS.value, Stage.UNMASK.value)
+_OWN_KINDS = (
+    "hello",
+    "status",
+    Stage.SETUP.value,
+    Stage.SHARE_KEYS.value,
+    Stage.CONSISTENCY.value,
+    Stage.UNMASK.value,
+)
 _STAGES = {s.value: s for s in Stage}
 
 
@@ -106,7 +114,11 @@ class Aggregator:
         self.state_dir = Path(config.agent.state_dir)
         self.clock = clock
         self.ca = load_ca(fed.ca_file)
-        self.identity: Identity = load_identity(fed.cert_file, self.ca, AGGREGATOR)
+        self.identity: Identity = load_identity(
+            fed.cert_file, self.ca, AGGREGATOR, fed.signing_key_file
+        )
+        #: revoked boxes (``edgeagent pki revoke``): hellos refused, never invited
+        self.revoked = read_deny_list(fed.revoked_file)
         self.clip = float(fed.clip_norm)
         self.noise_multiplier = float(fed.noise_multiplier)
         if not agg.secure_aggregation and agg.noise == "distributed":
@@ -257,11 +269,25 @@ class Aggregator:
         self.tick()
 
     def on_message(self, msg: MqttMessage) -> None:
-        """Dispatch one message from ``node/<id>/<kind>`` (the only topics subscribed)."""
+        """Dispatch one message; whatever it holds, it can only be refused, never crash us.
+
+        Hellos and statuses are retained and partly unsigned: an exception that
+        escaped here would come back at every restart. So every handler's
+        failure is a counted refusal of that one message. A message id seen
+        before (an outbox resend after a kill) is dropped and counted first.
+        """
         mid = msg.msg_id
         if mid is not None and not self.seen.first(mid):
             self.duplicates += 1
             return
+        try:
+            self._dispatch(msg)
+        except ProtocolError as exc:
+            self._refuse_outside(exc.reason, f"{msg.topic}: {exc.detail}")
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+            self._refuse_outside("malformed", f"{msg.topic}: {type(exc).__name__}: {exc}")
+
+    def _dispatch(self, msg: MqttMessage) -> None:
         try:
             t = topics.parse(msg.topic)
         except TransportError:
@@ -289,6 +315,10 @@ class Aggregator:
         if not payload:  # retained hello cleared: the box left the fleet
             self.boxes.pop(node, None)
             return
+        if node in self.revoked:
+            self.boxes.pop(node, None)
+            self._refuse_outside("revoked", f"hello from revoked box {node}")
+            return
         try:
             hello = decode_hello(payload)
             if hello.node != node:
@@ -307,9 +337,9 @@ class Aggregator:
 
     def _on_status(self, node: str, payload: bytes) -> None:
         try:
-            state = json.loads(payload.decode()).get("state") if payload else "offline"
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            self._refuse_outside("malformed", f"status of {node}")
+            state = parse_status(payload)  # bounded: unsigned and retained
+        except ProtocolError as exc:
+            self._refuse_outside(exc.reason, f"status of {node}: {exc.detail}")
             return
         info = self.boxes.get(node)
         if info is not None:
@@ -335,6 +365,8 @@ class Aggregator:
         self.bytes_in_total += len(payload)
         t0 = time.perf_counter()
         try:
+            if len(payload) > r.receiver.max_bytes:  # size first, before any decoding
+                raise ProtocolError("oversized", f"{len(payload)} bytes")
             claimed = decode_unverified(payload)
             if claimed.src != node:
                 # relayed or forged under another box's name: the topic is the broker's word
@@ -396,7 +428,8 @@ class Aggregator:
             return PlaintextProtocol(traffic=traffic, reputation=self.store.reputation, **common)
         take_partials = self.workers is not None and bool(self.workers.procs)
         key = self.identity.public_key if take_partials else None
-        return SecAggProtocol(intake_key=key, **common)
+        keys = {n: self.boxes[n].key for n in chosen}
+        return SecAggProtocol(intake_key=key, box_keys=keys, **common)
 
     def start_round(self, ready: list[str]) -> None:
         """Select participants, announce the round (retained) and send each box its first stage."""
@@ -506,8 +539,10 @@ class Aggregator:
     def _conclude(self, r: Round, rec: dict[str, Any], released: bool) -> None:
         """Account privacy if anything was released, persist the record, end the round."""
         if released:
-            fleet = max(len(self.boxes), len(r.participants))
-            self.store.account(self.noise_multiplier, min(1.0, len(r.participants) / fleet))
+            # q = 1: the participants are a fixed-size draw from the boxes online now (all of
+            # them when there are at most max_boxes) and their list is published, which is no
+            # Poisson sampling of the fleet; amplification by sampling is not claimed
+            self.store.account(self.noise_multiplier, DP_SAMPLING_RATE)
         eps = self.store.epsilon()
         rec["epsilon"] = eps
         rec["seconds"] = round(self.clock() - r.timing.started, 4)  # incl. model build + publish

@@ -69,9 +69,11 @@ from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_u
 from edgeagent.fl.privacy import fedavg_payload, l2_clip
 from edgeagent.fl.robust import partition_groups
 from edgeagent.fl.secagg import SecAggClient
+from edgeagent.fl.secagg.auth import RoundSigner
+from edgeagent.fl.secagg.client import PrivacyFloor
 from edgeagent.fl.wire import Announcement, decode_model, encode_hello, parse_announcement
 from edgeagent.model.graph import get_params, parse_model
-from edgeagent.model.signing import verify_hash
+from edgeagent.model.signing import verify_hash, verify_release
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
@@ -81,6 +83,8 @@ log = logging.getLogger(__name__)
 STATE_FILE = "fl_client.json"
 #: Stage messages that arrive before their announcement are held (bounded) and replayed.
 EARLY_MAX = 16
+#: ... and never more than this many bytes of them (a SETUP is about a kilobyte).
+EARLY_MAX_BYTES = 256 * 1024
 INBOX_MAX = 10_000
 _STAGES = {s.value: s for s in Stage}
 
@@ -138,6 +142,8 @@ class FlClient:
         liveness: LivenessSink | None = None,
         allow_plaintext: bool = False,
         min_group_size: int = 3,
+        floor: PrivacyFloor | None = None,
+        revoked: frozenset[str] = frozenset(),
     ) -> None:
         self.box_id = box_id
         self.allow_plaintext = allow_plaintext
@@ -160,7 +166,10 @@ class FlClient:
         self.counters: Counter[str] = Counter()
         self.rounds: list[dict[str, Any]] = []
         self.last_apply: dict[str, Any] | None = None
-        self.secagg = SecAggClient(box_id)
+        self.revoked = set(revoked)  # boxes this box refuses as neighbours (revocation)
+        self._peer_certs: dict[tuple[str, bytes], Ed25519PublicKey] = {}
+        signer = RoundSigner(identity.key, identity.cert_der, self._verify_peer)
+        self.secagg = SecAggClient(box_id, signer, floor=floor)
         self.current: BoxRound | None = None
         self._early: list[tuple[int, MqttMessage]] = []
         self._keys: dict[bytes, Ed25519PublicKey] = {}
@@ -289,6 +298,18 @@ class FlClient:
             elif t.to_node == self.box_id and t.stage in _STAGES:
                 self._on_stage(t.round_id, _STAGES[t.stage], msg)
 
+    def _verify_peer(self, node: str, cert_der: bytes) -> Ed25519PublicKey:
+        """A neighbour's identity key from its fleet certificate (named for it, not revoked)."""
+        if node in self.revoked or node == AGGREGATOR:
+            raise ProtocolError("revoked", f"{node!r} may not take part in rounds")
+        key = self._peer_certs.get((node, cert_der))
+        if key is None:
+            key = verify_identity_cert(cert_der, self.ca, node)
+            if len(self._peer_certs) > 4096:
+                self._peer_certs.clear()
+            self._peer_certs[(node, cert_der)] = key
+        return key
+
     def _aggregator_key(self, cert_der: bytes) -> Ed25519PublicKey:
         key = self._keys.get(cert_der)
         if key is None:
@@ -399,6 +420,9 @@ class FlClient:
         cur = self.current
         if cur is None or cur.round_id != round_id:
             if round_id > self.last_round and (cur is None or round_id > cur.round_id):
+                held = sum(len(m.payload) for _, m in self._early)
+                if held + len(msg.payload) > EARLY_MAX_BYTES:
+                    raise ProtocolError("oversized", "early stage messages over the byte bound")
                 self._early.append((round_id, msg))
                 del self._early[:-EARLY_MAX]
             else:
@@ -470,6 +494,8 @@ class FlClient:
         key = self._aggregator_key(pub.cert_der)
         try:
             verify_hash([key], pub.sha256, pub.signature)
+            # the labels this box acts on (version order, round) must be signed too
+            verify_release(key, self.fleet, pub.version, pub.round_id, pub.sha256, pub.release_sig)
         except ModelError as exc:
             raise ProtocolError("bad_model_signature", str(exc)) from exc
         if pub.version < self.global_version:

@@ -80,8 +80,13 @@ DEFAULT_FLUSH_EVERY = 64
 #: ... or after this long with unflushed updates, so the coordinator sees progress.
 DEFAULT_FLUSH_INTERVAL_S = 0.05
 #: Updates of a round not yet opened are held (a box may beat the control message
-#: through the broker); beyond this many they are refused as ``out_of_round``.
+#: through the broker), but only once verified with a key this worker already
+#: knows (from an earlier open), at most one per box, and within these bounds;
+#: beyond them they are refused as ``out_of_round``.
 MAX_EARLY = 4096
+MAX_EARLY_BYTES = 64 * 1024 * 1024
+#: Box keys remembered across rounds for checking early updates (bounded).
+MAX_KNOWN_KEYS = 100_000
 
 
 class IKey:
@@ -240,6 +245,8 @@ class IntakeState:
         self._seq = Sequencer()
         self._parts = 0
         self._early: list[tuple[str, bytes]] = []
+        self._early_bytes = 0
+        self._known: dict[str, Ed25519PublicKey] = {}
 
     # -- control ------------------------------------------------------------------------------
 
@@ -262,12 +269,15 @@ class IntakeState:
                 except (ValueError, TypeError) as exc:
                     raise ProtocolError("bad_body", f"participant key: {exc}") from exc
                 out = self._close_current()
+                if len(self._known) + len(keys) > MAX_KNOWN_KEYS:
+                    self._known.clear()
+                self._known.update(keys)
                 # boxes address the aggregator; this worker reads on its behalf
                 rx = EnvelopeReceiver(AGGREGATOR, keys)
                 rx.begin_round(msg.round, msg.nonce)
                 self.round = _Open(msg.round, msg.nonce, dim, rx, MaskedSum(dim), self.clock())
                 self._parts = 0
-                early, self._early = self._early, []
+                early, self._early, self._early_bytes = self._early, [], 0
                 for node, env in early:
                     out += self.on_update(node, env)
             elif op == OP_CLOSE:
@@ -294,16 +304,15 @@ class IntakeState:
         """One masked vector from ``node/<node>/collect_masked``; returns partials to publish."""
         r = self.round
         try:
+            if len(data) > MAX_ENVELOPE_BYTES:  # size first, before any decoding
+                raise ProtocolError("oversized", f"{len(data)} bytes")
             claimed = decode_unverified(data)
             if claimed.src != node:
                 raise ProtocolError("impersonation", f"{claimed.src!r} on {node}'s topic")
             if r is None or claimed.round != r.round_id:
                 if r is not None and claimed.round < r.round_id:
                     raise ProtocolError("out_of_round", f"round {claimed.round} is over")
-                if len(self._early) >= MAX_EARLY:
-                    raise ProtocolError("out_of_round", "no such round open")
-                self._early.append((node, data))
-                self.counters["held_early"] += 1
+                self._hold_early(node, data, claimed.round, claimed.nonce)
                 return []
             got = r.receiver.receive(data)
             if got.message.stage is not Stage.COLLECT_MASKED:
@@ -323,6 +332,24 @@ class IntakeState:
         if len(r.partial.nodes) >= self.flush_every:
             return self.flush()
         return []
+
+    def _hold_early(self, node: str, data: bytes, round_id: int, nonce: bytes) -> None:
+        """Hold a verified update of a round not open yet (bounded in count and bytes)."""
+        key = self._known.get(node)
+        if key is None:
+            raise ProtocolError("out_of_round", "no such round open (sender not verifiable yet)")
+        check = EnvelopeReceiver(AGGREGATOR, {node: key})
+        check.begin_round(round_id, nonce)
+        check.receive(data)  # signature verified before anything is held
+        if (
+            len(self._early) >= MAX_EARLY
+            or self._early_bytes + len(data) > MAX_EARLY_BYTES
+            or any(n == node for n, _ in self._early)
+        ):
+            raise ProtocolError("out_of_round", "no such round open (early hold full)")
+        self._early.append((node, data))
+        self._early_bytes += len(data)
+        self.counters["held_early"] += 1
 
     def due(self) -> bool:
         """True when unflushed updates are older than ``flush_interval_s``."""

@@ -23,7 +23,7 @@ from edgeagent.federation.accountant import DpAccountant
 from edgeagent.fl.identity import Identity
 from edgeagent.fl.wire import ModelPublication, encode_model
 from edgeagent.model.graph import sha256_hex
-from edgeagent.model.signing import sign_hash
+from edgeagent.model.signing import sign_hash, sign_release
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import MqttLink
 
@@ -61,6 +61,8 @@ def status_report(state_dir: Path) -> dict[str, Any]:
         "dropouts": dropouts,
         "refused": s.get("refused", {}),
         "epsilon": rounds[-1].get("epsilon") if rounds else None,
+        # how epsilon was composed: q = 1, no amplification by sampling (see docs/security.md)
+        "dp_sampling": "q = 1 (no sampling amplification)",
         "in_progress": s.get("in_progress"),
         "reputation": s.get("reputation", {}),
         "rounds": rounds,
@@ -195,18 +197,25 @@ class AggregatorStore:
         }
         self.model_bytes = data
 
-    def publication(self, identity: Identity) -> bytes:
-        """The current global model, its hash signed with ``identity``, encoded for the wire."""
+    def publication(self, identity: Identity, fleet: str) -> bytes:
+        """The current global model signed with ``identity``, encoded for the wire.
+
+        Two signatures: over the hash (what the box's model registry checks) and
+        over fleet, version, round and hash (what the box's version order and
+        round bookkeeping act on: a replayed model cannot be relabelled).
+        """
         m = self.state["model"]
         assert self.model_bytes is not None
+        version, round_id = int(m["version"]), int(m["round"])
         pub = ModelPublication(
-            round_id=int(m["round"]),
-            version=int(m["version"]),
+            round_id=round_id,
+            version=version,
             sha256=m["sha256"],
             signature=sign_hash(identity.key, m["sha256"]),
             cert_der=identity.cert_der,
             onnx=self.model_bytes,
             eval=dict(m.get("eval") or {}),
+            release_sig=sign_release(identity.key, fleet, version, round_id, m["sha256"]),
         )
         return encode_model(pub)
 
@@ -217,7 +226,7 @@ class AggregatorStore:
         the retained copy is re-published at the next start or model version.
         """
         m = self.state["model"]
-        data = self.publication(identity)
+        data = self.publication(identity, fleet)
         ack = link.publish(topics.model_current(fleet), data, retain=True)
         try:
             code = ack.wait(PUBACK_S)

@@ -41,6 +41,10 @@ MAX_ENVELOPE_BYTES: Final = 4 * 1024 * 1024
 #: round (same round id after a restart, say) never verify as fresh.
 NONCE_BYTES: Final = 16
 
+#: Largest round id and sequence number (63 bits): bounded so that encoding them
+#: (8 bytes in statements, HPKE info) never fails on a peer's input.
+MAX_ROUND_ID: Final = 2**63 - 1
+
 #: Shamir secrets in pycryptodome are exactly 16 bytes (GF(2^128)).
 SHAMIR_CHUNK: Final = 16
 
@@ -65,7 +69,9 @@ class Stage(StrEnum):
     SETUP = "setup"  # server: config + neighbours; box: public keys + commitment
     SHARE_KEYS = "share_keys"  # server: neighbours' keys; box: encrypted shares
     COLLECT_MASKED = "collect_masked"  # server: shares for you; box: masked vector
-    UNMASK = "unmask"  # server: survivors/dropped; box: shares to unmask
+    #: Bonawitz 2017 round 3: server: who dropped; box: its signature over the survivor set
+    CONSISTENCY = "consistency"
+    UNMASK = "unmask"  # server: survivors' signatures; box: shares to unmask (sealed)
     RESULT = "result"  # server: aborted or done (informational, ends the round)
     #: Plaintext mode only (``[aggregator] secure_aggregation = false``): the box's one
     #: reply to the announcement, its clipped update and ``n_k`` (no masking, no shares).
@@ -77,6 +83,7 @@ STAGE_ORDER: Final[tuple[Stage, ...]] = (
     Stage.SETUP,
     Stage.SHARE_KEYS,
     Stage.COLLECT_MASKED,
+    Stage.CONSISTENCY,
     Stage.UNMASK,
     Stage.RESULT,
 )
@@ -109,20 +116,27 @@ class Key(StrEnum):
     CLIP = "clip"
     N_CAP = "n_cap"
     NOISE_STD = "noise_std"
+    ENC_PK = "enc_pk"  # the round's X25519 key UNMASK replies are sealed to (fl.seal)
     # setup (box -> server)
     PK_ENC = "pk_enc"
     PK_MASK = "pk_mask"
     COMMIT = "commit"
-    # share_keys (server -> box): node -> [pk_enc, pk_mask, commit]
+    KEY_SIG = "key_sig"  # the box's identity signature over its round keys (secagg.auth)
+    CERT = "cert"  # the certificate its neighbours check that signature with
+    # share_keys (server -> box): node -> [pk_enc, pk_mask, commit, key_sig, cert]
     KEYS = "keys"
     # share_keys (box -> server) / collect (server -> box): node -> ciphertext
     SHARES = "shares"
     # collect (box -> server)
     MASKED = "masked"
-    # unmask (server -> box)
-    SURVIVORS = "survivors"
+    # consistency (server -> box): DROPPED, the participants that are not survivors;
+    # (box -> server): its signature over the survivor set
     DROPPED = "dropped"
-    # unmask (box -> server)
+    SURVIVORS_SIG = "survivors_sig"
+    # unmask (server -> box): signer -> [survivors_sig, cert]
+    SIGS = "sigs"
+    # unmask (box -> server): SEALED = seal(CBOR{seed_shares, key_shares})
+    SEALED = "sealed"
     SEED_SHARES = "seed_shares"
     KEY_SHARES = "key_shares"
     # result

@@ -14,6 +14,7 @@ except the small loaders at the bottom.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,34 @@ def verify_identity_cert(
     return key
 
 
+def known_key_verifier(
+    keys: Mapping[str, Ed25519PublicKey],
+) -> Callable[[str, bytes], Ed25519PublicKey]:
+    """A SecAgg+ peer check for the aggregator: the certificate must hold the key it knows.
+
+    The aggregator verified each box's certificate against the CA when the box
+    said hello (``keys`` holds the result), so here it only checks that the
+    certificate a box presents in a round carries that same key.
+    """
+
+    def verify(node: str, cert_der: bytes) -> Ed25519PublicKey:
+        known = keys.get(node)
+        if known is None:
+            raise ProtocolError("unknown_sender", f"no verified identity for {node!r}")
+        try:
+            key = x509.load_der_x509_certificate(bytes(cert_der)).public_key()
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError("bad_certificate", f"not a DER certificate: {exc}") from exc
+        if (
+            not isinstance(key, Ed25519PublicKey)
+            or key.public_bytes_raw() != known.public_bytes_raw()
+        ):
+            raise ProtocolError("wrong_identity", f"certificate of {node!r} holds another key")
+        return known
+
+    return verify
+
+
 def load_ca(path: Path) -> x509.Certificate:
     """The fleet CA certificate (PEM)."""
     try:
@@ -79,9 +108,17 @@ def identity_paths(tls_cert: Path) -> tuple[Path, Path]:
     return p.with_name(f"{stem}.sign.key"), p.with_name(f"{stem}.sign.crt")
 
 
-def load_identity(tls_cert: Path, ca: x509.Certificate, name: str) -> Identity:
-    """Load and self-check our signing identity (issued by ``edgeagent pki issue``)."""
-    key_path, cert_path = identity_paths(tls_cert)
+def load_identity(
+    tls_cert: Path, ca: x509.Certificate, name: str, key_path: Path | None = None
+) -> Identity:
+    """Load and self-check our signing identity (issued by ``edgeagent pki issue``).
+
+    ``key_path`` overrides where the private key is read from (a systemd
+    credential, ``[federation] signing_key_file``); the certificate stays beside
+    the TLS certificate.
+    """
+    default_key, cert_path = identity_paths(tls_cert)
+    key_path = Path(key_path) if key_path is not None else default_key
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())

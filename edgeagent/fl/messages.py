@@ -43,6 +43,7 @@ from edgeagent.fl.constants import (
     BROADCAST,
     ENVELOPE_VERSION,
     MAX_ENVELOPE_BYTES,
+    MAX_ROUND_ID,
     NONCE_BYTES,
     PLAINTEXT_STAGES,
     SIGNATURE_CONTEXT,
@@ -105,8 +106,8 @@ def _check_header(src: Any, dst: Any, rnd: Any, stage: Any, seq: Any, nonce: Any
     for name, value in (("src", src), ("dst", dst)):
         if not isinstance(value, str) or not 0 < len(value) <= _MAX_ID_LEN:
             raise ProtocolError("malformed", f"{name} must be a non-empty string <= 128 chars")
-    if type(rnd) is not int or rnd < 0:
-        raise ProtocolError("malformed", "round must be a non-negative integer")
+    if type(rnd) is not int or not 0 <= rnd <= MAX_ROUND_ID:
+        raise ProtocolError("malformed", "round must be a non-negative 63-bit integer")
     if type(seq) is not int or not 0 <= seq < 2**63:
         raise ProtocolError("malformed", "seq must be a non-negative 63-bit integer")
     if stage not in STAGE_ORDER and stage not in PLAINTEXT_STAGES:

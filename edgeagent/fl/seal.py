@@ -1,4 +1,4 @@
-"""Plaintext-mode updates sealed to the round's aggregator key (HPKE, RFC 9180; pure).
+"""Updates and unmask shares sealed to the round's aggregator key (HPKE, RFC 9180; pure).
 
 Without secure aggregation a box's update is not masked, and TLS ends at the
 broker: the broker operator would read every box's update. So the update is
@@ -14,6 +14,9 @@ update replayed under another box's (signed) envelope, or into another round,
 does not open. The sealed plaintext is ``n`` (uint32 LE, the capped sample
 count) followed by the update as little-endian float32, so ``n_k`` is hidden
 from the broker too.
+
+SecAgg+ rounds use the same construction for the UNMASK reply (``seal_bytes``):
+those shares are what unmasks a box, and the broker must not collect them.
 """
 
 from __future__ import annotations
@@ -74,3 +77,24 @@ def open_update(
         raise ProtocolError("undecryptable", "sealed update does not open") from exc
     (n,) = _N.unpack_from(plain)
     return np.frombuffer(plain, "<f4", offset=_N.size).astype(np.float64), n
+
+
+def seal_bytes(plain: bytes, public_key: bytes, context: bytes) -> bytes:
+    """Seal arbitrary bytes to the round key ``public_key`` (32 raw bytes), bound to ``context``."""
+    if not isinstance(public_key, bytes) or len(public_key) != KEY_BYTES:
+        raise ProtocolError("bad_key", f"round key must be {KEY_BYTES} bytes")
+    try:
+        pk = X25519PublicKey.from_public_bytes(public_key)
+    except ValueError as exc:
+        raise ProtocolError("bad_key", f"round key unusable: {exc}") from exc
+    return SUITE.encrypt(plain, pk, info=context)
+
+
+def open_bytes(sealed: bytes, key: X25519PrivateKey, context: bytes, max_bytes: int) -> bytes:
+    """Open ``seal_bytes`` output; ``ProtocolError`` if oversized, tampered or misbound."""
+    if not isinstance(sealed, bytes) or not OVERHEAD <= len(sealed) <= max_bytes + OVERHEAD:
+        raise ProtocolError("bad_body", "sealed blob of the wrong size")
+    try:
+        return SUITE.decrypt(sealed, key, info=context)
+    except (InvalidTag, ValueError) as exc:
+        raise ProtocolError("undecryptable", "sealed blob does not open") from exc

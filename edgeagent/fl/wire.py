@@ -29,6 +29,8 @@ the broker, and this module encodes and checks them without I/O:
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -45,7 +47,13 @@ HELLO_CONTEXT = b"edgeagent/fl/hello/v1\x00"
 WIRE_VERSION = 1
 #: A hello or model publication larger than this is refused before parsing.
 MAX_HELLO_BYTES = 16 * 1024
-MAX_MODEL_BYTES = 32 * 1024 * 1024
+#: Below the shipped broker's max_packet_size (8 MiB), which no publication may exceed.
+MAX_MODEL_BYTES = 8 * 1024 * 1024 - 64 * 1024
+#: A box's retained status (``node/<id>/status``, JSON) larger or deeper than this is refused.
+MAX_STATUS_BYTES = 1024
+MAX_STATUS_DEPTH = 4
+#: Hello timestamps are seconds since the epoch; anything past this is not one.
+MAX_HELLO_TIME = 2.0**40
 
 
 class AKey(StrEnum):
@@ -70,6 +78,7 @@ class AKey(StrEnum):
     CLIP = "clip"
     N_CAP = "n_cap"
     ENC_PK = "enc_pk"
+    RELEASE_SIG = "rsig"
 
 
 def _loads(data: bytes, what: str) -> Any:
@@ -128,16 +137,53 @@ def decode_hello(data: bytes) -> Hello:
         not isinstance(inner, dict)
         or not isinstance(inner.get(AKey.ID.value), str)
         or not isinstance(inner.get(AKey.TIME.value), float | int)
+        or isinstance(inner.get(AKey.TIME.value), bool)
         or not isinstance(inner.get(AKey.CERT.value), bytes)
     ):
         raise ProtocolError("malformed", "hello payload must be {id, t, cert}")
+    t = inner[AKey.TIME.value]
+    # a huge integer would overflow float(); an unsigned retained hello must never crash
+    if not (-MAX_HELLO_TIME <= t <= MAX_HELLO_TIME) or not math.isfinite(t):
+        raise ProtocolError("malformed", "hello time out of range")
     return Hello(
         inner[AKey.ID.value],
-        float(inner[AKey.TIME.value]),
+        float(t),
         inner[AKey.CERT.value],
         outer[AKey.PAYLOAD.value],
         outer[AKey.SIG.value],
     )
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def parse_status(payload: bytes) -> str:
+    """The ``state`` of a box's retained status JSON (``offline`` for an empty payload).
+
+    Unsigned and retained, so it is read with bounds before ``json.loads``: a
+    deeply nested document would raise ``RecursionError`` on every restart.
+    """
+    if not payload:
+        return "offline"
+    if len(payload) > MAX_STATUS_BYTES:
+        raise ProtocolError("oversized", f"status of {len(payload)} bytes")
+    depth = deepest = 0
+    for ch in payload:
+        if ch in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in b"]}":
+            depth -= 1
+    if deepest > MAX_STATUS_DEPTH:
+        raise ProtocolError("malformed", f"status nested {deepest} deep")
+    try:
+        doc = json.loads(payload.decode())
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError("malformed", f"status is not JSON: {type(exc).__name__}") from exc
+    state = doc.get("state") if isinstance(doc, dict) else None
+    if not isinstance(state, str) or len(state) > 32:
+        raise ProtocolError("malformed", "status must be a JSON object with a string state")
+    return state
 
 
 # -- announcement ------------------------------------------------------------------------------
@@ -253,6 +299,8 @@ class ModelPublication:
     cert_der: bytes
     onnx: bytes
     eval: dict[str, Any] = field(default_factory=dict)
+    #: ``model.signing.sign_release`` over fleet, version, round and hash.
+    release_sig: bytes = b""
 
 
 def encode_model(pub: ModelPublication) -> bytes:
@@ -266,6 +314,7 @@ def encode_model(pub: ModelPublication) -> bytes:
             AKey.CERT.value: pub.cert_der,
             AKey.ONNX.value: pub.onnx,
             AKey.EVAL.value: dict(pub.eval),
+            AKey.RELEASE_SIG.value: pub.release_sig,
         }
     )
 
@@ -287,12 +336,16 @@ def decode_model(data: bytes) -> ModelPublication:
         AKey.CERT: bytes,
         AKey.ONNX: bytes,
         AKey.EVAL: dict,
+        AKey.RELEASE_SIG: bytes,
     }
     if not isinstance(d, dict) or d.get(AKey.VERSION.value) != WIRE_VERSION:
         raise ProtocolError("malformed", "model publication must be a v1 map")
     for k, kind in kinds.items():
         if not isinstance(d.get(k.value), kind) or isinstance(d.get(k.value), bool):
             raise ProtocolError("malformed", f"model publication field {k.value!r} missing/bad")
+    for k in (AKey.ROUND, AKey.MODEL_VERSION):
+        if not 0 <= d[k.value] < 2**63:
+            raise ProtocolError("malformed", f"model publication field {k.value!r} out of range")
     onnx = d[AKey.ONNX.value]
     if hashlib.sha256(onnx).hexdigest() != d[AKey.SHA256.value]:
         raise ProtocolError("hash_mismatch", "model bytes do not match the published SHA-256")
@@ -304,4 +357,5 @@ def decode_model(data: bytes) -> ModelPublication:
         d[AKey.CERT.value],
         onnx,
         d[AKey.EVAL.value],
+        d[AKey.RELEASE_SIG.value],
     )

@@ -1,13 +1,21 @@
-"""Ed25519 signatures over model hashes.
+"""Ed25519 signatures over model hashes, and over federated model releases.
 
 Why sign the SHA-256 rather than the bytes: the hash is what the registry,
 MQTT announcements and logs name a model by, so one signature covers every
 place the model is referred to. The federated aggregator signs global models
 with its key; boxes verify against the trusted public keys in their config.
+
+A hash signature says "this model is genuine", not "this is the newest model
+of this fleet": republished with a higher version label, an old genuine model
+would pass it and then make every later model look stale. So a federated
+release is signed a second time over fleet, version, round and hash under its
+own context (``sign_release``); a box takes a model only when that signature
+holds for the labels it is about to act on.
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -44,6 +52,48 @@ def verify_hash(keys: list[Ed25519PublicKey], sha256_hex: str, signature: bytes)
         except InvalidSignature:
             continue
     raise ModelError(f"signature on model {sha256_hex[:12]} does not verify with any trusted key")
+
+
+#: Domain separation for release signatures (never valid as a hash signature or envelope).
+RELEASE_CONTEXT = b"edgeagent/model/release/v1\x00"
+
+
+def _release(fleet: str, version: int, round_id: int, sha256_hex: str) -> bytes:
+    if not 0 <= version < 2**63 or not 0 <= round_id < 2**63:
+        raise ModelError("model version and round must be 63-bit non-negative integers")
+    name = fleet.encode()
+    return (
+        RELEASE_CONTEXT
+        + struct.pack("<I", len(name))
+        + name
+        + struct.pack("<QQ", version, round_id)
+        + bytes.fromhex(sha256_hex)
+    )
+
+
+def sign_release(
+    key: Ed25519PrivateKey, fleet: str, version: int, round_id: int, sha256_hex: str
+) -> bytes:
+    """64-byte Ed25519 signature binding a model hash to its fleet, version and round."""
+    return key.sign(_release(fleet, version, round_id, sha256_hex))
+
+
+def verify_release(
+    key: Ed25519PublicKey,
+    fleet: str,
+    version: int,
+    round_id: int,
+    sha256_hex: str,
+    signature: bytes,
+) -> None:
+    """``ModelError`` unless ``key`` signed exactly this release."""
+    try:
+        key.verify(signature, _release(fleet, version, round_id, sha256_hex))
+    except (InvalidSignature, ValueError) as exc:
+        raise ModelError(
+            f"release v{version} (round {round_id}) of {sha256_hex[:12]} in fleet {fleet!r} "
+            "is not signed as such"
+        ) from exc
 
 
 def public_key_raw(key: Ed25519PublicKey) -> bytes:

@@ -294,6 +294,17 @@ class FederationSection(_Section):
     min_group_size: int = Field(
         default=3, ge=2, le=1000, description="Refuse grouped secure rounds with smaller groups."
     )
+    revoked_file: Path | None = Field(
+        default=None,
+        description="Deny-list of revoked box ids (`edgeagent pki revoke`): refused in rounds.",
+    )
+    signing_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "Ed25519 signing key (default: the .sign.key beside cert_file); point it at "
+            "/run/credentials/<unit>/client.sign.key to hand it over as a systemd credential."
+        ),
+    )
 
     @field_validator("topic_prefix")
     @classmethod

@@ -116,7 +116,13 @@ def parse(topic: str) -> Topic:
             return Topic(fleet, "node", node_id=node_id, kind=kind)
         if area == "model" and rest == ["current"]:
             return Topic(fleet, "model", kind="current")
-        if area == "round" and len(rest) in (2, 3) and rest[0].isdigit():
+        if (
+            area == "round"
+            and len(rest) in (2, 3)
+            and rest[0].isascii()
+            and rest[0].isdigit()
+            and len(rest[0]) <= 18  # a 63-bit round id; longer is not one (and int() would choke)
+        ):
             return Topic(
                 fleet,
                 "round",

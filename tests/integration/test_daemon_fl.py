@@ -82,7 +82,8 @@ def test_daemon_boxes_join_a_round_and_take_the_global_model(
                 "devices": {"serial": [{"port": str(port), "device_id": f"t{i}", "patient": "p"}]},
                 "detection": {"model_path": str(MODEL)},
                 "learning": {"min_samples": 16},
-                "federation": federation(pki, box, broker),
+                # the box's own z is a floor on the round's noise: the aggregator here runs z = 0
+                "federation": federation(pki, box, broker, noise_multiplier=0.0),
                 "status": {"interval_s": 1.0, "stall_after_s": 20.0},
                 "control": {"socket_path": f"/tmp/ea-fl-{os.getpid()}-{i}.sock"},
             }

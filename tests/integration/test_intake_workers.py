@@ -175,7 +175,8 @@ def test_secure_round_with_coordinator_workers_and_simulated_boxes(
     try:
         sim.wait_ready(60)
         coord.start(link)
-        sim.set_drops({"sim-03": Stage.SHARE_KEYS, "sim-07": Stage.COLLECT_MASKED})
+        # the participant list reaches the boxes as a signed announcement would
+        sim.set_drops({"sim-03": Stage.SHARE_KEYS, "sim-07": Stage.COLLECT_MASKED}, tuple(names))
         dim = 501
         cfg = RoundConfig(round_id=21, nonce=os.urandom(16), participants=tuple(names),
                           dim=dim, bound=payload_bound(1.0, 100), clip=1.0, n_cap=100)  # fmt: skip

@@ -32,6 +32,7 @@ from edgeagent.federation.protocols.base import (
 from edgeagent.fl import robust
 from edgeagent.fl.aggregate import mean_from_total
 from edgeagent.fl.constants import Stage
+from edgeagent.fl.identity import known_key_verifier
 from edgeagent.fl.privacy import add_gaussian_noise, distributed_std, gaussian_std, payload_bound
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
 from edgeagent.ops.config import AggregatorSection
@@ -57,6 +58,7 @@ class SecAggProtocol(RoundProtocol):
         clip: float,
         noise_multiplier: float,
         intake_key: Ed25519PublicKey | None = None,
+        box_keys: dict[str, Ed25519PublicKey] | None = None,
     ) -> None:
         p = self.policy = policy
         self.clip = clip
@@ -85,7 +87,11 @@ class SecAggProtocol(RoundProtocol):
                 n_cap=p.n_cap,
                 noise_std=box_std,
             )
-            self.servers.append(SecAggServer(cfg))
+            # with the boxes' verified identity keys the server checks their key and
+            # survivor-set signatures itself: a box that signs badly is dropped here
+            # instead of making its honest neighbours refuse the round
+            verify = known_key_verifier(box_keys) if box_keys is not None else None
+            self.servers.append(SecAggServer(cfg, verify))
         self.group_of = {b: i for i, g in enumerate(self.groups) for b in g}
         self.intake_key = intake_key
         self.intake_closing = False

@@ -1,6 +1,7 @@
 """Aggregator side of SecAgg+ as a sans-I/O state machine.
 
-Driving it: ``start()`` returns the SETUP body for each participant. Feed each
+Driving it: ``start()`` returns the SETUP body for each participant (with the
+round's sealing key: UNMASK replies come back sealed to it, ``fl.seal``). Feed each
 verified reply to ``receive(src, stage, body)``; when every expected reply is in
 (``pending()`` is empty) or the stage deadline passes, call ``advance()``, which
 closes the stage, treats the silent boxes as dropped, and returns the next
@@ -8,6 +9,13 @@ stage's bodies keyed by destination. After UNMASK, ``advance()`` unmasks and
 returns RESULT bodies; ``result`` then holds the sum. If dropouts exceed what
 the thresholds can recover, ``advance()`` returns RESULT bodies saying
 ``aborted`` and ``abort`` holds the reason; no input is ever revealed.
+
+Between COLLECT_MASKED and UNMASK runs the consistency round (Bonawitz 2017,
+round 3): every survivor signs the survivor set, and UNMASK carries those
+signatures so each box can check that the set it was shown is the one its
+neighbours' share holders saw. With ``verify_peer`` the server checks the
+boxes' key and survivor-set signatures itself, so one box with a bad signature
+is dropped here instead of making its honest neighbours refuse the round.
 
 Memory is O(dim + n * k): masked vectors are summed on arrival (``MaskedSum``)
 and never stored, and several intake workers can each fill a ``MaskedSum`` and
@@ -21,12 +29,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import cbor2
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeagent.errors import ProtocolError, RoundAborted
+from edgeagent.fl import seal
 from edgeagent.fl.constants import SHAMIR_CHUNK, Key, Stage
 from edgeagent.fl.quantize import Quantizer, add_mod, sub_mod
-from edgeagent.fl.secagg import crypto
+from edgeagent.fl.secagg import auth, crypto
+from edgeagent.fl.secagg.client import MAX_UNMASK_PLAIN, unmask_context
 from edgeagent.fl.secagg.state import RoundConfig, RoundResult
 
 log = logging.getLogger(__name__)
@@ -67,8 +79,17 @@ class MaskedSum:
 class SecAggServer:
     """One SecAgg+ round on the aggregator."""
 
-    def __init__(self, config: RoundConfig) -> None:
+    def __init__(self, config: RoundConfig, verify_peer: auth.PeerVerifier | None = None) -> None:
         self.config = config
+        self.verify_peer = verify_peer
+        self._seal_key, self.enc_pk = seal.round_key()
+        self._idents: dict[str, Ed25519PublicKey] = {}
+        self._certs: dict[str, bytes] = {}
+        self._key_sigs: dict[str, bytes] = {}
+        self._survivors: frozenset[str] = frozenset()
+        self._digest = b""
+        self._ranks: dict[str, dict[str, int]] = {}  # owner -> holder -> Shamir index
+        self._used_keys: set[bytes] = set()  # round keys taken at SETUP (no box may reuse one)
         self.quantizer = Quantizer(config.bound, len(config.participants), config.headroom_bits)
         self.stage: Stage | None = None
         self.rejected: Counter[str] = Counter()
@@ -106,6 +127,7 @@ class SecAggServer:
                 Key.CLIP.value: float(c.clip),
                 Key.N_CAP.value: c.n_cap,
                 Key.NOISE_STD.value: float(c.noise_std),
+                Key.ENC_PK.value: self.enc_pk,
             }
             for node in c.participants
         }
@@ -127,13 +149,14 @@ class SecAggServer:
             if stage is Stage.COLLECT_MASKED:
                 self._sum.add(src, _field(body, Key.MASKED, bytes))
                 return
-            {
+            checked = {
                 Stage.SETUP: self._check_setup,
                 Stage.SHARE_KEYS: self._check_shares,
+                Stage.CONSISTENCY: self._check_consistency,
                 Stage.UNMASK: self._check_unmask,
             }[stage](src, body)
-            self._replies[src] = body
-        except (TypeError, ValueError, KeyError) as exc:
+            self._replies[src] = checked
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
             # a body that passed the field checks but is still nonsense: refuse, never crash
             self.rejected["bad_body"] += 1
             raise ProtocolError("bad_body", f"{type(exc).__name__}: {exc}") from exc
@@ -160,6 +183,7 @@ class SecAggServer:
                 Stage.SETUP: self._close_setup,
                 Stage.SHARE_KEYS: self._close_share_keys,
                 Stage.COLLECT_MASKED: self._close_collect,
+                Stage.CONSISTENCY: self._close_consistency,
                 Stage.UNMASK: self._close_unmask,
             }[stage]()
         except RoundAborted as exc:
@@ -188,7 +212,13 @@ class SecAggServer:
         """Boxes that went silent, by the stage whose reply they did not send."""
         before = frozenset(self.config.participants)
         out: dict[Stage, tuple[str, ...]] = {}
-        for stage in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED, Stage.UNMASK):
+        for stage in (
+            Stage.SETUP,
+            Stage.SHARE_KEYS,
+            Stage.COLLECT_MASKED,
+            Stage.CONSISTENCY,
+            Stage.UNMASK,
+        ):
             now = self.alive.get(stage)
             if now is None:
                 break
@@ -198,28 +228,77 @@ class SecAggServer:
 
     # -- reply checks (raise before mutating) -----------------------------------------------------
 
-    def _check_setup(self, src: str, body: Mapping[str, Any]) -> None:
+    def _check_setup(self, src: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
         for key in (Key.PK_ENC, Key.PK_MASK, Key.COMMIT):
             if len(_field(body, key, bytes)) != 32:
                 raise ProtocolError("bad_body", f"{key.value} must be 32 bytes")
+        sig = _field(body, Key.KEY_SIG, bytes)
+        cert = _field(body, Key.CERT, bytes)
+        if len(cert) > auth.MAX_CERT_BYTES:
+            raise ProtocolError("bad_body", "certificate too large")
+        pk_enc, pk_mask = body[Key.PK_ENC.value], body[Key.PK_MASK.value]
+        if pk_enc == pk_mask or pk_enc in self._used_keys or pk_mask in self._used_keys:
+            # neighbours refuse repeated keys; refusing the copier here keeps the round alive
+            raise ProtocolError("duplicate_key", f"round key of {src} repeats another box's")
+        if self.verify_peer is not None:
+            ident = self.verify_peer(src, cert)
+            statement = auth.keys_statement(
+                self.config.round_id, self.config.nonce, src, pk_enc, pk_mask,
+                body[Key.COMMIT.value],
+            )  # fmt: skip
+            auth.check_signature(ident, sig, statement, f"round keys of {src}")
+            self._idents[src] = ident
+        self._used_keys |= {pk_enc, pk_mask}
+        return body
 
-    def _check_shares(self, src: str, body: Mapping[str, Any]) -> None:
+    def _check_shares(self, src: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
         shares = _field(body, Key.SHARES, dict)
         if set(shares) != self._sent_keys[src]:
             raise ProtocolError("bad_body", "shares must go to exactly the neighbours given")
         if not all(isinstance(b, bytes) and len(b) == _SHARE_BLOB for b in shares.values()):
             raise ProtocolError("bad_body", "encrypted share of the wrong size")
+        return body
 
-    def _check_unmask(self, src: str, body: Mapping[str, Any]) -> None:
+    def _check_consistency(self, src: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        sig = _field(body, Key.SURVIVORS_SIG, bytes)
+        ident = self._idents.get(src)
+        if ident is not None:
+            statement = auth.survivors_statement(
+                self.config.round_id, self.config.nonce, src, self._digest
+            )
+            auth.check_signature(ident, sig, statement, f"survivor set of {src}")
+        elif len(sig) != auth.SIGNATURE_BYTES:
+            raise ProtocolError("bad_signature", "survivor-set signature of the wrong size")
+        return body
+
+    def _expected_index(self, owner: str, holder: str) -> int:
+        """The Shamir index ``holder`` got for ``owner``'s secrets (1 + rank among holders)."""
+        ranks = self._ranks.get(owner)
+        if ranks is None:
+            ranks = self._ranks[owner] = {
+                h: i + 1 for i, h in enumerate(sorted({owner} | self._sent_keys[owner]))
+            }
+        return ranks.get(holder, 0)
+
+    def _check_unmask(self, src: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        sealed = _field(body, Key.SEALED, bytes)
+        context = unmask_context(self.config.round_id, self.config.nonce, src)
+        plain = seal.open_bytes(sealed, self._seal_key, context, MAX_UNMASK_PLAIN)
+        try:
+            opened = cbor2.loads(plain)
+        except Exception as exc:  # cbor2 raises several types, incl. RecursionError
+            raise ProtocolError(
+                "bad_body", f"sealed shares are not CBOR: {type(exc).__name__}"
+            ) from exc
         survivors, dropped = self._unmask_sent[src]
         for key, names, size in (
             (Key.SEED_SHARES, survivors, SHAMIR_CHUNK),
             (Key.KEY_SHARES, dropped, 2 * SHAMIR_CHUNK),
         ):
-            got = _field(body, key, dict)
+            got = _field(opened, key, dict)
             if set(got) != names:
                 raise ProtocolError("bad_body", f"{key.value} must cover exactly the boxes asked")
-            for entry in got.values():
+            for owner, entry in got.items():
                 if (
                     not isinstance(entry, list)
                     or len(entry) != 2
@@ -229,6 +308,12 @@ class SecAggServer:
                     or len(entry[1]) != size
                 ):
                     raise ProtocolError("bad_body", f"{key.value} entry malformed")
+                if entry[0] != self._expected_index(owner, src):
+                    # a repeated or foreign index would make the Lagrange step fail or lie
+                    raise ProtocolError(
+                        "bad_share_index", f"{src} sent index {entry[0]} for {owner}"
+                    )
+        return opened
 
     # -- stage closing --------------------------------------------------------------------------
 
@@ -267,11 +352,17 @@ class SecAggServer:
             )
             for n in alive
         }
+        self._key_sigs = {n: replies[n][Key.KEY_SIG.value] for n in alive}
+        self._certs = {n: replies[n][Key.CERT.value] for n in alive}
         out = {}
         for node in alive:
             peers = self.config.graph[node] & alive
             self._sent_keys[node] = frozenset(peers)
-            out[node] = {Key.KEYS.value: {p: list(self._keys[p]) for p in sorted(peers)}}
+            out[node] = {
+                Key.KEYS.value: {
+                    p: [*self._keys[p], self._key_sigs[p], self._certs[p]] for p in sorted(peers)
+                }
+            }
         self._finish(Stage.SHARE_KEYS)
         self._expected = set(alive)
         return out
@@ -304,22 +395,70 @@ class SecAggServer:
                     str(Stage.COLLECT_MASKED),
                     f"below_threshold: {node} has {len(holders)} live holders < t={c.threshold}",
                 )
+        self._survivors = u2
+        self._digest = auth.survivors_digest(u2)
+        self._finish(Stage.CONSISTENCY)
+        self._expected = set(u2)
+        # the boxes know the participant list (announcement): the dropped ones say it all
+        dropped = sorted(set(c.participants) - u2)
+        return {node: {Key.DROPPED.value: dropped} for node in u2}
+
+    def _close_consistency(self) -> dict[str, dict[str, Any]]:
+        c = self.config
+        u3 = frozenset(self._replies)
+        self.alive[Stage.CONSISTENCY] = u3
+        u1, u2 = self.alive[Stage.SHARE_KEYS], self.alive[Stage.COLLECT_MASKED]
+        for node in u1:
+            holders = ({node} | self._mask_peers[node]) & u3
+            if len(holders) < c.threshold:
+                raise RoundAborted(
+                    c.round_id,
+                    str(Stage.CONSISTENCY),
+                    f"below_threshold: {node} has {len(holders)} signing holders < t={c.threshold}",
+                )
+        sigs = {n: self._replies[n][Key.SURVIVORS_SIG.value] for n in u3}
         out = {}
-        for node in u2:
+        for node in u3:
             peers = self._mask_peers[node]
             sent = (frozenset((peers | {node}) & u2), frozenset(peers - u2))
             self._unmask_sent[node] = sent
-            out[node] = {Key.SURVIVORS.value: sorted(sent[0]), Key.DROPPED.value: sorted(sent[1])}
+            known = self._sent_keys[node] | {node}  # identities the box already checked
+            chosen = self._signers_for(node, peers | {node}, u3, known)
+            out[node] = {
+                Key.SIGS.value: {
+                    s: [sigs[s], b"" if s in known else self._certs.get(s, b"")]
+                    for s in sorted(chosen)
+                }
+            }
         self._finish(Stage.UNMASK)
-        self._expected = set(u2)
+        self._expected = set(u3)
         return out
+
+    def _signers_for(
+        self, node: str, owners: Iterable[str], signed: frozenset[str], known: frozenset[str]
+    ) -> set[str]:
+        """Enough survivor-set signatures for ``node``: t from the holders of each owner.
+
+        Greedy and small: signatures already chosen count for every owner they
+        hold a share of, and boxes whose identity ``node`` already knows come
+        first (they need no certificate in the message).
+        """
+        g, t = self.config.graph, self.config.threshold
+        chosen: set[str] = set()
+        for owner in sorted(owners):
+            cands = (g[owner] | {owner}) & signed
+            need = t - len(cands & chosen)
+            if need > 0:
+                rest = sorted(cands - chosen, key=lambda s: (s not in known, s))
+                chosen.update(rest[:need])
+        return chosen
 
     def _close_unmask(self) -> dict[str, dict[str, Any]]:
         c = self.config
-        u3 = frozenset(self._replies)
-        self.alive[Stage.UNMASK] = u3
+        u4 = frozenset(self._replies)
+        self.alive[Stage.UNMASK] = u4
         u1, u2 = self.alive[Stage.SHARE_KEYS], self.alive[Stage.COLLECT_MASKED]
-        for holder in sorted(u3):
+        for holder in sorted(u4):
             body = self._replies[holder]
             for owner, (idx, share) in body[Key.SEED_SHARES.value].items():
                 self._seed_shares.setdefault(owner, []).append((idx, share))
@@ -357,7 +496,7 @@ class SecAggServer:
             dropped=self.dropped(),
         )
         self._finish(Stage.RESULT)
-        return {n: {Key.STATUS.value: "ok", Key.REASON.value: ""} for n in u3}
+        return {n: {Key.STATUS.value: "ok", Key.REASON.value: ""} for n in u4}
 
     def _reconstruct(
         self,
@@ -386,7 +525,7 @@ class SecAggServer:
         )
 
 
-def _field(body: Mapping[str, Any], key: Key, kind: type) -> Any:
+def _field(body: Any, key: Key, kind: type) -> Any:
     value = body.get(key.value) if isinstance(body, Mapping) else None
     if not isinstance(value, kind):
         raise ProtocolError("bad_body", f"field {key.value!r} missing or of the wrong type")

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeagent.errors import ProtocolError, RoundAborted
 from edgeagent.fl.constants import AGGREGATOR, STAGE_ORDER, Stage
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, encode
-from edgeagent.fl.secagg.client import SecAggClient
+from edgeagent.fl.secagg.auth import RoundSigner, trust_map
+from edgeagent.fl.secagg.client import PrivacyFloor, SecAggClient
 from edgeagent.fl.secagg.server import SecAggServer
 from edgeagent.fl.secagg.state import RoundConfig, RoundResult
 
@@ -41,6 +42,8 @@ class SimReport:
     wall_seconds: float = 0.0
     refused: Counter[str] = field(default_factory=Counter)  # envelope + body refusals, by reason
     duplicates: int = 0  # byte-identical redeliveries acknowledged without processing
+    stage_bytes: Counter[str] = field(default_factory=Counter)  # stage -> bytes, both ways
+    stage_seconds: Counter[str] = field(default_factory=Counter)  # stage -> box + server CPU
 
 
 def simulate_round(
@@ -50,6 +53,7 @@ def simulate_round(
     drop: Mapping[str, Stage] | None = None,
     wire: Wire | None = None,
     identities: Mapping[str, Ed25519PrivateKey] | None = None,
+    floor: PrivacyFloor | None = None,
 ) -> SimReport:
     """Run one round; ``drop[box] = stage`` makes that box go silent from that stage on."""
     t0 = time.perf_counter()
@@ -58,7 +62,8 @@ def simulate_round(
     for node in (*config.participants, AGGREGATOR):
         ids.setdefault(node, Ed25519PrivateKey.generate())
     pubs = {n: k.public_key() for n, k in ids.items()}
-    server = SecAggServer(config)
+    verify = trust_map(pubs)
+    server = SecAggServer(config, verify)
     server_rx = EnvelopeReceiver(AGGREGATOR, {n: pubs[n] for n in config.participants})
     server_rx.begin_round(config.round_id, config.nonce)
     server_seq = Sequencer()
@@ -66,7 +71,9 @@ def simulate_round(
     client_rx: dict[str, EnvelopeReceiver] = {}
     client_seq: dict[str, Sequencer] = {}
     for node in config.participants:
-        clients[node] = SecAggClient(node)
+        signer = RoundSigner(ids[node], pubs[node].public_bytes_raw(), verify)
+        clients[node] = SecAggClient(node, signer, floor=floor)
+        clients[node].expect_participants(config.participants)
         clients[node].set_input(payloads[node])
         client_rx[node] = EnvelopeReceiver(node, {AGGREGATOR: pubs[AGGREGATOR]})
         client_rx[node].begin_round(config.round_id, config.nonce)
@@ -92,6 +99,7 @@ def simulate_round(
             )
             env = encode(msg, ids[AGGREGATOR])
             report.bytes_down[dst] += len(env)
+            report.stage_bytes[str(stage)] += len(env)
             if silent(dst, stage):
                 continue
             for data in deliver(AGGREGATOR, dst, stage, env):
@@ -108,6 +116,7 @@ def simulate_round(
                     continue
                 finally:
                     report.client_seconds[dst] += time.perf_counter() - tc
+                    report.stage_seconds[str(stage)] += time.perf_counter() - tc
                 if stage is Stage.RESULT:
                     continue
                 up = Message(
@@ -122,7 +131,9 @@ def simulate_round(
                 tc = time.perf_counter()
                 up_env = encode(up, ids[dst])
                 report.client_seconds[dst] += time.perf_counter() - tc
+                report.stage_seconds[str(stage)] += time.perf_counter() - tc
                 report.bytes_up[dst] += len(up_env)
+                report.stage_bytes[str(stage)] += len(up_env)
                 for up_data in deliver(dst, AGGREGATOR, stage, up_env):
                     ts = time.perf_counter()
                     try:
@@ -135,11 +146,13 @@ def simulate_round(
                         report.refused[f"server:{exc.reason}"] += 1
                     finally:
                         report.server_seconds += time.perf_counter() - ts
+                        report.stage_seconds[str(stage)] += time.perf_counter() - ts
         if stage is Stage.RESULT:
             break
         ts = time.perf_counter()
         outgoing = server.advance()
         report.server_seconds += time.perf_counter() - ts
+        report.stage_seconds[str(stage)] += time.perf_counter() - ts
     report.result, report.abort = server.result, server.abort
     report.wall_seconds = time.perf_counter() - t0
     return report

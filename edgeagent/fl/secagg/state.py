@@ -27,17 +27,21 @@ from edgeagent.fl.constants import MAX_DEGREE, NONCE_BYTES, STAGE_ORDER, Stage
 #: well under 1e-3 for n <= 10^4 (binomial tail), in line with Bell 2020 Table 1.
 DEFAULT_DEGREE_FACTOR = 3.0
 
-#: Threshold as a fraction of share holders. Strictly more than half, so a
-#: server that lies to different boxes about who dropped can never collect
-#: t shares of both the mask key and the self seed of one honest box.
-DEFAULT_THRESHOLD_FRACTION = 0.5
+#: Corrupt boxes tolerated per neighbourhood, as a fraction of its k + 1 share
+#: holders (at least one). A malicious aggregator colluding with c of a box's
+#: share holders gets t shares of both of its secrets only if the honest holders
+#: it shows "survived" and those it shows "dropped" each reach t - c, i.e. only
+#: if 2t <= k + 1 + c. So t = floor((k + 1 + c) / 2) + 1 (Bonawitz 2017 Thm 6.3,
+#: per neighbourhood as in Bell 2020).
+DEFAULT_CORRUPT_FRACTION = 0.1
 
 #: Which stage may follow which (RESULT may end the round from anywhere).
 NEXT_STAGE: Mapping[Stage | None, frozenset[Stage]] = {
     None: frozenset({Stage.SETUP}),
     Stage.SETUP: frozenset({Stage.SHARE_KEYS, Stage.RESULT}),
     Stage.SHARE_KEYS: frozenset({Stage.COLLECT_MASKED, Stage.RESULT}),
-    Stage.COLLECT_MASKED: frozenset({Stage.UNMASK, Stage.RESULT}),
+    Stage.COLLECT_MASKED: frozenset({Stage.CONSISTENCY, Stage.RESULT}),
+    Stage.CONSISTENCY: frozenset({Stage.UNMASK, Stage.RESULT}),
     Stage.UNMASK: frozenset({Stage.RESULT}),
     Stage.RESULT: frozenset({Stage.SETUP}),
 }
@@ -58,11 +62,49 @@ def choose_degree(n: int, factor: float = DEFAULT_DEGREE_FACTOR) -> int:
     return min(n - 1, k, MAX_DEGREE)
 
 
-def choose_threshold(degree: int, fraction: float = DEFAULT_THRESHOLD_FRACTION) -> int:
-    """Shamir threshold t for ``degree + 1`` holders: more than ``fraction`` of them."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError("threshold fraction must be in (0, 1)")
-    return min(degree + 1, math.floor(fraction * (degree + 1)) + 1)
+def corrupt_tolerated(degree: int, fraction: float = DEFAULT_CORRUPT_FRACTION) -> int:
+    """Corrupt share holders c tolerated in a neighbourhood of ``degree + 1`` (at least 1)."""
+    if not 0.0 <= fraction < 0.5:
+        raise ValueError("corrupt fraction must be in [0, 0.5)")
+    return max(1, math.ceil(fraction * (degree + 1)))
+
+
+def choose_threshold(degree: int, corrupt: int | None = None) -> int:
+    """Shamir threshold t > (k + 1 + c) / 2 for k = ``degree`` and c corrupt holders.
+
+    ``corrupt`` defaults to ``corrupt_tolerated(degree)``. Where k + 1 holders
+    cannot meet that bound with t <= k + 1 the neighbourhood is too small for c.
+    """
+    c = corrupt_tolerated(degree) if corrupt is None else corrupt
+    t = (degree + 1 + c) // 2 + 1
+    if c < 0 or t > degree + 1:
+        raise ValueError(f"{degree + 1} share holders cannot tolerate {c} corrupt ones")
+    return t
+
+
+def min_safe_threshold(degree: int) -> int:
+    """The smallest t a box accepts for ``degree`` neighbours (its own floor, c as default)."""
+    return min(degree + 1, choose_threshold(degree, min(corrupt_tolerated(degree), degree - 1)))
+
+
+def ring_order(nodes: Iterable[str], nonce: bytes) -> list[str]:
+    """The nonce-keyed pseudo-random order of the boxes that the neighbour graph is a ring over."""
+    return sorted(set(nodes), key=lambda n: hashlib.sha256(nonce + n.encode()).digest())
+
+
+def ring_neighbours(order: list[str], index: int, degree: int) -> frozenset[str]:
+    """Neighbours of ``order[index]`` in the Harary ring of ``degree`` (all others if dense).
+
+    What one box needs of the public graph (its own and its neighbours'
+    neighbourhoods) without building the whole graph: O(k) per box, not O(n k).
+    """
+    n = len(order)
+    if degree >= n - 1:
+        return frozenset(order) - {order[index]}
+    if degree % 2:
+        raise ValueError("a sparse neighbour graph needs an even degree")
+    half = degree // 2
+    return frozenset(order[(index + off) % n] for off in range(-half, half + 1) if off)
 
 
 def neighbour_graph(nodes: Iterable[str], degree: int, nonce: bytes) -> dict[str, frozenset[str]]:
@@ -72,20 +114,8 @@ def neighbour_graph(nodes: Iterable[str], degree: int, nonce: bytes) -> dict[str
     round nonce), and the ring keeps the graph connected and exactly k-regular
     (k even), which bounds Shamir work per box to one t-of-(k+1) split.
     """
-    order = sorted(set(nodes), key=lambda n: hashlib.sha256(nonce + n.encode()).digest())
-    n = len(order)
-    if degree >= n - 1:
-        return {a: frozenset(order) - {a} for a in order}
-    if degree % 2:
-        raise ValueError("a sparse neighbour graph needs an even degree")
-    half = degree // 2
-    graph: dict[str, set[str]] = {a: set() for a in order}
-    for i, a in enumerate(order):
-        for off in range(1, half + 1):
-            b = order[(i + off) % n]
-            graph[a].add(b)
-            graph[b].add(a)
-    return {a: frozenset(v) for a, v in graph.items()}
+    order = ring_order(nodes, nonce)
+    return {a: ring_neighbours(order, i, degree) for i, a in enumerate(order)}
 
 
 @dataclass(frozen=True, slots=True)

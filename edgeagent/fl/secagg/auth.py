@@ -1,0 +1,121 @@
+"""Signed round keys and signed survivor sets: what ties SecAgg+ material to a box (pure).
+
+Why: a box's neighbours learn its public keys (``pk_enc``, ``pk_mask``) and its
+self-seed commitment only through the aggregator. Unsigned, an aggregator (or
+anyone holding its key) could hand a box its own keys in a neighbour's name,
+decrypt every share sent to that "neighbour", rebuild both of the box's
+secrets and unmask its input. So each box signs its round keys with its
+identity key, bound to the round id, the round nonce and its box id, and every
+neighbour checks that signature against the box's fleet certificate before it
+encrypts a share (Bonawitz et al. 2017, the active-adversary variant; Bell et
+al. 2020). The same identity key signs the survivor set a box is shown in the
+consistency round (Bonawitz 2017, round 3), so an aggregator cannot show
+different boxes different survivor sets without the signatures giving it away.
+
+``RoundSigner`` is what a box brings to a round: its Ed25519 key, the
+certificate its neighbours check, and ``verify_peer``, the box's own way of
+turning a neighbour's certificate into that neighbour's key (in a deployment:
+``fl.identity.verify_identity_cert`` against the fleet CA, named for the
+neighbour, minus revoked boxes). Every statement starts with its own context
+string, so a key signature is never valid as a survivor-set signature, an
+envelope or a model signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edgeagent.errors import ProtocolError
+
+KEYS_CONTEXT = b"edgeagent/fl/secagg/round-keys/v1\x00"
+SURVIVORS_CONTEXT = b"edgeagent/fl/secagg/survivors/v1\x00"
+SIGNATURE_BYTES = 64
+#: Largest certificate a round message may carry for one box (an Ed25519 DER identity
+#: certificate of this fleet is ~400 bytes).
+MAX_CERT_BYTES = 4096
+
+#: ``(box id, certificate bytes) -> that box's Ed25519 key``; raises ``ProtocolError``.
+PeerVerifier = Callable[[str, bytes], Ed25519PublicKey]
+
+
+@dataclass(frozen=True)
+class RoundSigner:
+    """A box's identity for SecAgg+ rounds: signing key, certificate, and peer check."""
+
+    key: Ed25519PrivateKey
+    cert: bytes
+    verify_peer: PeerVerifier
+
+
+def _field(data: bytes | str) -> bytes:
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    return struct.pack("<I", len(raw)) + raw
+
+
+def keys_statement(
+    round_id: int, nonce: bytes, node: str, pk_enc: bytes, pk_mask: bytes, commit: bytes
+) -> bytes:
+    """What a box signs at SETUP: its round keys and seed commitment, bound to round and id."""
+    return b"".join(
+        (
+            KEYS_CONTEXT,
+            struct.pack("<Q", round_id),
+            _field(nonce),
+            _field(node),
+            _field(pk_enc),
+            _field(pk_mask),
+            _field(commit),
+        )
+    )
+
+
+def survivors_digest(survivors: Iterable[str]) -> bytes:
+    """SHA-256 of a survivor set (order-free: sorted, length-prefixed ids)."""
+    return hashlib.sha256(b"".join(_field(n) for n in sorted(set(survivors)))).digest()
+
+
+def survivors_statement(round_id: int, nonce: bytes, signer: str, digest: bytes) -> bytes:
+    """What a box signs in the consistency round: the survivor set it was shown."""
+    return b"".join(
+        (SURVIVORS_CONTEXT, struct.pack("<Q", round_id), _field(nonce), _field(signer), digest)
+    )
+
+
+def check_signature(key: Ed25519PublicKey, signature: object, statement: bytes, what: str) -> None:
+    """``ProtocolError('bad_signature')`` unless ``signature`` is ``key``'s over ``statement``."""
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
+        raise ProtocolError("bad_signature", f"{what}: signature must be {SIGNATURE_BYTES} bytes")
+    try:
+        key.verify(signature, statement)
+    except InvalidSignature as exc:
+        raise ProtocolError("bad_signature", f"{what}: signature does not verify") from exc
+
+
+def trust_map(keys: dict[str, Ed25519PublicKey]) -> PeerVerifier:
+    """A ``PeerVerifier`` for in-memory rounds: the "certificate" is the raw public key.
+
+    Used by the simulator, benchmarks and tests, where a fleet CA would only
+    add setup time: a box is trusted with exactly the key registered for its id.
+    """
+
+    def verify(node: str, cert: bytes) -> Ed25519PublicKey:
+        key = keys.get(node)
+        if key is None or not isinstance(cert, bytes) or cert != key.public_bytes_raw():
+            raise ProtocolError("wrong_identity", f"no registered identity {node!r} with that key")
+        return key
+
+    return verify
+
+
+def lab_signers(nodes: Iterable[str]) -> dict[str, RoundSigner]:
+    """Fresh identities for in-memory rounds, each trusting exactly the others' keys."""
+    keys = {n: Ed25519PrivateKey.generate() for n in nodes}
+    pubs = {n: k.public_key() for n, k in keys.items()}
+    verify = trust_map(pubs)
+    return {n: RoundSigner(k, pubs[n].public_bytes_raw(), verify) for n, k in keys.items()}
