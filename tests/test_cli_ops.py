@@ -213,6 +213,7 @@ def test_doctor_with_broken_config_fails_fast(tmp_path: Path) -> None:
 
 def _fed_config(ops_config_data: dict[str, Any], pki: Pki, box: str, port: int) -> dict[str, Any]:
     files = pki.client_files(box)
+    ops_config_data["agent"]["box_id"] = box  # the certificate must name this box
     ops_config_data["federation"] = {
         "enabled": True,
         "broker_host": "localhost",

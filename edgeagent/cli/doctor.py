@@ -206,6 +206,14 @@ def check_certificates(cfg: Config, now: dt.datetime | None = None) -> list[Chec
             out.append(_ok(name, f"{subject} valid until {end:%Y-%m-%d} ({left} days)"))
     if fed.cert_file is not None and fed.key_file is not None:
         out.append(_check_key_matches(fed.cert_file, fed.key_file, cfg))
+    if fed.cert_file is not None and fed.cert_file.is_file():
+        from edgeagent.cli.config import identity_problem
+
+        problem = identity_problem(cfg)
+        if problem is not None:
+            out.append(_fail("cert identity", problem.problem, "issue or install the right one"))
+        elif fed.enabled:
+            out.append(_ok("cert identity", f"certificate CN is {cfg.agent.box_id!r}"))
     if not fed.enabled:  # not used yet: report, but do not fail the box for it
         out = [
             Check(c.name, "warn", c.detail + " (federation disabled)", c.fix)
@@ -456,6 +464,9 @@ def check_daemon(cfg: Config) -> list[Check]:
     live = (snap or {}).get("liveness") or {}
     if live and not live.get("ok", True):
         return [_fail("daemon", f"running but {live.get('summary')}", "see `edgeagent logs`")]
+    degraded = (snap or {}).get("degraded") or []
+    if degraded:
+        return [_fail("daemon", "running but degraded: " + "; ".join(degraded), "see the detail")]
     return [_ok("daemon", f"running, state {snap.get('state')}, {live.get('summary', '')}")]
 
 

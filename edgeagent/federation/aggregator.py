@@ -67,7 +67,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgeagent.atomic import write_atomic, write_json_atomic
-from edgeagent.errors import ModelError, ProtocolError, TransportError
+from edgeagent.errors import ConfigError, ModelError, ProtocolError, TransportError
 from edgeagent.federation.accountant import DpAccountant
 from edgeagent.federation.intake import (
     OP_CLOSE,
@@ -102,7 +102,7 @@ from edgeagent.fl.wire import (
 from edgeagent.model.graph import get_params, parse_model, set_params, sha256_hex, to_bytes
 from edgeagent.model.signing import sign_hash
 from edgeagent.ops.config import Config
-from edgeagent.ops.pki import TlsFiles
+from edgeagent.ops.pki import TlsFiles, intake_id
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
@@ -427,12 +427,22 @@ class Aggregator:
         ready_dir = self.state_dir / "intake"
         ready_dir.mkdir(parents=True, exist_ok=True)
         ready = [ready_dir / f"{i}.ready" for i in range(self.policy.intake_workers)]
+        assert fed.cert_file is not None
         for i, flag in enumerate(ready):
             flag.unlink(missing_ok=True)
+            cert = fed.cert_file.parent / f"{intake_id(i)}.crt"
+            key = cert.with_suffix(".key")
+            if not cert.is_file() or not key.is_file():
+                raise ConfigError(
+                    "aggregator.intake_workers",
+                    self.policy.intake_workers,
+                    f"worker {i} needs {cert} and {key} (the broker binds client ids to "
+                    f"certificates); issue them with `edgeagent pki issue-intake {i}`",
+                )
             cmd = [sys.executable, "-m", "edgeagent.federation.intake", "--host", fed.broker_host,
                    "--port", str(fed.broker_port), "--fleet", self.fleet,
-                   "--ca", str(fed.ca_file), "--cert", str(fed.cert_file),
-                   "--key", str(fed.key_file), "--worker", str(i),
+                   "--ca", str(fed.ca_file), "--cert", str(cert), "--key", str(key),
+                   "--identity", str(fed.cert_file), "--worker", str(i),
                    "--ready-file", str(flag)]  # fmt: skip
             self._workers.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
         deadline = time.monotonic() + WORKER_START_S

@@ -356,9 +356,11 @@ class AggregatorSection(_Section):
     intake_workers: int = Field(
         default=0,
         ge=0,
-        le=64,
+        le=16,
         description="Worker processes that take the masked vectors (MQTT 5 shared "
-        "subscription) and hand the aggregator partial sums; 0 = it takes them itself.",
+        "subscription) and hand the aggregator partial sums; 0 = it takes them itself. "
+        "Worker n connects with clients/intake-<n>.crt beside cert_file "
+        "(`edgeagent pki issue-intake`).",
     )
 
     @field_validator("robust")

@@ -70,6 +70,33 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection that works on a file or directory this user cannot write.
+
+    With no ``-wal`` file beside it (no daemon has it open) the database is fully
+    checkpointed and ``immutable=1`` reads it without creating the WAL index or
+    anything else. With a live daemon ``mode=ro`` shares its WAL index, falling
+    back to ``immutable=1`` where that cannot be opened.
+    """
+    if not path.is_file():
+        raise OutboxError(f"no outbox at {path}")
+    live = path.with_name(path.name + "-wal").exists()
+    for flags in ("mode=ro", "mode=ro&immutable=1") if live else ("mode=ro&immutable=1",):
+        try:
+            db = sqlite3.connect(
+                f"file:{path}?{flags}", uri=True, timeout=10.0, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+            db.execute("SELECT rows FROM totals WHERE k = 0").fetchone()
+            return db
+        except sqlite3.OperationalError as exc:
+            err = exc
+            continue
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"cannot read outbox {path}: {exc}") from exc
+    raise OutboxError(f"cannot read outbox {path}: {err}")
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxLimits:
     """Bounds on what the outbox keeps. Defaults suit a Pi with an SD card."""
@@ -111,12 +138,16 @@ class Outbox:
         limits: OutboxLimits | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
         self.limits = limits or OutboxLimits()
         self._clock = clock
         self._lock = threading.RLock()
         self._put_event = threading.Event()
+        if readonly:  # `outbox stats` and doctor: read what is there, create and change nothing
+            self._db = _open_readonly(self.path)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(
