@@ -66,6 +66,7 @@ class DetectionComponent:
         learner: Any = None,
         clock: Callable[[], float] = time.time,
         registry_check_s: float = REGISTRY_CHECK_S,
+        fallback: str | None = None,
     ) -> None:
         self.detector = detector
         self.relay = relay
@@ -85,6 +86,8 @@ class DetectionComponent:
         #: so a check never sees a model swapped in but not yet activated and swaps back.
         self.model_lock = threading.Lock()
         self._next_check = 0.0
+        #: Why the detector runs a fallback model instead of the registry's active one.
+        self.fallback = fallback
 
     def _windower(self, device: str) -> Any | None:
         patient = self.patient_of.get(device)
@@ -141,6 +144,7 @@ class DetectionComponent:
                 data = mgr.registry.load_bytes(active)
                 self.detector.swap(data, active.label)
                 self._reset_learner(mgr.registry, active)
+                self.fallback = None  # someone chose a model: no longer running a fallback
                 self.swaps.append({"label": active.label, "t": round(time.time(), 3)})
                 log.info("detector now runs %s (activated in the registry)", active.label)
             res = mgr.probation_check()
@@ -163,6 +167,21 @@ class DetectionComponent:
 
     def start(self) -> None:
         self.relay.resend_unsent()
+        if self.fallback is not None:
+            self._alert_fallback(self.fallback)
+
+    def _alert_fallback(self, why: str) -> None:
+        """A system alert: the fleet must hear that this box runs another model."""
+        from edgeagent.pipeline.alerts import Alert
+
+        now = self.clock()
+        alert = Alert(
+            patient="", device="", start=now, end=now, kind="model_fallback",
+            category="system", score=1.0, modality="", model=self.detector.model_label,
+            detail={"reason": why},
+        )  # fmt: skip
+        self.relay.add(alert)
+        self.relay.extend(alert.id, now, 1.0, closed=True)
 
     def stop(self) -> None:
         """Score the windows that can close now; partial windows are not scored."""
@@ -179,6 +198,7 @@ class DetectionComponent:
                 wc[k] = wc.get(k, 0) + int(v)
         backend = self.detector.backend
         return {
+            "degraded": [f"model fallback: {self.fallback}"] if self.fallback else [],
             "model_version": self.detector.model_label,
             "inference": backend.as_dict() if backend is not None else None,
             "detection": {

@@ -151,22 +151,20 @@ def detection_stack(
     return DetectionStack(detector, learner, ModelManager(registry, detector))
 
 
-def _open_registry(ctx: Context) -> tuple[Any, Any] | None:
-    """The registry and its active model, seeded from ``detection.model_path`` if empty."""
+def _open_registry(ctx: Context) -> tuple[Any, Any, str | None] | None:
+    """The registry, the model to run and why it is a fallback (see ``runnable_model``)."""
     from edgeagent.model.registry import ModelRegistry
+    from edgeagent.pipeline.lifecycle import runnable_model
 
     cfg = ctx.config
     registry = ModelRegistry(cfg.agent.state_dir)
-    active = registry.active()
-    if active is None and cfg.detection.model_path is not None:
-        try:
-            data = Path(cfg.detection.model_path).read_bytes()
-        except OSError as exc:
-            raise ModelError(f"detection.model_path {cfg.detection.model_path}: {exc}") from exc
-        active = registry.activate(registry.add(data, "config").version, "starting model")
-    if active is None:
+    chosen = runnable_model(registry, cfg.detection.model_path)
+    if chosen is None:
         return None
-    return registry, active
+    if chosen.fallback is not None:
+        ctx.counters.add("model_fallbacks")
+        log.error("model fallback: %s", chosen.fallback)
+    return registry, chosen.record, chosen.fallback
 
 
 def _transport(ctx: Context, outbox_c: OutboxComponent, sink: OutboxStatusSink) -> Any:
@@ -270,7 +268,7 @@ def daemon_factory(ctx: Context) -> list[Component]:
     if model is None:
         return comps
 
-    registry, active = model
+    registry, active, fallback = model
     relay = AlertRelay(
         AlertStore(state),
         outbox_c.outbox,
@@ -301,7 +299,7 @@ def daemon_factory(ctx: Context) -> list[Component]:
 
     detection = DetectionComponent(
         detector, relay, ctx.patient_of, make_windower, ctx.counters,
-        manager=manager, learner=learner,
+        manager=manager, learner=learner, fallback=fallback,
     )  # fmt: skip
     ctx.pipeline.add_consumer(detection.consume)
     comps.append(detection)

@@ -162,6 +162,9 @@ class ModelRegistry:
             raise ModelError(f"model {digest[:12]} is unsigned and this box requires signatures")
         existing = self.find(digest)
         if existing is not None:
+            if not self._intact(existing):  # the same bytes again: mend the damaged file
+                write_atomic(existing.file, data)
+                self.record_event("repaired", existing.version, f"source={source}")
             return existing
         path = self.dir / f"{digest}.onnx"
         write_atomic(path, data)
@@ -180,6 +183,31 @@ class ModelRegistry:
             version = int(cur.lastrowid or 0)
         self.record_event("added", version, f"source={source} signed={signature is not None}")
         return self.get(version)
+
+    @staticmethod
+    def _intact(rec: ModelRecord) -> bool:
+        try:
+            return sha256_hex(rec.file.read_bytes()) == rec.sha256
+        except OSError:
+            return False
+
+    def last_good(self, exclude: int | None = None) -> ModelRecord | None:
+        """The most recently active model, other than ``exclude``, whose file is intact
+        and that was never rejected (the daemon's fallback when the active one is not)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT a.version FROM activations a JOIN models m ON m.version=a.version"
+                " WHERE m.rejected = 0 ORDER BY a.id DESC"
+            ).fetchall()
+        seen: set[int] = set()
+        for (version,) in rows:
+            if version == exclude or version in seen:
+                continue
+            seen.add(version)
+            rec = self.get(int(version))
+            if self._intact(rec):
+                return rec
+        return None
 
     def find(self, sha: str) -> ModelRecord | None:
         with self._db() as db:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,73 @@ ABS_TOLERANCE = 0.02
 MIN_VALIDATED = 20
 #: Weight of the autoencoder's normal-window error next to the classifier's cross-entropy.
 AE_WEIGHT = 0.1
+
+
+#: The baseline model shipped inside the package: the last resort of the fallback chain.
+SHIPPED_BASELINE = Path(__file__).resolve().parents[1] / "data" / "baseline.onnx"
+
+
+@dataclass(frozen=True)
+class RunnableModel:
+    """The model the daemon runs, and why it is not the registry's active one (if not)."""
+
+    record: ModelRecord
+    fallback: str | None = None
+
+
+def model_problem(registry: ModelRegistry, rec: ModelRecord) -> str | None:
+    """Why ``rec`` cannot run (file missing, hash mismatch, does not parse), or None."""
+    verdict = registry.verify(rec.version)
+    if verdict.get("hash_ok") is False or verdict.get("parse_ok") is False:
+        return str(verdict.get("error") or "unusable")
+    return None
+
+
+def fallback_sources(seed: Path | None) -> list[Path]:
+    """Files to fall back to when the registry holds no intact model: the configured
+    starting model, then the shipped baseline."""
+    return [p for p in (seed, SHIPPED_BASELINE) if p is not None and p.is_file()]
+
+
+def runnable_model(registry: ModelRegistry, seed: Path | None = None) -> RunnableModel | None:
+    """The model the daemon will run: the active one if intact, else the last good one in
+    the registry, else ``seed`` (``detection.model_path``), else the shipped baseline.
+
+    Why not refuse to start: a box that stops ingesting loses every patient's data for
+    one damaged file. The fallback is activated in the registry (so the CLI shows it)
+    and the reason returned for the caller to log, alert and report. An empty registry
+    is seeded from ``seed``; with neither, there is no model (None).
+    """
+    active = registry.active()
+    if active is None:
+        if seed is None:
+            return None
+        try:
+            data = Path(seed).read_bytes()
+        except OSError as exc:
+            raise ModelError(f"detection.model_path {seed}: {exc}") from exc
+        return RunnableModel(
+            registry.activate(registry.add(data, "config").version, "starting model")
+        )
+    problem = model_problem(registry, active)
+    if problem is None:
+        return RunnableModel(active)
+    why = f"active model {active.label} cannot run ({problem})"
+    prev = registry.last_good(exclude=active.version)
+    if prev is not None and model_problem(registry, prev) is None:
+        rec = registry.activate(prev.version, f"fallback: {why}")
+        return RunnableModel(rec, f"{why}; fell back to {rec.label}, the last good model")
+    for path in fallback_sources(seed):
+        try:
+            rec = registry.add(path.read_bytes(), f"fallback:{path.name}")
+            if model_problem(registry, rec) is None:
+                rec = registry.activate(rec.version, f"fallback: {why}")
+                return RunnableModel(rec, f"{why}; fell back to {rec.label} from {path}")
+        except (OSError, ModelError):
+            continue
+    raise ModelError(
+        f"{why}, and no intact model to fall back to (registry, {seed}, {SHIPPED_BASELINE})"
+    )
 
 
 def validation_loss(data: bytes, windows: Sequence[ValidatedWindow]) -> float:
