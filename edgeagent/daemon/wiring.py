@@ -64,7 +64,7 @@ from edgeagent.daemon.outbound import (
 from edgeagent.daemon.sdnotify import Notifier
 from edgeagent.daemon.sources import ble_factory, serial_factory
 from edgeagent.daemon.supervisor import Supervisor
-from edgeagent.errors import EdgeAgentError, ModelError, PkiError, TransportError
+from edgeagent.errors import EdgeAgentError, PkiError, TransportError
 from edgeagent.model.registry import ModelRecord, ModelRegistry
 from edgeagent.ops.config import Config, LearningSection
 from edgeagent.pipeline.alerts import AlertStore
