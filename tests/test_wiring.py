@@ -396,3 +396,37 @@ def test_run_and_doctor_with_a_corrupt_active_model(
     assert proc.returncode == 0, out
     assert "model fallback" in out and good.label in out and "Traceback" not in out
     assert reg.active() == good
+
+
+def test_every_model_change_restarts_the_learner(tmp_state: Path, short_dir: Path) -> None:
+    """A rollback swaps the detector inside the model manager; the learner must restart
+    too (n_k 0, outlier history gone), as it does when the registry changes."""
+    ctx = _ctx(tmp_state, short_dir, detection={"model_path": str(MODEL)})
+    comps = daemon_factory(ctx)
+    try:
+        det = next(c for c in comps if isinstance(c, DetectionComponent))
+        learner, mgr = det.learner, det.manager
+        first = mgr.registry.active()
+        other = mgr.registry.add(_other_model(0.9), "test")
+        mgr.registry.activate(other.version, "operator")
+        det.check_registry()  # follows the CLI's activation
+        assert det.detector.model_label == other.label
+        np.testing.assert_array_equal(learner.w_global, mgr.registry.load_params(other))
+        learner.n_k = 7
+        learner._recent_err.extend([0.01] * 32)
+        mgr.rollback("worse on this box")
+        assert det.detector.model_label == first.label
+        assert learner.n_k == 0 and len(learner._recent_err) == 0
+        np.testing.assert_array_equal(learner.w_global, mgr.registry.load_params(first))
+        assert ctx.counters.snapshot()["learner_restarts"] == 2
+
+        det.learner_follows_registry = False  # a box in federated rounds: the fleet's global
+        fleet_global = learner.w_global.copy() * np.float32(1.01)
+        learner.reset_global(fleet_global)
+        learner.n_k = 3
+        det._on_model_change(first, "rolled back")
+        assert learner.n_k == 0
+        np.testing.assert_array_equal(learner.w_global, fleet_global)
+    finally:
+        for c in reversed(comps):
+            c.stop()

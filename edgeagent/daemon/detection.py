@@ -88,6 +88,12 @@ class DetectionComponent:
         self._next_check = 0.0
         #: Why the detector runs a fallback model instead of the registry's active one.
         self.fallback = fallback
+        #: True when the learner trains from the running model; False when it trains from
+        #: the fleet's global model (set by the wiring when the box takes part in rounds:
+        #: the aggregator needs updates against the announced global, whatever runs here).
+        self.learner_follows_registry = True
+        if manager is not None:
+            manager.on_change = self._on_model_change
 
     def _windower(self, device: str) -> Any | None:
         patient = self.patient_of.get(device)
@@ -155,11 +161,20 @@ class DetectionComponent:
             self.counters.add("model_check_errors")
             log.error("model check failed, keeping %s: %s", self.detector.model_label, exc)
 
+    def _on_model_change(self, rec: Any, what: str) -> None:
+        log.info("model %s: detector now runs %s", what, rec.label)
+        self._reset_learner(self.manager.registry, rec)
+
     def _reset_learner(self, registry: Any, rec: Any) -> None:
+        """Restart the learner on every change of the running model (activation or rollback)."""
         if self.learner is None:
             return
+        self.counters.add("learner_restarts")
         try:
-            self.learner.reset_global(registry.load_params(rec))
+            if self.learner_follows_registry:
+                self.learner.reset_global(registry.load_params(rec))
+            else:
+                self.learner.restart()
         except (ValueError, EdgeAgentError) as exc:
             # A different architecture: the learner cannot continue from it.
             self.counters.add("learner_reset_errors")
@@ -206,6 +221,9 @@ class DetectionComponent:
                 "windows": wc,
                 "swaps": list(self.swaps),
                 "trusted": bool(self.detector.trusted),
+                "shadow": self.manager.shadow[0].label
+                if self.manager is not None and self.manager.shadow is not None
+                else None,
             },
             "counters": {
                 "detection_windows": self.windows,

@@ -313,6 +313,7 @@ def daemon_factory(ctx: Context) -> list[Component]:
             shared_mgr = SerialManager(manager, detection.model_lock)
             client = _federation(ctx, transport.shared, learner, shared_mgr, active.sha256)
             if client is not None:
+                detection.learner_follows_registry = False  # it follows the fleet's global
                 ctx.liveness.register(client.name, cfg.status.stall_after_s)
                 comps.append(client)
     return comps

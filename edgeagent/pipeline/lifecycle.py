@@ -15,7 +15,7 @@ or the dry run never replaces the running one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,14 @@ class ApplyResult:
 
 
 class ModelManager:
-    """Ties the registry to a running detector."""
+    """Ties the registry to a running detector.
+
+    A candidate that arrives while there is too little evidence to judge it is
+    held in *shadow*: registered, not running, raising no alerts, until enough
+    validated windows exist; then it is judged like any other candidate. Every
+    change of the running model (activation, probation rollback, manual rollback)
+    calls ``on_change``, so the local learner restarts with the model it follows.
+    """
 
     def __init__(
         self,
@@ -153,10 +160,17 @@ class ModelManager:
         self.tolerance = tolerance
         self.min_validated = min_validated
         self._probation: tuple[ModelRecord, int] | None = None  # (previous, windows seen at swap)
+        self.shadow: tuple[ModelRecord, bytes, str] | None = None  # (candidate, bytes, source)
+        #: Called with (record now running, what happened) after every swap of the detector.
+        self.on_change: Callable[[ModelRecord, str], None] | None = None
 
     def _worse(self, cand: float, cur: float) -> bool:
         limit = cur * (1 + self.tolerance) + ABS_TOLERANCE
         return bool(np.isfinite(cand) and np.isfinite(cur) and cand > limit)
+
+    def _changed(self, rec: ModelRecord, what: str) -> None:
+        if self.on_change is not None:
+            self.on_change(rec, what)
 
     def apply(self, data: bytes, source: str, signature: bytes | None = None) -> ApplyResult:
         """Register, validate and hot-activate a model; never leaves the box without a model."""
@@ -169,6 +183,23 @@ class ModelManager:
         if current is not None and current.sha256 == rec.sha256:
             return ApplyResult(True, rec.label, "already active")
         val = list(self.detector.validated)
+        if current is not None and len(val) < self.min_validated:
+            # Too little evidence: never let an unjudged model raise alerts.
+            self.shadow = (rec, data, source)
+            self.registry.record_event(
+                "shadow", rec.version, f"held until {self.min_validated} validated windows"
+            )
+            return ApplyResult(False, rec.label, "shadow")
+        return self._judge(rec, data, source, current, val)
+
+    def _judge(
+        self,
+        rec: ModelRecord,
+        data: bytes,
+        source: str,
+        current: ModelRecord | None,
+        val: list[ValidatedWindow],
+    ) -> ApplyResult:
         cur_loss = cand_loss = None
         if current is not None and len(val) >= self.min_validated:
             cur_loss = validation_loss(self.registry.load_bytes(current), val)
@@ -184,14 +215,27 @@ class ModelManager:
         except ModelError as e:
             self.registry.record_event("refused", rec.version, f"swap failed: {e}")
             return ApplyResult(False, rec.label, f"refused: {e}", cur_loss, cand_loss)
-        self.registry.activate(rec.version, f"from {source}")
+        active = self.registry.activate(rec.version, f"from {source}")
         if current is not None:
             self._probation = (current, self.detector.counters["windows"])
             self.detector.trusted = False
+        self._changed(active, "activated")
         return ApplyResult(True, rec.label, "activated", cur_loss, cand_loss)
 
+    def judge_shadow(self) -> ApplyResult | None:
+        """Judge the candidate held in shadow once there is enough evidence."""
+        if self.shadow is None or len(self.detector.validated) < self.min_validated:
+            return None
+        rec, data, source = self.shadow
+        self.shadow = None
+        return self._judge(rec, data, source, self.registry.active(), list(self.detector.validated))
+
     def probation_check(self) -> ApplyResult | None:
-        """After activation: compare with the previous model; roll back if worse."""
+        """Judge a shadow candidate; after an activation, compare with the previous model
+        and roll back if worse."""
+        judged = self.judge_shadow()
+        if judged is not None:
+            return judged
         if self._probation is None:
             return None
         prev, _ = self._probation
@@ -211,6 +255,7 @@ class ModelManager:
                 f"{cur_loss:.4f} > {prev_loss:.4f}"
             )
             self.detector.swap(self.registry.load_bytes(back), back.label)
+            self._changed(back, "rolled back")
             return ApplyResult(False, active.label, "rolled back", prev_loss, cur_loss)
         return ApplyResult(True, active.label, "kept", prev_loss, cur_loss)
 
@@ -218,4 +263,7 @@ class ModelManager:
         """Manual rollback, hot."""
         back = self.registry.rollback(reason)
         self.detector.swap(self.registry.load_bytes(back), back.label)
+        self._probation = None
+        self.detector.trusted = True
+        self._changed(back, "rolled back")
         return back
