@@ -10,9 +10,9 @@ import pytest
 
 from edgeagent.model.graph import get_params, set_params, to_bytes
 from edgeagent.model.registry import ModelRegistry
+from edgeagent.pipeline import lifecycle
 from edgeagent.pipeline.alerts import MemoryAlertSink
 from edgeagent.pipeline.detect import Detector
-from edgeagent.pipeline import lifecycle
 from edgeagent.pipeline.lifecycle import ModelManager, validation_loss
 from tests.plugins.model import SYN_FEATURES, SYN_MODALITY, SynWorld
 
