@@ -131,6 +131,49 @@ def test_status_without_daemon_is_a_clear_error(ops_config: Path) -> None:
     assert res.exit_code == 1 and "is the daemon running" in res.stderr
     res = cli("status", "-c", str(ops_config), "--json")
     assert res.exit_code == 1 and json.loads(res.stdout)["ok"] is False
+    assert json.loads(res.stdout)["error"]["type"] == "ControlError"
+
+
+def test_status_falls_back_to_the_last_saved_snapshot_marked_stale(
+    ops_config: Path, tmp_state: Path
+) -> None:
+    import time
+
+    snap = {"box_id": "box-s", "state": "running", "time": time.time() - 600, "links": {},
+            "counters": {"detection_windows": 3}, "degraded": []}  # fmt: skip
+    (tmp_state / "status.json").write_text(json.dumps(snap))
+    res = cli("status", "-c", str(ops_config), "--json")
+    assert res.exit_code == 1  # nothing answers, whatever the file says
+    doc = json.loads(res.stdout)
+    assert doc["box_id"] == "box-s" and doc["counters"]["detection_windows"] == 3
+    assert 590 < doc["stale"]["age_s"] < 700 and "daemon" in doc["stale"]["daemon_error"]
+    res = cli("status", "-c", str(ops_config))
+    assert "STALE" in res.stderr and "10 min ago" in res.stderr and "box-s" in res.stdout
+
+
+def test_errors_are_json_under_json_and_version_flag(tmp_path: Path) -> None:
+    import subprocess
+
+    res = subprocess.run([*CLI, "--version"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("edgeagent ")
+    res = cli("version", "--json")
+    libs = json.loads(res.stdout)
+    assert {"bleak", "numpy", "onnxruntime", "paho-mqtt", "pyserial"} <= set(libs)
+    assert "?" not in libs.values() and "not installed" not in libs.values()
+    res = cli("model", "show", "--state-dir", str(tmp_path / "none"), "--json")
+    assert res.exit_code == 2
+    assert json.loads(res.stdout)["error"]["type"] == "ModelError"
+    res = cli("config", "validate", "-c", str(tmp_path / "missing.toml"), "--json")
+    assert res.exit_code == 2 and json.loads(res.stdout)["error"]["type"] == "ConfigError"
+
+
+def test_read_only_verbs_create_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    res = cli("model", "list", "--state-dir", str(state), "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout) == []
+    res = cli("model", "list", "--state-dir", str(state))
+    assert "no models registered" in res.stdout
+    assert not state.exists()
 
 
 # -- doctor -----------------------------------------------------------------------

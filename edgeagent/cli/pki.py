@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from edgeagent.cli import app
+from edgeagent.cli.human import human
 from edgeagent.errors import PkiError
 from edgeagent.ops.pki import DEFAULT_BROKER_HOSTS, MAX_INTAKE_WORKERS, Pki
 
@@ -34,15 +35,6 @@ def _emit(doc: dict[str, object], as_json: bool) -> None:
     else:
         for k, v in doc.items():
             typer.echo(f"{k:14} {human(v)}")
-
-
-def human(v: object) -> str:
-    """One value as a person reads it: lists joined, mappings as ``k=v``, nothing Python-shaped."""
-    if isinstance(v, (list, tuple, set, frozenset)):
-        return ", ".join(human(x) for x in v) or "-"
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={human(x)}" for k, x in v.items()) or "-"
-    return "-" if v is None else str(v)
 
 
 @pki_app.command("init")

@@ -221,6 +221,7 @@ class DetectionComponent:
                 "windows": wc,
                 "swaps": list(self.swaps),
                 "trusted": bool(self.detector.trusted),
+                "validated": len(self.detector.validated),
                 "shadow": self.manager.shadow[0].label
                 if self.manager is not None and self.manager.shadow is not None
                 else None,

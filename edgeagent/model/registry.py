@@ -102,22 +102,37 @@ class ModelRegistry:
         state_dir: Path,
         trusted_keys: list[Ed25519PublicKey] | None = None,
         require_signature: bool = False,
+        *,
+        readonly: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.dir = self.state_dir / DIR_NAME
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.trusted_keys = list(trusted_keys or [])
         self.require_signature = require_signature
         self.db_path = self.state_dir / DB_NAME
+        #: Read-only (``model list/show/verify``, doctor): creates, changes and records nothing.
+        self.readonly = readonly
+        if readonly:
+            if not self.db_path.is_file():
+                raise ModelError(f"no model registry in {self.state_dir} (no {DB_NAME})")
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(_SCHEMA)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
+        if self.readonly:
+            # No -wal beside it: fully checkpointed, read as is without creating the index.
+            live = self.db_path.with_name(self.db_path.name + "-wal").exists()
+            flags = "mode=ro" if live else "mode=ro&immutable=1"
+            db = sqlite3.connect(f"file:{self.db_path}?{flags}", uri=True, timeout=10.0)
+        else:
+            db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            if not self.readonly:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
             yield db
         finally:
             db.close()
@@ -352,6 +367,8 @@ class ModelRegistry:
         return self.get(prev)
 
     def record_event(self, kind: str, version: int | None, detail: str) -> None:
+        if self.readonly:
+            return
         with self._db() as db:
             db.execute(
                 "INSERT INTO events (ts, kind, version, detail) VALUES (?,?,?,?)",

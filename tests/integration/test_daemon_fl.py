@@ -131,7 +131,12 @@ def test_daemon_boxes_join_a_round_and_take_the_global_model(
                 and c.get("fl_joined", 0) >= 1
             )
 
-        _wait(lambda: all(took_model(b) for b in BOXES), 30, "the boxes to run the new model")
+        try:
+            _wait(lambda: all(took_model(b) for b in BOXES), 30, "the boxes to run the new model")
+        except AssertionError as exc:
+            detail = {b: _status(tmp_path / b / "state").get("components", {}).get("detection")
+                      for b in BOXES}  # fmt: skip
+            raise AssertionError(f"{exc}: {detail}") from None
         assert version >= 1
         for box in BOXES:
             p = procs[box]
