@@ -9,6 +9,7 @@ Times are ISO 8601 (``2026-12-07T18:00:00Z``) in and out; ``--since`` and
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import json
@@ -39,6 +40,9 @@ _SINCE: Any = typer.Option(None, "--since", help="Alerts ending at or after (ISO
 _UNTIL: Any = typer.Option(None, "--until", help="Alerts starting before (ISO 8601 or Unix s).")
 _PATIENT: Any = typer.Option(None, "--patient", help="Only this patient.")
 _CATEGORY: Any = typer.Option(None, "--category", help="clinical, sensor_fault, novelty, system.")
+_FORMAT: Any = typer.Option("jsonl", "--format", help="jsonl or csv.")
+_OUTPUT: Any = typer.Option(None, "--output", "-o", help="File (default: stdout).")
+_LIMIT: Any = typer.Option(100, help="At most this many (the newest are last).")
 
 
 class AlertsError(EdgeAgentError):
@@ -99,10 +103,8 @@ def query(
     except sqlite3.DatabaseError as exc:
         raise AlertsError(f"cannot read {state / DB_NAME}: {exc}") from exc
     for r in rows:
-        try:
+        with contextlib.suppress(ValueError):
             r["detail"] = json.loads(r.get("detail") or "{}")
-        except ValueError:
-            pass
         for k in ("closed", "sent"):
             if k in r:
                 r[k] = bool(r[k])
@@ -124,7 +126,7 @@ def list_alerts(
     until: str | None = _UNTIL,
     patient: str | None = _PATIENT,
     category: str | None = _CATEGORY,
-    limit: int = typer.Option(100, help="At most this many (the newest are last)."),
+    limit: int = _LIMIT,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Alerts in start order: id, times, patient, kind, score, open or closed."""
@@ -180,8 +182,8 @@ def export(
     until: str | None = _UNTIL,
     patient: str | None = _PATIENT,
     category: str | None = _CATEGORY,
-    fmt: str = typer.Option("jsonl", "--format", help="jsonl or csv."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="File (default: stdout)."),
+    fmt: str = _FORMAT,
+    output: Path | None = _OUTPUT,
 ) -> None:
     """Write the alerts of a time range as JSON lines or CSV (times ISO 8601)."""
     state = state_dir_of(config, state_dir, False)
