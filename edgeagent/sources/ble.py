@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import re
 import threading
@@ -131,13 +132,39 @@ class ScanResult:
         }
 
 
+#: Where the D-Bus system bus listens unless ``DBUS_SYSTEM_BUS_ADDRESS`` says otherwise.
+DEFAULT_SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"
+
+
+def system_bus_problem(env: dict[str, str] | None = None) -> str | None:
+    """Why bleak cannot reach BlueZ's bus (the socket is missing), with what to do; or None.
+
+    Checked before scanning because bleak's own error for a missing socket is a bare
+    ``FileNotFoundError`` that names neither the bus nor BlueZ.
+    """
+    address = (env if env is not None else os.environ).get(
+        "DBUS_SYSTEM_BUS_ADDRESS", DEFAULT_SYSTEM_BUS
+    )
+    for part in address.split(";"):
+        kind, _, params = part.partition(":")
+        opts = dict(kv.split("=", 1) for kv in params.split(",") if "=" in kv)
+        if kind == "unix" and "path" in opts and not os.path.exists(opts["path"]):
+            return (
+                f"no D-Bus system bus socket at {opts['path']}: BLE needs the system bus and "
+                "BlueZ (Debian/Raspberry Pi OS: apt-get install dbus bluez, then "
+                "systemctl start dbus bluetooth)"
+            )
+    return None
+
+
 async def scan_async(
-    timeout: float = 3.0, device_filter: DeviceFilter | None = None
+    timeout: float = 3.0, device_filter: DeviceFilter | None = None, adapter: str | None = None
 ) -> list[ScanResult]:
     """Scan for ``timeout`` seconds and return matching advertisers, strongest first."""
     from bleak import BleakScanner
 
-    found = await BleakScanner.discover(timeout=timeout, return_adv=True)
+    kwargs: dict[str, Any] = {"bluez": {"adapter": adapter}} if adapter else {}
+    found = await BleakScanner.discover(timeout=timeout, return_adv=True, **kwargs)
     flt = device_filter or DeviceFilter()
     out = [
         ScanResult(d.address, d.name, int(a.rssi), tuple(a.service_uuids))
@@ -147,9 +174,11 @@ async def scan_async(
     return sorted(out, key=lambda r: -r.rssi)
 
 
-def scan(timeout: float = 3.0, device_filter: DeviceFilter | None = None) -> list[ScanResult]:
+def scan(
+    timeout: float = 3.0, device_filter: DeviceFilter | None = None, adapter: str | None = None
+) -> list[ScanResult]:
     """Blocking :func:`scan_async` for the CLI."""
-    return asyncio.run(scan_async(timeout, device_filter))
+    return asyncio.run(scan_async(timeout, device_filter, adapter))
 
 
 # -------------------------------------------------------------- sans-I/O decoder
