@@ -65,8 +65,10 @@ def scan_cmd(
     try:
         found = scan(timeout, flt, adapter)
     except Exception as e:  # no adapter, BlueZ off: say so, do not trace back
-        msg = (f"BLE scan on {adapter or 'the default adapter'} failed: {type(e).__name__}: {e}; "
-               "check that bluetoothd runs and the adapter is powered (bluetoothctl show)")  # fmt: skip
+        msg = (
+            f"BLE scan on {adapter or 'the default adapter'} failed: {type(e).__name__}: {e}; "
+            "check that bluetoothd runs and the adapter is powered (bluetoothctl show)"
+        )
         raise fail(SourceError("ble", "scan_failed", msg), as_json, 1) from e
     if as_json:
         echo_json([r.as_dict() for r in found])
