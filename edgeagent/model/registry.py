@@ -26,6 +26,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeagent.atomic import write_atomic
+from edgeagent.dbschema import migrate
 from edgeagent.errors import ModelError
 from edgeagent.model.meta import sha256_hex
 from edgeagent.model.signing import public_key_raw, verify_hash
@@ -59,6 +60,8 @@ CREATE TABLE IF NOT EXISTS events (
     detail  TEXT NOT NULL
 );
 """
+#: v1: the tables above; v2: events found by model version (``model show``).
+MIGRATIONS = (_SCHEMA, "CREATE INDEX IF NOT EXISTS events_version ON events (version, id);")
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ class ModelRegistry:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
-            db.executescript(_SCHEMA)
+            migrate(db, self.db_path, MIGRATIONS, ModelError)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:

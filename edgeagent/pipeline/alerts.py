@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeagent.dbschema import migrate
+
 DB_NAME = "alerts.sqlite"
 
 _SCHEMA = """
@@ -39,6 +41,8 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_patient_start ON alerts(patient, start);
 """
+#: v1: the table above. Append a statement per schema change (edgeagent.dbschema).
+MIGRATIONS = (_SCHEMA,)
 
 
 @dataclass
@@ -80,7 +84,7 @@ class AlertStore:
         self._db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        migrate(self._db, p, MIGRATIONS)
 
     def close(self) -> None:
         with self._lock:

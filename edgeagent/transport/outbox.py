@@ -29,13 +29,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeagent.dbschema import migrate
 from edgeagent.errors import OutboxError
 
 #: Lower number = sent first.
 PRIORITY: dict[str, int] = {"alert": 0, "update": 1, "status": 2, "telemetry": 3}
 KINDS = tuple(PRIORITY)
 DB_NAME = "outbox.sqlite3"
-SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -68,6 +68,9 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 """
+#: v1: the tables above. Append a statement per schema change (edgeagent.dbschema).
+MIGRATIONS = (_SCHEMA,)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
@@ -157,13 +160,7 @@ class Outbox:
             # FULL: fsync the WAL on every commit, so "stored" survives a power cut.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise OutboxError(
-                    f"{self.path} has schema v{version}, newer than this agent (v{SCHEMA_VERSION})"
-                )
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            migrate(self._db, self.path, MIGRATIONS, OutboxError)
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
 
