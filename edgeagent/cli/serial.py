@@ -140,8 +140,8 @@ def probe(port: str, seconds: float, baud: int = 115200) -> dict[str, Any]:
     try:
         ser = serial.Serial(port, baud, timeout=0.1, exclusive=True)
     except (serial.SerialException, OSError) as exc:
-        raise SourceError(port, "cannot_open", f"{exc}; is the daemon using it? "
-                          "(systemctl stop edgeagent, or check `edgeagent serial list`)") from exc  # fmt: skip
+        advice = f"{exc}; is the daemon using it? (systemctl stop edgeagent; edgeagent serial list)"
+        raise SourceError(port, "cannot_open", advice) from exc
     t0 = time.monotonic()
     try:
         while time.monotonic() - t0 < seconds:
@@ -150,8 +150,12 @@ def probe(port: str, seconds: float, baud: int = 115200) -> dict[str, Any]:
             dec.feed(data)
             for f in dec.frames():
                 if isinstance(f, Hello):
-                    hello = {"device_id": f.device_id, "firmware": f.firmware,
-                             "boot_id": f.boot_id, "streams": [str(s) for s in f.streams]}  # fmt: skip
+                    hello = {
+                        "device_id": f.device_id,
+                        "firmware": f.firmware,
+                        "boot_id": f.boot_id,
+                        "streams": [str(s) for s in f.streams],
+                    }
                 elif isinstance(f, Heartbeat):
                     heartbeats += 1
                 elif isinstance(f, SampleFrame):
