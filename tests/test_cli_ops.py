@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -424,3 +425,50 @@ def test_journal_lines_carry_syslog_priority() -> None:
     assert fmt.format(rec) == "<3>edgeagent.x: bad link"
     rec.levelname, rec.levelno = "INFO", logging.INFO
     assert fmt.format(rec).startswith("<6>")
+
+
+def _error_with_traceback() -> logging.LogRecord:
+    import sys
+
+    try:
+        raise ValueError("broken frame")
+    except ValueError:
+        exc = sys.exc_info()
+    return logging.LogRecord("edgeagent.x", logging.ERROR, __file__, 7, "failed", (), exc)
+
+
+def test_tracebacks_keep_their_priority_on_every_line() -> None:
+    from edgeagent.cli.run import _JournalFormatter
+
+    lines = _JournalFormatter("%(name)s: %(message)s").format(_error_with_traceback())
+    assert len(lines.splitlines()) > 3 and all(x.startswith("<3>") for x in lines.splitlines())
+
+
+def test_journal_handler_sends_structured_entries(short_dir: Path) -> None:
+    import socket
+
+    from edgeagent.cli.run import JournalHandler
+
+    path = short_dir / "journal.sock"
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(str(path))
+    handler = JournalHandler(str(path))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    try:
+        handler.handle(_error_with_traceback())
+        data = journal.recv(65536)
+    finally:
+        handler.close()
+        journal.close()
+    fields: dict[str, str] = {}
+    while data:  # parse the native protocol back
+        line, _, rest = data.partition(b"\n")
+        if b"=" in line:
+            k, _, v = line.partition(b"=")
+            fields[k.decode()], data = v.decode(), rest
+        else:
+            n = int.from_bytes(rest[:8], "little")
+            fields[line.decode()], data = rest[8 : 8 + n].decode(), rest[8 + n + 1 :]
+    assert fields["PRIORITY"] == "3" and fields["LOGGER"] == "edgeagent.x"
+    assert fields["SYSLOG_IDENTIFIER"] == "edgeagent" and fields["CODE_LINE"] == "7"
+    assert fields["MESSAGE"].startswith("failed\nTraceback") and "broken frame" in fields["MESSAGE"]

@@ -576,6 +576,9 @@ class BleSource:
             counters.reconnects += 1
         dec.new_connection()
         self._event(addr, "connected")
+        if li.last_error:  # a line when it comes back, and the error clears
+            self._event(addr, "back", f"(was: {li.last_error})")
+            li.last_error = ""
         last_data = [time.monotonic()]
         streamed = False
         try:
