@@ -178,7 +178,73 @@ def scan(
     timeout: float = 3.0, device_filter: DeviceFilter | None = None, adapter: str | None = None
 ) -> list[ScanResult]:
     """Blocking :func:`scan_async` for the CLI."""
-    return asyncio.run(scan_async(timeout, device_filter, adapter))
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(scan_async(timeout, device_filter, adapter))
+    finally:
+        close_loop(loop)
+
+
+def close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Close an event loop bleak ran on, in order, leaving no task pending.
+
+    bleak keeps one BlueZ manager per loop, with a D-Bus connection and a task that
+    waits for it to drop. Closing the loop under them leaves that task pending
+    ("Task was destroyed but it is pending!" at exit) and the manager in bleak's
+    table. So: our tasks are already done; disconnect the manager's bus and let its
+    monitor finish, cancel whatever is left, then shut the loop down.
+    """
+    try:
+        from bleak.backends.bluezdbus import manager as bluez
+    except ImportError:  # another platform's backend: nothing of BlueZ's to close
+        bluez = None  # type: ignore[assignment]
+    mgr = bluez._global_instances.pop(loop, None) if bluez is not None else None
+    bus = getattr(mgr, "_bus", None)
+    if bus is not None:
+        with contextlib.suppress(Exception):
+            bus.disconnect()
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        if pending:  # the monitor ends on the disconnect; give it a moment
+            loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    except Exception:
+        log.debug("closing the BLE event loop", exc_info=True)
+    finally:
+        loop.close()
+
+
+#: Tries inside one establish_connection call; our RetryPolicy paces the calls themselves.
+CONNECT_ATTEMPTS = 2
+
+
+async def connect_client(
+    client_class: Any, dev: Any, name: str, on_disconnect: Callable[[Any], None]
+) -> Any:
+    """Connect through bleak-retry-connector's ``establish_connection``.
+
+    Why not ``BleakClient.connect`` alone: on BlueZ a device that dropped may still be
+    "connected" in bluetoothd (a stale connection the next connect trips over) and its
+    cached GATT database may be stale after a firmware update. establish_connection
+    disconnects stale connections first, clears BlueZ's cache after a failed service
+    discovery and turns BlueZ's error strings into typed errors with advice.
+    """
+    from bleak_retry_connector import establish_connection
+
+    return await establish_connection(
+        client_class,
+        dev,
+        name,
+        disconnected_callback=on_disconnect,
+        max_attempts=CONNECT_ATTEMPTS,
+        timeout=CONNECT_TIMEOUT_S,
+    )
 
 
 # -------------------------------------------------------------- sans-I/O decoder
@@ -446,9 +512,7 @@ class BleSource:
         try:
             loop.run_until_complete(self._main())
         finally:
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            close_loop(loop)
 
     async def _main(self) -> None:
         self._stop_evt = asyncio.Event()
@@ -567,10 +631,7 @@ class BleSource:
             raise BleError(addr, "not found", "device not advertising")
         self._set_state(li, LinkState.CONNECTING)
         lost = asyncio.Event()
-        client = BleakClient(
-            dev, disconnected_callback=lambda _c: lost.set(), timeout=CONNECT_TIMEOUT_S
-        )
-        await client.connect()
+        client = await connect_client(BleakClient, dev, addr, lambda _c: lost.set())
         dec = self._decoders[addr]
         if not first:
             counters.reconnects += 1
