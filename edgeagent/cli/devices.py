@@ -47,7 +47,8 @@ def scan_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List advertisers in range: name, address, RSSI and services (strongest first)."""
-    from edgeagent.sources.ble import DeviceFilter, scan, system_bus_problem
+    from edgeagent.sources.ble import DeviceFilter, scan
+    from edgeagent.sources.bluez import system_bus_problem
 
     try:
         flt = DeviceFilter(
