@@ -1,8 +1,8 @@
 """SecAgg+ rounds over a real Mosquitto broker: wall time, server time and bytes per box.
 
 OVER MQTT (the in-memory version is bench/fl_round.py): a real broker with the
-shipped TLS + ACL config, the real aggregator service (``fl.aggregator``) in
-this process and N real box clients (``fl.client.FlClient``, each with its own
+shipped TLS + ACL config, the real aggregator service (``federation.aggregator``) in
+this process and N real box clients (``federation.client.FlClient``, each with its own
 mTLS connection, network thread and worker) spread over worker processes.
 The model is a real ONNX detector with ~10k parameters; each box submits a
 fixed random update with n_k = 50. Each size runs ``--rounds`` rounds.

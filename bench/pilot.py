@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edgelab.pilot import PilotConfig, render_markdown, run_pilot, write_outputs  # noqa: E402
+from edgelab.pilot.config import PilotConfig  # noqa: E402
+from edgelab.pilot.report import render_markdown, write_outputs  # noqa: E402
+from edgelab.pilot.runner import run_pilot  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 

@@ -3,9 +3,9 @@
 What each side runs (all processes on this machine, 127.0.0.1 only):
 
 * **edgeagent** (``edgeagent``): a real Mosquitto broker with the shipped
-  mTLS + ACL config; the real aggregator service (``fl.aggregator.Aggregator``,
+  mTLS + ACL config; the real aggregator service (``federation.aggregator.Aggregator``,
   SecAgg+ on) in its own process; one process per client running the real
-  box client (``fl.client.FlClient``: signed hello, announcement checks,
+  box client (``federation.client.FlClient``: signed hello, announcement checks,
   SecAgg+ stages, signed model download and verification).
   ``edgeagent_plain`` = the same with secure aggregation off
   (``[aggregator] secure_aggregation = false``, boxes with
@@ -108,9 +108,9 @@ def evaluate(spec: ModelSpec, w: np.ndarray, hold: dict[str, np.ndarray]) -> dic
 
 def prepare(tmp: Path, n_clients: int, seconds: float) -> tuple[list[Path], Path, bytes, str]:
     """Simulate + featurise patients; write one .npz per client and the holdout; model v0."""
-    import models.build as build
     from edgeagent.model.graph import build_model, to_bytes
     from edgeagent.pipeline import features
+    from edgelab import baseline as build
 
     jobs = [("train", i, seconds) for i in range(n_clients)]
     jobs += [("held", i, seconds) for i in HOLDOUT_PATIENTS]

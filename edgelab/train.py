@@ -1,6 +1,6 @@
 """Offline (batch) training of the detector from labelled feature rows.
 
-Used by ``models/build.py`` for the baseline and by tests for small models.
+Used by ``edgelab.baseline`` for the baseline and by tests for small models.
 Deterministic for a given seed. Pure numpy; no I/O.
 """
 

@@ -12,21 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgelab.demo import (
-    CLINICAL,
-    DemoOptions,
-    GatedFeed,
-    Hub,
-    MemoryFederation,
-    Part,
+from edgelab.demo.hubs import GatedFeed, Hub, demo_schedule
+from edgelab.demo.model import prepare_model
+from edgelab.demo.options import CLINICAL, DemoOptions, Part
+from edgelab.demo.report import render_html
+from edgelab.demo.rounds import MemoryFederation
+from edgelab.demo.summary import (
     build_summary,
     check_summary,
-    demo_schedule,
     detection_delays,
     match_alerts,
     percentiles,
-    prepare_model,
-    render_html,
 )
 from firmware_sim.physiology import Generator, Label, SimConfig, make_patient
 
@@ -248,6 +244,8 @@ def test_memory_federation_round_updates_every_hub(tmp_path: Path) -> None:
         fed = MemoryFederation(hubs, model, noise_multiplier=0.0)
         aborted = fed.run_round(1)
         assert aborted["status"] == "aborted" and "trained" in aborted["reason"]
+        assert "(hub-1, hub-2)" in aborted["reason"]  # the driver names who sat it out
+        assert aborted["n_k"] == {"hub-1": 0, "hub-2": 0} and aborted["seconds"] >= 0
         rng = np.random.default_rng(0)
         meta = hubs[0].detector.meta
         mu = np.asarray(meta.pop_mu, np.float32)[None, :]
@@ -270,3 +268,81 @@ def test_memory_federation_round_updates_every_hub(tmp_path: Path) -> None:
     finally:
         for h in hubs:
             h.close()
+
+
+def test_live_table_fits_100_columns_with_whole_headers() -> None:
+    """Issue 22: at COLUMNS=100 the live view truncates no header and no cell."""
+    import io
+
+    from rich.console import Console
+
+    from edgelab.verbs.demo import _STREAMS, _LiveView
+
+    names = [f"hub-{i}" for i in (1, 2, 20)]
+    hubs = [
+        {
+            "hub": n,
+            "received": {s: 100_000 for s in _STREAMS},
+            "windows": 1234,
+            "alerts": 56,
+            "features": {"hr_bpm": 72.31, "rr_rmssd_ms": 41.2, "skin_temp_c": 33.9},
+            "model": "v12-1a2b3c4d",
+            "link": "connecting",
+            "sim_t": 900.0,
+        }
+        for n in names
+    ]
+    live = {
+        "phase": "streaming segment 4/4",
+        "elapsed": 42.0,
+        "hubs": hubs,
+        "ble": {n: {"received": {"ecg": 17_000, "hr": 130}, "windows": 12} for n in names},
+        "rounds": [],
+    }
+    rates = {n: ({"ecg": 12_500.0, "acc": 2_500.0, "skin_temp": 25.0}, 12.3) for n in names}
+    out = io.StringIO()
+    Console(width=100, file=out, color_system=None).print(_LiveView._render(live, rates))
+    text = out.getvalue()
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    header = next(line for line in text.splitlines() if line.split()[:2] == ["hub", "link"])
+    for head in ("sim s", "ecg", "acc", "temp", "env", "hr", "rr", "windows", "win/s", "alerts"):
+        assert head in header, header
+    assert "v12-1a2b3c4d" in text and "hr_bpm=72.31" in text
+
+
+def test_printed_summary_fits_100_columns_with_whole_headers() -> None:
+    import io
+
+    from rich.console import Console
+
+    from edgelab.verbs.demo import _print_summary
+
+    s = _summary()
+    s["consistency"] = []
+    s["report"] = {"html": "demo-out/report.html"}
+    s["hubs"][0]["serial"]["streams"]["ecg"].update(sent_intact=1_234_567, received=1_234_567)
+    out = io.StringIO()
+    _print_summary(Console(width=100, file=out, color_system=None), s)
+    text = out.getvalue()
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "1,234,567" in text and "rejected" in text and "all figures consistent" in text
+
+
+def test_registering_the_verb_loads_only_the_options() -> None:
+    """Every ``edgeagent`` command imports the verb module: it must not pull the stages."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json, edgelab.verbs.demo\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('edgelab', 'numpy')))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    want = {"edgelab", "edgelab.verbs", "edgelab.verbs.demo", "edgelab.demo"}
+    want.add("edgelab.demo.options")
+    assert loaded == want, loaded  # no numpy, no stage

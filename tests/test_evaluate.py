@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -16,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from edgeagent.cli import _register, app
+from edgeagent.errors import InstallError
 from edgeagent.evaluate import (
     ScoredWindow,
     auroc,
@@ -27,17 +25,6 @@ from edgeagent.evaluate import (
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "models" / "baseline.onnx"
-
-
-def _build_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "edgeagent_models_build", ROOT / "models/build.py"
-    )
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @settings(max_examples=40, deadline=None)
@@ -111,7 +98,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_evaluate_recording_all_streams(recording: Path) -> None:
     if not BASELINE.is_file():
-        pytest.fail("models/baseline.onnx missing: run python models/build.py")
+        pytest.fail("models/baseline.onnx missing: run python -m edgelab.baseline")
     out = evaluate_recording(recording, BASELINE.read_bytes(), "baseline")
     for key in ("accuracy", "precision", "recall", "f1", "auroc", "per_kind", "detection_delay_s"):
         assert key in out
@@ -145,6 +132,22 @@ def test_cli_evaluate_ecg_only_at_other_rate(recording: Path, tmp_path: Path) ->
     assert res.exit_code == 0 and "tachycardia" in res.output
 
 
+def test_cli_evaluate_defaults_to_the_shipped_baseline(recording: Path) -> None:
+    """Without --model the package's own copy is used (a wheel has no models/ beside it)."""
+    from edgeagent.ops.install import BASELINE_MODEL, shipped_file
+
+    shipped = shipped_file(BASELINE_MODEL)
+    assert shipped.parent.name == "data" and shipped.read_bytes() == BASELINE.read_bytes()
+    _register()
+    res = CliRunner().invoke(app, ["evaluate", str(recording), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    want = evaluate_recording(recording, BASELINE.read_bytes(), "baseline")
+    assert out["model"] == "baseline" and out["auroc"] == want["auroc"]
+    with pytest.raises(InstallError, match=r"not-a-model\.onnx"):
+        shipped_file("not-a-model.onnx")
+
+
 def test_cli_evaluate_bad_inputs(tmp_path: Path) -> None:
     _register()
     r = CliRunner()
@@ -161,7 +164,7 @@ def test_cli_evaluate_bad_inputs(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_baseline_quality_on_held_out_patients() -> None:
     """AUROC >= 0.95 on patients never used for training; every anomaly kind is detected."""
-    build = _build_module()
+    from edgelab import baseline as build
     from firmware_sim.physiology import ANOMALY_KINDS, FAULT_KINDS, make_patient
 
     assert not set(range(900, 902)) & set(build.TRAIN_PATIENTS)

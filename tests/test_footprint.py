@@ -43,3 +43,17 @@ def test_runtime_cli_finds_the_lab_verbs_through_entry_points() -> None:
 
     names = {ep.name: ep.value for ep in entry_points(group="edgeagent.verbs")}
     assert names == {"demo": "edgelab.verbs.demo", "pilot": "edgelab.verbs.pilot"}
+
+
+def test_edgeagent_run_does_not_import_the_lab_or_scipy() -> None:
+    """The daemon's command line (``edgeagent run``) skips the lab's entry-point verbs."""
+    code = (
+        "import sys, json\n"
+        "sys.argv = ['edgeagent', 'run', '--help']\n"
+        "from edgeagent import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    assert not loaded & set(FORBIDDEN), sorted(loaded & set(FORBIDDEN))

@@ -10,7 +10,8 @@ import pytest
 
 from edgeagent.codecs import gatt
 from edgeagent.errors import FrameError
-from edgeagent.sources.ble import BleDecoder, BleSource, DeviceFilter, LinkState
+from edgeagent.sources.ble import BleDecoder, BleSource, DeviceFilter
+from edgeagent.sources.link import LinkState
 from edgeagent.streams import Stream
 from firmware_sim.bluez import CHEST_STRAP, WRISTBAND, BluezSimThread, Peripheral
 from tests.plugins.ble import BleCollected

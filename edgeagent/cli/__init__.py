@@ -90,9 +90,21 @@ def version(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
 VERB_GROUP = "edgeagent.verbs"
 
 
-def _register() -> None:
+def _register(argv: list[str] | None = None) -> None:
+    """Import the verb modules; other packages' verbs only when they may be the one asked for.
+
+    ``edgeagent run`` (the daemon) must not pay for importing the lab: a runtime verb on the
+    command line skips the entry points, while ``--help`` or any other word loads them.
+    """
     for name in _VERB_MODULES:
         importlib.import_module(f"edgeagent.cli.{name}")
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    runtime = {
+        c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands
+    }
+    runtime |= {g.name for g in app.registered_groups if g.name}
+    if words and words[0] in runtime:
+        return
     for ep in entry_points(group=VERB_GROUP):
         try:
             ep.load()

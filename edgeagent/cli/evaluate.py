@@ -4,7 +4,7 @@ Reports accuracy, precision, recall, F1, AUROC, per-kind recall and detection
 delay against the recording's labels.csv (definitions in docs/model.md).
 Works on any recording in the documented format, with any subset of streams
 at any rate. ``--model`` takes an ONNX file or a registry reference (with
-``--state-dir``); without it the repository's baseline model is used.
+``--state-dir``); without it the baseline model shipped with the package is used.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ from pathlib import Path
 import typer
 
 from edgeagent.cli import app
-from edgeagent.errors import EdgeAgentError
-
-BASELINE = Path(__file__).resolve().parents[2] / "models" / "baseline.onnx"
+from edgeagent.errors import EdgeAgentError, InstallError
 
 
 def _load_model(model: str | None, state_dir: Path | None) -> tuple[bytes, str]:
     if model is None and state_dir is None:
-        if not BASELINE.is_file():
-            raise EdgeAgentError(f"no --model given and no baseline at {BASELINE}")
-        return BASELINE.read_bytes(), "baseline"
+        from edgeagent.ops.install import BASELINE_MODEL, shipped_file
+
+        try:
+            return shipped_file(BASELINE_MODEL).read_bytes(), "baseline"
+        except InstallError as exc:
+            raise EdgeAgentError(f"no --model given and no shipped baseline: {exc}") from exc
     if model is not None and Path(model).is_file():
         return Path(model).read_bytes(), Path(model).name
     if state_dir is None:

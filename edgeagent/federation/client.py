@@ -36,9 +36,12 @@ Thin I/O shell around the pure parts (``SecAggClient``, ``EnvelopeReceiver``,
   (``ModelManager.apply``: validation, hot swap, rollback) decides whether
   detection uses it.
 
-MQTT callbacks only enqueue; one worker thread owns the round state, so a
-slow Shamir split never stalls the network thread. Every refusal is logged
-and counted by reason in ``counters``.
+Which message may come when is ``federation.box_round``'s transition table:
+the client asks it before acting, so a message of the wrong mode or order is
+refused with its reason and the round's phase never drifts. MQTT callbacks
+only enqueue; one worker thread owns the round state, so a slow Shamir split
+never stalls the network thread. Every refusal is logged and counted by
+reason in ``counters``.
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeagent.atomic import write_json_atomic
 from edgeagent.errors import EdgeAgentError, ModelError, ProtocolError
+from edgeagent.federation.box_round import BoxEvent, BoxPhase, BoxRound, stage_event, transition
 from edgeagent.fl import seal
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Key, Stage
 from edgeagent.fl.identity import Identity, verify_identity_cert
@@ -113,17 +116,6 @@ class ModelSink(Protocol):
     def apply(self, data: bytes, source: str, signature: bytes | None = None) -> Any: ...
 
 
-@dataclass
-class _BoxRound:
-    round_id: int
-    nonce: bytes
-    receiver: EnvelopeReceiver
-    seq: Sequencer
-    bytes_up: int = 0
-    bytes_down: int = 0
-    plaintext: bool = False  # one UPDATE sent, only RESULT expected
-
-
 class FlClient:
     """Federated client Component (``start``/``stop``/``status``) for one box."""
 
@@ -169,7 +161,7 @@ class FlClient:
         self.rounds: list[dict[str, Any]] = []
         self.last_apply: dict[str, Any] | None = None
         self.secagg = SecAggClient(box_id)
-        self.current: _BoxRound | None = None
+        self.current: BoxRound | None = None
         self._early: list[tuple[int, MqttMessage]] = []
         self._keys: dict[bytes, Ed25519PublicKey] = {}
         self.inbox: queue.Queue[MqttMessage | None] = queue.Queue(maxsize=INBOX_MAX)
@@ -250,6 +242,11 @@ class FlClient:
             "counters": {f"fl_{k}": v for k, v in self.counters.items()},
         }
 
+    @property
+    def phase(self) -> BoxPhase:
+        """Where this box is in a round (``IDLE`` between rounds)."""
+        return self.current.phase if self.current is not None else BoxPhase.IDLE
+
     # -- network thread ---------------------------------------------------------------------------
 
     def _on_connect(self, _session_present: bool) -> None:
@@ -303,7 +300,7 @@ class FlClient:
         if not payload:
             # the aggregator cleared the announcement: the round is over or was abandoned
             if self.current is not None and self.current.round_id == round_id:
-                self._end_round("abandoned", "announcement withdrawn")
+                self._end_round(BoxEvent.WITHDRAWN, "abandoned", "announcement withdrawn")
             return
         claimed = decode_unverified(payload)
         if claimed.round != round_id or claimed.dst != BROADCAST or claimed.src != AGGREGATOR:
@@ -357,7 +354,11 @@ class FlClient:
             peers = next(g for g in groups if self.box_id in g)
         rx = EnvelopeReceiver(self.box_id, {AGGREGATOR: key})
         rx.begin_round(round_id, claimed.nonce)
-        self.current = _BoxRound(round_id, claimed.nonce, rx, Sequencer(), bytes_down=len(payload))
+        join = BoxEvent.JOIN_SECAGG if ann.secure_aggregation else BoxEvent.JOIN_PLAIN
+        phase = transition(self.phase, join)
+        self.current = BoxRound(
+            round_id, claimed.nonce, rx, Sequencer(), phase=phase, bytes_down=len(payload)
+        )
         if not ann.secure_aggregation:
             self.counters["joined"] += 1
             self._send_update(ann)
@@ -381,9 +382,9 @@ class FlClient:
         try:
             clipped, _ = l2_clip(np.asarray(self.learner.delta(), np.float64), ann.clip)
         except ValueError as exc:
-            self._end_round("refused", str(exc))
+            self._end_round(BoxEvent.REFUSED, "refused", str(exc))
             raise ProtocolError("bad_input", str(exc)) from exc
-        cur.plaintext = True
+        cur.phase = transition(cur.phase, BoxEvent.UPDATE_SENT)
         n = min(int(self.learner.n_k), ann.n_cap)
         context = seal.info(cur.round_id, cur.nonce, self.box_id)
         body = {Key.UPDATE.value: seal.seal_update(clipped, n, ann.enc_pk, context)}
@@ -414,10 +415,10 @@ class FlClient:
         m = got.message
         if m.stage is not stage:
             raise ProtocolError("topic_mismatch", f"{m.stage} body on a {stage} topic")
-        if cur.plaintext or stage is Stage.UPDATE:
-            if not cur.plaintext or stage is not Stage.RESULT:
-                raise ProtocolError("wrong_mode", f"{stage} does not belong to this round's mode")
-            self._end_round(str(m.body.get("status", "?")), str(m.body.get("reason", "")))
+        event = stage_event(stage)
+        transition(cur.phase, event)  # refuses a message of the other mode or out of order
+        if cur.phase is BoxPhase.AWAITING_RESULT:  # plaintext: RESULT is all that comes
+            self._end_round(event, str(m.body.get("status", "?")), str(m.body.get("reason", "")))
             return
         try:
             reply = self.secagg.handle(m.round, m.nonce, m.stage, m.body)
@@ -428,10 +429,10 @@ class FlClient:
                 self.secagg.set_input(payload)
         except (ProtocolError, ValueError) as exc:
             # the box cannot take part safely: it goes silent for this round (a dropout)
-            self._end_round("refused", str(exc))
+            self._end_round(BoxEvent.REFUSED, "refused", str(exc))
             raise ProtocolError(getattr(exc, "reason", "bad_input"), str(exc)) from exc
-        if stage is Stage.RESULT:
-            self._end_round(str(m.body.get("status", "?")), str(m.body.get("reason", "")))
+        if event is BoxEvent.RESULT:
+            self._end_round(event, str(m.body.get("status", "?")), str(m.body.get("reason", "")))
             return
         out = Message(self.box_id, AGGREGATOR, round_id, stage, cur.seq.next(), cur.nonce, reply)
         data = encode(out, self.identity.key)
@@ -439,9 +440,11 @@ class FlClient:
         self.link.publish(topics.node(self.fleet, self.box_id, str(stage)), data)
         log.debug("round %d: answered %s (%d bytes)", round_id, stage, len(data))
 
-    def _end_round(self, status: str, reason: str) -> None:
+    def _end_round(self, event: BoxEvent, status: str, reason: str) -> None:
+        """Record the round's outcome and return to ``IDLE`` through the table."""
         cur = self.current
         assert cur is not None
+        cur.phase = transition(cur.phase, event)
         rec = {
             "round": cur.round_id,
             "status": status,

@@ -42,6 +42,8 @@ GROUPS: Final = ("bluetooth", "dialout")
 UNIT_NAME: Final = "edgeagent.service"
 UDEV_NAME: Final = "99-edgeagent-serial.rules"
 CONFIG_EXAMPLE: Final = "edgeagent.example.toml"
+#: The detector every box starts from (built by ``python -m edgelab.baseline``).
+BASELINE_MODEL: Final = "baseline.onnx"
 PACKAGED_EXE: Final = "/usr/bin/edgeagent"
 # Where things go on the box (joined under ``root``).
 UNIT_DIR: Final = Path("etc/systemd/system")
@@ -361,10 +363,12 @@ class DryRunAccounts:
 
 
 def shipped_file(name: str) -> Path:
-    """A file we install (unit, udev rule, config example), from the package or the source tree."""
+    """A file we ship (unit, udev rule, config example, baseline model), from the package
+    or the source tree."""
     pkg = Path(__file__).resolve().parent.parent
-    # edgeagent/data/ holds links to the repo's systemd/ files; wheels carry their content.
-    for cand in (pkg / "data" / name, pkg.parent / "systemd" / name):
+    # edgeagent/data/ holds links to the repo's systemd/ and models/ files; wheels carry
+    # their content.
+    for cand in (pkg / "data" / name, pkg.parent / "systemd" / name, pkg.parent / "models" / name):
         if cand.is_file():
             return cand
     raise InstallError(name, "not shipped with this installation (reinstall edgeagent)")

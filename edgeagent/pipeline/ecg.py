@@ -4,9 +4,9 @@ Pure functions over numpy arrays (microvolts, a sampling rate in Hz); no I/O.
 Everything here must work for the rates wearables really use (Polar-style
 130 Hz chest straps up to 500 Hz textile front-ends) and on short windows
 (10 s by default), and must be cheap enough to run for 50 patients every
-2 seconds on a quarter of one core. So: zero-phase IIR filters from scipy,
-``find_peaks`` for candidates, and one Python loop over *candidate peaks* (tens
-per window) for the adaptive threshold -- never a loop over samples.
+2 seconds on a quarter of one core. So: zero-phase IIR filters and a peak finder
+(``pipeline.dsp``, numpy only, checked against SciPy), and one Python loop over
+*candidate peaks* (tens per window) for the adaptive threshold -- never a loop over samples.
 
 Why not neurokit2/biosppy/pandas: they pull in large dependency trees (pandas,
 matplotlib, numba in some versions) for a few dozen lines of DSP, are hard to
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import signal
+
+from edgeagent.pipeline import dsp
 
 # Pan & Tompkins 1985 (IEEE TBME 32(3):230-236): QRS energy sits in 5-15 Hz.
 QRS_BAND_HZ = (5.0, 15.0)
@@ -100,41 +101,13 @@ class Quality:
 
 
 @lru_cache(maxsize=32)
-def _sos_band(fs: float, low: float, high: float) -> np.ndarray:
-    return signal.butter(2, [low, high], btype="bandpass", fs=fs, output="sos")
+def _band(fs: float, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    return dsp.butter(2, (low, high), "bandpass", fs)
 
 
 @lru_cache(maxsize=32)
-def _sos_low(fs: float, cutoff: float) -> np.ndarray:
-    return signal.butter(2, min(cutoff, 0.45 * fs), btype="lowpass", fs=fs, output="sos")
-
-
-@lru_cache(maxsize=64)
-def _filtfilt_plan(sos_key: bytes, n_sections: int) -> tuple[np.ndarray, np.ndarray, int]:
-    sos = np.frombuffer(sos_key, dtype=np.float64).reshape(n_sections, 6).copy()
-    ntaps = 2 * n_sections + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
-    return sos, signal.sosfilt_zi(sos), 3 * ntaps
-
-
-def _sosfiltfilt(sos: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``scipy.signal.sosfiltfilt(sos, x)`` for 1-D ``x``, with the filter's initial state cached.
-
-    The same steps as SciPy's (odd extension of 3 x ntaps samples, forward pass
-    from ``zi * x[0]``, backward pass from ``zi * y[-1]``), so the output is
-    identical; SciPy recomputes ``sosfilt_zi`` (a linear solve per section) and
-    validates its inputs on every call, which was a fifth of a window's feature
-    time on the box's alert path.
-    """
-    sos_c, zi, edge = _filtfilt_plan(np.ascontiguousarray(sos, np.float64).tobytes(), len(sos))
-    n = x.shape[0]
-    if n <= edge:
-        raise ValueError(
-            f"The length of the input vector x must be greater than padlen, which is {edge}."
-        )
-    ext = np.concatenate((2 * x[0] - x[edge:0:-1], x, 2 * x[-1] - x[-2 : -(edge + 2) : -1]))
-    y, _ = signal.sosfilt(sos_c, ext, zi=zi * ext[0])
-    y, _ = signal.sosfilt(sos_c, y[::-1], zi=zi * y[-1])
-    return y[::-1][edge:-edge]
+def _low(fs: float, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    return dsp.butter(2, min(cutoff, 0.45 * fs), "lowpass", fs)
 
 
 def _kurtosis(x: np.ndarray) -> float:
@@ -157,8 +130,8 @@ def qrs_energy(x: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray]:
     (zero-phase filter and centred kernels, so peaks need no delay correction).
     """
     _check_fs(fs)
-    sos = _sos_band(round(fs, 3), *QRS_BAND_HZ)
-    bp = _sosfiltfilt(sos, np.asarray(x, dtype=np.float64) - float(np.mean(x)))
+    b, a = _band(round(fs, 3), *QRS_BAND_HZ)
+    bp = dsp.filtfilt(b, a, np.asarray(x, dtype=np.float64) - float(np.mean(x)), fs)
     # Five-point derivative (Pan & Tompkins eq. 4), centred.
     d = np.convolve(bp, np.array([1.0, 2.0, 0.0, -2.0, -1.0]) * (fs / 8.0), mode="same")
     w = max(1, round(INTEGRATION_S * fs))
@@ -181,7 +154,7 @@ def detect_r_peaks(x: np.ndarray, fs: float) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     bp, mwi = qrs_energy(x, fs)
     refractory = max(1, round(REFRACTORY_S * fs))
-    cand, _ = signal.find_peaks(mwi, distance=refractory)
+    cand = dsp.find_peaks(mwi, distance=refractory)
     if cand.shape[0] == 0:
         return np.empty(0, dtype=np.int64)
     heights = mwi[cand]
@@ -308,7 +281,7 @@ def morphology(x: np.ndarray, fs: float, peaks: np.ndarray) -> Morphology:
     if x.shape[0] > 3 * 2 * 3:
         # 40 Hz low-pass: slopes and levels of the waves, not of sample noise;
         # without it QRS width would grow with the sampling rate.
-        x = _sosfiltfilt(_sos_low(round(fs, 3), MORPHOLOGY_LOWPASS_HZ), x)
+        x = dsp.filtfilt(*_low(round(fs, 3), MORPHOLOGY_LOWPASS_HZ), x, fs)
     peaks = np.asarray(peaks, dtype=np.int64)
     offs = _offsets(BEAT_SPAN_S, fs)
     ok = (peaks + offs[0] >= 0) & (peaks + offs[-1] < x.shape[0])

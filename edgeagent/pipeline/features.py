@@ -18,7 +18,7 @@ flattens the ECG and a saturated front end clips it, and both would otherwise
 look like asystole or a huge ST change. The model (and the tests) rely on the
 quality features moving for faults and the clinical ones moving for events.
 
-Pure numpy/scipy; no I/O. ECG maths lives in ``edgeagent.pipeline.ecg``.
+Pure numpy; no I/O. ECG maths lives in ``edgeagent.pipeline.ecg``.
 """
 
 from __future__ import annotations

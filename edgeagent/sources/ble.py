@@ -33,7 +33,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,7 @@ import numpy as np
 from edgeagent.codecs import gatt
 from edgeagent.errors import EdgeAgentError, FrameError
 from edgeagent.sources.bluez import close_loop, connect_client
+from edgeagent.sources.link import LinkInput, LinkState, next_state
 from edgeagent.sources.retry import Action, RetryPolicy, classify
 from edgeagent.streams import Gap, LinkCounters, SampleBlock, Stream
 
@@ -284,18 +284,6 @@ class BleDecoder:
 # ------------------------------------------------------------------ link state
 
 
-class LinkState(StrEnum):
-    """Where one wearable's link is (shown by ``edgeagent status``)."""
-
-    SEARCHING = "searching"
-    CONNECTING = "connecting"
-    SUBSCRIBING = "subscribing"
-    STREAMING = "streaming"
-    STALLED = "stalled"
-    BACKOFF = "backoff"
-    STOPPED = "stopped"
-
-
 @dataclass
 class LinkInfo:
     """Per-device link status; updated only by the source's loop."""
@@ -439,7 +427,7 @@ class BleSource:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for li in self.links.values():
-            self._set_state(li, LinkState.STOPPED)
+            self._apply(li, LinkInput.STOP)
 
     # -- events and state
 
@@ -453,7 +441,9 @@ class BleSource:
             except Exception:
                 log.exception("on_event callback failed")
 
-    def _set_state(self, li: LinkInfo, state: LinkState) -> None:
+    def _apply(self, li: LinkInfo, event: LinkInput) -> None:
+        """Move the link through its transition table (``sources.link``)."""
+        state = next_state(li.state, event)
         if li.state != state:
             li.state = state
             li.since = self.clock()
@@ -521,28 +511,29 @@ class BleSource:
                 verdict = classify(e)
                 self._event(addr, "connect_failed", li.last_error)
                 if verdict.action is Action.GIVE_UP or self.retry.exhausted(attempt):
-                    self._set_state(li, LinkState.STOPPED)
+                    self._apply(li, LinkInput.GIVE_UP)
                     self._event(addr, "gave_up", verdict.advice or verdict.reason)
                     return
                 if verdict.action is Action.RETRY_FAST:
+                    self._apply(li, LinkInput.RETRY_NOW)
                     await asyncio.sleep(0.05)
                     continue
             delay = self.retry.delay(attempt, self._rng)
             attempt += 1
-            self._set_state(li, LinkState.BACKOFF)
+            self._apply(li, LinkInput.ENDED)
             await asyncio.sleep(delay)
 
     async def _session(self, addr: str, li: LinkInfo, counters: LinkCounters, first: bool) -> bool:
         """One connection: find, connect, subscribe, stream until lost. True if data flowed."""
         from bleak import BleakClient, BleakScanner
 
-        self._set_state(li, LinkState.SEARCHING)
+        self._apply(li, LinkInput.SEARCH)
         assert self._scan_lock is not None
         async with self._scan_lock:
             dev = await BleakScanner.find_device_by_address(addr, timeout=max(self.scan_s, 2.0))
         if dev is None:
             raise BleError(addr, "not found", "device not advertising")
-        self._set_state(li, LinkState.CONNECTING)
+        self._apply(li, LinkInput.FOUND)
         lost = asyncio.Event()
         client = await connect_client(
             BleakClient, dev, addr, lambda _c: lost.set(), CONNECT_TIMEOUT_S
@@ -558,9 +549,9 @@ class BleSource:
         last_data = [time.monotonic()]
         streamed = False
         try:
-            self._set_state(li, LinkState.SUBSCRIBING)
+            self._apply(li, LinkInput.CONNECTED)
             await self._subscribe(client, addr, li, dec, last_data)
-            self._set_state(li, LinkState.STREAMING)
+            self._apply(li, LinkInput.SUBSCRIBED)
             stalled = False
             while not lost.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -570,12 +561,12 @@ class BleSource:
                     streamed = True
                     if stalled:
                         stalled = False
-                        self._set_state(li, LinkState.STREAMING)
+                        self._apply(li, LinkInput.RESUMED)
                         self._event(addr, "resumed", f"after {quiet:.1f}s")
                 elif not stalled:
                     stalled = True
                     counters.extra["stalls"] = counters.extra.get("stalls", 0) + 1
-                    self._set_state(li, LinkState.STALLED)
+                    self._apply(li, LinkInput.QUIET)
                     self._event(addr, "stalled", f"no notification for {quiet:.1f}s")
                 elif quiet > self.stall_reconnect_s:
                     self._event(addr, "stall_reconnect", f"silent for {quiet:.1f}s")

@@ -1,7 +1,9 @@
 """``edgeagent demo``: the whole system on one machine (see ``edgelab.demo``).
 
 This module only parses flags, draws live progress with rich and prints the
-summary; every stage and every figure comes from ``edgelab.demo``.
+summary; every stage and every figure comes from ``edgelab.demo``. At import it
+reads only ``edgelab.demo.options`` (every ``edgeagent`` command imports this
+module to register the verb); the stages load when the demo runs.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any
 import typer
 
 from edgeagent.cli import app
-from edgelab.demo import DEFAULT_SECONDS, NOISE_MULTIPLIER
+from edgelab.demo.options import DEFAULT_SECONDS, NOISE_MULTIPLIER
 
 _STREAMS = ("ecg", "acc", "skin_temp", "env", "hr", "rr")
+#: Column headers where the stream's name is longer than its numbers.
+_STREAM_HEADER = {"skin_temp": "temp"}
 OUT_OPTION = typer.Option(Path("demo-out"), "--out", help="Where the report is written.")
 
 
@@ -69,25 +73,34 @@ class _LiveView:
 
     @staticmethod
     def _render(live: dict[str, Any], rates: dict[str, tuple[dict[str, float], float]]) -> Any:
+        """The live table, sized to fit 100 columns with every header whole: no box
+        lines, one space between columns, stream names as headers (the title says the
+        unit), and the latest features on one line per hub below the table."""
+        from rich import box
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
 
-        t = Table(title=f"{live['phase']}  ({live.get('elapsed', 0):.0f} s)", expand=False)
-        t.add_column("hub")
-        t.add_column("link")
-        t.add_column("sim s", justify="right")
-        for s in _STREAMS:
-            t.add_column(f"{s}/s", justify="right")
-        t.add_column("windows", justify="right")
-        t.add_column("win/s", justify="right")
-        t.add_column("alerts", justify="right")
-        t.add_column("model")
-        t.add_column("latest features")
+        t = Table(
+            title=f"{live['phase']}  ({live.get('elapsed', 0):.0f} s; streams in samples/s, "
+            "BLE rows in samples)",
+            box=box.SIMPLE_HEAD,
+            padding=(0, 1),
+            collapse_padding=True,
+            pad_edge=False,
+            expand=False,
+        )
+        heads = ["sim s", *(_STREAM_HEADER.get(s, s) for s in _STREAMS)]
+        heads += ["windows", "win/s", "alerts"]
+        for head in ("hub", "link", *heads, "model"):
+            right = head in heads
+            t.add_column(
+                head, justify="right" if right else "left", no_wrap=True, min_width=len(head)
+            )
         ble = live.get("ble", {})
+        features = []
         for h in live.get("hubs", []):
             r, wps = rates.get(h["hub"], ({}, 0.0))
-            feats = ", ".join(f"{k}={v:g}" for k, v in h["features"].items())
             t.add_row(
                 h["hub"],
                 h["link"],
@@ -97,13 +110,12 @@ class _LiveView:
                 f"{wps:.1f}",
                 str(h["alerts"]),
                 h["model"],
-                feats,
             )
             b = ble.get(h["hub"])
             if b:
                 got = b["received"]
                 t.add_row(
-                    f"  {h['hub']} BLE",
+                    "  BLE",
                     "bleak",
                     "",
                     *(f"{got.get(s, 0):,}" for s in _STREAMS),
@@ -111,9 +123,11 @@ class _LiveView:
                     "",
                     "",
                     "",
-                    "(sample totals)",
                 )
-        lines = [t]
+            if h["features"]:
+                feats = "  ".join(f"{k}={v:g}" for k, v in h["features"].items())
+                features.append(Text(f"{h['hub']}  {feats}"))
+        lines: list[Any] = [t, *features]
         for r in live.get("rounds", []):
             eps = r.get("epsilon")
             lines.append(
@@ -128,6 +142,7 @@ class _LiveView:
 
 
 def _print_summary(console: Any, s: dict[str, Any]) -> None:
+    from rich import box
     from rich.table import Table
 
     o = s["options"]
@@ -144,20 +159,26 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
     for p in s["parts"]:
         parts.add_row(p["name"], f"[{colour[p['how']]}]{p['how']}[/]", p["reason"])
     console.print(parts)
-    hubs = Table(title="Hubs (serial path, against ground truth)")
+    # Ten columns in 100: no vertical rules, two-line headers, nothing cut.
+    hubs = Table(
+        title="Hubs (serial path, against ground truth)",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
     for col in (
         "hub",
-        "samples sent",
+        "samples\nsent",
         "received",
-        "frames rejected",
-        "frames missing",
+        "frames\nrejected",
+        "frames\nmissing",
         "windows",
-        "clinical TP/FP",
-        "episodes found",
-        "fault TP/FP",
-        "BLE alerts",
+        "clinical\nTP/FP",
+        "episodes\nfound",
+        "fault\nTP/FP",
+        "BLE\nalerts",
     ):
-        hubs.add_column(col, justify="right")
+        hubs.add_column(col, justify="right", no_wrap=True)
     for h in s["hubs"]:
         st = h["serial"]["streams"]
         link = h["serial"]["link"]
@@ -244,7 +265,9 @@ def demo(
     from rich.console import Console
 
     from edgeagent.errors import EdgeAgentError
-    from edgelab.demo import DemoOptions, run_demo, to_json
+    from edgelab.demo.options import DemoOptions
+    from edgelab.demo.run import run_demo
+    from edgelab.demo.summary import to_json
 
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     opts = DemoOptions(

@@ -36,7 +36,7 @@ def test_described_hardware_that_does_not_answer_fails(tmp_path: Path) -> None:
     """A described port is used: if nothing answers there the test fails, it never passes."""
     res = _pytest(
         "tests/hil/test_hil_serial.py",
-        "tests/test_install.py",
+        "tests/test_ops_install.py",
         "-m",
         "hil",
         "-k",
@@ -50,7 +50,7 @@ def test_described_hardware_that_does_not_answer_fails(tmp_path: Path) -> None:
     assert res.returncode == 1, out
     assert "FAILED tests/hil/test_hil_serial.py::test_serial_stream[hw]" in out
     assert "framing: no frame decoded" in out
-    assert "1 failed, " in out and "passed" not in out  # test_install deselected by -m hil
+    assert "1 failed, " in out and "passed" not in out  # test_ops_install deselected by -m hil
 
 
 def test_undescribed_hardware_is_skipped_with_the_reason() -> None:

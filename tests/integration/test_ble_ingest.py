@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeagent.pipeline.windows import Window, Windower
-from edgeagent.sources.ble import BleSource, DeviceFilter, LinkState
+from edgeagent.sources.ble import BleSource, DeviceFilter
+from edgeagent.sources.link import LinkState
 from edgeagent.sources.retry import RetryPolicy
 from edgeagent.sources.serial import SerialSource
 from edgeagent.streams import Gap, SampleBlock, Stream

@@ -18,7 +18,7 @@ import pytest
 
 from edgeagent.errors import BrokerError
 from edgelab.broker import find_mosquitto
-from edgelab.demo import check_summary
+from edgelab.demo.summary import check_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -155,7 +155,7 @@ def test_demo_against_an_external_broker(tmp_path: Path) -> None:
     if not _have_mosquitto():
         pytest.skip("mosquitto not installed (apt-get install mosquitto)")
     from edgelab.broker import Broker
-    from edgelab.demo import demo_pki
+    from edgelab.demo.fleet import demo_pki
 
     out = tmp_path / "demo"
     pki = demo_pki(out / "pki", ["hub-1", "hub-2"])  # what a first demo run leaves behind

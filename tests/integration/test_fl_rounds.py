@@ -118,7 +118,7 @@ def _run_fleet(tmp: Path, pki: Any, broker: Any, procs: dict[str, subprocess.Pop
         # the boxes' patients are those the starting model was built from (fresh windows): a
         # patient far from the model's population makes the classifier call most of their
         # normal windows anomalies, and the box then (rightly, by design) rolls back globals
-        # that score worse on its few validated windows - tested in test_model_lifecycle, and
+        # that score worse on its few validated windows - tested in test_pipeline_lifecycle, and
         # a coin toss here, where every box must take the final model
         np.save(d / "rows.npy", world.rows(i, "normal", 300, seed=1))
         cfg = {

@@ -12,7 +12,8 @@ import pytest
 from edgeagent.errors import BrokerError
 from edgeagent.pipeline.personal import TRAIT_FEATURES
 from edgelab.broker import find_mosquitto
-from edgelab.pilot import MODALITIES, PilotConfig, run_pilot
+from edgelab.pilot.config import MODALITIES, PilotConfig
+from edgelab.pilot.runner import run_pilot
 
 METRICS = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "auroc")
 

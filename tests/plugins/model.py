@@ -75,7 +75,7 @@ class SynWorld:
 
 
 def train_syn_model(world: SynWorld, patients: range = range(12), seed: int = 0) -> bytes:
-    """Train a small detector on the synthetic world the way models/build.py does."""
+    """Train a small detector on the synthetic world the way edgelab.baseline does."""
     xs, ys, cal = [], [], []
     for p in patients:
         normal = world.rows(p, "normal", 240)

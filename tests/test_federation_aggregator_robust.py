@@ -29,6 +29,7 @@ import pytest
 from edgeagent.errors import ConfigError, ProtocolError
 from edgeagent.federation.accountant import DpAccountant
 from edgeagent.federation.aggregator import Aggregator, status_report
+from edgeagent.federation.box_round import BoxPhase
 from edgeagent.federation.client import FlClient
 from edgeagent.fl import robust, seal
 from edgeagent.fl.aggregate import ClientUpdate, sum_payloads, weighted_fedavg
@@ -613,7 +614,7 @@ def test_box_floors_refuse_plaintext_and_small_groups(fleet: Pki, syn_model: byt
         assert lax.current is not None and lax.current.round_id == 1
         lax.current = None
         lax.handle(announce(2, **plain))
-        assert lax.current is not None and lax.current.plaintext
+        assert lax.current is not None and lax.phase is BoxPhase.AWAITING_RESULT
         ((topic, data),) = sent
         assert topic == topics.node(name, BOXES[1], "update")
         body = decode_unverified(data).body

@@ -1,10 +1,11 @@
 """Build the baseline detector deterministically from simulated patients.
 
-    python models/build.py            # writes models/baseline.onnx and models/baseline.json
+    python -m edgelab.baseline        # writes models/baseline.onnx and models/baseline.json
 
-Why a script in the repo: the baseline model is an artefact, and anyone must
-be able to rebuild it bit-for-bit and see how it was trained. Training data
-is the simulator (``firmware_sim.physiology``) driven through the agent's
+Why package code: the baseline model is an artefact, and anyone must be able
+to rebuild it bit-for-bit and see how it was trained, from a checkout or from
+an installed wheel (the demo builds it here when the package lacks it).
+Training data is the simulator (``firmware_sim.physiology``) driven through the agent's
 own windows and features, so the model sees exactly what a box sees.
 Patients are split by index: training (0..N-1), held-out evaluation
 (100..), and "unusual baseline" patients (200.., profiles with resting HR
@@ -12,8 +13,7 @@ and skin temperature moved to the edges of the population) for the
 personalisation comparison.
 
 The helpers here (``schedule``, ``patient_features``, ``class_labels``) are
-also what the tests use to build held-out data; tests import this file by
-path.
+also what the tests use to build held-out data.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Sequence
 from multiprocessing import Pool
@@ -31,8 +30,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from edgeagent.evaluate import POS_OVERLAP_S, ScoredWindow, score_windows  # noqa: E402
 from edgeagent.model.graph import FAULT, NORMAL, ModelMeta, build_model, to_bytes  # noqa: E402
@@ -236,7 +233,7 @@ def train_model(
         latent=12,
         thresholds={"clinical": 0.5, "fault": 0.5, "novelty": 6.0},
         info={
-            "built_by": "models/build.py",
+            "built_by": "edgelab.baseline",
             "personal_standardisation": personal,
             "train_patients": [d["id"] for d in train],
             "train_seconds_each": TRAIN_SECONDS,
@@ -290,9 +287,16 @@ def pooled_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
     )
 
 
+def default_out() -> Path:
+    """The checkout's ``models/`` (where ``edgeagent/data/baseline.onnx`` links), else ./models."""
+    if (ROOT / "pyproject.toml").is_file() and (ROOT / "models").is_dir():
+        return ROOT / "models"
+    return Path("models")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "models")
+    ap.add_argument("--out", type=Path, default=default_out())
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=40)
     args = ap.parse_args(argv)

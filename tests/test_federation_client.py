@@ -17,8 +17,10 @@ import pytest
 
 from edgeagent.daemon.health import Liveness
 from edgeagent.errors import ProtocolError
+from edgeagent.federation.box_round import BoxPhase
 from edgeagent.federation.client import FlClient
-from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Stage
+from edgeagent.fl import seal
+from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Key, Stage
 from edgeagent.fl.identity import Identity, load_ca, load_identity
 from edgeagent.fl.messages import Message, encode
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
@@ -250,3 +252,45 @@ def test_liveness_sees_an_idle_worker_as_alive_and_a_dead_one_as_stalled(
     now[0] = 100.0
     box.tick()  # a worker that is gone reports nothing: the component stalls
     assert liveness.check().stalled == [box.name]
+
+
+def _routed(signer: Identity, round_id: int, nonce: bytes, stage: Stage, seq: int,
+            body: dict[str, object]) -> MqttMessage:  # fmt: skip
+    msg = Message(AGGREGATOR, BOX, round_id, stage, seq, nonce, body)
+    topic = topics.round_topic(FLEET, round_id, str(stage), BOX)
+    return MqttMessage(topic, encode(msg, signer.key), 1, False)
+
+
+def test_round_phases_follow_the_table_and_the_other_modes_messages_are_refused(
+    box: FlClient, pki: Pki, syn_model: bytes
+) -> None:
+    agg = _ident(pki, AGGREGATOR)
+    sha = sha256_hex(syn_model)
+    parts = (BOX, "box-b", "box-c")
+    assert box.phase is BoxPhase.IDLE
+    nonce = os.urandom(16)
+    box.handle(_announce(agg, 5, nonce, parts, sha))
+    assert box.phase is BoxPhase.MASKING
+    with pytest.raises(ProtocolError) as err:  # a plaintext UPDATE body in a SecAgg+ round
+        box.handle(_routed(agg, 5, nonce, Stage.UPDATE, 1, {}))
+    assert err.value.reason == "wrong_mode"
+    assert box.phase is BoxPhase.MASKING and box.current is not None  # the round goes on
+    box.handle(MqttMessage(topics.announce(FLEET, 5), b"", 1, True))
+    assert box.phase is BoxPhase.IDLE and box.rounds[-1]["status"] == "abandoned"
+
+    # a plaintext round: one sealed update, then only RESULT is taken
+    box.allow_plaintext = True
+    _, enc_pk = seal.round_key()
+    nonce = os.urandom(16)
+    ann = Announcement(parts, sha, 5.0, agg.cert_der, 0, False, 1.0, 100, enc_pk)
+    msg = Message(AGGREGATOR, BROADCAST, 6, Stage.SETUP, 0, nonce, announcement_body(ann))
+    box.handle(MqttMessage(topics.announce(FLEET, 6), encode(msg, agg.key), 1, True))
+    assert box.phase is BoxPhase.AWAITING_RESULT
+    assert box.current is not None and box.current.bytes_up > 0  # the update went out
+    with pytest.raises(ProtocolError) as err:  # a SecAgg+ stage in a plaintext round
+        box.handle(_routed(agg, 6, nonce, Stage.SETUP, 1, {}))
+    assert err.value.reason == "wrong_mode" and box.phase is BoxPhase.AWAITING_RESULT
+    done = {Key.STATUS.value: "completed", Key.REASON.value: ""}
+    box.handle(_routed(agg, 6, nonce, Stage.RESULT, 2, done))
+    assert box.phase is BoxPhase.IDLE and box.current is None
+    assert box.last_round == 6 and box.rounds[-1]["status"] == "completed"

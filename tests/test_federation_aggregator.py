@@ -307,7 +307,7 @@ def test_intake_workers_take_the_masked_vectors_and_the_sum_is_unchanged(
     agg = Aggregator(parse_config(cfg))
     try:
         agg.start()
-        workers = list(agg._workers)
+        workers = list(agg.workers.procs)
         assert len(workers) == 2 and all(p.poll() is None for p in workers)
         _run(agg, 90)
         w2 = get_params(parse_model(agg.model_bytes or b""))
@@ -380,11 +380,11 @@ def test_a_dead_intake_worker_stops_the_aggregator_with_a_reason(
     try:
         agg.start()
         agg.tick()  # healthy: nothing happens
-        (worker,) = agg._workers
+        (worker,) = agg.workers.procs
         worker.kill()
         worker.wait(10)
         with pytest.raises(TransportError, match="intake worker 0 exited"):
             agg.tick()
-        assert agg._workers == []
+        assert agg.workers.procs == []
     finally:
         agg.close()
