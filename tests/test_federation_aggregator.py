@@ -371,6 +371,22 @@ def test_intake_workers_a_box_silent_at_collect_is_a_dropout(
             c.stop()
 
 
+def test_an_intake_worker_without_its_own_certificate_is_a_clear_error(
+    fleet: Pki, broker: Broker, tmp_path: Path, model_path: Path
+) -> None:
+    """The broker binds client ids to certificates: workers sharing the aggregator's would
+    disconnect each other, so a missing clients/intake-<n>.crt stops the start, saying how."""
+    cfg = aggregator_config(
+        fleet, broker, tmp_path / "agg", model_path, "fl6", intake_workers=3
+    )  # fmt: skip  (the fleet has intake-0 and -1)
+    agg = Aggregator(parse_config(cfg))
+    try:
+        with pytest.raises(ConfigError, match="pki issue-intake 2"):
+            agg.start()
+    finally:
+        agg.close()
+
+
 def test_a_dead_intake_worker_stops_the_aggregator_with_a_reason(
     fleet: Pki, broker: Broker, tmp_path: Path, model_path: Path
 ) -> None:

@@ -57,19 +57,22 @@ class IntakeWorkers:
         ready_dir.mkdir(parents=True, exist_ok=True)
         ready = [ready_dir / f"{i}.ready" for i in range(self.count)]
         assert fed.cert_file is not None
-        for i, flag in enumerate(ready):
-            flag.unlink(missing_ok=True)
-            # The broker binds client ids to certificates: each worker connects as itself
-            # (clients/intake-<i>.crt beside the aggregator's), signing as the aggregator.
-            cert = fed.cert_file.parent / f"{intake_id(i)}.crt"
-            key = cert.with_suffix(".key")
-            if not cert.is_file() or not key.is_file():
+        # The broker binds client ids to certificates: each worker connects as itself
+        # (clients/intake-<i>.crt beside the aggregator's), signing as the aggregator.
+        # All are checked before any process starts, so a missing one leaves none behind.
+        certs = [fed.cert_file.parent / f"{intake_id(i)}.crt" for i in range(self.count)]
+        for i, cert in enumerate(certs):
+            if not cert.is_file() or not cert.with_suffix(".key").is_file():
                 raise ConfigError(
                     "aggregator.intake_workers",
                     self.count,
-                    f"worker {i} needs {cert} and {key} (the broker binds client ids to "
-                    f"certificates); issue them with `edgeagent pki issue-intake {i}`",
+                    f"worker {i} needs {cert} and {cert.with_suffix('.key')} (the broker binds "
+                    f"client ids to certificates); issue them with `edgeagent pki issue-intake "
+                    f"{i}`",
                 )
+        for i, (flag, cert) in enumerate(zip(ready, certs, strict=True)):
+            flag.unlink(missing_ok=True)
+            key = cert.with_suffix(".key")
             cmd = [sys.executable, "-m", "edgeagent.federation.intake", "--host", fed.broker_host,
                    "--port", str(fed.broker_port), "--fleet", self.fleet,
                    "--ca", str(fed.ca_file), "--cert", str(cert), "--key", str(key),
