@@ -106,13 +106,17 @@ def flush(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Send everything stored now (through the daemon if it runs); exit 1 if rows remain."""
-    from edgeagent.daemon.control import request
+    from edgeagent.daemon.control import daemon_listening, request
 
     cfg = load_or_exit(config, as_json)
     try:
         doc = request(cfg.control.socket_path, "flush", timeout=timeout_s + 5.0,
                       timeout_s=timeout_s)  # fmt: skip
-    except ControlError:
+    except ControlError as exc:
+        if daemon_listening(cfg.control.socket_path):
+            # A daemon runs but could not flush: a second client with the box's
+            # certificate would take its session over, so say why and stop here.
+            raise fail(exc, as_json, 1) from exc
         doc = _flush_alone(cfg, timeout_s, as_json)
     if as_json:
         echo_json(doc)
