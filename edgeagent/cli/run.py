@@ -104,7 +104,7 @@ def setup_logging(level: str, as_json: bool) -> None:
         handler.setFormatter(_JsonFormatter())
     elif os.environ.get("JOURNAL_STREAM") and os.path.exists(JOURNAL_SOCKET):
         handler = JournalHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     elif os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
