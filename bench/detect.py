@@ -6,17 +6,20 @@ What is measured (all on this machine, one run, same model = models/baseline.onn
    inputs), single-threaded session as on a box; median and p99 over many
    calls. Baseline in the same run: the numpy twin of the same graph
    (``edgeagent.model.nn.forward``); ratio = numpy / onnxruntime.
-2. ``alert_latency``: simulated wearables with scripted anomalies streamed
+2. ``alert_latency``: 8 simulated wearables with scripted anomalies streamed
    block by block (1 s blocks) into the real Windower -> features ->
-   Detector -> SQLite AlertStore. For each window, the time from pushing the
-   block that holds the window's last sample until its detection (and, for
-   alert windows, the durable alert row) is done. The window itself closes
-   one hop after its end by design; this is the cost *beyond* the hop.
+   Detector -> SQLite AlertStore, until at least 200 alerts have opened. For
+   each window, the time from the moment the second of samples holding the
+   window's last sample reaches the agent (before the windower sees it) until
+   its detection (and, for alert windows, the durable alert row) is done;
+   windows closing on the same push share that start. The window itself
+   closes one hop after its end by design; this is the cost *beyond* the hop.
    Target: p99 <= 20 ms.
 3. ``training``: LocalLearner.step cost per window trained (batch 16).
 4. ``rss``: a fresh process running an agent pipeline for 4 wearables (4
    patients, all streams, detector + learner thread + alert store) for
-   simulated minutes; resident set size at the end. Target <= 150 MB.
+   simulated minutes; resident set size at the end. Target <= 120 MB
+   (the real daemon: bench/daemon_rss.py).
 
 Run: python bench/detect.py [--quick]
 """
@@ -110,7 +113,16 @@ def _patients(n: int, seconds: float) -> list[Any]:
     return gens
 
 
-def bench_alert_latency(seconds: float, n_patients: int = 4) -> dict[str, Any]:
+def bench_alert_latency(seconds: float, n_patients: int = 8, min_alerts: int = 200,
+                        max_seconds: float = 7200.0) -> dict[str, Any]:  # fmt: skip
+    """Sample-to-stored-alert latency over at least ``min_alerts`` alerts.
+
+    Simulated time runs past ``seconds`` until ``min_alerts`` alerts have opened (or
+    ``max_seconds``), so p99 is a percentile and not the largest of a handful. The clock of
+    every window starts when the second of samples holding its last sample reaches the agent
+    (before it is pushed into the windower) and is not restarted for the windows that close on
+    the same push: a window that waits for another's detection counts the wait.
+    """
     from edgeagent.pipeline.alerts import AlertStore
     from edgeagent.pipeline.detect import Detector
     from edgeagent.pipeline.windows import Windower
@@ -119,13 +131,14 @@ def bench_alert_latency(seconds: float, n_patients: int = 4) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         store = AlertStore(Path(d))
         det = Detector(MODEL.read_bytes(), "baseline", store)
-        gens = _patients(n_patients, seconds)
+        gens = _patients(n_patients, max_seconds)
         wins = [Windower(10.0, 2.0, patient=f"p{i}") for i in range(n_patients)]
         all_lat: list[float] = []
         alert_lat: list[float] = []
+        alert_after_push: list[float] = []
         feat_t: list[float] = []
         t = 0.0
-        while t < seconds:
+        while t < seconds or (len(alert_lat) < min_alerts and t < max_seconds):
             for i, g in enumerate(gens):
                 ch = g.advance(1.0)
                 blocks = [
@@ -133,9 +146,10 @@ def bench_alert_latency(seconds: float, n_patients: int = 4) -> dict[str, Any]:
                     for k, (tt, vv) in ch.streams.items()
                     if len(tt)
                 ]
+                t0 = time.perf_counter()  # this second of samples reaches the agent
                 for b in blocks:
                     wins[i].push(b)
-                t0 = time.perf_counter()  # the last sample of the closing window has arrived
+                t_pushed = time.perf_counter()
                 for w in wins[i].pop_ready():
                     f0 = time.perf_counter()
                     r = det.process(w)
@@ -144,20 +158,28 @@ def bench_alert_latency(seconds: float, n_patients: int = 4) -> dict[str, Any]:
                     all_lat.append(f1 - t0)
                     if r.opened:
                         alert_lat.append(f1 - t0)  # AlertStore.add has committed by now
-                    t0 = time.perf_counter()
+                        alert_after_push.append(f1 - t_pushed)
             t += 1.0
         n_alerts = store.count()
         store.close()
     return {
         "patients": n_patients,
-        "sim_seconds": seconds,
+        "sim_seconds": t,
         "windows": len(all_lat),
         "alerts": n_alerts,
         "window_median_ms": _pct(all_lat, 0.5) * 1e3,
         "window_p99_ms": _pct(all_lat, 0.99) * 1e3,
         "alert_median_ms": _pct(alert_lat, 0.5) * 1e3 if alert_lat else None,
+        "alert_p95_ms": _pct(alert_lat, 0.95) * 1e3 if alert_lat else None,
         "alert_p99_ms": _pct(alert_lat, 0.99) * 1e3 if alert_lat else None,
+        "alert_max_ms": max(alert_lat) * 1e3 if alert_lat else None,
         "alert_windows": len(alert_lat),
+        # the same alerts timed from the end of the push (windower excluded), for comparison
+        "alert_after_push_median_ms": _pct(alert_after_push, 0.5) * 1e3 if alert_lat else None,
+        "alert_after_push_p99_ms": _pct(alert_after_push, 0.99) * 1e3 if alert_lat else None,
+        "load_average_1m": os.getloadavg()[0],
+        "min_alerts": min_alerts,
+        "clock_start": "the second of samples holding the window's last sample reaches the agent",
         "features_plus_detect_median_ms": _pct(feat_t, 0.5) * 1e3,
         "target_p99_ms_beyond_hop": 20.0,
         "hop_s": 2.0,
@@ -249,7 +271,7 @@ def rss_child(seconds: float, state: str) -> None:
                 "windows": det.counters["windows"],
                 "trained": learner.counters["trained"],
                 "sim_seconds": seconds,
-                "target_mb": 150.0,
+                "target_mb": 120.0,
             }
         )
     )
@@ -270,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(MODEL.relative_to(ROOT)),
     }
     res["onnx"] = bench_onnx(2000 if q else 20000)
-    res["alert_latency"] = bench_alert_latency(120.0 if q else 600.0)
+    res["alert_latency"] = bench_alert_latency(120.0 if q else 600.0, min_alerts=0 if q else 200)
     res["training"] = bench_training(512 if q else 4096)
     seconds = 120.0 if q else 600.0
     from edgeagent.model.registry import ModelRegistry
@@ -298,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     if a["alert_windows"]:
         print(
             f"last sample -> stored alert: median {a['alert_median_ms']:.2f} ms, "
-            f"p99 {a['alert_p99_ms']:.2f} ms beyond the hop over {a['alert_windows']} alerts "
+            f"p95 {a['alert_p95_ms']:.2f} ms, p99 {a['alert_p99_ms']:.2f} ms, "
+            f"max {a['alert_max_ms']:.2f} ms beyond the hop over {a['alert_windows']} alerts "
             f"(all windows p99 {a['window_p99_ms']:.2f} ms; target p99 <= 20 ms)"
         )
     else:  # --quick can be too short for an episode: say so instead of a figure
@@ -313,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"RSS, 4 wearables, {r['sim_seconds']:.0f} s simulated: {r['rss_mb']:.1f} MB "
         f"(peak {r['peak_rss_mb']:.1f} MB; bare interpreter {r['python_baseline_rss_mb']:.1f} MB; "
-        f"target <= 150 MB)"
+        f"target <= 120 MB)"
     )
     print(f"wrote {OUT.relative_to(ROOT)}")
     return 0

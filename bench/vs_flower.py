@@ -21,6 +21,9 @@ What each side runs (all processes on this machine, 127.0.0.1 only):
   ``flower_secagg`` = SecAgg+ as in Flower's secure-aggregation example
   (``LegacyContext`` + ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow)``,
   ``NumPyClient`` with ``secaggplus_mod``), the only way Flower offers SecAgg+.
+  Each Flower side also runs ``_tuned`` (TLS, one CPU per SuperNode, the
+  SuperExec poll at its minimum) and ``_patched`` (tuned, with the two
+  hard-coded 3 s polls shortened): see ``FLOWER_SETTINGS``.
 
 Same work on every side: the project's detector (``edgeagent.model``: MLP
 head + autoencoder, flat float32 parameter vector), initialised identically;
@@ -37,7 +40,8 @@ divided by the number of rounds); bytes on the wire per client per round
 (every client's TCP connection goes through a counting proxy, both
 directions, TLS/gRPC framing included, so it is what a cellular modem
 would bill); peak resident memory per client (the client's whole process
-tree) and of the server side (aggregator process; SuperLink + ServerApp);
+tree) and of the server side (aggregator + Mosquitto; SuperLink + SuperExec +
+ServerApp), and every process's own peak RSS and PSS;
 CPU seconds per client per round (process tree). Ratios are edgeagent over
 Flower.
 
@@ -106,7 +110,8 @@ def evaluate(spec: ModelSpec, w: np.ndarray, hold: dict[str, np.ndarray]) -> dic
     return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(np.mean(recalls))}
 
 
-def prepare(tmp: Path, n_clients: int, seconds: float) -> tuple[list[Path], Path, bytes, str]:
+def prepare(tmp: Path, n_clients: int, seconds: float, hidden: int = HIDDEN,
+            latent: int = LATENT) -> tuple[list[Path], Path, bytes, str]:  # fmt: skip
     """Simulate + featurise patients; write one .npz per client and the holdout; model v0."""
     from edgeagent.model.graph import build_model, to_bytes
     from edgeagent.pipeline import features
@@ -127,7 +132,7 @@ def prepare(tmp: Path, n_clients: int, seconds: float) -> tuple[list[Path], Path
     hold = tmp / "holdout.npz"
     np.savez(hold, z=z, zp=zp, m=m, y=y)
     meta = ModelMeta(tuple(features.FEATURE_NAMES), build.CLASSES, mu.tolist(), sigma.tolist(),
-                     hidden=HIDDEN, latent=LATENT)  # fmt: skip
+                     hidden=hidden, latent=latent)  # fmt: skip
     w0 = init_params(meta.spec, seed=0)
     return paths, hold, to_bytes(build_model(meta, w0)), meta.to_json()
 
@@ -208,17 +213,46 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def proc_label(p: psutil.Process) -> str:
+    """A readable name for one process, the same rule on both sides."""
+    try:
+        cmd = p.cmdline()
+    except psutil.Error:
+        return "?"
+    known = ("flower-superlink", "flower-supernode", "flwr-clientapp", "flwr-serverapp",
+             "mosquitto")  # fmt: skip
+    for token in cmd[:3]:
+        base = os.path.basename(token)
+        if base in known:
+            return base
+        if base == "flower-superexec":
+            kind = cmd[cmd.index("--plugin-type") + 1] if "--plugin-type" in cmd else ""
+            return f"flower-superexec {kind}".strip()
+    if "--box" in cmd:
+        return "edgeagent box"
+    if "--aggregator" in cmd:
+        return "edgeagent aggregator"
+    return os.path.basename(cmd[0]) if cmd else p.name()
+
+
 class TreeMonitor:
-    """Peak RSS of process trees (sum over a root and its descendants), sampled every 100 ms."""
+    """Peak RSS of process trees (sum over a root and its descendants), sampled every 100 ms.
+
+    Every process seen is also kept on its own (label, peak RSS, peak PSS every 0.5 s, CPU), so
+    each side's processes are listed and counted by the same rule.
+    """
 
     def __init__(self, roots: dict[str, int]) -> None:
         self.roots = {k: psutil.Process(p) for k, p in roots.items()}
         self.peak = dict.fromkeys(roots, 0)
         self.cpu: dict[str, dict[int, float]] = {k: {} for k in roots}
+        self.procs: dict[int, dict[str, Any]] = {}
+        self._n = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
+        self._n += 1
         for k, root in self.roots.items():
             total = 0
             try:
@@ -227,9 +261,18 @@ class TreeMonitor:
                 continue
             for p in procs:
                 with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
+                    rss = p.memory_info().rss
+                    total += rss
                     t = p.cpu_times()
                     self.cpu[k][p.pid] = t.user + t.system
+                    rec = self.procs.get(p.pid)
+                    if rec is None:
+                        rec = self.procs[p.pid] = {"root": k, "label": proc_label(p),
+                                                   "rss": 0, "pss": 0}  # fmt: skip
+                    rec["rss"] = max(rec["rss"], rss)
+                    rec["cpu_s"] = t.user + t.system
+                    if self._n % 5 == 0:
+                        rec["pss"] = max(rec["pss"], p.memory_full_info().pss)
             self.peak[k] = max(self.peak[k], total)
 
     def _run(self) -> None:
@@ -248,6 +291,21 @@ class TreeMonitor:
 
     def cpu_s(self, key: str) -> float:
         return float(sum(self.cpu[key].values()))
+
+    def processes(self, keys: list[str]) -> list[dict[str, Any]]:
+        """Every process under these roots, grouped by label: count, peak RSS/PSS (max, sum)."""
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for rec in self.procs.values():
+            if rec["root"] in keys and rec["rss"] > 0:  # a process gone before its first sample
+                groups.setdefault(rec["label"], []).append(rec)
+        return [
+            {"process": label, "count": len(rs),
+             "peak_rss_mb_max": round(max(r["rss"] for r in rs) / 2**20, 1),
+             "peak_rss_mb_sum": round(sum(r["rss"] for r in rs) / 2**20, 1),
+             "peak_pss_mb_max": round(max(r["pss"] for r in rs) / 2**20, 1),
+             "cpu_s_sum": round(sum(r.get("cpu_s", 0.0) for r in rs), 2)}
+            for label, rs in sorted(groups.items())
+        ]  # fmt: skip
 
 
 # -- edgeagent side -----------------------------------------------------------------------------
@@ -375,9 +433,9 @@ def run_edgeagent(args: argparse.Namespace, tmp: Path, paths: list[Path], model:
         )
         for k, b in enumerate(boxes)
     ]
-    mon = TreeMonitor(
-        {"server": agg.pid, **{b: p.pid for b, p in zip(boxes, procs, strict=True)}}
-    ).start()
+    roots = {"server": agg.pid, "broker": broker.pid}
+    roots.update({b: p.pid for b, p in zip(boxes, procs, strict=True)})
+    mon = TreeMonitor(roots).start()
     try:
         agg.wait(args.timeout)
         t_end = time.time()
@@ -405,13 +463,14 @@ def run_edgeagent(args: argparse.Namespace, tmp: Path, paths: list[Path], model:
     return side_result(
         name, args, mon, boxes, wire,
         wall=t_end - ready_t, startup=ready_t - t_start, w=w, meta=meta,
-        in_round=[r["seconds"] for r in done],
+        in_round=[r["seconds"] for r in done], server=["server", "broker"],
     )  # fmt: skip
 
 
 def side_result(name: str, args: argparse.Namespace, mon: TreeMonitor, clients: list[str],
                 wire: dict[str, int], *, wall: float, startup: float, w: np.ndarray, meta: str,
-                in_round: list[float] | None = None) -> dict[str, Any]:  # fmt: skip
+                in_round: list[float] | None = None,
+                server: tuple[str, ...] | list[str] = ("server",)) -> dict[str, Any]:  # fmt: skip
     hold = load(args.holdout_path)
     acc = evaluate(spec_of(meta), w, hold)
     n, r = len(clients), args.rounds
@@ -426,9 +485,11 @@ def side_result(name: str, args: argparse.Namespace, mon: TreeMonitor, clients: 
         "bytes_down_per_client_round": round(wire["down"] / n / r),
         "client_peak_rss_mb": round(float(np.mean([mon.peak[c] for c in clients])) / 2**20, 1),
         "client_peak_rss_mb_max": round(max(mon.peak[c] for c in clients) / 2**20, 1),
-        "server_peak_rss_mb": round(mon.peak["server"] / 2**20, 1),
+        "server_peak_rss_mb": round(sum(mon.peak[k] for k in server) / 2**20, 1),
         "client_cpu_s_per_round": round(float(np.mean([mon.cpu_s(c) for c in clients])) / r, 3),
-        "server_cpu_s_per_round": round(mon.cpu_s("server") / r, 3),
+        "server_cpu_s_per_round": round(sum(mon.cpu_s(k) for k in server) / r, 3),
+        "client_processes": mon.processes(clients),
+        "server_processes": mon.processes(list(server)),
     }
 
 
@@ -581,11 +642,71 @@ out-dir = ""
 """
 
 
+#: Flower settings. ``defaults``: as the quickstart deploys it (``--insecure``, subprocess
+#: isolation, no pinning). ``tuned``: TLS on the Fleet/Control/ServerAppIo APIs, each SuperNode
+#: (and the SuperExec and ClientApp processes it starts) pinned to one CPU with taskset (node k on
+#: CPU k mod ncpu), the SuperExec task poll at its smallest allowed value (0.01 s,
+#: ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``). The SuperNode's idle pull sleep and the ServerApp
+#: grid's reply poll are ``time.sleep(3)`` in flwr 1.42's source with no setting, so ``tuned``
+#: keeps them; ``patched`` is ``tuned`` plus a sitecustomize that shortens exactly those 3 s
+#: sleeps to POLL_PATCH_S, which Flower's configuration does not offer: it shows what is left
+#: once polling is out of the way. Subprocess isolation in every setting: ``--isolation
+#: process`` launches the same ``flwr-clientapp`` per message, only from a SuperExec the
+#: operator runs (supercore/superexec/executor/subprocess_executor.py), so it is not lighter.
+FLOWER_SETTINGS = ("defaults", "tuned", "patched")
+POLL_PATCH_S = 0.05
+SITECUSTOMIZE = f"""
+import time as _t
+_sleep = _t.sleep
+def _short(s):
+    return _sleep({POLL_PATCH_S} if s == 3 else s)
+_t.sleep = _short
+"""
+
+
+def make_tls(d: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 (the SuperLink's TLS), PEM files in d."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("bench-ca")).issuer_name(name("bench-ca"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                       x509.DNSName("localhost")])  # fmt: skip
+    cert = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(2).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1)).add_extension(san, critical=False)
+            .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    out = {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    out["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    out["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))  # fmt: skip
+    return out
+
+
 def run_flower(args: argparse.Namespace, tmp: Path, paths: list[Path], meta: str,
-               w0: np.ndarray, secagg: bool) -> dict[str, Any]:  # fmt: skip
+               w0: np.ndarray, secagg: bool,
+               setting: str = "defaults") -> dict[str, Any]:  # fmt: skip
     from edgeagent.fl.secagg import choose_degree, choose_threshold
 
     tag = "flower_secagg" if secagg else "flower"
+    if setting != "defaults":
+        tag += f"_{setting}"
     d = tmp / tag
     app = d / "edgeflower"
     app.mkdir(parents=True)
@@ -602,13 +723,26 @@ def run_flower(args: argparse.Namespace, tmp: Path, paths: list[Path], meta: str
     home.mkdir()
     # Flower 1.42 serves the Runtime (ServerApp), Fleet and Control APIs over HTTP on one port
     ports = {"api": free_port()}
+    tls = make_tls(d) if setting != "defaults" else None
+    security = f'root-certificates = "{tls["ca"]}"' if tls else "insecure = true"
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
-        f'address = "127.0.0.1:{ports["api"]}"\ninsecure = true\n'
+        f'address = "127.0.0.1:{ports["api"]}"\n{security}\n'
     )
-    env = {**os.environ, "FLWR_HOME": str(home)}
+    # no telemetry on any setting: nothing outside this machine can be reached
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+    if setting != "defaults":
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = "0.01"
+    if setting == "patched":
+        (d / "patch").mkdir()
+        (d / "patch" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(d / "patch"),
+                                                          env.get("PYTHONPATH")]))  # fmt: skip
+    link_sec = (["--ssl-ca-certfile", str(tls["ca"]), "--ssl-certfile", str(tls["cert"]),
+                 "--ssl-keyfile", str(tls["key"])] if tls else ["--insecure"])  # fmt: skip
+    node_sec = ["--root-certificates", str(tls["ca"])] if tls else ["--insecure"]
     log = open(d / "superlink.log", "w")  # noqa: SIM115
-    link = subprocess.Popen(["flower-superlink", "--insecure",
+    link = subprocess.Popen(["flower-superlink", *link_sec,
                              "--host", "127.0.0.1", "--port", str(ports["api"]),
                              "--database", str(d / "state.db"),
                              "--disable-runtime-dependency-installation"],
@@ -618,8 +752,9 @@ def run_flower(args: argparse.Namespace, tmp: Path, paths: list[Path], meta: str
     nodes = []
     for k, p in enumerate(paths):
         nlog = open(d / f"supernode{k}.log", "w")  # noqa: SIM115
+        pin = ["taskset", "-c", str(k % (os.cpu_count() or 1))] if setting != "defaults" else []
         nodes.append(subprocess.Popen(
-            ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{proxy.port}",
+            [*pin, "flower-supernode", *node_sec, "--superlink", f"127.0.0.1:{proxy.port}",
              "--host", "127.0.0.1", "--port", str(free_port()),
              "--node-config", f'partition-id={k} data-path="{p}"'],
             env={**env, "FLWR_HOME": str(d / f"node{k}")}, stdout=nlog,
@@ -670,7 +805,7 @@ def run_flower(args: argparse.Namespace, tmp: Path, paths: list[Path], meta: str
     t0_rounds = start[0] if start else t0
     w = np.load(d / "out" / "final.npy")
     name = ("Flower SecAgg+ (LegacyContext + SecAggPlusWorkflow, secaggplus_mod)" if secagg
-            else "Flower FedAvg (Message API)")  # fmt: skip
+            else "Flower FedAvg (Message API)") + f", {setting}"  # fmt: skip
     return side_result(name, args, mon, [f"n{k}" for k in range(n)], wire,
                        wall=trained[-1]["t"] - t0_rounds, startup=t0_rounds - t0, w=w,
                        meta=meta, in_round=[round(t1 - t0, 3)])  # fmt: skip
@@ -687,8 +822,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=600.0)
     all_sides = ["edgeagent", "edgeagent_plain", "flower", "flower_secagg"]
+    all_sides += ["flower_tuned", "flower_patched", "flower_secagg_tuned"]
     ap.add_argument("--sides", nargs="+", default=all_sides)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--hidden", type=int, default=HIDDEN, help="model size: hidden units")
+    ap.add_argument("--latent", type=int, default=LATENT)
     # internal entry points (subprocesses)
     ap.add_argument("--proxy", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--box", help=argparse.SUPPRESS)
@@ -710,7 +848,7 @@ def main() -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="vs-flower-"))
     t0 = time.perf_counter()
-    paths, hold, model, meta = prepare(tmp, a.clients, a.seconds)
+    paths, hold, model, meta = prepare(tmp, a.clients, a.seconds, a.hidden, a.latent)
     a.holdout_path = hold
     from edgeagent.model.graph import get_params, parse_model
 
@@ -725,13 +863,16 @@ def main() -> None:
         if side.startswith("edgeagent"):
             sides[side] = run_edgeagent(a, tmp, paths, model, meta, secure=side == "edgeagent")
         else:
-            sides[side] = run_flower(a, tmp, paths, meta, w0, secagg=side == "flower_secagg")
+            setting = side.rsplit("_", 1)[-1] if side.endswith(FLOWER_SETTINGS) else "defaults"
+            sides[side] = run_flower(a, tmp, paths, meta, w0, secagg="secagg" in side,
+                                     setting=setting)  # fmt: skip
         print(f"{side}: {json.dumps(sides[side])} ({time.perf_counter() - t:.1f} s)", flush=True)
     initial = evaluate(spec_of(meta), w0, load(hold))
     ratios = {}
     # like for like: SecAgg on against Flower's SecAgg+, off against Flower's plain FedAvg;
     # and each edgeagent side against the other Flower side for the cost of the choice
-    pairs = [(e, f) for e in ("edgeagent", "edgeagent_plain") for f in ("flower", "flower_secagg")]
+    flowers = [s for s in sides if s.startswith("flower")]
+    pairs = [(e, f) for e in ("edgeagent", "edgeagent_plain") for f in flowers]
     for mine, other in pairs:
         if mine in sides and other in sides:
             e, f = sides[mine], sides[other]

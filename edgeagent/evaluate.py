@@ -20,6 +20,8 @@ Definitions (docs/model.md has the reasoning):
   event's start, i.e. the time from onset until the data that raised the
   alert had arrived.
 * Sensor faults are scored the same way with ``fault_active``.
+* Alert time, false alarms per started alert-hour outside labels, event
+  recall and the beat-level figures are ``edgeagent.metrics``' definitions.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgeagent.metrics import (
+    alert_spans,
+    auroc,
+    beat_classification,
+    beat_detection,
+    beat_scores,
+    event_recall,
+    false_alarms,
+    time_in_alert,
+    total_s,
+)
 
 #: Overlap that makes a window positive (seconds), capped at half the label.
 POS_OVERLAP_S = 3.0
@@ -47,29 +61,6 @@ class ScoredWindow:
     clinical_active: bool
     fault_active: bool
     status: str = "ok"
-
-
-def auroc(y: np.ndarray, s: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney U) formula, ties averaged.
-
-    NaN when only one class is present (undefined, not 0.5).
-    """
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(s, np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def binary_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -134,8 +125,16 @@ def score_windows(
     window_s: float,
     duration_s: float | None = None,
     fault_kinds: Sequence[str] = FAULT_KINDS,
+    hop_s: float | None = None,
+    end_s: float | None = None,
 ) -> dict[str, Any]:
-    """Every metric ``edgeagent evaluate`` reports, from scored windows and labels."""
+    """Every window- and alert-level metric ``edgeagent evaluate`` reports.
+
+    ``hop_s`` (default: the median spacing of the window ends) is how long a
+    decision holds, never past ``end_s`` (the recording's last sample;
+    default: the first window's start plus ``duration_s``); ``window_s`` is
+    also the grace after a label's end within which an alert still belongs to it.
+    """
     labels = sorted(labels)
     ws = [w for w in windows if w.status == "ok"]
     spans = [(w.start, w.end) for w in ws]
@@ -204,11 +203,65 @@ def score_windows(
     if duration_s is None and ws:
         duration_s = float(ends.max() - starts.min())
     hours = (duration_s or 0.0) / 3600.0
-    # Episodes = rising edges of clinical_active; false when the window is a labelled negative.
+    # Episodes = rising edges of clinical_active; an onset on a labelled-negative window.
     edges = np.flatnonzero(clin & ~np.r_[False, clin[:-1]]) if len(ws) else np.zeros(0, int)
     false_eps = int(sum(1 for i in edges if y[i] == 0))
     out["clinical_episodes"] = len(edges)
-    out["false_alarms_per_hour"] = false_eps / hours if hours > 0 else None
+    out["false_alarm_onsets_per_hour"] = false_eps / hours if hours > 0 else None
+    if hop_s is None:
+        hop_s = float(np.median(np.diff(np.sort(ends)))) if len(ws) > 1 else window_s
+    hop_s = hop_s if hop_s > 0 else window_s
+    until = None
+    if len(ws):
+        last = end_s if end_s is not None else float(starts.min()) + (duration_s or 0.0)
+        until = min(float(ends.max()) + hop_s, max(last, float(ends.max())))
+    spans = alert_spans(ends, clin, hop_s, until=until)
+    fa = false_alarms(spans, labels, duration_s or 0.0, window_s, fault_kinds)
+    ev = event_recall(spans, labels, window_s, fault_kinds)
+    out["alert_spans"] = len(spans)
+    out["alert_s"] = total_s(spans)
+    out["time_in_alert"] = time_in_alert(spans, duration_s or 0.0)
+    out["false_alarms"] = fa["false_alarms"]
+    out["alert_s_outside_labels"] = fa["alert_s_outside_labels"]
+    out["false_alarms_per_hour"] = fa["false_alarms_per_hour"] if hours > 0 else None
+    out["events"] = ev["events"]
+    out["events_detected"] = ev["detected"]
+    out["event_recall"] = ev["recall"]
+    return out
+
+
+def detect_beats(t: np.ndarray, uv: np.ndarray, fs: float) -> np.ndarray:
+    """Beat times (s) the pipeline's QRS detector finds, segment by contiguous segment."""
+    from edgeagent.pipeline.ecg import contiguous_segments, detect_r_peaks
+
+    out = [t[sl][detect_r_peaks(uv[sl], fs)] for sl in contiguous_segments(t, fs)]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+#: Below this QRS sensitivity against the annotations, the annotations are
+#: probably not this signal's (another record, another time base).
+ANNOTATION_AGREEMENT_MIN = 0.5
+
+
+def score_beats(
+    ref_t: np.ndarray,
+    ref_aami: np.ndarray,
+    detected_t: np.ndarray,
+    windows: Sequence[ScoredWindow],
+) -> dict[str, Any]:
+    """Beat-level figures: QRS detection (EC57) and abnormal-beat scoring by the windows.
+
+    A reference beat's score is the highest clinical score of the windows
+    containing it; it is *flagged* when one of them had a clinical alert open.
+    """
+    ws = [w for w in windows if w.status == "ok"]
+    starts = np.asarray([w.start for w in ws], np.float64)
+    ends = np.asarray([w.end for w in ws], np.float64)
+    sc = beat_scores(ref_t, starts, ends, [w.score for w in ws])
+    act = beat_scores(ref_t, starts, ends, [float(w.clinical_active) for w in ws])
+    out: dict[str, Any] = dict(beat_detection(ref_t, detected_t))
+    out["by_class"] = {c: int((ref_aami == c).sum()) for c in ("N", "S", "V", "F", "Q")}
+    out["abnormal"] = beat_classification(ref_aami, sc, flagged=np.nan_to_num(act) >= 0.5)
     return out
 
 
@@ -232,19 +285,32 @@ def evaluate_recording(
     window_s: float = 10.0,
     hop_s: float = 2.0,
     personalise: bool = True,
+    lead: str | None = None,
+    annotations: str | None = None,
+    span_s: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """Replay a recording directory through windows and the detector; return the metrics.
+    """Replay a recording through windows and the detector; return the metrics.
 
-    Works with any subset of streams at any rate (missing modalities are
-    masked). Raises ``RecordingError`` for an unreadable recording and
-    ``ModelError`` for an unusable model.
+    ``path`` is a recording directory, a WFDB record or an EDF file
+    (``edgeagent.sources.records``); ``lead`` / ``annotations`` choose the
+    record's ECG lead and annotator. ``span_s`` keeps only ``[start, end)``
+    seconds from the recording's start (a quick look at a long record). Works
+    with any subset of streams at any rate (missing modalities are masked and
+    named in ``warnings``). Raises ``RecordingError`` for an unreadable
+    recording and ``ModelError`` for an unusable model.
     """
-    from edgeagent.pipeline.alerts import MemoryAlertSink
-    from edgeagent.pipeline.detect import Detector, DetectorConfig
-    from edgeagent.pipeline.windows import Windower
-    from edgeagent.recording import read_recording
+    import time
 
-    rec = read_recording(path)
+    from edgeagent.pipeline.alerts import MemoryAlertSink
+    from edgeagent.pipeline.detect import MODALITY_STREAMS, Detector, DetectorConfig
+    from edgeagent.pipeline.windows import Windower
+    from edgeagent.sources.records import open_recording
+    from edgeagent.streams import Stream
+
+    t_start = time.perf_counter()
+    rec = open_recording(path, lead=lead, annotations=annotations)
+    if span_s is not None:
+        rec = _cut(rec, span_s)
     patient = Path(path).name
     sink = MemoryAlertSink()
     det = Detector(model_bytes, model_label, sink, DetectorConfig(personalise=personalise))
@@ -263,11 +329,70 @@ def evaluate_recording(
         run(win.pop_ready())
     run(win.flush())
     labels = [(float(s), float(e), str(k)) for s, e, k in rec.labels]
-    out = score_windows(scored, labels, window_s, duration_s=float(rec.duration))
+    out = score_windows(
+        scored, labels, window_s, duration_s=float(rec.duration), hop_s=hop_s, end_s=rec.end
+    )
+    warnings: list[str] = []
+    rejected = dict(getattr(rec, "rejected", {}))
+    for name, why in sorted(rejected.items()):
+        warnings.append(
+            f"{name}: {sum(why.values())} rows dropped ("
+            + ", ".join(f"{k} {v}" for k, v in sorted(why.items()))
+            + ")"
+        )
+    missing = [m for m, ss in MODALITY_STREAMS.items() if not set(ss) & set(rec.streams)]
+    if missing:
+        warnings.append(
+            f"no {', '.join(missing)} data: those modalities are masked, "
+            "their classes rest on the other streams alone"
+        )
+    if rec.beats is not None and len(rec.beats) and Stream.ECG in rec.streams:
+        t, v = rec.data[Stream.ECG]
+        detected = detect_beats(t, v[:, 0].astype(np.float64), rec.rate(Stream.ECG))
+        beats = score_beats(rec.beats.t, rec.beats.aami, detected, scored)
+        if beats["reference"] >= 20 and beats["sensitivity"] < ANNOTATION_AGREEMENT_MIN:
+            warnings.append(
+                f"beat annotations disagree with the signal: only {beats['sensitivity']:.0%} of "
+                "annotated beats have a detected QRS within 150 ms (annotations of another "
+                "record, another lead's time base, or a very noisy lead?)"
+            )
+        out["beats"] = beats
+        out["beat_sensitivity"] = beats["sensitivity"]
+        out["beat_positive_predictivity"] = beats["positive_predictivity"]
+        out["beat_auroc"] = beats["abnormal"]["auroc"]
+    else:
+        out["beats"] = None
+        out["beat_sensitivity"] = out["beat_positive_predictivity"] = out["beat_auroc"] = None
     out["recording"] = str(path)
+    out["format"] = rec.meta.get("format", "csv")
+    out["lead"] = rec.meta.get("lead")
     out["streams"] = sorted(str(s) for s in rec.streams)
+    out["missing_modalities"] = missing
+    out["duration_s"] = float(rec.duration)
     out["model"] = model_label
     out["alerts"] = len(sink.alerts)
-    out["rejected_rows"] = dict(getattr(rec, "rejected", {}))
+    out["rejected_rows"] = rejected
     out["labels"] = len(labels)
+    out["notes"] = list(rec.notes)
+    out["warnings"] = warnings
+    out["runtime_s"] = time.perf_counter() - t_start
     return _clean(out)
+
+
+def _cut(rec: Any, span_s: tuple[float, float]) -> Any:
+    """The part of ``rec`` within ``span_s`` seconds of its start (labels and beats clipped)."""
+    from dataclasses import replace
+
+    a, b = rec.start + span_s[0], rec.start + span_s[1]
+    if not b > a:
+        raise ValueError(f"empty span {span_s!r}")
+    data = {}
+    for s, (t, v) in rec.data.items():
+        i0, i1 = np.searchsorted(t, [a, b], side="left")
+        data[s] = (t[i0:i1], v[i0:i1])
+    labels = [(max(s, a), min(e, b), k) for s, e, k in rec.labels if e >= a and s < b]
+    beats = rec.beats
+    if beats is not None:
+        keep = (beats.t >= a) & (beats.t < b)
+        beats = type(beats)(beats.t[keep], beats.symbol[keep], beats.aami[keep])
+    return replace(rec, data=data, labels=labels, beats=beats)

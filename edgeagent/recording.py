@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeagent.annotations import BEATS_FILE, Beats, read_beats
 from edgeagent.errors import RecordingError
 from edgeagent.streams import CHANNELS, SampleBlock, Stream
 
@@ -129,6 +130,10 @@ class Recording:
     labels: list[tuple[float, float, str]] = field(default_factory=list)
     rejected: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: Reference beats (``beats.csv`` or a record's beat annotations), if any.
+    beats: Beats | None = None
+    #: Where the data came from: format, lead, rate, units (record readers).
+    meta: dict[str, object] = field(default_factory=dict)
 
     @property
     def streams(self) -> tuple[Stream, ...]:
@@ -221,12 +226,16 @@ def read_recording(
     files: dict[Stream, Path] = {}
     notes: list[str] = []
     label_file: Path | None = None
+    beats_file: Path | None = None
     for entry in sorted(root.iterdir()):
         if not entry.is_file() or entry.suffix.lower() != ".csv":
             continue
         stem = entry.stem.strip().lower()
         if stem == Path(LABELS_FILE).stem:
             label_file = entry
+            continue
+        if stem == Path(BEATS_FILE).stem:
+            beats_file = entry
             continue
         try:
             s = Stream(stem)
@@ -256,6 +265,12 @@ def read_recording(
         if rejected:
             rec.rejected["labels"] = rejected
         rec.notes.extend(file_notes)
+    if beats_file is not None:
+        rec.beats, dropped, file_notes = read_beats(beats_file)
+        if dropped:
+            rec.rejected["beats"] = {"malformed": dropped}
+        rec.notes.extend(file_notes)
+    rec.meta = {"format": "csv"}
     return rec
 
 

@@ -36,11 +36,12 @@ from edgeagent.model.graph import FAULT, NORMAL, ModelMeta, build_model, to_byte
 from edgeagent.model.nn import standardise  # noqa: E402
 from edgeagent.pipeline import features  # noqa: E402
 from edgeagent.pipeline.alerts import MemoryAlertSink  # noqa: E402
-from edgeagent.pipeline.detect import Detector, DetectorConfig  # noqa: E402
+from edgeagent.pipeline.detect import CLASS_MODALITY, Detector, DetectorConfig  # noqa: E402
 from edgeagent.pipeline.personal import calibrate, robust_stats  # noqa: E402
 from edgeagent.pipeline.windows import Windower  # noqa: E402
 from edgeagent.streams import SampleBlock, Stream  # noqa: E402
 from edgelab.train import fit  # noqa: E402
+from firmware_sim.ecg_variation import ECGVariation, make_variation  # noqa: E402
 from firmware_sim.physiology import (  # noqa: E402
     ANOMALY_KINDS,
     FAULT_KINDS,
@@ -54,11 +55,15 @@ from firmware_sim.physiology import (  # noqa: E402
 CLASSES: tuple[str, ...] = (NORMAL, *ANOMALY_KINDS, FAULT)
 WINDOW_S = 10.0
 HOP_S = 2.0
-TRAIN_PATIENTS = range(0, 16)
+TRAIN_PATIENTS = range(0, 24)
 TRAIN_SECONDS = 2400.0
 HELDOUT_PATIENTS = range(100, 110)
 HELDOUT_SECONDS = 1800.0
 UNUSUAL_PATIENTS = range(200, 204)
+#: Training patients whose resting heart rate is high (100-126 bpm, as in ICU
+#: patients), labelled normal: "tachycardia" must mean fast *for this patient*,
+#: not fast for the population, or every such patient alarms all day.
+HIGH_HR_PATIENTS = range(300, 304)
 SEED = 0
 _SLOW = ("fever", "hypothermia")  # long ramps: leave room before and after
 
@@ -72,6 +77,13 @@ def unusual_profile(index: int, seed: int = SEED) -> PatientProfile:
     return dataclasses.replace(
         p, patient_id=f"unusual-{index:03d}", baseline_hr=hr, baseline_temp=temp
     )
+
+
+def high_hr_profile(index: int, seed: int = SEED) -> PatientProfile:
+    """A patient whose resting heart rate is high (their normal, not an episode)."""
+    p = make_patient(index, seed)
+    hr = (102.0, 110.0, 118.0, 126.0)[index % 4]
+    return dataclasses.replace(p, patient_id=f"high-hr-{index:03d}", baseline_hr=hr)
 
 
 def schedule(
@@ -109,9 +121,15 @@ def patient_features(
     seconds: float,
     episodes: tuple[Label, ...] | None,
     drop_streams: Sequence[str] = (),
+    variation: ECGVariation | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float, str]]]:
-    """(features (n, F), spans (n, 2), labels) of one simulated patient via the agent's windows."""
-    cfg = SimConfig(episodes=episodes) if episodes is not None else SimConfig()
+    """(features (n, F), spans (n, 2), labels) of one simulated patient via the agent's windows.
+
+    ``variation`` gives the patient a real wearable's lead (polarity, gain,
+    noise, morphology spread); the baseline is built and evaluated with one
+    drawn per patient (``make_variation``).
+    """
+    cfg = SimConfig(episodes=episodes, variation=variation)
     gen = Generator(profile, cfg)
     win = Windower(WINDOW_S, HOP_S, patient=profile.patient_id)
     windows = []
@@ -155,9 +173,17 @@ def class_labels(spans: np.ndarray, labels: list[tuple[float, float, str]]) -> n
 
 def _job(args: tuple[str, int, float]) -> dict[str, Any]:
     group, index, seconds = args
-    profile = unusual_profile(index) if group == "unusual" else make_patient(index, SEED)
-    eps = schedule(index, seconds, ANOMALY_KINDS + FAULT_KINDS)
-    x, spans, labs = patient_features(profile, seconds, eps)
+    kinds = ANOMALY_KINDS + FAULT_KINDS
+    if group == "unusual":
+        profile = unusual_profile(index)
+    elif group == "train_hr":
+        profile = high_hr_profile(index)
+        # Rate episodes are drawn in absolute bpm, below or near this baseline.
+        kinds = tuple(k for k in kinds if k not in ("tachycardia", "bradycardia"))
+    else:
+        profile = make_patient(index, SEED)
+    eps = schedule(index, seconds, kinds)
+    x, spans, labs = patient_features(profile, seconds, eps, variation=make_variation(index, SEED))
     return {
         "group": group,
         "index": index,
@@ -242,8 +268,23 @@ def train_model(
             "seed": seed,
         },
     )
+    # A class's own modality is never dropped from its rows (see ``fit``).
+    mods = ("ecg", "acc", "temp", "env")
+    class_group = np.asarray(
+        [mods.index(CLASS_MODALITY[c]) if c in CLASS_MODALITY else -1 for c in CLASSES]
+    )
     w, _ = fit(
-        meta.spec, z, m, y, epochs=epochs, batch=128, lr=3e-3, seed=seed, groups=groups, zp=zp
+        meta.spec,
+        z,
+        m,
+        y,
+        epochs=epochs,
+        batch=128,
+        lr=3e-3,
+        seed=seed,
+        groups=groups,
+        zp=zp,
+        class_group=class_group,
     )
     return to_bytes(build_model(meta, w))
 
@@ -302,10 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     jobs = [("train", i, TRAIN_SECONDS) for i in TRAIN_PATIENTS]
+    jobs += [("train_hr", i, TRAIN_SECONDS) for i in HIGH_HR_PATIENTS]
     jobs += [("heldout", i, HELDOUT_SECONDS) for i in HELDOUT_PATIENTS]
     jobs += [("unusual", i, HELDOUT_SECONDS) for i in UNUSUAL_PATIENTS]
     data = make_data(jobs, args.processes)
-    train = [d for d in data if d["group"] == "train"]
+    train = [d for d in data if d["group"] in ("train", "train_hr")]
     t1 = time.perf_counter()
     print(f"simulated + featurised {len(data)} patients in {t1 - t0:.1f} s")
     model = train_model(train, personal=True, epochs=args.epochs)

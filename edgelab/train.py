@@ -36,6 +36,7 @@ def fit(
     zp: np.ndarray | None = None,
     restrict_classes: bool = False,
     opt: Adam | None = None,
+    class_group: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, list[float]]]:
     """Train head (balanced cross-entropy, all rows) and autoencoder (normal rows only).
 
@@ -51,6 +52,11 @@ def fit(
 
     ``opt`` continues an optimiser from an earlier call (its moments and step
     count; updated in place); ``None`` starts a fresh Adam at ``lr``.
+
+    ``class_group`` (per class: the index into ``groups`` of the modality that
+    class is seen through, -1 for none) keeps that group when a row of the
+    class is dropped out: a fever row without temperature teaches the head to
+    call fever from heart rate, which is what it then did on real ECG.
     """
     rng = np.random.default_rng(seed)
     w = init_params(spec, seed) if flat is None else np.asarray(flat, np.float32).copy()
@@ -73,8 +79,11 @@ def fit(
             if input_dropout > 0:
                 if groups:
                     drop = np.zeros(zb.shape, bool)
-                    for g in groups:
-                        drop[:, g] |= (rng.random(len(idx)) < input_dropout)[:, None]
+                    for gi, g in enumerate(groups):
+                        d = rng.random(len(idx)) < input_dropout
+                        if class_group is not None:
+                            d &= np.asarray(class_group)[y[idx]] != gi
+                        drop[:, g] |= d[:, None]
                 else:
                     drop = rng.random(zb.shape) < input_dropout
                 zb[drop] = 0.0

@@ -13,7 +13,9 @@ missing is skipped; one that fails to import is reported and skipped, so a
 broken BLE stack never takes ``record`` down with it.
 
 Built in: ``record OUT_DIR`` (simulate a session into a recording directory)
-and ``replay DIR`` (stream a recording through the serial device on a pty).
+and ``replay SRC`` (stream a recording directory, WFDB record or EDF file
+through the serial device on a pty, or with ``--ble`` as a chest strap on the
+BlueZ D-Bus simulator).
 """
 
 from __future__ import annotations
@@ -87,21 +89,34 @@ def _run_record(args: argparse.Namespace) -> int:
 
 
 def _add_replay_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recording", metavar="DIR", help="recording directory to replay")
-    p.add_argument("--link", required=True, help="symlink path for the pty (e.g. /tmp/textile)")
-    p.add_argument("--fast", action="store_true", help="send as fast as the reader takes it")
+    p.add_argument(
+        "recording", metavar="SRC", help="recording directory, WFDB record or EDF file to replay"
+    )
+    p.add_argument("--lead", default=None, help="ECG lead of a WFDB/EDF record (default MLII, II)")
+    link = p.add_mutually_exclusive_group(required=True)
+    link.add_argument("--link", help="serial: symlink path for the pty (e.g. /tmp/textile)")
+    link.add_argument(
+        "--ble",
+        action="store_true",
+        help="BLE: serve it as a chest strap on the BlueZ D-Bus simulator (ECG at 130 Hz)",
+    )
+    p.add_argument("--bus", default=None, help="BLE: D-Bus address (default: the system bus)")
+    p.add_argument("--private-bus", action="store_true", help="BLE: start a private dbus-daemon")
+    p.add_argument("--fast", action="store_true", help="serial: as fast as the reader takes it")
     p.add_argument("--faults", default="", help='fault spec, e.g. "bit_flip=0.01,garbage=0.005"')
     p.add_argument("--seed", type=int, default=0, help="seed for injected faults")
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    from firmware_sim.recording import RecordingFormatError, RecordingPlayer, read_recording
+    from firmware_sim.recording import open_player
 
     try:
-        player = RecordingPlayer(read_recording(args.recording))
-    except RecordingFormatError as exc:
+        player = open_player(args.recording, args.lead)
+    except (ValueError, OSError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 2
+    if args.ble:
+        return _replay_ble(args, player.duration)
     try:
         serialdev = importlib.import_module("firmware_sim.serialdev")
     except ImportError as exc:
@@ -132,6 +147,32 @@ def _run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_ble(args: argparse.Namespace, duration_s: float) -> int:
+    """The recording on one simulated chest strap, in real time, until it ends."""
+    try:
+        serve_ble = importlib.import_module("firmware_sim.serve_ble")
+    except ImportError as exc:
+        print(f"replay: the BLE simulator is unavailable ({exc})", file=sys.stderr)
+        return 1
+    if args.fast:
+        print(
+            "replay: --fast is ignored over BLE (the strap streams in real time)", file=sys.stderr
+        )
+    print(f"replaying {args.recording} ({duration_s:.1f} s) as a BLE chest strap", flush=True)
+    ns = argparse.Namespace(
+        straps=1,
+        bands=0,
+        seconds=duration_s,
+        bus=args.bus,
+        private_bus=args.private_bus,
+        feed="physiology",
+        recording=args.recording,
+        lead=args.lead,
+        seed=args.seed,
+    )
+    return int(serve_ble.run(ns))
+
+
 COMMANDS: dict[str, Command] = {
     "record": (
         "simulate a patient session into a recording directory",
@@ -139,7 +180,7 @@ COMMANDS: dict[str, Command] = {
         _run_record,
     ),
     "replay": (
-        "stream a recording through the serial device on a pty",
+        "stream a recording, WFDB record or EDF file as the serial device or a BLE strap",
         _add_replay_arguments,
         _run_replay,
     ),

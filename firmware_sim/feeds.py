@@ -16,7 +16,11 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
+from firmware_sim import gatt
+
 StreamData = dict[str, tuple[np.ndarray, np.ndarray]]
+#: The strap's ECG rate as its PMD service announces it (a Polar H10's 130 Hz).
+PMD_ECG_HZ = float(gatt.PMD_CAPABILITIES[gatt.PMD_ECG][gatt.PMD_SETTING_SAMPLE_RATE][0])
 
 
 class Feed(Protocol):
@@ -125,11 +129,13 @@ class PhysiologyFeed:
 
 
 class RecordingFeed:
-    """Replays a recording directory (docs/recording-format.md) in device time.
+    """Replays a recording directory (docs/recording-format.md) or a WFDB / EDF record.
 
     Rows are served by their ``t`` relative to the first sample of the
     recording; when the recording ends the feed goes quiet (no looping, so no
-    duplicated data).
+    duplicated data). ``lead`` picks a record's ECG lead; with ``ecg_hz`` the
+    ECG is resampled to the rate the link announces (a BLE strap's 130 Hz),
+    as the real device would have sampled it.
     """
 
     _COLS: ClassVar[dict[str, int]] = {
@@ -141,11 +147,20 @@ class RecordingFeed:
         "rr": 1,
     }
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, *, lead: str | None = None, ecg_hz: float | None = None
+    ) -> None:
         self._data: StreamData = {}
         root = Path(path)
         t0 = math.inf
-        for name, ncol in self._COLS.items():
+        from firmware_sim import formats
+
+        if formats.record_kind(root) is not None:
+            t, v = formats.read_record(root, lead).streams["ecg"]
+            if len(t):
+                self._data["ecg"] = (t, v)
+                t0 = float(t[0])
+        for name, ncol in self._COLS.items() if root.is_dir() else ():
             f = root / f"{name}.csv"
             if not f.exists():
                 continue
@@ -166,6 +181,8 @@ class RecordingFeed:
         if not self._data:
             raise ValueError(f"{root}: no readable stream CSV files")
         self._data = {k: (t - t0, v) for k, (t, v) in self._data.items()}
+        if ecg_hz is not None and "ecg" in self._data:
+            self._data["ecg"] = formats.resample(*self._data["ecg"], ecg_hz)
         self._t = 0.0
 
     def advance(self, seconds: float) -> StreamData:

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from firmware_sim.ecg_variation import ECGVariation, front_end, shape_waves
+
 ANOMALY_KINDS: tuple[str, ...] = (
     "tachycardia",
     "bradycardia",
@@ -83,7 +85,17 @@ _NOISE_BLOCK = 8192  # samples per independently seeded noise block
 _PREROLL_S = 10.0  # beats and grid start this long before the generator's start
 
 # Stream tags for seeding per-stream noise blocks.
-_TAGS = {"ecg": 1, "acc": 2, "skin_temp": 3, "env": 4, "beats": 5, "bouts": 6, "events": 7}
+_TAGS = {
+    "ecg": 1,
+    "acc": 2,
+    "skin_temp": 3,
+    "env": 4,
+    "beats": 5,
+    "bouts": 6,
+    "events": 7,
+    "emg": 8,
+    "ectopy": 9,
+}
 
 # Activity-dependent targets, indexed like ACTIVITIES.
 _HR_FACTOR = np.array([0.88, 1.0, 1.35, 1.85])
@@ -184,6 +196,8 @@ class SimConfig:
     ``episodes`` (an addition to the agreed interface) replaces the random
     schedule with a scripted one, for tests and demos that need a given event at
     a given time; episode parameters are still drawn from the patient seed.
+    ``variation`` adds a real wearable's electrode, front-end and morphology
+    spread to the ECG (``firmware_sim.ecg_variation``); None keeps the clean lead.
     """
 
     ecg_hz: float = 250.0
@@ -195,6 +209,7 @@ class SimConfig:
     kinds: tuple[str, ...] | None = None
     hr_hz: float = 1.0
     episodes: tuple[Label, ...] | None = None
+    variation: ECGVariation | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the bad setting and the accepted range."""
@@ -467,6 +482,10 @@ class Generator:
         self._beat_st: list[float] = [0.0]
         self._pvc_count = 0
         self._compensate = 0.0
+        # Isolated ectopic beats of a real wearer (ECGVariation), from their own stream.
+        self._ectopy_rng = np.random.default_rng(
+            np.random.SeedSequence([profile.seed, _TAGS["ectopy"]])
+        )
         self._bt_arr: dict[str, np.ndarray] | None = None
         self._noise_cache: dict[tuple[str, int], np.ndarray] = {}
 
@@ -662,8 +681,25 @@ class Generator:
                 + 0.5 * math.sin(resp_ph)
             )
             rr = rr0 * (1.0 + m + 0.006 * z[0])
+            var = self.config.variation
+            if var is not None and var.rr_jitter > 0:
+                # Beat-to-beat (vagal) variability: real resting pNN50 is 5-30 %.
+                rr *= 1.0 + var.rr_jitter * float(self._ectopy_rng.standard_normal())
             if self._compensate > 0.0:
                 rr, self._compensate = self._compensate, 0.0
+            elif var is not None and var.ectopy_per_min > 0 and ep is None:
+                # Healthy hearts throw an occasional early beat outside any episode:
+                # unlabelled, so a window holding one is still normal.
+                u = self._ectopy_rng.random(3)
+                if u[0] < var.ectopy_per_min * rr / 60.0:
+                    if u[1] < var.pvc_share:
+                        rr_pre = rr * (0.6 + 0.1 * u[2])
+                        self._compensate = 2.0 * rr - rr_pre  # full compensatory pause
+                        rr, kind = rr_pre, 1
+                    else:
+                        rr_pre = rr * (0.62 + 0.2 * u[2])
+                        self._compensate = rr * 1.05  # atrial: the sinus node resets
+                        rr = rr_pre
             elif in_label and ep is not None and ep.kind == "af":
                 rr = rr0 * math.exp(ep.p["irr"] * z[1])
             elif in_label and ep is not None and ep.kind == "pvc":
@@ -759,6 +795,9 @@ class Generator:
         resp = np.sin(self._grid("resp_ph", bt["t"]))
         a[:, :4] *= (1.0 + 0.06 * resp)[:, None]
         a[:, 5] *= 1.0 + 0.06 * resp
+        var = self.config.variation
+        if var is not None:
+            shape_waves(var, a, s, bt["t"], pvc[:, 0])
         step = 65536
         for i in range(0, len(t), step):
             ts = t[i : i + step]
@@ -771,14 +810,20 @@ class Generator:
             y[i : i + step] = acc
         # Baseline wander (breathing + slow drift), motion noise, mains hum, white noise.
         resp_ph = self._grid("resp_ph", t)
-        y += 35.0 * np.sin(resp_ph)
+        wander = 35.0 * np.sin(resp_ph)
         for f, amp, ph in zip(self._wander_f, self._wander_a, self._wander_ph, strict=True):
-            y += amp * np.sin(2 * np.pi * f * t + ph)
+            wander += amp * np.sin(2 * np.pi * f * t + ph)
+        y += wander
         motion = self._grid("motion", t)
         z = self._noise("ecg", t, self.config.ecg_hz, 2)
         y += (p.ecg_noise_uv + 12.0 * motion) * z[:, 0]
         y += 60.0 * motion * np.sin(self._grid("cad_ph", t) + 0.3)
         y += 4.0 * np.sin(2 * np.pi * 50.0 * t)
+        lead = 1.0
+        if var is not None:
+            emg = self._noise("emg", t, self.config.ecg_hz, 1)[:, 0]
+            y = front_end(var, t, y, wander, emg)
+            lead = var.polarity * var.gain
         if len(t):
             for e in self._active(float(t[0]), float(t[-1])):
                 m = (t >= e.start) & (t <= e.end)
@@ -786,9 +831,13 @@ class Generator:
                     continue
                 tm = t[m]
                 if e.kind == "af":
-                    y[m] += e.p["famp"] * (
-                        np.sin(2 * np.pi * e.p["f1"] * tm)
-                        + 0.6 * np.sin(2 * np.pi * e.p["f2"] * tm + 1.0)
+                    y[m] += (
+                        lead
+                        * e.p["famp"]
+                        * (
+                            np.sin(2 * np.pi * e.p["f1"] * tm)
+                            + 0.6 * np.sin(2 * np.pi * e.p["f2"] * tm + 1.0)
+                        )
                     )
                 elif e.kind == "motion_artifact":
                     art = np.zeros(len(tm))

@@ -278,3 +278,16 @@ class RecordingPlayer:
         chunk = Chunk(streams=out, labels=labels, start=self._now, end=end)
         self._now = end
         return chunk
+
+
+def open_player(src: str | os.PathLike[str], lead: str | None = None) -> RecordingPlayer:
+    """A player for a recording directory, a WFDB record or an EDF file (``lead`` for records).
+
+    Raises ``RecordingFormatError`` or ``formats.RecordFileError`` (both
+    ValueError) naming the file and the problem.
+    """
+    from firmware_sim import formats
+
+    if formats.record_kind(src) is not None:
+        return RecordingPlayer(formats.read_record(src, lead))
+    return RecordingPlayer(read_recording(src))

@@ -224,6 +224,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="simulation and fault seed")
     p.add_argument("--patient", type=int, default=0, help="physiology patient index")
     p.add_argument("--sine", action="store_true", help="simple test signal, not physiology")
+    p.add_argument(
+        "--recording", default=None, help="replay a recording dir, WFDB record or EDF file"
+    )
+    p.add_argument("--lead", default=None, help="ECG lead of a WFDB/EDF --recording")
     p.add_argument("--duration", type=float, default=None, help="device seconds, then exit")
     p.add_argument("--ledger", type=Path, default=None, help="write the final ledger (JSON)")
     p.add_argument("--device-id", default="textile-01", help="serial: id sent in HELLO")
@@ -237,6 +241,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _serial_generator(args: argparse.Namespace) -> GeneratorLike | None:
+    if getattr(args, "recording", None):
+        from firmware_sim.recording import open_player
+
+        return open_player(args.recording, args.lead)
     if args.sine:
         return None
     from firmware_sim.physiology import Generator, make_patient
@@ -298,12 +306,22 @@ def _run_pty(args: argparse.Namespace) -> int:
         duration=args.duration,
         faults=args.faults,
         sine=args.sine,
+        recording=args.recording,
+        lead=args.lead,
     )
     return serve_serial.run(ns)
 
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch on the link mode; returns the exit status."""
+    if getattr(args, "recording", None):
+        from firmware_sim.recording import open_player
+
+        try:  # refuse a bad recording before any link is opened
+            open_player(args.recording, args.lead)
+        except (ValueError, OSError) as exc:
+            print(f"serve: --recording: {exc}", file=sys.stderr)
+            return 2
     if args.serial:
         return _run_port(args)
     if args.pty:

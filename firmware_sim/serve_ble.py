@@ -16,7 +16,7 @@ import sys
 import threading
 
 from firmware_sim.bluez import CHEST_STRAP, WRISTBAND, BluezSim, BluezSimThread, Peripheral
-from firmware_sim.feeds import Feed, PhysiologyFeed, RecordingFeed, SyntheticFeed
+from firmware_sim.feeds import PMD_ECG_HZ, Feed, PhysiologyFeed, RecordingFeed, SyntheticFeed
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,13 +32,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="physiology",
         help="signal source per device (physiology = firmware_sim.physiology patients)",
     )
-    p.add_argument("--recording", default=None, help="replay this recording dir on device 1")
+    p.add_argument(
+        "--recording",
+        default=None,
+        help="replay this recording dir, WFDB record or EDF file on device 1",
+    )
+    p.add_argument("--lead", default=None, help="ECG lead of a WFDB/EDF --recording")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _feed(args: argparse.Namespace, index: int) -> Feed:
     if args.recording and index == 0:
-        return RecordingFeed(args.recording)
+        # The strap's ECG is announced at 130 Hz (gatt.PMD_CAPABILITIES): resample to it.
+        return RecordingFeed(args.recording, lead=args.lead, ecg_hz=PMD_ECG_HZ)
     if args.feed == "physiology":
         return PhysiologyFeed(index, seed=args.seed)
     return SyntheticFeed(seed=args.seed + index)
@@ -46,6 +52,11 @@ def _feed(args: argparse.Namespace, index: int) -> Feed:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until ``--seconds`` elapse or SIGINT/SIGTERM."""
+    try:  # a bad --recording is refused before anything is started
+        feeds = [_feed(args, i) for i in range(args.straps + args.bands)]
+    except (ValueError, OSError) as exc:
+        print(f"error: --recording: {exc}", file=sys.stderr)
+        return 2
     daemon: subprocess.Popen[str] | None = None
     address = args.bus
     if args.private_bus:
@@ -61,10 +72,10 @@ def run(args: argparse.Namespace) -> int:
     sim = BluezSim(bus_address=address)
     for i in range(args.straps):
         addr = f"F0:00:00:00:01:{i + 1:02X}"
-        sim.add(Peripheral(addr, f"Polar H10 SIM{i + 1}", CHEST_STRAP, feed=_feed(args, i)))
+        sim.add(Peripheral(addr, f"Polar H10 SIM{i + 1}", CHEST_STRAP, feed=feeds[i]))
     for i in range(args.bands):
         addr = f"F0:00:00:00:02:{i + 1:02X}"
-        feed = _feed(args, args.straps + i)
+        feed = feeds[args.straps + i]
         sim.add(Peripheral(addr, f"Band SIM{i + 1}", WRISTBAND, feed=feed))
     th = BluezSimThread(sim)
     done = threading.Event()

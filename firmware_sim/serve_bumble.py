@@ -32,7 +32,11 @@ def default_address(seed: int) -> str:
 
 
 def make_feed(args: argparse.Namespace) -> Feed:
-    """Physiology at the strap's rates unless ``--sine``."""
+    """A ``--recording`` (ECG resampled to the strap's 130 Hz), else physiology, or ``--sine``."""
+    if getattr(args, "recording", None):
+        from firmware_sim.feeds import PMD_ECG_HZ, RecordingFeed
+
+        return RecordingFeed(args.recording, lead=getattr(args, "lead", None), ecg_hz=PMD_ECG_HZ)
     if getattr(args, "sine", False):
         return SyntheticFeed(seed=args.seed)
     return PhysiologyFeed(args.patient, seed=args.seed)

@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _generator(args: argparse.Namespace) -> GeneratorLike | None:
+    if getattr(args, "recording", None):
+        from firmware_sim.recording import open_player
+
+        return open_player(args.recording, getattr(args, "lead", None))
     if args.sine:
         return None  # PtyDevice falls back to its SineGenerator
     from firmware_sim.physiology import Generator, make_patient

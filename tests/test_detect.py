@@ -198,3 +198,30 @@ def test_config_validation() -> None:
         DetectorConfig(intra_op_threads=0)
     with pytest.raises(ModelError):
         DetectorConfig(off_ratio=0.0)
+
+
+def test_a_class_whose_modality_is_absent_is_never_the_answer(
+    syn_model: bytes, syn_world: SynWorld
+) -> None:
+    """Fever rows with the temperature stream missing: the head may not say "fever"."""
+    sink = MemoryAlertSink()
+    det = _det(syn_model, sink)
+    _run(det, syn_world, 31, [("normal", 60)])
+    temp = [i for i, n in enumerate(SYN_FEATURES) if SYN_MODALITY[n] == "temp"]
+    rows = syn_world.rows(31, "fever", 40)
+    cal = det.calibration("p31")
+    no_temp = rows.copy()
+    no_temp[:, temp] = np.nan
+    # The model itself still puts mass on fever without temperature ...
+    raw, _ = det.score(no_temp, cal.mu, cal.sigma)
+    assert raw[:, det.meta.classes.index("fever")].max() > 0.01
+    # ... the detector never answers it, and scores only go down.
+    clinical = [i for i, c in enumerate(det.meta.classes) if c not in ("normal", "sensor_fault")]
+    for i, x in enumerate(no_temp):
+        d = det.process_features("p31", 200.0 + 2.0 * i, 210.0 + 2.0 * i, x)
+        assert d.kind != "fever"
+        assert d.score <= float(raw[i, clinical].sum()) + 1e-6
+    assert not [a for a in sink.list() if a.kind == "fever"]
+    # With temperature present the same model does call fever (the mask, not the model, acts).
+    d = det.process_features("p31", 400.0, 410.0, rows[0])
+    assert d.kind == "fever" and d.score > 0.5

@@ -20,6 +20,8 @@ FORBIDDEN = (
     "matplotlib",
     "edgelab",
     "firmware_sim",
+    # ~27 MB with protobuf and ml_dtypes: model.graph loads it to add a model, never to run one
+    "onnx",
 )
 
 

@@ -31,7 +31,7 @@ app = typer.Typer(
 # Verb modules, imported for their side effect of registering on ``app``.
 _VERB_MODULES = ("pki", "outbox")
 _VERB_MODULES += ("run", "config", "status", "doctor", "serial", "logs", "support")  # ops
-_VERB_MODULES += ("model", "evaluate", "alerts")  # model / detection
+_VERB_MODULES += ("model", "evaluate", "convert", "alerts")  # model / detection, record import
 _VERB_MODULES += ("service",)  # field install
 _VERB_MODULES += ("aggregator",)  # federated aggregator
 _VERB_MODULES += ("devices",)  # BLE

@@ -27,9 +27,9 @@ We (F,L), be (L), Wd (L,F), bd (F).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from edgeagent.errors import ModelError
 from edgeagent.model.meta import (
@@ -51,6 +51,14 @@ from edgeagent.model.meta import (
     sha256_hex,
     unflatten,
 )
+
+if TYPE_CHECKING:
+    import onnx
+
+# ``onnx`` (with protobuf and ml_dtypes, ~27 MB resident) is imported by the functions that
+# need it, not here: a running box scores with onnxruntime and trains on the stored flat
+# vector, and imports this module through the federated client, so it loads onnx only when a
+# model is added or a global model arrives (docs/operations.md, "Memory").
 
 __all__ = [
     "CLIP",
@@ -79,6 +87,9 @@ __all__ = [
 
 def build_model(meta: ModelMeta, flat: np.ndarray) -> onnx.ModelProto:
     """Build the graph from shapes once and load ``flat`` into its initializers."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
     spec = meta.spec
     f = spec.n_features
     params = unflatten(spec, flat)
@@ -153,6 +164,8 @@ def read_meta(model: onnx.ModelProto) -> ModelMeta:
 
 def get_params(model: onnx.ModelProto) -> np.ndarray:
     """Read the flat parameter vector out of the graph's initializers."""
+    from onnx import numpy_helper
+
     meta = read_meta(model)
     inits = {t.name: t for t in model.graph.initializer}
     parts = {}
@@ -165,6 +178,9 @@ def get_params(model: onnx.ModelProto) -> np.ndarray:
 
 def set_params(model: onnx.ModelProto, flat: np.ndarray) -> onnx.ModelProto:
     """A copy of ``model`` with its initializers rewritten from ``flat`` (graph untouched)."""
+    import onnx
+    from onnx import numpy_helper
+
     meta = read_meta(model)
     params = unflatten(meta.spec, flat)
     out = onnx.ModelProto()
@@ -177,6 +193,9 @@ def set_params(model: onnx.ModelProto, flat: np.ndarray) -> onnx.ModelProto:
 
 def set_meta(model: onnx.ModelProto, meta: ModelMeta) -> onnx.ModelProto:
     """A copy of ``model`` with new metadata (same shapes required)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
     old = read_meta(model)
     if old.spec != meta.spec:
         raise ModelError("set_meta cannot change model shapes; build a new model instead")
@@ -204,6 +223,8 @@ def parse_model(data: bytes, feature_names: tuple[str, ...] | None = None) -> on
     consistent, the inputs/outputs and parameter shapes match the layout, and
     (when given) the feature order matches the running pipeline's.
     """
+    import onnx
+
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)

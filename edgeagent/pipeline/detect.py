@@ -16,8 +16,25 @@ Why it is built this way:
   features) suppress clinical decisions for that window and produce alerts of
   kind "sensor_fault", never clinical ones.
 * Missing modalities arrive as NaN features; the graph masks them, so a
-  window with ECG alone is still scored. A window with no finite feature is
-  reported as ``status="no_data"`` and raises nothing.
+  window with ECG alone is still scored. A class that only an absent
+  modality can show (fever without a temperature stream, a fall without an
+  accelerometer) gets probability 0, its mass going to "normal": on a real
+  ECG-only recording the head otherwise called 746 of 898 windows "fever".
+  A window with no finite feature is reported as ``status="no_data"`` and
+  raises nothing.
+* ECG signal quality (``ecg_sqi``, from ``pipeline.beats``) below
+  ``beats.SQI_MIN`` makes the ECG classes unavailable for that window, as if
+  the lead were absent, and opens a sensor-fault alert whose detail says
+  ``"reason": "signal_quality"``: a noisy strip is reported as such, never
+  as asystole or VT.
+* A rate class (tachycardia, bradycardia) needs, once the patient's
+  calibration is personal, a rate unusual for the patient (``RATE_Z``) or
+  beyond absolute limits (``RATE_LIMITS_BPM``).
+* An ectopy class ("pvc") needs ``ECTOPY_MIN_BEATS`` abnormal beats in the
+  window (from the beat tracker): a lone early beat is normal for most people.
+* Clinical ECG alerts name the beats: a per-patient ``BeatTracker`` keeps the
+  patient's dominant beat and rhythm, and the alert's ``detail`` lists the
+  abnormal beats of the window that opened it ("3 ventricular beats at ...").
 """
 
 from __future__ import annotations
@@ -33,7 +50,13 @@ import onnxruntime as ort
 
 from edgeagent.errors import ModelError
 from edgeagent.model.meta import FAULT, NORMAL, ModelMeta, session_meta
+from edgeagent.pipeline import beats, evidence
 from edgeagent.pipeline.alerts import Alert
+from edgeagent.pipeline.evidence import (
+    CLASS_MODALITY,
+    SQI_HOLD_WINDOWS,
+    beat_detail,
+)
 from edgeagent.pipeline.personal import PersonalCalibration, Thresholds
 from edgeagent.providers import ProviderChoice, open_session
 from edgeagent.streams import Stream
@@ -44,6 +67,9 @@ DEFAULT_THRESHOLDS = {"clinical": 0.5, "fault": 0.5, "novelty": 4.0}
 #: A window is "clearly normal" evidence when every feature is within this many
 #: personal standard deviations of the patient's baseline.
 VALID_Z = 3.0
+#: Seconds of each window's ECG tail fed to the patient's beat tracker (windows
+#: overlap; the tracker skips beats it has seen, so the tail only has to cover a hop).
+TRACK_TAIL_S = 6.0
 MODALITY_STREAMS: dict[str, tuple[Stream, ...]] = {
     "ecg": (Stream.ECG, Stream.HR, Stream.RR),
     "acc": (Stream.ACC,),
@@ -78,6 +104,12 @@ class DetectorConfig:
     cooldown_s: float = 20.0
     personalise: bool = True
     novelty: bool = False
+    #: No ECG class (rate, rhythm, ectopy, ST) answers before the patient's
+    #: calibration has warmed up (``personal.WARMUP_WINDOWS`` accepted windows,
+    #: ~80 s at a 2 s hop): they are judged against the patient's own normal,
+    #: which the first minutes establish. Falls, temperature classes, sensor
+    #: faults and signal quality are never held.
+    warmup_hold: bool = True
     validation_windows: int = 256
     #: Operator overrides of the model's thresholds (``[detection] thresholds``).
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -131,6 +163,7 @@ class _Active:
     fault_idx: int
     clinical_idx: np.ndarray
     thresholds: Thresholds
+    class_modality: tuple[str, ...]  # per class: the modality it needs ("" = none)
 
 
 @dataclass
@@ -206,6 +239,13 @@ class Detector:
         self.backend: ProviderChoice | None = self.config.backend
         self._active = self._prepare(model_bytes, label)
         self._mod_idx = self._modality_index(self._active.meta)
+        self._sqi_idx = (
+            self.feature_names.index("ecg_sqi") if "ecg_sqi" in self.feature_names else -1
+        )
+        #: Per-patient dominant beat and rhythm (stays on the box, never averaged).
+        self.trackers: dict[str, beats.BeatTracker] = {}
+        self._sqi_recent: dict[str, deque[float]] = {}
+        self._hr_idx = self.feature_names.index("hr_bpm") if "hr_bpm" in self.feature_names else -1
 
     # -- model lifecycle -------------------------------------------------
     def _prepare(self, data: bytes, label: str) -> _Active:
@@ -234,6 +274,7 @@ class Detector:
         fault_idx = classes.index(FAULT) if FAULT in classes else -1
         clinical = [i for i, c in enumerate(classes) if c not in (NORMAL, FAULT)]
         th = {**DEFAULT_THRESHOLDS, **meta.thresholds, **self.config.thresholds}
+        cmod = {**CLASS_MODALITY, **dict(meta.info.get("class_modality", {}))}
         return _Active(
             session=sess,
             meta=meta,
@@ -241,6 +282,7 @@ class Detector:
             fault_idx=fault_idx,
             clinical_idx=np.asarray(clinical, np.int64),
             thresholds=Thresholds(th["clinical"], th["fault"], th["novelty"]),
+            class_modality=tuple(str(cmod.get(c, "")) for c in classes),
         )
 
     def _modality_index(self, meta: ModelMeta) -> dict[str, np.ndarray]:
@@ -316,7 +358,51 @@ class Detector:
         """Featurise and score one window (from ``Windower.pop_ready``)."""
         x = np.asarray(self._featurize(window), np.float32)
         devices = {str(k): v for k, v in getattr(window, "devices", {}).items()}
-        return self.process_features(window.patient, window.start, window.end, x, devices)
+        sqi = float(x[self._sqi_idx]) if self._sqi_idx >= 0 else float("nan")
+        # A poor strip is still scored (its beats may be named) but teaches the
+        # template nothing: noise must not become the patient's normal beat.
+        tracker = self._track(window, learn=not (np.isfinite(sqi) and sqi < beats.SQI_MIN))
+        detail = None
+        if tracker is not None:
+            w0, w1 = float(window.start), float(window.end)
+
+            def detail() -> dict[str, Any]:
+                return beat_detail(tracker, w0, w1)
+
+        abnormal = None
+        if tracker is not None and tracker.ready:
+            w0, w1 = float(window.start), float(window.end)
+            abnormal = sum(1 for e in tracker.events if w0 <= e.t <= w1 and e.label == "V")
+        return self.process_features(
+            window.patient,
+            window.start,
+            window.end,
+            x,
+            devices,
+            detail=detail,
+            abnormal_beats=abnormal,
+        )
+
+    def _track(self, window: Any, learn: bool = True) -> beats.BeatTracker | None:
+        """Feed the window's newest ECG to the patient's beat tracker (None without ECG)."""
+        data = getattr(window, "data", {})
+        if Stream.ECG not in data:
+            return None
+        t, v = data[Stream.ECG]
+        fs = getattr(window, "rates", {}).get(Stream.ECG, float("nan"))
+        if t.shape[0] < 2:
+            return None
+        if not np.isfinite(fs):
+            fs = 1.0 / float(np.median(np.diff(t)))
+        if fs < 100.0:
+            return None
+        tail = int(np.searchsorted(t, t[-1] - TRACK_TAIL_S))
+        tt, xx = t[tail:], v[tail:, 0].astype(np.float64)
+        if tt.shape[0] < fs or float(np.max(np.diff(tt))) > 1.5 / fs:
+            return self.trackers.get(window.patient)  # a hole: skip this hop
+        tr = self.trackers.setdefault(window.patient, beats.BeatTracker())
+        tr.update(tt, xx, fs, learn=learn)
+        return tr
 
     def process_features(
         self,
@@ -325,8 +411,18 @@ class Detector:
         end: float,
         x: np.ndarray,
         devices: dict[str, str] | None = None,
+        detail: Callable[[], dict[str, Any]] | None = None,
+        abnormal_beats: int | None = None,
     ) -> Detection:
-        """Score one feature vector and update the patient's alert episodes."""
+        """Score one feature vector and update the patient's alert episodes.
+
+        ``detail`` is called only when a clinical alert opens; what it returns
+        goes into the alert's ``detail`` (the beats that raised it).
+        ``abnormal_beats`` is how many beats of the window the patient's beat
+        tracker judged ventricular (shape unlike the patient's normal beat;
+        None: estimated from ``ecg_beat_abnormal_frac``, which also counts
+        premature beats of normal shape, and the heart rate).
+        """
         a = self._active
         self.counters["windows"] += 1
         x = np.asarray(x, np.float32).ravel()
@@ -348,13 +444,30 @@ class Detector:
                 sigma = np.asarray(a.meta.pop_sigma, np.float32)[None, :]
                 th = a.thresholds
         probs, recon = self.score(x[None, :], mu, sigma)
-        p = probs[0]
+        sqi = float(x[self._sqi_idx]) if self._sqi_idx >= 0 else float("nan")
+        if np.isfinite(sqi):
+            recent = self._sqi_recent.setdefault(patient, deque(maxlen=SQI_HOLD_WINDOWS))
+            recent.append(sqi)
+            sqi = min(recent)
+        poor_ecg = bool(np.isfinite(sqi) and sqi < beats.SQI_MIN)
+        if abnormal_beats is None:
+            abnormal_beats = self._abnormal_from_features(x, end - start)
+        hr_z = None
+        if self._hr_idx >= 0 and self.config.personalise and cal.warmed_up:
+            i = self._hr_idx
+            hr_z = float((x[i] - mu.ravel()[i]) / sigma.ravel()[i])
+        # Until the patient's own normal is known, no ECG class (judged against
+        # it) may answer; falls and temperature thresholds are absolute and may.
+        held = self.config.personalise and self.config.warmup_hold and not cal.warmed_up
+        p = self._mask_classes(probs[0], x, poor_ecg or held, abnormal_beats, hr_z)
         r = float(recon[0])
         p_fault = float(p[a.fault_idx]) if a.fault_idx >= 0 else 0.0
+        if poor_ecg:
+            p_fault = max(p_fault, 1.0 - sqi)
         clin = p[a.clinical_idx]
         score = float(clin.sum())
         kind = a.meta.classes[int(a.clinical_idx[int(np.argmax(clin))])] if clin.size else ""
-        fault = p_fault >= th.fault
+        fault = p_fault >= th.fault or poor_ecg
         clin_on = (not fault) and score >= th.clinical
         clin_hold = (not fault) and score >= th.clinical * self.config.off_ratio
         novel_on = self.config.novelty and not fault and not clin_on and r >= th.novelty
@@ -362,11 +475,20 @@ class Detector:
         opened: list[Alert] = []
         with self._lock:
             ctx = (patient, start, end, devs, a.label, x, mu, sigma)
-            al = self._step("clinical", ctx, clin_on, clin_hold, kind, score)
+            al = self._step("clinical", ctx, clin_on, clin_hold, kind, score, detail)
             if al:
                 opened.append(al)
             fault_hold = p_fault >= th.fault * self.config.off_ratio
-            al = self._step("sensor_fault", ctx, fault, fault_hold, FAULT, p_fault)
+            why = {"reason": "signal_quality", "ecg_sqi": round(sqi, 3)} if poor_ecg else None
+            al = self._step(
+                "sensor_fault",
+                ctx,
+                fault,
+                fault_hold,
+                FAULT,
+                p_fault,
+                (lambda: why) if why else None,
+            )
             if al:
                 opened.append(al)
             if self.config.novelty:
@@ -417,6 +539,35 @@ class Detector:
             tuple(opened),
         )
 
+    def _abnormal_from_features(self, x: np.ndarray, span_s: float) -> int | None:
+        names = self.feature_names
+        if "ecg_beat_abnormal_frac" not in names or "hr_bpm" not in names:
+            return None
+        frac = float(x[names.index("ecg_beat_abnormal_frac")])
+        hr = float(x[names.index("hr_bpm")])
+        if not (np.isfinite(frac) and np.isfinite(hr)):
+            return None
+        return round(frac * hr * span_s / 60.0)
+
+    def _mask_classes(
+        self,
+        p: np.ndarray,
+        x: np.ndarray,
+        poor_ecg: bool,
+        abnormal_beats: int | None = None,
+        hr_z: float | None = None,
+    ) -> np.ndarray:
+        """``evidence.move_to_normal`` of the classes this window cannot show."""
+        a = self._active
+        absent = {m for m, idx in self._mod_idx.items() if not np.isfinite(x[idx]).any()}
+        if poor_ecg:
+            absent.add("ecg")
+        hr = float(x[self._hr_idx]) if self._hr_idx >= 0 else float("nan")
+        drop = evidence.unavailable_classes(
+            a.meta.classes, a.class_modality, absent, abnormal_beats, hr, hr_z
+        )
+        return evidence.move_to_normal(p, drop)
+
     def _step(
         self,
         category: str,
@@ -425,6 +576,7 @@ class Detector:
         hold: bool,
         kind: str,
         score: float,
+        detail: Callable[[], dict[str, Any]] | None = None,
     ) -> Alert | None:
         patient, start, end, devices, label, x, mu, sigma = ctx
         ep = self._episodes.setdefault((patient, category), _Episode())
@@ -464,6 +616,7 @@ class Detector:
             score=score,
             modality=modality,
             model=label,
+            detail=detail() if detail is not None else {},
         )
         self.sink.add(alert)
         self.counters["alerts"] += 1

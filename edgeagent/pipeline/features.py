@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgeagent.pipeline import ecg
+from edgeagent.pipeline import beats, ecg
 from edgeagent.pipeline.windows import Window
 from edgeagent.streams import Stream
 
@@ -65,6 +65,14 @@ _ECG_FEATURES: tuple[str, ...] = (
     "ecg_lf_ratio",
     "ecg_kurtosis",
 )
+# Gain- and polarity-free ECG features (``pipeline.beats``), appended to keep the order.
+_BEAT_FEATURES: tuple[str, ...] = (
+    "ecg_sqi",
+    "ecg_st_rel",
+    "ecg_beat_abnormal_frac",
+    "ecg_beat_morph_dist_max",
+    "ecg_beat_prematurity_min",
+)
 _ACC_FEATURES: tuple[str, ...] = (
     "acc_coverage",
     "acc_mag_mean_g",
@@ -89,9 +97,12 @@ _ENV_FEATURES: tuple[str, ...] = (
     "env_humidity_pct",
 )
 
-FEATURE_NAMES: tuple[str, ...] = _ECG_FEATURES + _ACC_FEATURES + _TEMP_FEATURES + _ENV_FEATURES
+FEATURE_NAMES: tuple[str, ...] = (
+    _ECG_FEATURES + _ACC_FEATURES + _TEMP_FEATURES + _ENV_FEATURES + _BEAT_FEATURES
+)
 MODALITY_OF: dict[str, str] = {
     **dict.fromkeys(_ECG_FEATURES, "ecg"),
+    **dict.fromkeys(_BEAT_FEATURES, "ecg"),
     **dict.fromkeys(_ACC_FEATURES, "acc"),
     **dict.fromkeys(_TEMP_FEATURES, "temp"),
     **dict.fromkeys(_ENV_FEATURES, "env"),
@@ -207,15 +218,46 @@ def _ecg_signal_features(t: np.ndarray, x: np.ndarray, fs: float, out: np.ndarra
     segments = ecg.contiguous_segments(t, fs)
     rr_parts: list[np.ndarray] = []
     morphs: list[ecg.Morphology] = []
-    for seg in segments:
+    beat_parts: list[beats.BeatFeatures] = []
+    st_rel: list[tuple[float, int]] = []
+    sqi: list[tuple[float, int]] = []
+    qual: dict[int, ecg.Quality] = {}
+    for i, seg in enumerate(segments):
         xs = x[seg]
         peaks = ecg.detect_r_peaks(xs, fs)
+        qual[i] = ecg.quality(xs, fs)
+        sqi.append((beats.signal_quality(xs, fs, peaks, qual[i]).sqi, xs.shape[0]))
         if peaks.shape[0] >= 2:
             rr_parts.append(np.diff(t[seg][peaks]))
         if peaks.shape[0]:
-            morphs.append(ecg.morphology(xs, fs, peaks))
-    longest = max(segments, key=lambda s: s.stop - s.start) if segments else slice(0, x.shape[0])
-    q = ecg.quality(x[longest], fs)
+            bs, bf = beats.segment_beats(xs, fs, peaks)
+            beat_parts.append(bf)
+            # Morphology on the lead turned so its dominant QRS deflection is
+            # positive: an electrode placed the other way round reads the same.
+            m = ecg.morphology(bs.polarity * xs, fs, peaks)
+            morphs.append(m)
+            if m.n_beats and math.isfinite(bs.gain_uv):
+                st_rel.append((m.st_level_uv / bs.gain_uv, m.n_beats))
+    if sqi:
+        _set(out, ecg_sqi=_wavg(sqi))
+    if st_rel:
+        _set(out, ecg_st_rel=_wavg(st_rel))
+    scored = [b for b in beat_parts if b.score.shape[0]]
+    if scored:
+        lab = np.concatenate([b.label for b in scored])
+        prem = np.concatenate([b.prematurity for b in scored])
+        prem_min = float(np.nanmin(prem)) if np.isfinite(prem).any() else math.nan
+        _set(
+            out,
+            ecg_beat_abnormal_frac=float(np.mean(lab != "N")),
+            ecg_beat_morph_dist_max=float(np.max(np.concatenate([b.dist for b in scored]))),
+            ecg_beat_prematurity_min=prem_min,
+        )
+    if segments:
+        i = max(range(len(segments)), key=lambda k: segments[k].stop - segments[k].start)
+        q = qual[i]
+    else:
+        q = ecg.quality(x, fs)
     _set(
         out,
         ecg_flatline_frac=q.flatline_frac,
@@ -242,6 +284,13 @@ def _ecg_signal_features(t: np.ndarray, x: np.ndarray, fs: float, out: np.ndarra
     rr = np.concatenate(rr_parts) if rr_parts else np.empty(0)
     # n_beats counts beats, which is intervals + 1 per segment, not overall.
     return dataclasses.replace(ecg.hrv(rr), n_beats=int(rr.shape[0]) + len(rr_parts))
+
+
+def _wavg(pairs: list[tuple[float, int]]) -> float:
+    """Mean of values weighted by their counts (samples or beats per segment)."""
+    v = np.array([p[0] for p in pairs], np.float64)
+    w = np.array([p[1] for p in pairs], np.float64)
+    return float(np.average(v, weights=w))
 
 
 def _acc_features(window: Window, out: np.ndarray) -> None:

@@ -63,6 +63,8 @@ TRAIT_FEATURES: tuple[str, ...] = (
     "ecg_st_level_uv",
     "ecg_template_corr",
     "ecg_kurtosis",
+    "ecg_st_rel",
+    "ecg_beat_morph_dist_max",
     "skin_temp_c",
     "skin_temp_slope_c_per_min",
     "skin_temp_std_c",
