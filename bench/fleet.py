@@ -89,13 +89,17 @@ class RssPeak:
 
 
 def start_workers(pki: Pki, broker: Broker, n: int, tmp: Path) -> list[subprocess.Popen]:
-    files = pki.client_files(AGGREGATOR)
+    agg = pki.client_files(AGGREGATOR)
     procs = []
     for i in range(n):
         ready = tmp / f"worker{i}.ready"
+        files = pki.client_files(f"intake-{i}")  # each worker connects as itself
+        if not files.cert.exists():
+            pki.issue_intake(i)
         cmd = [sys.executable, "-m", "edgeagent.federation.intake", "--port", str(broker.port),
                "--fleet", FLEET, "--ca", str(files.ca), "--cert", str(files.cert),
-               "--key", str(files.key), "--worker", str(i), "--ready-file", str(ready)]  # fmt: skip
+               "--key", str(files.key), "--identity", str(agg.cert), "--worker", str(i),
+               "--ready-file", str(ready)]  # fmt: skip
         procs.append(subprocess.Popen(cmd, cwd=ROOT))
     end = time.monotonic() + 30
     while not all((tmp / f"worker{i}.ready").exists() for i in range(n)):

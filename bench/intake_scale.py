@@ -160,13 +160,16 @@ def cpu_of(pids: list[int | None]) -> float:
 
 
 def start_workers(n: int, pki: Pki, broker: Broker, tmp: Path, tag: str) -> list[subprocess.Popen]:
-    files = pki.client_files(AGGREGATOR)
+    agg = pki.client_files(AGGREGATOR)
     procs = []
     for i in range(n):
         ready = tmp / f"{tag}-{i}.ready"
+        files = pki.client_files(f"intake-{i}")  # each worker connects as itself
+        if not files.cert.exists():
+            pki.issue_intake(i)
         cmd = [sys.executable, "-m", "edgeagent.federation.intake", "--port", str(broker.port),
                "--fleet", FLEET, "--ca", str(files.ca), "--cert", str(files.cert),
-               "--key", str(files.key), "--worker", f"{tag}-{i}",
+               "--key", str(files.key), "--identity", str(agg.cert), "--worker", str(i),
                "--ready-file", str(ready)]  # fmt: skip
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL))
     end = time.monotonic() + 30

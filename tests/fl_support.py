@@ -34,6 +34,8 @@ def make_fleet(root: Path, boxes: tuple[str, ...]) -> Pki:
     for b in boxes:
         pki.issue(b)
     pki.issue_aggregator()
+    for worker in range(2):  # the aggregator's intake workers each connect as themselves
+        pki.issue_intake(worker)
     return pki
 
 

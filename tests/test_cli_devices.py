@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from edgeagent.cli import _register, app
@@ -26,3 +28,22 @@ def test_devices_scan_json_and_table(bluez_sim: BluezSimThread) -> None:
     assert "Band Y" in res.output and "Polar" not in res.output and "thermometer" in res.output
     res = runner.invoke(app, ["devices", "scan", "-t", "0.1", "--name", "("])
     assert res.exit_code == 2 and "name_pattern" in res.output
+    res = runner.invoke(app, ["devices", "scan", "-t", "0.6", "--adapter", "hci0", "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.output)) == 2
+
+
+def test_devices_scan_without_a_bus_names_the_socket_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock = tmp_path / "no" / "system_bus_socket"
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={sock}")
+    _register()
+    runner = CliRunner()
+    res = runner.invoke(app, ["devices", "scan", "-t", "0.1"])
+    assert res.exit_code == 1
+    assert str(sock) in res.stderr and "apt-get install dbus bluez" in res.stderr
+    res = runner.invoke(app, ["devices", "scan", "-t", "0.1", "--json"])
+    assert res.exit_code == 1
+    err = json.loads(res.stdout)["error"]
+    assert err["type"] == "SourceError" and err["reason"] == "no_system_bus"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -131,6 +132,49 @@ def test_status_without_daemon_is_a_clear_error(ops_config: Path) -> None:
     assert res.exit_code == 1 and "is the daemon running" in res.stderr
     res = cli("status", "-c", str(ops_config), "--json")
     assert res.exit_code == 1 and json.loads(res.stdout)["ok"] is False
+    assert json.loads(res.stdout)["error"]["type"] == "ControlError"
+
+
+def test_status_falls_back_to_the_last_saved_snapshot_marked_stale(
+    ops_config: Path, tmp_state: Path
+) -> None:
+    import time
+
+    snap = {"box_id": "box-s", "state": "running", "time": time.time() - 600, "links": {},
+            "counters": {"detection_windows": 3}, "degraded": []}  # fmt: skip
+    (tmp_state / "status.json").write_text(json.dumps(snap))
+    res = cli("status", "-c", str(ops_config), "--json")
+    assert res.exit_code == 1  # nothing answers, whatever the file says
+    doc = json.loads(res.stdout)
+    assert doc["box_id"] == "box-s" and doc["counters"]["detection_windows"] == 3
+    assert 590 < doc["stale"]["age_s"] < 700 and "daemon" in doc["stale"]["daemon_error"]
+    res = cli("status", "-c", str(ops_config))
+    assert "STALE" in res.stderr and "10 min ago" in res.stderr and "box-s" in res.stdout
+
+
+def test_errors_are_json_under_json_and_version_flag(tmp_path: Path) -> None:
+    import subprocess
+
+    res = subprocess.run([*CLI, "--version"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("edgeagent ")
+    res = cli("version", "--json")
+    libs = json.loads(res.stdout)
+    assert {"bleak", "numpy", "onnxruntime", "paho-mqtt", "pyserial"} <= set(libs)
+    assert "?" not in libs.values() and "not installed" not in libs.values()
+    res = cli("model", "show", "--state-dir", str(tmp_path / "none"), "--json")
+    assert res.exit_code == 2
+    assert json.loads(res.stdout)["error"]["type"] == "ModelError"
+    res = cli("config", "validate", "-c", str(tmp_path / "missing.toml"), "--json")
+    assert res.exit_code == 2 and json.loads(res.stdout)["error"]["type"] == "ConfigError"
+
+
+def test_read_only_verbs_create_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    res = cli("model", "list", "--state-dir", str(state), "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout) == []
+    res = cli("model", "list", "--state-dir", str(state))
+    assert "no models registered" in res.stdout
+    assert not state.exists()
 
 
 # -- doctor -----------------------------------------------------------------------
@@ -213,6 +257,7 @@ def test_doctor_with_broken_config_fails_fast(tmp_path: Path) -> None:
 
 def _fed_config(ops_config_data: dict[str, Any], pki: Pki, box: str, port: int) -> dict[str, Any]:
     files = pki.client_files(box)
+    ops_config_data["agent"]["box_id"] = box  # the certificate must name this box
     ops_config_data["federation"] = {
         "enabled": True,
         "broker_host": "localhost",
@@ -399,3 +444,50 @@ def test_doctor_reports_disk_pressure_with_the_free_bytes_and_set_aside_outboxes
     assert "bytes (" in disk["detail"] and f"floor {2**62}" in disk["detail"]
     statuses = {c["status"] for c in checks["outbox"]}
     assert statuses == {"warn", "ok"}  # sound file, one set aside
+
+
+def _error_with_traceback() -> logging.LogRecord:
+    import sys
+
+    try:
+        raise ValueError("broken frame")
+    except ValueError:
+        exc = sys.exc_info()
+    return logging.LogRecord("edgeagent.x", logging.ERROR, __file__, 7, "failed", (), exc)
+
+
+def test_tracebacks_keep_their_priority_on_every_line() -> None:
+    from edgeagent.cli.run import _JournalFormatter
+
+    lines = _JournalFormatter("%(name)s: %(message)s").format(_error_with_traceback())
+    assert len(lines.splitlines()) > 3 and all(x.startswith("<3>") for x in lines.splitlines())
+
+
+def test_journal_handler_sends_structured_entries(short_dir: Path) -> None:
+    import socket
+
+    from edgeagent.cli.run import JournalHandler
+
+    path = short_dir / "journal.sock"
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(str(path))
+    handler = JournalHandler(str(path))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    try:
+        handler.handle(_error_with_traceback())
+        data = journal.recv(65536)
+    finally:
+        handler.close()
+        journal.close()
+    fields: dict[str, str] = {}
+    while data:  # parse the native protocol back
+        line, _, rest = data.partition(b"\n")
+        if b"=" in line:
+            k, _, v = line.partition(b"=")
+            fields[k.decode()], data = v.decode(), rest
+        else:
+            n = int.from_bytes(rest[:8], "little")
+            fields[line.decode()], data = rest[8 : 8 + n].decode(), rest[8 + n + 1 :]
+    assert fields["PRIORITY"] == "3" and fields["LOGGER"] == "edgeagent.x"
+    assert fields["SYSLOG_IDENTIFIER"] == "edgeagent" and fields["CODE_LINE"] == "7"
+    assert fields["MESSAGE"].startswith("failed\nTraceback") and "broken frame" in fields["MESSAGE"]

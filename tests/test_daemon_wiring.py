@@ -233,25 +233,137 @@ def test_factory_refuses_federation_without_mtls(tmp_state: Path, short_dir: Pat
         daemon_factory(ctx)
 
 
-def test_run_reports_an_unbuildable_daemon_in_one_line(tmp_state: Path, short_dir: Path) -> None:
-    """``edgeagent run`` with an active model whose file was altered: exit 1, no traceback."""
+def _other_model(scale: float = 0.999) -> bytes:
+    m = onnx.load_from_string(MODEL.read_bytes())
+    return to_bytes(set_params(m, get_params(m) * np.float32(scale)))
+
+
+def test_a_corrupt_active_model_falls_back_to_the_last_good_one(
+    tmp_state: Path, short_dir: Path
+) -> None:
+    """The active model no longer matches its hash: the daemon runs the last good model,
+    activates it in the registry, raises a system alert and reports itself degraded."""
+    reg = ModelRegistry(tmp_state)
+    good = reg.activate(reg.add(MODEL.read_bytes(), "test").version, "test")
+    bad = reg.activate(reg.add(_other_model(), "test").version, "newer")
+    bad.file.write_bytes(bad.file.read_bytes() + b"tampered")
+    ctx = _ctx(tmp_state, short_dir)
+    comps = daemon_factory(ctx)
+    try:
+        det = next(c for c in comps if isinstance(c, DetectionComponent))
+        assert det.detector.model_label == good.label
+        assert reg.active() == good
+        assert ctx.counters.snapshot()["model_fallbacks"] == 1
+        det.start()
+        status = det.status()
+        assert (
+            bad.label in status["degraded"][0]
+            and "does not match its hash" in status["degraded"][0]
+        )
+        outbox = next(c for c in comps if isinstance(c, OutboxComponent)).outbox
+        alerts = [json.loads(r.payload) for r in outbox.peek(10) if r.kind == "alert"]
+        assert [(a["kind"], a["category"], a["event"]) for a in alerts] == [
+            ("model_fallback", "system", "opened"), ("model_fallback", "system", "closed")
+        ]  # fmt: skip
+        assert bad.label in alerts[0]["detail"]["reason"]
+    finally:
+        for c in reversed(comps):
+            c.stop()
+
+
+def test_a_corrupt_only_model_falls_back_to_the_shipped_baseline(
+    tmp_state: Path, short_dir: Path
+) -> None:
+    from edgeagent.pipeline.lifecycle import SHIPPED_BASELINE
+
+    assert SHIPPED_BASELINE.read_bytes() == MODEL.read_bytes()  # the package ships models/'s
+    reg = ModelRegistry(tmp_state)
+    only = reg.activate(reg.add(_other_model(), "test").version, "test")
+    only.file.write_bytes(b"not a model")
+    comps = daemon_factory(_ctx(tmp_state, short_dir))
+    try:
+        det = next(c for c in comps if isinstance(c, DetectionComponent))
+        active = reg.active()
+        assert active is not None and active.source == "fallback:baseline.onnx"
+        assert det.detector.model_label == active.label and det.fallback is not None
+    finally:
+        for c in reversed(comps):
+            c.stop()
+
+
+def test_run_and_doctor_with_a_corrupt_active_model(
+    tmp_state: Path, short_dir: Path, notify_socket: Any
+) -> None:
+    """``edgeagent doctor`` fails the model the daemon would load (not model_path) and names
+    the fallback; ``edgeagent run`` starts on the fallback and keeps running."""
+    import os
+    import signal
     import subprocess
 
     from tests.plugins.ops import CLI, write_toml
 
     reg = ModelRegistry(tmp_state)
-    rec = reg.activate(reg.add(MODEL.read_bytes(), "test").version, "test")
-    rec.file.write_bytes(rec.file.read_bytes() + b"tampered")
+    good = reg.activate(reg.add(MODEL.read_bytes(), "test").version, "test")
+    bad = reg.activate(reg.add(_other_model(), "test").version, "newer")
+    bad.file.write_bytes(bad.file.read_bytes() + b"tampered")
     cfg = write_toml(
         short_dir / "c.toml",
         {
             "agent": {"box_id": "box-x", "state_dir": str(tmp_state)},
             "control": {"socket_path": str(short_dir / "c.sock")},
+            "detection": {"model_path": str(MODEL)},
         },
     )
-    out = subprocess.run(
-        [*CLI, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 1
-    assert "cannot start" in out.stderr and "does not match its hash" in out.stderr
-    assert "Traceback" not in out.stderr
+    doc = subprocess.run([*CLI, "doctor", "-c", str(cfg), "--json"], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    checks = [c for c in json.loads(doc.stdout)["checks"] if c["name"] == "model"]
+    assert checks[0]["status"] == "fail", checks
+    assert bad.label in checks[0]["detail"] and good.label in checks[0]["detail"]
+    assert reg.active() == bad  # doctor changes nothing
+
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_socket.path))
+    proc = subprocess.Popen([*CLI, "run", "--config", str(cfg)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        notify_socket.wait_for("READY", "1", timeout=20.0)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert "model fallback" in out and good.label in out and "Traceback" not in out
+    assert reg.active() == good
+
+
+def test_every_model_change_restarts_the_learner(tmp_state: Path, short_dir: Path) -> None:
+    """A rollback swaps the detector inside the model manager; the learner must restart
+    too (n_k 0, outlier history gone), as it does when the registry changes."""
+    ctx = _ctx(tmp_state, short_dir, detection={"model_path": str(MODEL)})
+    comps = daemon_factory(ctx)
+    try:
+        det = next(c for c in comps if isinstance(c, DetectionComponent))
+        learner, mgr = det.learner, det.manager
+        first = mgr.registry.active()
+        other = mgr.registry.add(_other_model(0.9), "test")
+        mgr.registry.activate(other.version, "operator")
+        det.check_registry()  # follows the CLI's activation
+        assert det.detector.model_label == other.label
+        np.testing.assert_array_equal(learner.w_global, mgr.registry.load_params(other))
+        learner.n_k = 7
+        learner._recent_err.extend([0.01] * 32)
+        mgr.rollback("worse on this box")
+        assert det.detector.model_label == first.label
+        assert learner.n_k == 0 and len(learner._recent_err) == 0
+        np.testing.assert_array_equal(learner.w_global, mgr.registry.load_params(first))
+        assert ctx.counters.snapshot()["learner_restarts"] == 2
+
+        det.learner_follows_registry = False  # a box in federated rounds: the fleet's global
+        fleet_global = learner.w_global.copy() * np.float32(1.01)
+        learner.reset_global(fleet_global)
+        learner.n_k = 3
+        det._on_model_change(first, "rolled back")
+        assert learner.n_k == 0
+        np.testing.assert_array_equal(learner.w_global, fleet_global)
+    finally:
+        for c in reversed(comps):
+            c.stop()

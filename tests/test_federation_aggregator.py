@@ -201,21 +201,21 @@ def test_forged_replayed_impersonating_and_foreign_messages_leave_the_round_inta
     x_client = FlClient("box-x", F2, x_identity, ca, FixedLearner(deltas["box-a"][0], 50),
                         xlink, global_sha256=sha256_hex(syn_model))  # fmt: skip
 
-    # An eavesdropper with network position records box-a's masked update of round 1.
+    # An eavesdropper inside the fleet side (an intake worker's certificate, which may read
+    # the masked vectors) records box-a's masked update of round 1.
     captured: list[bytes] = []
-    tap = MqttLink("agg-tap", broker.host, broker.port, fleet.client_files("aggregator"), F2,
-                   identity=AGGREGATOR, status=False,
-                   on_message=lambda m: captured.append(m.payload))  # fmt: skip
+    tap = MqttLink("intake-0", broker.host, broker.port, fleet.client_files("intake-0"), F2,
+                   status=False, on_message=lambda m: captured.append(m.payload))  # fmt: skip
     tap.connect(timeout=10)
     tap.subscribe(topics.node(F2, "box-a", "collect_masked")).wait(5)
-    # Insiders: box-c's and box-a's keys on second connections (other client ids).
-    evil_c = MqttLink("box-c-evil", broker.host, broker.port, fleet.client_files("box-c"), F2,
-                      identity="box-c", status=False).connect(timeout=10)  # fmt: skip
-    replay_a = MqttLink("box-a-replay", broker.host, broker.port, fleet.client_files("box-a"),
-                        F2, identity="box-a", status=False).connect(timeout=10)  # fmt: skip
     c_key = load_identity(fleet.client_files("box-c").cert, ca, "box-c").key
 
     clients = start_clients(fleet, broker, syn_model, deltas, F2)
+    # Insiders: compromised box-c and box-a processes publish over their own connections
+    # (a second connection would carry the same client id: the broker binds it to the
+    # certificate, and it would only take the box's own session over).
+    evil_c = next(c for c in clients if c.box_id == "box-c").link
+    replay_a = next(c for c in clients if c.box_id == "box-a").link
     x_client.start()
     agg = Aggregator(parse_config(cfg))
     acks: dict[str, int] = {}
@@ -271,8 +271,7 @@ def test_forged_replayed_impersonating_and_foreign_messages_leave_the_round_inta
         agg.close()
         for c in (*clients, x_client):
             c.stop()
-        for link in (tap, evil_c, replay_a):
-            link.close()
+        tap.close()
 
 
 def test_outside_rounds_and_garbage_are_counted_not_fatal(
@@ -388,6 +387,22 @@ def test_intake_workers_a_box_silent_at_collect_is_a_dropout(
         agg.close()
         for c in clients:
             c.stop()
+
+
+def test_an_intake_worker_without_its_own_certificate_is_a_clear_error(
+    fleet: Pki, broker: Broker, tmp_path: Path, model_path: Path
+) -> None:
+    """The broker binds client ids to certificates: workers sharing the aggregator's would
+    disconnect each other, so a missing clients/intake-<n>.crt stops the start, saying how."""
+    cfg = aggregator_config(
+        fleet, broker, tmp_path / "agg", model_path, "fl6", intake_workers=3
+    )  # fmt: skip  (the fleet has intake-0 and -1)
+    agg = Aggregator(parse_config(cfg))
+    try:
+        with pytest.raises(ConfigError, match="pki issue-intake 2"):
+            agg.start()
+    finally:
+        agg.close()
 
 
 def test_a_dead_intake_worker_stops_the_aggregator_with_a_reason(

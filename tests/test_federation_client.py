@@ -98,7 +98,7 @@ def _publication(signer: Identity, data: bytes, version: int, **over: object) ->
 
 
 def test_signed_global_model_is_verified_then_hot_swapped(
-    box: FlClient, pki: Pki, syn_model_other: bytes
+    box: FlClient, pki: Pki, syn_model: bytes, syn_model_other: bytes
 ) -> None:
     agg = _ident(pki, AGGREGATOR)
     box.handle(_model_msg(_publication(agg, syn_model_other, 1)))
@@ -106,12 +106,20 @@ def test_signed_global_model_is_verified_then_hot_swapped(
     # the learner restarts from the new global vector ...
     learner = box.learner
     np.testing.assert_array_equal(learner.globals[-1], get_params(parse_model(syn_model_other)))  # type: ignore[attr-defined]
-    # ... and the lifecycle registered (signed), validated and activated it
+    # ... and the lifecycle registered it (signed) and, with no validated windows yet to
+    # judge it on, holds it in shadow: the running model keeps raising the alerts
     assert box.manager is not None
+    assert box.last_apply is not None and box.last_apply["reason"] == "shadow"
+    rec = box.manager.registry.find(sha256_hex(syn_model_other))
+    assert rec is not None and rec.signature is not None
+    assert box.manager.registry.active().sha256 == sha256_hex(syn_model)
+    # once there is evidence (here: a box that judges on none) it is judged and goes live
+    box.manager.min_validated = 0
+    judged = box.manager.probation_check()
+    assert judged is not None and judged.accepted, judged
     active = box.manager.registry.active()
-    assert active.sha256 == sha256_hex(syn_model_other) and active.signature is not None
+    assert active.sha256 == sha256_hex(syn_model_other)
     assert box.manager.detector.model_label == active.label
-    assert box.last_apply is not None and box.last_apply["accepted"]
     # the retained copy delivered again is a no-op
     box.handle(_model_msg(_publication(agg, syn_model_other, 1)))
     assert box.counters["models_taken"] == 1
@@ -138,8 +146,10 @@ def test_tampered_forged_foreign_and_replayed_models_are_refused(
             box.handle(_model_msg(pub))
         assert err.value.reason == reason
     assert box.global_version == 2 and box.global_sha == sha256_hex(syn_model_other)
-    assert box.manager is not None
-    assert box.manager.registry.active().sha256 == sha256_hex(syn_model_other)
+    assert box.manager is not None  # none of them replaced the accepted one (in shadow)
+    assert box.manager.shadow is not None
+    assert box.manager.shadow[0].sha256 == sha256_hex(syn_model_other)
+    assert box.manager.registry.active().sha256 == sha256_hex(syn_model)
     # a restarted box remembers the version: the old model is still refused afterwards
     assert box.state_path is not None
     again = FlClient(BOX, FLEET, box.identity, box.ca, box.learner, box.link,

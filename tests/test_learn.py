@@ -124,3 +124,32 @@ def test_offer_never_blocks_and_queue_is_bounded(syn_model: bytes, syn_world: Sy
         assert learner.counters["trained"] > 0
     finally:
         learner.stop()
+
+
+def test_learner_takes_windows_again_after_a_worse_global_model(
+    syn_model: bytes, syn_world: SynWorld
+) -> None:
+    """A global model with a higher error floor (DP noise) must not lock the learner out.
+
+    The outlier guard compares a batch's reconstruction errors with the recent
+    accepted ones; kept across ``reset_global`` those belong to the old weights,
+    and every window of the new model is an "outlier" for ever (n_k stuck at 0).
+    """
+    proto, learner = _setup(syn_model)
+    x = syn_world.rows(43, "normal", 160)
+    mu, sigma = np.median(x, 0)[None], (x.std(0) + 1e-3)[None]
+    for row in x[:64]:
+        learner.offer(row, mu, sigma, normal_ok=True)
+    while learner.pending:
+        learner.step(4)
+    assert learner.n_k > 0
+    w = get_params(proto)
+    noisy = w + np.random.default_rng(0).normal(0, float(np.abs(w).mean()), w.shape)
+    learner.reset_global(noisy.astype(np.float32))
+    rejected = learner.counters["rejected_outlier"]
+    for row in x[64:]:
+        learner.offer(row, mu, sigma, normal_ok=True)
+    while learner.pending:
+        learner.step(4)
+    assert learner.n_k >= 48, (learner.n_k, learner.counters)
+    assert learner.counters["rejected_outlier"] - rejected < 48

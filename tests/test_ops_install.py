@@ -251,3 +251,42 @@ def test_shipped_files_come_from_package_data(name: str) -> None:
     assert path.parent.name == "data" and path.parent.parent.name == "edgeagent"
     repo = Path(__file__).resolve().parents[1]
     assert path.read_bytes() == (repo / "systemd" / name).read_bytes()
+
+
+def test_install_warns_when_execstart_lies_under_a_hidden_home(root: Path) -> None:
+    """ProtectHome=yes with DynamicUser=yes hides /root and /home from the service."""
+    rep = install(root, exe="/root/.venv/bin/edgeagent")
+    warnings = [a for a in rep.actions if a.status == "warning"]
+    assert rep.ok and len(warnings) == 1 and "ProtectHome=yes" in warnings[0].detail
+    assert "203/EXEC" in warnings[0].detail
+    assert not [a for a in install(root, exe=EXE).actions if a.status == "warning"]
+    res = runner.invoke(app, ["service", "install", "--root", str(root), "--exe",
+                              "/home/pi/.local/bin/edgeagent"])  # fmt: skip
+    assert res.exit_code == 0 and "warning" in res.output and "/home/pi" in res.output
+
+
+def test_missing_config_names_an_example_that_exists(tmp_path: Path) -> None:
+    from edgeagent.errors import ConfigError
+    from edgeagent.ops.config import EXAMPLE_CONFIG, load_config
+
+    assert EXAMPLE_CONFIG.is_file()  # inside the package: present in a pip install too
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "none.toml")
+    assert str(EXAMPLE_CONFIG) in err.value.problem
+
+
+def test_example_config_names_the_files_pki_writes(tmp_path: Path) -> None:
+    import tomllib
+
+    from edgeagent.ops.config import EXAMPLE_CONFIG
+    from edgeagent.ops.pki import Pki
+
+    fed = tomllib.loads(EXAMPLE_CONFIG.read_text())["federation"]
+    box = tomllib.loads(EXAMPLE_CONFIG.read_text())["agent"]["box_id"]
+    pki = Pki.init(tmp_path / "pki")
+    files = pki.issue(box)
+    issued = {files.ca.relative_to(pki.root), files.cert.relative_to(pki.root),
+              files.key.relative_to(pki.root)}  # fmt: skip
+    named = {Path(fed[k]).relative_to("/etc/edgeagent/pki") for k in
+             ("ca_file", "cert_file", "key_file")}  # fmt: skip
+    assert named == issued

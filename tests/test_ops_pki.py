@@ -59,7 +59,20 @@ def test_existing_material_is_not_overwritten_without_force(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "a/b", "box+", "box#", "-lead", ".hidden", "x" * 65, "sp ace", "é", AGGREGATOR_ID, "ca"],
+    [
+        "",
+        "a/b",
+        "box+",
+        "box#",
+        "-lead",
+        ".hidden",
+        "x" * 65,
+        "sp ace",
+        "é",
+        AGGREGATOR_ID,
+        "ca",
+        "intake-0",
+    ],
 )
 def test_box_ids_that_cannot_be_topic_levels_or_are_reserved_are_refused(bad: str) -> None:
     with pytest.raises(PkiError):
@@ -105,3 +118,16 @@ def test_cli_init_issue_show(tmp_path: Path) -> None:
     assert "not allowed" in r.output
     r = runner.invoke(app, ["pki", "show", "--dir", str(d), "--json"])
     assert json.loads(r.output)["clients"] == ["aggregator", "box-9"]
+
+
+def test_intake_workers_get_their_own_certificates(tmp_path: Path) -> None:
+    """CN intake-<n>: the broker names each worker's connection after its certificate."""
+    _register()
+    pki = Pki.init(tmp_path / "pki")
+    res = CliRunner().invoke(app, ["pki", "issue-intake", "3", "--dir", str(pki.root), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert common_name(Path(doc["cert"])) == "intake-3" and Path(doc["key"]).is_file()
+    assert not pki.identity_files("intake-3")[1].exists()  # workers sign as the aggregator
+    res = CliRunner().invoke(app, ["pki", "issue-intake", "16", "--dir", str(pki.root)])
+    assert res.exit_code != 0  # the shipped ACL names intake-0 .. intake-15

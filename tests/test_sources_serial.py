@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -211,15 +212,19 @@ def test_give_up_after_policy(serial_source: SourceFactory) -> None:
 
 
 def test_vanish_and_return_reconnects_with_a_link_gap(
-    pty_device: DeviceFactory, serial_source: SourceFactory
+    pty_device: DeviceFactory, serial_source: SourceFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     dev = pty_device(seed=5, realtime=True)
     src, got = serial_source()
     assert _wait(lambda: got.n("ecg") >= 100)
+    caplog.set_level(logging.INFO, logger="edgeagent.sources.serial")
     dev.vanish(0.3)
     assert _wait(
         lambda: src.counters.reconnects == 1 and any(g.reason == "link down" for g in got.gaps)
     )
+    # the way back is logged, and the error it had does not linger in status
+    assert _wait(lambda: any("back on" in r.getMessage() for r in caplog.records))
+    assert src.last_error is None
     before = got.n("ecg")
     assert _wait(lambda: got.n("ecg") > before + 50)
     (gap,) = [g for g in got.gaps if g.reason == "link down"]

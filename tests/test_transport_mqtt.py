@@ -99,6 +99,7 @@ def test_rendered_config_carries_tls_and_acl(pki: Pki, tmp_path: Path) -> None:
     conf = render_config(pki, tmp_path, 18883)
     assert "require_certificate true" in conf
     assert "use_identity_as_username true" in conf
+    assert "use_username_as_clientid true" in conf
     assert "listener 18883 127.0.0.1" in conf
     assert "allow_anonymous false" in conf
     assert str(pki.broker_files().cert) in conf
@@ -228,6 +229,32 @@ def test_box_publishing_under_another_id_is_refused(
         assert box.publish(topics.model_current(FLEET), b"forged").wait(5) == RC_NOT_AUTHORIZED
         assert box.publish(topics.alert(FLEET, "box-a"), b"mine").wait(5) < 0x80
         assert box.counters.refusals == {RC_NOT_AUTHORIZED: 2}
+
+
+def test_another_boxs_certificate_cannot_take_over_a_session(
+    mosquitto_broker: Broker, pki: Pki
+) -> None:
+    """box-b's certificate with client id ``box-a`` must not kick box-a off the broker.
+
+    The broker binds the client id to the certificate's CN
+    (``use_username_as_clientid``), so the intruder connects as ``box-b``.
+    """
+    with _link(mosquitto_broker, pki, "box-a", status=False) as victim:
+        before = victim.counters.disconnects
+        intruder = _raw_client(pki.client_files("box-b"), "box-a")
+        connected = threading.Event()
+        intruder.on_connect = lambda *_a: connected.set()
+        intruder.connect(mosquitto_broker.host, mosquitto_broker.port)
+        intruder.loop_start()
+        try:
+            assert connected.wait(5), "box-b's certificate could not connect at all"
+            time.sleep(1.0)  # a takeover would have disconnected the victim by now
+            assert victim.connected and victim.counters.disconnects == before
+            assert victim.publish(topics.alert(FLEET, "box-a"), b"still me").wait(5) < 0x80
+        finally:
+            intruder.disconnect()
+            intruder.loop_stop()
+    assert "box-b" in mosquitto_broker.log_tail(50)
 
 
 def test_certificate_from_another_ca_cannot_connect(
@@ -397,9 +424,11 @@ def test_consumer_callback_errors_are_counted_not_fatal(
         assert agg.counters.callback_errors == 1
 
 
-def test_forwarder_sets_msg_id_and_expiry_and_drops_refused_rows(
+def test_forwarder_sets_msg_id_and_expiry_and_keeps_rows_refused_for_authorisation(
     mosquitto_broker_module: Broker, pki: Pki, tmp_state: Path
 ) -> None:
+    """A 0x87 says the box's identity is wrong, not the message: the row stays, the
+    forwarder holds and says why; a later accepted publish clears the refusal."""
     inbox = Inbox()
     ob = Outbox.in_state_dir(tmp_state)
     ob.put(topics.update(FLEET, "box-a"), b"upd", "update", msg_id="u-1")
@@ -412,38 +441,45 @@ def test_forwarder_sets_msg_id_and_expiry_and_drops_refused_rows(
         agg.subscribe(topics.node_filter(FLEET, "alert")).wait(5)
         agg.subscribe(topics.node_filter(FLEET, "update")).wait(5)
         fw = OutboxForwarder(ob, box)
-        assert fw.drain(10)
+        t0 = time.monotonic()
+        assert not fw.drain(10)  # held by the refusal, not waiting out the timeout
+        assert time.monotonic() - t0 < 5
         msgs = inbox.wait(2)
         time.sleep(0.2)  # a duplicate would arrive by now
         msgs = list(inbox.messages)
-    assert [m.msg_id for m in msgs] == ["a-1", "u-1"]  # alert first, forged one refused
+        assert fw.refusal is not None and fw.refusal["code"] == RC_NOT_AUTHORIZED
+        assert fw.pump_once() == 0  # held: the same refusal would come back
+    assert sorted(m.msg_id for m in msgs) == ["a-1", "u-1"]
     # Expiry comes from the outbox age bound (7 days by default), minus the time stored.
     assert all(m.expiry_s is not None and 7 * 86400 - 60 < m.expiry_s <= 7 * 86400 for m in msgs)
-    assert fw.delivered == 2 and fw.rejected == 1
+    assert fw.delivered == 2 and fw.rejected == 0 and fw.refused_kept == 1
+    assert [r.msg_id for r in ob.peek(10)] == ["a-forged"]
     c = ob.counters()
-    assert c["rejected.alert"] == 1 and c["delivered.alert"] == 1 and c["delivered.update"] == 1
+    assert "rejected.alert" not in c and c["delivered.alert"] == 1
     ob.close()
 
 
 def test_shared_subscription_spreads_updates_across_aggregator_workers(
     mosquitto_broker_module: Broker, pki: Pki
 ) -> None:
-    """DESIGN §5 scale-out: the ACL admits $share subscriptions for the aggregator."""
+    """DESIGN §5 scale-out: the ACL admits $share subscriptions for the intake workers,
+    each connected with its own certificate (the broker binds client ids to CNs)."""
     w1, w2 = Inbox(), Inbox()
-    shared = "$share/aggs/" + topics.node_filter(FLEET, "update")
-    files = pki.client_files("aggregator")
+    shared = "$share/aggs/" + topics.node_filter(FLEET, "collect_masked")
     host, port = mosquitto_broker_module.host, mosquitto_broker_module.port
     with (
-        MqttLink("agg-w1", host, port, files, FLEET, identity="aggregator", status=False,
+        MqttLink("intake-0", host, port, pki.client_files("intake-0"), FLEET, status=False,
                  on_message=w1) as a1,
-        MqttLink("agg-w2", host, port, files, FLEET, identity="aggregator", status=False,
+        MqttLink("intake-1", host, port, pki.client_files("intake-1"), FLEET, status=False,
                  on_message=w2) as a2,
         _link(mosquitto_broker_module, pki, "box-c", status=False) as box,
     ):  # fmt: skip
         assert a1.subscribe(shared).wait(5) < 0x80 and a2.subscribe(shared).wait(5) < 0x80
         for i in range(10):
-            assert box.publish(topics.update(FLEET, "box-c"), b"%d" % i).wait(5) < 0x80
+            topic = topics.node(FLEET, "box-c", "collect_masked")
+            assert box.publish(topic, b"%d" % i).wait(5) < 0x80
         time.sleep(0.3)
+        assert a1.counters.disconnects == 0 and a2.counters.disconnects == 0
     got1 = {m.payload for m in w1.messages}
     got2 = {m.payload for m in w2.messages}
     assert got1 | got2 == {b"%d" % i for i in range(10)}

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -279,48 +280,116 @@ def test_kill_9_during_heavy_writes_loses_nothing_stored(tmp_state: Path) -> Non
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_stats_and_purge(tmp_state: Path) -> None:
+def _box_config(tmp_path: Path, state: Path, pki: Pki | None = None, port: int = 8883,
+                box: str = "box-b") -> Path:  # fmt: skip
+    from edgeagent.ops.config import to_toml
+
+    data: dict[str, object] = {
+        "agent": {"box_id": box, "fleet": FLEET, "state_dir": str(state)},
+        "control": {"socket_path": str(tmp_path / "no-daemon.sock")},
+    }
+    if pki is not None:
+        f = pki.client_files(box)
+        data["federation"] = {"enabled": True, "broker_host": "127.0.0.1", "broker_port": port,
+                              "ca_file": str(f.ca), "cert_file": str(f.cert),
+                              "key_file": str(f.key)}  # fmt: skip
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(data))
+    return path
+
+
+def test_cli_stats_and_purge(tmp_state: Path, tmp_path: Path) -> None:
     _register()
     ob = Outbox.in_state_dir(tmp_state)
     ob.put("t", b"xx", "alert")
     ob.put("t", b"yyy", "telemetry")
     ob.close()
+    cfg = str(_box_config(tmp_path, tmp_state))
     runner = CliRunner()
-    r = runner.invoke(app, ["outbox", "stats", "--state-dir", str(tmp_state), "--json"])
+    r = runner.invoke(app, ["outbox", "stats", "-c", cfg, "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert doc["rows"] == 2 and doc["bytes"] == 5
     assert doc["by_kind"]["alert"]["rows"] == 1
-    r = runner.invoke(app, ["outbox", "purge", "--state-dir", str(tmp_state)])
+    r = runner.invoke(app, ["outbox", "purge", "-c", cfg])
     assert r.exit_code == 2  # needs --yes
-    r = runner.invoke(
-        app, ["outbox", "purge", "--state-dir", str(tmp_state), "--kind", "telemetry", "--yes",
-              "--json"],
-    )  # fmt: skip
+    r = runner.invoke(app, ["outbox", "purge", "-c", cfg, "--kind", "telemetry", "--yes", "--json"])
     assert json.loads(r.output) == {"purged": 1, "rows": 1}
-    r = runner.invoke(app, ["outbox", "stats", "--state-dir", str(tmp_state / "nope")])
+    r = runner.invoke(app, ["outbox", "stats", "--state-dir", str(tmp_state / "nope"), "--json"])
     assert r.exit_code == 2
+    err = json.loads(r.output)["error"]
+    assert err["type"] == "OutboxError" and "no outbox" in err["message"]
+
+
+def test_cli_stats_reads_a_read_only_outbox_and_writes_nothing(
+    tmp_state: Path, tmp_path: Path
+) -> None:
+    _register()
+    ob = Outbox.in_state_dir(tmp_state)
+    ob.put("t", b"xx", "alert")
+    ob.close()
+    before = sorted(p.name for p in tmp_state.iterdir())
+    os.chmod(tmp_state / "outbox.sqlite3", 0o444)
+    os.chmod(tmp_state, 0o555)
+    try:
+        r = CliRunner().invoke(app, ["outbox", "stats", "--state-dir", str(tmp_state), "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["rows"] == 1
+        assert sorted(p.name for p in tmp_state.iterdir()) == before
+    finally:
+        os.chmod(tmp_state, 0o755)
+        os.chmod(tmp_state / "outbox.sqlite3", 0o644)
 
 
 def test_cli_flush_sends_everything_to_a_real_broker(
-    tmp_state: Path, mosquitto_broker: Broker, pki: Pki
+    tmp_state: Path, tmp_path: Path, mosquitto_broker: Broker, pki: Pki
 ) -> None:
+    """Without a daemon, flush connects as the box (state, broker and PKI from -c)."""
     _register()
     ob = Outbox.in_state_dir(tmp_state)
     for i in range(5):
         ob.put(topics.alert(FLEET, "box-b"), b"a%d" % i, "alert")
-    ob.put(topics.alert(FLEET, "box-a"), b"not mine", "alert")  # refused by the ACL
     ob.close()
-    r = CliRunner().invoke(
-        app,
-        ["outbox", "flush", "--state-dir", str(tmp_state), "--port", str(mosquitto_broker.port),
-         "--pki-dir", str(pki.root), "--box-id", "box-b", "--fleet", FLEET, "--timeout-s", "10",
-         "--json"],
-    )  # fmt: skip
+    cfg = _box_config(tmp_path, tmp_state, pki, mosquitto_broker.port)
+    r = CliRunner().invoke(app, ["outbox", "flush", "-c", str(cfg), "--timeout-s", "10", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output) == {
-        "before": 6, "delivered": 5, "rejected": 1, "rows": 0, "complete": True
+    doc = json.loads(r.output)
+    assert {k: doc[k] for k in ("via", "before", "delivered", "rejected", "rows", "complete")} == {
+        "via": "direct", "before": 5, "delivered": 5, "rejected": 0, "rows": 0, "complete": True
     }  # fmt: skip
+
+
+def test_cli_flush_through_the_daemon_does_not_kick_it(
+    tmp_state: Path, tmp_path: Path, mosquitto_broker: Broker, pki: Pki
+) -> None:
+    """With a daemon running, flush asks it over the control socket: a second client with
+    the box's certificate would get the same client id and take the daemon's session."""
+    from edgeagent.daemon.wiring import build_supervisor
+    from edgeagent.ops.config import load_config
+
+    _register()
+    cfg_path = _box_config(tmp_path, tmp_state, pki, mosquitto_broker.port)
+    sup = build_supervisor(load_config(cfg_path))
+    runner = threading.Thread(target=sup.run, daemon=True)
+    runner.start()
+    try:
+        transport = next(c for c in sup.components if c.name == "transport")
+        deadline = time.monotonic() + 10
+        while not transport.link.connected:
+            assert time.monotonic() < deadline, "daemon did not connect"
+            time.sleep(0.05)
+        drops = transport.link.counters.disconnects
+        box = transport.forwarder.outbox
+        box.put(topics.alert(FLEET, "box-b"), b"late", "alert", msg_id="late-1")
+        r = CliRunner().invoke(app, ["outbox", "flush", "-c", str(cfg_path), "--json"])
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.output)
+        assert doc["via"] == "daemon" and doc["complete"] and doc["rows"] == 0
+        time.sleep(0.5)
+        assert transport.link.connected and transport.link.counters.disconnects == drops
+    finally:
+        sup.request_stop("test")
+        runner.join(15)
 
 
 def test_ack_many_deletes_in_one_batch_and_counts_per_kind(tmp_state: Path) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
 from importlib.metadata import entry_points
 
 import typer
 
 from edgeagent import __version__
+from edgeagent.errors import EdgeAgentError
 
 app = typer.Typer(
     name="edgeagent",
@@ -29,31 +31,59 @@ app = typer.Typer(
 # Verb modules, imported for their side effect of registering on ``app``.
 _VERB_MODULES = ("pki", "outbox", "alerts")
 _VERB_MODULES += ("run", "config", "status", "doctor", "serial", "logs", "support")  # ops
-_VERB_MODULES += ("model", "evaluate", "convert")  # model / detection, record import
+_VERB_MODULES += ("model", "evaluate", "convert", "alerts")  # model / detection, record import
 _VERB_MODULES += ("service",)  # field install
 _VERB_MODULES += ("aggregator",)  # federated aggregator
 _VERB_MODULES += ("devices",)  # BLE
 
 
+def library_versions() -> dict[str, str]:
+    """The agent's version and every runtime library it depends on (from the installed
+    distributions' metadata, so a library without ``__version__`` is still named)."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    out = {"edgeagent": __version__}
+    try:
+        reqs = requires("edgeagent") or []
+    except PackageNotFoundError:
+        reqs = []
+    for req in reqs:
+        if "extra ==" in req:
+            continue  # optional extras (dev, lab) are not what the box runs on
+        name = re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0]
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"edgeagent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:  # fmt: skip
+    """Edge runtime for wearable-health hubs."""
+
+
 @app.command()
 def version(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Print the agent's version and the versions of the libraries it runs on."""
-    import bleak  # noqa: F401  (import proves it is installed)
-    import numpy
-    import onnxruntime
-    import paho.mqtt
-
-    info = {
-        "edgeagent": __version__,
-        "numpy": numpy.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "paho-mqtt": paho.mqtt.__version__,
-    }
+    """Print the agent's version and the versions of every library it runs on."""
+    info = library_versions()
     if as_json:
         typer.echo(json.dumps(info))
     else:
+        width = max(len(k) for k in info) + 1
         for k, v in info.items():
-            typer.echo(f"{k:12} {v}")
+            typer.echo(f"{k:{width}} {v}")
 
 
 #: Entry-point group through which other packages add verbs (each names a module to import).
@@ -92,5 +122,16 @@ def _unavailable(verb: str, exc: ImportError) -> None:
 
 
 def main() -> None:
+    """The console script: every verb, and errors the verbs did not catch printed as one
+    line (or, under ``--json``, as a JSON object with the error's type and reason)."""
     _register()
-    app()
+    try:
+        app(standalone_mode=True)
+    except EdgeAgentError as exc:
+        from edgeagent.cli.config import error_doc
+
+        if "--json" in sys.argv[1:]:
+            typer.echo(json.dumps({"ok": False, "error": error_doc(exc)}))
+        else:
+            typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None

@@ -18,7 +18,8 @@ from typing import Any
 import typer
 
 from edgeagent.cli import app
-from edgeagent.cli.config import CONFIG_OPTION, JSON_OPTION, echo_json, load_or_exit
+from edgeagent.cli.config import CONFIG_OPTION, JSON_OPTION, echo_json, fail, load_or_exit
+from edgeagent.cli.human import human
 
 agg_app = typer.Typer(
     help="Federated aggregator: run rounds, show their history.", no_args_is_help=True
@@ -103,19 +104,18 @@ def status(
     try:
         rep = status_report(cfg.agent.state_dir)
     except EdgeAgentError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise fail(exc, as_json, 1) from exc
     rep["rounds"] = rep["rounds"][-last:] if last > 0 else []
     if as_json:
         echo_json(rep)
         return
     model = rep["model"] or {}
     typer.echo(f"model       v{model.get('version', '-')} {str(model.get('sha256', '-'))[:16]}")
-    typer.echo(f"next round  {rep['next_round']}")
-    typer.echo(f"totals      {rep['totals']}")
-    typer.echo(f"dropouts    {rep['dropouts']}")
-    typer.echo(f"refused     {rep['refused'] or '-'}")
-    typer.echo(f"epsilon     {_fmt_eps(rep['epsilon'])}  (sampling: {rep['dp_sampling']})")
+    typer.echo(f"next round  {human(rep['next_round'])}")
+    typer.echo(f"totals      {human(rep['totals'])}")
+    typer.echo(f"dropouts    {human(rep['dropouts'])}")
+    typer.echo(f"refused     {human(rep['refused'])}")
+    typer.echo(f"epsilon     {_fmt_eps(rep['epsilon'])}  (sampling: {human(rep['dp_sampling'])})")
     distrusted = sorted(b for b, v in rep["reputation"].items() if v <= 0)
     if rep["reputation"]:  # robust = "reputation": the boxes whose updates it now drops
         typer.echo(f"distrusted  {', '.join(distrusted) or '-'}")

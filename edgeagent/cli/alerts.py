@@ -1,17 +1,28 @@
-"""``edgeagent alerts follow``: the documented alert consumer of a fleet.
+"""``edgeagent alerts``: this box's alerts (list, show, export) and the fleet's (follow).
 
-Subscribes to every box's alert topic on a persistent MQTT 5 session (nothing
-published while it is away is lost within the session's expiry), prints each
-alert message once as one JSON line on stdout, and drops repeats by ``msg-id``
-(:class:`~edgeagent.transport.dedupe.SeenIds`, kept in ``--seen FILE`` across
-restarts; each repeat is named on stderr). Boxes deliver at least once; this
-consumer turns that into once.
+``list``, ``show`` and ``export`` read ``alerts.sqlite`` in the config's state
+directory (``--state-dir`` reads a copied one) through a read-only connection: they
+create nothing, change nothing, and work beside a running daemon or on a read-only
+directory. Times are ISO 8601 (``2026-12-07T18:00:00Z``) in and out; ``--since`` and
+``--until`` also take Unix seconds.
+
+``follow`` is the documented alert consumer of a fleet. It subscribes to every box's
+alert topic on a persistent MQTT 5 session (nothing published while it is away is
+lost within the session's expiry), prints each alert message once as one JSON line
+on stdout, and drops repeats by ``msg-id`` (:class:`~edgeagent.transport.dedupe.SeenIds`,
+kept in ``--seen FILE`` across restarts; each repeat is named on stderr). Boxes
+deliver at least once; this consumer turns that into once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import datetime as dt
 import json
 import signal
+import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,10 +31,198 @@ from typing import Any
 import typer
 
 from edgeagent.cli import app
+from edgeagent.cli.config import CONFIG_OPTION, JSON_OPTION, echo_json, fail, state_dir_of
+from edgeagent.cli.human import human, iso
 from edgeagent.errors import EdgeAgentError
 
-alerts_app = typer.Typer(help="Alerts as the fleet receives them.", no_args_is_help=True)
+alerts_app = typer.Typer(
+    help="Alerts: this box's (list, show, export) and the fleet's (follow).", no_args_is_help=True
+)
 app.add_typer(alerts_app, name="alerts")
+
+DB_NAME = "alerts.sqlite"
+
+_STATE: Any = typer.Option(
+    None, "--state-dir", help="Read this state directory instead of the config's.",
+    show_default=False,
+)  # fmt: skip
+_SINCE: Any = typer.Option(None, "--since", help="Alerts ending at or after (ISO 8601 or Unix s).")
+_UNTIL: Any = typer.Option(None, "--until", help="Alerts starting before (ISO 8601 or Unix s).")
+_PATIENT: Any = typer.Option(None, "--patient", help="Only this patient.")
+_CATEGORY: Any = typer.Option(None, "--category", help="clinical, sensor_fault, novelty, system.")
+_FORMAT: Any = typer.Option("jsonl", "--format", help="jsonl or csv.")
+_OUTPUT: Any = typer.Option(None, "--output", "-o", help="File (default: stdout).")
+_LIMIT: Any = typer.Option(100, help="At most this many (the newest are last).")
+
+
+class AlertsError(EdgeAgentError):
+    """The alert store cannot be read, or a filter is malformed."""
+
+
+def parse_time(text: str) -> float:
+    """ISO 8601 (a date, or date and time; UTC unless it names an offset) or Unix seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise AlertsError(f"{text!r} is not an ISO 8601 time or Unix seconds") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.timestamp()
+
+
+def _connect(state: Path) -> sqlite3.Connection:
+    path = state / DB_NAME
+    if not path.is_file():
+        raise AlertsError(f"no alerts yet: {path} does not exist")
+    live = path.with_name(path.name + "-wal").exists()
+    flags = "mode=ro" if live else "mode=ro&immutable=1"
+    db = sqlite3.connect(f"file:{path}?{flags}", uri=True, timeout=10.0)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def query(
+    state: Path,
+    since: float | None = None,
+    until: float | None = None,
+    patient: str | None = None,
+    category: str | None = None,
+    alert_id: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Alerts as dicts (every stored column; ``detail`` decoded), in start order."""
+    q, args = "SELECT * FROM alerts WHERE 1=1", []  # type: ignore[var-annotated]
+    for clause, value in (("end >= ?", since), ("start < ?", until), ("patient = ?", patient),
+                          ("category = ?", category), ("id LIKE ?", alert_id)):  # fmt: skip
+        if value is not None:
+            q += f" AND {clause}"
+            args.append(f"{value}%" if clause.startswith("id") else value)
+    q += " ORDER BY start, created"
+    if limit is not None:
+        q += f" LIMIT {int(limit)}"
+    try:
+        db = _connect(state)
+        try:
+            rows = [dict(r) for r in db.execute(q, args)]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise AlertsError(f"cannot read {state / DB_NAME}: {exc}") from exc
+    for r in rows:
+        with contextlib.suppress(ValueError):
+            r["detail"] = json.loads(r.get("detail") or "{}")
+        for k in ("closed", "sent"):
+            if k in r:
+                r[k] = bool(r[k])
+    return rows
+
+
+def _window(since: str | None, until: str | None) -> tuple[float | None, float | None]:
+    return (
+        parse_time(since) if since is not None else None,
+        parse_time(until) if until is not None else None,
+    )
+
+
+@alerts_app.command("list")
+def list_alerts(
+    config: Path | None = CONFIG_OPTION,
+    state_dir: Path | None = _STATE,
+    since: str | None = _SINCE,
+    until: str | None = _UNTIL,
+    patient: str | None = _PATIENT,
+    category: str | None = _CATEGORY,
+    limit: int = _LIMIT,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Alerts in start order: id, times, patient, kind, score, open or closed."""
+    state = state_dir_of(config, state_dir, as_json)
+    try:
+        lo, hi = _window(since, until)
+        rows = query(state, lo, hi, patient, category)[-limit:] if limit > 0 else []
+    except EdgeAgentError as exc:
+        raise fail(exc, as_json) from exc
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        typer.echo("no alerts in that range")
+    for r in rows:
+        state_word = "closed" if r.get("closed") else "open"
+        typer.echo(
+            f"{r['id'][:12]}  {iso(r['start'])} .. {iso(r['end'])}  {r['patient'] or '-':10} "
+            f"{r['category']:12} {r['kind']:16} score {r['score']:.2f}  {state_word}"
+        )
+
+
+@alerts_app.command("show")
+def show(
+    alert_id: str = typer.Argument(..., help="Alert id (a unique prefix will do)."),
+    config: Path | None = CONFIG_OPTION,
+    state_dir: Path | None = _STATE,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Every field of one alert."""
+    state = state_dir_of(config, state_dir, as_json)
+    try:
+        rows = query(state, alert_id=alert_id, limit=2)
+        if len(rows) != 1:
+            what = "no alert" if not rows else "more than one alert"
+            raise AlertsError(f"{what} matches {alert_id!r}; see `edgeagent alerts list`")
+    except EdgeAgentError as exc:
+        raise fail(exc, as_json) from exc
+    (r,) = rows
+    if as_json:
+        echo_json(r)
+        return
+    for k, v in r.items():
+        shown = iso(v) if k in ("start", "end", "created") else human(v)
+        typer.echo(f"{k:10} {shown}")
+
+
+@alerts_app.command("export")
+def export(
+    config: Path | None = CONFIG_OPTION,
+    state_dir: Path | None = _STATE,
+    since: str | None = _SINCE,
+    until: str | None = _UNTIL,
+    patient: str | None = _PATIENT,
+    category: str | None = _CATEGORY,
+    fmt: str = _FORMAT,
+    output: Path | None = _OUTPUT,
+) -> None:
+    """Write the alerts of a time range as JSON lines or CSV (times ISO 8601)."""
+    state = state_dir_of(config, state_dir, False)
+    try:
+        if fmt not in ("jsonl", "csv"):
+            raise AlertsError(f"--format {fmt!r}: use jsonl or csv")
+        lo, hi = _window(since, until)
+        rows = query(state, lo, hi, patient, category)
+    except EdgeAgentError as exc:
+        raise fail(exc, False) from exc
+    for r in rows:
+        for k in ("start", "end", "created"):
+            r[k] = iso(r[k])
+    out = output.open("w", newline="") if output is not None else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for r in rows:
+                out.write(json.dumps(r, default=str) + "\n")
+        else:
+            cols = list(rows[0]) if rows else ["id", "patient", "start", "end", "kind"]
+            w = csv.DictWriter(out, fieldnames=cols)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: json.dumps(v) if isinstance(v, dict) else v for k, v in r.items()})
+    finally:
+        if output is not None:
+            out.close()
+    if output is not None:
+        typer.echo(f"wrote {len(rows)} alert(s) to {output}", err=True)
 
 
 _PKI_DIR = typer.Option(Path("pki"), "--pki-dir", help="Holds ca.crt and clients/.")

@@ -47,6 +47,33 @@ def echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=1, default=str))
 
 
+def error_doc(exc: BaseException) -> dict[str, Any]:
+    """An error as JSON: its type, message and, where it has one, its ``reason``."""
+    doc: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    reason = getattr(exc, "reason", None)
+    if reason is not None:
+        doc["reason"] = str(reason)
+    if isinstance(exc, ConfigError):
+        doc["errors"] = error_list(exc)
+    return doc
+
+
+def fail(exc: BaseException, as_json: bool, code: int = EXIT_CONFIG) -> typer.Exit:
+    """Print ``exc`` as the verb's error (JSON under --json) and return the Exit to raise."""
+    if as_json:
+        echo_json({"ok": False, "error": error_doc(exc)})
+    else:
+        typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code)
+
+
+def state_dir_of(config: Path | None, override: Path | None, as_json: bool) -> Path:
+    """``--state-dir`` when given (a copied state directory), else the config's."""
+    if override is not None:
+        return override
+    return load_or_exit(config, as_json).agent.state_dir
+
+
 def error_list(exc: ConfigError) -> list[dict[str, Any]]:
     """Every problem of a ConfigError as JSON-able dicts."""
     errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
@@ -68,12 +95,39 @@ def load_or_exit(path: Path | None, as_json: bool) -> Config:
         return load_config(p)
     except ConfigError as exc:
         if as_json:
-            echo_json({"ok": False, "path": str(p), "errors": error_list(exc)})
+            echo_json(
+                {"ok": False, "path": str(p), "error": error_doc(exc), "errors": error_list(exc)}
+            )
         else:
             typer.echo(f"{p}: invalid configuration", err=True)
             for e in error_list(exc):
                 typer.echo(f"  {e['key']} = {e['value']!r}: {e['problem']}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
+
+
+def identity_problem(cfg: Config) -> ConfigError | None:
+    """The client certificate must name this box: the broker takes its CN as the box's
+    identity, so with another CN every publish under ``node/<box_id>/`` is refused."""
+    from edgeagent.errors import PkiError
+    from edgeagent.ops.pki import common_name
+
+    fed = cfg.federation
+    if not fed.enabled or fed.cert_file is None:
+        return None
+    try:
+        cn = common_name(fed.cert_file)
+    except (OSError, ValueError, PkiError) as exc:
+        return ConfigError("federation.cert_file", str(fed.cert_file), f"unreadable: {exc}")
+    if cn != cfg.agent.box_id:
+        return ConfigError(
+            "federation.cert_file",
+            str(fed.cert_file),
+            f"the certificate is issued to {cn!r} but agent.box_id is {cfg.agent.box_id!r}: "
+            "the broker would refuse every message of this box; install clients/"
+            f"{cfg.agent.box_id}.crt and .key (edgeagent pki issue {cfg.agent.box_id}) "
+            "or correct agent.box_id",
+        )
+    return None
 
 
 @config_app.command("validate")
@@ -84,6 +138,15 @@ def validate(
     """Check the config file; exit 2 listing every problem (key, value, fix)."""
     cfg = load_or_exit(config, as_json)
     p = config or default_config_path()
+    problem = identity_problem(cfg)
+    if problem is not None:
+        if as_json:
+            echo_json({"ok": False, "path": str(p), "error": error_doc(problem),
+                       "errors": error_list(problem)})  # fmt: skip
+        else:
+            typer.echo(f"{p}: invalid configuration", err=True)
+            typer.echo(f"  {problem.key} = {problem.value!r}: {problem.problem}", err=True)
+        raise typer.Exit(EXIT_CONFIG)
     summary = {
         "ok": True,
         "path": str(p),

@@ -7,6 +7,7 @@ advertises; this verb answers that through the same bleak stack the agent uses.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -14,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeagent.cli import app
-from edgeagent.cli.config import JSON_OPTION, echo_json
+from edgeagent.cli.config import CONFIG_OPTION, JSON_OPTION, echo_json, fail, load_or_exit
+from edgeagent.errors import SourceError
 
 devices_app = typer.Typer(help="BLE wearables in range.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
@@ -29,6 +31,9 @@ _TIMEOUT: Any = typer.Option(3.0, "--timeout", "-t", help="Seconds to listen.")
 _SERVICE: Any = typer.Option(None, "--service", "-s", help="Only devices advertising this UUID.")
 _NAME: Any = typer.Option(None, "--name", "-n", help="Only names matching this regex.")
 _ADDRESS: Any = typer.Option(None, "--address", "-a", help="Only these addresses (repeatable).")
+_ADAPTER: Any = typer.Option(
+    None, "--adapter", help="Adapter to scan with (hci0, ...; default: the config's, else BlueZ's)."
+)
 
 
 @devices_app.command("scan")
@@ -37,10 +42,13 @@ def scan_cmd(
     service: list[str] | None = _SERVICE,
     name: str | None = _NAME,
     address: list[str] | None = _ADDRESS,
+    adapter: str | None = _ADAPTER,
+    config: Path | None = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """List advertisers in range: name, address, RSSI and services (strongest first)."""
     from edgeagent.sources.ble import DeviceFilter, scan
+    from edgeagent.sources.bluez import system_bus_problem
 
     try:
         flt = DeviceFilter(
@@ -49,14 +57,20 @@ def scan_cmd(
             addresses=frozenset(address or ()),
         )
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+        raise fail(SourceError("scan", "bad_filter", str(e)), as_json) from e
+    if adapter is None and config is not None:
+        adapter = load_or_exit(config, as_json).devices.ble.adapter
+    problem = system_bus_problem()
+    if problem is not None:
+        raise fail(SourceError("ble", "no_system_bus", problem), as_json, 1)
     try:
-        found = scan(timeout, flt)
-    except Exception as e:  # no adapter, no bus, BlueZ off: say so, do not trace back
-        typer.echo(f"error: BLE scan failed: {type(e).__name__}: {e}", err=True)
-        typer.echo("check that bluetoothd runs and an adapter is powered", err=True)
-        raise typer.Exit(1) from e
+        found = scan(timeout, flt, adapter)
+    except Exception as e:  # no adapter, BlueZ off: say so, do not trace back
+        msg = (
+            f"BLE scan on {adapter or 'the default adapter'} failed: {type(e).__name__}: {e}; "
+            "check that bluetoothd runs and the adapter is powered (bluetoothctl show)"
+        )
+        raise fail(SourceError("ble", "scan_failed", msg), as_json, 1) from e
     if as_json:
         echo_json([r.as_dict() for r in found])
         return

@@ -206,6 +206,14 @@ def check_certificates(cfg: Config, now: dt.datetime | None = None) -> list[Chec
             out.append(_ok(name, f"{subject} valid until {end:%Y-%m-%d} ({left} days)"))
     if fed.cert_file is not None and fed.key_file is not None:
         out.append(_check_key_matches(fed.cert_file, fed.key_file, cfg))
+    if fed.cert_file is not None and fed.cert_file.is_file():
+        from edgeagent.cli.config import identity_problem
+
+        problem = identity_problem(cfg)
+        if problem is not None:
+            out.append(_fail("cert identity", problem.problem, "issue or install the right one"))
+        elif fed.enabled:
+            out.append(_ok("cert identity", f"certificate CN is {cfg.agent.box_id!r}"))
     if not fed.enabled:  # not used yet: report, but do not fail the box for it
         out = [
             Check(c.name, "warn", c.detail + " (federation disabled)", c.fix)
@@ -428,32 +436,26 @@ def check_model(cfg: Config) -> list[Check]:
         out.append(_ok("inference backend", choice.reason))
     data: bytes | None = None
     label = ""
-    if cfg.detection.model_path is not None:
+    registry_db = cfg.agent.state_dir / "models.sqlite"
+    # The daemon runs the registry's active model; detection.model_path only seeds an
+    # empty registry. Check the same model, and say what the daemon falls back to.
+    if registry_db.exists():
+        try:
+            data, label, problem = _registry_model(cfg)
+        except Exception as exc:
+            return [*out, _fail("model", f"registry: {type(exc).__name__}: {exc}")]
+        if problem is not None:
+            out.append(_fail("model", problem, "edgeagent model activate <good version>"))
+            if data is None:
+                return out
+    if data is None and cfg.detection.model_path is not None:
         p = cfg.detection.model_path
         try:
             data = p.read_bytes()
         except OSError as exc:
             return [*out, _fail("model", f"{p}: {exc.strerror}", "fix detection.model_path")]
         label = f"{p} sha256 {_sha256(p)[:12]}"
-    elif (cfg.agent.state_dir / "models.sqlite").exists():
-        try:
-            from edgeagent.model.registry import ModelRegistry
-
-            reg = ModelRegistry(cfg.agent.state_dir)
-            rec = reg.active()
-            if rec is None:
-                return [*out, _warn("model", "registry has no active model yet")]
-            verdict = reg.verify(rec.version)
-            if not verdict.get("ok"):
-                return [
-                    *out,
-                    _fail("model", f"{rec.label}: {verdict.get('error')}", "roll back the model"),
-                ]
-            data = reg.load_bytes(rec)
-            label = f"{rec.label} (signature {verdict.get('signature')})"
-        except Exception as exc:
-            return [*out, _fail("model", f"registry: {type(exc).__name__}: {exc}")]
-    else:
+    if data is None:
         return [*out, _warn("model", "no model configured or registered yet")]
     try:
         sess, applied = open_session(data, choice)
@@ -464,6 +466,31 @@ def check_model(cfg: Config) -> list[Check]:
     if applied != choice:  # onnxruntime dropped a provider when the session started
         out.append(_warn("inference backend", applied.reason, gpu_fix))
     return out
+
+
+def _registry_model(cfg: Config) -> tuple[bytes | None, str, str | None]:
+    """(bytes, label, problem) of the model the daemon would load from the registry,
+    without changing the registry: the active one, or the fallback it would take."""
+    from edgeagent.model.registry import ModelRegistry
+    from edgeagent.pipeline.lifecycle import fallback_sources, model_problem
+
+    reg = ModelRegistry(cfg.agent.state_dir)
+    rec = reg.active()
+    if rec is None:
+        return None, "", None
+    problem = model_problem(reg, rec)
+    if problem is None:
+        verdict = reg.verify(rec.version)
+        if not verdict.get("ok"):
+            return None, rec.label, f"{rec.label}: {verdict.get('error')}"
+        return reg.load_bytes(rec), f"{rec.label} (signature {verdict.get('signature')})", None
+    why = f"active model {rec.label} cannot run ({problem}); the daemon falls back to "
+    prev = reg.last_good(exclude=rec.version)
+    if prev is not None and model_problem(reg, prev) is None:
+        return reg.load_bytes(prev), f"fallback {prev.label}", why + f"{prev.label}"
+    for path in fallback_sources(cfg.detection.model_path):
+        return path.read_bytes(), f"fallback {path}", why + str(path)
+    return None, rec.label, why + "nothing: no intact model anywhere"
 
 
 def check_daemon(cfg: Config) -> list[Check]:
@@ -477,6 +504,9 @@ def check_daemon(cfg: Config) -> list[Check]:
     live = (snap or {}).get("liveness") or {}
     if live and not live.get("ok", True):
         return [_fail("daemon", f"running but {live.get('summary')}", "see `edgeagent logs`")]
+    degraded = (snap or {}).get("degraded") or []
+    if degraded:
+        return [_fail("daemon", "running but degraded: " + "; ".join(degraded), "see the detail")]
     return [_ok("daemon", f"running, state {snap.get('state')}, {live.get('summary', '')}")]
 
 

@@ -1,20 +1,23 @@
 """``edgeagent model``: list, show, add, activate, roll back and verify detector models.
 
-Operates on the registry in ``<state-dir>`` (``models.sqlite`` + ``models/``);
-SQLite handles locking with a running daemon, which picks up the active
-model on its next registry check. Errors print one line and exit 2.
+Operates on the registry in the config's state directory (``models.sqlite`` +
+``models/``; ``--state-dir`` reads a copied one); SQLite handles locking with a
+running daemon, which picks up the active model on its next registry check.
+``list``, ``show`` and ``verify`` only read: they create nothing and work on a
+read-only directory. Errors print one line (JSON under ``--json``) and exit 2.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from edgeagent.cli import app
+from edgeagent.cli.config import CONFIG_OPTION, fail, state_dir_of
+from edgeagent.cli.human import human, iso
 from edgeagent.errors import EdgeAgentError
 from edgeagent.model.graph import parse_model, read_meta
 from edgeagent.model.registry import ModelRegistry
@@ -25,27 +28,30 @@ model_app = typer.Typer(
 )
 app.add_typer(model_app, name="model")
 
-_STATE = typer.Option(
-    Path("/var/lib/edgeagent"), "--state-dir", help="Agent state directory (holds the registry)."
-)
+_STATE: Any = typer.Option(
+    None, "--state-dir", help="Read this state directory instead of the config's.",
+    show_default=False,
+)  # fmt: skip
 _JSON = typer.Option(False, "--json", help="Print JSON.")
 _TRUST = typer.Option(
     [], "--trusted-key", help="Ed25519 public key file (PEM, raw or hex); repeatable."
 )
 
 
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2) from exc
-
-
-def _registry(state_dir: Path, trusted: list[Path] | None = None) -> ModelRegistry:
+def _registry(
+    config: Path | None,
+    state_dir: Path | None,
+    as_json: bool,
+    trusted: list[Path] | None = None,
+    *,
+    readonly: bool = False,
+) -> ModelRegistry:
+    state = state_dir_of(config, state_dir, as_json)
     try:
         keys = [load_public_key(p) for p in trusted or []]
-        return ModelRegistry(state_dir, trusted_keys=keys)
+        return ModelRegistry(state, trusted_keys=keys, readonly=readonly)
     except (EdgeAgentError, OSError) as exc:
-        _fail(exc)
-        raise
+        raise fail(exc, as_json) from exc
 
 
 def _emit(doc: Any, as_json: bool, text: str) -> None:
@@ -53,9 +59,18 @@ def _emit(doc: Any, as_json: bool, text: str) -> None:
 
 
 @model_app.command("list")
-def list_models(state_dir: Path = _STATE, as_json: bool = _JSON) -> None:
+def list_models(
+    config: Path | None = CONFIG_OPTION, state_dir: Path | None = _STATE, as_json: bool = _JSON
+) -> None:
     """Every registered model, oldest first; the active one is marked with '*'."""
-    reg = _registry(state_dir)
+    state = state_dir_of(config, state_dir, as_json)
+    if not (state / "models.sqlite").is_file():  # nothing registered: read, do not create
+        if as_json:
+            typer.echo("[]")
+        else:
+            typer.echo("no models registered; add one with `edgeagent model add FILE`")
+        return
+    reg = _registry(config, state_dir, as_json, readonly=True)
     active = reg.active()
     rows = [
         r.as_dict() | {"active": active is not None and r.version == active.version}
@@ -67,26 +82,26 @@ def list_models(state_dir: Path = _STATE, as_json: bool = _JSON) -> None:
     if not rows:
         typer.echo("no models registered; add one with `edgeagent model add FILE`")
     for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created"]))
+        when = iso(r["created"])
         flags = ("*" if r["active"] else " ") + ("S" if r["signed"] else "-")
         flags += "R" if r["rejected"] else " "
-        typer.echo(f"{flags} {r['label']:14} {when}Z  {r['source']}")
+        typer.echo(f"{flags} {r['label']:14} {when}  {r['source']}")
 
 
 @model_app.command("show")
 def show(
     ref: str = typer.Argument("active", help="Version, label, hash prefix or 'active'."),
-    state_dir: Path = _STATE,
+    config: Path | None = CONFIG_OPTION,
+    state_dir: Path | None = _STATE,
     as_json: bool = _JSON,
 ) -> None:
     """Details of one model: hash, signature, shapes, classes, training info, recent events."""
-    reg = _registry(state_dir)
+    reg = _registry(config, state_dir, as_json, readonly=True)
     try:
         rec = reg.get(ref)
         meta = read_meta(parse_model(reg.load_bytes(rec)))
     except EdgeAgentError as exc:
-        _fail(exc)
-        raise
+        raise fail(exc, as_json) from exc
     doc = rec.as_dict() | {
         "features": len(meta.feature_names),
         "classes": list(meta.classes),
@@ -95,9 +110,10 @@ def show(
         "thresholds": meta.thresholds,
         "events": [e for e in reg.events(200) if e["version"] == rec.version][:10],
     }
-    lines = [f"{k:12} {v}" for k, v in doc.items() if k not in ("events", "info")]
-    lines += [f"info.{k:7} {v}" for k, v in rec.info.items()]
-    lines += [f"event        {e['kind']}: {e['detail']}" for e in doc["events"]]
+    shown = {k: iso(v) if k == "created" else v for k, v in doc.items()}
+    lines = [f"{k:12} {human(v)}" for k, v in shown.items() if k not in ("events", "info")]
+    lines += [f"info.{k:7} {human(v)}" for k, v in rec.info.items()]
+    lines += [f"event        {iso(e['ts'])} {e['kind']}: {e['detail']}" for e in doc["events"]]
     _emit(doc, as_json, "\n".join(lines))
 
 
@@ -111,51 +127,51 @@ def add(
     signature: Path | None = _SIG,
     trusted: list[Path] = _TRUST,
     activate: bool = typer.Option(False, "--activate", help="Make it active right away."),
-    state_dir: Path = _STATE,
+    config: Path | None = CONFIG_OPTION,
+    state_dir: Path | None = _STATE,
     as_json: bool = _JSON,
 ) -> None:
     """Validate and register a model file (refused if corrupt, mis-shaped or badly signed)."""
-    reg = _registry(state_dir, trusted)
+    reg = _registry(config, state_dir, as_json, trusted)
     try:
         sig = signature.read_bytes() if signature else None
         rec = reg.add(path.read_bytes(), source=f"file:{path}", signature=sig)
         if activate:
             rec = reg.activate(rec.version, "cli add --activate")
     except (EdgeAgentError, OSError) as exc:
-        _fail(exc)
-        raise
+        raise fail(exc, as_json) from exc
     _emit(rec.as_dict(), as_json, f"added {rec.label}" + (" (active)" if activate else ""))
 
 
 @model_app.command("activate")
 def activate_cmd(
     ref: str = typer.Argument(..., help="Version, label or hash prefix."),
-    state_dir: Path = _STATE,
+    config: Path | None = CONFIG_OPTION,
+    state_dir: Path | None = _STATE,
     as_json: bool = _JSON,
 ) -> None:
     """Make a registered model active (hash re-checked first)."""
-    reg = _registry(state_dir)
+    reg = _registry(config, state_dir, as_json)
     try:
         rec = reg.activate(ref, "cli activate")
     except EdgeAgentError as exc:
-        _fail(exc)
-        raise
+        raise fail(exc, as_json) from exc
     _emit(rec.as_dict(), as_json, f"active: {rec.label}")
 
 
 @model_app.command("rollback")
 def rollback(
     reason: str = typer.Option("manual", help="Recorded in the registry's event log."),
-    state_dir: Path = _STATE,
+    config: Path | None = CONFIG_OPTION,
+    state_dir: Path | None = _STATE,
     as_json: bool = _JSON,
 ) -> None:
     """Reject the active model and return to the last good one before it."""
-    reg = _registry(state_dir)
+    reg = _registry(config, state_dir, as_json)
     try:
         rec = reg.rollback(reason)
     except EdgeAgentError as exc:
-        _fail(exc)
-        raise
+        raise fail(exc, as_json) from exc
     _emit(rec.as_dict(), as_json, f"rolled back; active: {rec.label}")
 
 
@@ -163,17 +179,17 @@ def rollback(
 def verify(
     ref: str = typer.Argument("active", help="Version, label, hash prefix, 'active' or 'all'."),
     trusted: list[Path] = _TRUST,
-    state_dir: Path = _STATE,
+    config: Path | None = CONFIG_OPTION,
+    state_dir: Path | None = _STATE,
     as_json: bool = _JSON,
 ) -> None:
     """Re-check hash, ONNX validity and signature; exit 1 if any model fails."""
-    reg = _registry(state_dir, trusted)
+    reg = _registry(config, state_dir, as_json, trusted, readonly=True)
     try:
         refs: list[str | int] = [r.version for r in reg.list()] if ref == "all" else [ref]
         results = [reg.verify(r) for r in refs]
     except EdgeAgentError as exc:
-        _fail(exc)
-        raise
+        raise fail(exc, as_json) from exc
     if as_json:
         typer.echo(json.dumps(results))
     else:

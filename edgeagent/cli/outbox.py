@@ -1,20 +1,32 @@
 """``edgeagent outbox``: inspect, flush and purge the store-and-forward outbox.
 
-Operates directly on ``<state-dir>/outbox.sqlite3`` (SQLite handles the locking
-with a running daemon). ``flush`` connects with a box certificate and sends
-everything now, for a technician on site after a long outage; ``purge`` is the
-explicit, counted way to throw messages away.
+Every verb reads the state directory, the broker and the box's certificate
+from the config (``-c``); ``--state-dir`` points stats and purge at a copied
+state directory instead. ``stats`` only reads (it works on a read-only file).
+``flush`` sends everything now, for a technician on site after a long outage:
+through the running daemon's own connection when there is one (the broker
+binds the client id to the certificate, so a second client with the box's
+certificate would take the daemon's session over), else over a connection of
+its own. ``purge`` is the explicit, counted way to throw messages away.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from edgeagent.cli import app
-from edgeagent.errors import EdgeAgentError, OutboxError
+from edgeagent.cli.config import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    echo_json,
+    fail,
+    load_or_exit,
+    state_dir_of,
+)
+from edgeagent.errors import ControlError, EdgeAgentError, OutboxError
 from edgeagent.transport.outbox import DB_NAME, KINDS, Outbox
 
 outbox_app = typer.Typer(
@@ -22,31 +34,32 @@ outbox_app = typer.Typer(
 )
 app.add_typer(outbox_app, name="outbox")
 
-_STATE = typer.Option(
-    Path("/var/lib/edgeagent"), "--state-dir", help="Agent state directory (holds the outbox)."
-)
-_JSON = typer.Option(False, "--json", help="Print JSON.")
-_PKI_DIR = typer.Option(Path("pki"), "--pki-dir", help="Holds ca.crt and clients/.")
+_STATE: Any = typer.Option(
+    None, "--state-dir", help="Read this state directory instead of the config's.",
+    show_default=False,
+)  # fmt: skip
 
 
-def _open(state_dir: Path, must_exist: bool = True) -> Outbox:
-    if must_exist and not (state_dir / DB_NAME).is_file():
-        typer.echo(f"error: no outbox at {state_dir / DB_NAME}", err=True)
-        raise typer.Exit(2)
+def _open(state_dir: Path, as_json: bool, *, readonly: bool = False) -> Outbox:
+    path = state_dir / DB_NAME
     try:
-        return Outbox.in_state_dir(state_dir)
+        if not path.is_file():
+            raise OutboxError(f"no outbox at {path}")
+        return Outbox(path, readonly=readonly)
     except OutboxError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(exc, as_json) from exc
 
 
 @outbox_app.command("stats")
-def stats(state_dir: Path = _STATE, as_json: bool = _JSON) -> None:
+def stats(
+    config: Path | None = CONFIG_OPTION, state_dir: Path | None = _STATE,
+    as_json: bool = JSON_OPTION,
+) -> None:  # fmt: skip
     """Rows and bytes per kind, oldest message age, and drop/delivery counters."""
-    with _open(state_dir) as ob:
+    with _open(state_dir_of(config, state_dir, as_json), as_json, readonly=True) as ob:
         doc = ob.stats()
     if as_json:
-        typer.echo(json.dumps(doc))
+        echo_json(doc)
         return
     typer.echo(f"outbox {doc['path']}: {doc['rows']} rows, {doc['bytes']} bytes")
     by_kind = doc["by_kind"]
@@ -63,69 +76,93 @@ def stats(state_dir: Path = _STATE, as_json: bool = _JSON) -> None:
 
 @outbox_app.command("purge")
 def purge(
-    state_dir: Path = _STATE,
+    config: Path | None = CONFIG_OPTION,
+    state_dir: Path | None = _STATE,
     kind: str | None = typer.Option(None, help=f"Only this kind ({', '.join(KINDS)})."),
     older_than_s: float | None = typer.Option(None, "--older-than-s", help="Only older rows."),
     yes: bool = typer.Option(False, "--yes", help="Required: purged messages are gone."),
-    as_json: bool = _JSON,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Delete stored messages (counted as purged.<kind>)."""
     if not yes:
-        typer.echo("error: purge deletes undelivered messages; pass --yes to confirm", err=True)
-        raise typer.Exit(2)
-    with _open(state_dir) as ob:
+        msg = "purge deletes undelivered messages; pass --yes to confirm"
+        raise fail(OutboxError(msg), as_json)
+    with _open(state_dir_of(config, state_dir, as_json), as_json) as ob:
         try:
             n = ob.purge(kind=kind, older_than_s=older_than_s)
         except OutboxError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
+            raise fail(exc, as_json) from exc
         left = ob.count()
     if as_json:
-        typer.echo(json.dumps({"purged": n, "rows": left}))
+        echo_json({"purged": n, "rows": left})
     else:
         typer.echo(f"purged {n} message(s); {left} left")
 
 
 @outbox_app.command("flush")
 def flush(
-    state_dir: Path = _STATE,
-    host: str = typer.Option("127.0.0.1", help="Broker host."),
-    port: int = typer.Option(8883, help="Broker TLS port."),
-    pki_dir: Path = _PKI_DIR,
-    box_id: str = typer.Option(..., "--box-id", help="Which box certificate to connect with."),
-    fleet: str = typer.Option("default", help="Fleet (for the status topic)."),
+    config: Path | None = CONFIG_OPTION,
     timeout_s: float = typer.Option(60.0, "--timeout-s", help="Give up after this long."),
-    as_json: bool = _JSON,
+    as_json: bool = JSON_OPTION,
 ) -> None:
-    """Connect now and send everything stored; exit 1 if rows remain."""
-    from edgeagent.ops.pki import Pki
+    """Send everything stored now (through the daemon if it runs); exit 1 if rows remain."""
+    from edgeagent.daemon.control import daemon_listening, request
+
+    cfg = load_or_exit(config, as_json)
+    try:
+        doc = request(cfg.control.socket_path, "flush", timeout=timeout_s + 5.0,
+                      timeout_s=timeout_s)  # fmt: skip
+    except ControlError as exc:
+        if daemon_listening(cfg.control.socket_path):
+            # A daemon runs but could not flush: a second client with the box's
+            # certificate would take its session over, so say why and stop here.
+            raise fail(exc, as_json, 1) from exc
+        doc = _flush_alone(cfg, timeout_s, as_json)
+    if as_json:
+        echo_json(doc)
+    else:
+        via = "through the daemon" if doc["via"] == "daemon" else "directly"
+        typer.echo(
+            f"{via}: delivered {doc['delivered']}, rejected {doc['rejected']}, {doc['rows']} left"
+        )
+        if doc.get("refused"):
+            typer.echo(f"refused: {doc['refused']}", err=True)
+    if not doc["complete"]:
+        raise typer.Exit(1)
+
+
+def _flush_alone(cfg: Any, timeout_s: float, as_json: bool) -> dict[str, Any]:
+    """No daemon: connect as the box (the broker names the client after the certificate)."""
+    from edgeagent.ops.pki import TlsFiles
     from edgeagent.transport.mqtt import MqttLink, OutboxForwarder
 
-    with _open(state_dir) as ob:
+    fed = cfg.federation
+    if fed.ca_file is None or fed.cert_file is None or fed.key_file is None:
+        raise fail(
+            OutboxError("flush needs federation.ca_file, cert_file and key_file in the config"),
+            as_json,
+        )
+    with _open(cfg.agent.state_dir, as_json) as ob:
         before = ob.count()
         try:
-            files = Pki(pki_dir).client_files(box_id).check()
-            link = MqttLink(f"{box_id}-flush", host, port, files, fleet, identity=box_id,
-                            status=False)  # fmt: skip
+            files = TlsFiles(fed.ca_file, fed.cert_file, fed.key_file).check()
+            link = MqttLink(cfg.agent.box_id, fed.broker_host, fed.broker_port, files,
+                            cfg.agent.fleet, status=False)  # fmt: skip
             link.connect(timeout=min(timeout_s, 15.0))
         except EdgeAgentError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
+            raise fail(exc, as_json) from exc
         try:
             fw = OutboxForwarder(ob, link)
             done = fw.drain(timeout_s)
         finally:
             link.close()
-        doc = {
+        return {
+            "via": "direct",
+            "connected": True,
             "before": before,
             "delivered": fw.delivered,
             "rejected": fw.rejected,
             "rows": ob.count(),
             "complete": done,
+            "refused": fw.refusal["problem"] if fw.refusal else None,
         }
-    if as_json:
-        typer.echo(json.dumps(doc))
-    else:
-        typer.echo(f"delivered {doc['delivered']}, rejected {doc['rejected']}, {doc['rows']} left")
-    if not done:
-        raise typer.Exit(1)

@@ -13,8 +13,9 @@ from pathlib import Path
 import typer
 
 from edgeagent.cli import app
+from edgeagent.cli.human import human
 from edgeagent.errors import PkiError
-from edgeagent.ops.pki import DEFAULT_BROKER_HOSTS, Pki
+from edgeagent.ops.pki import DEFAULT_BROKER_HOSTS, MAX_INTAKE_WORKERS, Pki
 
 pki_app = typer.Typer(help="Fleet PKI: CA, broker and per-box certificates.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
@@ -33,7 +34,7 @@ def _emit(doc: dict[str, object], as_json: bool) -> None:
         typer.echo(json.dumps(doc))
     else:
         for k, v in doc.items():
-            typer.echo(f"{k:14} {v}")
+            typer.echo(f"{k:14} {human(v)}")
 
 
 @pki_app.command("init")
@@ -68,6 +69,22 @@ def issue(
     except PkiError as exc:
         raise _fail(exc) from exc
     _emit({"box": box_id, "ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)},
+          as_json)  # fmt: skip
+
+
+@pki_app.command("issue-intake")
+def issue_intake(
+    worker: int = typer.Argument(..., min=0, max=MAX_INTAKE_WORKERS - 1, help="Worker number."),
+    directory: Path = _DIR,
+    force: bool = typer.Option(False, "--force", help="Re-issue (the old key stops working)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Issue the TLS certificate of aggregator intake worker N (CN = intake-N)."""
+    try:
+        files = Pki.open(directory).issue_intake(worker, force=force)
+    except PkiError as exc:
+        raise _fail(exc) from exc
+    _emit({"worker": worker, "ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)},
           as_json)  # fmt: skip
 
 

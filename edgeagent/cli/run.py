@@ -1,7 +1,10 @@
 """``edgeagent run``: the daemon's entry point (systemd's ExecStart).
 
-Logs go to stderr: under systemd that is the journal (``JOURNAL_STREAM`` is
-set), where timestamps are added by journald, so we leave them out there.
+Under systemd (``JOURNAL_STREAM`` set) records go to journald's native socket as
+structured entries (priority, logger, code location; a traceback stays one
+entry at its record's priority); without that socket they go to stderr with a
+``<N>`` priority prefix on every line. Journald adds the timestamps. Elsewhere
+logs go to stderr with timestamps.
 """
 
 from __future__ import annotations
@@ -21,12 +24,62 @@ from edgeagent.cli.config import CONFIG_OPTION, load_or_exit
 _SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
 
+#: journald's native socket (systemd.journal-fields(7)); structured fields, one datagram
+#: per record, so a traceback stays one entry with the record's priority.
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
 class _JournalFormatter(logging.Formatter):
-    """Prefix each line with its syslog priority so journald files it right."""
+    """Prefix every line with its syslog priority so journald files it right (stream
+    fallback: journald reads the prefix per line, so a traceback's lines get it too)."""
 
     def format(self, record: logging.LogRecord) -> str:
         prio = _SYSLOG_PRIORITY.get(record.levelname, 6)
-        return f"<{prio}>" + super().format(record)
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).split("\n"))
+
+
+def journal_fields(record: logging.LogRecord, message: str) -> bytes:
+    """One record in journald's native protocol: ``KEY=value`` lines, and the binary
+    form (``KEY\n`` + 64-bit little-endian length + bytes) for multi-line values."""
+    fields = {
+        "MESSAGE": message,
+        "PRIORITY": str(_SYSLOG_PRIORITY.get(record.levelname, 6)),
+        "SYSLOG_IDENTIFIER": "edgeagent",
+        "LOGGER": record.name,
+        "CODE_FILE": record.pathname or "",
+        "CODE_LINE": str(record.lineno),
+        "CODE_FUNC": record.funcName or "",
+        "THREAD_NAME": record.threadName or "",
+    }
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class JournalHandler(logging.Handler):
+    """Send records to journald as structured entries over its native socket."""
+
+    def __init__(self, path: str = JOURNAL_SOCKET) -> None:
+        super().__init__()
+        import socket
+
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sock.sendto(journal_fields(record, self.format(record)), self.path)
+        except OSError:
+            self.handleError(record)
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
 
 
 class _JsonFormatter(logging.Formatter):
@@ -46,9 +99,12 @@ class _JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str, as_json: bool) -> None:
     """Configure the root logger once for the daemon."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if as_json:
         handler.setFormatter(_JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM") and os.path.exists(JOURNAL_SOCKET):
+        handler = JournalHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     elif os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:

@@ -1,9 +1,12 @@
-"""``edgeagent serial list``: which serial ports exist and which the config expects.
+"""``edgeagent serial list|probe``: which serial ports exist, and what one of them sends.
 
 A field engineer's first question after plugging a textile in is "did it show
-up, and under which name?" — so this lists pyserial's view of the ports
+up, and under which name?" — so ``list`` shows pyserial's view of the ports
 (USB ids, stable /dev/serial/by-id links) next to the configured devices and
-whether this user may open them.
+whether this user may open them. The second is "does it speak?": ``probe``
+reads the port for a few seconds through the agent's own frame decoder and
+shows the hello, the streams with their frame and sample counts, and the
+link counters (bad CRC, resyncs, gaps, dropped bytes).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeagent.cli import app
-from edgeagent.cli.config import JSON_OPTION, default_config_path, echo_json
-from edgeagent.errors import ConfigError
+from edgeagent.cli.config import JSON_OPTION, default_config_path, echo_json, fail
+from edgeagent.errors import ConfigError, SourceError
 from edgeagent.ops.config import load_config
 
 _CONFIG: Any = typer.Option(None, "--config", "-c", help="Also show configured ports.")
@@ -106,3 +109,111 @@ def list_cmd(
             r["by_id"] or "",
         )
     Console().print(t)
+
+
+_SECONDS: Any = typer.Option(5.0, "--seconds", "-s", help="How long to listen.")
+_BAUD: Any = typer.Option(115200, "--baud", help="Baud rate (ignored by ptys and USB CDC).")
+
+
+def probe(port: str, seconds: float, baud: int = 115200) -> dict[str, Any]:
+    """Read ``port`` for ``seconds`` and decode what arrives (the port is opened exclusively,
+    so a port the daemon holds is reported busy rather than read from two sides)."""
+    import time
+
+    import serial
+
+    from edgeagent.codecs.serial_frame import (
+        FrameDecoder,
+        Heartbeat,
+        Hello,
+        SampleFrame,
+        SeqKind,
+        SeqTracker,
+    )
+    from edgeagent.streams import LinkCounters
+
+    counters = LinkCounters()
+    dec, seq = FrameDecoder(counters), SeqTracker()
+    streams: dict[str, dict[str, int]] = {}
+    hello: dict[str, Any] | None = None
+    heartbeats = nbytes = 0
+    try:
+        ser = serial.Serial(port, baud, timeout=0.1, exclusive=True)
+    except (serial.SerialException, OSError) as exc:
+        advice = f"{exc}; is the daemon using it? (systemctl stop edgeagent; edgeagent serial list)"
+        raise SourceError(port, "cannot_open", advice) from exc
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < seconds:
+            data = ser.read(4096)
+            nbytes += len(data)
+            dec.feed(data)
+            for f in dec.frames():
+                if isinstance(f, Hello):
+                    hello = {
+                        "device_id": f.device_id,
+                        "firmware": f.firmware,
+                        "boot_id": f.boot_id,
+                        "streams": [str(s) for s in f.streams],
+                    }
+                elif isinstance(f, Heartbeat):
+                    heartbeats += 1
+                elif isinstance(f, SampleFrame):
+                    kind, missing = seq.judge(f)
+                    s = streams.setdefault(str(f.stream), {"frames": 0, "samples": 0})
+                    if kind is SeqKind.DUPLICATE:
+                        counters.duplicates += 1
+                        continue
+                    counters.frames_missing += missing
+                    counters.seq_gaps += int(kind is SeqKind.GAP)
+                    s["frames"] += 1
+                    s["samples"] += f.n
+    finally:
+        ser.close()
+    return {
+        "port": port,
+        "seconds": round(time.monotonic() - t0, 2),
+        "bytes": nbytes,
+        "hello": hello,
+        "heartbeats": heartbeats,
+        "streams": streams,
+        "counters": counters.as_dict(),
+    }
+
+
+@serial_app.command("probe")
+def probe_cmd(
+    port: str = typer.Argument(..., help="Serial port, e.g. /dev/serial/by-id/usb-..."),
+    seconds: float = _SECONDS,
+    baud: int = _BAUD,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Read frames from PORT for a few seconds; show the hello, streams and link counters.
+    Exit 1 when no valid frame arrived."""
+    try:
+        doc = probe(port, seconds, baud)
+    except SourceError as exc:
+        raise fail(exc, as_json, 1) from exc
+    ok = doc["counters"]["frames_ok"] > 0
+    if as_json:
+        echo_json(doc)
+    else:
+        typer.echo(f"{port}: {doc['bytes']} bytes in {doc['seconds']} s")
+        h = doc["hello"]
+        typer.echo(
+            f"hello: {h['device_id']} firmware {h['firmware']} boot {h['boot_id']} "
+            f"streams {', '.join(h['streams'])}"
+            if h
+            else "hello: none seen (sent at connect)"
+        )
+        typer.echo(f"heartbeats: {doc['heartbeats']}")
+        for name, s in doc["streams"].items():
+            rate = s["samples"] / doc["seconds"] if doc["seconds"] else 0.0
+            typer.echo(f"stream {name:10} {s['frames']:6} frames {s['samples']:8} samples "
+                       f"{rate:8.1f} /s")  # fmt: skip
+        typer.echo("counters: " + "  ".join(f"{k}={v}" for k, v in doc["counters"].items()))
+        if not ok:
+            typer.echo("no valid frame: check the cable, the baud rate and the device's power",
+                       err=True)  # fmt: skip
+    if not ok:
+        raise typer.Exit(1)

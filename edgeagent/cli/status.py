@@ -1,7 +1,13 @@
-"""``edgeagent status``: ask the running daemon over its local control socket."""
+"""``edgeagent status``: ask the running daemon over its local control socket.
+
+Without an answering daemon it shows the ``status.json`` the daemon wrote last,
+marked stale with its age (and still exits 1: nothing is running).
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeagent.cli import app
-from edgeagent.cli.config import CONFIG_OPTION, JSON_OPTION, default_config_path, echo_json
+from edgeagent.cli.config import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    default_config_path,
+    echo_json,
+    error_doc,
+)
+from edgeagent.cli.human import iso
 from edgeagent.daemon.control import request
 from edgeagent.errors import ConfigError, ControlError
 from edgeagent.ops.config import ControlSection, load_config
@@ -39,6 +52,8 @@ def render(snap: dict[str, Any], console: Console) -> None:
         f"  version {snap.get('version')}  uptime {up / 3600:.2f} h"
         f"  model {snap.get('model_version') or '-'}  last round {snap.get('last_round') or '-'}"
     )
+    for why in snap.get("degraded") or []:
+        console.print(f"[bold red]degraded:[/] {why}")
     inference = snap.get("inference")  # Detector.backend.as_dict(), when detection runs
     if inference:
         console.print(f"inference: {inference.get('reason', inference.get('providers'))}")
@@ -111,12 +126,58 @@ def status(
     try:
         snap = request(path, "status", timeout=timeout)
     except ControlError as exc:
+        saved = last_saved(config, exc)
+        if saved is None:
+            if as_json:
+                echo_json({"ok": False, "error": error_doc(exc)})
+            else:
+                typer.echo(str(exc), err=True)
+            raise typer.Exit(1) from None
         if as_json:
-            echo_json({"ok": False, "error": str(exc)})
+            echo_json(saved)
         else:
-            typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
+            st = saved["stale"]
+            typer.echo(
+                f"STALE: {st['daemon_error']}; showing {st['file']} written "
+                f"{iso(saved.get('time'))}, {_age(st['age_s'])} ago",
+                err=True,
+            )
+            render(saved, Console())
+        raise typer.Exit(1) from None  # the daemon is not answering, whatever the file says
     if as_json:
         echo_json(snap)
     else:
         render(snap, Console())
+
+
+def last_saved(config: Path | None, exc: ControlError) -> dict[str, Any] | None:
+    """The status.json the daemon left behind, marked ``stale`` with its age; None if none."""
+    try:
+        state = load_config(config or default_config_path()).agent.state_dir
+    except ConfigError:
+        return None
+    f = state / "status.json"
+    try:
+        snap = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(snap, dict):
+        return None
+    written = snap.get("time")
+    age = time.time() - float(written) if isinstance(written, (int, float)) else None
+    snap["stale"] = {
+        "file": str(f),
+        "age_s": round(age, 1) if age is not None else None,
+        "daemon_error": exc.problem,
+    }
+    return snap
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "an unknown time"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

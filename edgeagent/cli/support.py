@@ -37,20 +37,16 @@ _OUTPUT: Any = typer.Option(..., "--output", "-o", help="Archive to write (.tar.
 
 
 def versions() -> dict[str, str]:
-    """Versions of the agent, Python, OS and the libraries the agent runs on."""
-    out = {
+    """Versions of the agent, Python, OS and every library the agent runs on."""
+    from edgeagent.cli import library_versions
+
+    return {
         "edgeagent": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
+        **library_versions(),
     }
-    for mod in ("numpy", "onnxruntime", "onnx", "bleak", "serial", "paho.mqtt", "cryptography"):
-        try:
-            m = __import__(mod, fromlist=["__version__"])
-            out[mod] = str(getattr(m, "__version__", getattr(m, "VERSION", "?")))
-        except ImportError:
-            out[mod] = "not installed"
-    return out
 
 
 def _secrets(cfg: Config | None) -> list[str]:

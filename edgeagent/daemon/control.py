@@ -152,6 +152,11 @@ def _reply(conn: socket.socket, obj: Mapping[str, Any]) -> None:
         conn.sendall(json.dumps(obj, default=str).encode() + b"\n")
 
 
+def daemon_listening(path: str | Path) -> bool:
+    """True when something accepts connections on the control socket (a daemon runs)."""
+    return _alive(Path(path))
+
+
 def _alive(path: Path) -> bool:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(0.5)

@@ -67,6 +67,7 @@ class DetectionComponent:
         learner: Any = None,
         clock: Callable[[], float] = time.time,
         registry_check_s: float = REGISTRY_CHECK_S,
+        fallback: str | None = None,
     ) -> None:
         self.detector = detector
         self.relay = relay
@@ -87,6 +88,14 @@ class DetectionComponent:
         #: so a check never sees a model swapped in but not yet activated and swaps back.
         self.model_lock = threading.Lock()
         self._next_check = 0.0
+        #: Why the detector runs a fallback model instead of the registry's active one.
+        self.fallback = fallback
+        #: True when the learner trains from the running model; False when it trains from
+        #: the fleet's global model (set by the wiring when the box takes part in rounds:
+        #: the aggregator needs updates against the announced global, whatever runs here).
+        self.learner_follows_registry = True
+        if manager is not None:
+            manager.on_change = self._on_model_change
 
     def _windower(self, device: str) -> Any | None:
         patient = self.patient_of.get(device)
@@ -143,6 +152,7 @@ class DetectionComponent:
                 data = mgr.registry.load_bytes(active)
                 self.detector.swap(data, active.label)
                 self._reset_learner(mgr.registry, active)
+                self.fallback = None  # someone chose a model: no longer running a fallback
                 self.swaps.append({"label": active.label, "t": round(time.time(), 3)})
                 log.info("detector now runs %s (activated in the registry)", active.label)
             res = mgr.probation_check()
@@ -160,11 +170,20 @@ class DetectionComponent:
         else:
             self._last_check_error = ""
 
+    def _on_model_change(self, rec: Any, what: str) -> None:
+        log.info("model %s: detector now runs %s", what, rec.label)
+        self._reset_learner(self.manager.registry, rec)
+
     def _reset_learner(self, registry: Any, rec: Any) -> None:
+        """Restart the learner on every change of the running model (activation or rollback)."""
         if self.learner is None:
             return
+        self.counters.add("learner_restarts")
         try:
-            self.learner.reset_global(registry.load_params(rec))
+            if self.learner_follows_registry:
+                self.learner.reset_global(registry.load_params(rec))
+            else:
+                self.learner.restart()
         except (ValueError, EdgeAgentError) as exc:
             # A different architecture: the learner cannot continue from it.
             self.counters.add("learner_reset_errors")
@@ -172,6 +191,21 @@ class DetectionComponent:
 
     def start(self) -> None:
         self.relay.start()
+        if self.fallback is not None:
+            self._alert_fallback(self.fallback)
+
+    def _alert_fallback(self, why: str) -> None:
+        """A system alert: the fleet must hear that this box runs another model."""
+        from edgeagent.pipeline.alerts import Alert
+
+        now = self.clock()
+        alert = Alert(
+            patient="", device="", start=now, end=now, kind="model_fallback",
+            category="system", score=1.0, modality="", model=self.detector.model_label,
+            detail={"reason": why},
+        )  # fmt: skip
+        self.relay.add(alert)
+        self.relay.extend(alert.id, now, 1.0, closed=True)
 
     def stop(self) -> None:
         """Score the windows that can close now; partial windows are not scored."""
@@ -189,6 +223,7 @@ class DetectionComponent:
                 wc[k] = wc.get(k, 0) + int(v)
         backend = self.detector.backend
         return {
+            "degraded": [f"model fallback: {self.fallback}"] if self.fallback else [],
             "model_version": self.detector.model_label,
             "inference": backend.as_dict() if backend is not None else None,
             "detection": {
@@ -196,6 +231,10 @@ class DetectionComponent:
                 "windows": wc,
                 "swaps": list(self.swaps),
                 "trusted": bool(self.detector.trusted),
+                "validated": len(self.detector.validated),
+                "shadow": self.manager.shadow[0].label
+                if self.manager is not None and self.manager.shadow is not None
+                else None,
             },
             "counters": {
                 "detection_windows": self.windows,

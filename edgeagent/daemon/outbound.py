@@ -46,6 +46,9 @@ DRAIN_ON_STOP_S = 3.0
 
 #: The outbox and alert-store WALs are checkpointed (and truncated) this often.
 CHECKPOINT_EVERY_S = 30.0
+#: ``edgeagent outbox flush`` through the daemon waits at most this long (the
+#: control socket serves one request at a time).
+MAX_FLUSH_S = 60.0
 
 
 class OutboxComponent:
@@ -288,9 +291,34 @@ class TransportComponent:
         self.forwarder.stop()
         self.link.close(timeout=2.0)
 
+    def commands(self) -> dict[str, Callable[[Mapping[str, Any]], Any]]:
+        """Control-socket commands: ``flush`` sends what is stored now over the daemon's
+        own connection (a second client with the box's certificate would take it over)."""
+        return {"flush": self.flush}
+
+    def flush(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        """Offer everything stored for up to ``timeout_s`` (capped); the daemon keeps running."""
+        timeout = min(float(req.get("timeout_s", 10.0)), MAX_FLUSH_S)
+        before, delivered, rejected = self.forwarder.outbox.count(), self.forwarder.delivered, \
+            self.forwarder.rejected  # fmt: skip
+        done = self.link.connected and self.forwarder.drain(timeout)
+        refusal = self.forwarder.refusal
+        return {
+            "via": "daemon",
+            "connected": bool(self.link.connected),
+            "before": before,
+            "delivered": self.forwarder.delivered - delivered,
+            "rejected": self.forwarder.rejected - rejected,
+            "rows": self.forwarder.outbox.count(),
+            "complete": bool(done),
+            "refused": refusal["problem"] if refusal else None,
+        }
+
     def status(self) -> Mapping[str, Any]:
         c = self.link.counters
+        refusal = self.forwarder.refusal
         return {
+            "degraded": [f"{refusal['problem']}; {refusal['fix']}"] if refusal else [],
             "transport": {
                 "broker": f"{self.link.host}:{self.link.port}",
                 "connected": self.link.connected,
@@ -298,6 +326,7 @@ class TransportComponent:
                 "in_flight": self.forwarder.in_flight(),
                 "down_for_s": self.link.down_for_s(),
                 "last_outage_s": c.last_outage_s,
+                "refusal": refusal,
             },
             "counters": {
                 "mqtt_connects": c.connects,
@@ -309,5 +338,6 @@ class TransportComponent:
                 "outbox_delivered": self.forwarder.delivered,
                 "outbox_rejected": self.forwarder.rejected,
                 "outbox_reoffered": self.forwarder.reoffered,
+                "outbox_refused_kept": self.forwarder.refused_kept,
             },
         }

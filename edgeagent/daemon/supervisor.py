@@ -118,14 +118,15 @@ class Supervisor:
             # One Process object: cpu_percent() measures since the previous call on it.
             self._proc = psutil.Process()
             self._proc.cpu_percent(interval=None)
-        self._control = (
-            ControlServer(
-                config.control.socket_path,
-                {"status": lambda _r: self.snapshot(), "counters": lambda _r: self.all_counters()},
-            )
-            if control
-            else None
-        )
+        handlers: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+            "status": lambda _r: self.snapshot(),
+            "counters": lambda _r: self.all_counters(),
+        }
+        for comp in self.components:  # e.g. the transport's "flush" for `edgeagent outbox flush`
+            commands = getattr(comp, "commands", None)
+            if commands is not None:
+                handlers.update(commands())
+        self._control = ControlServer(config.control.socket_path, handlers) if control else None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -283,6 +284,7 @@ class Supervisor:
         last_round: int | str | None = None
         inference: dict[str, Any] | None = None  # the detector's backend (edgeagent.providers)
         components: dict[str, Any] = {}
+        degraded: list[str] = []  # why the box works but is not doing its job (say, 0x87)
         for comp in self.components:
             st = _safe_status(comp)
             components[comp.name] = st
@@ -290,6 +292,7 @@ class Supervisor:
             if "outbox" in st:
                 ob = st["outbox"]
                 outbox = ob if isinstance(ob, OutboxStats) else OutboxStats(**ob)
+            degraded.extend(str(r) for r in st.get("degraded", ()))
             model_version = st.get("model_version", model_version)
             last_round = st.get("last_round", last_round)
             inference = st.get("inference") or inference
@@ -309,6 +312,7 @@ class Supervisor:
             liveness=self.last_report or self.liveness.check(),
         )
         snap["watchdog_s"] = self.watchdog_s
+        snap["degraded"] = degraded
         if inference is not None:
             snap["inference"] = inference
         # Whatever else a component reports (transport, detection, learner, federation
@@ -345,7 +349,7 @@ class Supervisor:
 
 #: Component status keys the snapshot folds into its own fields.
 _SNAPSHOT_KEYS = frozenset(
-    {"links", "outbox", "counters", "model_version", "last_round", "inference"}
+    {"links", "outbox", "counters", "model_version", "last_round", "inference", "degraded"}
 )
 
 

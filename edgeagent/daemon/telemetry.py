@@ -64,11 +64,13 @@ def outbox_stats_from(stats: Mapping[str, Any]) -> OutboxStats:
 
 def presence_state(snapshot: Mapping[str, Any]) -> str:
     """``online``/``degraded``/``offline``: the state word the MQTT link's presence
-    messages and last will use, derived from the daemon state and liveness."""
+    messages and last will use, derived from the daemon state, liveness and the
+    components' ``degraded`` reasons (e.g. the broker refusing this box's publishes)."""
     if snapshot.get("state") != "running":
         return "offline"
     live = snapshot.get("liveness") or {}
-    return "online" if live.get("ok", True) and not live.get("faults") else "degraded"
+    healthy = live.get("ok", True) and not live.get("faults") and not snapshot.get("degraded")
+    return "online" if healthy else "degraded"
 
 
 def status_payload(snapshot: Mapping[str, Any]) -> bytes:

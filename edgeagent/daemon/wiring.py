@@ -64,7 +64,7 @@ from edgeagent.daemon.outbound import (
 from edgeagent.daemon.sdnotify import Notifier
 from edgeagent.daemon.sources import ble_factory, serial_factory
 from edgeagent.daemon.supervisor import Supervisor
-from edgeagent.errors import EdgeAgentError, ModelError, PkiError, TransportError
+from edgeagent.errors import EdgeAgentError, PkiError, TransportError
 from edgeagent.model.registry import ModelRecord, ModelRegistry
 from edgeagent.ops.config import Config, LearningSection
 from edgeagent.ops.disk import DiskReserve
@@ -152,22 +152,20 @@ def detection_stack(
     return DetectionStack(detector, learner, ModelManager(registry, detector))
 
 
-def _open_registry(ctx: Context) -> tuple[Any, Any] | None:
-    """The registry and its active model, seeded from ``detection.model_path`` if empty."""
+def _open_registry(ctx: Context) -> tuple[Any, Any, str | None] | None:
+    """The registry, the model to run and why it is a fallback (see ``runnable_model``)."""
     from edgeagent.model.registry import ModelRegistry
+    from edgeagent.pipeline.lifecycle import runnable_model
 
     cfg = ctx.config
     registry = ModelRegistry(cfg.agent.state_dir)
-    active = registry.active()
-    if active is None and cfg.detection.model_path is not None:
-        try:
-            data = Path(cfg.detection.model_path).read_bytes()
-        except OSError as exc:
-            raise ModelError(f"detection.model_path {cfg.detection.model_path}: {exc}") from exc
-        active = registry.activate(registry.add(data, "config").version, "starting model")
-    if active is None:
+    chosen = runnable_model(registry, cfg.detection.model_path)
+    if chosen is None:
         return None
-    return registry, active
+    if chosen.fallback is not None:
+        ctx.counters.add("model_fallbacks")
+        log.error("model fallback: %s", chosen.fallback)
+    return registry, chosen.record, chosen.fallback
 
 
 def _transport(ctx: Context, outbox_c: OutboxComponent, sink: OutboxStatusSink) -> Any:
@@ -325,7 +323,7 @@ def daemon_factory(ctx: Context) -> list[Component]:
     if model is None:
         return comps
 
-    registry, active = model
+    registry, active, fallback = model
     relay = AlertRelay(
         _alert_store(state, ctx),
         outbox_c.outbox,
@@ -359,7 +357,7 @@ def daemon_factory(ctx: Context) -> list[Component]:
 
     detection = DetectionComponent(
         detector, relay, ctx.patient_of, make_windower, ctx.counters,
-        manager=manager, learner=learner,
+        manager=manager, learner=learner, fallback=fallback,
     )  # fmt: skip
     ctx.pipeline.add_consumer(detection.consume)
     comps.append(detection)
@@ -373,6 +371,7 @@ def daemon_factory(ctx: Context) -> list[Component]:
             shared_mgr = SerialManager(manager, detection.model_lock)
             client = _federation(ctx, transport.shared, learner, shared_mgr, active.sha256)
             if client is not None:
+                detection.learner_follows_registry = False  # it follows the fleet's global
                 ctx.liveness.register(client.name, cfg.status.stall_after_s)
                 comps.append(client)
     return comps

@@ -473,8 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--fleet", required=True)
     ap.add_argument("--ca", type=Path, required=True)
-    ap.add_argument("--cert", type=Path, required=True, help="aggregator TLS certificate")
-    ap.add_argument("--key", type=Path, required=True, help="aggregator TLS key")
+    ap.add_argument("--cert", type=Path, required=True, help="this worker's TLS certificate")
+    ap.add_argument("--key", type=Path, required=True, help="this worker's TLS key")
+    ap.add_argument(
+        "--identity", type=Path, required=True,
+        help="the aggregator's TLS certificate (its signing identity lies beside it)",
+    )  # fmt: skip
     ap.add_argument("--worker", required=True, help="worker name (id becomes intake-<name>)")
     ap.add_argument("--group", default=DEFAULT_GROUP)
     ap.add_argument("--flush-every", type=int, default=DEFAULT_FLUSH_EVERY)
@@ -483,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     ca = load_ca(a.ca)
-    ident = load_identity(a.cert, ca, AGGREGATOR)
+    ident = load_identity(a.identity, ca, AGGREGATOR)
     wid = WORKER_PREFIX + a.worker
     state = IntakeState(
         wid,
@@ -496,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def factory(on_message: Callable[[Any], None]) -> MqttLink:
         return MqttLink(
-            f"{AGGREGATOR}-{wid}",
+            wid,  # the broker uses the certificate's CN (intake-<name>) as client id
             a.host,
             a.port,
             tls,

@@ -18,11 +18,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgeagent.errors import TransportError
+from edgeagent.errors import ConfigError, TransportError
 from edgeagent.federation.intake import OP_CLOSE, OP_OPEN, control_topic, encode_control
 from edgeagent.fl.identity import Identity
 from edgeagent.fl.messages import Sequencer
 from edgeagent.ops.config import Config
+from edgeagent.ops.pki import intake_id
 from edgeagent.transport.mqtt import MqttLink
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,27 @@ class IntakeWorkers:
         ready_dir = self.state_dir / "intake"
         ready_dir.mkdir(parents=True, exist_ok=True)
         ready = [ready_dir / f"{i}.ready" for i in range(self.count)]
-        for i, flag in enumerate(ready):
+        assert fed.cert_file is not None
+        # The broker binds client ids to certificates: each worker connects as itself
+        # (clients/intake-<i>.crt beside the aggregator's), signing as the aggregator.
+        # All are checked before any process starts, so a missing one leaves none behind.
+        certs = [fed.cert_file.parent / f"{intake_id(i)}.crt" for i in range(self.count)]
+        for i, cert in enumerate(certs):
+            if not cert.is_file() or not cert.with_suffix(".key").is_file():
+                raise ConfigError(
+                    "aggregator.intake_workers",
+                    self.count,
+                    f"worker {i} needs {cert} and {cert.with_suffix('.key')} (the broker binds "
+                    f"client ids to certificates); issue them with `edgeagent pki issue-intake "
+                    f"{i}`",
+                )
+        for i, (flag, cert) in enumerate(zip(ready, certs, strict=True)):
             flag.unlink(missing_ok=True)
+            key = cert.with_suffix(".key")
             cmd = [sys.executable, "-m", "edgeagent.federation.intake", "--host", fed.broker_host,
                    "--port", str(fed.broker_port), "--fleet", self.fleet,
-                   "--ca", str(fed.ca_file), "--cert", str(fed.cert_file),
-                   "--key", str(fed.key_file), "--worker", str(i),
+                   "--ca", str(fed.ca_file), "--cert", str(cert), "--key", str(key),
+                   "--identity", str(fed.cert_file), "--worker", str(i),
                    "--ready-file", str(flag)]  # fmt: skip
             self.procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
         deadline = time.monotonic() + WORKER_START_S

@@ -26,6 +26,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeagent.atomic import write_atomic
+from edgeagent.dbschema import migrate
 from edgeagent.errors import ModelError
 from edgeagent.model.meta import sha256_hex
 from edgeagent.model.signing import public_key_raw, verify_hash
@@ -59,6 +60,8 @@ CREATE TABLE IF NOT EXISTS events (
     detail  TEXT NOT NULL
 );
 """
+#: v1: the tables above; v2: events found by model version (``model show``).
+MIGRATIONS = (_SCHEMA, "CREATE INDEX IF NOT EXISTS events_version ON events (version, id);")
 
 
 @dataclass(frozen=True)
@@ -102,22 +105,37 @@ class ModelRegistry:
         state_dir: Path,
         trusted_keys: list[Ed25519PublicKey] | None = None,
         require_signature: bool = False,
+        *,
+        readonly: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.dir = self.state_dir / DIR_NAME
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.trusted_keys = list(trusted_keys or [])
         self.require_signature = require_signature
         self.db_path = self.state_dir / DB_NAME
+        #: Read-only (``model list/show/verify``, doctor): creates, changes and records nothing.
+        self.readonly = readonly
+        if readonly:
+            if not self.db_path.is_file():
+                raise ModelError(f"no model registry in {self.state_dir} (no {DB_NAME})")
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
-            db.executescript(_SCHEMA)
+            migrate(db, self.db_path, MIGRATIONS, ModelError)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
+        if self.readonly:
+            # No -wal beside it: fully checkpointed, read as is without creating the index.
+            live = self.db_path.with_name(self.db_path.name + "-wal").exists()
+            flags = "mode=ro" if live else "mode=ro&immutable=1"
+            db = sqlite3.connect(f"file:{self.db_path}?{flags}", uri=True, timeout=10.0)
+        else:
+            db = sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            if not self.readonly:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
             yield db
         finally:
             db.close()
@@ -162,6 +180,9 @@ class ModelRegistry:
             raise ModelError(f"model {digest[:12]} is unsigned and this box requires signatures")
         existing = self.find(digest)
         if existing is not None:
+            if not self._intact(existing):  # the same bytes again: mend the damaged file
+                write_atomic(existing.file, data)
+                self.record_event("repaired", existing.version, f"source={source}")
             return existing
         path = self.dir / f"{digest}.onnx"
         write_atomic(path, data)
@@ -180,6 +201,31 @@ class ModelRegistry:
             version = int(cur.lastrowid or 0)
         self.record_event("added", version, f"source={source} signed={signature is not None}")
         return self.get(version)
+
+    @staticmethod
+    def _intact(rec: ModelRecord) -> bool:
+        try:
+            return sha256_hex(rec.file.read_bytes()) == rec.sha256
+        except OSError:
+            return False
+
+    def last_good(self, exclude: int | None = None) -> ModelRecord | None:
+        """The most recently active model, other than ``exclude``, whose file is intact
+        and that was never rejected (the daemon's fallback when the active one is not)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT a.version FROM activations a JOIN models m ON m.version=a.version"
+                " WHERE m.rejected = 0 ORDER BY a.id DESC"
+            ).fetchall()
+        seen: set[int] = set()
+        for (version,) in rows:
+            if version == exclude or version in seen:
+                continue
+            seen.add(version)
+            rec = self.get(int(version))
+            if self._intact(rec):
+                return rec
+        return None
 
     def find(self, sha: str) -> ModelRecord | None:
         with self._db() as db:
@@ -324,6 +370,8 @@ class ModelRegistry:
         return self.get(prev)
 
     def record_event(self, kind: str, version: int | None, detail: str) -> None:
+        if self.readonly:
+            return
         with self._db() as db:
             db.execute(
                 "INSERT INTO events (ts, kind, version, detail) VALUES (?,?,?,?)",

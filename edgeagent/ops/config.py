@@ -36,6 +36,8 @@ from edgeagent.fl.constants import DEFENCE_RULES
 ROBUST_CHOICES: tuple[str, ...] = ("none", *DEFENCE_RULES)
 
 DEFAULT_PATH = Path("/etc/edgeagent/config.toml")
+#: The example shipped inside the package (present in a pip install, unlike the repo's systemd/).
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "data" / "edgeagent.example.toml"
 REDACTED = "<redacted>"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -367,9 +369,11 @@ class AggregatorSection(_Section):
     intake_workers: int = Field(
         default=0,
         ge=0,
-        le=64,
+        le=16,
         description="Worker processes that take the masked vectors (MQTT 5 shared "
-        "subscription) and hand the aggregator partial sums; 0 = it takes them itself.",
+        "subscription) and hand the aggregator partial sums; 0 = it takes them itself. "
+        "Worker n connects with clients/intake-<n>.crt beside cert_file "
+        "(`edgeagent pki issue-intake`).",
     )
 
     @field_validator("robust")
@@ -620,7 +624,10 @@ def load_config(path: str | Path = DEFAULT_PATH) -> Config:
         raw = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            "<file>", str(p), "file not found; create it from systemd/edgeagent.example.toml"
+            "<file>",
+            str(p),
+            f"file not found; create it from {EXAMPLE_CONFIG} (or run `edgeagent service "
+            "install`, which puts it in /etc/edgeagent/config.toml), or pass -c FILE",
         ) from None
     except OSError as exc:
         raise ConfigError("<file>", str(p), f"cannot read: {exc.strerror}") from None

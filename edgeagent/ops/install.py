@@ -388,6 +388,30 @@ def unit_text(exe: str) -> str:
     return text.replace(PACKAGED_EXE + " ", exe + " ")
 
 
+def exec_start_problem(
+    exe: str, unit: str, homes: Sequence[str] = ("/root", "/home")
+) -> str | None:
+    """Why the unit cannot start ``exe``: with ProtectHome=yes and DynamicUser=yes the
+    service sees no home directory, so an ``edgeagent`` installed under one (a pip
+    install --user, a venv in /root) fails with status 203/EXEC. None when fine."""
+    settings = {
+        k.strip(): v.strip()
+        for k, _, v in (line.partition("=") for line in unit.splitlines())
+        if not k.strip().startswith("#")
+    }
+    if settings.get("ProtectHome") != "yes" or settings.get("DynamicUser") != "yes":
+        return None
+    path = Path(exe)
+    if not any(path == Path(h) or Path(h) in path.parents for h in homes):
+        return None
+    return (
+        f"ExecStart runs {exe}, under a home directory that ProtectHome=yes hides from the "
+        "service (DynamicUser=yes): it would fail with 203/EXEC. Install edgeagent outside "
+        "/root and /home (e.g. python3 -m venv /opt/edgeagent && /opt/edgeagent/bin/pip "
+        "install edgeagent) and rerun `service install`"
+    )
+
+
 # ---------------------------------------------------------------------- the steps
 
 
@@ -559,9 +583,12 @@ def install(
         keep_existing=True,
         group=user,
     )
-    unit_changed = inst.ensure_file(
-        UNIT_DIR / UNIT_NAME, unit_text(exe or find_executable()), 0o644
-    )
+    exe = exe or find_executable()
+    unit = unit_text(exe)
+    problem = exec_start_problem(exe, unit)
+    if problem is not None:
+        report.add("check", exe, "warning", problem)
+    unit_changed = inst.ensure_file(UNIT_DIR / UNIT_NAME, unit, 0o644)
     rule_changed = inst.ensure_file(
         UDEV_DIR / UDEV_NAME, shipped_file(UDEV_NAME).read_text(), 0o644
     )

@@ -41,6 +41,9 @@ from edgeagent.errors import PkiError
 #: so no box may be issued under this name.
 AGGREGATOR_ID = "aggregator"
 RESERVED_IDS = frozenset({AGGREGATOR_ID, "broker", "ca"})
+#: Intake workers' certificate CNs are ``intake-<n>``; the shipped ACL names n = 0..15.
+INTAKE_PREFIX = "intake-"
+MAX_INTAKE_WORKERS = 16
 
 # A box id becomes one MQTT topic level and a file name: no '/', '+', '#', no dots first.
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -66,6 +69,11 @@ class TlsFiles:
         return self
 
 
+def intake_id(worker: int | str) -> str:
+    """The CN (and MQTT client id) of intake worker ``worker``."""
+    return f"{INTAKE_PREFIX}{worker}"
+
+
 def validate_box_id(box_id: str) -> str:
     """Return ``box_id`` if it can be a topic level, an MQTT user and a file name.
 
@@ -76,7 +84,7 @@ def validate_box_id(box_id: str) -> str:
             f"box id {box_id!r} is not allowed: use 1-64 characters from A-Z a-z 0-9 _ . -, "
             "starting with a letter or digit"
         )
-    if box_id in RESERVED_IDS:
+    if box_id in RESERVED_IDS or box_id.startswith(INTAKE_PREFIX):
         raise PkiError(f"box id {box_id!r} is reserved for fleet services; pick another name")
     return box_id
 
@@ -238,13 +246,23 @@ class Pki:
         """Issue the aggregator's client certificate (CN ``aggregator``, fleet-wide ACL)."""
         return self._issue_client(AGGREGATOR_ID, force=force)
 
-    def _issue_client(self, name: str, *, force: bool) -> TlsFiles:
+    def issue_intake(self, worker: int | str, *, force: bool = False) -> TlsFiles:
+        """Issue the TLS certificate of intake worker ``worker`` (CN ``intake-<worker>``).
+
+        Why a certificate per worker: the broker binds each connection's client
+        id to its certificate's CN, so two processes with one certificate would
+        keep disconnecting each other. Workers sign with the aggregator's identity.
+        """
+        return self._issue_client(intake_id(worker), force=force, identity=False)
+
+    def _issue_client(self, name: str, *, force: bool, identity: bool = True) -> TlsFiles:
         files = self.client_files(name)
         if files.cert.exists() and not force:
             raise PkiError(f"{name!r} already has a certificate ({files.cert}); pass --force")
         self.clients_dir.mkdir(parents=True, exist_ok=True)
         self._issue_leaf(name, server=False, hosts=(), out=files)
-        self.issue_identity(name, force=True)
+        if identity:
+            self.issue_identity(name, force=True)
         return files
 
     def issue_identity(self, name: str, *, force: bool = False) -> tuple[Path, Path]:

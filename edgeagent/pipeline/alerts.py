@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeagent.dbschema import migrate
+
 DB_NAME = "alerts.sqlite"
 
 _SCHEMA = """
@@ -43,6 +45,8 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_patient_start ON alerts(patient, start);
 CREATE INDEX IF NOT EXISTS alerts_unfinished ON alerts(sent) WHERE sent < 2 OR closed = 0;
 """
+#: v1: the table above. Append a statement per schema change (edgeagent.dbschema).
+MIGRATIONS = (_SCHEMA,)
 
 #: ``sent`` values: how far the alert's messages got into the outbox.
 SENT_NONE, SENT_OPENED, SENT_CLOSED = 0, 1, 2
@@ -90,7 +94,7 @@ class AlertStore:
         # Bounded WAL (see transport.outbox: an unbounded one can fill a small disk).
         self._db.execute("PRAGMA wal_autocheckpoint=64")
         self._db.execute("PRAGMA journal_size_limit=262144")
-        self._db.executescript(_SCHEMA)
+        migrate(self._db, p, MIGRATIONS)
 
     def close(self) -> None:
         with self._lock:

@@ -76,7 +76,8 @@ class LocalLearner:
         self.reset_global(w_global)
 
     def reset_global(self, w_global: np.ndarray) -> None:
-        """Start a new round from a new global model: ``w_local = w_global``, ``n_k = 0``."""
+        """Start a new round from a new global model: ``w_local = w_global``, ``n_k = 0``,
+        and forget the outlier guard's error history."""
         w = np.asarray(w_global, np.float32).copy()
         if w.shape != (n_params(self.spec),):
             raise ValueError(f"w_global must have shape ({n_params(self.spec)},), got {w.shape}")
@@ -85,6 +86,13 @@ class LocalLearner:
             self.w_local = w.copy()
             self.n_k = 0
             self._queue.clear()
+            # The outlier guard's reference errors belong to the old weights: kept, they
+            # would reject every window of a model with a higher error floor, for good.
+            self._recent_err.clear()
+
+    def restart(self) -> None:
+        """Start over from the current global model (after the running model changed)."""
+        self.reset_global(self.w_global)
 
     def offer(self, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, normal_ok: bool) -> None:
         """Queue a scored window for training (non-blocking; the detector's ``on_scored``)."""

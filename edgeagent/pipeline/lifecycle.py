@@ -15,8 +15,9 @@ or the dry run never replaces the running one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,73 @@ ABS_TOLERANCE = 0.02
 MIN_VALIDATED = 20
 #: Weight of the autoencoder's normal-window error next to the classifier's cross-entropy.
 AE_WEIGHT = 0.1
+
+
+#: The baseline model shipped inside the package: the last resort of the fallback chain.
+SHIPPED_BASELINE = Path(__file__).resolve().parents[1] / "data" / "baseline.onnx"
+
+
+@dataclass(frozen=True)
+class RunnableModel:
+    """The model the daemon runs, and why it is not the registry's active one (if not)."""
+
+    record: ModelRecord
+    fallback: str | None = None
+
+
+def model_problem(registry: ModelRegistry, rec: ModelRecord) -> str | None:
+    """Why ``rec`` cannot run (file missing, hash mismatch, does not parse), or None."""
+    verdict = registry.verify(rec.version)
+    if verdict.get("hash_ok") is False or verdict.get("parse_ok") is False:
+        return str(verdict.get("error") or "unusable")
+    return None
+
+
+def fallback_sources(seed: Path | None) -> list[Path]:
+    """Files to fall back to when the registry holds no intact model: the configured
+    starting model, then the shipped baseline."""
+    return [p for p in (seed, SHIPPED_BASELINE) if p is not None and p.is_file()]
+
+
+def runnable_model(registry: ModelRegistry, seed: Path | None = None) -> RunnableModel | None:
+    """The model the daemon will run: the active one if intact, else the last good one in
+    the registry, else ``seed`` (``detection.model_path``), else the shipped baseline.
+
+    Why not refuse to start: a box that stops ingesting loses every patient's data for
+    one damaged file. The fallback is activated in the registry (so the CLI shows it)
+    and the reason returned for the caller to log, alert and report. An empty registry
+    is seeded from ``seed``; with neither, there is no model (None).
+    """
+    active = registry.active()
+    if active is None:
+        if seed is None:
+            return None
+        try:
+            data = Path(seed).read_bytes()
+        except OSError as exc:
+            raise ModelError(f"detection.model_path {seed}: {exc}") from exc
+        return RunnableModel(
+            registry.activate(registry.add(data, "config").version, "starting model")
+        )
+    problem = model_problem(registry, active)
+    if problem is None:
+        return RunnableModel(active)
+    why = f"active model {active.label} cannot run ({problem})"
+    prev = registry.last_good(exclude=active.version)
+    if prev is not None and model_problem(registry, prev) is None:
+        rec = registry.activate(prev.version, f"fallback: {why}")
+        return RunnableModel(rec, f"{why}; fell back to {rec.label}, the last good model")
+    for path in fallback_sources(seed):
+        try:
+            rec = registry.add(path.read_bytes(), f"fallback:{path.name}")
+            if model_problem(registry, rec) is None:
+                rec = registry.activate(rec.version, f"fallback: {why}")
+                return RunnableModel(rec, f"{why}; fell back to {rec.label} from {path}")
+        except (OSError, ModelError):
+            continue
+    raise ModelError(
+        f"{why}, and no intact model to fall back to (registry, {seed}, {SHIPPED_BASELINE})"
+    )
 
 
 def validation_loss(data: bytes, windows: Sequence[ValidatedWindow]) -> float:
@@ -71,7 +139,14 @@ class ApplyResult:
 
 
 class ModelManager:
-    """Ties the registry to a running detector."""
+    """Ties the registry to a running detector.
+
+    A candidate that arrives while there is too little evidence to judge it is
+    held in *shadow*: registered, not running, raising no alerts, until enough
+    validated windows exist; then it is judged like any other candidate. Every
+    change of the running model (activation, probation rollback, manual rollback)
+    calls ``on_change``, so the local learner restarts with the model it follows.
+    """
 
     def __init__(
         self,
@@ -85,10 +160,17 @@ class ModelManager:
         self.tolerance = tolerance
         self.min_validated = min_validated
         self._probation: tuple[ModelRecord, int] | None = None  # (previous, windows seen at swap)
+        self.shadow: tuple[ModelRecord, bytes, str] | None = None  # (candidate, bytes, source)
+        #: Called with (record now running, what happened) after every swap of the detector.
+        self.on_change: Callable[[ModelRecord, str], None] | None = None
 
     def _worse(self, cand: float, cur: float) -> bool:
         limit = cur * (1 + self.tolerance) + ABS_TOLERANCE
         return bool(np.isfinite(cand) and np.isfinite(cur) and cand > limit)
+
+    def _changed(self, rec: ModelRecord, what: str) -> None:
+        if self.on_change is not None:
+            self.on_change(rec, what)
 
     def apply(self, data: bytes, source: str, signature: bytes | None = None) -> ApplyResult:
         """Register, validate and hot-activate a model; never leaves the box without a model."""
@@ -101,6 +183,23 @@ class ModelManager:
         if current is not None and current.sha256 == rec.sha256:
             return ApplyResult(True, rec.label, "already active")
         val = list(self.detector.validated)
+        if current is not None and len(val) < self.min_validated:
+            # Too little evidence: never let an unjudged model raise alerts.
+            self.shadow = (rec, data, source)
+            self.registry.record_event(
+                "shadow", rec.version, f"held until {self.min_validated} validated windows"
+            )
+            return ApplyResult(False, rec.label, "shadow")
+        return self._judge(rec, data, source, current, val)
+
+    def _judge(
+        self,
+        rec: ModelRecord,
+        data: bytes,
+        source: str,
+        current: ModelRecord | None,
+        val: list[ValidatedWindow],
+    ) -> ApplyResult:
         cur_loss = cand_loss = None
         if current is not None and len(val) >= self.min_validated:
             cur_loss = validation_loss(self.registry.load_bytes(current), val)
@@ -116,14 +215,27 @@ class ModelManager:
         except ModelError as e:
             self.registry.record_event("refused", rec.version, f"swap failed: {e}")
             return ApplyResult(False, rec.label, f"refused: {e}", cur_loss, cand_loss)
-        self.registry.activate(rec.version, f"from {source}")
+        active = self.registry.activate(rec.version, f"from {source}")
         if current is not None:
             self._probation = (current, self.detector.counters["windows"])
             self.detector.trusted = False
+        self._changed(active, "activated")
         return ApplyResult(True, rec.label, "activated", cur_loss, cand_loss)
 
+    def judge_shadow(self) -> ApplyResult | None:
+        """Judge the candidate held in shadow once there is enough evidence."""
+        if self.shadow is None or len(self.detector.validated) < self.min_validated:
+            return None
+        rec, data, source = self.shadow
+        self.shadow = None
+        return self._judge(rec, data, source, self.registry.active(), list(self.detector.validated))
+
     def probation_check(self) -> ApplyResult | None:
-        """After activation: compare with the previous model; roll back if worse."""
+        """Judge a shadow candidate; after an activation, compare with the previous model
+        and roll back if worse."""
+        judged = self.judge_shadow()
+        if judged is not None:
+            return judged
         if self._probation is None:
             return None
         prev, _ = self._probation
@@ -143,6 +255,7 @@ class ModelManager:
                 f"{cur_loss:.4f} > {prev_loss:.4f}"
             )
             self.detector.swap(self.registry.load_bytes(back), back.label)
+            self._changed(back, "rolled back")
             return ApplyResult(False, active.label, "rolled back", prev_loss, cur_loss)
         return ApplyResult(True, active.label, "kept", prev_loss, cur_loss)
 
@@ -150,4 +263,7 @@ class ModelManager:
         """Manual rollback, hot."""
         back = self.registry.rollback(reason)
         self.detector.swap(self.registry.load_bytes(back), back.label)
+        self._probation = None
+        self.detector.trusted = True
+        self._changed(back, "rolled back")
         return back

@@ -39,6 +39,7 @@ import numpy as np
 
 from edgeagent.codecs import gatt
 from edgeagent.errors import EdgeAgentError, FrameError
+from edgeagent.sources.bluez import close_loop, connect_client
 from edgeagent.sources.link import LinkInput, LinkState, next_state
 from edgeagent.sources.retry import Action, RetryPolicy, classify
 from edgeagent.streams import Gap, LinkCounters, SampleBlock, Stream
@@ -132,12 +133,13 @@ class ScanResult:
 
 
 async def scan_async(
-    timeout: float = 3.0, device_filter: DeviceFilter | None = None
+    timeout: float = 3.0, device_filter: DeviceFilter | None = None, adapter: str | None = None
 ) -> list[ScanResult]:
     """Scan for ``timeout`` seconds and return matching advertisers, strongest first."""
     from bleak import BleakScanner
 
-    found = await BleakScanner.discover(timeout=timeout, return_adv=True)
+    kwargs: dict[str, Any] = {"bluez": {"adapter": adapter}} if adapter else {}
+    found = await BleakScanner.discover(timeout=timeout, return_adv=True, **kwargs)
     flt = device_filter or DeviceFilter()
     out = [
         ScanResult(d.address, d.name, int(a.rssi), tuple(a.service_uuids))
@@ -147,9 +149,15 @@ async def scan_async(
     return sorted(out, key=lambda r: -r.rssi)
 
 
-def scan(timeout: float = 3.0, device_filter: DeviceFilter | None = None) -> list[ScanResult]:
+def scan(
+    timeout: float = 3.0, device_filter: DeviceFilter | None = None, adapter: str | None = None
+) -> list[ScanResult]:
     """Blocking :func:`scan_async` for the CLI."""
-    return asyncio.run(scan_async(timeout, device_filter))
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(scan_async(timeout, device_filter, adapter))
+    finally:
+        close_loop(loop)
 
 
 # -------------------------------------------------------------- sans-I/O decoder
@@ -405,9 +413,7 @@ class BleSource:
         try:
             loop.run_until_complete(self._main())
         finally:
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            close_loop(loop)
 
     async def _main(self) -> None:
         self._stop_evt = asyncio.Event()
@@ -529,15 +535,17 @@ class BleSource:
             raise BleError(addr, "not found", "device not advertising")
         self._apply(li, LinkInput.FOUND)
         lost = asyncio.Event()
-        client = BleakClient(
-            dev, disconnected_callback=lambda _c: lost.set(), timeout=CONNECT_TIMEOUT_S
+        client = await connect_client(
+            BleakClient, dev, addr, lambda _c: lost.set(), CONNECT_TIMEOUT_S
         )
-        await client.connect()
         dec = self._decoders[addr]
         if not first:
             counters.reconnects += 1
         dec.new_connection()
         self._event(addr, "connected")
+        if li.last_error:  # a line when it comes back, and the error clears
+            self._event(addr, "back", f"(was: {li.last_error})")
+            li.last_error = ""
         last_data = [time.monotonic()]
         streamed = False
         try:

@@ -107,6 +107,11 @@ GONE_CLASS_NAMES: frozenset[str] = frozenset(
         "SerialException",
         "BleakDeviceNotFoundError",
         "BleakError",
+        # bleak-retry-connector's typed give-ups (establish_connection): all "not now"
+        "BleakNotFoundError",
+        "BleakConnectionError",
+        "BleakAbortedError",
+        "BleakOutOfConnectionSlotsError",
         "BleakDBusError",
         "TimeoutError",
         "ConnectionError",

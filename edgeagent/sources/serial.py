@@ -289,6 +289,10 @@ class SerialSource:
                 continue
             attempt = 0
             self._serial = ser
+            if self.last_error is not None:  # a line when it comes back, and the error clears
+                log.warning("serial %s: back on %s (was: %s)", self.device_id, self.port,
+                            self.last_error)  # fmt: skip
+                self.last_error = None
             if self._opened_before:
                 self.counters.reconnects += 1
             self._opened_before = True

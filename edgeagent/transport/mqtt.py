@@ -90,6 +90,13 @@ RC_NOT_AUTHORIZED = 0x87
 TRANSIENT_CODES = frozenset({0x89, 0x97})  # Server busy, Quota exceeded
 #: Pseudo reason code for "the link was closed before a PUBACK came".
 RC_CLOSED = -1
+#: PUBACK codes that say *who* is publishing is wrong, not *what*: a box whose
+#: certificate names another box, or an ACL that lacks it. The message is fine and
+#: must wait for the fix (a right certificate, a corrected ACL), so its row stays.
+AUTH_REFUSAL_CODES = frozenset({RC_NOT_AUTHORIZED})
+#: After an authorisation refusal the forwarder offers nothing for this long (or
+#: until the link reconnects): the same refusal would come back for every row.
+AUTH_RETRY_S = 60.0
 
 
 def is_transient(reason_code: int) -> bool:
@@ -638,10 +645,14 @@ class OutboxForwarder:
 
     Offers the highest-priority, oldest rows (alerts before updates before
     telemetry), at most ``window`` in flight. A row is deleted only on a
-    successful PUBACK; a refusal (e.g. 0x87) is counted and dropped because
-    resending cannot fix it; a transient code or a closed link leaves the row
-    to be offered again. While the link is down nothing is offered, so rows
-    queued during an outage go out in priority order after it. Rows still
+    successful PUBACK; a refusal of the message itself (bad topic, too big) is
+    counted and dropped because resending cannot fix it; an authorisation
+    refusal (0x87: the box's certificate or the ACL is wrong, not the data)
+    keeps the row, holds the forwarder for ``AUTH_RETRY_S`` or until the next
+    reconnect, and is reported in ``refusal`` until a publish on that topic
+    succeeds; a transient code or a closed link leaves the row to be offered
+    again. While the link is down nothing is offered, so rows queued during an
+    outage go out in priority order after it. Rows still
     unacknowledged ``ack_timeout_s`` after a reconnect are offered again (the
     receiver dedupes on the ``msg-id`` user property).
     """
@@ -669,6 +680,12 @@ class OutboxForwarder:
         self.delivered = 0
         self.rejected = 0
         self.reoffered = 0
+        #: Rows the broker refused for authorisation and that were kept (counted per refusal).
+        self.refused_kept = 0
+        #: The last authorisation refusal while it lasts: code, topic, time, advice.
+        self.refusal: dict[str, object] | None = None
+        self._hold_until = 0.0
+        self._hold_since_connect: float | None = None
 
     def in_flight(self) -> int:
         with self._lock:
@@ -699,6 +716,8 @@ class OutboxForwarder:
             return 0
         now = time.monotonic()
         since = self.link.connected_since or now
+        if now < self._hold_until and self.link.connected_since == self._hold_since_connect:
+            return 0  # held after an authorisation refusal (a reconnect lifts the hold)
         with self._lock:
             for row_id, (_ack, sent) in list(self._inflight.items()):
                 if now - max(sent, since) > self.ack_timeout_s:
@@ -742,6 +761,11 @@ class OutboxForwarder:
         if ack.ok:
             with self._lock:
                 self._acked.add(row_id)
+            refusal = self.refusal
+            if refusal is not None and refusal["topic"] == ack.topic:
+                self.refusal = None  # the broker accepts this box again
+        elif code in AUTH_REFUSAL_CODES:
+            self._refused(code, ack.topic)
         elif not is_transient(code):
             log.warning("outbox row %s refused by broker: %#04x on %s", row_id, code, ack.topic)
             if self.outbox.reject(row_id, f"puback_{code:#04x}"):
@@ -751,6 +775,23 @@ class OutboxForwarder:
             if cur is not None and cur[0] is ack:
                 del self._inflight[row_id]
         self._wake.set()
+
+    def _refused(self, code: int, topic: str) -> None:
+        self.refused_kept += 1
+        first = self.refusal is None
+        self.refusal = {
+            "code": code,
+            "topic": topic,
+            "t": time.time(),
+            "problem": f"the broker refuses this box's publishes ({code:#04x} not authorised "
+            f"on {topic}); messages are kept until it accepts them",
+            "fix": "check that agent.box_id equals the client certificate's CN "
+            "(edgeagent doctor) and that the broker's ACL admits it",
+        }
+        self._hold_until = time.monotonic() + AUTH_RETRY_S
+        self._hold_since_connect = self.link.connected_since
+        if first:
+            log.error("outbox: %s; %s", self.refusal["problem"], self.refusal["fix"])
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -785,6 +826,8 @@ class OutboxForwarder:
                 self.flush_acks()
             if self.outbox.count() == 0 and self.in_flight() == 0:
                 return True
+            if self.refusal is not None and self.in_flight() == 0:
+                return False  # held: the broker refuses this box, waiting cannot help
             if self._thread is None:
                 self._wake.wait(0.02)  # woken by the next ack
                 self._wake.clear()

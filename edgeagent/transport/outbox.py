@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeagent.dbschema import migrate
 from edgeagent.errors import OutboxError
 from edgeagent.transport.alert_life import (
     ACK_EVENT,
@@ -60,7 +61,6 @@ from edgeagent.transport.alert_life import (
 PRIORITY: dict[str, int] = {"alert": 0, "update": 1, "status": 2, "telemetry": 3}
 KINDS = tuple(PRIORITY)
 DB_NAME = "outbox.sqlite3"
-SCHEMA_VERSION = 1
 #: Checkpoint the WAL into the main file every this many pages (SQLite's default
 #: is 1000 pages, 4 MB: more than a small state partition holds).
 WAL_AUTOCHECKPOINT_PAGES = 64
@@ -104,6 +104,36 @@ CREATE TABLE IF NOT EXISTS alert_life (
 );
 CREATE INDEX IF NOT EXISTS alert_life_state ON alert_life (state);
 """
+#: v1: the tables above. Append a statement per schema change (edgeagent.dbschema).
+MIGRATIONS = (_SCHEMA,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection that works on a file or directory this user cannot write.
+
+    With no ``-wal`` file beside it (no daemon has it open) the database is fully
+    checkpointed and ``immutable=1`` reads it without creating the WAL index or
+    anything else. With a live daemon ``mode=ro`` shares its WAL index, falling
+    back to ``immutable=1`` where that cannot be opened.
+    """
+    if not path.is_file():
+        raise OutboxError(f"no outbox at {path}")
+    live = path.with_name(path.name + "-wal").exists()
+    for flags in ("mode=ro", "mode=ro&immutable=1") if live else ("mode=ro&immutable=1",):
+        try:
+            db = sqlite3.connect(
+                f"file:{path}?{flags}", uri=True, timeout=10.0, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+            db.execute("SELECT rows FROM totals WHERE k = 0").fetchone()
+            return db
+        except sqlite3.OperationalError as exc:
+            err = exc
+            continue
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"cannot read outbox {path}: {exc}") from exc
+    raise OutboxError(f"cannot read outbox {path}: {err}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +178,7 @@ class Outbox:
         *,
         clock: Callable[[], float] = time.time,
         min_free_bytes: int = 0,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
         self.limits = limits or OutboxLimits()
@@ -155,6 +186,9 @@ class Outbox:
         self._clock = clock
         self._lock = threading.RLock()
         self._put_event = threading.Event()
+        if readonly:  # `outbox stats` and doctor: read what is there, create and change nothing
+            self._db = _open_readonly(self.path)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(
@@ -166,13 +200,7 @@ class Outbox:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise OutboxError(
-                    f"{self.path} has schema v{version}, newer than this agent (v{SCHEMA_VERSION})"
-                )
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            migrate(self._db, self.path, MIGRATIONS, OutboxError)
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"cannot open outbox {self.path}: {exc}") from exc
 

@@ -217,7 +217,10 @@ def test_alert_over_mqtt_retained_status_clean_stop_and_resume(
         assert watched == {"pipeline", "transport", "learner", "federation", f"serial:{DEVICE}"}
         assert snap["counters"]["detection_windows"] > 0
         assert snap["last_round"] == 0  # the federated client runs (no round joined yet)
-        assert snap["liveness"]["ok"] and snap["counters"]["watchdog_withheld"] == 0
+        assert snap["liveness"]["ok"] and snap["counters"]["watchdog_withheld"] == 0, (
+            snap["liveness"],
+            [b.get("liveness", {}).get("summary") for _r, b in sub.statuses],
+        )
         assert snap["counters"]["watchdog_pings"] > 0  # WATCHDOG_USEC is set: pings gated on it
         parts = snap["components"]
         assert parts["transport"]["transport"]["connected"] is True

@@ -123,16 +123,30 @@ def test_daemon_boxes_join_a_round_and_take_the_global_model(
         version = done[0]["model_version"]
 
         def took_model(box: str) -> bool:
+            """The box took the global: it runs it, or, with too little validated evidence
+            on its patient to judge it, holds it in shadow (no unjudged model raises alerts)."""
             st = _status(tmp_path / box / "state")
             c = st.get("counters", {})
+            det = (st.get("components", {}).get("detection") or {}).get("detection") or {}
+            runs = str(st.get("model_version")).startswith("v2-")  # v1: the starting model
+            shadow = str(det.get("shadow")).startswith("v2-") and det.get("validated", 0) < 20
             return (
                 st.get("last_round", 0) >= done[0]["round"]
-                and str(st.get("model_version")).startswith("v2-")  # v1: the starting model
+                and (runs or shadow)
                 and c.get("fl_models_taken", 0) >= 1
                 and c.get("fl_joined", 0) >= 1
             )
 
-        _wait(lambda: all(took_model(b) for b in BOXES), 30, "the boxes to run the new model")
+        def runs_it(box: str) -> bool:
+            return str(_status(tmp_path / box / "state").get("model_version")).startswith("v2-")
+
+        try:
+            _wait(lambda: all(took_model(b) for b in BOXES), 30, "the boxes to take the new model")
+            assert any(runs_it(b) for b in BOXES), "no box with evidence activated it"
+        except AssertionError as exc:
+            detail = {b: _status(tmp_path / b / "state").get("components", {}).get("detection")
+                      for b in BOXES}  # fmt: skip
+            raise AssertionError(f"{exc}: {detail}") from None
         assert version >= 1
         for box in BOXES:
             p = procs[box]

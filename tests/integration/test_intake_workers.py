@@ -35,7 +35,7 @@ from edgeagent.fl.identity import load_ca, load_identity
 from edgeagent.fl.messages import Message, encode
 from edgeagent.fl.privacy import payload_bound
 from edgeagent.fl.secagg import RoundConfig
-from edgeagent.ops.pki import Pki
+from edgeagent.ops.pki import Pki, intake_id
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import MqttLink
 from edgelab.broker import Broker
@@ -57,7 +57,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pki, Broke
         pki.issue(b)
     pki.issue_aggregator()
     broker = Broker(pki, root / "broker").start()
-    procs = [start_worker(pki, broker, root, f"w{i}") for i in range(2)]
+    procs = [start_worker(pki, broker, root, f"{i}") for i in range(2)]
     try:
         yield pki, broker, root
     finally:
@@ -70,11 +70,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pki, Broke
 
 def start_worker(pki: Pki, broker: Broker, root: Path, name: str) -> subprocess.Popen:
     """``python -m edgeagent.federation.intake`` as the aggregator; returns once subscribed."""
-    files = pki.client_files(AGGREGATOR)
+    agg = pki.client_files(AGGREGATOR)
+    files = pki.client_files(intake_id(name))
+    if not files.cert.exists():
+        pki.issue_intake(name)
     ready = root / f"{name}.ready"
     cmd = [sys.executable, "-m", "edgeagent.federation.intake", "--port", str(broker.port),
            "--fleet", FLEET, "--ca", str(files.ca), "--cert", str(files.cert),
-           "--key", str(files.key), "--worker", name, "--flush-every", "3",
+           "--key", str(files.key), "--identity", str(agg.cert), "--worker", name,
+           "--flush-every", "3",
            "--ready-file", str(ready)]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT)
     end = time.monotonic() + 20
@@ -145,7 +149,7 @@ def test_two_worker_processes_partial_sums_combine_to_the_exact_masked_sum(
     dim = 2_000
     parts, vectors = intake_round(pki, broker, 11, dim)
     workers = {p.worker for p in parts}
-    assert workers == {"intake-w0", "intake-w1"}  # the broker spread the updates
+    assert workers == {"intake-0", "intake-1"}  # the broker spread the updates
     seen: set[str] = set()
     total = np.zeros(dim, np.uint32)
     for p in parts:
@@ -188,7 +192,7 @@ def test_secure_round_with_coordinator_workers_and_simulated_boxes(
     assert rep.result is not None, rep.abort
     survivors = set(rep.result.survivors)
     assert survivors == set(names) - {"sim-03", "sim-07"}
-    assert set(rep.partials) == {"intake-w0", "intake-w1"}
+    assert set(rep.partials) == {"intake-0", "intake-1"}
     assert sum(rep.partials.values()) == len(survivors)
     want = sum(default_payload(3, b, 50)(dim - 1, 1.0, 100) for b in sorted(survivors))
     np.testing.assert_allclose(rep.result.total, want, atol=1e-3)
@@ -200,10 +204,10 @@ def test_a_dead_worker_is_no_longer_given_updates(fleet: tuple[Pki, Broker, Path
     """Workers keep no session: once one dies the broker shares among the living only,
     so no box's update waits in a dead worker's queue."""
     pki, broker, root = fleet
-    doomed = start_worker(pki, broker, root, "w9")
+    doomed = start_worker(pki, broker, root, "9")
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(10)
     time.sleep(0.5)  # the broker sees the closed socket
     parts, _ = intake_round(pki, broker, 31)
     assert sum(len(p.total.nodes) for p in parts) == len(BOXES)
-    assert {p.worker for p in parts} <= {"intake-w0", "intake-w1"}
+    assert {p.worker for p in parts} <= {"intake-0", "intake-1"}

@@ -7,6 +7,8 @@ bleak is patched. Everything started here is stopped at teardown.
 
 from __future__ import annotations
 
+import gc
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,15 +24,37 @@ from firmware_sim.bluez import BluezSim, BluezSimThread
 BLE_FAST_RETRY = RetryPolicy(base_s=0.1, cap_s=0.5, jitter=0.5)
 
 
+class _PendingTasks(logging.Handler):
+    """Collects asyncio's "Task was destroyed but it is pending!" reports."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if "Task was destroyed but it is pending" in msg:
+            self.seen.append(msg.splitlines()[-1][:300])
+
+
 @pytest.fixture
 def bluez_sim(dbus_system_bus: str) -> Iterator[BluezSimThread]:
-    """A running BlueZ-compatible simulator owning org.bluez on the private bus."""
+    """A running BlueZ-compatible simulator owning org.bluez on the private bus.
+
+    Fails the test when it leaves a pending asyncio task behind (bleak's bus monitor
+    included): everything the test opened on an event loop must be closed in order.
+    """
+    pending = _PendingTasks()
+    logging.getLogger("asyncio").addHandler(pending)
     th = BluezSimThread(BluezSim(bus_address=dbus_system_bus))
     th.start()
     try:
         yield th
     finally:
         th.stop()
+        gc.collect()  # destroyed tasks are reported when collected
+        logging.getLogger("asyncio").removeHandler(pending)
+    assert not pending.seen, f"tasks left pending: {pending.seen}"
 
 
 class BleCollected:

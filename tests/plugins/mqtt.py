@@ -37,6 +37,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     for box in TEST_BOXES:
         p.issue(box)
     p.issue_aggregator()
+    for worker in range(2):
+        p.issue_intake(worker)
     return p
 
 
