@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from edgeagent import metrics  # noqa: E402
-from edgeagent.evaluate import _clean  # noqa: E402
+from edgeagent.evaluate import _clean, tracked_beat_scores  # noqa: E402
 from edgeagent.pipeline import beats, features  # noqa: E402
 from edgeagent.pipeline.alerts import MemoryAlertSink  # noqa: E402
 from edgeagent.pipeline.detect import Detector, DetectorConfig  # noqa: E402
@@ -197,7 +197,6 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
     }
     tr: beats.BeatTracker = r["tracker"]
     bt = np.asarray([e.t for e in tr.events])
-    bs = np.asarray([e.score for e in tr.events])
     if rec.beats is not None and len(rec.beats):
         t_end = float(r["t"][-1]) if r["t"].shape[0] else 0.0
         inside = rec.beats.t <= t_end
@@ -209,11 +208,7 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
             "pipeline_whole_record": metrics.beat_detection(ref_t, det_t),
             "streaming_tracker": metrics.beat_detection(ref_t, bt),
         }
-        mr, mt = metrics.match_beats(ref_t, bt)
-        score = np.full(ref_t.shape[0], np.nan)
-        score[mr] = bs[mt]
-        flag = np.zeros(ref_t.shape[0], bool)
-        flag[mr] = np.asarray([tr.events[i].label != "N" for i in mt], bool)
+        score, flag = tracked_beat_scores(ref_t, tr.events)
         out["beats"] = {
             "by_class": {c: int((ref_c == c).sum()) for c in metrics.AAMI_CLASSES},
             "tracker": metrics.beat_classification(ref_c, score, flagged=flag),

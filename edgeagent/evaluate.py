@@ -42,6 +42,7 @@ from edgeagent.metrics import (
     beat_scores,
     event_recall,
     false_alarms,
+    match_beats,
     time_in_alert,
     total_s,
 )
@@ -243,16 +244,39 @@ def detect_beats(t: np.ndarray, uv: np.ndarray, fs: float) -> np.ndarray:
 ANNOTATION_AGREEMENT_MIN = 0.5
 
 
+def tracked_beat_scores(ref_t: np.ndarray, events: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Each reference beat's score and flag from the box's beat tracker (``BeatTracker.events``).
+
+    The tracker scores every beat against the patient's own template and rhythm
+    (``pipeline.beats``); a reference beat takes the score of the tracked beat
+    matched to it within 150 ms (NaN when none is) and is flagged when that beat
+    was labelled anything but N. This, not the window score, is how alerts name
+    beats, so it is what the beat-level figures report.
+    """
+    bt = np.asarray([e.t for e in events], np.float64)
+    score = np.full(ref_t.shape[0], np.nan)
+    flag = np.zeros(ref_t.shape[0], bool)
+    if bt.size:
+        mr, mt = match_beats(ref_t, bt)
+        score[mr] = np.asarray([events[i].score for i in mt], np.float64)
+        flag[mr] = np.asarray([events[i].label != "N" for i in mt], bool)
+    return score, flag
+
+
 def score_beats(
     ref_t: np.ndarray,
     ref_aami: np.ndarray,
     detected_t: np.ndarray,
     windows: Sequence[ScoredWindow],
+    events: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """Beat-level figures: QRS detection (EC57) and abnormal-beat scoring by the windows.
+    """Beat-level figures: QRS detection (EC57) and abnormal-beat scoring.
 
-    A reference beat's score is the highest clinical score of the windows
-    containing it; it is *flagged* when one of them had a clinical alert open.
+    ``abnormal`` scores each reference beat by the box's beat tracker (``events``,
+    see :func:`tracked_beat_scores`); ``abnormal_by_window`` by the highest clinical
+    score of the windows containing it, flagged when one of them had a clinical
+    alert open (a window score cannot single out one premature beat among ten
+    normal ones, which is why both are reported).
     """
     ws = [w for w in windows if w.status == "ok"]
     starts = np.asarray([w.start for w in ws], np.float64)
@@ -261,7 +285,13 @@ def score_beats(
     act = beat_scores(ref_t, starts, ends, [float(w.clinical_active) for w in ws])
     out: dict[str, Any] = dict(beat_detection(ref_t, detected_t))
     out["by_class"] = {c: int((ref_aami == c).sum()) for c in ("N", "S", "V", "F", "Q")}
-    out["abnormal"] = beat_classification(ref_aami, sc, flagged=np.nan_to_num(act) >= 0.5)
+    by_window = beat_classification(ref_aami, sc, flagged=np.nan_to_num(act) >= 0.5)
+    out["abnormal_by_window"] = by_window
+    if len(events):
+        score, flag = tracked_beat_scores(ref_t, events)
+        out["abnormal"] = beat_classification(ref_aami, score, flagged=flag)
+    else:
+        out["abnormal"] = by_window
     return out
 
 
@@ -349,7 +379,9 @@ def evaluate_recording(
     if rec.beats is not None and len(rec.beats) and Stream.ECG in rec.streams:
         t, v = rec.data[Stream.ECG]
         detected = detect_beats(t, v[:, 0].astype(np.float64), rec.rate(Stream.ECG))
-        beats = score_beats(rec.beats.t, rec.beats.aami, detected, scored)
+        tracker = det.trackers.get(patient)
+        events = tracker.events if tracker is not None else ()
+        beats = score_beats(rec.beats.t, rec.beats.aami, detected, scored, events)
         if beats["reference"] >= 20 and beats["sensitivity"] < ANNOTATION_AGREEMENT_MIN:
             warnings.append(
                 f"beat annotations disagree with the signal: only {beats['sensitivity']:.0%} of "

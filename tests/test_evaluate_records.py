@@ -56,8 +56,14 @@ def test_whole_record_100(tmp_path: Path) -> None:
     b = out["beats"]
     assert b["reference"] == 2273 and b["by_class"] == {"N": 2239, "S": 33, "V": 1, "F": 0, "Q": 0}
     assert out["beat_sensitivity"] >= 0.99 and out["beat_positive_predictivity"] >= 0.99
-    assert b["abnormal"]["positives"] == 34 and b["abnormal"]["negatives"] == 2239
-    assert 0.0 <= out["beat_auroc"] <= 1.0
+    # the tracker scores the beats it tracked (a few normal ones fall in its warm-up)
+    assert b["abnormal"]["positives"] == 34 and 2200 <= b["abnormal"]["negatives"] <= 2239
+    assert b["abnormal_by_window"]["negatives"] == 2239
+    # Abnormal beats are scored by the box's beat tracker (the target: >= 0.95); the
+    # window score, which cannot single out one premature beat, is reported beside it.
+    assert out["beat_auroc"] >= 0.95
+    assert b["abnormal_by_window"]["positives"] == 34
+    assert b["abnormal_by_window"]["auroc"] < out["beat_auroc"]
     assert out["missing_modalities"] == ["acc", "temp", "env"]
     assert any("no acc, temp, env data" in w for w in out["warnings"])
     assert "warning: no acc" in err
