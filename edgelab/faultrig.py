@@ -179,6 +179,8 @@ class FaultRig:
     def start_consumer(self) -> None:
         """``edgeagent alerts follow`` (persistent session, --seen file) and a raw wire counter."""
         files = self.pki.client_files("aggregator")
+        if not self.pki.client_files("alerts").cert.exists():
+            self.pki.issue_consumer()
         self.consumer = subprocess.Popen(
             [*CLI, "alerts", "follow", "--host", self.broker.host, "--port",
              str(self.broker.port), "--pki-dir", str(self.pki.root), "--fleet", self.fleet,

@@ -237,7 +237,10 @@ def follow(
     port: int = typer.Option(8883, help="Broker TLS port."),
     pki_dir: Path = _PKI_DIR,
     identity: str = typer.Option(
-        "aggregator", "--identity", help="Client certificate to connect with (may read alerts)."
+        "alerts",
+        "--identity",
+        help="Client certificate to connect with: `edgeagent pki issue-consumer` writes "
+        "clients/alerts.crt, which the shipped ACL lets read every box's alerts.",
     ),
     fleet: str = typer.Option("default", help="Fleet whose alerts to follow."),
     client_id: str = typer.Option(

@@ -72,6 +72,21 @@ def issue(
           as_json)  # fmt: skip
 
 
+@pki_app.command("issue-consumer")
+def issue_consumer(
+    directory: Path = _DIR,
+    force: bool = typer.Option(False, "--force", help="Re-issue (the old key stops working)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Issue the TLS certificate of the alert consumer, `edgeagent alerts follow` (CN = alerts)."""
+    try:
+        files = Pki.open(directory).issue_consumer(force=force)
+    except PkiError as exc:
+        raise _fail(exc) from exc
+    _emit({"consumer": "alerts", "ca": str(files.ca), "cert": str(files.cert),
+           "key": str(files.key)}, as_json)  # fmt: skip
+
+
 @pki_app.command("issue-intake")
 def issue_intake(
     worker: int = typer.Argument(..., min=0, max=MAX_INTAKE_WORKERS - 1, help="Worker number."),

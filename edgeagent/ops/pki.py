@@ -40,7 +40,9 @@ from edgeagent.errors import PkiError
 #: The identity the aggregator connects with; the ACL grants it the fleet-wide topics,
 #: so no box may be issued under this name.
 AGGREGATOR_ID = "aggregator"
-RESERVED_IDS = frozenset({AGGREGATOR_ID, "broker", "ca"})
+#: The documented alert consumer (``edgeagent alerts follow``): reads every box's alerts.
+CONSUMER_ID = "alerts"
+RESERVED_IDS = frozenset({AGGREGATOR_ID, CONSUMER_ID, "broker", "ca"})
 #: Intake workers' certificate CNs are ``intake-<n>``; the shipped ACL names n = 0..15.
 INTAKE_PREFIX = "intake-"
 MAX_INTAKE_WORKERS = 16
@@ -245,6 +247,15 @@ class Pki:
     def issue_aggregator(self, *, force: bool = False) -> TlsFiles:
         """Issue the aggregator's client certificate (CN ``aggregator``, fleet-wide ACL)."""
         return self._issue_client(AGGREGATOR_ID, force=force)
+
+    def issue_consumer(self, *, force: bool = False) -> TlsFiles:
+        """Issue the alert consumer's TLS certificate (CN ``alerts``: reads alerts, writes nothing).
+
+        Its own identity, not the aggregator's: the broker binds a client id to its
+        certificate's CN, so a consumer holding the aggregator's certificate would
+        disconnect the aggregator, and the other way round.
+        """
+        return self._issue_client(CONSUMER_ID, force=force, identity=False)
 
     def issue_intake(self, worker: int | str, *, force: bool = False) -> TlsFiles:
         """Issue the TLS certificate of intake worker ``worker`` (CN ``intake-<worker>``).
