@@ -292,21 +292,7 @@ class Pki:
         key = ed25519.Ed25519PrivateKey.generate()
         now = _now()
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgeagent"),
-                        x509.NameAttribute(NameOID.COMMON_NAME, name),
-                    ]
-                )
-            )
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            _leaf_builder(name, key.public_key(), ca_cert, now)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
             )
@@ -331,21 +317,7 @@ class Pki:
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgeagent"),
-                        x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                    ]
-                )
-            )
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            _leaf_builder(cn, key.public_key(), ca_cert, now)
             .add_extension(
                 x509.ExtendedKeyUsage(
                     [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -387,3 +359,29 @@ def common_name(cert_path: Path) -> str:
     if not attrs:
         raise PkiError(f"{cert_path} has no common name")
     return str(attrs[0].value)
+
+
+def _leaf_builder(
+    cn: str,
+    public_key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
+    ca_cert: x509.Certificate,
+    now: dt.datetime,
+) -> x509.CertificateBuilder:
+    """What every leaf the fleet CA signs shares: subject, issuer, validity, not a CA."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgeagent"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
