@@ -113,6 +113,8 @@ class Key(StrEnum):
     BOUND = "bound"
     MAX_SUMMANDS = "m"
     HEADROOM = "headroom"
+    #: Width b of the modular sum (Z_2^b), absent = 32: quantised updates send b bits each.
+    BITS = "bits"
     CLIP = "clip"
     N_CAP = "n_cap"
     NOISE_STD = "noise_std"

@@ -366,6 +366,12 @@ class AggregatorSection(_Section):
         description="false = plaintext rounds: each box sends its clipped update over TLS, "
         "the rule runs over single updates; only boxes with allow_plaintext answer.",
     )
+    update_bits: Literal[8, 16, 32] = Field(
+        default=32,
+        description="Bits per update value inside secure aggregation: 8 or 16 = stochastic "
+        "rounding, the modular sum sized for the round (bits + ceil(log2 boxes)); 32 = the "
+        "full 32-bit field.",
+    )
     intake_workers: int = Field(
         default=0,
         ge=0,

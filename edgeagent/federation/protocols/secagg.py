@@ -34,6 +34,7 @@ from edgeagent.fl.aggregate import mean_from_total
 from edgeagent.fl.constants import Stage
 from edgeagent.fl.identity import known_key_verifier
 from edgeagent.fl.privacy import add_gaussian_noise, distributed_std, gaussian_std, payload_bound
+from edgeagent.fl.quantize import field_bits
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
 from edgeagent.ops.config import AggregatorSection
 
@@ -86,6 +87,10 @@ class SecAggProtocol(RoundProtocol):
                 clip=clip,
                 n_cap=p.n_cap,
                 noise_std=box_std,
+                # quantised updates: the clamp to ``bound`` keeps every box's value in range,
+                # so a field of value bits + ceil(log2 boxes) never wraps (no headroom needed)
+                headroom_bits=1 if p.update_bits == 32 else 0,
+                bits=field_bits(p.update_bits, len(group)) if p.update_bits != 32 else 32,
             )
             # with the boxes' verified identity keys the server checks their key and
             # survivor-set signatures itself: a box that signs badly is dropped here
@@ -174,7 +179,7 @@ class SecAggProtocol(RoundProtocol):
         if self.intake_key is not None and Stage.COLLECT_MASKED in out:
             server = self.servers[0]
             c = server.config
-            close.open_intake = IntakeOpen(dim=c.dim, participants=c.participants)
+            close.open_intake = IntakeOpen(dim=c.dim, participants=c.participants, bits=c.bits)
             self.partials = PartialCollector(server, self.intake_key)
         return close
 

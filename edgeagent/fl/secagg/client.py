@@ -37,7 +37,7 @@ from edgeagent.errors import ProtocolError
 from edgeagent.fl import seal
 from edgeagent.fl.constants import MAX_DEGREE, NONCE_BYTES, SHAMIR_CHUNK, Key, Stage
 from edgeagent.fl.privacy import sensitivity
-from edgeagent.fl.quantize import Quantizer, add_mod, sub_mod
+from edgeagent.fl.quantize import Quantizer, add_mod, pack, sub_mod
 from edgeagent.fl.secagg import auth, crypto
 from edgeagent.fl.secagg.state import (
     check_stage,
@@ -270,6 +270,7 @@ class SecAggClient:
                 bound=_num(body, Key.BOUND),
                 max_summands=_int(body, Key.MAX_SUMMANDS, 1, MAX_SUMMANDS),
                 headroom_bits=_int(body, Key.HEADROOM, 0, MAX_HEADROOM),
+                bits=_int(body, Key.BITS, 2, 32) if Key.BITS.value in body else 32,
             )
         except ValueError as exc:
             raise ProtocolError("bad_body", str(exc)) from exc
@@ -381,7 +382,8 @@ class SecAggClient:
                 add_mod(masked, m)
             else:
                 sub_mod(masked, m)
-        return {Key.MASKED.value: masked.astype("<u4").tobytes()}
+        q = self.quantizer
+        return {Key.MASKED.value: pack(q.reduce(masked), q.bits)}
 
     def _consistency(self, body: Mapping[str, Any]) -> dict[str, Any]:
         assert self._participants is not None and self.round_id is not None

@@ -142,6 +142,9 @@ class RoundConfig:
     n_cap: int = 1000
     noise_std: float = 0.0
     headroom_bits: int = 1
+    #: Width of the modular sum: 32, or ``quantize.field_bits(value_bits, n)`` for
+    #: quantised updates (each box sends ``bits`` bits per coordinate).
+    bits: int = 32
     graph: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -167,6 +170,8 @@ class RoundConfig:
             )
         if not 1 <= self.min_survivors <= n:
             raise ValueError("min_survivors must be in 1..len(participants)")
+        if not 2 <= self.bits <= 32:
+            raise ValueError("bits must be in 2..32")
         if self.noise_std < 0 or self.clip <= 0 or self.n_cap < 1:
             raise ValueError("noise_std must be >= 0, clip > 0 and n_cap >= 1")
         if not self.graph:
