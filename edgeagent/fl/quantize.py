@@ -170,7 +170,7 @@ class Quantizer:
 
 
 def add_mod(acc: np.ndarray, vec: np.ndarray) -> np.ndarray:
-    """``acc + vec`` in Z_2^32 (hence in every Z_2^b) (in place on ``acc``, returned for chaining)."""
+    """``acc + vec`` in Z_2^32, hence in every Z_2^b (in place on ``acc``, returned)."""
     np.add(acc, vec, out=acc, casting="unsafe")
     return acc
 
