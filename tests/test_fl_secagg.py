@@ -24,7 +24,7 @@ from edgeagent.fl.aggregate import ClientUpdate, mean_from_total, weighted_fedav
 from edgeagent.fl.constants import AGGREGATOR, Key, Stage
 from edgeagent.fl.messages import EnvelopeReceiver, Message, decode_unverified, encode
 from edgeagent.fl.privacy import fedavg_payload, payload_bound
-from edgeagent.fl.quantize import Quantizer
+from edgeagent.fl.quantize import Quantizer, field_bits, packed_bytes
 from edgeagent.fl.secagg import (
     MaskedSum,
     RoundConfig,
@@ -484,3 +484,58 @@ def test_early_abort_when_setup_dropouts_exceed_threshold() -> None:
     report = simulate_round(cfg, payloads(updates), drop={u.node: Stage.SETUP for u in updates[:5]})
     assert report.abort is not None and report.abort.stage == "setup"
     assert "too_few_boxes" in report.abort.reason
+
+
+# -- quantised updates: the masked sum in Z_2^b --------------------------------------------------
+
+
+@pytest.mark.parametrize("value_bits", [8, 16])
+def test_quantised_secure_sum_is_exactly_the_sum_of_the_quantised_inputs(value_bits: int) -> None:
+    """Inputs on the quantiser's grid round to themselves: the unmasked sum must be exact,
+    with a box dropping after its masked vector (its self-mask is removed mod 2^b) and one
+    before (its pairwise masks are removed mod 2^b)."""
+    n, dim, bound = 9, 40, 3.0
+    nodes = tuple(f"box{i:03d}" for i in range(n))
+    bits = field_bits(value_bits, n)
+    q = Quantizer(bound, n, 0, bits)
+    rng = np.random.default_rng(value_bits)
+    ints = {b: rng.integers(-q.levels, q.levels + 1, dim) for b in nodes}
+    ints[nodes[0]][:] = q.levels  # one box at the bound everywhere: the worst case
+    cfg = RoundConfig(round_id=1, nonce=os.urandom(16), participants=nodes, dim=dim,
+                      bound=bound, headroom_bits=0, bits=bits)  # fmt: skip
+    drop = {nodes[1]: Stage.COLLECT_MASKED, nodes[2]: Stage.UNMASK}
+    report = simulate_round(cfg, {b: v / q.scale for b, v in ints.items()}, drop=drop)
+    assert report.abort is None, report.abort
+    res = report.result
+    want = sum(ints[b] for b in res.survivors)
+    np.testing.assert_array_equal(np.rint(res.total * q.scale).astype(np.int64), want)
+    assert nodes[2] in res.survivors and nodes[1] not in res.survivors
+    # the same round in the 32-bit field: each masked vector shrinks to b bits a coordinate
+    wide = RoundConfig(round_id=1, nonce=cfg.nonce, participants=nodes, dim=dim, bound=bound)
+    full = simulate_round(wide, {b: v / q.scale for b, v in ints.items()}, drop=drop)
+    saved = (
+        full.stage_bytes[str(Stage.COLLECT_MASKED)] - report.stage_bytes[str(Stage.COLLECT_MASKED)]
+    )
+    assert abs(saved - (n - 1) * (4 * dim - packed_bytes(dim, bits))) <= 2 * (n - 1)
+
+
+def test_quantised_round_matches_plaintext_fedavg_within_its_step() -> None:
+    updates = make_updates(12, 300, seed=8)
+    cfg = make_round(updates, headroom_bits=0, bits=field_bits(16, 12))
+    report = simulate_round(cfg, payloads(updates))
+    assert report.abort is None
+    q = Quantizer(cfg.bound, 12, 0, cfg.bits)
+    counted = updates
+    expected = weighted_fedavg(counted, clip=CLIP, n_cap=N_CAP)
+    n_total = sum(min(u.n, N_CAP) for u in counted)
+    got = mean_from_total(report.result.total)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2 * 12 * q.step / n_total * 2)
+    assert not np.allclose(got, 0)
+
+
+def test_masked_vector_of_the_wrong_width_is_refused() -> None:
+    masked = MaskedSum(10, bits=12)
+    with pytest.raises(ProtocolError, match="bad_body"):
+        masked.add("a", b"\x00" * 40)  # a 32-bit vector in a 12-bit round
+    masked.add("a", b"\x00" * 15)
+    assert masked.nodes == {"a"}
