@@ -38,6 +38,7 @@ from edgeagent.fl.secagg import (
 )
 from edgeagent.fl.secagg.auth import lab_signers
 from edgeagent.fl.secagg.simulate import simulate_round
+from edgeagent.fl.secagg.state import field_terms
 
 CLIP, N_CAP = 1.0, 500
 STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED, Stage.UNMASK)
@@ -539,3 +540,22 @@ def test_masked_vector_of_the_wrong_width_is_refused() -> None:
         masked.add("a", b"\x00" * 40)  # a 32-bit vector in a 12-bit round
     masked.add("a", b"\x00" * 15)
     assert masked.nodes == {"a"}
+
+
+@pytest.mark.parametrize("value_bits", [8, 16])
+def test_rotated_quantised_round_is_unbiased_and_close_to_plaintext(value_bits: int) -> None:
+    """The aggregator's quantised terms (``field_terms``): rotated updates, own n_k bound."""
+    updates = make_updates(10, 400, seed=value_bits)
+    terms = field_terms(value_bits, CLIP, N_CAP, 0.0, 400, 10)
+    assert terms["rotate"] and terms["bits"] == field_bits(value_bits, 10)
+    nodes = tuple(u.node for u in updates)
+    cfg = RoundConfig(round_id=1, nonce=os.urandom(16), participants=nodes, dim=401, clip=CLIP,
+                      n_cap=N_CAP, **terms)  # fmt: skip
+    report = simulate_round(cfg, payloads(updates))
+    assert report.abort is None, report.abort
+    expected = weighted_fedavg(updates, clip=CLIP, n_cap=N_CAP)
+    got = mean_from_total(report.result.total)
+    rel = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    assert 0 < rel < (0.05 if value_bits == 8 else 1e-3), rel
+    n_total = sum(min(u.n, N_CAP) for u in updates)
+    assert report.result.total[-1] == pytest.approx(n_total, rel=0.02)

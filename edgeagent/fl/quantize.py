@@ -17,6 +17,19 @@ ceil(log2 m)``), and ``pack``/``unpack`` write exactly ``b`` bits per
 coordinate. With ``v = 8`` a box's value gets 255 levels (at least), which
 stochastic rounding keeps unbiased.
 
+Why a rotation: an L2 clip bounds each coordinate only by the whole norm, so
+over that bound 8 bits leave an update of norm ``c`` with noise of norm about
+``sqrt(d) * c / 254``, more than the update itself for d in the thousands. A
+random orthonormal rotation (random signs, then the discrete Hartley
+transform, ``rotate``) spreads the norm evenly: every coordinate is then about
+``N(0, c^2 / d)``, so a bound of ``ROTATED_SIGMAS * c / sqrt(d)`` is almost
+never reached (a coordinate beyond it is clamped and counted) and the noise
+shrinks to about ``ROTATED_SIGMAS * c / 254``. The rotation is linear, so the
+aggregator rotates the unmasked *sum* back (``unrotate``); its signs come from
+the round nonce, which every box and the aggregator share (Kairouz et al. 2021,
+"The Distributed Discrete Gaussian Mechanism", use a randomised Hadamard
+transform the same way).
+
 Rounding is stochastic by default (unbiased: E[q(v)] = v * scale), which keeps
 the error of the sum zero-mean; deterministic rounding bounds the error of a
 sum of m terms by m / (2 * scale).
@@ -24,6 +37,7 @@ sum of m terms by m / (2 * scale).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -35,6 +49,36 @@ _BITS = 32
 _MIN_LEVELS = 127
 #: Value widths a deployment may choose for updates inside secure aggregation.
 VALUE_BITS = (8, 16, 32)
+
+
+#: Rotated coordinates are bounded at this many standard deviations of a full-norm update.
+ROTATED_SIGMAS = 6.0
+_ROTATE_CONTEXT = b"edgeagent/fl/rotate/v1\x00"
+
+
+def _signs(n: int, seed: bytes) -> np.ndarray:
+    """``n`` random signs from SHAKE-256 of ``seed``: identical on every machine and numpy."""
+    raw = hashlib.shake_256(_ROTATE_CONTEXT + seed).digest((n + 7) // 8)
+    bits = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")[:n]
+    return 1.0 - 2.0 * bits.astype(np.float64)
+
+
+def _hartley(x: np.ndarray) -> np.ndarray:
+    """Orthonormal discrete Hartley transform (its own inverse), any length."""
+    f = np.fft.fft(x)
+    return (f.real - f.imag) / math.sqrt(x.size)
+
+
+def rotate(x: np.ndarray, seed: bytes) -> np.ndarray:
+    """The round's random rotation of ``x`` (orthonormal: norms and Gaussian noise keep)."""
+    v = np.asarray(x, np.float64)
+    return _hartley(_signs(v.size, seed) * v)
+
+
+def unrotate(y: np.ndarray, seed: bytes) -> np.ndarray:
+    """Inverse of ``rotate`` with the same seed."""
+    v = np.asarray(y, np.float64)
+    return _signs(v.size, seed) * _hartley(v)
 
 
 def field_bits(value_bits: int, max_summands: int, headroom_bits: int = 0) -> int:
@@ -96,6 +140,9 @@ class Quantizer:
     headroom_bits: int = 1
     #: Width of the modular sum (the SecAgg field): 32, or fewer for quantised updates.
     bits: int = _BITS
+    #: > 0: the last coordinate (a FedAvg payload's n_k) has this bound of its own, so the
+    #: update coordinates get the resolution of their own bound (n_cap * clip), not n_cap's.
+    count_bound: float = 0.0
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.bound) or self.bound <= 0:
@@ -104,6 +151,8 @@ class Quantizer:
             raise ValueError(f"max_summands must be >= 1, got {self.max_summands!r}")
         if not 0 <= self.headroom_bits <= 16:
             raise ValueError(f"headroom_bits must be in 0..16, got {self.headroom_bits!r}")
+        if not np.isfinite(self.count_bound) or self.count_bound < 0:
+            raise ValueError(f"count_bound must be finite and >= 0, got {self.count_bound!r}")
         if not 2 <= self.bits <= _BITS or self.headroom_bits > self.bits - 2:
             raise ValueError(f"bits must be in 2..32 and above the headroom, got {self.bits!r}")
         if self.levels < _MIN_LEVELS:
@@ -127,6 +176,14 @@ class Quantizer:
         """Fixed-point steps per unit: ``bound`` maps to ``levels``."""
         return self.levels / self.bound
 
+    def _bounds(self, n: int) -> float | np.ndarray:
+        """The bound of each of ``n`` coordinates (a scalar unless ``count_bound`` is set)."""
+        if not self.count_bound or n < 1:
+            return self.bound
+        b = np.full(n, self.bound)
+        b[-1] = self.count_bound
+        return b
+
     @property
     def step(self) -> float:
         """Size of one quantisation step in the original units."""
@@ -143,8 +200,9 @@ class Quantizer:
         v = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(v)):
             raise ValueError("cannot quantise NaN or infinite values")
-        clamped = int(np.count_nonzero(np.abs(v) > self.bound))
-        v = np.clip(v, -self.bound, self.bound) * self.scale
+        bound = self._bounds(v.size)
+        clamped = int(np.count_nonzero(np.abs(v) > bound))
+        v = np.clip(v, -bound, bound) * (self.levels / bound)
         if rng is None:
             q = np.rint(v)
         else:
@@ -166,7 +224,7 @@ class Quantizer:
         """
         t = self.reduce(np.array(total, dtype=np.uint32)).astype(np.int64)
         t = np.where(t >= self.modulus // 2, t - self.modulus, t)
-        return t.astype(np.float64) / self.scale
+        return t.astype(np.float64) * (self._bounds(t.size) / self.levels)
 
 
 def add_mod(acc: np.ndarray, vec: np.ndarray) -> np.ndarray:

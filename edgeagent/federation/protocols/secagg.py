@@ -33,9 +33,9 @@ from edgeagent.fl import robust
 from edgeagent.fl.aggregate import mean_from_total
 from edgeagent.fl.constants import Stage
 from edgeagent.fl.identity import known_key_verifier
-from edgeagent.fl.privacy import add_gaussian_noise, distributed_std, gaussian_std, payload_bound
-from edgeagent.fl.quantize import field_bits
+from edgeagent.fl.privacy import add_gaussian_noise, distributed_std, gaussian_std
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
+from edgeagent.fl.secagg.state import field_terms
 from edgeagent.ops.config import AggregatorSection
 
 
@@ -82,15 +82,11 @@ class SecAggProtocol(RoundProtocol):
                 nonce=nonce,
                 participants=group,
                 dim=params + 1,  # the payload: n_k * clipped update, then n_k
-                bound=payload_bound(clip, p.n_cap, box_std),
+                **field_terms(p.update_bits, clip, p.n_cap, box_std, params, len(group)),
                 min_survivors=floor,
                 clip=clip,
                 n_cap=p.n_cap,
                 noise_std=box_std,
-                # quantised updates: the clamp to ``bound`` keeps every box's value in range,
-                # so a field of value bits + ceil(log2 boxes) never wraps (no headroom needed)
-                headroom_bits=1 if p.update_bits == 32 else 0,
-                bits=field_bits(p.update_bits, len(group)) if p.update_bits != 32 else 32,
             )
             # with the boxes' verified identity keys the server checks their key and
             # survivor-set signatures itself: a box that signs badly is dropped here

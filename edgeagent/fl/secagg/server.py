@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgeagent.errors import ProtocolError, RoundAborted
 from edgeagent.fl import seal
 from edgeagent.fl.constants import SHAMIR_CHUNK, Key, Stage
-from edgeagent.fl.quantize import Quantizer, add_mod, packed_bytes, sub_mod, unpack
+from edgeagent.fl.quantize import Quantizer, add_mod, packed_bytes, sub_mod, unpack, unrotate
 from edgeagent.fl.secagg import auth, crypto
 from edgeagent.fl.secagg.client import MAX_UNMASK_PLAIN, unmask_context
 from edgeagent.fl.secagg.state import RoundConfig, RoundResult
@@ -101,7 +101,11 @@ class SecAggServer:
         self._ranks: dict[str, dict[str, int]] = {}  # owner -> holder -> Shamir index
         self._used_keys: set[bytes] = set()  # round keys taken at SETUP (no box may reuse one)
         self.quantizer = Quantizer(
-            config.bound, len(config.participants), config.headroom_bits, config.bits
+            config.bound,
+            len(config.participants),
+            config.headroom_bits,
+            config.bits,
+            config.count_bound,
         )
         self.stage: Stage | None = None
         self.rejected: Counter[str] = Counter()
@@ -128,7 +132,11 @@ class SecAggServer:
         c = self.config
         self.stage = Stage.SETUP
         self._expected = set(c.participants)
-        quantised = {Key.BITS.value: c.bits} if c.bits != 32 else {}  # absent = 32
+        quantised: dict[str, Any] = {Key.BITS.value: c.bits} if c.bits != 32 else {}  # absent: 32
+        if c.count_bound:
+            quantised[Key.COUNT_BOUND.value] = float(c.count_bound)
+        if c.rotate:
+            quantised[Key.ROTATE.value] = True
         return {
             node: {
                 **quantised,
@@ -503,9 +511,12 @@ class SecAggServer:
                     sub_mod(total, m)
                 else:
                     add_mod(total, m)
+        plain = self.quantizer.dequantize(total)
+        if c.rotate:  # the boxes rotated their updates; the sum of rotations rotates back
+            plain[:-1] = unrotate(plain[:-1], c.nonce)
         self.result = RoundResult(
             round_id=c.round_id,
-            total=self.quantizer.dequantize(total),
+            total=plain,
             survivors=tuple(sorted(u2)),
             dropped=self.dropped(),
         )
