@@ -13,8 +13,9 @@ quote figures computed one way, with the real encoders:
 * ALERTS: for every labelled episode (clinical and sensor-fault) in that
   hour: one message when it opens, one per minute while it lasts, one when
   it closes, each the JSON of an ``Alert`` record as the outbox stores it.
-* UPDATES: bytes one box uploads per SecAgg+ round (real signed CBOR
-  envelopes from ``simulate_round``), times rounds per hour.
+* UPDATES: bytes one box uploads per SecAgg+ round at the shipped
+  ``update_bits`` (real signed CBOR envelopes from ``simulate_round``), times
+  rounds per hour.
 * STATUS: the retained status message (``telemetry.status_payload``) of a box
   with one serial and two BLE devices, every ``status.interval_s``.
 
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgeagent.daemon.telemetry import OutboxStats, ProcessStats, build_status, status_payload
-from edgeagent.fl.privacy import fedavg_payload, payload_bound
+from edgeagent.fl.privacy import fedavg_payload
 from edgeagent.fl.secagg import RoundConfig
 from edgeagent.fl.secagg.simulate import simulate_round
 from edgeagent.ops.config import AggregatorSection, StatusSection
@@ -107,19 +108,12 @@ def alert_bytes(episodes: list[Episode]) -> tuple[int, int]:
 
 
 def update_bytes(params: int, boxes: int, seed: int) -> tuple[int, int]:
-    """(bytes up per box per round, messages per box per round) for a ``params``-long model."""
+    """(bytes up per box per round, messages per box per round) for a ``params``-long model,
+    at the shipped ``[aggregator] update_bits``."""
     rng = np.random.default_rng(seed)
     clip, n_cap = 1.0, 1000
     nodes = tuple(f"box-{i:04d}" for i in range(boxes))
-    cfg = RoundConfig(
-        round_id=1,
-        nonce=os.urandom(16),
-        participants=nodes,
-        dim=params + 1,
-        bound=payload_bound(clip, n_cap),
-        clip=clip,
-        n_cap=n_cap,
-    )
+    cfg = _secagg_config(params, nodes, AggregatorSection().update_bits)
     payloads = {
         n: fedavg_payload(rng.normal(0, 0.01, params).astype(np.float32), 500, clip, n_cap)
         for n in nodes
