@@ -16,7 +16,7 @@ Also reported: the masked vector's bytes per box (``packed_bytes(d + 1, field bi
 against 4·d, for the run's number of boxes.
 Target: upload <= 0.35 x 4·d with accuracy within 0.5 points of 32 bits.
 
-Run: python bench/quantized_updates.py [--hubs 8] [--rounds 6] [--seeds 2]
+Run: python bench/quantized_updates.py [--hubs 10] [--rounds 6] [--seeds 5]
 Writes bench/results/quantized_updates.json.
 """
 
@@ -49,7 +49,7 @@ RUNS = (("32", 32), ("32 again", 32), ("16", 16), ("8", 8))
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hubs", type=int, default=8)
+    ap.add_argument("--hubs", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seeds", type=int, default=5, help="training seeds (rows per width)")
     ap.add_argument(
@@ -98,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy_delta_points": [round(x, 3) for x in deltas],
             "mean_delta_points": round(mean, 3),
             "sem_delta_points": round(sem, 3),
-            "meets_target": bool(float(mine[0]["masked_ratio_to_4d"]) <= 0.35 and mean >= -0.5),  # type: ignore[arg-type]
+            # the masked vector only: the rest of a round's upload (keys, shares, signatures)
+            # is in bench/bandwidth.py
+            "masked_vector_meets_target": bool(
+                float(mine[0]["masked_ratio_to_4d"]) <= 0.35 and mean >= -0.5  # type: ignore[arg-type]
+            ),
         }
     result = {
         "benchmark": "quantized_updates",
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{label:>8} {s['field_bits']:>5} {s['masked_ratio_to_4d']:>9.3f} "
             f"{s['mean_accuracy']:>9.4f} {s['mean_delta_points']:>+9.2f}"
             f" +- {s['sem_delta_points']:.2f}"
-            f"  target: {'met' if s['meets_target'] else 'NOT met'}"
+            f"  target (masked vector): {'met' if s['masked_vector_meets_target'] else 'NOT met'}"
         )
     print(f"wrote {args.out}")
     return 0
