@@ -197,7 +197,8 @@ class FlClient:
         self.link.on_message = self._enqueue
         self.link.on_connect = self._on_connect
         self.model_event = threading.Event()  # set whenever a global model was taken
-        self._base: tuple[str, bytes, str] | None = None  # (sha256, file, frame) of the base
+        self._base: tuple[str, bytes] | None = None  # (sha256, file) of the base
+        self._frames: dict[str, str] = {}  # sha256 -> frame of the base (computed on demand)
 
     # -- persistence ------------------------------------------------------------------------------
 
@@ -231,7 +232,7 @@ class FlClient:
         for f in (f"{p}/round/+/announce", f"{p}/round/+/+/{self.box_id}",
                   topics.model_params(self.fleet)):  # fmt: skip
             self.link.subscribe(f)
-        if self._base_model() is None:
+        if self._base_model() is None:  # hashes only: onnx is not imported until a model comes
             self._want_full("no base model to rebuild parameter vectors on")
         self.link.connect()
 
@@ -513,8 +514,8 @@ class FlClient:
 
     # -- global model -----------------------------------------------------------------------------
 
-    def _base_model(self) -> tuple[str, bytes, str] | None:
-        """``(sha256, file, frame)`` of the current global model, if this box holds its file.
+    def _base_model(self) -> tuple[str, bytes] | None:
+        """``(sha256, file)`` of the current global model, if this box holds its file.
 
         From memory, else ``fl_global.onnx`` in the state directory, else the
         model registry; only a file whose hash is ``global_sha`` serves.
@@ -540,16 +541,22 @@ class FlClient:
                 data = None
         if data is None or sha256_hex(data) != sha:
             return None
-        try:
-            frame = frame_sha256(parse_model(data))
-        except ModelError:
-            return None
-        self._base = (sha, data, frame)
+        self._base = (sha, data)
         return self._base
+
+    def _frame(self, sha: str, data: bytes) -> str | None:
+        """The base's frame (``graph.frame_sha256``), cached; None if the file does not parse."""
+        if sha not in self._frames:
+            try:
+                frame = frame_sha256(parse_model(data))
+            except ModelError:
+                return None
+            self._frames = {sha: frame}  # one base at a time
+        return self._frames[sha]
 
     def _keep_base(self, sha: str, data: bytes) -> None:
         """Remember the taken model's file as the base for the next parameter vector."""
-        self._base = (sha, data, frame_sha256(parse_model(data)))
+        self._base = (sha, data)
         if self.state_path is not None:
             write_atomic(self.state_path.parent / BASE_FILE, data)
 
@@ -609,7 +616,7 @@ class FlClient:
         if key is None:
             return
         base = self._base_model()
-        if base is None or base[2] != pub.frame:
+        if base is None or self._frame(*base) != pub.frame:
             self._want_full(f"v{pub.version} has another frame than this box's model")
             return
         data = rebuild(parse_model(base[1]), pub.vector())
