@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgeagent.dbschema import migrate
-from edgeagent.errors import FeedbackError, FeedbackReason
+from edgeagent.errors import FeedbackError, FeedbackReason, ProtocolReason
 from edgeagent.model.meta import NORMAL
 from edgeagent.ops.config import FeedbackSection
 from edgeagent.pipeline.detect import ValidatedWindow
@@ -182,7 +182,8 @@ class Verdict:
 
     accepted: bool
     alert_id: str
-    reason: FeedbackReason | None = None
+    #: Why it was refused: a store's reason, or a ward message's (signature, replay, ...).
+    reason: FeedbackReason | ProtocolReason | None = None
     detail: str = ""
     label: str = ""
     split: str = ""

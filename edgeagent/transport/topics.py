@@ -12,6 +12,7 @@ Layout::
     node/<id>/update            box -> aggregator (masked model update)
     node/<id>/alert             box -> aggregator / clinicians
     node/<id>/status            box, retained, also the last will
+    node/<id>/feedback          ward system -> box: a signed verdict on one of its alerts
     node/<id>/<other>           box -> aggregator (e.g. SecAgg stage replies)
     model/current               aggregator, retained: the signed global model
 """
@@ -59,6 +60,11 @@ def alert(fleet: str, node_id: str) -> str:
 
 def status(fleet: str, node_id: str) -> str:
     return node(fleet, node_id, "status")
+
+
+def feedback(fleet: str, node_id: str) -> str:
+    """Where the ward system sends verdicts on box ``node_id``'s alerts (the box reads it)."""
+    return node(fleet, node_id, "feedback")
 
 
 def round_topic(fleet: str, round_id: int, stage: str, to_node: str | None = None) -> str:
