@@ -10,10 +10,11 @@ import shutil
 import time
 from pathlib import Path
 
+import cbor2
 import numpy as np
 import pytest
 
-from edgeagent.errors import FeedbackError, FeedbackReason
+from edgeagent.errors import FeedbackError, FeedbackReason, ProtocolError
 from edgeagent.ops.config import FeedbackSection
 from edgeagent.pipeline.detect import ValidatedWindow
 from edgeagent.pipeline.feedback import (
@@ -25,6 +26,7 @@ from edgeagent.pipeline.feedback import (
     parse_request,
     split_of,
 )
+from edgeagent.pipeline.feedback_wire import MAX_FEEDBACK_BYTES, ReplayGuard, decode_feedback
 
 CLASSES = ("normal", "tachycardia", "bradycardia", "sensor_fault")
 F = 5
@@ -292,3 +294,29 @@ def test_store_write_latency_is_small(tmp_path: Path) -> None:
         s.keep(_alert(i // 32), "p1", _w(i))
     per_keep = (time.perf_counter() - t0) / n
     assert per_keep < 0.05, per_keep
+
+
+def test_replay_guard_remembers_nonces_for_the_window_and_is_bounded() -> None:
+    g = ReplayGuard(window_s=10.0, max_nonces=3)
+    g.check(b"a" * 16, 0.0)
+    with pytest.raises(ProtocolError) as e:
+        g.check(b"a" * 16, 5.0)
+    assert e.value.reason == "replay"
+    g.check(b"a" * 16, 21.0)  # older than twice the window: the time check refuses it anyway
+    for n in (b"b", b"c", b"d", b"e"):
+        g.check(n * 16, 22.0)
+    assert len(g._seen) == 3
+
+
+def test_ward_messages_are_refused_before_any_key_is_needed() -> None:
+    ca = None  # never reached: size, encoding and version come first
+    for data, reason in [
+        (b"\x00" * (MAX_FEEDBACK_BYTES + 1), "oversized"),
+        (b"\xff\xfe", "malformed"),
+        (cbor2.dumps([1, 2]), "malformed"),
+        (cbor2.dumps({"v": 2, "p": b"", "sig": b"", "cert": b""}), "bad_version"),
+        (cbor2.dumps({"v": 1, "p": "text", "sig": b"", "cert": b""}), "malformed"),
+    ]:
+        with pytest.raises(ProtocolError) as e:
+            decode_feedback(data, ca, "box", 0.0, 300.0)  # type: ignore[arg-type]
+        assert e.value.reason == reason
