@@ -278,7 +278,7 @@ class FeedbackSection(_Section):
 
     enabled: bool = True
     # 32 windows at a 2 s hop is the first ~70 s of an episode: the onset a clinician
-    # judges. A longer episode adds nothing new to the label, only bytes (~0.5 kB a window).
+    # judges. A longer episode adds nothing new to the label, only bytes (~0.8 kB a window on disk).
     windows_per_alert: int = Field(
         default=32, ge=1, le=1024, description="Windows kept per alert (its first ones)."
     )
@@ -302,7 +302,7 @@ class FeedbackSection(_Section):
         default=20.0, gt=0, description="Verdicts per patient per hour (token bucket rate)."
     )
     burst: int = Field(default=10, ge=1, description="Verdicts per patient in one burst.")
-    # ~25 MB at 40 features: small next to the outbox (256 MB) on a 16 GB card.
+    # ~40 MB at 42 features (0.76 kB a window, bench/feedback_store.py): small next to the outbox (256 MB) on a 16 GB card.
     max_windows: int = Field(
         default=50_000, ge=100, description="Windows kept in all; the oldest labels go first."
     )

@@ -239,6 +239,7 @@ class FeedbackStore:
         self.counters: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._closed = False
         self._db = sqlite3.connect(str(p), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -251,7 +252,12 @@ class FeedbackStore:
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:
-        self.counters[key] = self.counters.get(key, 0) + n
+        with self._count_lock:  # detection, control and MQTT threads all count
+            self.counters[key] = self.counters.get(key, 0) + n
+
+    def counter_snapshot(self) -> dict[str, int]:
+        with self._count_lock:
+            return dict(self.counters)
 
     def refused(self, reason: FeedbackReason | str, detail: str, alert_id: str = "") -> Verdict:
         """Count a refusal (also one found before the store, e.g. a bad signature) and say it."""
@@ -484,7 +490,7 @@ class FeedbackStore:
         now = self.clock()
         with self._lock:
             if self._closed:
-                return {"closed": True, "counters": dict(self.counters)}
+                return {"closed": True, "counters": self.counter_snapshot()}
             db = self._db
             verdicts = dict(
                 db.execute("SELECT confirmed, COUNT(*) FROM verdicts GROUP BY confirmed").fetchall()
@@ -508,7 +514,7 @@ class FeedbackStore:
             "windows_holdout": int(per_split.get(HOLDOUT, 0)),
             "windows_stored": int(stored),
             "alerts_awaiting": int(pending),
-            "counters": dict(self.counters),
+            "counters": self.counter_snapshot(),
         }
 
     # -- retention -----------------------------------------------------------------------------
