@@ -302,15 +302,21 @@ class FeedbackSection(_Section):
         default=20.0, gt=0, description="Verdicts per patient per hour (token bucket rate)."
     )
     burst: int = Field(default=10, ge=1, description="Verdicts per patient in one burst.")
-    # ~40 MB at 42 features (0.76 kB a window, bench/feedback_store.py): small next to the outbox (256 MB) on a 16 GB card.
+    # ~40 MB at 42 features (0.76 kB a window, bench/feedback_store.py): small next to
+    # the outbox (256 MB) on a 16 GB card.
     max_windows: int = Field(
-        default=50_000, ge=100, description="Windows kept in all; the oldest labels go first."
+        default=50_000,
+        ge=100,
+        description="Windows kept in all; beyond it the oldest awaiting a verdict go first, "
+        "then the oldest labels.",
     )
     # A ward system's clock may drift by minutes; a replay older than this is refused
     # whatever its nonce, so the box only remembers nonces for this long.
     max_skew_s: float = Field(
-        default=300.0, gt=0, le=86400, description="Feedback messages this far from the "
-        "box's clock are refused (replay window)."
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="Feedback messages this far from the box's clock are refused (replay window).",
     )
 
 
