@@ -262,8 +262,8 @@ def ack(
         res = request(socket_path(config, socket), "alerts_ack", alert=alert_id.lower(),
                       confirmed=confirmed, kind=kind, patient=patient,
                       source=source or _default_source())  # fmt: skip
-    except EdgeAgentError as exc:
-        raise fail(exc, as_json) from exc
+    except EdgeAgentError as exc:  # no daemon answering: nothing was recorded
+        raise fail(exc, as_json, code=1) from exc
     if as_json:
         echo_json(res)
     elif res.get("accepted"):
