@@ -123,6 +123,8 @@ def test_refusals_through_the_socket_exit_1_and_train_nothing(
     assert len(comp.learner.got) == 1  # the one accepted verdict's one window
     res = runner.invoke(app, ["alerts", "ack", a, "--socket", str(sock)])
     assert res.exit_code != 0 and "--true" in res.output  # a verdict needs a side
+    res = runner.invoke(app, ["alerts", "ack", a, "--true", "--socket", str(sock) + ".gone"])
+    assert res.exit_code == 1 and "is the daemon running" in res.output
 
 
 def test_an_oversized_request_is_refused(served: tuple[FeedbackComponent, Path]) -> None:
