@@ -207,6 +207,28 @@ def test_a_box_certificate_cannot_give_feedback(
     assert comp.store.verdict(a) is None and comp.learner.got == []
 
 
+def test_a_verdict_on_another_box_s_topic_never_reaches_this_box(
+    fleet: Pki, broker: Broker, box: tuple[FeedbackComponent, list]
+) -> None:
+    comp, others = box
+    a = _alert_ids(1)[0]
+    # Box-a asks for every box's feedback: granted, but the broker filters deliveries.
+    assert comp.link.subscribe(f"{topics.prefix(FLEET)}/node/+/feedback").wait(5) < 0x80
+    ward = _link(fleet, broker, WARD_ID)
+    try:
+        msg = _msg(_identity(fleet, WARD_ID), a)  # addressed to box-a, sent on box-b's topic
+        assert ward.publish(topics.feedback(FLEET, "box-b"), msg).wait(5) < 0x80
+    finally:
+        ward.close()
+    time.sleep(0.5)
+    assert comp.store.verdict(a) is None and not others
+    # Were it delivered (a broker without the ACL), the component takes only its own topic.
+    comp.on_message(Message(topics.feedback(FLEET, "box-b"), msg, 1, False))
+    assert comp.store.verdict(a) is None and [m.topic for m in others] == [
+        topics.feedback(FLEET, "box-b")
+    ]
+
+
 def test_other_messages_still_reach_the_link_s_previous_consumer(
     fleet: Pki, broker: Broker, box: tuple[FeedbackComponent, list]
 ) -> None:
