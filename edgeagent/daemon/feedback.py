@@ -26,7 +26,7 @@ from typing import Any
 from cryptography import x509
 
 from edgeagent.daemon.components import Counters
-from edgeagent.errors import FeedbackError, ProtocolError
+from edgeagent.errors import EdgeAgentError, FeedbackError, ProtocolError
 from edgeagent.pipeline.detect import ValidatedWindow
 from edgeagent.pipeline.feedback import TRAIN, AckRequest, FeedbackStore, Verdict, parse_request
 from edgeagent.pipeline.feedback_wire import ReplayGuard, decode_feedback
@@ -73,6 +73,7 @@ class FeedbackComponent:
         self.clock = clock
         self.purge_every_s = purge_every_s
         self.topic = topics.feedback(fleet, box_id)
+        self.result_topic = topics.feedback_result(fleet, box_id)
         self.replays = ReplayGuard(store.policy.max_skew_s)
         self._next_purge = 0.0
         self._downstream: Callable[[Any], None] | None = None
@@ -154,19 +155,39 @@ class FeedbackComponent:
         self.handle(m.payload)
 
     def handle(self, payload: bytes) -> Verdict:
-        """Verify a ward message (signature, certificate, destination, time, nonce) and apply it."""
+        """Verify a ward message (signature, certificate, destination, time, nonce), apply it,
+        and say on ``node/<box>/feedback_result`` what became of it."""
+        nonce = b""
         if self.ca is None:
-            return self._refuse(ProtocolError("unknown_sender", "no fleet CA configured"))
-        now = self.clock()
+            v = self._refuse(ProtocolError("unknown_sender", "no fleet CA configured"))
+        else:
+            now = self.clock()
+            try:
+                wv = decode_feedback(
+                    payload, self.ca, self.box_id, now, self.store.policy.max_skew_s
+                )
+                self.replays.check(wv.nonce, now)
+            except (ProtocolError, FeedbackError) as exc:
+                log.warning("feedback message refused: %s", exc)
+                v = self._refuse(exc)
+            else:
+                r, nonce = wv.request, wv.nonce
+                source = f"ward:{r.source}"[:64]
+                v = self.apply(AckRequest(r.alert_id, r.confirmed, r.kind, source, r.patient))
+        self._reply(v, nonce)
+        return v
+
+    def _reply(self, v: Verdict, nonce: bytes) -> None:
+        """Best effort (QoS 1, not stored): the verdict itself is on disk either way."""
+        if self.link is None:
+            return
+        body = {"type": "feedback_result", "box_id": self.box_id, "nonce": nonce.hex() or None,
+                **v.as_dict()}  # fmt: skip
         try:
-            wv = decode_feedback(payload, self.ca, self.box_id, now, self.store.policy.max_skew_s)
-            self.replays.check(wv.nonce, now)
-        except (ProtocolError, FeedbackError) as exc:
-            log.warning("feedback message refused: %s", exc)
-            return self._refuse(exc)
-        r = wv.request
-        source = f"ward:{r.source}"[:64]
-        return self.apply(AckRequest(r.alert_id, r.confirmed, r.kind, source, r.patient))
+            self.link.publish(self.result_topic, json.dumps(body).encode(), qos=1)
+        except EdgeAgentError as exc:
+            self.counters.add("feedback_result_errors")
+            log.warning("feedback result not sent: %s", exc)
 
     # -- component -----------------------------------------------------------------------------
     def start(self) -> None:

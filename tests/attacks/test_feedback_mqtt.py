@@ -12,6 +12,7 @@ feedback topic.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -129,14 +130,22 @@ def test_a_signed_ward_verdict_is_accepted_and_trains(
     fleet: Pki, broker: Broker, box: tuple[FeedbackComponent, list]
 ) -> None:
     comp, others = box
-    ward = _link(fleet, broker, WARD_ID)
+    results: list[Message] = []
+    ward = _link(fleet, broker, WARD_ID, on_message=results.append)
     a = _alert_ids(1)[0]
     try:
+        assert ward.subscribe(topics.feedback_result(FLEET, "box-a")).wait(5) < 0x80
         assert ward.publish(topics.feedback(FLEET, "box-a"), _msg(_identity(fleet, WARD_ID), a)
                             ).wait(5) < 0x80  # fmt: skip
         assert _wait(lambda: comp.counters.snapshot().get("feedback_accepted") == 1)
+        assert ward.publish(topics.feedback(FLEET, "box-a"), b"junk").wait(5) < 0x80
+        assert _wait(lambda: len(results) == 2)
     finally:
         ward.close()
+    first, second = (json.loads(m.payload) for m in results)
+    assert first["accepted"] and first["alert"] == a and first["label"] == "normal"
+    assert len(first["nonce"]) == 32
+    assert not second["accepted"] and second["reason"] == "malformed"
     v = comp.store.verdict(a)
     assert v is not None and v["label"] == "normal" and v["source"] == "ward:nurse-3"
     assert [w.label for w in comp.learner.got] == ["normal"] * 3
