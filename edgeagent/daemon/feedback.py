@@ -7,7 +7,8 @@ one :class:`~edgeagent.pipeline.feedback.AckRequest` for the
 :class:`~edgeagent.pipeline.feedback.FeedbackStore`; when the store accepts it,
 the windows of the ``train`` split go to the learner's ``offer_labelled`` (the
 ``holdout`` ones never do: they judge candidate models). Every refusal, wherever
-it happened, is counted as ``feedback_refused_<reason>``.
+it happened, is counted as ``feedback_refused_<reason>``; a ward message is
+answered on ``node/<box>/feedback_result``.
 
 Start order 33: after the federation client (30), whose ``on_message`` this
 component chains in front of, before detection (35), so the store is still
