@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeagent.errors import ProtocolError
 from edgeagent.fl.identity import verify_identity_cert
 from edgeagent.ops.pki import WARD_ID
-from edgeagent.pipeline.feedback import AckRequest, parse_request
+from edgeagent.pipeline.feedback_rules import AckRequest, parse_request
 
 #: Domain separation: never valid as a hello, an envelope or a model signature.
 FEEDBACK_CONTEXT = b"edgeagent/feedback/v1\x00"
