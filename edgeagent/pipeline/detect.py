@@ -228,6 +228,10 @@ class Detector:
         self._modality_of = dict(modality_of)
         self.sink = sink
         self.on_scored = on_scored
+        #: Called (detection thread, must not block long) with ``(alert id, patient, window)``
+        #: for every window that opens or extends an alert, the window labelled with the
+        #: alert's kind: ``pipeline.feedback`` keeps them for a clinician's verdict.
+        self.on_alert_window: Callable[[str, str, ValidatedWindow], None] | None = None
         self.calibrations: dict[str, PersonalCalibration] = {}
         self._episodes: dict[tuple[str, str], _Episode] = {}
         self.validated: deque[ValidatedWindow] = deque(maxlen=self.config.validation_windows)
@@ -585,6 +589,7 @@ class Detector:
             if hold:
                 ep.below = 0
                 self.sink.extend(ep.alert_id, end, score)
+                self._alert_window(ep.alert_id, patient, ep.last_kind, x, mu, sigma)
             else:
                 ep.below += 1
                 if ep.below >= cfg.k_off:
@@ -604,6 +609,7 @@ class Detector:
             ep.alert_id = ep.last_id  # same episode resumed: de-duplicate
             ep.last_end = end
             self.sink.extend(ep.alert_id, end, score)
+            self._alert_window(ep.alert_id, patient, kind, x, mu, sigma)
             return None
         modality = self._contributing(x, mu, sigma, category, kind)
         alert = Alert(
@@ -621,7 +627,23 @@ class Detector:
         self.sink.add(alert)
         self.counters["alerts"] += 1
         ep.alert_id, ep.last_end, ep.last_kind = alert.id, end, kind
+        self._alert_window(alert.id, patient, kind, x, mu, sigma)
         return alert
+
+    def _alert_window(
+        self,
+        alert_id: str,
+        patient: str,
+        kind: str,
+        x: np.ndarray,
+        mu: np.ndarray,
+        sigma: np.ndarray,
+    ) -> None:
+        if self.on_alert_window is not None:
+            w = ValidatedWindow(
+                x.copy(), np.array(mu, np.float32), np.array(sigma, np.float32), kind
+            )
+            self.on_alert_window(alert_id, patient, w)
 
     def _contributing(
         self, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, category: str, kind: str
