@@ -3,9 +3,11 @@ on the live alert rate and on held-back labels; every decision is recorded with 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -183,6 +185,18 @@ def _biased(model: bytes, kind: str, by: float) -> bytes:
     p = unflatten(meta.spec, get_params(proto))
     p["b2"] = p["b2"].copy()
     p["b2"][list(meta.classes).index(kind)] += by
+    return to_bytes(set_params(proto, flatten(meta.spec, p)))
+
+
+def _head_scrambled(model: bytes, seed: int = 0) -> bytes:
+    """The classifier head's weights shuffled and scaled, the autoencoder intact: noise on
+    coordinates no box trained (the issue-22 round), the normal model unharmed."""
+    proto = onnx.load_from_string(model)
+    meta = read_meta(proto)
+    p = unflatten(meta.spec, get_params(proto))
+    rng = np.random.default_rng(seed)
+    for k in ("W2", "b2"):
+        p[k] = rng.permutation(p[k].ravel()).reshape(p[k].shape) * 3
     return to_bytes(set_params(proto, flatten(meta.spec, p)))
 
 
@@ -380,3 +394,127 @@ def test_shadow_of_the_real_baseline_raises_no_alerts(
     assert same.shadow_alerts == same.active_alerts == det2.counters["alerts"]
     meta = read_meta(parse_model(data))
     assert det2.verdicts([]) == [] and meta.classes[0] == "normal"
+
+
+# -- the issue-22 lock-up, at component level ------------------------------------
+
+
+def _strap_blocks(seconds: int) -> list[SampleBlock]:
+    gen = Generator(make_patient(3, seed=1),
+                    SimConfig(episodes=(Label(115.0, 145.0, "fall"),)))  # fmt: skip
+    out = []
+    for i in range(seconds):
+        for name, (t, v) in gen.advance(1.0).streams.items():
+            if len(t):
+                out.append(SampleBlock("strap", Stream(name), t, v, i))
+    return out
+
+
+class _FedBox:
+    """A box in federated rounds at component level: the real wiring of detector, learner
+    and lifecycle (``detection_stack``), the detection component with its alert relay and
+    outbox, fed simulated strap data; the global arrives as ``FlClient._on_model`` hands it
+    in (learner reset to it, then the lifecycle under the component's model lock)."""
+
+    def __init__(self, state: Path, shadow_windows: int = 20) -> None:
+        from edgeagent.daemon.components import Counters
+        from edgeagent.daemon.detection import DetectionComponent
+        from edgeagent.daemon.outbound import AlertRelay
+        from edgeagent.daemon.wiring import detection_stack
+        from edgeagent.ops.config import LearningSection
+        from edgeagent.pipeline.alerts import AlertStore
+        from edgeagent.transport.outbox import Outbox
+
+        self.reg = ModelRegistry(state)
+        self.data = SHIPPED_BASELINE.read_bytes()
+        self.rec = self.reg.activate(self.reg.add(self.data, "baseline").version, "install")
+        self.outbox, self.counters = Outbox.in_state_dir(state), Counters()
+        topic = "edgeagent/v1/f/alerts/box"
+        self.relay = AlertRelay(AlertStore(state), self.outbox, topic, "box", self.counters)
+        stack = detection_stack(self.reg, self.rec, self.relay, LearningSection())
+        assert stack.learner is not None
+        self.learner, self.mgr = stack.learner, stack.manager
+        self.mgr.policy = ValidationPolicy(shadow_windows=shadow_windows)
+        self.comp = DetectionComponent(
+            stack.detector, self.relay, {"strap": "p3"},
+            lambda p: Windower(10.0, 2.0, patient=p), self.counters, manager=self.mgr,
+            learner=self.learner, clock=lambda: 0.0, registry_check_s=0.0,
+        )  # fmt: skip
+        self.comp.learner_follows_registry = False  # it follows the fleet's global
+        self.blocks = _strap_blocks(185)
+
+    def feed(self, t0: int, t1: int, tick: bool = False) -> None:
+        for b in self.blocks:
+            if t0 <= int(b.seq or 0) < t1:
+                self.comp.consume(b)
+                if tick:
+                    self.comp.tick()  # the periodic check, as the supervisor runs it
+        self.learner.step(100)
+
+    def global_arrives(self, data: bytes) -> Any:
+        from edgeagent.daemon.detection import SerialManager
+
+        self.learner.reset_global(get_params(onnx.load_from_string(data)))
+        return SerialManager(self.mgr, self.comp.model_lock).apply(data, "fl:round-1")
+
+    def close(self) -> None:
+        self.relay.store.close()
+        self.outbox.close()
+
+
+def test_a_bad_global_stays_in_shadow_is_rejected_and_the_learner_keeps_training(
+    tmp_state: Path,
+) -> None:
+    """What locked federated learning up: a bad global went live unjudged, raised alerts,
+    was rolled back, and the learner rejected every window from then on. Here the bad
+    global waits in shadow, raises nothing, is rejected, and the learner's progress
+    (from the global, which the next round's update is measured against) survives."""
+    box = _FedBox(tmp_state)
+    reg, rec, learner, mgr, comp = box.reg, box.rec, box.learner, box.mgr, box.comp
+    counters, outbox = box.counters, box.outbox
+    box.feed(0, 110)
+    assert learner.counters["trained"] > 0  # warmed up and training on the baseline
+
+    res = box.global_arrives(_head_scrambled(box.data))  # round 1: a ruined head
+    assert res.reason == "shadow"
+    box.feed(110, 155, tick=True)  # judged once 20 windows were scored in shadow
+    shadow_label = res.label
+    probation = [s["probation"] for s in comp.swaps if "probation" in s]
+    assert [p["reason"] for p in probation] == ["rejected"], comp.swaps
+    assert "alert rate worse" in probation[0]["detail"]
+    assert reg.get(shadow_label).rejected
+    assert comp.detector.model_label == rec.label and mgr.shadow is None
+    raised = [json.loads(r.payload) for r in outbox.peek(limit=100)]
+    assert raised and {a["model"] for a in raised} == {rec.label}  # the fall, by the baseline
+    assert "learner_restarts" not in counters.snapshot()  # a rejected shadow changed nothing
+
+    trained, n_k = learner.counters["trained"], learner.n_k
+    assert n_k > 0
+    box.feed(155, 185)
+    assert learner.counters["trained"] > trained and learner.n_k > n_k, learner.counters
+    st = comp.status()
+    assert st["detection"]["shadow"] is None and st["counters"]["detection_shadow_windows"] >= 20
+    box.close()
+
+
+def test_a_good_global_promoted_from_shadow_keeps_the_learners_progress(
+    tmp_state: Path,
+) -> None:
+    """The learner has trained from the global since it arrived; promoting that same
+    global changes what detection runs, not what the learner trains from."""
+    box = _FedBox(tmp_state)
+    box.feed(0, 110)
+    proto = onnx.load_from_string(box.data)
+    good = to_bytes(set_params(proto, get_params(proto) * np.float32(0.999)))
+    res = box.global_arrives(good)
+    assert res.reason == "shadow"
+    assert box.comp.status()["detection"]["shadow_tally"]["needs_windows"] == 20
+    box.feed(110, 155, tick=True)
+    assert box.comp.detector.model_label == res.label == box.reg.active().label  # type: ignore[union-attr]
+    snap = box.counters.snapshot()
+    assert snap.get("learner_kept") == 1 and "learner_restarts" not in snap
+    assert box.learner.n_k > 0  # the windows trained on since the global arrived are kept
+    # an operator's rollback is a change of what runs: the learner restarts
+    box.mgr.rollback("operator")
+    assert box.counters.snapshot().get("learner_restarts") == 1 and box.learner.n_k == 0
+    box.close()
