@@ -321,6 +321,18 @@ def test_a_shadow_interrupted_by_a_restart_is_resumed(
     assert reg2.pending_shadow() is None
 
 
+def test_a_newer_global_after_a_restart_supersedes_the_interrupted_shadow(
+    tmp_state: Path, syn_model: bytes
+) -> None:
+    _reg, _det, mgr = _box(tmp_state, syn_model)
+    first = mgr.apply(_biased(syn_model, "fever", 6.0), "fl:round-1")
+    reg2, det2, mgr2 = _box(tmp_state, syn_model)  # restart, then round 2's global
+    second = mgr2.apply(_biased(syn_model, "fall", 6.0), "fl:round-2")
+    assert second.reason == "shadow" and det2.shadow_label == second.label
+    assert [d["kind"] for d in reg2.decisions()[reg2.get(first.label).version]] == ["superseded"]
+    assert reg2.pending_shadow() == reg2.get(second.label)
+
+
 def test_corrupt_and_misfit_models_are_refused_and_previous_stays(
     tmp_state: Path, syn_model: bytes
 ) -> None:

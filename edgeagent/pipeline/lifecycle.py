@@ -371,7 +371,12 @@ class ModelManager:
         except ModelError as e:
             self.registry.record_event("refused", None, f"source={source}: {e}")
             return ApplyResult(False, "", f"refused: {e}")
-        self._resumed = True  # a model handed in now outranks one left in shadow before
+        if not self._resumed:
+            # A model handed in now outranks one a restart left in shadow.
+            self._resumed = True
+            left = self.registry.pending_shadow()
+            if left is not None and left.sha256 != rec.sha256:
+                self.registry.record_event("superseded", left.version, f"by {rec.label}")
         current = self.registry.active()
         if current is not None and current.sha256 == rec.sha256:
             return ApplyResult(True, rec.label, "already active")
@@ -438,14 +443,16 @@ class ModelManager:
             return None
         return self._start_shadow(pending, data, "resumed after restart", current)
 
-    def evidence(self) -> Evidence:
+    def evidence(self, with_labels: bool = True) -> Evidence:
         """The shadow's evidence so far (tally, held-back labels, agreement)."""
         if self.shadow is None:
             raise ModelError("no model in shadow")
         tally = self.detector.shadow_tally
         if tally is not None and tally.label != self.shadow.record.label:
             tally = None
-        windows = list(self.labels.labelled(HOLDOUT)) if self.labels is not None else []
+        windows: list[ValidatedWindow] = []
+        if with_labels and self.labels is not None:
+            windows = list(self.labels.labelled(HOLDOUT))
         agreement = None
         if windows:
             labels = [w.label for w in windows]
@@ -471,9 +478,9 @@ class ModelManager:
             # Activated by an operator meanwhile (``edgeagent model activate``).
             self._end_shadow("superseded", "activated in the registry while in shadow")
             return None
+        if decide(self.evidence(with_labels=False), self.policy).outcome is Outcome.WAIT:
+            return None  # labels are scored only when there is something to decide
         verdict = decide(self.evidence(), self.policy)
-        if verdict.outcome is Outcome.WAIT:
-            return None
         figures = verdict.figures | {"against": current.label if current else None}
         if verdict.outcome is Outcome.REJECT:
             self._end_shadow("rejected", verdict.reason, figures)
