@@ -63,6 +63,7 @@ from edgeagent.pipeline.evidence import (
     beat_detail,
 )
 from edgeagent.pipeline.personal import PersonalCalibration, Thresholds
+from edgeagent.pipeline.shadow import Decision, ShadowTally, WouldBe
 from edgeagent.providers import ProviderChoice, open_session
 from edgeagent.streams import Stream
 
@@ -178,78 +179,6 @@ class ValidatedWindow:
     label: str
 
 
-@dataclass
-class ShadowTally:
-    """What a shadow model would have done next to what the active one did, window by window.
-
-    Both sides are counted by the same rule (``_WouldBe``, the detector's hysteresis and
-    de-duplication without a sink), so the comparison is like for like: the active
-    model's real alert count also depends on episodes opened before the shadow began.
-    """
-
-    label: str
-    windows: int = 0
-    active_alerts: int = 0
-    shadow_alerts: int = 0
-    #: Windows whose clinical decision was "on" (finer-grained than alert episodes).
-    active_flagged: int = 0
-    shadow_flagged: int = 0
-    #: Windows whose verdicts (normal, sensor fault or a clinical kind) differ.
-    disagreed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-
-@dataclass
-class _WouldBe:
-    """One patient's episode state for counting would-be alerts (no alert ids, no sink)."""
-
-    open: bool = False
-    above: int = 0
-    below: int = 0
-    last_end: float = float("-inf")
-    last_kind: str = ""
-
-    def step(
-        self, on: bool, hold: bool, kind: str, start: float, end: float, cfg: DetectorConfig
-    ) -> bool:
-        """Advance one window; True when a new alert would open (``Detector._step``'s rule)."""
-        if self.open:
-            if hold:
-                self.below, self.last_end = 0, end
-            else:
-                self.below += 1
-                if self.below >= cfg.k_off:
-                    self.open, self.above = False, 0
-            return False
-        self.above = self.above + 1 if on else 0
-        if self.above < cfg.k_on:
-            return False
-        self.open, self.below = True, 0
-        resumed = start - self.last_end <= cfg.cooldown_s and self.last_kind == kind
-        self.last_end, self.last_kind = end, kind
-        return not resumed
-
-
-@dataclass(frozen=True)
-class _Decision:
-    """One model's decision on one window, before episodes."""
-
-    score: float
-    p_fault: float
-    kind: str
-    fault: bool
-    clin_on: bool
-    clin_hold: bool
-    fault_hold: bool
-
-    @property
-    def verdict(self) -> str:
-        """What the window is called: the fault class, the clinical kind, or normal."""
-        return FAULT if self.fault else self.kind if self.clin_on else NORMAL
-
-
 def make_session(data: bytes, intra: int = 1, inter: int = 1) -> ort.InferenceSession:
     """An onnxruntime CPU session with bounded threads (no busy-spinning on small boxes)."""
     so = ort.SessionOptions()
@@ -307,7 +236,7 @@ class Detector:
         #: A candidate scored beside the active model, raising nothing (``set_shadow``).
         self._shadow: _Active | None = None
         self.shadow_tally: ShadowTally | None = None
-        self._would_be: dict[tuple[str, str, str], _WouldBe] = {}
+        self._would_be: dict[tuple[str, str, str], WouldBe] = {}
         self._lock = threading.Lock()  # guards calibrations/episodes, not the session
         self.counters = {
             "windows": 0,
@@ -691,7 +620,7 @@ class Detector:
         hr_z: float | None,
         sqi: float,
         th: Thresholds,
-    ) -> _Decision:
+    ) -> Decision:
         """One model's decision on one window: masked classes, scores, thresholds."""
         p = self._mask_classes(probs, x, poor_ecg or held, abnormal_beats, hr_z, a)
         p_fault = float(p[a.fault_idx]) if a.fault_idx >= 0 else 0.0
@@ -702,7 +631,7 @@ class Detector:
         kind = a.meta.classes[int(a.clinical_idx[int(np.argmax(clin))])] if clin.size else ""
         fault = p_fault >= th.fault or poor_ecg
         off = self.config.off_ratio
-        return _Decision(
+        return Decision(
             score=score,
             p_fault=p_fault,
             kind=kind,
@@ -718,20 +647,21 @@ class Detector:
         patient: str,
         start: float,
         end: float,
-        active: _Decision,
-        shadow: _Decision,
+        active: Decision,
+        shadow: Decision,
     ) -> None:
         """Count one window for both models by the same episode rule (caller holds the lock)."""
         t.windows += 1
         self.counters["shadow_windows"] += 1
+        cfg = self.config
         for role, d in (("active", active), ("shadow", shadow)):
             opened = 0
             for category, on, hold, kind in (
                 ("clinical", d.clin_on, d.clin_hold, d.kind),
                 ("sensor_fault", d.fault, d.fault_hold, FAULT),
             ):
-                ep = self._would_be.setdefault((role, patient, category), _WouldBe())
-                opened += ep.step(on, hold, kind, start, end, self.config)
+                ep = self._would_be.setdefault((role, patient, category), WouldBe())
+                opened += ep.step(on, hold, kind, start, end, cfg)
             if role == "active":
                 t.active_alerts += opened
                 t.active_flagged += int(d.clin_on)
