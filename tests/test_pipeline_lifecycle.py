@@ -530,3 +530,16 @@ def test_a_good_global_promoted_from_shadow_keeps_the_learners_progress(
     box.mgr.rollback("operator")
     assert box.counters.snapshot().get("learner_restarts") == 1 and box.learner.n_k == 0
     box.close()
+
+
+def test_a_shadow_the_detector_lost_is_scored_again_not_judged_on_nothing(
+    tmp_state: Path, syn_model: bytes, syn_world: SynWorld
+) -> None:
+    _reg, det, mgr = _box(tmp_state, syn_model, policy=ValidationPolicy(shadow_windows=0))
+    res = mgr.apply(_biased(syn_model, "fever", 6.0), "fl:round-1")
+    det.clear_shadow()
+    assert mgr.probation_check() is None  # put back, with a fresh tally
+    assert det.shadow_label == res.label and det.shadow_tally is not None
+    _feed(det, syn_world)
+    out = mgr.probation_check()
+    assert out is not None and out.reason == "rejected" and out.figures["windows"] == 140  # type: ignore[index]

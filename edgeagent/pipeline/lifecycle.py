@@ -478,6 +478,16 @@ class ModelManager:
             # Activated by an operator meanwhile (``edgeagent model activate``).
             self._end_shadow("superseded", "activated in the registry while in shadow")
             return None
+        if self.detector.shadow_label != rec.label:
+            # The detector lost the session (another caller cleared it): score it again,
+            # from zero windows, rather than judge on a tally of something else.
+            try:
+                self.detector.set_shadow(self.registry.load_bytes(rec), rec.label)
+            except ModelError as e:
+                self.shadow = None
+                self.registry.reject(rec.version, f"cannot score in shadow: {e}")
+                return ApplyResult(False, rec.label, "rejected", str(e))
+            return None
         if decide(self.evidence(with_labels=False), self.policy).outcome is Outcome.WAIT:
             return None  # labels are scored only when there is something to decide
         verdict = decide(self.evidence(), self.policy)
