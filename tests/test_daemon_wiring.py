@@ -204,9 +204,11 @@ def test_factory_builds_what_the_config_asks_for(tmp_state: Path, short_dir: Pat
     comps = daemon_factory(ctx)
     assert describe(comps) == ["outbox", "feedback", "detection", "learner"]
     assert ctx.pipeline.consumers and not ctx.status_sinks
-    det = next(c for c in comps if isinstance(c, DetectionComponent)).detector
+    detection = next(c for c in comps if isinstance(c, DetectionComponent))
     fb = next(c for c in comps if c.name == "feedback")
-    assert det.on_alert_window == fb.keep  # the detector hands alert windows to the store
+    # the detector hands alert windows to the store; candidates are judged on its labels
+    assert detection.detector.on_alert_window == fb.keep
+    assert detection.manager.labels is fb.store
     for c in reversed(comps):
         c.stop()
 

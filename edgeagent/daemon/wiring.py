@@ -54,6 +54,7 @@ from edgeagent.daemon.detection import (
     LearnerComponent,
     SerialManager,
 )
+from edgeagent.daemon.feedback import FeedbackComponent
 from edgeagent.daemon.health import Liveness
 from edgeagent.daemon.outbound import (
     AlertRelay,
@@ -265,14 +266,13 @@ def _alert_store(state: Path, ctx: Context) -> AlertStore:
 
 def _feedback(
     ctx: Context, state: Path, detector: Detector, learner: LocalLearner | None, transport: Any
-) -> Component:
+) -> FeedbackComponent:
     """Clinicians' verdicts as labels: the store beside the alerts, fed by the detector.
 
     A corrupt ``feedback.sqlite`` is moved aside and a fresh one started (labels are
     worth less than a box that detects). Over MQTT only with the fleet CA, which the
     ward's signatures are checked against.
     """
-    from edgeagent.daemon.feedback import FeedbackComponent
     from edgeagent.fl.identity import load_ca
     from edgeagent.ops import dbcheck
     from edgeagent.pipeline.feedback import DB_NAME, FeedbackStore
@@ -406,7 +406,10 @@ def daemon_factory(ctx: Context) -> list[Component]:
     ctx.pipeline.add_consumer(detection.consume)
     comps.append(detection)
     if cfg.feedback.enabled:
-        comps.append(_feedback(ctx, state, detector, learner, transport))
+        feedback = _feedback(ctx, state, detector, learner, transport)
+        # candidates are judged on the held-back share of these verdicts (lifecycle.decide)
+        manager.labels = feedback.store
+        comps.append(feedback)
     if learner is not None:
         lc = LearnerComponent(learner, ctx.liveness, state / LEARNER_STATE, active.sha256)
         if lc.restore():
