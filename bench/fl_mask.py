@@ -70,8 +70,15 @@ def upload_bytes(w: np.ndarray, idx: np.ndarray | None, boxes: int) -> dict[str,
     deltas = {n: rng.normal(0, 0.01, w.size) for n in nodes}
     k = w.size if idx is None else int(idx.size)
     nonce = os.urandom(16)
-    cfg = RoundConfig(round_id=1, nonce=nonce, participants=nodes, dim=k + 1,
-                      bound=payload_bound(CLIP, N_CAP), clip=CLIP, n_cap=N_CAP)  # fmt: skip
+    cfg = RoundConfig(
+        round_id=1,
+        nonce=nonce,
+        participants=nodes,
+        dim=k + 1,
+        bound=payload_bound(CLIP, N_CAP),
+        clip=CLIP,
+        n_cap=N_CAP,
+    )
     payloads = {n: fedavg_payload(select(d, idx), 100, CLIP, N_CAP) for n, d in deltas.items()}
     rep = simulate_round(cfg, payloads)
     assert rep.result is not None, rep.abort
@@ -117,7 +124,9 @@ def heldout(meta: ModelMeta, patients: int, seconds: float) -> list[dict[str, np
     return out
 
 
-def scores(meta: ModelMeta, w: np.ndarray, data: list[dict[str, np.ndarray]]) -> tuple[float, float]:
+def scores(
+    meta: ModelMeta, w: np.ndarray, data: list[dict[str, np.ndarray]]
+) -> tuple[float, float]:
     """(window accuracy, mean reconstruction error of the normal windows)."""
     hit = total = 0
     errs = []
@@ -130,9 +139,13 @@ def scores(meta: ModelMeta, w: np.ndarray, data: list[dict[str, np.ndarray]]) ->
 
 
 def accuracy_at_equal_epsilon(
-    meta: ModelMeta, w0: np.ndarray, data: list[dict[str, np.ndarray]], rounds: int, seeds: int,
+    meta: ModelMeta,
+    w0: np.ndarray,
+    data: list[dict[str, np.ndarray]],
+    rounds: int,
+    seeds: int,
     budget: float,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     base_acc, base_err = scores(meta, w0, data)
     rows = []
     z = smallest_z(rounds, budget)  # q = 1: epsilon depends on z and rounds, not on the fleet
@@ -140,9 +153,14 @@ def accuracy_at_equal_epsilon(
         acc = DpAccountant(DELTA)
         acc.step(z, 1.0, rounds)
         std = z * sensitivity(CLIP, N_CAP) / (n * N_CAP)  # on the mean, all n_k at n_cap
-        row: dict[str, Any] = {"boxes_per_round": n, "z": z, "rounds": rounds,
-                               "epsilon": round(acc.epsilon(), 3), "noise_std_on_mean": std,
-                               "baseline": {"accuracy": base_acc, "normal_recon": base_err}}  # fmt: skip
+        row: dict[str, Any] = {
+            "boxes_per_round": n,
+            "z": z,
+            "rounds": rounds,
+            "epsilon": round(acc.epsilon(), 3),
+            "noise_std_on_mean": std,
+            "baseline": {"accuracy": base_acc, "normal_recon": base_err},
+        }
         for name in ("all", "ae"):
             idx = group_indices(meta.spec, MASKS[name])
             accs, errs = [], []
@@ -181,44 +199,58 @@ def main(argv: list[str] | None = None) -> int:
     model = parse_model(args.model.read_bytes())
     meta, w0 = read_meta(model), get_params(model)
     t0 = time.perf_counter()
-    sizes = {name: upload_bytes(w0, None if name == "all" else group_indices(meta.spec, g),
-                                args.boxes)
-             for name, g in MASKS.items()}  # fmt: skip
+    sizes = {
+        name: upload_bytes(w0, None if name == "all" else group_indices(meta.spec, g), args.boxes)
+        for name, g in MASKS.items()
+    }
     full = sizes["all"]
     print(f"upload per box and round, {args.boxes} boxes, {w0.size} parameters")
-    print(f"{'mask':6} {'coords':>7} {'secagg':>9} {'masked vec':>10} {'plaintext':>9} {'saved':>6}")
+    print(
+        f"{'mask':6} {'coords':>7} {'secagg':>9} {'masked vec':>10} {'plaintext':>9} {'saved':>6}"
+    )
     for name, s in sizes.items():
         s["saved_vs_all_secagg"] = 1 - s["secagg_upload_per_box"] / full["secagg_upload_per_box"]
         s["saved_vs_all_plaintext"] = (
             1 - s["plaintext_upload_per_box"] / full["plaintext_upload_per_box"]
         )
-        print(f"{name:6} {s['coordinates']:>7} {s['secagg_upload_per_box']:>9} "
-              f"{s['secagg_masked_vector_per_box']:>10} {s['plaintext_upload_per_box']:>9} "
-              f"{s['saved_vs_all_secagg']:>6.0%}")  # fmt: skip
+        print(
+            f"{name:6} {s['coordinates']:>7} {s['secagg_upload_per_box']:>9} "
+            f"{s['secagg_masked_vector_per_box']:>10} {s['plaintext_upload_per_box']:>9} "
+            f"{s['saved_vs_all_secagg']:>6.0%}"
+        )
     data = heldout(meta, args.patients, args.seconds)
     rows = accuracy_at_equal_epsilon(meta, w0, data, args.rounds, args.seeds, args.budget)
-    print(f"\nnoise cost after {args.rounds} rounds at equal epsilon (only the autoencoder "
-          f"trains; baseline accuracy {rows[0]['baseline']['accuracy']:.3f}, normal "
-          f"reconstruction error {rows[0]['baseline']['normal_recon']:.4f})")  # fmt: skip
-    print(f"{'boxes':>6} {'z':>5} {'eps':>6} {'acc all':>8} {'acc ae':>7} {'recon all':>9} "
-          f"{'recon ae':>8}")  # fmt: skip
+    print(
+        f"\nnoise cost after {args.rounds} rounds at equal epsilon (only the autoencoder "
+        f"trains; baseline accuracy {rows[0]['baseline']['accuracy']:.3f}, normal "
+        f"reconstruction error {rows[0]['baseline']['normal_recon']:.4f})"
+    )
+    print(
+        f"{'boxes':>6} {'z':>5} {'eps':>6} {'acc all':>8} {'acc ae':>7} {'recon all':>9} "
+        f"{'recon ae':>8}"
+    )
     for r in rows:
-        print(f"{r['boxes_per_round']:>6} {r['z']:>5} {r['epsilon']:>6.2f} "
-              f"{r['all']['accuracy']:>8.3f} {r['ae']['accuracy']:>7.3f} "
-              f"{r['all']['normal_recon']:>9.4f} {r['ae']['normal_recon']:>8.4f}")  # fmt: skip
+        print(
+            f"{r['boxes_per_round']:>6} {r['z']:>5} {r['epsilon']:>6.2f} "
+            f"{r['all']['accuracy']:>8.3f} {r['ae']['accuracy']:>7.3f} "
+            f"{r['all']['normal_recon']:>9.4f} {r['ae']['normal_recon']:>8.4f}"
+        )
     out = {
         "what": __doc__.splitlines()[0],
-        "model": str(args.model.relative_to(ROOT)) if args.model.is_relative_to(ROOT) else str(
-            args.model
-        ),
+        "model": str(args.model.relative_to(ROOT))
+        if args.model.is_relative_to(ROOT)
+        else str(args.model),
         "parameters": int(w0.size),
         "clip": CLIP,
         "n_cap": N_CAP,
         "delta": DELTA,
         "sampling": "q = 1",
         "bytes": sizes,
-        "heldout": {"patients": args.patients, "seconds": args.seconds,
-                    "windows": int(sum(d["y"].size for d in data))},  # fmt: skip
+        "heldout": {
+            "patients": args.patients,
+            "seconds": args.seconds,
+            "windows": int(sum(d["y"].size for d in data)),
+        },
         "accuracy_at_equal_epsilon": rows,
         "seconds": round(time.perf_counter() - t0, 1),
         "machine": platform.platform(),
