@@ -69,7 +69,7 @@ def test_a_round_past_the_budget_is_not_started_and_status_says_why(
     cfg = _config(fleet, nowhere, tmp_path, "flbud0", 1.0, rounds=3)
     agg = Aggregator(parse_config(cfg), clock=lambda: now[0])
     _ready(agg)
-    with caplog.at_level(logging.WARNING, "edgeagent.federation.aggregator"):
+    with caplog.at_level(logging.ERROR, "edgeagent.federation.aggregator"):
         agg.tick()
     assert agg.round is None and "in_progress" not in agg.state
     assert agg.state["next_round"] == 1 and agg.state["rounds"] == []
@@ -78,6 +78,7 @@ def test_a_round_past_the_budget_is_not_started_and_status_says_why(
     assert dp["refused"]["projected_epsilon"] == pytest.approx(9.01, abs=0.01)
     assert "2 more round(s) fit" in dp["refused"]["reason"]
     assert any("not started (DP budget)" in r.getMessage() for r in caplog.records)
+    assert agg.done.is_set()  # the run loop ends: only a new configuration changes this
     agg.tick()  # the same instant: no second refusal, no log flood
     assert agg.state["dp"]["refusals"] == 1
     now[0] += 61.0
@@ -152,15 +153,18 @@ def test_epsilon_spent_survives_a_restart_and_still_binds(
     assert agg.state["dp_events"] == [[2.0, 1.0]]
     assert agg.epsilon() == pytest.approx(one.epsilon())
 
-    cfg["aggregator"]["rounds"] = 2
+    # (z = 2 over 3 boxes may drown the count and abort the round: released all the same,
+    # accounted all the same, and the next round was then refused in that first run)
+    cfg["aggregator"]["rounds"] = 0  # run on: the next round is the one projected
     again = Aggregator(parse_config(cfg))
     assert again.epsilon() == pytest.approx(one.epsilon())  # read back, not started over
     dp = status_report(tmp_path / "agg")["dp"]
     assert dp["epsilon_spent"] == pytest.approx(one.epsilon())
     assert dp["budget_left"] == pytest.approx(3.0 - one.epsilon()) and dp["rounds_left"] == 0
     _ready(again)
+    before = again.state["dp"].get("refusals", 0)
     again.tick()
-    assert again.round is None and again.state["dp"]["refusals"] == 1
+    assert again.round is None and again.state["dp"]["refusals"] == before + 1
     assert again.state["dp"]["refused"]["projected_epsilon"] == pytest.approx(3.19, abs=0.01)
     out = _status(cfg, tmp_path)
     assert f"epsilon     {one.epsilon():.3f} spent" in out.output

@@ -30,7 +30,7 @@ named in the signed announcement): boxes send only those coordinates, clipped
 and noised, and the mean is scattered back so the other coordinates keep the
 global's values. A DP round is started only if epsilon after the planned rounds
 stays within ``aggregator.epsilon_budget``; otherwise it is refused, logged,
-counted and recorded for ``aggregator status``.
+counted and recorded for ``aggregator status``, and the loop ends.
 
 All MQTT callbacks only enqueue; one thread owns the state.
 """
@@ -90,8 +90,8 @@ log = logging.getLogger(__name__)
 SEEN_CAPACITY = 100_000
 #: Sampling rate the DP accountant composes rounds with (``accountant.SAMPLING_RATE``).
 DP_SAMPLING_RATE = SAMPLING_RATE
-#: Seconds between two checks of a round the DP budget refused (the budget cannot change
-#: while the process runs, so this only paces the log line and the counter).
+#: Seconds before a round the DP budget refused is checked again, for a caller that keeps
+#: ticking after ``done`` (the projection cannot change while no round runs).
 BUDGET_RECHECK_S = 60.0
 
 #: Messages queued from the network thread; beyond this the oldest are dropped (counted).
@@ -451,7 +451,8 @@ class Aggregator:
         would exceed ``aggregator.epsilon_budget`` at ``dp_delta``, and also
         after any round released without noise: no epsilon holds after one.
         Rounds without noise (``noise_multiplier = 0``) are no DP rounds: the
-        status says so, and they run.
+        status says so, and they run. A refusal ends the run loop: epsilon only
+        changes when rounds run, so only a new configuration can change it.
         """
         z, budget = self.noise_multiplier, self.policy.epsilon_budget
         if z <= 0 or math.isinf(budget):
@@ -481,8 +482,12 @@ class Aggregator:
             "reason": why,
         }
         self._record_dp()
-        log.warning("round %d not started (DP budget): %s", self.state["next_round"], why)
+        log.error("round %d not started (DP budget): %s; the aggregator stops starting rounds",
+                  self.state["next_round"], why)  # fmt: skip
         self.scheduler.next_round_at = now + max(self.policy.round_interval_s, BUDGET_RECHECK_S)
+        # nothing can change the projection until the configuration does: the loop ends
+        # (``aggregator run`` exits 0, so systemd's on-failure restart does not loop on it)
+        self.done.set()
         return True
 
     def _record_dp(self) -> None:
