@@ -92,7 +92,7 @@ def test_a_round_past_the_budget_is_not_started_and_status_says_why(
     assert out.exit_code == 0, out.output
     assert "epsilon     0.000 spent at delta 1e-05, z = 1, q = 1" in out.output
     assert "budget      8: 8.000 left, 2 more round(s) fit" in out.output
-    assert "refused     round 1 not started (2 time(s)): epsilon after 3 more" in out.output
+    assert "stopped     round 1 not started (2 time(s)): epsilon after 3 more" in out.output
     doc = json.loads(_status(cfg, tmp_path, "--json").output)
     assert doc["dp"]["epsilon_budget"] == 8.0 and doc["dp"]["budget_left"] == 8.0
 

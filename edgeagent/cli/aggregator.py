@@ -117,7 +117,7 @@ def _privacy_lines(dp: dict[str, Any], sampling: str) -> list[str]:
     refused = dp.get("refused")
     if refused:
         lines.append(
-            f"refused     round {refused.get('round')} not started "
+            f"stopped     round {refused.get('round')} not started "
             f"({dp.get('refusals', 0)} time(s)): {refused.get('reason')}"
         )
     return lines
