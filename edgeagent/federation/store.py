@@ -8,7 +8,9 @@ cut by a restart is recorded as ``interrupted`` and its id is never reused
 (boxes refuse stale rounds). Global models are content-addressed files
 (``models/<sha256>.onnx``), checked against their hash when loaded, and
 published retained on ``model/current`` with an Ed25519 signature over that
-hash, which is what every box verifies before taking a model.
+hash, which is what every box verifies before taking a model; the same
+release goes out on ``model/params`` as the parameter vector boxes rebuild
+the file from (4 bytes per parameter instead of the whole file).
 """
 
 from __future__ import annotations
