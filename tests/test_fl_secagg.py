@@ -490,34 +490,41 @@ def test_early_abort_when_setup_dropouts_exceed_threshold() -> None:
 # -- quantised updates: the masked sum in Z_2^b --------------------------------------------------
 
 
+@pytest.mark.parametrize("dropouts", [False, True])
 @pytest.mark.parametrize("value_bits", [8, 16])
-def test_quantised_secure_sum_is_exactly_the_sum_of_the_quantised_inputs(value_bits: int) -> None:
+def test_quantised_secure_sum_is_exactly_the_sum_of_the_quantised_inputs(
+    value_bits: int, dropouts: bool
+) -> None:
     """Inputs on the quantiser's grid round to themselves: the unmasked sum must be exact,
-    with a box dropping after its masked vector (its self-mask is removed mod 2^b) and one
-    before (its pairwise masks are removed mod 2^b)."""
+    with all 9 boxes at the bound on some coordinates (no wrap at the most participants the
+    field is sized for), and with a box dropping after its masked vector (its self-mask is
+    removed mod 2^b) and one before (its pairwise masks are removed mod 2^b)."""
     n, dim, bound = 9, 40, 3.0
     nodes = tuple(f"box{i:03d}" for i in range(n))
     bits = field_bits(value_bits, n)
     q = Quantizer(bound, n, 0, bits)
     rng = np.random.default_rng(value_bits)
     ints = {b: rng.integers(-q.levels, q.levels + 1, dim) for b in nodes}
-    ints[nodes[0]][:] = q.levels  # one box at the bound everywhere: the worst case
+    ints[nodes[0]][:] = q.levels  # one box at the bound everywhere
+    for b in nodes:  # and every box at the bound on some coordinates: the sum's worst case
+        ints[b][:5], ints[b][5:10] = q.levels, -q.levels
     cfg = RoundConfig(round_id=1, nonce=os.urandom(16), participants=nodes, dim=dim,
                       bound=bound, headroom_bits=0, bits=bits)  # fmt: skip
-    drop = {nodes[1]: Stage.COLLECT_MASKED, nodes[2]: Stage.UNMASK}
+    drop = {nodes[1]: Stage.COLLECT_MASKED, nodes[2]: Stage.UNMASK} if dropouts else {}
     report = simulate_round(cfg, {b: v / q.scale for b, v in ints.items()}, drop=drop)
     assert report.abort is None, report.abort
     res = report.result
     want = sum(ints[b] for b in res.survivors)
     np.testing.assert_array_equal(np.rint(res.total * q.scale).astype(np.int64), want)
-    assert nodes[2] in res.survivors and nodes[1] not in res.survivors
+    assert nodes[2] in res.survivors and (nodes[1] in res.survivors) is not dropouts
     # the same round in the 32-bit field: each masked vector shrinks to b bits a coordinate
     wide = RoundConfig(round_id=1, nonce=cfg.nonce, participants=nodes, dim=dim, bound=bound)
     full = simulate_round(wide, {b: v / q.scale for b, v in ints.items()}, drop=drop)
     saved = (
         full.stage_bytes[str(Stage.COLLECT_MASKED)] - report.stage_bytes[str(Stage.COLLECT_MASKED)]
     )
-    assert abs(saved - (n - 1) * (4 * dim - packed_bytes(dim, bits))) <= 2 * (n - 1)
+    sent = n - 1 if dropouts else n  # boxes that sent a masked vector
+    assert abs(saved - sent * (4 * dim - packed_bytes(dim, bits))) <= 2 * sent
 
 
 def test_quantised_round_matches_plaintext_fedavg_within_its_step() -> None:
