@@ -72,8 +72,8 @@ from edgeagent.fl.secagg import SecAggClient
 from edgeagent.fl.secagg.auth import RoundSigner
 from edgeagent.fl.secagg.client import PrivacyFloor
 from edgeagent.fl.wire import Announcement, decode_model, encode_hello, parse_announcement
-from edgeagent.model.graph import get_params, parse_model
 from edgeagent.model.signing import verify_hash, verify_release
+from edgeagent.model.wire import inspect_model
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
@@ -508,7 +508,7 @@ class FlClient:
             self.global_version = pub.version
             self._save()
             return
-        w = get_params(parse_model(pub.onnx))
+        w = inspect_model(pub.onnx)[1]  # the registry checks the graph in apply()
         self.learner.reset_global(w)
         self.global_sha, self.global_version = pub.sha256, pub.version
         if self.manager is not None:
