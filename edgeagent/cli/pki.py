@@ -120,14 +120,20 @@ def issue_consumer(
     directory: Path | None = _DIR,
     config: Path | None = CONFIG_OPTION,
     force: bool = typer.Option(False, "--force", help="Re-issue (the old key stops working)."),
+    role: str = typer.Option(
+        "alerts",
+        "--role",
+        help="alerts: `edgeagent alerts follow` (reads alerts); ward: a ward system that "
+        "also sends signed verdicts on them (node/<box>/feedback).",
+    ),
     as_json: bool = _JSON,
 ) -> None:
-    """Issue the TLS certificate of the alert consumer, `edgeagent alerts follow` (CN = alerts)."""
+    """Issue the TLS certificate of an alert consumer (CN = its role: alerts or ward)."""
     try:
-        files = _open(directory, config, as_json).issue_consumer(force=force)
+        files = _open(directory, config, as_json).issue_consumer(force=force, role=role)
     except PkiError as exc:
         raise fail(exc, as_json) from exc
-    _emit({"consumer": "alerts", "ca": str(files.ca), "cert": str(files.cert),
+    _emit({"consumer": role, "ca": str(files.ca), "cert": str(files.cert),
            "key": str(files.key)}, as_json)  # fmt: skip
 
 
