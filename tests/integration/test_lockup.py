@@ -55,7 +55,8 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str, detail: Callable[
             return
         time.sleep(0.25)
         if any(p.poll() is not None for p in _RUNNING):
-            break  # a daemon or the aggregator exited: its log says why
+            # a daemon or the aggregator exited: its log says why
+            raise AssertionError(f"a process exited while waiting for {what}: {detail()}")
     raise AssertionError(f"timed out after {timeout} s waiting for {what}: {detail()}")
 
 
@@ -158,7 +159,9 @@ def test_learning_and_rounds_continue_after_a_bad_global_model(
             dev.start()
 
         agg_cfg = aggregator_config(pki, broker, agg_state, MODEL, min_boxes=2, min_survivors=2,
-                                    stage_timeout_s=8.0, round_interval_s=1.0, n_cap=1)  # fmt: skip
+                                    stage_timeout_s=8.0, round_interval_s=1.0, n_cap=1,
+                                    # the lock-up, not the privacy budget, is under test
+                                    epsilon_budget=1e6)  # fmt: skip
         agg_cfg["federation"]["noise_multiplier"] = NOISE
         (tmp_path / "agg.toml").write_text(to_toml(agg_cfg))
         with open(tmp_path / "agg.log", "wb") as log:
