@@ -19,8 +19,9 @@ from pathlib import Path
 import typer
 
 from edgeagent.cli import app
-from edgeagent.cli.config import CONFIG_OPTION, config_if_any
+from edgeagent.cli.config import CONFIG_OPTION, config_if_any, fail
 from edgeagent.cli.run import BOX_FIELD
+from edgeagent.errors import EdgeAgentError
 from edgeagent.ops.config import Config
 
 JOURNAL_DIRS = (Path("/run/systemd/journal"), Path("/var/log/journal"))
@@ -86,12 +87,11 @@ def logs(
     box = None if all_boxes or cfg is None else cfg.agent.box_id
     problem = journald_available()
     if problem:
-        typer.echo(
-            f"edgeagent logs: {problem}. The agent writes its log to stderr: see your "
-            "service manager's log, or run `edgeagent run` in a terminal.",
-            err=True,
+        why = EdgeAgentError(
+            f"{problem}. The agent writes its log to stderr: see your service manager's "
+            "log, or run `edgeagent run` in a terminal."
         )
-        raise typer.Exit(1)
+        raise fail(why, as_json, 1)
     cmd = journal_command(unit or unit_of(cfg), lines, follow, since, as_json, box)
     try:
         code = subprocess.call(cmd)
