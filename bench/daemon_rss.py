@@ -45,7 +45,7 @@ IMPORTS = (
     "sqlite3", "json", "ssl", "asyncio", "numpy", "onnxruntime", "cryptography.x509",
     "cbor2", "paho.mqtt.client", "serial", "bleak", "pydantic", "psutil", "typer", "rich",
     "edgeagent.cli", "edgeagent.daemon.wiring", "edgeagent.federation.client",
-    "onnx",  # last: not loaded by a box (model.wire reads models); the aggregator and lab use it
+    "onnx",  # last: no start loads it (model.wire reads models); an arriving global model does
 )  # fmt: skip
 
 IMPORT_CHILD = """
