@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edgelab.demo.arms import ShadowArm
+from edgelab.demo.nurse import nurse_verdicts
 from edgelab.demo.options import (
     EPISODE_KINDS,
     HOP_S,
@@ -157,6 +159,24 @@ class Hub:
         )
         assert stack.learner is not None  # learning is on by default
         self.detector, self.learner, self.manager = stack.detector, stack.learner, stack.manager
+        self._to_learner = stack.detector.on_scored
+        self.detector.on_scored = self._on_scored
+        self._last_scored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        #: per window in ``windows``: the (x, mu, sigma) it was scored with (None: no data),
+        #: which is what a nurse's verdict on an alert labels
+        self.scored: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
+        self.arms = {
+            "baseline": ShadowArm("baseline", model.data, self._cached_features),
+            "control": ShadowArm(
+                "control", model.data, self._cached_features, self.learner.config
+            ),
+        }
+        self.feedback_share = opts.feedback_share
+        self.feedback_error = opts.feedback_error
+        self.seed = opts.seed
+        self._judged: set[str] = set()
+        self.feedback_log: list[dict[str, Any]] = []
+        self.control_learned: list[int] = []
         self.windower = Windower(WINDOW_S, HOP_S, patient=self.patient)
         self.source = SerialSource(
             str(self.link),
@@ -186,6 +206,16 @@ class Hub:
         self.last_features = x
         return x
 
+    def _cached_features(self, window: Any) -> np.ndarray:
+        """The reference arms score the features the hub's detector just computed."""
+        assert self.last_features is not None
+        return self.last_features
+
+    def _on_scored(self, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, ok: bool) -> None:
+        self._last_scored = (x.copy(), np.array(mu, copy=True), np.array(sigma, copy=True))
+        if self._to_learner is not None:
+            self._to_learner(x, mu, sigma, ok)
+
     def _on_block(self, block: Any) -> None:
         with self.lock:
             s = str(block.stream)
@@ -203,8 +233,12 @@ class Hub:
 
     def _score(self, w: Any) -> None:
         t0 = time.perf_counter()
+        self._last_scored = None
         d = self.detector.process(w)
         ms = (time.perf_counter() - t0) * 1e3
+        self.scored.append(self._last_scored if d.status == "ok" else None)
+        for arm in self.arms.values():
+            arm.process(w, self.segment)
         self.windows.append(
             {
                 "segment": self.segment,
@@ -261,11 +295,71 @@ class Hub:
         return self.offset
 
     def train(self) -> int:
-        """Train the local learner on every window queued during the segment."""
+        """Train the local learner on every window queued during the segment; the control
+        arm trains on the same and adopts its model locally."""
         n = self.learner.step(max_batches=10_000)
         self.learned.append(n)
         self.delta_norms.append(float(np.linalg.norm(self.learner.delta())))
+        self.control_learned.append(self.arms["control"].adopt_local())
         return n
+
+    def feedback(self, segment: int) -> dict[str, Any]:
+        """The nurse's verdicts on the alerts raised since the last call, as labels.
+
+        Each acknowledged clinical alert labels the windows behind it (the
+        ground-truth kind when confirmed, "normal" when dismissed) and the
+        labelled windows go to the hub's learner and to the control arm's
+        (:meth:`deliver`). Draws are seeded by (seed, hub, segment).
+        """
+        from edgeagent.pipeline.detect import ValidatedWindow
+
+        off = self.resolve_offset() or 0.0
+        alerts = [
+            a
+            for a in self.alert_store.list(patient=self.patient, limit=1_000_000)
+            if a.id not in self._judged
+        ]
+        self._judged.update(a.id for a in alerts)
+        sim = [
+            {"start": a.start - off, "end": a.end - off, "category": a.category, "kind": a.kind}
+            for a in alerts
+        ]
+        labels = sorted(self.feed.labels)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.index, segment, 0xFEED]))
+        draws = [(float(u), float(v)) for u, v in rng.random((len(sim), 2))]
+        verdicts = nurse_verdicts(sim, labels, self.feedback_share, self.feedback_error, draws)
+        with self.lock:
+            rows = list(zip(self.windows, self.scored, strict=True))
+        labelled: list[Any] = []
+        for v in verdicts:
+            a = alerts[v.alert]
+            for w, feat in rows:
+                if feat is not None and w["start"] < a.end and a.start < w["end"]:
+                    labelled.append(ValidatedWindow(feat[0], feat[1], feat[2], v.label))
+        delivered = self.deliver(labelled)
+        rec = {
+            "segment": segment,
+            "alerts": sum(1 for a in sim if a["category"] == "clinical"),
+            "acked": len(verdicts),
+            "confirmed": sum(1 for v in verdicts if v.true),
+            "dismissed": sum(1 for v in verdicts if not v.true),
+            "wrong": sum(1 for v in verdicts if not v.correct),
+            "windows": len(labelled),
+            "trained_on": delivered,
+        }
+        self.feedback_log.append(rec)
+        return rec
+
+    def deliver(self, labelled: list[Any]) -> bool:
+        """Labelled windows to the hub's learner and the control arm's; False where the
+        learner cannot take labels (then neither trains on them: same feedback for both)."""
+        offer = getattr(self.learner, "offer_labelled", None)
+        if offer is None:
+            return False
+        for w in labelled:
+            offer(w)
+            self.arms["control"].offer_labelled(w)
+        return True
 
     def finish(self, timeout: float = 10.0) -> None:
         """Stop the device (the reader drains what was sent), then the source; flush windows."""
@@ -355,6 +449,16 @@ def hub_record(h: Hub) -> dict[str, Any]:
     ble_alerts = len(h.alert_store.list(patient=f"{h.patient}-strap", limit=1_000_000))
     end = h.feed.t
     labels = sorted(lb for lb in h.feed.labels if lb[0] < end)
+    arms = {
+        name: {
+            "windows": [dict(w, start=w["start"] - off, end=w["end"] - off) for w in arm.windows],
+            "alerts": [
+                {"start": a.start - off, "end": a.end - off, "category": a.category, "kind": a.kind}
+                for a in arm.alerts()
+            ],
+        }
+        for name, arm in h.arms.items()
+    }
     return {
         "name": h.name,
         "patient": h.patient,
@@ -374,4 +478,7 @@ def hub_record(h: Hub) -> dict[str, Any]:
         "delta_norms": list(h.delta_norms),
         "model_history": list(h.model_history),
         "detector": dict(h.detector.counters),
+        "arms": arms,
+        "feedback": list(h.feedback_log),
+        "control_learned": list(h.control_learned),
     }

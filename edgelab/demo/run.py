@@ -126,6 +126,7 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
                 log.warning("segment %d did not finish within %.0f s", k, SEGMENT_TIMEOUT_S)
                 fed_info.setdefault("notes", []).append(f"segment {k} timed out")
             for h in hubs:
+                h.feedback(k)  # the ward's verdicts on this segment's alerts, as labels
                 h.train()
                 check = h.manager.probation_check()
                 if check is not None:
