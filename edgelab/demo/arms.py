@@ -18,8 +18,8 @@ episodes) and its own in-memory alerts, so its false alarms are its own.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,34 +28,35 @@ import numpy as np
 class ShadowArm:
     """A detector (and, for the control, a local learner) scoring the hub's windows beside it.
 
-    ``learner_config`` None: a frozen model (the baseline arm); otherwise the
-    arm learns locally with these settings (the control arm).
+    Wired by the daemon's ``detection_stack`` from a registry of its own, so the
+    arm's detector and learner are built exactly as the hub's are; ``learns``
+    False leaves the model frozen (the baseline arm).
     """
 
     def __init__(
         self,
         name: str,
         model_bytes: bytes,
+        state: Path,
         featurize: Callable[[Any], np.ndarray],
-        learner_config: Any = None,
+        learns: bool,
     ) -> None:
-        from edgeagent.model.graph import get_params, parse_model
+        from edgeagent.daemon.wiring import detection_stack
+        from edgeagent.model.registry import ModelRegistry
+        from edgeagent.ops.config import LearningSection
         from edgeagent.pipeline.alerts import MemoryAlertSink
-        from edgeagent.pipeline.detect import Detector
-        from edgeagent.pipeline.learn import LocalLearner
 
         self.name = name
         self.model_bytes = model_bytes
         self.sink = MemoryAlertSink()
-        self.detector = Detector(model_bytes, f"{name}-0", self.sink, featurize=featurize)
-        self.learner: LocalLearner | None = None
-        if learner_config is not None:  # the hub's own learner settings: same training
-            self.learner = LocalLearner(
-                self.detector.meta.spec,
-                get_params(parse_model(model_bytes)),
-                copy.copy(learner_config),
-            )
-            self.detector.on_scored = self.learner.offer
+        state.mkdir(parents=True, exist_ok=True)
+        self.registry = ModelRegistry(state)
+        rec = self.registry.add(model_bytes, f"demo {name} arm")
+        self.registry.activate(rec.version, f"demo {name} arm")
+        stack = detection_stack(
+            self.registry, rec, self.sink, LearningSection(enabled=learns), featurize=featurize
+        )
+        self.detector, self.learner = stack.detector, stack.learner
         self.windows: list[dict[str, Any]] = []
         self.version = 0
 

@@ -166,10 +166,8 @@ class Hub:
         #: which is what a nurse's verdict on an alert labels
         self.scored: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
         self.arms = {
-            "baseline": ShadowArm("baseline", model.data, self._cached_features),
-            "control": ShadowArm(
-                "control", model.data, self._cached_features, self.learner.config
-            ),
+            name: ShadowArm(name, model.data, self.dir / name, self._cached_features, learns)
+            for name, learns in (("baseline", False), ("control", True))
         }
         self.feedback_share = opts.feedback_share
         self.feedback_error = opts.feedback_error
@@ -325,7 +323,8 @@ class Hub:
             for a in alerts
         ]
         labels = sorted(self.feed.labels)
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.index, segment, 0xFEED]))
+        seq = np.random.SeedSequence([self.seed, self.index, segment, 0xFEED])
+        rng = np.random.default_rng(seq)
         draws = [(float(u), float(v)) for u, v in rng.random((len(sim), 2))]
         verdicts = nurse_verdicts(sim, labels, self.feedback_share, self.feedback_error, draws)
         with self.lock:

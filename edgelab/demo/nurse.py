@@ -71,9 +71,8 @@ def nurse_verdicts(
         kind = alert_truth(a, labels)
         truth = kind is not None
         said = truth != (u_err < error)
-        if said:
-            label = kind if kind is not None else str(a["kind"])
-        else:
-            label = NORMAL
+        # confirmed: the episode's kind as the ground truth has it (or the alert's own,
+        # when she confirms a false alarm); dismissed: its windows were normal
+        label = (kind if kind is not None else str(a["kind"])) if said else NORMAL
         out.append(Verdict(i, said, label, said == truth))
     return out
