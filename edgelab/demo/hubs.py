@@ -25,6 +25,7 @@ from edgelab.demo.options import (
     WINDOW_S,
     DemoOptions,
     ModelInfo,
+    Part,
 )
 
 
@@ -417,6 +418,26 @@ def start_hubs(
         hubs.append(h)
         h.start()
     return hubs
+
+
+def feedback_part(opts: DemoOptions, hubs: list[Hub]) -> Part:
+    """The parts-list entry for the simulated ward: how its verdicts reach the learners."""
+    share = f"{opts.feedback_share:.0%} of clinical alerts acknowledged, {opts.feedback_error:.0%}"
+    if hubs and all(hasattr(h.learner, "offer_labelled") for h in hubs):
+        return Part(
+            "nurse feedback",
+            True,
+            "in-memory",
+            f"simulated nurse: {share} of verdicts wrong; labelled windows handed to each "
+            "hub's learner and the control arm's directly, not through `alerts ack`",
+        )
+    return Part(
+        "nurse feedback",
+        False,
+        "skipped",
+        f"verdicts drawn ({share} wrong) but not trained on: this LocalLearner takes no "
+        "labelled windows (offer_labelled)",
+    )
 
 
 def hub_record(h: Hub) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from edgelab.demo.ble import BleStage, start_ble
 from edgelab.demo.fleet import demo_pki, start_broker
-from edgelab.demo.hubs import Hub, hub_record, start_hubs
+from edgelab.demo.hubs import Hub, feedback_part, hub_record, start_hubs
 from edgelab.demo.model import prepare_model
 from edgelab.demo.options import (
     BLE_MAX_WAIT_S,
@@ -106,6 +106,16 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
                 "Windower -> features -> onnxruntime Detector (alerts in SQLite) -> LocalLearner",
             )
         )
+        parts.append(
+            Part(
+                "reference arms",
+                True,
+                "real",
+                "every window also scored by the baseline model, frozen, and by a "
+                "no-federation control (local learning only), each with its own detector state",
+            )
+        )
+        parts.append(feedback_part(opts, hubs))
         ble, ble_part = start_ble(hubs, opts)
         parts.append(ble_part)
         live["phase"] = "connecting the federation"
