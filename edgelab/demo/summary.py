@@ -346,7 +346,7 @@ def build_summary(
     for k, c in enumerate(acc_counts):
         entry = {
             "segment": k,
-            "model": "baseline" if k == 0 else f"after round {k}",
+            "model": "before rounds" if k == 0 else f"after round {k}",
             "epsilon": eps_after.get(k) if k else None,
             **_arm_rates(c, hours),
         }
