@@ -20,9 +20,11 @@ from edgelab.demo.arms import ShadowArm
 from edgelab.demo.nurse import nurse_verdicts
 from edgelab.demo.options import (
     EPISODE_KINDS,
+    HOLDOUT_SHARE,
     HOP_S,
     SERIAL_FAULTS,
     WINDOW_S,
+    WINDOWS_PER_ALERT,
     DemoOptions,
     ModelInfo,
     Part,
@@ -174,6 +176,10 @@ class Hub:
         self.feedback_error = opts.feedback_error
         self.seed = opts.seed
         self._judged: set[str] = set()
+        self.holdout: list[Any] = []
+        # The lifecycle judges candidates on labels when it can read them (a manager
+        # with a ``labels`` source); an attribute, so a manager without one ignores it.
+        self.manager.labels = self
         self.feedback_log: list[dict[str, Any]] = []
         self.control_learned: list[int] = []
         self.windower = Windower(WINDOW_S, HOP_S, patient=self.patient)
@@ -305,10 +311,11 @@ class Hub:
     def feedback(self, segment: int) -> dict[str, Any]:
         """The nurse's verdicts on the alerts raised since the last call, as labels.
 
-        Each acknowledged clinical alert labels the windows behind it (the
-        ground-truth kind when confirmed, "normal" when dismissed) and the
-        labelled windows go to the hub's learner and to the control arm's
-        (:meth:`deliver`). Draws are seeded by (seed, hub, segment).
+        Each acknowledged clinical alert labels the windows behind it, its first
+        ``WINDOWS_PER_ALERT`` (the ground-truth kind when confirmed, "normal" when
+        dismissed). A ``HOLDOUT_SHARE`` of the alerts is held back for judging
+        candidate models (:meth:`labelled`); the rest go to the hub's learner and
+        the control arm's (:meth:`deliver`). Draws are seeded by (seed, hub, segment).
         """
         from edgeagent.pipeline.detect import ValidatedWindow
 
@@ -325,18 +332,26 @@ class Hub:
         ]
         labels = sorted(self.feed.labels)
         seq = np.random.SeedSequence([self.seed, self.index, segment, 0xFEED])
-        rng = np.random.default_rng(seq)
-        draws = [(float(u), float(v)) for u, v in rng.random((len(sim), 2))]
+        u = np.random.default_rng(seq).random((len(sim), 3))
+        draws = [(float(a), float(b)) for a, b, _ in u]
         verdicts = nurse_verdicts(sim, labels, self.feedback_share, self.feedback_error, draws)
         with self.lock:
             rows = list(zip(self.windows, self.scored, strict=True))
-        labelled: list[Any] = []
+        train: list[Any] = []
+        held = 0
         for v in verdicts:
             a = alerts[v.alert]
-            for w, feat in rows:
-                if feat is not None and w["start"] < a.end and a.start < w["end"]:
-                    labelled.append(ValidatedWindow(feat[0], feat[1], feat[2], v.label))
-        delivered = self.deliver(labelled)
+            behind = [
+                ValidatedWindow(feat[0], feat[1], feat[2], v.label)
+                for w, feat in rows
+                if feat is not None and w["start"] < a.end and a.start < w["end"]
+            ][:WINDOWS_PER_ALERT]
+            if u[v.alert, 2] < HOLDOUT_SHARE:  # the box holds this alert back, never trains on it
+                self.holdout.extend(behind)
+                held += len(behind)
+            else:
+                train.extend(behind)
+        delivered = self.deliver(train)
         rec = {
             "segment": segment,
             "alerts": sum(1 for a in sim if a["category"] == "clinical"),
@@ -344,11 +359,17 @@ class Hub:
             "confirmed": sum(1 for v in verdicts if v.true),
             "dismissed": sum(1 for v in verdicts if not v.true),
             "wrong": sum(1 for v in verdicts if not v.correct),
-            "windows": len(labelled),
+            "windows": len(train),
+            "held_back": held,
             "trained_on": delivered,
         }
         self.feedback_log.append(rec)
         return rec
+
+    def labelled(self, split: str) -> list[Any]:
+        """The nurse-labelled windows held back from training (``split`` "holdout"): what
+        the model lifecycle may judge a candidate on (``LabelledSource``)."""
+        return list(self.holdout) if split == "holdout" else []
 
     def deliver(self, labelled: list[Any]) -> bool:
         """Labelled windows to the hub's learner and the control arm's; False where the

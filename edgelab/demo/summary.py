@@ -271,7 +271,15 @@ def build_summary(
     acc_counts = [dict(zero) for _ in range(segments)]
     arm_counts = {a: [dict(zero) for _ in range(segments)] for a in ARMS}
     feedback = [
-        {"acked": 0, "confirmed": 0, "dismissed": 0, "wrong": 0, "windows": 0, "trained_on": True}
+        {
+            "acked": 0,
+            "confirmed": 0,
+            "dismissed": 0,
+            "wrong": 0,
+            "windows": 0,
+            "held_back": 0,
+            "trained_on": True,
+        }
         for _ in range(segments)
     ]
     all_lat: list[float] = []
@@ -295,8 +303,8 @@ def build_summary(
                         arm_counts[arm][k][key] += v
         for fb in h.get("feedback", []):
             tot = feedback[fb["segment"]]
-            for key in ("acked", "confirmed", "dismissed", "wrong", "windows"):
-                tot[key] += fb[key]
+            for key in ("acked", "confirmed", "dismissed", "wrong", "windows", "held_back"):
+                tot[key] += fb.get(key, 0)
             tot["trained_on"] = tot["trained_on"] and fb["trained_on"]
         lat = [w["latency_ms"] for w in ws]
         delays = detection_delays(ws, labels, WINDOW_S)
