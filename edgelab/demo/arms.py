@@ -9,8 +9,10 @@ same features and in the same order:
 * ``baseline``: the shipped baseline model, frozen (what the box would run with
   no learning at all);
 * ``control``: no federation: the baseline model plus the box's own local
-  learning on the same normal windows and the same nurse feedback, adopted on
-  the box after every segment, never averaged with other boxes.
+  learning on the same normal windows and the same nurse feedback, its result
+  handed after every segment to the same model lifecycle a global model meets
+  on the hubs (validated, shadowed, promoted or rolled back), never averaged
+  with other boxes.
 
 Each arm has its own detector state (personal calibration, beat tracker, alert
 episodes) and its own in-memory alerts, so its false alarms are its own.
@@ -40,6 +42,7 @@ class ShadowArm:
         state: Path,
         featurize: Callable[[Any], np.ndarray],
         learns: bool,
+        labels: Any = None,
     ) -> None:
         from edgeagent.daemon.wiring import detection_stack
         from edgeagent.model.registry import ModelRegistry
@@ -47,7 +50,6 @@ class ShadowArm:
         from edgeagent.pipeline.alerts import MemoryAlertSink
 
         self.name = name
-        self.model_bytes = model_bytes
         self.sink = MemoryAlertSink()
         state.mkdir(parents=True, exist_ok=True)
         self.registry = ModelRegistry(state)
@@ -56,7 +58,10 @@ class ShadowArm:
         stack = detection_stack(
             self.registry, rec, self.sink, LearningSection(enabled=learns), featurize=featurize
         )
-        self.detector, self.learner = stack.detector, stack.learner
+        self.detector, self.learner, self.manager = stack.detector, stack.learner, stack.manager
+        self.manager.on_change = self._follow
+        self.manager.labels = labels  # held-back labels, where the lifecycle reads them
+        self.history: list[dict[str, Any]] = []
         self.windows: list[dict[str, Any]] = []
         self.version = 0
 
@@ -83,26 +88,36 @@ class ShadowArm:
         offer(window)
         return True
 
-    def adopt_local(self) -> int:
-        """Train on what the segment queued and run the result on this box alone.
+    def end_segment(self, segment: int) -> int:
+        """Judge the candidate of the last segment, then train on what this one queued and
+        hand the result to the arm's model lifecycle, as a box with no federation would.
 
-        Returns the windows trained on. The learner then follows its own model,
-        as a box with no federation would.
+        The candidate goes through the same ``ModelManager`` as a global model on the
+        hubs (validated, in shadow, promoted or rolled back), so the control differs
+        from the hubs by the federation alone. Returns the windows trained on.
         """
         if self.learner is None:
             return 0
         from edgeagent.model.graph import parse_model, set_params, to_bytes
 
+        check = self.manager.probation_check()
+        if check is not None:
+            self.history.append({"segment": segment, "result": f"check: {check.reason}"})
         n = self.learner.step(max_batches=10_000)
-        if n < 1:
-            return 0
-        w = self.learner.params()
-        data = to_bytes(set_params(parse_model(self.model_bytes), w))
+        running = self.registry.active()
+        if n < 1 or running is None:
+            return n
+        base = parse_model(self.registry.load_bytes(running))
+        data = to_bytes(set_params(base, self.learner.params()))
         self.version += 1
-        self.detector.swap(data, f"{self.name}-{self.version}")
-        self.model_bytes = data
-        self.learner.reset_global(w)
+        res = self.manager.apply(data, f"local:{self.name}-{self.version}")
+        self.history.append({"segment": segment, "result": res.reason})
         return n
+
+    def _follow(self, rec: Any, what: str) -> None:
+        """The learner restarts from whatever model the arm runs after a change."""
+        if self.learner is not None:
+            self.learner.reset_global(self.registry.load_params(rec))
 
     def alerts(self) -> list[Any]:
         """The arm's alerts, oldest first."""

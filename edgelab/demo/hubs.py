@@ -169,7 +169,9 @@ class Hub:
         #: which is what a nurse's verdict on an alert labels
         self.scored: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
         self.arms = {
-            name: ShadowArm(name, model.data, self.dir / name, self._cached_features, learns)
+            name: ShadowArm(
+                name, model.data, self.dir / name, self._cached_features, learns, labels=self
+            )
             for name, learns in (("baseline", False), ("control", True))
         }
         self.feedback_share = opts.feedback_share
@@ -305,7 +307,7 @@ class Hub:
         n = self.learner.step(max_batches=10_000)
         self.learned.append(n)
         self.delta_norms.append(float(np.linalg.norm(self.learner.delta())))
-        self.control_learned.append(self.arms["control"].adopt_local())
+        self.control_learned.append(self.arms["control"].end_segment(self.segment))
         return n
 
     def feedback(self, segment: int) -> dict[str, Any]:
@@ -497,6 +499,7 @@ def hub_record(h: Hub) -> dict[str, Any]:
                 {"start": a.start - off, "end": a.end - off, "category": a.category, "kind": a.kind}
                 for a in arm.alerts()
             ],
+            "models": list(arm.history),
         }
         for name, arm in h.arms.items()
     }

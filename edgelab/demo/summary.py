@@ -406,7 +406,8 @@ def build_summary(
         "reference": {
             "baseline": "the shipped baseline model, frozen, scoring the same windows",
             "control": "no federation: the baseline model with the box's own local learning "
-            "on the same normal windows and the same nurse feedback, adopted after each segment",
+            "on the same normal windows and the same nurse feedback, through the same model "
+            "lifecycle as the hubs",
         },
         "privacy": {"dp": dp_on, "statement": privacy_text},
         "epsilon": eps_last if dp_on else None,
