@@ -100,9 +100,7 @@ class ShadowArm:
             return 0
         from edgeagent.model.graph import parse_model, set_params, to_bytes
 
-        check = self.manager.probation_check()
-        if check is not None:
-            self.history.append({"segment": segment, "result": f"check: {check.reason}"})
+        self.check(segment)
         n = self.learner.step(max_batches=10_000)
         running = self.registry.active()
         if n < 1 or running is None:
@@ -113,6 +111,14 @@ class ShadowArm:
         res = self.manager.apply(data, f"local:{self.name}-{self.version}")
         self.history.append({"segment": segment, "result": res.reason})
         return n
+
+    def check(self, segment: int) -> None:
+        """The lifecycle's periodic check on the arm's model (a frozen arm has none)."""
+        if self.learner is None:
+            return
+        res = self.manager.probation_check()
+        if res is not None:
+            self.history.append({"segment": segment, "result": f"check: {res.reason}"})
 
     def _follow(self, rec: Any, what: str) -> None:
         """The learner restarts from whatever model the arm runs after a change."""

@@ -19,6 +19,7 @@ import numpy as np
 from edgelab.demo.arms import ShadowArm
 from edgelab.demo.nurse import nurse_verdicts
 from edgelab.demo.options import (
+    CHECK_EVERY_S,
     EPISODE_KINDS,
     HOLDOUT_SHARE,
     HOP_S,
@@ -178,6 +179,7 @@ class Hub:
         self.feedback_error = opts.feedback_error
         self.seed = opts.seed
         self._judged: set[str] = set()
+        self._last_check = 0.0
         self.holdout: list[Any] = []
         # The lifecycle judges candidates on labels when it can read them (a manager
         # with a ``labels`` source); an attribute, so a manager without one ignores it.
@@ -309,6 +311,30 @@ class Hub:
         self.delta_norms.append(float(np.linalg.norm(self.learner.delta())))
         self.control_learned.append(self.arms["control"].end_segment(self.segment))
         return n
+
+    def check_models(self, segment: int, force: bool = False) -> None:
+        """The lifecycle's periodic check (judge a candidate in shadow, probation), on the
+        hub's model and the control arm's, at most once per ``CHECK_EVERY_S`` unless forced.
+
+        The daemon runs the same check on a timer; run only at segment ends, a
+        global would wait a whole segment in shadow before it could be judged.
+        Under the hub's lock: the reader thread scores windows on these detectors.
+        """
+        now = time.monotonic()
+        if not force and now - self._last_check < CHECK_EVERY_S:
+            return
+        self._last_check = now
+        with self.lock:
+            check = self.manager.probation_check()
+            self.arms["control"].check(segment)
+        if check is not None:
+            self.model_history.append(
+                {
+                    "segment": segment,
+                    "label": self.detector.model_label,
+                    "reason": f"probation: {check.reason}",
+                }
+            )
 
     def feedback(self, segment: int) -> dict[str, Any]:
         """The nurse's verdicts on the alerts raised since the last call, as labels.

@@ -51,6 +51,8 @@ STAGE_TIMEOUT_S = 15.0
 #: Bounds on waiting (wall seconds): a stuck part is reported, never waited on forever.
 SEGMENT_TIMEOUT_S = 120.0
 ROUND_TIMEOUT_S = 90.0
+#: Wall seconds between the hubs' periodic model checks while a segment streams.
+CHECK_EVERY_S = 0.5
 #: BLE streams on the wall clock: before stopping, wait (bounded) until every strap's
 #: data made this many windows, so its path is shown end to end even in a short demo.
 BLE_MIN_WINDOWS = 3

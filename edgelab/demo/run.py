@@ -129,8 +129,15 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
             live.update(phase=f"streaming segment {k + 1}/{opts.rounds + 1}", segment=k)
             for h in hubs:
                 h.begin_segment(k, until)
+
+            def seg_tick(k: int = k) -> None:
+                """Progress, and each hub's periodic model check, as the daemon runs it."""
+                tick()
+                for h in hubs:
+                    h.check_models(k)
+
             ok = _wait(
-                lambda u=until: all(h.segment_done(u) for h in hubs), SEGMENT_TIMEOUT_S, tick
+                lambda u=until: all(h.segment_done(u) for h in hubs), SEGMENT_TIMEOUT_S, seg_tick
             )
             if not ok:
                 log.warning("segment %d did not finish within %.0f s", k, SEGMENT_TIMEOUT_S)
@@ -138,15 +145,7 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
             for h in hubs:
                 h.feedback(k)  # the ward's verdicts on this segment's alerts, as labels
                 h.train()
-                check = h.manager.probation_check()
-                if check is not None:
-                    h.model_history.append(
-                        {
-                            "segment": k,
-                            "label": h.detector.model_label,
-                            "reason": f"probation: {check.reason}",
-                        }
-                    )
+                h.check_models(k, force=True)
             if k < opts.rounds:
                 live["phase"] = f"federated round {k + 1}/{opts.rounds}"
                 tick()
