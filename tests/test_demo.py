@@ -471,3 +471,28 @@ def test_demo_rounds_never_end_below_the_baseline_on_the_same_windows(tmp_path: 
     page = (tmp_path / "report.html").read_text()
     assert "DP off: 3 boxes" in page
     assert not re.search(r"epsilon[^<]{0,20}\d{3,}", page)
+
+
+def test_printed_accuracy_table_shows_three_arms_and_no_epsilon_with_dp_off() -> None:
+    import io
+
+    from rich.console import Console
+
+    from edgelab.verbs.demo import _print_summary
+
+    opts = DemoOptions(hubs=1, seconds=200.0, rounds=1)
+    rounds = [{"round": 1, "status": "completed", "reason": ""}]
+    s = build_summary(
+        opts, [_with_arms(_hub_record())], [], rounds, {"how": "real", "reason": ""}, None,
+        {"note": "shipped"}, 1.0,
+    )  # fmt: skip
+    s["consistency"] = []
+    s["report"] = {"html": "demo-out/report.html"}
+    out = io.StringIO()
+    _print_summary(Console(width=100, file=out, color_system=None), s)
+    text = out.getvalue()
+    assert "…" not in text, text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "acc" in text and "base" in text and "ctrl" in text and "false al./h" in text
+    assert "privacy: DP off: 1 box: user-level DP gives no meaningful guarantee" in text
+    assert "epsilon" not in text.lower().replace("dp off", "")
