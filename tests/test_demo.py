@@ -493,6 +493,6 @@ def test_printed_accuracy_table_shows_three_arms_and_no_epsilon_with_dp_off() ->
     text = out.getvalue()
     assert "…" not in text, text
     assert max(len(line) for line in text.splitlines()) <= 100
-    assert "acc" in text and "base" in text and "ctrl" in text and "false al./h" in text
+    assert "acc" in text and "base" in text and "ctrl" in text and "FA/h" in text
     assert "privacy: DP off: 1 box: user-level DP gives no meaningful guarantee" in text
     assert "epsilon" not in text.lower().replace("dp off", "")

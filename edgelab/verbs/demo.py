@@ -202,14 +202,14 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
         )
     console.print(hubs)
     acc = Table(
-        title="Accuracy and false alarms per round, same windows (fed = federated, "
-        "base = baseline model frozen, ctrl = no federation)",
+        title="Accuracy and false alarms per hour (FA/h) per round, same windows: fed = the "
+        "hubs, base = baseline model frozen, ctrl = no federation",
         box=box.SIMPLE_HEAD,
         collapse_padding=True,
         pad_edge=False,
     )
     heads = ("model", "windows", "acc\nfed", "acc\nbase", "acc\nctrl")
-    heads += ("false al./h\nfed", "false al./h\nbase", "false al./h\nctrl", "feedback\nacked")
+    heads += ("FA/h\nfed", "FA/h\nbase", "FA/h\nctrl", "acked\n(dism.)")
     for col in heads:
         acc.add_column(col, justify="right", no_wrap=True)
 
@@ -224,7 +224,7 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
             str(a["windows"]),
             *(f3(x.get("accuracy")) for x in arms),
             *(f3(x.get("false_alarms_per_hour"), 1) for x in arms),
-            f"{fb.get('acked', 0)} ({fb.get('dismissed', 0)} dism.)",
+            f"{fb.get('acked', 0)} ({fb.get('dismissed', 0)})",
         )
     console.print(acc)
     priv = s.get("privacy")
