@@ -38,7 +38,7 @@ from edgeagent.model.signing import sign_hash, sign_release
 from edgeagent.ops.pki import Pki
 from edgeagent.pipeline.alerts import MemoryAlertSink
 from edgeagent.pipeline.detect import Detector
-from edgeagent.pipeline.lifecycle import ModelManager
+from edgeagent.pipeline.lifecycle import ModelManager, ValidationPolicy
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
@@ -106,15 +106,16 @@ def test_signed_global_model_is_verified_then_hot_swapped(
     # the learner restarts from the new global vector ...
     learner = box.learner
     np.testing.assert_array_equal(learner.globals[-1], get_params(parse_model(syn_model_other)))  # type: ignore[attr-defined]
-    # ... and the lifecycle registered it (signed) and, with no validated windows yet to
-    # judge it on, holds it in shadow: the running model keeps raising the alerts
+    # ... and the lifecycle registered it (signed) and holds it in shadow until judged:
+    # the running model keeps raising the alerts
     assert box.manager is not None
     assert box.last_apply is not None and box.last_apply["reason"] == "shadow"
     rec = box.manager.registry.find(sha256_hex(syn_model_other))
     assert rec is not None and rec.signature is not None
     assert box.manager.registry.active().sha256 == sha256_hex(syn_model)
-    # once there is evidence (here: a box that judges on none) it is judged and goes live
-    box.manager.min_validated = 0
+    # once judged (here: a box that asks for no windows in shadow, and the candidate
+    # did no worse on none) it goes live
+    box.manager.policy = ValidationPolicy(shadow_windows=0)
     judged = box.manager.probation_check()
     assert judged is not None and judged.accepted, judged
     active = box.manager.registry.active()

@@ -270,6 +270,56 @@ class LearningSection(_Section):
     )
 
 
+class FeedbackSection(_Section):
+    """Clinicians' verdicts on alerts, kept with the windows behind each alert, as labels.
+
+    Every default says why it is what it is; docs/operations.md has the same.
+    """
+
+    enabled: bool = True
+    # 32 windows at a 2 s hop is the first ~70 s of an episode: the onset a clinician
+    # judges. A longer episode adds nothing new to the label, only bytes (~0.8 kB a window on disk).
+    windows_per_alert: int = Field(
+        default=32, ge=1, le=1024, description="Windows kept per alert (its first ones)."
+    )
+    # A ward reviews alerts within a shift; 3 days covers a weekend. After that the
+    # windows (patient data) are deleted and a verdict on the alert is refused as expired.
+    retention_s: float = Field(
+        default=3 * 86400.0,
+        gt=0,
+        description="An alert may be acknowledged this long after it opened; then its "
+        "windows are deleted.",
+    )
+    # A quarter of the labelled alerts never train: the validation of a candidate model
+    # needs windows it has not seen, and 25 % keeps most labels for training.
+    holdout_share: float = Field(
+        default=0.25, ge=0.0, lt=1.0, description="Share of labelled alerts held back."
+    )
+    # A nurse acknowledges a few alerts per patient per hour; 20 an hour after a burst of
+    # 10 is far above that and far below what a flood (a stuck script, a forged ward
+    # system) needs to outweigh a patient's normal windows in the learner.
+    rate_per_hour: float = Field(
+        default=20.0, gt=0, description="Verdicts per patient per hour (token bucket rate)."
+    )
+    burst: int = Field(default=10, ge=1, description="Verdicts per patient in one burst.")
+    # ~40 MB at 42 features (0.76 kB a window, bench/feedback_store.py): small next to
+    # the outbox (256 MB) on a 16 GB card.
+    max_windows: int = Field(
+        default=50_000,
+        ge=100,
+        description="Windows kept in all; beyond it the oldest awaiting a verdict go first, "
+        "then the oldest labels.",
+    )
+    # A ward system's clock may drift by minutes; a replay older than this is refused
+    # whatever its nonce, so the box only remembers nonces for this long.
+    max_skew_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="Feedback messages this far from the box's clock are refused (replay window).",
+    )
+
+
 class FederationSection(_Section):
     """MQTT broker, TLS identity and the privacy settings of federated rounds."""
 
@@ -510,6 +560,7 @@ class Config(_Section):
     windows: WindowsSection = WindowsSection()
     detection: DetectionSection = DetectionSection()
     learning: LearningSection = LearningSection()
+    feedback: FeedbackSection = FeedbackSection()
     federation: FederationSection = FederationSection()
     aggregator: AggregatorSection = AggregatorSection()
     outbox: OutboxSection = OutboxSection()

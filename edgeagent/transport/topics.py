@@ -12,6 +12,8 @@ Layout::
     node/<id>/update            box -> aggregator (masked model update)
     node/<id>/alert             box -> aggregator / clinicians
     node/<id>/status            box, retained, also the last will
+    node/<id>/feedback          ward system -> box: a signed verdict on one of its alerts
+    node/<id>/feedback_result   box -> ward system: accepted, or refused and why
     node/<id>/<other>           box -> aggregator (e.g. SecAgg stage replies)
     model/current               aggregator, retained: the signed global model
 """
@@ -59,6 +61,16 @@ def alert(fleet: str, node_id: str) -> str:
 
 def status(fleet: str, node_id: str) -> str:
     return node(fleet, node_id, "status")
+
+
+def feedback(fleet: str, node_id: str) -> str:
+    """Where the ward system sends verdicts on box ``node_id``'s alerts (the box reads it)."""
+    return node(fleet, node_id, "feedback")
+
+
+def feedback_result(fleet: str, node_id: str) -> str:
+    """Where box ``node_id`` says what became of each ward message (the ward reads it)."""
+    return node(fleet, node_id, "feedback_result")
 
 
 def round_topic(fleet: str, round_id: int, stage: str, to_node: str | None = None) -> str:
