@@ -42,7 +42,6 @@ class ShadowArm:
         state: Path,
         featurize: Callable[[Any], np.ndarray],
         learns: bool,
-        labels: Any = None,
     ) -> None:
         from edgeagent.daemon.wiring import detection_stack
         from edgeagent.model.registry import ModelRegistry
@@ -60,7 +59,6 @@ class ShadowArm:
         )
         self.detector, self.learner, self.manager = stack.detector, stack.learner, stack.manager
         self.manager.on_change = self._follow
-        self.manager.labels = labels  # held-back labels, where the lifecycle reads them
         self.history: list[dict[str, Any]] = []
         self.windows: list[dict[str, Any]] = []
         self.version = 0
@@ -79,14 +77,6 @@ class ShadowArm:
                 "status": d.status,
             }
         )
-
-    def offer_labelled(self, window: Any) -> bool:
-        """Hand a nurse-labelled window to the local learner; False where it cannot take one."""
-        offer = getattr(self.learner, "offer_labelled", None)
-        if offer is None:
-            return False
-        offer(window)
-        return True
 
     def end_segment(self, segment: int) -> int:
         """Judge the candidate of the last segment, then train on what this one queued and

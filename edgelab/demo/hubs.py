@@ -21,11 +21,10 @@ from edgelab.demo.nurse import nurse_verdicts
 from edgelab.demo.options import (
     CHECK_EVERY_S,
     EPISODE_KINDS,
-    HOLDOUT_SHARE,
+    FLEET,
     HOP_S,
     SERIAL_FAULTS,
     WINDOW_S,
-    WINDOWS_PER_ALERT,
     DemoOptions,
     ModelInfo,
     Part,
@@ -118,11 +117,14 @@ class Hub:
     """One simulated box: serial wearable on a pty -> source -> windows -> detector -> learner."""
 
     def __init__(self, index: int, opts: DemoOptions, workdir: Path, model: ModelInfo) -> None:
+        from edgeagent.daemon.components import Counters
+        from edgeagent.daemon.feedback import FeedbackComponent
         from edgeagent.daemon.wiring import detection_stack
         from edgeagent.model.registry import ModelRegistry
-        from edgeagent.ops.config import LearningSection
+        from edgeagent.ops.config import FeedbackSection, LearningSection
         from edgeagent.pipeline import features
         from edgeagent.pipeline.alerts import AlertStore
+        from edgeagent.pipeline.feedback import FeedbackStore
         from edgeagent.pipeline.windows import Windower
         from edgeagent.sources.retry import RetryPolicy
         from edgeagent.sources.serial import DEFAULT_MAX_SKEW_S, SerialSource
@@ -163,27 +165,35 @@ class Hub:
         )
         assert stack.learner is not None  # learning is on by default
         self.detector, self.learner, self.manager = stack.detector, stack.learner, stack.manager
-        self._to_learner = stack.detector.on_scored
-        self.detector.on_scored = self._on_scored
-        self._last_scored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        #: per window in ``windows``: the (x, mu, sigma) it was scored with (None: no data),
-        #: which is what a nurse's verdict on an alert labels
-        self.scored: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
         self.arms = {
-            name: ShadowArm(
-                name, model.data, self.dir / name, self._cached_features, learns, labels=self
-            )
+            name: ShadowArm(name, model.data, self.dir / name, self._cached_features, learns)
             for name, learns in (("baseline", False), ("control", True))
         }
+        # Nurse feedback takes the daemon's path: the detector hands the windows behind
+        # each alert to the box's FeedbackStore, a verdict goes through the handler the
+        # control socket's `alerts ack` calls, and the store's train split reaches the
+        # learners (the hub's and the control's: the same feedback) while its held-back
+        # split is what both model lifecycles judge candidates on.
+        self.feedback_store = FeedbackStore(
+            self.state, FeedbackSection(), classes=lambda: self.detector.meta.classes
+        )
+        control = self.arms["control"].learner
+        both = hasattr(self.learner, "offer_labelled") and control is not None
+        self.ward = FeedbackComponent(
+            self.feedback_store,
+            _SameFeedback(self.learner, control) if both else self.learner,
+            Counters(),
+            box_id=self.name,
+            fleet=FLEET,
+        )
+        self.detector.on_alert_window = self.ward.keep
+        self.manager.labels = self.feedback_store
+        self.arms["control"].manager.labels = self.feedback_store
         self.feedback_share = opts.feedback_share
         self.feedback_error = opts.feedback_error
         self.seed = opts.seed
         self._judged: set[str] = set()
         self._last_check = 0.0
-        self.holdout: list[Any] = []
-        # The lifecycle judges candidates on labels when it can read them (a manager
-        # with a ``labels`` source); an attribute, so a manager without one ignores it.
-        self.manager.labels = self
         self.feedback_log: list[dict[str, Any]] = []
         self.control_learned: list[int] = []
         self.windower = Windower(WINDOW_S, HOP_S, patient=self.patient)
@@ -220,11 +230,6 @@ class Hub:
         assert self.last_features is not None
         return self.last_features
 
-    def _on_scored(self, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, ok: bool) -> None:
-        self._last_scored = (x.copy(), np.array(mu, copy=True), np.array(sigma, copy=True))
-        if self._to_learner is not None:
-            self._to_learner(x, mu, sigma, ok)
-
     def _on_block(self, block: Any) -> None:
         with self.lock:
             s = str(block.stream)
@@ -242,10 +247,8 @@ class Hub:
 
     def _score(self, w: Any) -> None:
         t0 = time.perf_counter()
-        self._last_scored = None
         d = self.detector.process(w)
         ms = (time.perf_counter() - t0) * 1e3
-        self.scored.append(self._last_scored if d.status == "ok" else None)
         for arm in self.arms.values():
             arm.process(w, self.segment)
         self.windows.append(
@@ -337,15 +340,16 @@ class Hub:
             )
 
     def feedback(self, segment: int) -> dict[str, Any]:
-        """The nurse's verdicts on the alerts raised since the last call, as labels.
+        """The simulated nurse's verdicts on the clinical alerts raised since the last call.
 
-        Each acknowledged clinical alert labels the windows behind it, its first
-        ``WINDOWS_PER_ALERT`` (the ground-truth kind when confirmed, "normal" when
-        dismissed). A ``HOLDOUT_SHARE`` of the alerts is held back for judging
-        candidate models (:meth:`labelled`); the rest go to the hub's learner and
-        the control arm's (:meth:`deliver`). Draws are seeded by (seed, hub, segment).
+        Each answered alert is acknowledged through ``FeedbackComponent.ack``, the
+        handler of the control socket's ``alerts_ack`` (``edgeagent alerts ack ID
+        --true|--false [--kind K]``): confirmed with the ground truth's kind, or
+        dismissed. The store labels the windows it kept for the alert, holds its
+        share back, and hands the train split to the learners. Draws are seeded by
+        (seed, hub, segment).
         """
-        from edgeagent.pipeline.detect import ValidatedWindow
+        from edgeagent.pipeline.feedback import TRAIN
 
         off = self.resolve_offset() or 0.0
         alerts = [
@@ -358,57 +362,40 @@ class Hub:
             {"start": a.start - off, "end": a.end - off, "category": a.category, "kind": a.kind}
             for a in alerts
         ]
-        labels = sorted(self.feed.labels)
         seq = np.random.SeedSequence([self.seed, self.index, segment, 0xFEED])
-        u = np.random.default_rng(seq).random((len(sim), 3))
-        draws = [(float(a), float(b)) for a, b, _ in u]
+        draws = [(float(a), float(b)) for a, b in np.random.default_rng(seq).random((len(sim), 2))]
+        labels = sorted(self.feed.labels)
         verdicts = nurse_verdicts(sim, labels, self.feedback_share, self.feedback_error, draws)
-        with self.lock:
-            rows = list(zip(self.windows, self.scored, strict=True))
-        train: list[Any] = []
-        held = 0
-        for v in verdicts:
-            a = alerts[v.alert]
-            behind = [
-                ValidatedWindow(feat[0], feat[1], feat[2], v.label)
-                for w, feat in rows
-                if feat is not None and w["start"] < a.end and a.start < w["end"]
-            ][:WINDOWS_PER_ALERT]
-            if u[v.alert, 2] < HOLDOUT_SHARE:  # the box holds this alert back, never trains on it
-                self.holdout.extend(behind)
-                held += len(behind)
-            else:
-                train.extend(behind)
-        delivered = self.deliver(train)
-        rec = {
+        rec: dict[str, Any] = {
             "segment": segment,
             "alerts": sum(1 for a in sim if a["category"] == "clinical"),
             "acked": len(verdicts),
             "confirmed": sum(1 for v in verdicts if v.true),
             "dismissed": sum(1 for v in verdicts if not v.true),
             "wrong": sum(1 for v in verdicts if not v.correct),
-            "windows": len(train),
-            "held_back": held,
-            "trained_on": delivered,
+            "windows": 0,
+            "held_back": 0,
+            "refused": {},
+            "trained_on": isinstance(self.ward.learner, _SameFeedback),
         }
+        for v in verdicts:
+            req = {
+                "alert": alerts[v.alert].id,
+                "confirmed": v.true,
+                "source": "ward-sim",
+                "patient": self.patient,
+            }
+            if v.true:
+                req["kind"] = v.label
+            res = self.ward.ack(req)
+            if not res["accepted"]:
+                rec["refused"][res["reason"]] = rec["refused"].get(res["reason"], 0) + 1
+            elif res["split"] == TRAIN:
+                rec["windows"] += res["windows"]
+            else:
+                rec["held_back"] += res["windows"]
         self.feedback_log.append(rec)
         return rec
-
-    def labelled(self, split: str) -> list[Any]:
-        """The nurse-labelled windows held back from training (``split`` "holdout"): what
-        the model lifecycle may judge a candidate on (``LabelledSource``)."""
-        return list(self.holdout) if split == "holdout" else []
-
-    def deliver(self, labelled: list[Any]) -> bool:
-        """Labelled windows to the hub's learner and the control arm's; False where the
-        learner cannot take labels (then neither trains on them: same feedback for both)."""
-        offer = getattr(self.learner, "offer_labelled", None)
-        if offer is None:
-            return False
-        for w in labelled:
-            offer(w)
-            self.arms["control"].offer_labelled(w)
-        return True
 
     def finish(self, timeout: float = 10.0) -> None:
         """Stop the device (the reader drains what was sent), then the source; flush windows."""
@@ -423,9 +410,11 @@ class Hub:
                 self._score(w)
 
     def close(self) -> None:
-        """Close the alert store (the hub's other parts were stopped by ``finish``)."""
+        """Close the alert and feedback stores (the other parts were stopped by ``finish``)."""
         with contextlib.suppress(Exception):
             self.alert_store.close()
+        with contextlib.suppress(Exception):
+            self.feedback_store.close()
 
     def snapshot(self) -> dict[str, Any]:
         """Cheap live view for the progress display."""
@@ -469,23 +458,35 @@ def start_hubs(
     return hubs
 
 
+class _SameFeedback:
+    """The hub's learner and the control arm's behind one ``offer_labelled``: the
+    feedback component trains both on the same windows (the hub's answer counts)."""
+
+    def __init__(self, hub: Any, control: Any) -> None:
+        self.hub = hub
+        self.control = control
+
+    def offer_labelled(self, w: Any) -> bool:
+        self.control.offer_labelled(w)
+        return bool(self.hub.offer_labelled(w))
+
+
 def feedback_part(opts: DemoOptions, hubs: list[Hub]) -> Part:
     """The parts-list entry for the simulated ward: how its verdicts reach the learners."""
-    share = f"{opts.feedback_share:.0%} of clinical alerts acknowledged, {opts.feedback_error:.0%}"
-    if hubs and all(hasattr(h.learner, "offer_labelled") for h in hubs):
-        return Part(
-            "nurse feedback",
-            True,
-            "in-memory",
-            f"simulated nurse: {share} of verdicts wrong; labelled windows handed to each "
-            "hub's learner and the control arm's directly, not through `alerts ack`",
-        )
+    share = (
+        f"simulated nurse answers {opts.feedback_share:.0%} of clinical alerts, "
+        f"{opts.feedback_error:.0%} of answers wrong; verdicts through the daemon's "
+        "alerts_ack handler (FeedbackComponent, the control socket not opened) into each "
+        "hub's FeedbackStore"
+    )
+    if hubs and all(isinstance(h.ward.learner, _SameFeedback) for h in hubs):
+        return Part("nurse feedback", True, "real", share + "; train split to both learners")
     return Part(
         "nurse feedback",
-        False,
-        "skipped",
-        f"verdicts drawn ({share} wrong) but not trained on: this LocalLearner takes no "
-        "labelled windows (offer_labelled)",
+        True,
+        "real",
+        share + "; held-back split judges models, the train split is not trained on: this "
+        "LocalLearner takes no labelled windows (offer_labelled)",
     )
 
 

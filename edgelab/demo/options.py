@@ -41,11 +41,6 @@ DP_TABLE = "docs/security.md, fleet-scale table"
 #: a verdict is wrong (a true alert dismissed or a false one confirmed).
 FEEDBACK_SHARE = 0.5
 FEEDBACK_ERROR = 0.05
-#: Windows labelled per answered alert (its first ones: the onset a clinician judged)
-#: and the share of answered alerts held back from training to judge candidate models,
-#: as the box's feedback store keeps them ([feedback] windows_per_alert, holdout_share).
-WINDOWS_PER_ALERT = 32
-HOLDOUT_SHARE = 0.25
 N_CAP = 64
 STAGE_TIMEOUT_S = 15.0
 #: Bounds on waiting (wall seconds): a stuck part is reported, never waited on forever.

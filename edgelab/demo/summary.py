@@ -278,6 +278,7 @@ def build_summary(
             "wrong": 0,
             "windows": 0,
             "held_back": 0,
+            "refused": 0,
             "trained_on": True,
         }
         for _ in range(segments)
@@ -305,6 +306,7 @@ def build_summary(
             tot = feedback[fb["segment"]]
             for key in ("acked", "confirmed", "dismissed", "wrong", "windows", "held_back"):
                 tot[key] += fb.get(key, 0)
+            tot["refused"] += sum(fb.get("refused", {}).values())
             tot["trained_on"] = tot["trained_on"] and fb["trained_on"]
         lat = [w["latency_ms"] for w in ws]
         delays = detection_delays(ws, labels, WINDOW_S)
