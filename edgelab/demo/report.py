@@ -246,8 +246,8 @@ rounds requested, {summary["totals"]["rounds_completed"]} completed; wall time
 <h2>Accuracy and false alarms per round</h2>
 <p>Window-level accuracy and clinical false alarms per hour of patient time,
 summed over hubs. Each segment's windows are scored three times: by the model
-the hubs ran after the round (federated), by {e(ref.get("baseline", "the baseline"))},
-and by the no-federation control: {e(ref.get("control", ""))}. Nurse feedback
+the hubs ran after the round (federated); by {e(ref.get("baseline", "the baseline"))};
+and by the control, {e(ref.get("control", ""))}. Nurse feedback
 acknowledged {e(f"{summary['options'].get('feedback_share', 0):.0%}")} of the clinical
 alerts, wrong {e(f"{summary['options'].get('feedback_error', 0):.0%}")} of the time.</p>
 <table><tr><th rowspan=2>model</th><th rowspan=2>windows</th><th colspan=3>accuracy</th>
