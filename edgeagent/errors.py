@@ -60,6 +60,7 @@ class ProtocolReason(StrEnum):
     BELOW_THRESHOLD = "below_threshold"  # fewer parties than the threshold t
     UNSAFE_UNMASK = "unsafe_unmask"  # asked for both secrets of one box
     NO_INPUT = "no_input"  # a stage needs this box's input and it has none
+    BAD_MASK = "bad_mask"  # the announced parameter mask is unknown or unusable to this box
     # models
     HASH_MISMATCH = "hash_mismatch"  # the model's bytes do not hash to the announced value
     BAD_MODEL_SIGNATURE = "bad_model_signature"  # the model's signature does not verify

@@ -27,7 +27,9 @@ Thin I/O shell around the pure parts (``SecAggClient``, ``EnvelopeReceiver``,
 * each stage body routed to it (``round/<r>/<stage>/<box>``) is verified,
   handed to ``SecAggClient.handle`` and the reply published on
   ``node/<box>/<stage>``; at SETUP the learner's ``delta`` and ``n_k`` become
-  the masked payload ``[n_k * clip(delta), n_k]``;
+  the masked payload ``[n_k * clip(delta), n_k]``; in both modes only the
+  coordinates of the announced parameter mask (``groups``) are sent, clipped
+  and noised, so every box's update has the same length;
 * a **global model** on ``model/current`` is accepted only if its bytes match
   the published SHA-256, the signature over that hash verifies with a key
   from an ``aggregator`` certificate of this fleet's CA, and its version is
@@ -66,13 +68,14 @@ from edgeagent.fl import seal
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Key, Stage
 from edgeagent.fl.identity import Identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
-from edgeagent.fl.privacy import fedavg_payload, l2_clip
+from edgeagent.fl.privacy import fedavg_payload, l2_clip, select
 from edgeagent.fl.robust import partition_groups
 from edgeagent.fl.secagg import SecAggClient
 from edgeagent.fl.secagg.auth import RoundSigner
 from edgeagent.fl.secagg.client import PrivacyFloor
 from edgeagent.fl.wire import Announcement, decode_model, encode_hello, parse_announcement
 from edgeagent.model.graph import get_params, parse_model
+from edgeagent.model.meta import PARAM_GROUPS, ModelSpec, group_indices
 from edgeagent.model.signing import verify_hash, verify_release
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
@@ -144,8 +147,13 @@ class FlClient:
         min_group_size: int = 3,
         floor: PrivacyFloor | None = None,
         revoked: frozenset[str] = frozenset(),
+        spec: ModelSpec | None = None,
     ) -> None:
         self.box_id = box_id
+        #: the model's shapes, to turn an announced mask's group names into coordinates
+        self.spec: ModelSpec | None = spec or getattr(learner, "spec", None)
+        #: this round's masked coordinates (None: the whole vector)
+        self._mask_idx: np.ndarray | None = None
         self.allow_plaintext = allow_plaintext
         self.min_group_size = min_group_size
         self.liveness = liveness
@@ -366,6 +374,7 @@ class FlClient:
             self.counters["not_ready"] += 1
             log.info("round %d: only %d windows trained on", round_id, self.learner.n_k)
             return
+        self._mask_idx = self._mask(ann.groups)
         peers = ann.participants
         if ann.group_size:
             try:
@@ -393,6 +402,22 @@ class FlClient:
             if r == round_id:
                 self.handle(m)
 
+    def _mask(self, groups: tuple[str, ...]) -> np.ndarray | None:
+        """The coordinates the announced mask sends; ``bad_mask`` if this box cannot tell.
+
+        Every group named is the whole vector, which needs no layout; a subset
+        needs this model's shapes, so that this box sends exactly the
+        coordinates every other box sends and the sums line up.
+        """
+        if not groups or set(groups) == PARAM_GROUPS.keys():
+            return None
+        if self.spec is None:
+            raise ProtocolError("bad_mask", f"groups {list(groups)} need the model's layout")
+        try:
+            return group_indices(self.spec, groups)
+        except ModelError as exc:
+            raise ProtocolError("bad_mask", str(exc)) from exc
+
     def _send_update(self, ann: Announcement) -> None:
         """Plaintext round: the clipped update and capped ``n_k``, sealed to the round key.
 
@@ -401,7 +426,7 @@ class FlClient:
         cur = self.current
         assert cur is not None
         try:
-            clipped, _ = l2_clip(np.asarray(self.learner.delta(), np.float64), ann.clip)
+            clipped, _ = l2_clip(select(self.learner.delta(), self._mask_idx), ann.clip)
         except ValueError as exc:
             self._end_round(BoxEvent.REFUSED, "refused", str(exc))
             raise ProtocolError("bad_input", str(exc)) from exc
@@ -447,7 +472,7 @@ class FlClient:
         try:
             reply = self.secagg.handle(m.round, m.nonce, m.stage, m.body)
             if stage is Stage.SETUP:
-                delta = np.asarray(self.learner.delta(), dtype=np.float64)
+                delta = select(self.learner.delta(), self._mask_idx)
                 n_k = int(self.learner.n_k)
                 payload = fedavg_payload(delta, n_k, self.secagg.clip, self.secagg.n_cap)
                 self.secagg.set_input(payload)

@@ -1,8 +1,9 @@
 """The aggregator's durable side: ``aggregator.json``, model files, the signed publication.
 
-State (next round id, model versions, DP events, round history, refusal
-counts, reputation scores) is one JSON file written atomically after every
-state change, so a restart between rounds continues where it stopped; a round
+State (next round id, model versions, DP events and the privacy budget's
+standing, round history, refusal counts, reputation scores) is one JSON file
+written atomically after every state change, so a restart between rounds
+continues where it stopped (epsilon spent included); a round
 cut by a restart is recorded as ``interrupted`` and its id is never reused
 (boxes refuse stale rounds). Global models are content-addressed files
 (``models/<sha256>.onnx``), checked against their hash when loaded, and
@@ -19,7 +20,7 @@ from typing import Any
 
 from edgeagent.atomic import write_atomic, write_json_atomic
 from edgeagent.errors import ModelError, TransportError
-from edgeagent.federation.accountant import DpAccountant
+from edgeagent.federation.accountant import SAMPLING, DpAccountant
 from edgeagent.fl.identity import Identity
 from edgeagent.fl.wire import ModelPublication, encode_model
 from edgeagent.model.graph import sha256_hex
@@ -62,7 +63,9 @@ def status_report(state_dir: Path) -> dict[str, Any]:
         "refused": s.get("refused", {}),
         "epsilon": rounds[-1].get("epsilon") if rounds else None,
         # how epsilon was composed: q = 1, no amplification by sampling (see docs/security.md)
-        "dp_sampling": "q = 1 (no sampling amplification)",
+        "dp_sampling": SAMPLING,
+        # budget, spent, left and why a round was not started (the aggregator writes it)
+        "dp": s.get("dp", {}),
         "in_progress": s.get("in_progress"),
         "reputation": s.get("reputation", {}),
         "rounds": rounds,

@@ -20,7 +20,10 @@ the broker, and this module encodes and checks them without I/O:
   the ``clip`` and ``n_cap`` the box applies to its update, and ``enc_pk``, the
   round's X25519 key the box seals that update to (``fl.seal``, HPKE); the box
   sends it in one signed UPDATE envelope instead of the SecAgg+ stages (only if
-  its own ``[federation] allow_plaintext`` says so).
+  its own ``[federation] allow_plaintext`` says so). ``groups`` names the
+  round's parameter mask (``model.meta.PARAM_GROUPS``): every box sends only
+  those coordinates of its update, so updates keep one length across boxes,
+  and since the mask is inside the signed body, nobody on the way can change it.
 * **model publication** (``model/current``, retained): the ONNX bytes, their
   SHA-256, the Ed25519 signature over the hash (``model.signing``) and the
   signer's certificate; boxes check all three before the model lifecycle sees it.
@@ -54,6 +57,9 @@ MAX_STATUS_BYTES = 1024
 MAX_STATUS_DEPTH = 4
 #: Hello timestamps are seconds since the epoch; anything past this is not one.
 MAX_HELLO_TIME = 2.0**40
+#: Bounds on an announced parameter mask: a few group names, each short.
+MAX_MASK_GROUPS = 16
+MAX_GROUP_NAME = 32
 
 
 class AKey(StrEnum):
@@ -78,6 +84,7 @@ class AKey(StrEnum):
     CLIP = "clip"
     N_CAP = "n_cap"
     ENC_PK = "enc_pk"
+    GROUPS = "groups"
     RELEASE_SIG = "rsig"
 
 
@@ -207,6 +214,10 @@ class Announcement:
     n_cap: int = 0
     #: Plaintext rounds only: the round's X25519 public key (raw) updates are sealed to.
     enc_pk: bytes = b""
+    #: The round's parameter mask as group names (``model.meta.PARAM_GROUPS``), sorted:
+    #: every box sends only those coordinates, so all updates have one length.
+    #: Empty = the whole parameter vector (an announcement without the key).
+    groups: tuple[str, ...] = ()
 
 
 def announcement_body(a: Announcement) -> dict[str, Any]:
@@ -218,6 +229,8 @@ def announcement_body(a: Announcement) -> dict[str, Any]:
     }
     if a.group_size:  # absent for plain rounds: the body stays what older boxes know
         body[AKey.GROUP_SIZE.value] = int(a.group_size)
+    if a.groups:
+        body[AKey.GROUPS.value] = sorted(a.groups)
     if not a.secure_aggregation:  # absent = secure: a box that predates the key never sends
         body[AKey.SECAGG.value] = False  # a plaintext update, it waits for a SETUP instead
         body[AKey.CLIP.value] = float(a.clip)
@@ -282,7 +295,22 @@ def parse_announcement(body: Mapping[str, Any]) -> Announcement:
         float(clip),
         n_cap,
         enc_pk if secure is False else b"",
+        _parse_groups(body.get(AKey.GROUPS.value)),
     )
+
+
+def _parse_groups(groups: Any) -> tuple[str, ...]:
+    """The announced mask's group names; their meaning is the box's to check (layout)."""
+    if groups is None:
+        return ()
+    if (
+        not isinstance(groups, list)
+        or not 0 < len(groups) <= MAX_MASK_GROUPS
+        or not all(isinstance(g, str) and 0 < len(g) <= MAX_GROUP_NAME for g in groups)
+        or len(set(groups)) != len(groups)
+    ):
+        raise ProtocolError("bad_body", "announced groups must be distinct short names")
+    return tuple(sorted(groups))
 
 
 # -- model publication -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ show`` and support bundles without a hand-kept list.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -416,6 +417,18 @@ class AggregatorSection(_Section):
         description="false = plaintext rounds: each box sends its clipped update over TLS, "
         "the rule runs over single updates; only boxes with allow_plaintext answer.",
     )
+    train_groups: tuple[str, ...] = Field(
+        default=("ae", "head"),
+        description="Parameter groups each round trains and sends (model.meta.PARAM_GROUPS): "
+        "'ae' (the normal model), 'head' (the classifier); boxes send only these coordinates.",
+    )
+    epsilon_budget: float = Field(
+        default=8.0,
+        gt=0,
+        description="User-level DP budget at dp_delta: a round whose projected epsilon after "
+        "the planned rounds (aggregator.rounds; 0 = the next round) exceeds it is not started; "
+        "inf = no budget.",
+    )
     intake_workers: int = Field(
         default=0,
         ge=0,
@@ -432,6 +445,26 @@ class AggregatorSection(_Section):
         # the choices come from the rules themselves, so a new rule needs no second list here
         if v not in ROBUST_CHOICES:
             raise ValueError(f"unknown rule {v!r}; choose one of {', '.join(ROBUST_CHOICES)}")
+        return v
+
+    @field_validator("train_groups")
+    @classmethod
+    def _groups(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from edgeagent.model.meta import PARAM_GROUPS
+
+        unknown = [g for g in v if g not in PARAM_GROUPS]
+        if not v or unknown or len(set(v)) != len(v):
+            raise ValueError(
+                f"name distinct groups, at least one, of {', '.join(sorted(PARAM_GROUPS))}"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+            )
+        return tuple(sorted(v))
+
+    @field_validator("epsilon_budget")
+    @classmethod
+    def _budget(cls, v: float) -> float:
+        if math.isnan(v):
+            raise ValueError("must be a number > 0 (inf = no budget)")
         return v
 
     @model_validator(mode="after")
