@@ -631,7 +631,8 @@ class Aggregator:
         if close.open_intake is not None:  # before the boxes get their COLLECT_MASKED bodies
             assert self.workers is not None
             keys = {n: r.receiver.keys[n] for n in close.open_intake.participants}
-            self.workers.open(r.round_id, r.nonce, close.open_intake.dim, keys)
+            self.workers.open(r.round_id, r.nonce, close.open_intake.dim, keys,
+                              close.open_intake.bits)  # fmt: skip
         for stage in sorted(close.sends, key=STAGE_ORDER.index):
             self._send_stage(stage, close.sends[stage])
         if close.finished:

@@ -27,6 +27,13 @@ the broker, and this module encodes and checks them without I/O:
 * **model publication** (``model/current``, retained): the ONNX bytes, their
   SHA-256, the Ed25519 signature over the hash (``model.signing``) and the
   signer's certificate; boxes check all three before the model lifecycle sees it.
+* **parameter publication** (``model/params``, retained): the same release
+  (version, round, hash, both signatures, certificate) carrying the model's
+  float32 parameter vector (4 bytes per parameter) and the hash of its *frame*
+  (``graph.frame_sha256``) instead of the file. A box whose current model has
+  that frame rebuilds the file (``graph.rebuild``) and takes it only if the
+  rebuilt bytes hash to the signed SHA-256; a box without such a model
+  subscribes to ``model/current`` for the whole file (docs/wire-protocol.md).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from enum import StrEnum
 from typing import Any
 
 import cbor2
+import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -86,6 +94,8 @@ class AKey(StrEnum):
     ENC_PK = "enc_pk"
     GROUPS = "groups"
     RELEASE_SIG = "rsig"
+    FRAME = "frame"
+    PARAMS = "params"
 
 
 def _loads(data: bytes, what: str) -> Any:
@@ -384,6 +394,94 @@ def decode_model(data: bytes) -> ModelPublication:
         d[AKey.SIG.value],
         d[AKey.CERT.value],
         onnx,
+        d[AKey.EVAL.value],
+        d[AKey.RELEASE_SIG.value],
+    )
+
+
+# -- parameter publication ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamsPublication:
+    """A signed global model as its parameter vector (``model/params``, retained).
+
+    ``sha256``, ``signature`` and ``release_sig`` are those of the ONNX file the
+    vector rebuilds into; nothing here is trusted until that rebuild hashes to
+    ``sha256`` and both signatures hold for it.
+    """
+
+    round_id: int
+    version: int
+    sha256: str
+    signature: bytes
+    cert_der: bytes
+    frame: str
+    params: bytes  # float32 little-endian, the model's flat parameter vector
+    eval: dict[str, Any] = field(default_factory=dict)
+    release_sig: bytes = b""
+
+    def vector(self) -> np.ndarray:
+        """The parameters as a float32 numpy array."""
+        return np.frombuffer(self.params, dtype="<f4").astype(np.float32)
+
+
+def encode_params(pub: ParamsPublication) -> bytes:
+    return cbor2.dumps(
+        {
+            AKey.VERSION.value: WIRE_VERSION,
+            AKey.ROUND.value: pub.round_id,
+            AKey.MODEL_VERSION.value: pub.version,
+            AKey.SHA256.value: pub.sha256,
+            AKey.SIG.value: pub.signature,
+            AKey.CERT.value: pub.cert_der,
+            AKey.FRAME.value: pub.frame,
+            AKey.PARAMS.value: pub.params,
+            AKey.EVAL.value: dict(pub.eval),
+            AKey.RELEASE_SIG.value: pub.release_sig,
+        }
+    )
+
+
+def decode_params(data: bytes) -> ParamsPublication:
+    """Parse a parameter publication (schema and sizes only: the receiver rebuilds and checks)."""
+    if len(data) > MAX_MODEL_BYTES:
+        raise ProtocolError("oversized", f"parameter publication of {len(data)} bytes")
+    d = _loads(data, "parameter publication")
+    kinds = {
+        AKey.ROUND: int,
+        AKey.MODEL_VERSION: int,
+        AKey.SHA256: str,
+        AKey.SIG: bytes,
+        AKey.CERT: bytes,
+        AKey.FRAME: str,
+        AKey.PARAMS: bytes,
+        AKey.EVAL: dict,
+        AKey.RELEASE_SIG: bytes,
+    }
+    if not isinstance(d, dict) or d.get(AKey.VERSION.value) != WIRE_VERSION:
+        raise ProtocolError("malformed", "parameter publication must be a v1 map")
+    for k, kind in kinds.items():
+        if not isinstance(d.get(k.value), kind) or isinstance(d.get(k.value), bool):
+            raise ProtocolError("malformed", f"parameter publication field {k.value!r} missing/bad")
+    for k in (AKey.ROUND, AKey.MODEL_VERSION):
+        if not 0 <= d[k.value] < 2**63:
+            raise ProtocolError("malformed", f"parameter publication {k.value!r} out of range")
+    params = d[AKey.PARAMS.value]
+    if not params or len(params) % 4:
+        raise ProtocolError("malformed", f"parameter vector of {len(params)} bytes is not float32")
+    for k in (AKey.SHA256, AKey.FRAME):
+        v = d[k.value]
+        if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+            raise ProtocolError("malformed", f"parameter publication {k.value!r} is not a SHA-256")
+    return ParamsPublication(
+        d[AKey.ROUND.value],
+        d[AKey.MODEL_VERSION.value],
+        d[AKey.SHA256.value],
+        d[AKey.SIG.value],
+        d[AKey.CERT.value],
+        d[AKey.FRAME.value],
+        params,
         d[AKey.EVAL.value],
         d[AKey.RELEASE_SIG.value],
     )

@@ -417,6 +417,14 @@ class AggregatorSection(_Section):
         description="false = plaintext rounds: each box sends its clipped update over TLS, "
         "the rule runs over single updates; only boxes with allow_plaintext answer.",
     )
+    # 8 bits: the masked vector is about a third of the 32-bit one at the same accuracy
+    # (bench/quantized_updates.py); 32 keeps the sum exact to ~2^-30 of the bound.
+    update_bits: Literal[8, 16, 32] = Field(
+        default=8,
+        description="Bits per update value inside secure aggregation: 8 or 16 = rotated, "
+        "stochastically rounded updates in a modular sum sized for the round (bits + "
+        "ceil(log2 boxes)); 32 = the full 32-bit field.",
+    )
     train_groups: tuple[str, ...] = Field(
         default=("ae", "head"),
         description="Parameter groups each round trains and sends (model.meta.PARAM_GROUPS): "

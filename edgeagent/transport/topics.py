@@ -15,7 +15,8 @@ Layout::
     node/<id>/feedback          ward system -> box: a signed verdict on one of its alerts
     node/<id>/feedback_result   box -> ward system: accepted, or refused and why
     node/<id>/<other>           box -> aggregator (e.g. SecAgg stage replies)
-    model/current               aggregator, retained: the signed global model
+    model/current               aggregator, retained: the signed global model (ONNX)
+    model/params                aggregator, retained: its parameter vector, signed by hash
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def model_current(fleet: str) -> str:
     return f"{prefix(fleet)}/model/current"
 
 
+def model_params(fleet: str) -> str:
+    """The global model's retained parameter vector (``fl.wire.ParamsPublication``)."""
+    return f"{prefix(fleet)}/model/params"
+
+
 def node_filter(fleet: str, kind: str = "+") -> str:
     """Subscription filter for one kind from all boxes, e.g. ``.../node/+/update``."""
     return f"{prefix(fleet)}/node/+/{kind if kind in ('+', '#') else _level(kind, 'kind')}"
@@ -126,8 +132,8 @@ def parse(topic: str) -> Topic:
         if area == "node" and len(rest) == 2:
             node_id, kind = _level(rest[0], "node id"), _level(rest[1], "kind")
             return Topic(fleet, "node", node_id=node_id, kind=kind)
-        if area == "model" and rest == ["current"]:
-            return Topic(fleet, "model", kind="current")
+        if area == "model" and rest in (["current"], ["params"]):
+            return Topic(fleet, "model", kind=rest[0])
         if (
             area == "round"
             and len(rest) in (2, 3)
