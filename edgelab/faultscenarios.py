@@ -129,6 +129,10 @@ def full_disk(rig: FaultRig, watch_s: float = 6.0) -> dict[str, Any]:
                 biggest = max(biggest, wal.stat().st_size)
         time.sleep(0.2)
     out["max_wal_bytes"] = biggest
+    # what the daemon alone put on the disk, to tell which store a pressure came from
+    out["files_before_filler"] = {
+        p.name: p.stat().st_size for p in sorted(state.iterdir()) if p.is_file()
+    }
     out["pressure_before_filler"] = bool(live_status(rig).get("liveness", {}).get("faults", {})
                                          .get("disk"))  # fmt: skip
     # The filler takes every byte left, once (a runaway copy or log burst). What the

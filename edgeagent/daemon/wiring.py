@@ -288,8 +288,10 @@ def _feedback(
                       path, verdict.reason, bad.name)  # fmt: skip
     served = frozenset(ctx.patient_of.values())
     store = FeedbackStore(
-        path, cfg.feedback, classes=lambda: detector.meta.classes, served=lambda: served
-    )
+        path, cfg.feedback, classes=lambda: detector.meta.classes, served=lambda: served,
+        # labels stop well above the floor where the outbox keeps only alerts
+        min_free_bytes=2 * cfg.outbox.min_free_bytes,
+    )  # fmt: skip
     link = ca = None
     if transport is not None and cfg.federation.ca_file is not None:
         try:

@@ -37,6 +37,7 @@ from edgeagent.dbschema import migrate
 from edgeagent.errors import FeedbackError, FeedbackReason
 from edgeagent.model.meta import NORMAL
 from edgeagent.ops.config import FeedbackSection
+from edgeagent.ops.disk import free_bytes
 from edgeagent.pipeline.detect import ValidatedWindow
 from edgeagent.pipeline.feedback_rules import (
     ALERT_ID_RE,
@@ -127,6 +128,7 @@ class FeedbackStore:
         classes: Callable[[], Sequence[str]] = lambda: (),
         served: Callable[[], Collection[str]] | None = None,
         clock: Callable[[], float] = time.time,
+        min_free_bytes: int = 0,
     ) -> None:
         p = Path(path)
         if p.is_dir():
@@ -136,6 +138,9 @@ class FeedbackStore:
         self.classes = classes
         self.served = served
         self.clock = clock
+        # Windows are kept only while the disk has room to spare: labels are worth less than
+        # alerts, so they must never be what pushes the box into its alerts-only floor.
+        self.min_free_bytes = max(0, int(min_free_bytes))
         self.counters: dict[str, int] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
@@ -181,8 +186,12 @@ class FeedbackStore:
         """Keep one window behind an alert (``w.label`` = the alert's kind); False if not kept.
 
         Not kept: the alert has ``windows_per_alert`` already, has a verdict (the
-        learner was given its windows then), or the store is closed.
+        learner was given its windows then), the disk is below ``min_free_bytes``, or
+        the store is closed.
         """
+        if self.min_free_bytes and free_bytes(self.path.parent) < self.min_free_bytes:
+            self._count("windows_not_kept_disk")
+            return False
         now = self.clock()
         with self._lock:
             if self._closed:

@@ -46,7 +46,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeagent.backoff import backoff_delay
-from edgeagent.errors import TransportError
+from edgeagent.errors import OutboxError, TransportError
 from edgeagent.ops.pki import TlsFiles
 from edgeagent.transport import topics
 
@@ -701,6 +701,7 @@ class OutboxForwarder:
         self.delivered = 0
         self.rejected = 0
         self.reoffered = 0
+        self.ack_failures = 0
         #: Rows the broker refused for authorisation and that were kept (counted per refusal).
         self.refused_kept = 0
         #: The last authorisation refusal while it lasts: code, topic, time, advice.
@@ -723,7 +724,16 @@ class OutboxForwarder:
             ids = list(self._acked)
         if not ids:
             return 0
-        n = self.outbox.ack_many(ids)
+        try:
+            n = self.outbox.ack_many(ids)
+        except OutboxError as exc:
+            # Delivered but not yet deleted (a full disk): the ids stay acknowledged, so the
+            # rows are not offered again, and the delete is retried on the next pump.
+            self.ack_failures += 1
+            if self.ack_failures == 1 or self.ack_failures % 100 == 0:
+                log.error("outbox: %s; %d delivered row(s) kept until the delete succeeds "
+                          "(%d failure(s))", exc, len(ids), self.ack_failures)  # fmt: skip
+            return 0
         with self._lock:
             # Only now may they leave the exclusion set: the rows are gone.
             self._acked.difference_update(ids)

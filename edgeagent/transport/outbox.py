@@ -315,15 +315,13 @@ class Outbox:
                 )
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise OutboxError(f"duplicate msg_id in put: {exc}") from exc
             except OutboxError:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             except sqlite3.DatabaseError as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise OutboxError(f"outbox write failed: {exc}") from exc
         self._put_event.set()
         if len(survivors) < len(ids):
@@ -463,7 +461,7 @@ class Outbox:
                 self._expire_locked(self._clock())
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             sql = (
                 "SELECT id, msg_id, kind, priority, topic, payload, retain, created, attempts "
@@ -496,13 +494,19 @@ class Outbox:
                     self._bump(f"{counter}.{row[0]}")
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
         return row is not None
 
     def ack(self, row_id: int) -> bool:
         """Delete a row after a successful PUBACK; False if it was already gone."""
         return self.ack_many([row_id]) == 1
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction, if any: SQLite ends it by itself on some errors
+        (a full disk at COMMIT), and a second ROLLBACK would raise over the real error."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def ack_many(self, row_ids: Iterable[int]) -> int:
         """Delete several acknowledged rows in one transaction; returns how many were there.
@@ -535,9 +539,9 @@ class Outbox:
                     if parts is not None:
                         self._step_life_locked(parts[0], ACK_EVENT[parts[1]], now, strict=False)
                 self._db.execute("COMMIT")
-            except sqlite3.DatabaseError:
-                self._db.execute("ROLLBACK")
-                raise
+            except sqlite3.DatabaseError as exc:
+                self._rollback()
+                raise OutboxError(f"outbox ack failed: {exc}") from exc
         return sum(n for _, n in groups)
 
     def reject(self, row_id: int, reason: str) -> bool:
@@ -570,7 +574,7 @@ class Outbox:
                     self._bump(f"purged.{k}", n)
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
         return sum(n for _, n in groups)
 
@@ -613,7 +617,7 @@ class Outbox:
                     self._bump("salvaged", n)
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
         if n:
             self._put_event.set()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from edgeagent.errors import BrokerError
+from edgeagent.ops.config import AggregatorSection
 from edgeagent.pipeline.personal import TRAIT_FEATURES
 from edgelab.broker import find_mosquitto
 from edgelab.pilot.config import MODALITIES, PilotConfig
@@ -161,9 +162,11 @@ def test_small_pilot_table_is_complete_and_consistent(tmp_path: Path) -> None:
     assert lat["edge_on_box_decision"]["p99"] < lat["edge"]["p50"]
 
     band = r["bandwidth"]
-    # The pilot's own model, one 32-bit field element per parameter at least, per round.
+    # The pilot's own model, one field element of the shipped update_bits per parameter
+    # at least, per round.
     assert band["model_parameters"] > 100
-    assert band["update_bytes_per_round"] >= 4 * band["model_parameters"]
+    bits = AggregatorSection().update_bits
+    assert band["update_bytes_per_round"] >= bits // 8 * band["model_parameters"]
     assert band["raw_bytes_per_h"] > 0 and set(band["profiles"]) == {"default", "pilot"}
     for name, p in band["profiles"].items():
         parts = p["alerts_bytes_per_h"] + p["updates_bytes_per_h"] + p["status_bytes_per_h"]
