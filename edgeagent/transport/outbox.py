@@ -34,6 +34,7 @@ resend after a lost PUBACK can create.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import sqlite3
 import threading
@@ -56,6 +57,8 @@ from edgeagent.transport.alert_life import (
 from edgeagent.transport.alert_life import (
     msg_id as alert_msg_id,
 )
+
+log = logging.getLogger(__name__)
 
 #: Lower number = sent first.
 PRIORITY: dict[str, int] = {"alert": 0, "update": 1, "status": 2, "telemetry": 3}
@@ -186,6 +189,8 @@ class Outbox:
         self._clock = clock
         self._lock = threading.RLock()
         self._put_event = threading.Event()
+        #: Offers whose bookkeeping (expiry, attempt counts) could not be written: a full disk.
+        self.bookkeeping_failures = 0
         if readonly:  # `outbox stats` and doctor: read what is there, create and change nothing
             self._db = _open_readonly(self.path)
             return
@@ -456,31 +461,47 @@ class Outbox:
         """
         excl = list(exclude)
         with self._lock:
+            now = self._clock()
+            cutoff = now - self.limits.max_age_s
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._expire_locked(self._clock())
+                self._expire_locked(now)
                 self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                # A full disk: expiry waits for space, and the rows still go out (alerts
+                # first), since delivering is what frees the disk.
+                self._rollback()
+                self._bookkeeping_failed(exc)
             except sqlite3.DatabaseError:
                 self._rollback()
                 raise
             sql = (
                 "SELECT id, msg_id, kind, priority, topic, payload, retain, created, attempts "
-                "FROM messages"
+                "FROM messages WHERE created >= ?"
             )
             if excl:
-                sql += f" WHERE id NOT IN ({','.join('?' * len(excl))})"
+                sql += f" AND id NOT IN ({','.join('?' * len(excl))})"
             sql += " ORDER BY priority, id LIMIT ?"
-            rows = self._db.execute(sql, [*excl, limit]).fetchall()
+            rows = self._db.execute(sql, [cutoff, *excl, limit]).fetchall()
             if rows:
-                self._db.execute(
-                    f"UPDATE messages SET attempts = attempts + 1 "
-                    f"WHERE id IN ({','.join('?' * len(rows))})",
-                    [r[0] for r in rows],
-                )
+                try:
+                    self._db.execute(
+                        f"UPDATE messages SET attempts = attempts + 1 "
+                        f"WHERE id IN ({','.join('?' * len(rows))})",
+                        [r[0] for r in rows],
+                    )
+                except sqlite3.OperationalError as exc:
+                    self._bookkeeping_failed(exc)
         return [
             OutboxRow(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), bool(r[6]), r[7], r[8] + 1)
             for r in rows
         ]
+
+    def _bookkeeping_failed(self, exc: sqlite3.OperationalError) -> None:
+        self.bookkeeping_failures += 1
+        if self.bookkeeping_failures == 1 or self.bookkeeping_failures % 1000 == 0:
+            log.warning("outbox: offering rows without writing their bookkeeping (%s; %d time(s))",
+                        exc, self.bookkeeping_failures)  # fmt: skip
 
     def _delete(self, row_id: int, counter: str) -> bool:
         with self._lock:
