@@ -8,6 +8,7 @@ keeps the two from drifting apart. Pure functions; no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,11 +168,38 @@ class Adam:
 
 def ae_param_mask(spec: ModelSpec) -> np.ndarray:
     """1 for the autoencoder's entries of the flat vector, 0 for the head's."""
+    return group_mask(spec, ("ae",))
+
+
+#: The parameter groups a round can train and announce, by parameter name (see ``param_groups``).
+PARAM_GROUPS: dict[str, tuple[str, ...]] = {
+    "ae": ("We", "be", "Wd", "bd"),
+    "head": ("W1", "b1", "W2", "b2"),
+}
+
+
+def group_mask(spec: ModelSpec, groups: Iterable[str]) -> np.ndarray:
+    """1 for the entries of the flat vector that belong to any of ``groups``, else 0.
+
+    Why groups and not a free mask: a round announces which groups it trains,
+    the same for every box, so secure-aggregation sums line up and noise goes
+    only where training happened (``fl.privacy``).
+    """
+    names: set[str] = set()
+    for g in groups:
+        if g not in PARAM_GROUPS:
+            raise ValueError(f"unknown parameter group {g!r}; choose from {sorted(PARAM_GROUPS)}")
+        names.update(PARAM_GROUPS[g])
     mask = np.zeros(n_params(spec), np.float32)
     i = 0
     for name, shape in param_layout(spec):
         k = int(np.prod(shape))
-        if name in ("We", "be", "Wd", "bd"):
+        if name in names:
             mask[i : i + k] = 1.0
         i += k
     return mask
+
+
+def head_param_mask(spec: ModelSpec) -> np.ndarray:
+    """1 for the classifier head's entries of the flat vector, 0 for the autoencoder's."""
+    return group_mask(spec, ("head",))
