@@ -62,6 +62,8 @@ from edgeagent.model.nn import (
 
 #: A window whose reconstruction error exceeds this multiple of the recent median is not trained on.
 POISON_FACTOR = 4.0
+#: A rare labelled class weighs at most this many times a common one per window.
+LABEL_BALANCE_CAP = 10.0
 
 
 @dataclass
@@ -88,6 +90,7 @@ class LearnerConfig:
     label_pool: int = 256
     label_epochs: int = 4
     label_batch: int = 16
+    label_balance: bool = True
 
 
 @dataclass
@@ -313,13 +316,14 @@ class LocalLearner:
                 return None
             due.sort(key=lambda it: it.done)
             batch = due[: self.config.label_batch]
+            counts = np.bincount([it.y for it in self._labelled], minlength=len(self.classes))
             w = self.w_local.copy()
             w_glob = self.w_global
         z = np.stack([it.z for it in batch])
         m = np.stack([it.m for it in batch])
         zp = np.stack([it.zp for it in batch])
         y = np.asarray([it.y for it in batch], np.int64)
-        _, g = head_loss_grad(self.spec, w, z, m, y, zp=zp)
+        _, g = head_loss_grad(self.spec, w, z, m, y, self._label_weights(y, counts), zp)
         g = (g + self.config.prox * (w - w_glob)) * self._head_mask
         with self._lock:
             if self.w_global is not w_glob:
@@ -336,6 +340,18 @@ class LocalLearner:
         self.counters["head_steps"] += 1
         self.counters["steps"] += 1
         return first
+
+    def _label_weights(self, y: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+        """Per-window weights: each class of the pool weighs the same in total (capped at
+        ``LABEL_BALANCE_CAP`` x), or None (all equal) without ``label_balance``.
+
+        Why: dismissals far outnumber confirmations on a ward (most alerts are false), and
+        unweighted they teach the head that everything is normal, which costs recall.
+        """
+        if not self.config.label_balance:
+            return None
+        w = counts.max() / np.maximum(counts[y], 1)
+        return np.minimum(w, LABEL_BALANCE_CAP).astype(np.float32)
 
     def _guard(self, w: np.ndarray, z: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from edgeagent.model.nn import forward
