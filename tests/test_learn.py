@@ -237,7 +237,7 @@ def test_without_labels_the_ae_only_path_is_unchanged(
 def test_labelled_budget_per_round_and_n_k_counts_each_window_once(
     syn_model: bytes, syn_world: SynWorld
 ) -> None:
-    _proto, lr, meta = _labelled_setup(syn_model, label_budget=10, label_epochs=5)
+    _proto, lr, _meta = _labelled_setup(syn_model, label_budget=10, label_epochs=5)
     ws = _patient(syn_world, 46, "tachycardia", 25)
     took = [lr.offer_labelled(v) for v in ws]
     assert took == [True] * 10 + [False] * 15  # the budget, then refusals
@@ -285,7 +285,7 @@ def test_refuses_unknown_labels_bad_windows_and_missing_population(
 def test_labelled_offers_from_threads_are_not_lost(syn_model: bytes, syn_world: SynWorld) -> None:
     """Verdicts from several threads while the training thread runs: every accepted window
     is in the pool and trained, the counters add up, nothing is lost or counted twice."""
-    _proto, lr, meta = _labelled_setup(syn_model, label_budget=400, label_pool=400)
+    _proto, lr, _meta = _labelled_setup(syn_model, label_budget=400, label_pool=400)
     per_thread = 60
     sets = [_patient(syn_world, 50 + i, kind, per_thread) for i, kind in enumerate(
         ("normal", "fever", "fall", "tachycardia")
@@ -320,7 +320,7 @@ def test_labelled_pool_survives_a_restart(
     from edgeagent.daemon.detection import LearnerComponent
     from edgeagent.daemon.health import Liveness
 
-    proto, lr, meta = _labelled_setup(syn_model)
+    _proto, lr, _meta = _labelled_setup(syn_model)
     for v in _patient(syn_world, 55, "fever", 6):
         lr.offer_labelled(v)
     comp = LearnerComponent(lr, Liveness(), tmp_path / "learner_state.npz", "sha")
