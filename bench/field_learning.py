@@ -210,7 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(base_cfg, boxes=n, feedback=0.10 if not args.quick else 0.5)
         cfg = replace(cfg, sample=0 if per >= n else per)
         ref = _final(ward.run(cfg, eval_every=1000))
-        doc["dp_sweep"].append({"boxes": n, "boxes_per_round": per, "z": 0.0, **ref})
+        doc["dp_sweep"].append(
+            {
+                "boxes": n,
+                "boxes_per_round": per,
+                "sampling_rate": cfg.sampling_rate,
+                "z": 0.0,
+                "rounds": args.rounds,
+                **ref,
+            }
+        )
         print(
             f"{n:>6} {cfg.sampling_rate:>6.3f} {0.0:>5.1f} {'inf':>8} {ref['accuracy']:>6.3f} "
             f"{0.0:>+7.3f} {ref['false_alarms_per_hour']:>6.2f} {ref['recall']:>6.3f} "
