@@ -36,7 +36,8 @@ class ProtocolReason(StrEnum):
     BAD_VERSION = "bad_version"  # an envelope version this party does not speak
     REVOKED = "revoked"  # the sender is on the deny-list (edgeagent pki revoke)
     # when it came
-    REPLAY = "replay"  # a (sender, sequence) seen before in this round
+    REPLAY = "replay"  # a (sender, sequence) seen before in this round, or a nonce seen before
+    OUT_OF_WINDOW = "out_of_window"  # a signed message whose time is too far from the receiver's
     OUT_OF_ORDER = "out_of_order"  # a stage that may not follow the current one
     OUT_OF_ROUND = "out_of_round"  # another round id or nonce than the open round's
     STALE_NONCE = "stale_nonce"  # the open round's id with another (older) nonce
@@ -59,10 +60,26 @@ class ProtocolReason(StrEnum):
     BELOW_THRESHOLD = "below_threshold"  # fewer parties than the threshold t
     UNSAFE_UNMASK = "unsafe_unmask"  # asked for both secrets of one box
     NO_INPUT = "no_input"  # a stage needs this box's input and it has none
+    BAD_MASK = "bad_mask"  # the announced parameter mask is unknown or unusable to this box
     # models
     HASH_MISMATCH = "hash_mismatch"  # the model's bytes do not hash to the announced value
     BAD_MODEL_SIGNATURE = "bad_model_signature"  # the model's signature does not verify
     STALE_MODEL = "stale_model"  # a model older than the one the box runs
+
+
+class FeedbackReason(StrEnum):
+    """Why a clinician's verdict on an alert was refused (nothing is trained on it)."""
+
+    UNKNOWN_ALERT = "unknown_alert"  # no windows kept for that id (never raised, or a system alert)
+    EXPIRED = "expired"  # older than ``[feedback] retention_s``: its windows are gone
+    ALREADY_ACKED = "already_acked"  # the alert has a verdict; the first one stands
+    BAD_KIND = "bad_kind"  # the kind (given or the alert's own) is not a class of the model
+    UNKNOWN_PATIENT = "unknown_patient"  # a patient this box does not serve
+    PATIENT_MISMATCH = "patient_mismatch"  # the verdict names another patient than the alert's
+    RATE_LIMITED = "rate_limited"  # the patient's token bucket is empty (a flood of feedback)
+    MALFORMED = "malformed"  # a field missing, of the wrong type, or too long
+    OVERSIZED = "oversized"  # the request is larger than a verdict can be
+    UNAVAILABLE = "unavailable"  # the feedback store is closed (the daemon is stopping)
 
 
 class TransportReason(StrEnum):
@@ -138,6 +155,15 @@ def _reason(kind: type[_R], reason: _R | str) -> _R:
         return kind(reason)
     except ValueError:
         raise TypeError(f"{reason!r} is not a {kind.__name__}; add it there") from None
+
+
+class FeedbackError(EdgeAgentError):
+    """A verdict on an alert was refused; ``reason`` says why (a :class:`FeedbackReason`)."""
+
+    def __init__(self, reason: FeedbackReason | str, detail: str = "") -> None:
+        self.reason = _reason(FeedbackReason, reason)
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 class PkiError(EdgeAgentError):

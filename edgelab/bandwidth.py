@@ -13,8 +13,9 @@ quote figures computed one way, with the real encoders:
 * ALERTS: for every labelled episode (clinical and sensor-fault) in that
   hour: one message when it opens, one per minute while it lasts, one when
   it closes, each the JSON of an ``Alert`` record as the outbox stores it.
-* UPDATES: bytes one box uploads per SecAgg+ round (real signed CBOR
-  envelopes from ``simulate_round``), times rounds per hour.
+* UPDATES: bytes one box uploads per SecAgg+ round at the shipped
+  ``update_bits`` (real signed CBOR envelopes from ``simulate_round``), times
+  rounds per hour.
 * STATUS: the retained status message (``telemetry.status_payload``) of a box
   with one serial and two BLE devices, every ``status.interval_s``.
 
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgeagent.daemon.telemetry import OutboxStats, ProcessStats, build_status, status_payload
-from edgeagent.fl.privacy import fedavg_payload, payload_bound
+from edgeagent.fl.privacy import fedavg_payload
 from edgeagent.fl.secagg import RoundConfig
 from edgeagent.fl.secagg.simulate import simulate_round
 from edgeagent.ops.config import AggregatorSection, StatusSection
@@ -107,19 +108,12 @@ def alert_bytes(episodes: list[Episode]) -> tuple[int, int]:
 
 
 def update_bytes(params: int, boxes: int, seed: int) -> tuple[int, int]:
-    """(bytes up per box per round, messages per box per round) for a ``params``-long model."""
+    """(bytes up per box per round, messages per box per round) for a ``params``-long model,
+    at the shipped ``[aggregator] update_bits``."""
     rng = np.random.default_rng(seed)
     clip, n_cap = 1.0, 1000
     nodes = tuple(f"box-{i:04d}" for i in range(boxes))
-    cfg = RoundConfig(
-        round_id=1,
-        nonce=os.urandom(16),
-        participants=nodes,
-        dim=params + 1,
-        bound=payload_bound(clip, n_cap),
-        clip=clip,
-        n_cap=n_cap,
-    )
+    cfg = _secagg_config(params, nodes, AggregatorSection().update_bits)
     payloads = {
         n: fedavg_payload(rng.normal(0, 0.01, params).astype(np.float32), 500, clip, n_cap)
         for n in nodes
@@ -234,4 +228,126 @@ def measure(
             name: profile(raw, alerts, upd_round, status_one, s, r)
             for name, (s, r) in profiles.items()
         },
+    }
+
+
+# -- bytes per box per round against the parameter floor 4·d ------------------------------------
+
+#: Signature bytes a release carries (Ed25519 over the hash, and over fleet/version/round/hash).
+RELEASE_SIGNATURE_BYTES = 2 * 64
+#: Model download target: at most this times 4·d, plus the signatures.
+DOWN_TARGET = 1.05
+#: Quantised upload target: at most this times 4·d.
+UP_TARGET = 0.35
+
+
+def _secagg_config(params: int, nodes: tuple[str, ...], update_bits: int) -> RoundConfig:
+    """The round the aggregator runs for ``[aggregator] update_bits`` (protocols.secagg)."""
+    from edgeagent.fl.secagg.state import field_terms
+
+    clip, n_cap = 1.0, AggregatorSection().n_cap
+    return RoundConfig(
+        round_id=1,
+        nonce=os.urandom(16),
+        participants=nodes,
+        dim=params + 1,
+        clip=clip,
+        n_cap=n_cap,
+        **field_terms(update_bits, clip, n_cap, 0.0, params, len(nodes)),
+    )
+
+
+def round_bytes(
+    model: bytes, boxes: int, seed: int, widths: tuple[int, ...] = (32, 16, 8)
+) -> dict[str, Any]:
+    """Bytes down and up per box per round with the real encoders, against ``4·d``.
+
+    Down: the retained announcement, the SecAgg+ stage bodies a box receives
+    (``simulate_round``), and the new global model, once as the signed ONNX file
+    (``model/current``) and once as the signed parameter vector (``model/params``),
+    each as the aggregator store encodes it for round 1's model. Up: everything a
+    box sends in a SecAgg+ round at each ``update_bits`` width, and the masked
+    vector alone. Every publication is charged its MQTT/TLS overhead.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from edgeagent.federation.store import AggregatorStore
+    from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Stage
+    from edgeagent.fl.identity import load_ca, load_identity
+    from edgeagent.fl.messages import Message, encode
+    from edgeagent.fl.quantize import packed_bytes
+    from edgeagent.fl.wire import Announcement, announcement_body
+    from edgeagent.model.graph import get_params, parse_model, set_params, sha256_hex, to_bytes
+    from edgeagent.ops.pki import Pki
+
+    rng = np.random.default_rng(seed)
+    m = parse_model(model)
+    w = get_params(m)
+    d = int(w.size)
+    v1 = to_bytes(set_params(m, w + rng.normal(0, 0.01, d)))  # round 1's global model
+    nodes = tuple(f"box-{i:04d}" for i in range(boxes))
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = Pki.init(Path(tmp) / "pki", FLEET)
+        files = pki.issue_aggregator()
+        ident = load_identity(files.cert, load_ca(pki.ca_cert), AGGREGATOR)
+        store = AggregatorStore(Path(tmp) / "agg", 1e-5)
+        store.store_model(v1, 1, 1, {"holdout_loss": 0.4321, "holdout_n": 1000})
+        full = store.publication(ident, FLEET)
+        vector = store.params_publication(ident, FLEET)
+        assert vector is not None, "round 1's model must be rebuildable from its vector"
+        ann = Announcement(nodes, sha256_hex(v1), 30.0, ident.cert_der)
+        env = Message(AGGREGATOR, BROADCAST, 1, Stage.SETUP, 0, os.urandom(16),
+                      announcement_body(ann))  # fmt: skip
+        announce = len(encode(env, ident.key))
+    announce += mqtt_overhead(topics.announce(FLEET, 1), announce)
+    floor = 4 * d
+    model_full = len(full) + mqtt_overhead(topics.model_current(FLEET), len(full))
+    model_vec = len(vector) + mqtt_overhead(topics.model_params(FLEET), len(vector))
+    payloads = {
+        n: fedavg_payload(rng.normal(0, 0.01, d).astype(np.float32), 500, 1.0, 1000) for n in nodes
+    }
+    up: dict[str, Any] = {}
+    protocol_down = 0
+    for bits in widths:
+        cfg = _secagg_config(d, nodes, bits)
+        rep = simulate_round(cfg, payloads)
+        assert rep.result is not None, rep.abort
+        sent = int(np.mean([rep.bytes_up[n] for n in nodes]))
+        got = int(np.mean([rep.bytes_down[n] for n in nodes]))
+        stages = 5  # SETUP keys, shares, masked vector, survivor signature, unmask
+        topic = topics.node(FLEET, BOX, Stage.COLLECT_MASKED.value)
+        sent += stages * mqtt_overhead(topic, sent // stages)
+        got += stages * mqtt_overhead(topics.round_topic(FLEET, 1, "setup", BOX), got // stages)
+        masked = packed_bytes(d + 1, cfg.bits)
+        protocol_down = got if bits == 32 else protocol_down
+        up[str(bits)] = {
+            "field_bits": cfg.bits,
+            "bytes_up_per_box": sent,
+            "up_ratio_to_4d": round(sent / floor, 4),
+            "masked_vector_bytes": masked,
+            "masked_ratio_to_4d": round(masked / floor, 4),
+            "protocol_bytes_down_per_box": got,
+            "meets_up_target": sent <= UP_TARGET * floor,
+        }
+    return {
+        "params": d,
+        "floor_4d": floor,
+        "boxes": boxes,
+        "release_signature_bytes": RELEASE_SIGNATURE_BYTES,
+        "announcement_bytes_per_box": announce,
+        "model_down": {
+            "onnx_file": model_full,
+            "param_vector": model_vec,
+            "onnx_ratio_to_4d": round(model_full / floor, 4),
+            "vector_ratio_to_4d": round(model_vec / floor, 4),
+            "target_bytes": int(DOWN_TARGET * floor + RELEASE_SIGNATURE_BYTES),
+            "meets_target": model_vec <= DOWN_TARGET * floor + RELEASE_SIGNATURE_BYTES,
+        },
+        "protocol_bytes_down_per_box": protocol_down,
+        "total_down_per_box": {
+            "before": announce + protocol_down + model_full,
+            "after": announce + protocol_down + model_vec,
+        },
+        "up": up,
     }

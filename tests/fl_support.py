@@ -71,6 +71,9 @@ def aggregator_config(
             "round_interval_s": 0.2,
             "n_cap": 100,
             "initial_model": str(model),
+            # the 32-bit sum, so rounds compare with plaintext FedAvg to float precision;
+            # the quantised default has its own end-to-end test
+            "update_bits": 32,
             **policy,
         },
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from edgelab.bandwidth import (
     measure,
     mqtt_overhead,
     profile,
+    round_bytes,
     status_bytes,
     update_bytes,
 )
@@ -34,8 +36,30 @@ def test_update_bytes_follow_the_model_size() -> None:
     small, msgs = update_bytes(500, 5, seed=0)
     large, _ = update_bytes(5000, 5, seed=0)
     assert msgs == 5  # keys, shares, masked vector, survivor-set signature, unmask
-    # the masked vector dominates: 4 bytes per coordinate (Z_2^32), plus keys and shares
-    assert large - small == pytest.approx(4 * 4500, rel=0.05)
+    # the masked vector dominates: field_bits(8, 5) = 11 bits per coordinate at the shipped
+    # update_bits, plus keys and shares
+    assert large - small == pytest.approx(11 / 8 * 4500, rel=0.05)
+
+
+def test_round_bytes_against_the_parameter_floor() -> None:
+    """For the shipped model the vector download meets 1.05 x 4d + signatures and the ONNX
+    file does not; quantised uploads shrink by the field width."""
+    shipped = Path(__file__).resolve().parents[1] / "models" / "baseline.onnx"
+    r = round_bytes(shipped.read_bytes(), 4, seed=0, widths=(32, 8))
+    floor = r["floor_4d"]
+    md = r["model_down"]
+    assert md["meets_target"] and md["param_vector"] <= 1.05 * floor + 128
+    assert md["onnx_file"] > 1.05 * floor + 128
+    assert r["total_down_per_box"]["before"] - r["total_down_per_box"]["after"] == (
+        md["onnx_file"] - md["param_vector"]
+    )
+    up32, up8 = r["up"]["32"], r["up"]["8"]
+    assert (
+        up8["field_bits"] == 10 and up8["masked_vector_bytes"] == (10 * (r["params"] + 1) + 7) // 8
+    )
+    assert up32["bytes_up_per_box"] - up8["bytes_up_per_box"] == pytest.approx(
+        up32["masked_vector_bytes"] - up8["masked_vector_bytes"], rel=0.02
+    )
 
 
 def test_profiles_add_up_and_the_shipped_defaults_meet_the_target() -> None:

@@ -202,8 +202,13 @@ def test_factory_builds_what_the_config_asks_for(tmp_state: Path, short_dir: Pat
 
     ctx = _ctx(tmp_state, short_dir, detection={"model_path": str(MODEL)})
     comps = daemon_factory(ctx)
-    assert describe(comps) == ["outbox", "detection", "learner"]
+    assert describe(comps) == ["outbox", "feedback", "detection", "learner"]
     assert ctx.pipeline.consumers and not ctx.status_sinks
+    detection = next(c for c in comps if isinstance(c, DetectionComponent))
+    fb = next(c for c in comps if c.name == "feedback")
+    # the detector hands alert windows to the store; candidates are judged on its labels
+    assert detection.detector.on_alert_window == fb.keep
+    assert detection.manager.labels is fb.store
     for c in reversed(comps):
         c.stop()
 
@@ -213,6 +218,7 @@ def test_factory_builds_what_the_config_asks_for(tmp_state: Path, short_dir: Pat
         # threads 0 = size to the box
         detection={"model_path": str(MODEL), "threads": 0, "thresholds": {"clinical": 0.7}},
         learning={"enabled": False},
+        feedback={"enabled": False},
     )
     comps = daemon_factory(ctx)
     assert describe(comps) == ["outbox", "detection"]

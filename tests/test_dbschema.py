@@ -40,17 +40,20 @@ def test_registry_of_the_previous_version_migrates_and_keeps_its_models(
 ) -> None:
     reg = ModelRegistry(tmp_state)
     rec = reg.activate(reg.add(MODEL.read_bytes(), "test").version, "test")
-    # What the previous release left: the v1 schema (no events index), user_version 1.
+    # What an older release left: the v1 schema (no events index, no decision figures),
+    # user_version 1.
     db = sqlite3.connect(tmp_state / registry_mod.DB_NAME, isolation_level=None)
     db.execute("DROP INDEX events_version")
+    db.execute("ALTER TABLE events DROP COLUMN figures")
     db.execute("PRAGMA user_version=1")
     db.close()
     reg = ModelRegistry(tmp_state)
     db = sqlite3.connect(tmp_state / registry_mod.DB_NAME)
-    assert schema_version(db) == len(registry_mod.MIGRATIONS) == 2
+    assert schema_version(db) == len(registry_mod.MIGRATIONS) == 3
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    columns = {r[1] for r in db.execute("PRAGMA table_info(events)")}
     db.close()
-    assert "events_version" in indexes
+    assert "events_version" in indexes and "figures" in columns
     assert reg.active() == rec and reg.load_bytes(rec) == MODEL.read_bytes()
     # and a file from a newer agent is refused, not guessed at
     db = sqlite3.connect(tmp_state / registry_mod.DB_NAME, isolation_level=None)

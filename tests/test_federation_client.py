@@ -8,6 +8,7 @@ entry point and the link is never connected (publishes queue in paho).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from edgeagent.daemon.health import Liveness
 from edgeagent.errors import ProtocolError
 from edgeagent.federation.box_round import BoxPhase
 from edgeagent.federation.client import FlClient
+from edgeagent.federation.store import AggregatorStore
 from edgeagent.fl import seal
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Key, Stage
 from edgeagent.fl.identity import Identity, load_ca, load_identity
@@ -29,16 +31,18 @@ from edgeagent.fl.wire import (
     ModelPublication,
     announcement_body,
     decode_hello,
+    decode_params,
     encode_hello,
     encode_model,
+    encode_params,
 )
-from edgeagent.model.graph import get_params, parse_model, sha256_hex
+from edgeagent.model.graph import get_params, parse_model, set_params, sha256_hex, to_bytes
 from edgeagent.model.registry import ModelRegistry
 from edgeagent.model.signing import sign_hash, sign_release
 from edgeagent.ops.pki import Pki
 from edgeagent.pipeline.alerts import MemoryAlertSink
 from edgeagent.pipeline.detect import Detector
-from edgeagent.pipeline.lifecycle import ModelManager
+from edgeagent.pipeline.lifecycle import ModelManager, ValidationPolicy
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
 from edgeagent.transport.mqtt import MqttLink
@@ -106,15 +110,16 @@ def test_signed_global_model_is_verified_then_hot_swapped(
     # the learner restarts from the new global vector ...
     learner = box.learner
     np.testing.assert_array_equal(learner.globals[-1], get_params(parse_model(syn_model_other)))  # type: ignore[attr-defined]
-    # ... and the lifecycle registered it (signed) and, with no validated windows yet to
-    # judge it on, holds it in shadow: the running model keeps raising the alerts
+    # ... and the lifecycle registered it (signed) and holds it in shadow until judged:
+    # the running model keeps raising the alerts
     assert box.manager is not None
     assert box.last_apply is not None and box.last_apply["reason"] == "shadow"
     rec = box.manager.registry.find(sha256_hex(syn_model_other))
     assert rec is not None and rec.signature is not None
     assert box.manager.registry.active().sha256 == sha256_hex(syn_model)
-    # once there is evidence (here: a box that judges on none) it is judged and goes live
-    box.manager.min_validated = 0
+    # once judged (here: a box that asks for no windows in shadow, and the candidate
+    # did no worse on none) it goes live
+    box.manager.policy = ValidationPolicy(shadow_windows=0)
     judged = box.manager.probation_check()
     assert judged is not None and judged.accepted, judged
     active = box.manager.registry.active()
@@ -298,3 +303,126 @@ def test_round_phases_follow_the_table_and_the_other_modes_messages_are_refused(
     box.handle(_routed(agg, 6, nonce, Stage.RESULT, 2, done))
     assert box.phase is BoxPhase.IDLE and box.current is None
     assert box.last_round == 6 and box.rounds[-1]["status"] == "completed"
+
+
+# -- the global model as a parameter vector -----------------------------------------------------
+
+
+def _next_model(base: bytes, seed: int) -> bytes:
+    """A new global model exactly as the aggregator makes one: set_params, deterministic bytes."""
+    model = parse_model(base)
+    w = get_params(model) + np.random.default_rng(seed).normal(0, 0.01, get_params(model).size)
+    return to_bytes(set_params(model, w))
+
+
+def _params_msg(data: bytes | None) -> MqttMessage:
+    assert data is not None
+    return MqttMessage(topics.model_params(FLEET), data, 1, True)
+
+
+def _store_params(tmp: Path, agg: Identity, data: bytes, version: int) -> bytes | None:
+    """The aggregator store's signed parameter publication of ``data`` as version ``version``."""
+    store = AggregatorStore(tmp, 1e-5)
+    store.store_model(data, version, version, {"loss": 0.5})
+    return store.params_publication(agg, FLEET)
+
+
+def test_parameter_vector_rebuilds_the_signed_model_byte_for_byte(
+    box: FlClient, pki: Pki, syn_model: bytes, tmp_path: Path
+) -> None:
+    agg = _ident(pki, AGGREGATOR)
+    v1 = _next_model(syn_model, 1)
+    pub = _store_params(tmp_path / "agg", agg, v1, 1)
+    assert pub is not None
+    decoded = decode_params(pub)
+    # the download is the float32 vector, its signatures and labels, and the certificate
+    assert len(decoded.params) == 4 * get_params(parse_model(v1)).size
+    assert len(pub) < len(encode_model(_publication(agg, v1, 1)))
+    box.handle(_params_msg(pub))
+    assert box.counters["models_rebuilt"] == 1 and box.counters["models_taken"] == 1
+    assert box.global_version == 1 and box.global_sha == sha256_hex(v1)
+    # the registry holds exactly the signed file (same hash, signature verified on add)
+    assert box.manager is not None
+    rec = box.manager.registry.find(sha256_hex(v1))
+    assert rec is not None and rec.signature is not None
+    assert box.manager.registry.load_bytes(rec) == v1
+    # the next release rebuilds on this one (the base is kept), without the full file
+    v2 = _next_model(v1, 2)
+    box.handle(_params_msg(_store_params(tmp_path / "agg2", agg, v2, 2)))
+    assert box.global_sha == sha256_hex(v2) and box.counters["models_rebuilt"] == 2
+    assert not box.link.subscribed(topics.model_current(FLEET))
+    assert box.counters["model_fallback"] == 0
+
+
+def test_tampered_forged_and_replayed_vectors_are_refused(
+    box: FlClient, pki: Pki, syn_model: bytes, tmp_path: Path
+) -> None:
+    agg = _ident(pki, AGGREGATOR)
+    v1 = _next_model(syn_model, 1)
+    good = _store_params(tmp_path / "agg", agg, v1, 1)
+    assert good is not None
+    pub = decode_params(good)
+    vec = pub.vector().copy()
+    vec[3] += 1e-3  # one parameter changed in flight: the rebuilt file hashes differently
+    tampered = dataclasses.replace(pub, params=vec.astype("<f4").tobytes())
+    with pytest.raises(ProtocolError) as err:
+        box.handle(_params_msg(encode_params(tampered)))
+    assert err.value.reason == "hash_mismatch"
+    assert box.global_sha == sha256_hex(syn_model) and box.counters["models_taken"] == 0
+    # ... and the box turns to the signed file for this release
+    assert box.link.subscribed(topics.model_current(FLEET))
+    forged = dataclasses.replace(pub, signature=sign_hash(_ident(pki, "box-b").key, pub.sha256))
+    with pytest.raises(ProtocolError, match="bad_model_signature"):
+        box.handle(_params_msg(encode_params(forged)))
+    relabelled = dataclasses.replace(pub, version=7)  # release signature is over version 1
+    with pytest.raises(ProtocolError, match="bad_model_signature"):
+        box.handle(_params_msg(encode_params(relabelled)))
+    box.handle(_params_msg(good))
+    assert box.global_version == 1
+    old = _store_params(tmp_path / "agg0", agg, _next_model(syn_model, 9), 0)
+    with pytest.raises(ProtocolError, match="stale_model"):
+        box.handle(_params_msg(old))
+    assert box.global_sha == sha256_hex(v1)
+
+
+def test_a_box_without_the_base_takes_the_full_model_then_vectors(
+    pki: Pki, syn_model: bytes, tmp_state: Path, tmp_path: Path
+) -> None:
+    agg = _ident(pki, AGGREGATOR)
+    w0 = get_params(parse_model(syn_model))
+    link = MqttLink(BOX, "127.0.0.1", 1, pki.client_files(BOX), FLEET, identity=BOX)
+    # no registry, no stored file: the box knows its model's hash but holds no file of it
+    box = FlClient(BOX, FLEET, _ident(pki, BOX), load_ca(pki.ca_cert),
+                   FixedLearner(np.zeros(w0.size, np.float32), 40), link,
+                   global_sha256=sha256_hex(syn_model), state_dir=tmp_state)  # fmt: skip
+    v1 = _next_model(syn_model, 1)
+    box.handle(_params_msg(_store_params(tmp_path / "agg", agg, v1, 1)))
+    assert box.global_sha == sha256_hex(syn_model)  # nothing to rebuild on: not taken ...
+    assert box.counters["model_fallback"] == 1
+    assert link.subscribed(topics.model_current(FLEET))  # ... it asks for the file instead
+    box.handle(_model_msg(_publication(agg, v1, 1)))
+    assert box.global_sha == sha256_hex(v1)
+    assert not link.subscribed(topics.model_current(FLEET))  # one file, then vectors again
+    assert (tmp_state / "fl_global.onnx").read_bytes() == v1
+    v2 = _next_model(v1, 2)
+    box.handle(_params_msg(_store_params(tmp_path / "agg2", agg, v2, 2)))
+    assert box.global_sha == sha256_hex(v2) and box.counters["models_rebuilt"] == 1
+    # a restarted box finds its base in the state directory
+    again = FlClient(BOX, FLEET, box.identity, box.ca, box.learner, link, state_dir=tmp_state)
+    assert again._base_model() is not None
+    v3 = _next_model(v2, 3)
+    again.handle(_params_msg(_store_params(tmp_path / "agg3", agg, v3, 3)))
+    assert again.global_sha == sha256_hex(v3) and again.counters["model_fallback"] == 0
+
+
+def test_a_vector_of_another_frame_falls_back_to_the_file(
+    box: FlClient, pki: Pki, syn_model: bytes, tmp_path: Path
+) -> None:
+    agg = _ident(pki, AGGREGATOR)
+    v1 = _next_model(syn_model, 1)
+    pub = decode_params(_store_params(tmp_path / "agg", agg, v1, 1) or b"")
+    other_frame = dataclasses.replace(pub, frame="0" * 64)  # e.g. a new model shape
+    box.handle(_params_msg(encode_params(other_frame)))
+    assert box.global_sha == sha256_hex(syn_model) and box.counters["model_fallback"] == 1
+    box.handle(_model_msg(_publication(agg, v1, 1)))
+    assert box.global_sha == sha256_hex(v1)

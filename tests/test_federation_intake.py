@@ -10,6 +10,7 @@ refused; refused boxes become ordinary dropouts.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from edgeagent.federation.partials import PartialCollector
 from edgeagent.fl.constants import AGGREGATOR, Key, Stage
 from edgeagent.fl.messages import Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import payload_bound
+from edgeagent.fl.quantize import field_bits, packed_bytes
 from edgeagent.fl.secagg import RoundConfig, SecAggClient, SecAggServer
 from edgeagent.fl.secagg.auth import lab_signers
 
@@ -38,7 +40,7 @@ DIM = 33
 class Fleet:
     """n boxes and an aggregator identity, driven up to COLLECT_MASKED in memory."""
 
-    def __init__(self, n: int, seed: int = 0, round_id: int = 7) -> None:
+    def __init__(self, n: int, seed: int = 0, round_id: int = 7, **round_kw: Any) -> None:
         rng = np.random.default_rng(seed)
         self.agg = Ed25519PrivateKey.generate()
         self.nodes = [f"box{i:03d}" for i in range(n)]
@@ -51,6 +53,7 @@ class Fleet:
             participants=tuple(self.nodes),
             dim=DIM,
             bound=payload_bound(1.0, 1),
+            **round_kw,
         )
         self.server = SecAggServer(self.config)
         signers = lab_signers(self.nodes)
@@ -87,9 +90,8 @@ class Fleet:
 
     def open(self) -> bytes:
         c = self.config
-        return encode_control(
-            OP_OPEN, c.round_id, c.nonce, self.ctl_seq.next(), self.agg, dim=DIM, box_keys=self.pubs
-        )
+        return encode_control(OP_OPEN, c.round_id, c.nonce, self.ctl_seq.next(), self.agg,
+                              dim=DIM, box_keys=self.pubs, bits=c.bits)  # fmt: skip
 
     def close(self) -> bytes:
         c = self.config
@@ -148,6 +150,31 @@ def test_partials_from_several_workers_give_the_exact_round_result(
     total = fleet.finish()
     want = sum(fleet.payloads.values())
     np.testing.assert_allclose(total, want, atol=12 / fleet.server.quantizer.scale)
+
+
+def test_quantised_masked_vectors_through_two_workers() -> None:
+    """Workers learn the round's width from the open message, unpack b-bit vectors and hand
+    on uint32 partial sums; the unmasked total is the 8-bit quantised sum."""
+    bits = field_bits(8, 12)
+    fleet = Fleet(12, seed=9, bits=bits, headroom_bits=0)
+    states = [fleet.worker(str(i), flush_every=4) for i in range(2)]
+    collector = PartialCollector(fleet.server, fleet.agg.public_key())
+    for s in states:
+        assert s.on_control(fleet.open()) == []
+        assert s.round is not None and s.round.partial.bits == bits
+    partials: list[bytes] = []
+    for i, b in enumerate(fleet.nodes):
+        env = fleet.masked_envelope(b)
+        assert len(decode_unverified(env).body[Key.MASKED.value]) == packed_bytes(DIM, bits)
+        partials += states[i % 2].on_update(b, env)
+    close = fleet.close()
+    for s in states:
+        partials += s.on_control(close)
+    assert sum(collector.receive(p) for p in partials) == 12
+    total = fleet.finish()
+    want = sum(fleet.payloads.values())
+    np.testing.assert_allclose(total, want, atol=12 / fleet.server.quantizer.scale)
+    assert fleet.server.quantizer.scale < 2**8  # 8-bit steps, not the 32-bit field's
 
 
 def test_refusals_are_counted_and_refused_boxes_become_dropouts() -> None:

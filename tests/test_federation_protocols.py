@@ -47,7 +47,7 @@ def _clients() -> dict[str, SecAggClient]:
 
 
 def _policy(**kw: Any) -> AggregatorSection:
-    base = {"min_boxes": 4, "min_survivors": 2, "n_cap": N_CAP}
+    base = {"min_boxes": 4, "min_survivors": 2, "n_cap": N_CAP, "update_bits": 32}
     return AggregatorSection(**{**base, **kw})
 
 

@@ -24,7 +24,7 @@ from edgeagent.fl.aggregate import ClientUpdate, mean_from_total, weighted_fedav
 from edgeagent.fl.constants import AGGREGATOR, Key, Stage
 from edgeagent.fl.messages import EnvelopeReceiver, Message, decode_unverified, encode
 from edgeagent.fl.privacy import fedavg_payload, payload_bound
-from edgeagent.fl.quantize import Quantizer
+from edgeagent.fl.quantize import Quantizer, field_bits, packed_bytes
 from edgeagent.fl.secagg import (
     MaskedSum,
     RoundConfig,
@@ -38,6 +38,7 @@ from edgeagent.fl.secagg import (
 )
 from edgeagent.fl.secagg.auth import lab_signers
 from edgeagent.fl.secagg.simulate import simulate_round
+from edgeagent.fl.secagg.state import field_terms
 
 CLIP, N_CAP = 1.0, 500
 STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED, Stage.UNMASK)
@@ -484,3 +485,84 @@ def test_early_abort_when_setup_dropouts_exceed_threshold() -> None:
     report = simulate_round(cfg, payloads(updates), drop={u.node: Stage.SETUP for u in updates[:5]})
     assert report.abort is not None and report.abort.stage == "setup"
     assert "too_few_boxes" in report.abort.reason
+
+
+# -- quantised updates: the masked sum in Z_2^b --------------------------------------------------
+
+
+@pytest.mark.parametrize("dropouts", [False, True])
+@pytest.mark.parametrize("value_bits", [8, 16])
+def test_quantised_secure_sum_is_exactly_the_sum_of_the_quantised_inputs(
+    value_bits: int, dropouts: bool
+) -> None:
+    """Inputs on the quantiser's grid round to themselves: the unmasked sum must be exact,
+    with all 9 boxes at the bound on some coordinates (no wrap at the most participants the
+    field is sized for), and with a box dropping after its masked vector (its self-mask is
+    removed mod 2^b) and one before (its pairwise masks are removed mod 2^b)."""
+    n, dim, bound = 9, 40, 3.0
+    nodes = tuple(f"box{i:03d}" for i in range(n))
+    bits = field_bits(value_bits, n)
+    q = Quantizer(bound, n, 0, bits)
+    rng = np.random.default_rng(value_bits)
+    ints = {b: rng.integers(-q.levels, q.levels + 1, dim) for b in nodes}
+    ints[nodes[0]][:] = q.levels  # one box at the bound everywhere
+    for b in nodes:  # and every box at the bound on some coordinates: the sum's worst case
+        ints[b][:5], ints[b][5:10] = q.levels, -q.levels
+    cfg = RoundConfig(round_id=1, nonce=os.urandom(16), participants=nodes, dim=dim,
+                      bound=bound, headroom_bits=0, bits=bits)  # fmt: skip
+    drop = {nodes[1]: Stage.COLLECT_MASKED, nodes[2]: Stage.UNMASK} if dropouts else {}
+    report = simulate_round(cfg, {b: v / q.scale for b, v in ints.items()}, drop=drop)
+    assert report.abort is None, report.abort
+    res = report.result
+    want = sum(ints[b] for b in res.survivors)
+    np.testing.assert_array_equal(np.rint(res.total * q.scale).astype(np.int64), want)
+    assert nodes[2] in res.survivors and (nodes[1] in res.survivors) is not dropouts
+    # the same round in the 32-bit field: each masked vector shrinks to b bits a coordinate
+    wide = RoundConfig(round_id=1, nonce=cfg.nonce, participants=nodes, dim=dim, bound=bound)
+    full = simulate_round(wide, {b: v / q.scale for b, v in ints.items()}, drop=drop)
+    saved = (
+        full.stage_bytes[str(Stage.COLLECT_MASKED)] - report.stage_bytes[str(Stage.COLLECT_MASKED)]
+    )
+    sent = n - 1 if dropouts else n  # boxes that sent a masked vector
+    assert abs(saved - sent * (4 * dim - packed_bytes(dim, bits))) <= 2 * sent
+
+
+def test_quantised_round_matches_plaintext_fedavg_within_its_step() -> None:
+    updates = make_updates(12, 300, seed=8)
+    cfg = make_round(updates, headroom_bits=0, bits=field_bits(16, 12))
+    report = simulate_round(cfg, payloads(updates))
+    assert report.abort is None
+    q = Quantizer(cfg.bound, 12, 0, cfg.bits)
+    counted = updates
+    expected = weighted_fedavg(counted, clip=CLIP, n_cap=N_CAP)
+    n_total = sum(min(u.n, N_CAP) for u in counted)
+    got = mean_from_total(report.result.total)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2 * 12 * q.step / n_total * 2)
+    assert not np.allclose(got, 0)
+
+
+def test_masked_vector_of_the_wrong_width_is_refused() -> None:
+    masked = MaskedSum(10, bits=12)
+    with pytest.raises(ProtocolError, match="bad_body"):
+        masked.add("a", b"\x00" * 40)  # a 32-bit vector in a 12-bit round
+    masked.add("a", b"\x00" * 15)
+    assert masked.nodes == {"a"}
+
+
+@pytest.mark.parametrize("value_bits", [8, 16])
+def test_rotated_quantised_round_is_unbiased_and_close_to_plaintext(value_bits: int) -> None:
+    """The aggregator's quantised terms (``field_terms``): rotated updates, own n_k bound."""
+    updates = make_updates(10, 400, seed=value_bits)
+    terms = field_terms(value_bits, CLIP, N_CAP, 0.0, 400, 10)
+    assert terms["rotate"] and terms["bits"] == field_bits(value_bits, 10)
+    nodes = tuple(u.node for u in updates)
+    cfg = RoundConfig(round_id=1, nonce=os.urandom(16), participants=nodes, dim=401, clip=CLIP,
+                      n_cap=N_CAP, **terms)  # fmt: skip
+    report = simulate_round(cfg, payloads(updates))
+    assert report.abort is None, report.abort
+    expected = weighted_fedavg(updates, clip=CLIP, n_cap=N_CAP)
+    got = mean_from_total(report.result.total)
+    rel = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    assert 0 < rel < (0.05 if value_bits == 8 else 1e-3), rel
+    n_total = sum(min(u.n, N_CAP) for u in updates)
+    assert report.result.total[-1] == pytest.approx(n_total, rel=0.02)

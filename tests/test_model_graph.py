@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -14,12 +18,14 @@ from edgeagent.model.graph import (
     ModelMeta,
     ModelSpec,
     build_model,
+    frame_sha256,
     get_params,
     init_params,
     n_params,
     param_layout,
     parse_model,
     read_meta,
+    rebuild,
     set_meta,
     set_params,
     sha256_hex,
@@ -128,6 +134,33 @@ def test_serialisation_is_deterministic_and_hash_names_content() -> None:
     assert a == b and sha256_hex(a) == sha256_hex(b)
     c = to_bytes(build_model(meta, w + 1e-3))
     assert sha256_hex(c) != sha256_hex(a)
+
+
+def test_rebuild_from_a_vector_is_byte_identical_in_another_process(tmp_path: Path) -> None:
+    """What the aggregator signs and what a box rebuilds from the vector must be the same bytes.
+
+    The rebuild runs in a fresh interpreter (another process, as on a box), on an
+    older model of the same frame; its file must hash to the aggregator's.
+    """
+    meta = _meta()
+    old = build_model(meta, init_params(meta.spec, 1))
+    w_new = (init_params(meta.spec, 2) * 1.5).astype(np.float32)
+    signed = to_bytes(set_params(old, w_new))  # the aggregator's next global model
+    assert frame_sha256(old) == frame_sha256(parse_model(signed))
+    (tmp_path / "base.onnx").write_bytes(to_bytes(old))
+    (tmp_path / "w.f32").write_bytes(w_new.astype("<f4").tobytes())
+    code = (
+        "import sys, numpy as np; from pathlib import Path; "
+        "from edgeagent.model.graph import parse_model, rebuild; d = Path(sys.argv[1]); "
+        "w = np.frombuffer((d / 'w.f32').read_bytes(), '<f4'); "
+        "(d / 'out.onnx').write_bytes(rebuild(parse_model((d / 'base.onnx').read_bytes()), w))"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)
+    assert (tmp_path / "out.onnx").read_bytes() == signed
+    assert rebuild(parse_model(signed), w_new) == signed
+    # another shape is another frame: a box of that shape must not rebuild on it
+    other = build_model(_meta(F + 1), init_params(_meta(F + 1).spec, 1))
+    assert frame_sha256(other) != frame_sha256(old)
 
 
 def test_set_meta_rewrites_population_constants() -> None:

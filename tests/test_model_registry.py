@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from edgeagent.cli import _register, app
+from edgeagent.dbschema import schema_version
 from edgeagent.errors import ModelError
-from edgeagent.model.graph import sha256_hex
+from edgeagent.model import registry as registry_mod
+from edgeagent.model.graph import get_params, parse_model, set_params, sha256_hex, to_bytes
 from edgeagent.model.registry import ModelRegistry
 from edgeagent.model.signing import public_key_raw, sign_hash, verify_hash
 
@@ -150,3 +154,92 @@ def test_param_vector_stored_beside_model_and_checked(tmp_state: Path, syn_model
     buf[-1] ^= 0x7F
     npy.write_bytes(bytes(buf))
     np.testing.assert_array_equal(reg.load_params(rec), want)
+
+
+FIGURES = {
+    "windows": 90,
+    "active_alerts": 2,
+    "shadow_alerts": 9,
+    "active_flagged": 12,
+    "shadow_flagged": 60,
+    "labelled": 24,
+    "active_agreement": 0.875,
+    "shadow_agreement": float("nan"),  # not computable: stored as null, strict JSON
+    "against": "v1-xxxxxxxx",
+    "margins": {"alert_rel": 0.1, "alert_abs": 0, "flag_abs": 3, "agree_margin": 0.02,
+                "min_labels": 20, "quiet_share": 0.5, "quiet_abs": 1},
+}  # fmt: skip
+
+
+def _decided(state: Path, a: bytes, b: bytes, c: bytes) -> ModelRegistry:
+    """v1 runs; v2 was rejected in shadow; v3 was promoted, then rolled back by hand."""
+    reg = ModelRegistry(state)
+    v1 = reg.activate(reg.add(a, "baseline").version, "install")
+    v2 = reg.add(b, "fl:round-1")
+    reg.reject(v2.version, "alert rate worse: 9 would-be alerts vs 2", FIGURES)
+    v3 = reg.add(c, "fl:round-2")
+    reg.activate(v3.version, "promoted from shadow", FIGURES | {"shadow_alerts": 2},
+                 event="promoted")  # fmt: skip
+    assert reg.rollback("operator").version == v1.version
+    return reg
+
+
+def test_decisions_are_recorded_with_the_figures_that_decided_them(
+    tmp_state: Path, syn_model: bytes, syn_model_other: bytes
+) -> None:
+    proto = parse_model(syn_model_other)
+    third = to_bytes(set_params(proto, get_params(proto) * np.float32(0.5)))
+    reg = _decided(tmp_state, syn_model, syn_model_other, third)
+    d = reg.decisions()
+    assert [e["kind"] for e in d[2]] == ["rejected"]
+    assert [e["kind"] for e in d[3]] == ["promoted", "rolled_back"]
+    assert d[2][0]["figures"]["shadow_alerts"] == 9
+    assert d[2][0]["figures"]["shadow_agreement"] is None  # NaN stored as null
+    assert d[3][1]["figures"] is None  # an operator decided
+    assert reg.get(2).rejected and reg.get(3).rejected and not reg.get(1).rejected
+    assert 1 not in d  # adding and installing are not decisions
+
+    _register()
+    r = CliRunner()
+    sd = ["--state-dir", str(tmp_state)]
+    rows = json.loads(r.invoke(app, ["model", "list", "--json", *sd]).output)
+    assert [len(x["decisions"]) for x in rows] == [0, 1, 2]
+    assert rows[1]["decisions"][0]["figures"]["margins"]["agree_margin"] == 0.02
+    text = r.invoke(app, ["model", "list", *sd]).output
+    assert "rejected" in text and "alert rate worse: 9 would-be alerts vs 2" in text
+    assert "would-be alerts 9 vs 2, alert windows 60 vs 12 (against v1-xxxxxxxx)" in text
+    assert "held-back labels 24" in text and "margins: alerts +10%+0" in text
+    assert "decided by an operator" in text
+    assert "{" not in text and "[" not in text  # no Python-shaped output
+
+
+def test_a_registry_of_the_previous_schema_is_listed_read_only_then_migrated(
+    tmp_state: Path, syn_model: bytes, syn_model_other: bytes
+) -> None:
+    # What the previous release left: schema v2 (events without figures), a model and
+    # a rollback in its history.
+    reg = ModelRegistry(tmp_state)
+    v1 = reg.activate(reg.add(syn_model, "baseline").version, "install")
+    db = sqlite3.connect(tmp_state / registry_mod.DB_NAME, isolation_level=None)
+    db.execute("ALTER TABLE events DROP COLUMN figures")
+    db.execute("INSERT INTO events (ts, kind, version, detail) VALUES (1, 'rolled_back', 1, 'old')")
+    db.execute("PRAGMA user_version=2")
+    db.close()
+    # read-only (`model list` on a copied state directory): no migration, no figures
+    _register()
+    res = CliRunner().invoke(app, ["model", "list", "--json", "--state-dir", str(tmp_state)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)[0]["decisions"][0]["figures"] is None
+    db = sqlite3.connect(tmp_state / registry_mod.DB_NAME)
+    assert schema_version(db) == 2
+    db.close()
+    # opened to write: migrated to v3, models and history kept, figures from then on
+    reg = ModelRegistry(tmp_state)
+    db = sqlite3.connect(tmp_state / registry_mod.DB_NAME)
+    assert schema_version(db) == len(registry_mod.MIGRATIONS) == 3
+    db.close()
+    assert reg.active() == v1
+    rec = reg.add(syn_model_other, "fl:round-1")
+    reg.reject(rec.version, "worse", FIGURES)
+    d = reg.decisions()
+    assert d[1][0]["detail"] == "old" and d[rec.version][0]["figures"]["windows"] == 90

@@ -72,6 +72,8 @@ def test_existing_material_is_not_overwritten_without_force(tmp_path: Path) -> N
         AGGREGATOR_ID,
         "ca",
         "intake-0",
+        "ward",
+        "alerts",
     ],
 )
 def test_box_ids_that_cannot_be_topic_levels_or_are_reserved_are_refused(bad: str) -> None:
@@ -100,6 +102,23 @@ def test_aggregator_identity_is_issued_separately(tmp_path: Path) -> None:
     files = pki.issue_aggregator()
     assert common_name(files.cert) == AGGREGATOR_ID
     assert pki.issued() == [AGGREGATOR_ID]
+
+
+def test_consumer_roles_alerts_reads_ward_also_signs(tmp_path: Path) -> None:
+    """The ward's verdicts are signed (boxes check them), the alerts consumer signs nothing."""
+    _register()
+    d = tmp_path / "pki"
+    pki = Pki.init(d)
+    r = CliRunner().invoke(app, ["pki", "issue-consumer", "--dir", str(d), "--role", "ward",
+                                 "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert common_name(pki.client_files("ward").cert) == "ward"
+    key, cert = pki.identity_files("ward")
+    assert key.is_file() and common_name(cert) == "ward"
+    pki.issue_consumer()
+    assert not pki.identity_files("alerts")[1].exists()
+    with pytest.raises(PkiError, match="role"):
+        pki.issue_consumer(role="nurse")
 
 
 def test_cli_init_issue_show(tmp_path: Path) -> None:

@@ -69,6 +69,8 @@ def test_topic_builders_and_parser_round_trip() -> None:
     r = topics.parse(topics.round_topic("f1", 3, "shares", "box-b"))
     assert (r.round_id, r.stage, r.to_node) == (3, "shares", "box-b")
     assert topics.parse(topics.model_current("f1")).area == "model"
+    assert topics.model_params("f1") == "edgeagent/v1/f1/model/params"
+    assert topics.parse(topics.model_params("f1")).kind == "params"
 
 
 @pytest.mark.parametrize(
@@ -375,6 +377,31 @@ def test_link_reconnects_after_broker_restart_and_resubscribes(
         assert pending.wait(10) < 0x80
         assert box.counters.connects == 2 and box.counters.disconnects == 1
         assert [m.payload for m in inbox.wait(1)] == [b"during-outage"]
+
+
+def test_unsubscribe_stops_deliveries_and_leaves_the_reconnect_list(
+    mosquitto_broker_module: Broker, pki: Pki
+) -> None:
+    """A box listens to the retained full model only while it needs it (FlClient); the link
+    re-subscribes what ``subscribed`` reports at every connect, so that must drop it too."""
+    inbox = Inbox()
+    with (
+        _link(mosquitto_broker_module, pki, "aggregator", status=False) as agg,
+        _link(mosquitto_broker_module, pki, "box-a", on_message=inbox, status=False) as box,
+    ):
+        model = topics.model_current(FLEET)
+        assert agg.publish(model, b"v1", retain=True).wait(5) < 0x80
+        assert box.subscribe(model).wait(5) < 0x80
+        assert [m.payload for m in inbox.wait(1)] == [b"v1"]  # the retained copy
+        assert box.subscribed(model)
+        box.unsubscribe(model)
+        assert not box.subscribed(model)
+        time.sleep(0.2)
+        assert agg.publish(model, b"v2", retain=True).wait(5) < 0x80
+        time.sleep(0.3)
+        assert [m.payload for m in inbox.messages] == [b"v1"]
+        box.unsubscribe(model)  # unsubscribing twice is harmless
+        agg.publish(model, b"", retain=True).wait(5)
 
 
 def test_subscribe_before_connect_resolves_after_connack(

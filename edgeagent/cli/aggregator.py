@@ -87,7 +87,40 @@ def _fmt_groups(rec: dict[str, Any]) -> str:
 
 
 def _fmt_eps(eps: Any) -> str:
+    """A round's epsilon, or ``no DP`` for a release that carried no noise."""
     return "no DP" if eps is None else f"{eps:.3f}"
+
+
+def _privacy_lines(dp: dict[str, Any], sampling: str) -> list[str]:
+    """Epsilon spent, the budget left and the rounds left, or why there is no DP claim."""
+    z = dp.get("noise_multiplier")
+    spent = dp.get("epsilon_spent")
+    delta = dp.get("delta", 1e-5)
+    lines = []
+    if z is None:
+        lines.append("privacy     unknown (the aggregator has not started with this state)")
+    elif z <= 0:
+        lines.append("privacy     DP off (federation.noise_multiplier = 0): no epsilon claim")
+    elif spent is None:
+        lines.append("privacy     no epsilon claim: a round was released without noise")
+    else:
+        budget = dp.get("epsilon_budget")
+        lines.append(f"epsilon     {spent:.3f} spent at delta {delta:g}, z = {z:g}, {sampling}")
+        if budget is None:
+            lines.append("budget      none (aggregator.epsilon_budget = inf)")
+        else:
+            left = dp.get("rounds_left")
+            lines.append(
+                f"budget      {budget:g}: {dp.get('budget_left', 0.0):.3f} left, "
+                f"{left if left is not None else '-'} more round(s) fit"
+            )
+    refused = dp.get("refused")
+    if refused:
+        lines.append(
+            f"stopped     round {refused.get('round')} not started "
+            f"({dp.get('refusals', 0)} time(s)): {refused.get('reason')}"
+        )
+    return lines
 
 
 @agg_app.command("status")
@@ -96,7 +129,7 @@ def status(
     as_json: bool = JSON_OPTION,
     last: int = typer.Option(10, "--last", help="How many recent rounds to list."),
 ) -> None:
-    """Rounds, participants, dropouts, rejections and epsilon from the aggregator's state."""
+    """Rounds, participants, dropouts, rejections, epsilon spent and the budget left."""
     cfg = load_or_exit(config, as_json)
     from edgeagent.errors import EdgeAgentError
     from edgeagent.federation.aggregator import status_report
@@ -115,7 +148,8 @@ def status(
     typer.echo(f"totals      {human(rep['totals'])}")
     typer.echo(f"dropouts    {human(rep['dropouts'])}")
     typer.echo(f"refused     {human(rep['refused'])}")
-    typer.echo(f"epsilon     {_fmt_eps(rep['epsilon'])}  (sampling: {human(rep['dp_sampling'])})")
+    for line in _privacy_lines(rep["dp"], rep["dp_sampling"]):
+        typer.echo(line)
     distrusted = sorted(b for b, v in rep["reputation"].items() if v <= 0)
     if rep["reputation"]:  # robust = "reputation": the boxes whose updates it now drops
         typer.echo(f"distrusted  {', '.join(distrusted) or '-'}")

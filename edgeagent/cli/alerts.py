@@ -6,6 +6,11 @@ create nothing, change nothing, and work beside a running daemon or on a read-on
 directory. Times are ISO 8601 (``2026-12-07T18:00:00Z``) in and out; ``--since`` and
 ``--until`` also take Unix seconds.
 
+``ack`` gives a clinician's verdict on one alert to the running daemon (control
+socket): ``--true`` confirms it (``--kind`` corrects its kind), ``--false``
+dismisses it as a false alarm. The box labels the windows behind the alert with it
+(``pipeline.feedback``); ``show`` then prints the verdict beside the alert.
+
 ``follow`` is the documented alert consumer of a fleet. It subscribes to every box's
 alert topic on a persistent MQTT 5 session (nothing published while it is away is
 lost within the session's expiry), prints each alert message once as one JSON line
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import getpass
 import json
 import signal
 import sqlite3
@@ -41,6 +47,7 @@ alerts_app = typer.Typer(
 app.add_typer(alerts_app, name="alerts")
 
 DB_NAME = "alerts.sqlite"
+FEEDBACK_DB = "feedback.sqlite"
 
 _STATE: Any = typer.Option(
     None, "--state-dir", help="Read this state directory instead of the config's.",
@@ -159,6 +166,30 @@ def list_alerts(
         )
 
 
+def verdict_of(state: Path, alert_id: str) -> dict[str, Any] | None:
+    """The verdict on ``alert_id`` from ``feedback.sqlite`` (read-only), or None."""
+    path = state / FEEDBACK_DB
+    if not path.is_file():
+        return None
+    live = path.with_name(path.name + "-wal").exists()
+    flags = "mode=ro" if live else "mode=ro&immutable=1"
+    try:
+        db = sqlite3.connect(f"file:{path}?{flags}", uri=True, timeout=10.0)
+        try:
+            row = db.execute(
+                "SELECT confirmed, label, source, split, t FROM verdicts WHERE alert = ?",
+                (alert_id,),
+            ).fetchone()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return None
+    if row is None:
+        return None
+    return {"confirmed": bool(row[0]), "label": row[1], "source": row[2], "split": row[3],
+            "t": row[4]}  # fmt: skip
+
+
 @alerts_app.command("show")
 def show(
     alert_id: str = typer.Argument(..., help="Alert id (a unique prefix will do)."),
@@ -176,12 +207,72 @@ def show(
     except EdgeAgentError as exc:
         raise fail(exc, as_json) from exc
     (r,) = rows
+    r["verdict"] = verdict_of(state, r["id"])
     if as_json:
         echo_json(r)
         return
     for k, v in r.items():
+        if k == "verdict":
+            continue
         shown = iso(v) if k in ("start", "end", "created") else human(v)
         typer.echo(f"{k:10} {shown}")
+    v = r["verdict"]
+    if v is None:
+        typer.echo(f"{'verdict':10} none (`edgeagent alerts ack {r['id'][:12]} --true|--false`)")
+    else:
+        word = "confirmed" if v["confirmed"] else "dismissed"
+        typer.echo(f"{'verdict':10} {word}, labelled {v['label']} by {v['source']} at "
+                   f"{iso(v['t'])} ({v['split']})")  # fmt: skip
+
+
+_ACK_FLAG: Any = typer.Option(
+    None, "--true/--false", help="--true: the alert was right; --false: a false alarm.",
+    show_default=False,
+)  # fmt: skip
+_KIND: Any = typer.Option(None, "--kind", help="With --true: the kind it really was.")
+_ACK_PATIENT: Any = typer.Option(None, "--patient", help="Refuse unless it is this patient's.")
+_SOURCE: Any = typer.Option(None, "--source", help="Who gives the verdict (default: cli:<user>).")
+_ACK_SOCKET: Any = typer.Option(None, "--socket", help="Control socket path (overrides config).")
+
+
+def _default_source() -> str:
+    user = "".join(ch for ch in getpass.getuser() if ch.isalnum() or ch in "_.-")[:50]
+    return f"cli:{user or 'unknown'}"
+
+
+@alerts_app.command("ack")
+def ack(
+    alert_id: str = typer.Argument(..., help="Alert id (a unique prefix will do)."),
+    confirmed: bool | None = _ACK_FLAG,
+    kind: str | None = _KIND,
+    patient: str | None = _ACK_PATIENT,
+    source: str | None = _SOURCE,
+    config: Path | None = CONFIG_OPTION,
+    socket: Path | None = _ACK_SOCKET,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Confirm (--true) or dismiss (--false) an alert: its windows become labelled examples."""
+    from edgeagent.cli.status import socket_path
+    from edgeagent.daemon.control import request
+
+    if confirmed is None:
+        raise fail(AlertsError("say --true (the alert was right) or --false (a false alarm)"),
+                   as_json)  # fmt: skip
+    try:
+        res = request(socket_path(config, socket), "alerts_ack", alert=alert_id.lower(),
+                      confirmed=confirmed, kind=kind, patient=patient,
+                      source=source or _default_source())  # fmt: skip
+    except EdgeAgentError as exc:  # no daemon answering: nothing was recorded
+        raise fail(exc, as_json, code=1) from exc
+    if as_json:
+        echo_json(res)
+    elif res.get("accepted"):
+        typer.echo(f"alert {res['alert']}: labelled {res['label']} ({res['windows']} window(s), "
+                   f"{res['split']})")  # fmt: skip
+    else:
+        typer.echo(f"refused ({res.get('reason')}): {res.get('detail')}", err=True)
+    if not res.get("accepted"):
+        raise typer.Exit(1)
 
 
 @alerts_app.command("export")

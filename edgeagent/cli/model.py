@@ -58,11 +58,42 @@ def _emit(doc: Any, as_json: bool, text: str) -> None:
     typer.echo(json.dumps(doc) if as_json else text)
 
 
+def figures_line(fig: dict[str, Any] | None) -> str:
+    """The figures behind a lifecycle decision, as one line a person reads."""
+    if not fig:
+        return "decided by an operator"
+    parts = []
+    if "windows" in fig:
+        parts.append(
+            f"windows {fig['windows']}, would-be alerts {fig.get('shadow_alerts')}"
+            f" vs {fig.get('active_alerts')}, alert windows {fig.get('shadow_flagged')}"
+            f" vs {fig.get('active_flagged')}"
+            + (f" (against {fig['against']})" if fig.get("against") else "")
+        )
+    if fig.get("labelled"):
+        a, s = fig.get("active_agreement"), fig.get("shadow_agreement")
+        agree = f"{s:.3f} vs {a:.3f}" if a is not None and s is not None else "-"
+        parts.append(f"held-back labels {fig['labelled']}, agreement {agree}")
+    m = fig.get("margins")
+    if m:
+        parts.append(
+            f"margins: alerts +{m['alert_rel']:.0%}+{m['alert_abs']}"
+            f" (windows +{m.get('flag_abs', 0)}),"
+            f" agreement -{m['agree_margin']}, labels >= {m['min_labels']}"
+        )
+    return "; ".join(parts) or human(fig)
+
+
 @model_app.command("list")
 def list_models(
     config: Path | None = CONFIG_OPTION, state_dir: Path | None = _STATE, as_json: bool = _JSON
 ) -> None:
-    """Every registered model, oldest first; the active one is marked with '*'."""
+    """Every registered model, oldest first; the active one is marked with '*'.
+
+    Under each model, its lifecycle decisions (promoted, rejected, rolled back,
+    superseded) with the figures that decided them: would-be alerts of the candidate
+    against the running model, agreement with held-back labels, the margins.
+    """
     state = state_dir_of(config, state_dir, as_json)
     if not (state / "models.sqlite").is_file():  # nothing registered: read, do not create
         if as_json:
@@ -72,8 +103,13 @@ def list_models(
         return
     reg = _registry(config, state_dir, as_json, readonly=True)
     active = reg.active()
+    decisions = reg.decisions()
     rows = [
-        r.as_dict() | {"active": active is not None and r.version == active.version}
+        r.as_dict()
+        | {
+            "active": active is not None and r.version == active.version,
+            "decisions": decisions.get(r.version, []),
+        }
         for r in reg.list()
     ]
     if as_json:
@@ -86,6 +122,9 @@ def list_models(
         flags = ("*" if r["active"] else " ") + ("S" if r["signed"] else "-")
         flags += "R" if r["rejected"] else " "
         typer.echo(f"{flags} {r['label']:14} {when}  {r['source']}")
+        for d in r["decisions"]:
+            typer.echo(f"     {d['kind']} {iso(d['ts'])}: {d['detail']}")
+            typer.echo(f"       {figures_line(d['figures'])}")
 
 
 @model_app.command("show")

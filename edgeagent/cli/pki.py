@@ -76,14 +76,20 @@ def issue(
 def issue_consumer(
     directory: Path = _DIR,
     force: bool = typer.Option(False, "--force", help="Re-issue (the old key stops working)."),
+    role: str = typer.Option(
+        "alerts",
+        "--role",
+        help="alerts: `edgeagent alerts follow` (reads alerts); ward: a ward system that "
+        "also sends signed verdicts on them (node/<box>/feedback).",
+    ),
     as_json: bool = _JSON,
 ) -> None:
-    """Issue the TLS certificate of the alert consumer, `edgeagent alerts follow` (CN = alerts)."""
+    """Issue the TLS certificate of an alert consumer (CN = its role: alerts or ward)."""
     try:
-        files = Pki.open(directory).issue_consumer(force=force)
+        files = Pki.open(directory).issue_consumer(force=force, role=role)
     except PkiError as exc:
         raise _fail(exc) from exc
-    _emit({"consumer": "alerts", "ca": str(files.ca), "cert": str(files.cert),
+    _emit({"consumer": role, "ca": str(files.ca), "cert": str(files.cert),
            "key": str(files.key)}, as_json)  # fmt: skip
 
 

@@ -99,6 +99,14 @@ def render(snap: dict[str, Any], console: Console) -> None:
             str(c.get("seq_gaps", "")),
         )
     console.print(t if links else "links: none configured")
+    fb = ((snap.get("components") or {}).get("feedback") or {}).get("feedback")
+    if fb and "confirmed" in fb:
+        refused = sum(v for k, v in (fb.get("counters") or {}).items() if k.startswith("refused_"))
+        console.print(
+            f"feedback: {fb['confirmed']} confirmed, {fb['dismissed']} dismissed, "
+            f"{fb['alerts_awaiting']} awaiting; labelled windows {fb['windows_train']} train, "
+            f"{fb['windows_holdout']} held back; {refused} refused"
+        )
     ob = snap.get("outbox")
     console.print(
         f"outbox: depth {ob['depth']} dropped {ob['dropped']}" if ob else "outbox: not running"

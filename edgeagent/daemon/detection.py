@@ -172,10 +172,27 @@ class DetectionComponent:
 
     def _on_model_change(self, rec: Any, what: str) -> None:
         log.info("model %s: detector now runs %s", what, rec.label)
+        if what == "promoted" and self._learner_trains_from(self.manager.registry, rec):
+            # The fleet's global, judged in shadow and now promoted: the learner has
+            # trained from it since it arrived (the federated client reset it then), and
+            # that progress is what the next round expects. Restarting would only drop it.
+            self.counters.add("learner_kept")
+            return
         self._reset_learner(self.manager.registry, rec)
 
+    def _learner_trains_from(self, registry: Any, rec: Any) -> bool:
+        if self.learner is None or self.learner_follows_registry:
+            return False
+        try:
+            return bool(np.array_equal(registry.load_params(rec), self.learner.w_global))
+        except (ValueError, EdgeAgentError):
+            return False
+
     def _reset_learner(self, registry: Any, rec: Any) -> None:
-        """Restart the learner on every change of the running model (activation or rollback)."""
+        """Restart the learner on every change of the running model (activation or rollback).
+
+        A candidate in shadow is no change: nothing it does runs, and a rejected one
+        leaves the learner's progress as it was."""
         if self.learner is None:
             return
         self.counters.add("learner_restarts")
@@ -230,11 +247,10 @@ class DetectionComponent:
                 "patients": sorted(self.windowers),
                 "windows": wc,
                 "swaps": list(self.swaps),
-                "trusted": bool(self.detector.trusted),
-                "validated": len(self.detector.validated),
-                "shadow": self.manager.shadow[0].label
+                "shadow": self.manager.shadow.record.label
                 if self.manager is not None and self.manager.shadow is not None
                 else None,
+                "shadow_tally": self._shadow_status(),
             },
             "counters": {
                 "detection_windows": self.windows,
@@ -242,10 +258,24 @@ class DetectionComponent:
                 "detection_no_data": d.get("no_data", 0),
                 "detection_alerts": d.get("alerts", 0),
                 "detection_swaps": d.get("swaps", 0),
+                "detection_shadow_windows": d.get("shadow_windows", 0),
                 "detection_unknown_device": self.unknown_device,
                 "windows_late": wc.get("late", 0),
                 "windows_nonfinite": wc.get("nonfinite", 0),
             },
+        }
+
+    def _shadow_status(self) -> dict[str, Any] | None:
+        """The candidate judged in shadow and its tally so far (None when there is none)."""
+        mgr = self.manager
+        if mgr is None or mgr.shadow is None:
+            return None
+        tally = self.detector.shadow_tally
+        return {
+            "label": mgr.shadow.record.label,
+            "source": mgr.shadow.source,
+            "needs_windows": mgr.policy.shadow_windows,
+            **(tally.as_dict() if tally is not None else {}),
         }
 
 

@@ -11,6 +11,7 @@ Start order (lower first) and therefore reverse stop order::
     10 outbox       SQLite store-and-forward; closed last, after every producer
     20 transport    MQTT link + OutboxForwarder; drains the outbox at stop
     30 federation   FlClient (rounds, global models) on the transport's link
+    33 feedback     clinicians' verdicts (control socket, ward topic) -> labels -> learner
     35 detection    per-patient Windower -> features -> Detector -> alerts
     37 learner      LocalLearner's training thread (never on the detection path)
     40 pipeline     the BlockBus drain (service.PipelineComponent)
@@ -53,6 +54,7 @@ from edgeagent.daemon.detection import (
     LearnerComponent,
     SerialManager,
 )
+from edgeagent.daemon.feedback import FeedbackComponent
 from edgeagent.daemon.health import Liveness
 from edgeagent.daemon.outbound import (
     AlertRelay,
@@ -263,6 +265,48 @@ def _alert_store(state: Path, ctx: Context) -> AlertStore:
     return store
 
 
+def _feedback(
+    ctx: Context, state: Path, detector: Detector, learner: LocalLearner | None, transport: Any
+) -> FeedbackComponent:
+    """Clinicians' verdicts as labels: the store beside the alerts, fed by the detector.
+
+    A corrupt ``feedback.sqlite`` is moved aside and a fresh one started (labels are
+    worth less than a box that detects). Over MQTT only with the fleet CA, which the
+    ward's signatures are checked against.
+    """
+    from edgeagent.fl.identity import load_ca
+    from edgeagent.ops import dbcheck
+    from edgeagent.pipeline.feedback import DB_NAME, FeedbackStore
+
+    cfg = ctx.config
+    path = state / DB_NAME
+    if path.exists():
+        verdict = dbcheck.check(path)
+        if not verdict.ok:
+            bad = dbcheck.quarantine(path)
+            ctx.counters.add("feedback_store_recovered")
+            log.error("feedback store: %s was corrupt (%s); moved to %s, started a fresh file",
+                      path, verdict.reason, bad.name)  # fmt: skip
+    served = frozenset(ctx.patient_of.values())
+    store = FeedbackStore(
+        path, cfg.feedback, classes=lambda: detector.meta.classes, served=lambda: served
+    )
+    link = ca = None
+    if transport is not None and cfg.federation.ca_file is not None:
+        try:
+            ca = load_ca(cfg.federation.ca_file)
+            link = transport.shared
+        except PkiError as exc:
+            ctx.counters.add("feedback_mqtt_unavailable")
+            log.error("feedback from the ward system over MQTT is off: %s", exc)
+    comp = FeedbackComponent(
+        store, learner, ctx.counters, box_id=cfg.agent.box_id, fleet=cfg.agent.fleet,
+        link=link, ca=ca,
+    )  # fmt: skip
+    detector.on_alert_window = comp.keep
+    return comp
+
+
 def check_directories(config: Config) -> list[str]:
     """One line per directory the daemon must write and cannot (empty when all are fine)."""
     from edgeagent.ops.disk import check_writable
@@ -362,6 +406,11 @@ def daemon_factory(ctx: Context) -> list[Component]:
     )  # fmt: skip
     ctx.pipeline.add_consumer(detection.consume)
     comps.append(detection)
+    if cfg.feedback.enabled:
+        feedback = _feedback(ctx, state, detector, learner, transport)
+        # candidates are judged on the held-back share of these verdicts (lifecycle.decide)
+        manager.labels = feedback.store
+        comps.append(feedback)
     if learner is not None:
         lc = LearnerComponent(learner, ctx.liveness, state / LEARNER_STATE, active.sha256)
         if lc.restore():

@@ -7,18 +7,30 @@ The unit of privacy is one box per round (see ``fl.privacy``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import dp_accounting
 from dp_accounting import pld, rdp
+
+#: The sampling rate every round is composed with. The participants are every online box
+#: (when at most ``max_boxes`` are online) or a fixed-size draw from them, and their list
+#: is published retained: that is no Poisson sampling of the fleet, so no amplification by
+#: sampling is claimed and each round counts as a full Gaussian release (q = 1).
+SAMPLING_RATE = 1.0
+#: How ``aggregator status`` and docs/security.md name that choice.
+SAMPLING = "q = 1 (no amplification by sampling: participants are the online boxes, listed)"
+#: Largest number of rounds ``rounds_within`` searches (a budget that allows more is "many").
+MAX_PROJECTED_ROUNDS = 1_000_000
 
 
 @dataclass
 class DpAccountant:
     """Tracks (epsilon, delta) over rounds with dp-accounting (RDP or PLD).
 
-    Each round is a Poisson-subsampled Gaussian mechanism with sampling rate
-    ``q`` (boxes invited / fleet size) and noise multiplier ``z``. Rounds with
+    Each round is a Gaussian mechanism with noise multiplier ``z`` composed as
+    Poisson-subsampled at rate ``q``; the aggregator passes ``SAMPLING_RATE``
+    (q = 1, see there), which makes the subsampling a no-op. Rounds with
     different ``z`` or ``q`` (adaptive settings) compose as separate events.
     """
 
@@ -48,6 +60,45 @@ class DpAccountant:
             self._events[-1] = (z, q, n + rounds)
         else:
             self._events.append((noise_multiplier, sampling_rate, rounds))
+
+    def copy(self) -> DpAccountant:
+        """An independent accountant with the same events (for projections)."""
+        return DpAccountant(self.target_delta, self.method, list(self._events))
+
+    def epsilon_after(self, noise_multiplier: float, sampling_rate: float, rounds: int) -> float:
+        """Epsilon once ``rounds`` more rounds at ``(z, q)`` are spent (this one unchanged)."""
+        if rounds < 1:
+            return self.epsilon()
+        acc = self.copy()
+        acc.step(noise_multiplier, sampling_rate, rounds)
+        return acc.epsilon()
+
+    def rounds_within(self, budget: float, noise_multiplier: float, sampling_rate: float) -> int:
+        """How many more rounds at ``(z, q)`` keep epsilon within ``budget`` (0 if none).
+
+        Epsilon only grows with rounds, so a doubling then a bisection finds
+        the last round that fits; capped at ``MAX_PROJECTED_ROUNDS``.
+        """
+        if math.isinf(budget):
+            return MAX_PROJECTED_ROUNDS
+        if self.epsilon_after(noise_multiplier, sampling_rate, 1) > budget:
+            return 0
+        lo, hi = 1, 2
+        while hi < MAX_PROJECTED_ROUNDS and (
+            self.epsilon_after(noise_multiplier, sampling_rate, hi) <= budget
+        ):
+            lo, hi = hi, hi * 2
+        if hi >= MAX_PROJECTED_ROUNDS:
+            hi = MAX_PROJECTED_ROUNDS
+            if self.epsilon_after(noise_multiplier, sampling_rate, hi) <= budget:
+                return hi
+        while hi - lo > 1:  # epsilon(lo) <= budget < epsilon(hi)
+            mid = (lo + hi) // 2
+            if self.epsilon_after(noise_multiplier, sampling_rate, mid) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def epsilon(self) -> float:
         """Epsilon at ``target_delta`` for everything accounted so far (0 before any round)."""

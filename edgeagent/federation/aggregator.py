@@ -25,12 +25,20 @@ its deadline passes (silent boxes count as dropped); at the end the mean is
 applied with the server step, checked on held-out data, versioned, signed and
 published, and the round's DP step is accounted.
 
+Each round trains and sends a fixed parameter mask (``aggregator.train_groups``,
+named in the signed announcement): boxes send only those coordinates, clipped
+and noised, and the mean is scattered back so the other coordinates keep the
+global's values. A DP round is started only if epsilon after the planned rounds
+stays within ``aggregator.epsilon_budget``; otherwise it is refused, logged,
+counted and recorded for ``aggregator status``, and the loop ends.
+
 All MQTT callbacks only enqueue; one thread owns the state.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import secrets
 import threading
@@ -44,6 +52,7 @@ import numpy as np
 
 from edgeagent.errors import ModelError, ProtocolError, TransportError
 from edgeagent.federation import holdout
+from edgeagent.federation.accountant import SAMPLING, SAMPLING_RATE
 from edgeagent.federation.intake import PARTIAL_KIND, partial_topic
 from edgeagent.federation.intake_workers import IntakeWorkers
 from edgeagent.federation.protocols import PlaintextProtocol, RoundProtocol, SecAggProtocol
@@ -54,8 +63,17 @@ from edgeagent.fl.aggregate import apply_update
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORDER, Stage
 from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, decode_unverified, encode
+from edgeagent.fl.privacy import scatter
 from edgeagent.fl.wire import Announcement, announcement_body, decode_hello, parse_status
-from edgeagent.model.graph import get_params, parse_model, set_params, sha256_hex, to_bytes
+from edgeagent.model.graph import (
+    get_params,
+    parse_model,
+    read_meta,
+    set_params,
+    sha256_hex,
+    to_bytes,
+)
+from edgeagent.model.meta import PARAM_GROUPS, group_indices
 from edgeagent.ops.config import Config
 from edgeagent.ops.pki import TlsFiles
 from edgeagent.ops.revocation import read_deny_list
@@ -70,8 +88,11 @@ log = logging.getLogger(__name__)
 
 #: Message ids remembered to drop repeats: days of every box's outbox messages.
 SEEN_CAPACITY = 100_000
-#: Sampling rate the DP accountant composes rounds with (see ``_conclude``).
-DP_SAMPLING_RATE = 1.0
+#: Sampling rate the DP accountant composes rounds with (``accountant.SAMPLING_RATE``).
+DP_SAMPLING_RATE = SAMPLING_RATE
+#: Seconds before a round the DP budget refused is checked again, for a caller that keeps
+#: ticking after ``done`` (the projection cannot change while no round runs).
+BUDGET_RECHECK_S = 60.0
 
 #: Messages queued from the network thread; beyond this the oldest are dropped (counted).
 INBOX_MAX = 100_000
@@ -157,6 +178,9 @@ class Aggregator:
         if agg.intake_workers:
             self.workers = IntakeWorkers(config, self.state_dir, self.identity, self.link)
         self.scheduler = Scheduler(agg, self.clock())
+        #: this round's parameter mask: (group names, indices or None = all, model size)
+        self.mask: tuple[tuple[str, ...], np.ndarray | None, int] | None = None
+        self._record_dp()
 
     # -- views kept for callers: the state dict, the model, the next start ------------------------
 
@@ -236,6 +260,13 @@ class Aggregator:
         self.state["clear_announce"] = []
         self.ensure_model()
         self.store.save()
+        dp = self.state["dp"]
+        if self.noise_multiplier > 0:
+            log.info("DP: z = %g, %s; epsilon spent %s at delta %g, budget %s, %s round(s) fit",
+                     self.noise_multiplier, SAMPLING, dp["epsilon_spent"], dp["delta"],
+                     dp["epsilon_budget"], dp["rounds_left"])  # fmt: skip
+        else:
+            log.info("DP off (federation.noise_multiplier = 0): rounds carry no epsilon claim")
 
     def close(self) -> None:
         if self.round is not None:
@@ -392,6 +423,95 @@ class Aggregator:
         self.bytes_out_total += len(data)
         self.link.publish(topic, data, retain=retain)
 
+    # -- privacy budget and parameter mask ---------------------------------------------------
+
+    def _round_mask(self, model_bytes: bytes) -> tuple[tuple[str, ...], np.ndarray | None, int]:
+        """The round's mask from ``train_groups``: names, indices (None = all), model size.
+
+        Derived from the global model's own layout, the same layout every box
+        derives the indices from, so each box sends the same coordinates.
+        """
+        model = parse_model(model_bytes)
+        spec = read_meta(model).spec
+        size = int(get_params(model).size)
+        groups = tuple(sorted(self.policy.train_groups))
+        if set(groups) == PARAM_GROUPS.keys():
+            return groups, None, size
+        return groups, group_indices(spec, groups), size
+
+    def _planned_rounds(self) -> int:
+        """Rounds the budget must still cover: those left of ``aggregator.rounds``, else one."""
+        limit = self.policy.rounds
+        return max(1, limit - self.store.completed()) if limit else 1
+
+    def _budget_refuses(self, now: float) -> bool:
+        """True (logged, counted, recorded) if the next DP round would break the budget.
+
+        A round with noise is refused when epsilon after the planned rounds
+        would exceed ``aggregator.epsilon_budget`` at ``dp_delta``, and also
+        after any round released without noise: no epsilon holds after one.
+        Rounds without noise (``noise_multiplier = 0``) are no DP rounds: the
+        status says so, and they run. A refusal ends the run loop: epsilon only
+        changes when rounds run, so only a new configuration can change it.
+        """
+        z, budget = self.noise_multiplier, self.policy.epsilon_budget
+        if z <= 0 or math.isinf(budget):
+            return False
+        planned = self._planned_rounds()
+        if self.store.epsilon() is None:
+            projected = math.inf
+            why = "a round was released without noise before: no epsilon claim holds"
+        else:
+            projected = self.store.accountant.epsilon_after(z, DP_SAMPLING_RATE, planned)
+            if projected <= budget:
+                self.state.setdefault("dp", {}).pop("refused", None)
+                return False
+            fit = self.store.accountant.rounds_within(budget, z, DP_SAMPLING_RATE)
+            why = (
+                f"epsilon after {planned} more round(s) at z = {z:g} would be {projected:.2f} > "
+                f"budget {budget:g} (delta {self.policy.dp_delta:g}); {fit} more round(s) fit: "
+                "lower aggregator.rounds, raise federation.noise_multiplier or "
+                "aggregator.epsilon_budget"
+            )
+        dp = self.state.setdefault("dp", {})
+        dp["refusals"] = int(dp.get("refusals", 0)) + 1
+        dp["refused"] = {
+            "round": int(self.state["next_round"]),
+            "at": time.time(),
+            "projected_epsilon": None if math.isinf(projected) else projected,
+            "reason": why,
+        }
+        self._record_dp()
+        log.error("round %d not started (DP budget): %s; the aggregator stops starting rounds",
+                  self.state["next_round"], why)  # fmt: skip
+        self.scheduler.next_round_at = now + max(self.policy.round_interval_s, BUDGET_RECHECK_S)
+        # nothing can change the projection until the configuration does: the loop ends
+        # (``aggregator run`` exits 0, so systemd's on-failure restart does not loop on it)
+        self.done.set()
+        return True
+
+    def _record_dp(self) -> None:
+        """Persist what ``aggregator status`` shows about privacy: spent, budget, rounds left."""
+        z, budget = self.noise_multiplier, self.policy.epsilon_budget
+        eps = self.store.epsilon()
+        dp = self.state.setdefault("dp", {})
+        dp.update(
+            noise_multiplier=z,
+            sampling_rate=DP_SAMPLING_RATE,
+            sampling=SAMPLING,
+            delta=self.policy.dp_delta,
+            epsilon_budget=None if math.isinf(budget) else budget,
+            epsilon_spent=eps,
+            planned_rounds=self.policy.rounds or None,
+            train_groups=list(self.policy.train_groups),
+        )
+        if z <= 0 or eps is None or math.isinf(budget):
+            dp["budget_left"] = dp["rounds_left"] = None
+        else:
+            dp["budget_left"] = max(0.0, budget - eps)
+            dp["rounds_left"] = self.store.accountant.rounds_within(budget, z, DP_SAMPLING_RATE)
+        self.store.save()
+
     # -- rounds -----------------------------------------------------------------------------------
 
     def tick(self) -> None:
@@ -406,7 +526,7 @@ class Aggregator:
                 return
             if now >= self.scheduler.next_round_at:
                 ready = self.eligible()
-                if self.scheduler.due(now, len(ready)):
+                if self.scheduler.due(now, len(ready)) and not self._budget_refuses(now):
                     self.start_round(ready)
             return
         if self.scheduler.stage_closes(now, bool(r.pending())):
@@ -438,7 +558,8 @@ class Aggregator:
         chosen = tuple(choose(ready, p.max_boxes))
         round_id = int(self.state["next_round"])
         nonce = secrets.token_bytes(NONCE_BYTES)
-        params = int(get_params(parse_model(self.store.model_bytes)).size)
+        groups, idx, size = self.mask = self._round_mask(self.store.model_bytes)
+        params = size if idx is None else int(idx.size)  # what every box sends
         traffic = RoundTraffic()
         protocol = self._protocol(round_id, nonce, chosen, params, traffic)
         rx = EnvelopeReceiver(AGGREGATOR, {n: self.boxes[n].key for n in chosen})
@@ -472,6 +593,7 @@ class Aggregator:
             clip=terms.clip,
             n_cap=terms.n_cap,
             enc_pk=terms.enc_pk,
+            groups=groups,
         )
         body = announcement_body(ann)
         msg = Message(AGGREGATOR, BROADCAST, round_id, Stage.SETUP, r.seq.next(), nonce, body)
@@ -509,7 +631,8 @@ class Aggregator:
         if close.open_intake is not None:  # before the boxes get their COLLECT_MASKED bodies
             assert self.workers is not None
             keys = {n: r.receiver.keys[n] for n in close.open_intake.participants}
-            self.workers.open(r.round_id, r.nonce, close.open_intake.dim, keys)
+            self.workers.open(r.round_id, r.nonce, close.open_intake.dim, keys,
+                              close.open_intake.bits)  # fmt: skip
         for stage in sorted(close.sends, key=STAGE_ORDER.index):
             self._send_stage(stage, close.sends[stage])
         if close.finished:
@@ -518,6 +641,10 @@ class Aggregator:
     def _finish(self, r: Round) -> None:
         """Tally the round, apply its mean (evaluate, version, sign, publish), record it."""
         rec = r.base_record()
+        if self.mask is not None:
+            groups, idx, size = self.mask
+            rec["mask"] = {"groups": list(groups), "sent": size if idx is None else int(idx.size),
+                           "params": size}  # fmt: skip
         released = r.protocol.tally(rec)
         if "status" not in rec:
             try:
@@ -545,6 +672,7 @@ class Aggregator:
             self.store.account(self.noise_multiplier, DP_SAMPLING_RATE)
         eps = self.store.epsilon()
         rec["epsilon"] = eps
+        self._record_dp()
         rec["seconds"] = round(self.clock() - r.timing.started, 4)  # incl. model build + publish
         rec.setdefault("status", "completed")
         self.store.end_round(rec)
@@ -558,7 +686,10 @@ class Aggregator:
         """Server step, held-out check, then a new version stored, signed and published."""
         assert self.store.model_bytes is not None
         model = parse_model(self.store.model_bytes)
-        w_new = apply_update(get_params(model), mean, self.policy.server_lr)
+        w = get_params(model)
+        idx = self.mask[1] if self.mask is not None else None
+        # the coordinates the round did not send keep the global's values exactly
+        w_new = apply_update(w, scatter(mean, idx, int(w.size)), self.policy.server_lr)
         candidate = to_bytes(set_params(model, w_new))
         ev = self.evaluate(candidate)
         rec["eval"] = ev

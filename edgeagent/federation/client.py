@@ -27,14 +27,25 @@ Thin I/O shell around the pure parts (``SecAggClient``, ``EnvelopeReceiver``,
 * each stage body routed to it (``round/<r>/<stage>/<box>``) is verified,
   handed to ``SecAggClient.handle`` and the reply published on
   ``node/<box>/<stage>``; at SETUP the learner's ``delta`` and ``n_k`` become
-  the masked payload ``[n_k * clip(delta), n_k]``;
+  the masked payload ``[n_k * clip(delta), n_k]``; in both modes only the
+  coordinates of the announced parameter mask (``groups``) are sent, clipped
+  and noised, so every box's update has the same length;
 * a **global model** on ``model/current`` is accepted only if its bytes match
   the published SHA-256, the signature over that hash verifies with a key
   from an ``aggregator`` certificate of this fleet's CA, and its version is
   not older than the last one accepted (replayed old models are refused). The
   learner restarts from it (``reset_global``) and the model lifecycle
   (``ModelManager.apply``: validation, hot swap, rollback) decides whether
-  detection uses it.
+  detection uses it;
+* the same release comes as a **parameter vector** on ``model/params`` (4
+  bytes per parameter instead of the file): the box rebuilds the file from
+  its current global model (the *base*, kept as ``fl_global.onnx``) and the
+  vector, and takes it as above only if the rebuilt bytes hash to the signed
+  SHA-256 (``hash_mismatch`` otherwise). A box without a base of the
+  publication's frame (first start, a new model shape, or a hash mismatch),
+  or that sees an announcement on a model it lacks, subscribes to
+  ``model/current`` until it has taken the file (``model_fallback``), so the
+  whole file crosses the network only when the vector cannot serve.
 
 Which message may come when is ``federation.box_round``'s transition table:
 the client asks it before acting, so a message of the wrong mode or order is
@@ -59,20 +70,29 @@ from typing import Any, Protocol
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgeagent.atomic import write_json_atomic
+from edgeagent.atomic import write_atomic, write_json_atomic
 from edgeagent.errors import EdgeAgentError, ModelError, ProtocolError
 from edgeagent.federation.box_round import BoxEvent, BoxPhase, BoxRound, stage_event, transition
 from edgeagent.fl import seal
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Key, Stage
 from edgeagent.fl.identity import Identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
-from edgeagent.fl.privacy import fedavg_payload, l2_clip
+from edgeagent.fl.privacy import fedavg_payload, l2_clip, select
 from edgeagent.fl.robust import partition_groups
 from edgeagent.fl.secagg import SecAggClient
 from edgeagent.fl.secagg.auth import RoundSigner
 from edgeagent.fl.secagg.client import PrivacyFloor
-from edgeagent.fl.wire import Announcement, decode_model, encode_hello, parse_announcement
-from edgeagent.model.graph import get_params, parse_model
+from edgeagent.fl.wire import (
+    Announcement,
+    ModelPublication,
+    ParamsPublication,
+    decode_model,
+    decode_params,
+    encode_hello,
+    parse_announcement,
+)
+from edgeagent.model.graph import frame_sha256, get_params, parse_model, rebuild, sha256_hex
+from edgeagent.model.meta import PARAM_GROUPS, ModelSpec, group_indices
 from edgeagent.model.signing import verify_hash, verify_release
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import Message as MqttMessage
@@ -81,6 +101,8 @@ from edgeagent.transport.mqtt import MqttLink
 log = logging.getLogger(__name__)
 
 STATE_FILE = "fl_client.json"
+#: The current global model's file: the base a parameter vector is rebuilt on.
+BASE_FILE = "fl_global.onnx"
 #: Stage messages that arrive before their announcement are held (bounded) and replayed.
 EARLY_MAX = 16
 #: ... and never more than this many bytes of them (a SETUP is about a kilobyte).
@@ -144,8 +166,13 @@ class FlClient:
         min_group_size: int = 3,
         floor: PrivacyFloor | None = None,
         revoked: frozenset[str] = frozenset(),
+        spec: ModelSpec | None = None,
     ) -> None:
         self.box_id = box_id
+        #: the model's shapes, to turn an announced mask's group names into coordinates
+        self.spec: ModelSpec | None = spec or getattr(learner, "spec", None)
+        #: this round's masked coordinates (None: the whole vector)
+        self._mask_idx: np.ndarray | None = None
         self.allow_plaintext = allow_plaintext
         self.min_group_size = min_group_size
         self.liveness = liveness
@@ -178,6 +205,8 @@ class FlClient:
         self.link.on_message = self._enqueue
         self.link.on_connect = self._on_connect
         self.model_event = threading.Event()  # set whenever a global model was taken
+        self._base: tuple[str, bytes] | None = None  # (sha256, file) of the base
+        self._frames: dict[str, str] = {}  # sha256 -> frame of the base (computed on demand)
 
     # -- persistence ------------------------------------------------------------------------------
 
@@ -208,8 +237,11 @@ class FlClient:
         self._thread = threading.Thread(target=self._run, name="fl-client", daemon=True)
         self._thread.start()
         p = topics.prefix(self.fleet)
-        for f in (f"{p}/round/+/announce", f"{p}/round/+/+/{self.box_id}", f"{p}/model/current"):
+        for f in (f"{p}/round/+/announce", f"{p}/round/+/+/{self.box_id}",
+                  topics.model_params(self.fleet)):  # fmt: skip
             self.link.subscribe(f)
+        if self._base_model() is None:  # hashes only: onnx is not imported until a model comes
+            self._want_full("no base model to rebuild parameter vectors on")
         self.link.connect()
 
     @property
@@ -291,7 +323,10 @@ class FlClient:
         if t.fleet != self.fleet:
             return  # a persistent session may still hold another fleet's subscriptions
         if t.area == "model":
-            self._on_model(msg.payload)
+            if t.kind == "params":
+                self._on_params(msg.payload)
+            else:
+                self._on_model(msg.payload)
         elif t.area == "round" and t.round_id is not None:
             if t.stage == "announce" and t.to_node is None:
                 self._on_announce(t.round_id, msg.payload)
@@ -361,11 +396,13 @@ class FlClient:
             self.counters["stale_model"] += 1
             have = (self.global_sha or "none")[:12]
             log.info("round %d is on model %s, this box has %s", round_id, ann.model_sha256, have)
+            self._want_full(f"round {round_id} is on a model this box lacks")
             return
         if int(self.learner.n_k) < self.min_samples:
             self.counters["not_ready"] += 1
             log.info("round %d: only %d windows trained on", round_id, self.learner.n_k)
             return
+        self._mask_idx = self._mask(ann.groups)
         peers = ann.participants
         if ann.group_size:
             try:
@@ -393,6 +430,22 @@ class FlClient:
             if r == round_id:
                 self.handle(m)
 
+    def _mask(self, groups: tuple[str, ...]) -> np.ndarray | None:
+        """The coordinates the announced mask sends; ``bad_mask`` if this box cannot tell.
+
+        Every group named is the whole vector, which needs no layout; a subset
+        needs this model's shapes, so that this box sends exactly the
+        coordinates every other box sends and the sums line up.
+        """
+        if not groups or set(groups) == PARAM_GROUPS.keys():
+            return None
+        if self.spec is None:
+            raise ProtocolError("bad_mask", f"groups {list(groups)} need the model's layout")
+        try:
+            return group_indices(self.spec, groups)
+        except ModelError as exc:
+            raise ProtocolError("bad_mask", str(exc)) from exc
+
     def _send_update(self, ann: Announcement) -> None:
         """Plaintext round: the clipped update and capped ``n_k``, sealed to the round key.
 
@@ -401,7 +454,7 @@ class FlClient:
         cur = self.current
         assert cur is not None
         try:
-            clipped, _ = l2_clip(np.asarray(self.learner.delta(), np.float64), ann.clip)
+            clipped, _ = l2_clip(select(self.learner.delta(), self._mask_idx), ann.clip)
         except ValueError as exc:
             self._end_round(BoxEvent.REFUSED, "refused", str(exc))
             raise ProtocolError("bad_input", str(exc)) from exc
@@ -447,7 +500,7 @@ class FlClient:
         try:
             reply = self.secagg.handle(m.round, m.nonce, m.stage, m.body)
             if stage is Stage.SETUP:
-                delta = np.asarray(self.learner.delta(), dtype=np.float64)
+                delta = select(self.learner.delta(), self._mask_idx)
                 n_k = int(self.learner.n_k)
                 payload = fedavg_payload(delta, n_k, self.secagg.clip, self.secagg.n_cap)
                 self.secagg.set_input(payload)
@@ -484,13 +537,68 @@ class FlClient:
         self._save()
         log.info("round %d ended: %s %s", cur.round_id, status, reason)
 
-    def _on_model(self, payload: bytes) -> None:
-        if not payload:
+    # -- global model -----------------------------------------------------------------------------
+
+    def _base_model(self) -> tuple[str, bytes] | None:
+        """``(sha256, file)`` of the current global model, if this box holds its file.
+
+        From memory, else ``fl_global.onnx`` in the state directory, else the
+        model registry; only a file whose hash is ``global_sha`` serves.
+        """
+        sha = self.global_sha
+        if sha is None:
+            return None
+        if self._base is not None and self._base[0] == sha:
+            return self._base
+        data: bytes | None = None
+        if self.state_path is not None:
+            path = self.state_path.parent / BASE_FILE
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = None
+        if (data is None or sha256_hex(data) != sha) and self.manager is not None:
+            reg = self.manager.registry
+            rec = reg.find(sha) if hasattr(reg, "find") else None
+            try:
+                data = reg.load_bytes(rec) if rec is not None else None
+            except (OSError, ModelError):
+                data = None
+        if data is None or sha256_hex(data) != sha:
+            return None
+        self._base = (sha, data)
+        return self._base
+
+    def _frame(self, sha: str, data: bytes) -> str | None:
+        """The base's frame (``graph.frame_sha256``), cached; None if the file does not parse."""
+        if sha not in self._frames:
+            try:
+                frame = frame_sha256(parse_model(data))
+            except ModelError:
+                return None
+            self._frames = {sha: frame}  # one base at a time
+        return self._frames[sha]
+
+    def _keep_base(self, sha: str, data: bytes) -> None:
+        """Remember the taken model's file as the base for the next parameter vector."""
+        self._base = (sha, data)
+        if self.state_path is not None:
+            write_atomic(self.state_path.parent / BASE_FILE, data)
+
+    def _want_full(self, why: str) -> None:
+        """Subscribe to the retained full model (once) until one is taken."""
+        topic = topics.model_current(self.fleet)
+        if self.link.subscribed(topic):
             return
-        self.counters["bytes_model"] += len(payload)
-        pub = decode_model(payload)
+        self.counters["model_fallback"] += 1
+        log.info("federation: taking the full model file: %s", why)
+        self.link.subscribe(topic)
+
+    def _check_release(self, pub: ModelPublication | ParamsPublication) -> Ed25519PublicKey | None:
+        """Verify a publication's signatures and version; the aggregator key, or None when
+        it is the model this box already has (nothing more to do)."""
         if pub.sha256 == self.global_sha and pub.version <= self.global_version:
-            return  # the retained copy of what we already have
+            return None  # the retained copy of what we already have
         key = self._aggregator_key(pub.cert_der)
         try:
             verify_hash([key], pub.sha256, pub.signature)
@@ -507,17 +615,58 @@ class FlClient:
             # keep the local progress (n_k) instead of restarting from the same weights
             self.global_version = pub.version
             self._save()
+            return None
+        return key
+
+    def _on_model(self, payload: bytes) -> None:
+        if not payload:
             return
-        w = get_params(parse_model(pub.onnx))
+        self.counters["bytes_model"] += len(payload)
+        pub = decode_model(payload)
+        key = self._check_release(pub)
+        if key is not None:
+            self._take(pub.onnx, pub.sha256, pub.version, pub.round_id, pub.signature, key)
+        elif pub.sha256 == self.global_sha and self._base_model() is None:
+            self._keep_base(pub.sha256, pub.onnx)  # the model it has: its hash is the proof
+        if self._base_model() is not None:
+            self.link.unsubscribe(topics.model_current(self.fleet))
+
+    def _on_params(self, payload: bytes) -> None:
+        """A release as its parameter vector: rebuild on the base, check the signed hash."""
+        if not payload:
+            return
+        self.counters["bytes_params"] += len(payload)
+        pub = decode_params(payload)
+        key = self._check_release(pub)
+        if key is None:
+            return
+        base = self._base_model()
+        if base is None or self._frame(*base) != pub.frame:
+            self._want_full(f"v{pub.version} has another frame than this box's model")
+            return
+        data = rebuild(parse_model(base[1]), pub.vector())
+        if sha256_hex(data) != pub.sha256:
+            self._want_full(f"v{pub.version} rebuilt to another hash")
+            raise ProtocolError(
+                "hash_mismatch", f"v{pub.version} rebuilt from its vector does not match its hash"
+            )
+        self._take(data, pub.sha256, pub.version, pub.round_id, pub.signature, key)
+        self.counters["models_rebuilt"] += 1
+
+    def _take(self, onnx: bytes, sha: str, version: int, round_id: int, signature: bytes,
+              key: Ed25519PublicKey) -> None:  # fmt: skip
+        """Restart the learner from a verified global model and hand it to the lifecycle."""
+        w = get_params(parse_model(onnx))
         self.learner.reset_global(w)
-        self.global_sha, self.global_version = pub.sha256, pub.version
+        self.global_sha, self.global_version = sha, version
+        self._keep_base(sha, onnx)
         if self.manager is not None:
             reg = self.manager.registry
             if all(k.public_bytes_raw() != key.public_bytes_raw() for k in reg.trusted_keys):
                 reg.trusted_keys.append(key)
-            res = self.manager.apply(pub.onnx, f"fl:round-{pub.round_id}", pub.signature)
+            res = self.manager.apply(onnx, f"fl:round-{round_id}", signature)
             self.last_apply = res.as_dict() if hasattr(res, "as_dict") else {"result": str(res)}
-            log.info("global model v%d: %s", pub.version, self.last_apply)
+            log.info("global model v%d: %s", version, self.last_apply)
         self.counters["models_taken"] += 1
         self._save()
         self.model_event.set()

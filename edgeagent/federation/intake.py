@@ -94,6 +94,7 @@ class IKey:
 
     OP = "op"
     DIM = "d"
+    BITS = "bits"  # width of the round's modular sum (absent = 32)
     KEYS = "keys"
     NODES = "nodes"
     SUM = "sum"
@@ -153,6 +154,7 @@ def encode_control(
     *,
     dim: int = 0,
     box_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    bits: int = 32,
 ) -> bytes:
     """Signed open/close message for the workers (coordinator side)."""
     body: dict[str, Any] = {IKey.OP: op}
@@ -160,6 +162,8 @@ def encode_control(
         if dim < 1 or not box_keys:
             raise ValueError("opening intake needs dim >= 1 and the participants' keys")
         body[IKey.DIM] = dim
+        if bits != 32:
+            body[IKey.BITS] = bits
         body[IKey.KEYS] = {n: raw_public(k) for n, k in sorted(box_keys.items())}
     elif op != OP_CLOSE:
         raise ValueError(f"unknown intake op {op!r}")
@@ -178,7 +182,7 @@ class Partial:
 
 
 def decode_partial(
-    data: bytes, key: Ed25519PublicKey, round_id: int, nonce: bytes, dim: int
+    data: bytes, key: Ed25519PublicKey, round_id: int, nonce: bytes, dim: int, bits: int = 32
 ) -> Partial:
     """Verify a worker's partial-sum envelope for this round; ``ProtocolError`` otherwise."""
     msg = verify_signed(data, key)
@@ -196,7 +200,7 @@ def decode_partial(
         or type(part) is not int
     ):
         raise ProtocolError("bad_body", "partial must carry distinct nodes and a dim-sized sum")
-    total = MaskedSum(dim)
+    total = MaskedSum(dim, bits)  # a partial is a uint32 sum whatever the boxes' width
     total.total = np.frombuffer(blob, dtype="<u4").astype(np.uint32)
     total.nodes = set(nodes)
     return Partial(msg.src, msg.round, part, total)
@@ -210,6 +214,7 @@ class _Open:
     receiver: EnvelopeReceiver
     partial: MaskedSum
     last_flush: float
+    bits: int = 32
 
 
 class IntakeState:
@@ -262,8 +267,11 @@ class IntakeState:
             out: list[bytes] = []
             if op == OP_OPEN:
                 dim, raw = msg.body.get(IKey.DIM), msg.body.get(IKey.KEYS)
+                bits = msg.body.get(IKey.BITS, 32)
                 if type(dim) is not int or dim < 1 or not isinstance(raw, dict) or not raw:
                     raise ProtocolError("bad_body", "open needs dim and participant keys")
+                if type(bits) is not int or not 2 <= bits <= 32:
+                    raise ProtocolError("bad_body", f"open with a {bits!r}-bit sum")
                 try:
                     keys = {str(n): Ed25519PublicKey.from_public_bytes(k) for n, k in raw.items()}
                 except (ValueError, TypeError) as exc:
@@ -275,7 +283,8 @@ class IntakeState:
                 # boxes address the aggregator; this worker reads on its behalf
                 rx = EnvelopeReceiver(AGGREGATOR, keys)
                 rx.begin_round(msg.round, msg.nonce)
-                self.round = _Open(msg.round, msg.nonce, dim, rx, MaskedSum(dim), self.clock())
+                self.round = _Open(msg.round, msg.nonce, dim, rx, MaskedSum(dim, bits),
+                                   self.clock(), bits)  # fmt: skip
                 self._parts = 0
                 early, self._early, self._early_bytes = self._early, [], 0
                 for node, env in early:
@@ -383,7 +392,7 @@ class IntakeState:
             r.nonce,
             body,
         )
-        r.partial = MaskedSum(r.dim)
+        r.partial = MaskedSum(r.dim, r.bits)
         self.counters["partials"] += 1
         return [encode(msg, self._key)]
 

@@ -115,10 +115,10 @@ class IntakeWorkers:
         self.procs = []
 
     def open(self, round_id: int, nonce: bytes, dim: int,
-             box_keys: dict[str, Ed25519PublicKey]) -> None:  # fmt: skip
-        """COLLECT_MASKED opens: tell the workers the round, its size and the box keys."""
+             box_keys: dict[str, Ed25519PublicKey], bits: int = 32) -> None:  # fmt: skip
+        """COLLECT_MASKED opens: tell the workers the round, its size, width and the box keys."""
         ctl = encode_control(OP_OPEN, round_id, nonce, self._seq.next(), self.identity.key,
-                             dim=dim, box_keys=box_keys)  # fmt: skip
+                             dim=dim, box_keys=box_keys, bits=bits)  # fmt: skip
         self.bytes_out += len(ctl)
         self.link.publish(control_topic(self.fleet), ctl)
 

@@ -48,7 +48,7 @@ class PartialCollector:
         """Absorb one partial; returns how many boxes it added (0 if refused, counted)."""
         c = self.server.config
         try:
-            p = decode_partial(data, self._key, c.round_id, c.nonce, c.dim)
+            p = decode_partial(data, self._key, c.round_id, c.nonce, c.dim, c.bits)
             if (p.worker, p.part) in self._seen:
                 raise ProtocolError("duplicate_partial", f"{p.worker} part {p.part} again")
             if self.server.stage is not Stage.COLLECT_MASKED:

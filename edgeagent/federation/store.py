@@ -1,13 +1,16 @@
 """The aggregator's durable side: ``aggregator.json``, model files, the signed publication.
 
-State (next round id, model versions, DP events, round history, refusal
-counts, reputation scores) is one JSON file written atomically after every
-state change, so a restart between rounds continues where it stopped; a round
+State (next round id, model versions, DP events and the privacy budget's
+standing, round history, refusal counts, reputation scores) is one JSON file
+written atomically after every state change, so a restart between rounds
+continues where it stopped (epsilon spent included); a round
 cut by a restart is recorded as ``interrupted`` and its id is never reused
 (boxes refuse stale rounds). Global models are content-addressed files
 (``models/<sha256>.onnx``), checked against their hash when loaded, and
 published retained on ``model/current`` with an Ed25519 signature over that
-hash, which is what every box verifies before taking a model.
+hash, which is what every box verifies before taking a model; the same
+release goes out on ``model/params`` as the parameter vector boxes rebuild
+the file from (4 bytes per parameter instead of the whole file).
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from typing import Any
 
 from edgeagent.atomic import write_atomic, write_json_atomic
 from edgeagent.errors import ModelError, TransportError
-from edgeagent.federation.accountant import DpAccountant
+from edgeagent.federation.accountant import SAMPLING, DpAccountant
 from edgeagent.fl.identity import Identity
-from edgeagent.fl.wire import ModelPublication, encode_model
-from edgeagent.model.graph import sha256_hex
+from edgeagent.fl.wire import ModelPublication, ParamsPublication, encode_model, encode_params
+from edgeagent.model.graph import frame_sha256, get_params, parse_model, rebuild, sha256_hex
 from edgeagent.model.signing import sign_hash, sign_release
 from edgeagent.transport import topics
 from edgeagent.transport.mqtt import MqttLink
@@ -62,7 +65,9 @@ def status_report(state_dir: Path) -> dict[str, Any]:
         "refused": s.get("refused", {}),
         "epsilon": rounds[-1].get("epsilon") if rounds else None,
         # how epsilon was composed: q = 1, no amplification by sampling (see docs/security.md)
-        "dp_sampling": "q = 1 (no sampling amplification)",
+        "dp_sampling": SAMPLING,
+        # budget, spent, left and why a round was not started (the aggregator writes it)
+        "dp": s.get("dp", {}),
         "in_progress": s.get("in_progress"),
         "reputation": s.get("reputation", {}),
         "rounds": rounds,
@@ -219,22 +224,60 @@ class AggregatorStore:
         )
         return encode_model(pub)
 
-    def publish(self, link: MqttLink, fleet: str, identity: Identity) -> int:
-        """Sign the current global model and publish it retained on ``model/current``.
+    def params_publication(self, identity: Identity, fleet: str) -> bytes | None:
+        """The current global model as its signed parameter vector, or None if not rebuildable.
 
-        Returns the bytes sent. A missing or refusing PUBACK is logged, not raised:
-        the retained copy is re-published at the next start or model version.
+        Same release and signatures as ``publication``; the vector is the float32
+        parameters stored in the file and ``frame`` the hash of everything else.
+        None when rebuilding from the vector does not give this file's exact bytes
+        (a starting model serialised by another tool, say): boxes then take the file.
         """
         m = self.state["model"]
-        data = self.publication(identity, fleet)
-        ack = link.publish(topics.model_current(fleet), data, retain=True)
-        try:
-            code = ack.wait(PUBACK_S)
-        except TransportError as exc:
-            log.error("model v%s: no PUBACK for model/current: %s", m["version"], exc)
-            return len(data)
-        if code >= 0x80:
-            log.error("model v%s refused by the broker: %#04x", m["version"], code)
-        else:
-            log.info("published global model v%s (%s)", m["version"], m["sha256"][:12])
-        return len(data)
+        assert self.model_bytes is not None
+        model = parse_model(self.model_bytes)
+        flat = get_params(model).astype("<f4")
+        if sha256_hex(rebuild(model, flat)) != m["sha256"]:
+            return None
+        version, round_id = int(m["version"]), int(m["round"])
+        pub = ParamsPublication(
+            round_id=round_id,
+            version=version,
+            sha256=m["sha256"],
+            signature=sign_hash(identity.key, m["sha256"]),
+            cert_der=identity.cert_der,
+            frame=frame_sha256(model),
+            params=flat.tobytes(),
+            eval=dict(m.get("eval") or {}),
+            release_sig=sign_release(identity.key, fleet, version, round_id, m["sha256"]),
+        )
+        return encode_params(pub)
+
+    def publish(self, link: MqttLink, fleet: str, identity: Identity) -> int:
+        """Sign the current global model; publish it retained on ``model/current`` (the file)
+        and on ``model/params`` (the parameter vector boxes rebuild it from).
+
+        The file goes first, so a box that falls back to it after seeing the vector
+        finds the same version retained. Returns the bytes sent. A missing or
+        refusing PUBACK is logged, not raised: the retained copies are re-published
+        at the next start or model version. When the model cannot be rebuilt from
+        its vector, ``model/params`` is cleared instead, so no box waits on an old one.
+        """
+        m = self.state["model"]
+        sent = 0
+        params = self.params_publication(identity, fleet)
+        for topic, data in (
+            (topics.model_current(fleet), self.publication(identity, fleet)),
+            (topics.model_params(fleet), params if params is not None else b""),
+        ):
+            sent += len(data)
+            ack = link.publish(topic, data, retain=True)
+            try:
+                code = ack.wait(PUBACK_S)
+            except TransportError as exc:
+                log.error("model v%s: no PUBACK for %s: %s", m["version"], topic, exc)
+                continue
+            if code >= 0x80:
+                log.error("model v%s refused by the broker on %s: %#04x", m["version"], topic,
+                          code)  # fmt: skip
+        log.info("published global model v%s (%s)", m["version"], m["sha256"][:12])
+        return sent

@@ -113,6 +113,12 @@ class Key(StrEnum):
     BOUND = "bound"
     MAX_SUMMANDS = "m"
     HEADROOM = "headroom"
+    #: Width b of the modular sum (Z_2^b), absent = 32: quantised updates send b bits each.
+    BITS = "bits"
+    #: Bound of the payload's last coordinate (n_k) when it differs from ``bound`` (absent = same).
+    COUNT_BOUND = "count_bound"
+    #: True: the update coordinates are rotated (``quantize.rotate``) before quantisation.
+    ROTATE = "rotate"
     CLIP = "clip"
     N_CAP = "n_cap"
     NOISE_STD = "noise_std"

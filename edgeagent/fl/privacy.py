@@ -50,6 +50,36 @@ def fedavg_payload(delta: np.ndarray, n_k: int, clip: float, n_cap: int) -> np.n
     return np.concatenate([n * clipped, [n]])
 
 
+def select(vec: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
+    """The coordinates a round's parameter mask sends (all of them for ``idx = None``).
+
+    Selecting before ``fedavg_payload`` is what makes clip and noise apply to
+    the trained coordinates alone: the clip budget is not spent on entries that
+    nobody trained, and the noise (``z * sensitivity`` per coordinate) lands on
+    ``len(idx)`` coordinates instead of the whole vector.
+    """
+    v = np.asarray(vec, dtype=np.float64)
+    return v.copy() if idx is None else v[idx]
+
+
+def scatter(values: np.ndarray, idx: np.ndarray | None, size: int) -> np.ndarray:
+    """A full-length update with ``values`` at ``idx`` and zeros elsewhere.
+
+    The aggregator applies this to the global model, so the coordinates a
+    round did not send keep the global's values exactly.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if idx is None:
+        if v.shape != (size,):
+            raise ValueError(f"update has {v.size} values, the model {size}")
+        return v.copy()
+    if v.shape != idx.shape:
+        raise ValueError(f"update has {v.size} values, the round's mask {idx.size}")
+    out = np.zeros(size, dtype=np.float64)
+    out[idx] = v
+    return out
+
+
 def sensitivity(clip: float, n_cap: int) -> float:
     """L2 sensitivity of the summed FedAvg payload to one box."""
     return float(n_cap) * math.sqrt(clip * clip + 1.0)

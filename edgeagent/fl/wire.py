@@ -20,10 +20,20 @@ the broker, and this module encodes and checks them without I/O:
   the ``clip`` and ``n_cap`` the box applies to its update, and ``enc_pk``, the
   round's X25519 key the box seals that update to (``fl.seal``, HPKE); the box
   sends it in one signed UPDATE envelope instead of the SecAgg+ stages (only if
-  its own ``[federation] allow_plaintext`` says so).
+  its own ``[federation] allow_plaintext`` says so). ``groups`` names the
+  round's parameter mask (``model.meta.PARAM_GROUPS``): every box sends only
+  those coordinates of its update, so updates keep one length across boxes,
+  and since the mask is inside the signed body, nobody on the way can change it.
 * **model publication** (``model/current``, retained): the ONNX bytes, their
   SHA-256, the Ed25519 signature over the hash (``model.signing``) and the
   signer's certificate; boxes check all three before the model lifecycle sees it.
+* **parameter publication** (``model/params``, retained): the same release
+  (version, round, hash, both signatures, certificate) carrying the model's
+  float32 parameter vector (4 bytes per parameter) and the hash of its *frame*
+  (``graph.frame_sha256``) instead of the file. A box whose current model has
+  that frame rebuilds the file (``graph.rebuild``) and takes it only if the
+  rebuilt bytes hash to the signed SHA-256; a box without such a model
+  subscribes to ``model/current`` for the whole file (docs/wire-protocol.md).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from enum import StrEnum
 from typing import Any
 
 import cbor2
+import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -54,6 +65,9 @@ MAX_STATUS_BYTES = 1024
 MAX_STATUS_DEPTH = 4
 #: Hello timestamps are seconds since the epoch; anything past this is not one.
 MAX_HELLO_TIME = 2.0**40
+#: Bounds on an announced parameter mask: a few group names, each short.
+MAX_MASK_GROUPS = 16
+MAX_GROUP_NAME = 32
 
 
 class AKey(StrEnum):
@@ -78,7 +92,10 @@ class AKey(StrEnum):
     CLIP = "clip"
     N_CAP = "n_cap"
     ENC_PK = "enc_pk"
+    GROUPS = "groups"
     RELEASE_SIG = "rsig"
+    FRAME = "frame"
+    PARAMS = "params"
 
 
 def _loads(data: bytes, what: str) -> Any:
@@ -207,6 +224,10 @@ class Announcement:
     n_cap: int = 0
     #: Plaintext rounds only: the round's X25519 public key (raw) updates are sealed to.
     enc_pk: bytes = b""
+    #: The round's parameter mask as group names (``model.meta.PARAM_GROUPS``), sorted:
+    #: every box sends only those coordinates, so all updates have one length.
+    #: Empty = the whole parameter vector (an announcement without the key).
+    groups: tuple[str, ...] = ()
 
 
 def announcement_body(a: Announcement) -> dict[str, Any]:
@@ -218,6 +239,8 @@ def announcement_body(a: Announcement) -> dict[str, Any]:
     }
     if a.group_size:  # absent for plain rounds: the body stays what older boxes know
         body[AKey.GROUP_SIZE.value] = int(a.group_size)
+    if a.groups:
+        body[AKey.GROUPS.value] = sorted(a.groups)
     if not a.secure_aggregation:  # absent = secure: a box that predates the key never sends
         body[AKey.SECAGG.value] = False  # a plaintext update, it waits for a SETUP instead
         body[AKey.CLIP.value] = float(a.clip)
@@ -282,7 +305,22 @@ def parse_announcement(body: Mapping[str, Any]) -> Announcement:
         float(clip),
         n_cap,
         enc_pk if secure is False else b"",
+        _parse_groups(body.get(AKey.GROUPS.value)),
     )
+
+
+def _parse_groups(groups: Any) -> tuple[str, ...]:
+    """The announced mask's group names; their meaning is the box's to check (layout)."""
+    if groups is None:
+        return ()
+    if (
+        not isinstance(groups, list)
+        or not 0 < len(groups) <= MAX_MASK_GROUPS
+        or not all(isinstance(g, str) and 0 < len(g) <= MAX_GROUP_NAME for g in groups)
+        or len(set(groups)) != len(groups)
+    ):
+        raise ProtocolError("bad_body", "announced groups must be distinct short names")
+    return tuple(sorted(groups))
 
 
 # -- model publication -------------------------------------------------------------------------
@@ -356,6 +394,94 @@ def decode_model(data: bytes) -> ModelPublication:
         d[AKey.SIG.value],
         d[AKey.CERT.value],
         onnx,
+        d[AKey.EVAL.value],
+        d[AKey.RELEASE_SIG.value],
+    )
+
+
+# -- parameter publication ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamsPublication:
+    """A signed global model as its parameter vector (``model/params``, retained).
+
+    ``sha256``, ``signature`` and ``release_sig`` are those of the ONNX file the
+    vector rebuilds into; nothing here is trusted until that rebuild hashes to
+    ``sha256`` and both signatures hold for it.
+    """
+
+    round_id: int
+    version: int
+    sha256: str
+    signature: bytes
+    cert_der: bytes
+    frame: str
+    params: bytes  # float32 little-endian, the model's flat parameter vector
+    eval: dict[str, Any] = field(default_factory=dict)
+    release_sig: bytes = b""
+
+    def vector(self) -> np.ndarray:
+        """The parameters as a float32 numpy array."""
+        return np.frombuffer(self.params, dtype="<f4").astype(np.float32)
+
+
+def encode_params(pub: ParamsPublication) -> bytes:
+    return cbor2.dumps(
+        {
+            AKey.VERSION.value: WIRE_VERSION,
+            AKey.ROUND.value: pub.round_id,
+            AKey.MODEL_VERSION.value: pub.version,
+            AKey.SHA256.value: pub.sha256,
+            AKey.SIG.value: pub.signature,
+            AKey.CERT.value: pub.cert_der,
+            AKey.FRAME.value: pub.frame,
+            AKey.PARAMS.value: pub.params,
+            AKey.EVAL.value: dict(pub.eval),
+            AKey.RELEASE_SIG.value: pub.release_sig,
+        }
+    )
+
+
+def decode_params(data: bytes) -> ParamsPublication:
+    """Parse a parameter publication (schema and sizes only: the receiver rebuilds and checks)."""
+    if len(data) > MAX_MODEL_BYTES:
+        raise ProtocolError("oversized", f"parameter publication of {len(data)} bytes")
+    d = _loads(data, "parameter publication")
+    kinds = {
+        AKey.ROUND: int,
+        AKey.MODEL_VERSION: int,
+        AKey.SHA256: str,
+        AKey.SIG: bytes,
+        AKey.CERT: bytes,
+        AKey.FRAME: str,
+        AKey.PARAMS: bytes,
+        AKey.EVAL: dict,
+        AKey.RELEASE_SIG: bytes,
+    }
+    if not isinstance(d, dict) or d.get(AKey.VERSION.value) != WIRE_VERSION:
+        raise ProtocolError("malformed", "parameter publication must be a v1 map")
+    for k, kind in kinds.items():
+        if not isinstance(d.get(k.value), kind) or isinstance(d.get(k.value), bool):
+            raise ProtocolError("malformed", f"parameter publication field {k.value!r} missing/bad")
+    for k in (AKey.ROUND, AKey.MODEL_VERSION):
+        if not 0 <= d[k.value] < 2**63:
+            raise ProtocolError("malformed", f"parameter publication {k.value!r} out of range")
+    params = d[AKey.PARAMS.value]
+    if not params or len(params) % 4:
+        raise ProtocolError("malformed", f"parameter vector of {len(params)} bytes is not float32")
+    for k in (AKey.SHA256, AKey.FRAME):
+        v = d[k.value]
+        if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+            raise ProtocolError("malformed", f"parameter publication {k.value!r} is not a SHA-256")
+    return ParamsPublication(
+        d[AKey.ROUND.value],
+        d[AKey.MODEL_VERSION.value],
+        d[AKey.SHA256.value],
+        d[AKey.SIG.value],
+        d[AKey.CERT.value],
+        d[AKey.FRAME.value],
+        params,
         d[AKey.EVAL.value],
         d[AKey.RELEASE_SIG.value],
     )

@@ -71,12 +71,14 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "flatten",
+    "frame_sha256",
     "get_params",
     "init_params",
     "n_params",
     "param_layout",
     "parse_model",
     "read_meta",
+    "rebuild",
     "set_meta",
     "set_params",
     "sha256_hex",
@@ -214,6 +216,28 @@ def set_meta(model: onnx.ModelProto, meta: ModelMeta) -> onnx.ModelProto:
 def to_bytes(model: onnx.ModelProto) -> bytes:
     """Deterministic serialisation (same weights and metadata -> same bytes, same hash)."""
     return model.SerializeToString(deterministic=True)
+
+
+def frame_sha256(model: onnx.ModelProto) -> str:
+    """SHA-256 of the model with every learned parameter zero: what stays across rounds.
+
+    Two models with the same frame differ only in their parameter vectors, so
+    ``rebuild`` on either gives the same bytes for the same vector: this is what
+    a box compares before it rebuilds a global model from a parameter vector
+    (``fl.wire.ParamsPublication``) instead of downloading the file.
+    """
+    n = n_params(read_meta(model).spec)
+    return sha256_hex(to_bytes(set_params(model, np.zeros(n, np.float32))))
+
+
+def rebuild(base: onnx.ModelProto, flat: np.ndarray) -> bytes:
+    """The serialised model ``base`` would be with parameters ``flat`` (deterministic bytes).
+
+    The aggregator builds each new global model exactly this way
+    (``set_params`` then ``to_bytes``), so a box holding a model of the same
+    frame gets the signed file's bytes, and its hash, back from the vector alone.
+    """
+    return to_bytes(set_params(base, np.asarray(flat, np.float32)))
 
 
 def parse_model(data: bytes, feature_names: tuple[str, ...] | None = None) -> onnx.ModelProto:

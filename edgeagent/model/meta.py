@@ -68,6 +68,36 @@ def param_layout(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
     ]
 
 
+#: Named parameter groups a federated round trains and sends: the autoencoder (the
+#: "normal model" every box learns from its own windows) and the classifier head
+#: (learned from clinician feedback). Together they partition the flat vector, so
+#: a round announces a mask as group names and every box derives the same indices.
+PARAM_GROUPS: dict[str, tuple[str, ...]] = {
+    "ae": ("We", "be", "Wd", "bd"),
+    "head": ("W1", "b1", "W2", "b2"),
+}
+
+
+def group_indices(spec: ModelSpec, groups: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Indices into the flat vector of the named groups' parameters, in layout order.
+
+    Layout order (not the order of ``groups``) so that every box and the
+    aggregator agree on the coordinates whatever order the names came in.
+    """
+    unknown = sorted(set(groups) - PARAM_GROUPS.keys())
+    if unknown or not groups:
+        raise ModelError(f"unknown parameter groups {unknown}; known: {sorted(PARAM_GROUPS)}")
+    names = {n for g in groups for n in PARAM_GROUPS[g]}
+    out: list[np.ndarray] = []
+    i = 0
+    for name, shape in param_layout(spec):
+        k = int(np.prod(shape))
+        if name in names:
+            out.append(np.arange(i, i + k, dtype=np.int64))
+        i += k
+    return np.concatenate(out)
+
+
 def n_params(spec: ModelSpec) -> int:
     """Length of the flat parameter vector."""
     return int(sum(int(np.prod(s)) for _, s in param_layout(spec)))

@@ -7,7 +7,10 @@ write -> fsync -> rename, so a file either exists whole or not at all; the
 "active" model is the last row of an append-only activation log, so an
 activation is one SQLite transaction and every swap and rollback leaves a
 record. Hashes are re-checked on every load, so a file changed on disk is
-refused (and the previous model stays active).
+refused (and the previous model stays active). Lifecycle decisions (a
+candidate promoted from shadow, rejected, rolled back) carry the figures that
+decided them as JSON beside the event, so ``edgeagent model list`` can say
+why each model runs or does not.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeagent.atomic import write_atomic
-from edgeagent.dbschema import migrate
+from edgeagent.dbschema import migrate, schema_version
 from edgeagent.errors import ModelError
 from edgeagent.model.meta import sha256_hex
 from edgeagent.model.signing import public_key_raw, verify_hash
@@ -60,8 +63,15 @@ CREATE TABLE IF NOT EXISTS events (
     detail  TEXT NOT NULL
 );
 """
-#: v1: the tables above; v2: events found by model version (``model show``).
-MIGRATIONS = (_SCHEMA, "CREATE INDEX IF NOT EXISTS events_version ON events (version, id);")
+#: v1: the tables above; v2: events found by model version (``model show``);
+#: v3: the figures behind a lifecycle decision (JSON, NULL for other events).
+MIGRATIONS = (
+    _SCHEMA,
+    "CREATE INDEX IF NOT EXISTS events_version ON events (version, id);",
+    "ALTER TABLE events ADD COLUMN figures TEXT;",
+)
+#: Event kinds that are lifecycle decisions (shown by ``model list``).
+DECISIONS = ("promoted", "rejected", "rolled_back", "superseded")
 
 
 @dataclass(frozen=True)
@@ -323,8 +333,18 @@ class ModelRegistry:
             r = db.execute("SELECT version FROM activations ORDER BY id DESC LIMIT 1").fetchone()
         return self.get(int(r[0])) if r else None
 
-    def activate(self, ref: str | int, reason: str = "manual") -> ModelRecord:
-        """Make a model active (one transaction). Refuses rejected or unverifiable models."""
+    def activate(
+        self,
+        ref: str | int,
+        reason: str = "manual",
+        figures: dict[str, Any] | None = None,
+        *,
+        event: str = "activated",
+    ) -> ModelRecord:
+        """Make a model active (one transaction); hash re-checked first.
+
+        ``event`` names the event recorded ("promoted" for a candidate judged in
+        shadow), ``figures`` what decided it."""
         rec = self.get(ref)
         self.load_bytes(rec)  # hash check before it can become active
         with self._db() as db:
@@ -335,13 +355,41 @@ class ModelRegistry:
                 (rec.version, time.time(), reason),
             )
             db.execute(
-                "INSERT INTO events (ts, kind, version, detail) VALUES (?,?,?,?)",
-                (time.time(), "activated", rec.version, reason),
+                "INSERT INTO events (ts, kind, version, detail, figures) VALUES (?,?,?,?,?)",
+                (time.time(), event, rec.version, reason, _json(figures)),
             )
             db.execute("COMMIT")
         return self.get(rec.version)
 
-    def rollback(self, reason: str = "manual") -> ModelRecord:
+    def reject(self, ref: str | int, reason: str, figures: dict[str, Any] | None = None) -> None:
+        """Mark a model that never ran as rejected (a candidate judged worse in shadow)."""
+        rec = self.get(ref)
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("UPDATE models SET rejected=1 WHERE version=?", (rec.version,))
+            db.execute(
+                "INSERT INTO events (ts, kind, version, detail, figures) VALUES (?,?,?,?,?)",
+                (time.time(), "rejected", rec.version, reason, _json(figures)),
+            )
+            db.execute("COMMIT")
+
+    def pending_shadow(self) -> ModelRecord | None:
+        """The model last put in shadow with no decision since (a restart interrupted it)."""
+        ends = ("promoted", "rejected", "superseded", "activated")
+        marks = ",".join("?" * len(ends))
+        with self._db() as db:
+            r = db.execute(
+                "SELECT e.version FROM events e JOIN models m ON m.version=e.version"
+                " WHERE e.kind='shadow' AND m.rejected=0 AND NOT EXISTS (SELECT 1 FROM events f"
+                f" WHERE f.version=e.version AND f.id>e.id AND f.kind IN ({marks}))"
+                " ORDER BY e.id DESC LIMIT 1",
+                ends,
+            ).fetchone()
+        return self.get(int(r[0])) if r else None
+
+    def rollback(
+        self, reason: str = "manual", figures: dict[str, Any] | None = None
+    ) -> ModelRecord:
         """Mark the active model rejected and re-activate the last good one before it."""
         cur = self.active()
         if cur is None:
@@ -363,25 +411,72 @@ class ModelRegistry:
                 (prev, time.time(), f"rollback from v{cur.version}: {reason}"),
             )
             db.execute(
-                "INSERT INTO events (ts, kind, version, detail) VALUES (?,?,?,?)",
-                (time.time(), "rolled_back", cur.version, f"to v{prev}: {reason}"),
+                "INSERT INTO events (ts, kind, version, detail, figures) VALUES (?,?,?,?,?)",
+                (time.time(), "rolled_back", cur.version, f"to v{prev}: {reason}", _json(figures)),
             )
             db.execute("COMMIT")
         return self.get(prev)
 
-    def record_event(self, kind: str, version: int | None, detail: str) -> None:
+    def record_event(
+        self, kind: str, version: int | None, detail: str, figures: dict[str, Any] | None = None
+    ) -> None:
         if self.readonly:
             return
         with self._db() as db:
             db.execute(
-                "INSERT INTO events (ts, kind, version, detail) VALUES (?,?,?,?)",
-                (time.time(), kind, version, detail),
+                "INSERT INTO events (ts, kind, version, detail, figures) VALUES (?,?,?,?,?)",
+                (time.time(), kind, version, detail, _json(figures)),
             )
 
     def events(self, limit: int = 50) -> list[dict[str, Any]]:
         """Most recent lifecycle events first (added, activated, rolled_back, tampered...)."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT ts, kind, version, detail FROM events ORDER BY id DESC LIMIT ?", (limit,)
+                f"SELECT ts, kind, version, detail, {_figures(db)} FROM events"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
             ).fetchall()
-        return [{"ts": r[0], "kind": r[1], "version": r[2], "detail": r[3]} for r in rows]
+        return [_event(r) for r in rows]
+
+    def decisions(self) -> dict[int, list[dict[str, Any]]]:
+        """Per model version, its lifecycle decisions (``DECISIONS``) oldest first, each with
+        the figures that decided it (None where an operator decided)."""
+        marks = ",".join("?" * len(DECISIONS))
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT ts, kind, version, detail, {_figures(db)} FROM events"
+                f" WHERE kind IN ({marks}) AND version IS NOT NULL ORDER BY id",
+                DECISIONS,
+            ).fetchall()
+        out: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            out.setdefault(int(r[2]), []).append(_event(r))
+        return out
+
+
+def _figures(db: sqlite3.Connection) -> str:
+    """The figures column, or NULL in a file of an earlier schema opened read-only
+    (``model list`` on a copied state directory migrates nothing)."""
+    return "figures" if schema_version(db) >= 3 else "NULL"
+
+
+def _json(figures: dict[str, Any] | None) -> str | None:
+    """Figures as strict JSON: a figure that could not be computed (NaN) is stored as null."""
+    if figures is None:
+        return None
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        return v
+
+    return json.dumps(clean(figures), sort_keys=True, allow_nan=False)
+
+
+def _event(r: tuple[Any, ...]) -> dict[str, Any]:
+    figures = json.loads(r[4]) if r[4] else None
+    return {"ts": r[0], "kind": r[1], "version": r[2], "detail": r[3], "figures": figures}

@@ -13,6 +13,7 @@ show`` and support bundles without a hand-kept list.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -270,6 +271,56 @@ class LearningSection(_Section):
     )
 
 
+class FeedbackSection(_Section):
+    """Clinicians' verdicts on alerts, kept with the windows behind each alert, as labels.
+
+    Every default says why it is what it is; docs/operations.md has the same.
+    """
+
+    enabled: bool = True
+    # 32 windows at a 2 s hop is the first ~70 s of an episode: the onset a clinician
+    # judges. A longer episode adds nothing new to the label, only bytes (~0.8 kB a window on disk).
+    windows_per_alert: int = Field(
+        default=32, ge=1, le=1024, description="Windows kept per alert (its first ones)."
+    )
+    # A ward reviews alerts within a shift; 3 days covers a weekend. After that the
+    # windows (patient data) are deleted and a verdict on the alert is refused as expired.
+    retention_s: float = Field(
+        default=3 * 86400.0,
+        gt=0,
+        description="An alert may be acknowledged this long after it opened; then its "
+        "windows are deleted.",
+    )
+    # A quarter of the labelled alerts never train: the validation of a candidate model
+    # needs windows it has not seen, and 25 % keeps most labels for training.
+    holdout_share: float = Field(
+        default=0.25, ge=0.0, lt=1.0, description="Share of labelled alerts held back."
+    )
+    # A nurse acknowledges a few alerts per patient per hour; 20 an hour after a burst of
+    # 10 is far above that and far below what a flood (a stuck script, a forged ward
+    # system) needs to outweigh a patient's normal windows in the learner.
+    rate_per_hour: float = Field(
+        default=20.0, gt=0, description="Verdicts per patient per hour (token bucket rate)."
+    )
+    burst: int = Field(default=10, ge=1, description="Verdicts per patient in one burst.")
+    # ~40 MB at 42 features (0.76 kB a window, bench/feedback_store.py): small next to
+    # the outbox (256 MB) on a 16 GB card.
+    max_windows: int = Field(
+        default=50_000,
+        ge=100,
+        description="Windows kept in all; beyond it the oldest awaiting a verdict go first, "
+        "then the oldest labels.",
+    )
+    # A ward system's clock may drift by minutes; a replay older than this is refused
+    # whatever its nonce, so the box only remembers nonces for this long.
+    max_skew_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="Feedback messages this far from the box's clock are refused (replay window).",
+    )
+
+
 class FederationSection(_Section):
     """MQTT broker, TLS identity and the privacy settings of federated rounds."""
 
@@ -366,6 +417,26 @@ class AggregatorSection(_Section):
         description="false = plaintext rounds: each box sends its clipped update over TLS, "
         "the rule runs over single updates; only boxes with allow_plaintext answer.",
     )
+    # 8 bits: the masked vector is about a third of the 32-bit one at the same accuracy
+    # (bench/quantized_updates.py); 32 keeps the sum exact to ~2^-30 of the bound.
+    update_bits: Literal[8, 16, 32] = Field(
+        default=8,
+        description="Bits per update value inside secure aggregation: 8 or 16 = rotated, "
+        "stochastically rounded updates in a modular sum sized for the round (bits + "
+        "ceil(log2 boxes)); 32 = the full 32-bit field.",
+    )
+    train_groups: tuple[str, ...] = Field(
+        default=("ae", "head"),
+        description="Parameter groups each round trains and sends (model.meta.PARAM_GROUPS): "
+        "'ae' (the normal model), 'head' (the classifier); boxes send only these coordinates.",
+    )
+    epsilon_budget: float = Field(
+        default=8.0,
+        gt=0,
+        description="User-level DP budget at dp_delta: a round whose projected epsilon after "
+        "the planned rounds (aggregator.rounds; 0 = the next round) exceeds it is not started; "
+        "inf = no budget.",
+    )
     intake_workers: int = Field(
         default=0,
         ge=0,
@@ -382,6 +453,26 @@ class AggregatorSection(_Section):
         # the choices come from the rules themselves, so a new rule needs no second list here
         if v not in ROBUST_CHOICES:
             raise ValueError(f"unknown rule {v!r}; choose one of {', '.join(ROBUST_CHOICES)}")
+        return v
+
+    @field_validator("train_groups")
+    @classmethod
+    def _groups(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from edgeagent.model.meta import PARAM_GROUPS
+
+        unknown = [g for g in v if g not in PARAM_GROUPS]
+        if not v or unknown or len(set(v)) != len(v):
+            raise ValueError(
+                f"name distinct groups, at least one, of {', '.join(sorted(PARAM_GROUPS))}"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+            )
+        return tuple(sorted(v))
+
+    @field_validator("epsilon_budget")
+    @classmethod
+    def _budget(cls, v: float) -> float:
+        if math.isnan(v):
+            raise ValueError("must be a number > 0 (inf = no budget)")
         return v
 
     @model_validator(mode="after")
@@ -510,6 +601,7 @@ class Config(_Section):
     windows: WindowsSection = WindowsSection()
     detection: DetectionSection = DetectionSection()
     learning: LearningSection = LearningSection()
+    feedback: FeedbackSection = FeedbackSection()
     federation: FederationSection = FederationSection()
     aggregator: AggregatorSection = AggregatorSection()
     outbox: OutboxSection = OutboxSection()

@@ -42,7 +42,12 @@ from edgeagent.errors import PkiError
 AGGREGATOR_ID = "aggregator"
 #: The documented alert consumer (``edgeagent alerts follow``): reads every box's alerts.
 CONSUMER_ID = "alerts"
-RESERVED_IDS = frozenset({AGGREGATOR_ID, CONSUMER_ID, "broker", "ca"})
+#: The ward system: reads every box's alerts and sends clinicians' verdicts on them
+#: (``node/<box>/feedback``, signed with its Ed25519 identity; boxes accept no other signer).
+WARD_ID = "ward"
+#: ``pki issue-consumer --role``: the CN each consumer role gets.
+CONSUMER_ROLES = {"alerts": CONSUMER_ID, "ward": WARD_ID}
+RESERVED_IDS = frozenset({AGGREGATOR_ID, CONSUMER_ID, WARD_ID, "broker", "ca"})
 #: Intake workers' certificate CNs are ``intake-<n>``; the shipped ACL names n = 0..15.
 INTAKE_PREFIX = "intake-"
 MAX_INTAKE_WORKERS = 16
@@ -248,14 +253,20 @@ class Pki:
         """Issue the aggregator's client certificate (CN ``aggregator``, fleet-wide ACL)."""
         return self._issue_client(AGGREGATOR_ID, force=force)
 
-    def issue_consumer(self, *, force: bool = False) -> TlsFiles:
-        """Issue the alert consumer's TLS certificate (CN ``alerts``: reads alerts, writes nothing).
+    def issue_consumer(self, *, force: bool = False, role: str = "alerts") -> TlsFiles:
+        """Issue a consumer's TLS certificate: ``alerts`` (reads alerts, writes nothing) or
+        ``ward`` (reads alerts, writes clinicians' verdicts, with a signing identity).
 
         Its own identity, not the aggregator's: the broker binds a client id to its
         certificate's CN, so a consumer holding the aggregator's certificate would
-        disconnect the aggregator, and the other way round.
+        disconnect the aggregator, and the other way round. The ward is a role apart
+        from ``alerts`` because its verdicts train models: a dashboard or a pager that
+        only shows alerts must not hold a key that can label them.
         """
-        return self._issue_client(CONSUMER_ID, force=force, identity=False)
+        cn = CONSUMER_ROLES.get(role)
+        if cn is None:
+            raise PkiError(f"consumer role {role!r}: use one of {', '.join(CONSUMER_ROLES)}")
+        return self._issue_client(cn, force=force, identity=cn == WARD_ID)
 
     def issue_intake(self, worker: int | str, *, force: bool = False) -> TlsFiles:
         """Issue the TLS certificate of intake worker ``worker`` (CN ``intake-<worker>``).

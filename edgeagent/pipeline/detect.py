@@ -32,6 +32,11 @@ Why it is built this way:
   beyond absolute limits (``RATE_LIMITS_BPM``).
 * An ectopy class ("pvc") needs ``ECTOPY_MIN_BEATS`` abnormal beats in the
   window (from the beat tracker): a lone early beat is normal for most people.
+* A candidate model can run in *shadow* beside the active one
+  (``set_shadow``): a second session scores every window with the same
+  inputs, thresholds and masks, its would-be alerts are counted
+  (``ShadowTally``) and never reach the sink. The model lifecycle compares
+  the two on the same windows before a candidate may raise alerts.
 * Clinical ECG alerts name the beats: a per-patient ``BeatTracker`` keeps the
   patient's dominant beat and rhythm, and the alert's ``detail`` lists the
   abnormal beats of the window that opened it ("3 ventricular beats at ...").
@@ -41,7 +46,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,18 +63,16 @@ from edgeagent.pipeline.evidence import (
     beat_detail,
 )
 from edgeagent.pipeline.personal import PersonalCalibration, Thresholds
+from edgeagent.pipeline.shadow import Decision, ShadowTally, WouldBe
 from edgeagent.providers import ProviderChoice, open_session
 from edgeagent.streams import Stream
 
 #: Default global thresholds when a model does not carry its own.
 DEFAULT_THRESHOLDS = {"clinical": 0.5, "fault": 0.5, "novelty": 4.0}
-#: Which stream a feature modality comes from, to name the device behind an alert.
-#: A window is "clearly normal" evidence when every feature is within this many
-#: personal standard deviations of the patient's baseline.
-VALID_Z = 3.0
 #: Seconds of each window's ECG tail fed to the patient's beat tracker (windows
 #: overlap; the tracker skips beats it has seen, so the tail only has to cover a hop).
 TRACK_TAIL_S = 6.0
+#: Which stream a feature modality comes from, to name the device behind an alert.
 MODALITY_STREAMS: dict[str, tuple[Stream, ...]] = {
     "ecg": (Stream.ECG, Stream.HR, Stream.RR),
     "acc": (Stream.ACC,),
@@ -110,7 +113,6 @@ class DetectorConfig:
     #: which the first minutes establish. Falls, temperature classes, sensor
     #: faults and signal quality are never held.
     warmup_hold: bool = True
-    validation_windows: int = 256
     #: Operator overrides of the model's thresholds (``[detection] thresholds``).
     thresholds: dict[str, float] = field(default_factory=dict)
     #: Execution providers + threads from ``edgeagent.providers.choose_from_config``;
@@ -168,7 +170,8 @@ class _Active:
 
 @dataclass
 class ValidatedWindow:
-    """A window whose class the box is confident of (or a clinician confirmed)."""
+    """A window with a label a person gave it (clinician feedback), the calibration
+    (``mu``, ``sigma``) it was scored with beside it."""
 
     x: np.ndarray
     mu: np.ndarray
@@ -228,13 +231,25 @@ class Detector:
         self._modality_of = dict(modality_of)
         self.sink = sink
         self.on_scored = on_scored
+        #: Called (detection thread, must not block long) with ``(alert id, patient, window)``
+        #: for every window that opens or extends an alert, the window labelled with the
+        #: alert's kind: ``pipeline.feedback`` keeps them for a clinician's verdict.
+        self.on_alert_window: Callable[[str, str, ValidatedWindow], None] | None = None
         self.calibrations: dict[str, PersonalCalibration] = {}
         self._episodes: dict[tuple[str, str], _Episode] = {}
-        self.validated: deque[ValidatedWindow] = deque(maxlen=self.config.validation_windows)
-        #: False while a new model is on probation: its own detections are not evidence.
-        self.trusted = True
+        #: A candidate scored beside the active model, raising nothing (``set_shadow``).
+        self._shadow: _Active | None = None
+        self.shadow_tally: ShadowTally | None = None
+        self._would_be: dict[tuple[str, str, str], WouldBe] = {}
         self._lock = threading.Lock()  # guards calibrations/episodes, not the session
-        self.counters = {"windows": 0, "no_data": 0, "alerts": 0, "swaps": 0, "swap_refused": 0}
+        self.counters = {
+            "windows": 0,
+            "no_data": 0,
+            "alerts": 0,
+            "swaps": 0,
+            "swap_refused": 0,
+            "shadow_windows": 0,
+        }
         #: What onnxruntime actually runs on (after any GPU->CPU fallback), for status/doctor.
         self.backend: ProviderChoice | None = self.config.backend
         self._active = self._prepare(model_bytes, label)
@@ -300,12 +315,76 @@ class Detector:
         return self._active.meta
 
     def swap(self, model_bytes: bytes, label: str) -> None:
-        """Hot-swap the model. On any problem raises ``ModelError`` and keeps the old one."""
+        """Hot-swap the model. On any problem raises ``ModelError`` and keeps the old one.
+
+        A shadow in place stays (a registry-driven swap does not judge it)."""
         try:
             new = self._prepare(model_bytes, label)
         except ModelError:
             self.counters["swap_refused"] += 1
             raise
+        self._install(new)
+
+    # -- shadow ------------------------------------------------------------
+    def set_shadow(self, model_bytes: bytes, label: str) -> None:
+        """Score every window with this model too, counting what it would alert on.
+
+        Raises ``ModelError`` (and changes nothing) when the model fails the dry run.
+        A shadow already in place is replaced and its tally dropped.
+        """
+        new = self._prepare(model_bytes, label)
+        with self._lock:
+            self._shadow = new
+            self.shadow_tally = ShadowTally(label)
+            self._would_be.clear()
+
+    def clear_shadow(self) -> ShadowTally | None:
+        """Stop shadow scoring; returns the tally it leaves."""
+        with self._lock:
+            tally, self._shadow, self.shadow_tally = self.shadow_tally, None, None
+            self._would_be.clear()
+        return tally
+
+    @property
+    def shadow_label(self) -> str | None:
+        s = self._shadow
+        return s.label if s is not None else None
+
+    def promote_shadow(self) -> ShadowTally | None:
+        """Make the shadow the active model (its session is already built and dry-run)."""
+        with self._lock:
+            new, tally = self._shadow, self.shadow_tally
+            self._shadow, self.shadow_tally = None, None
+            self._would_be.clear()
+        if new is None:
+            raise ModelError("no shadow model to promote")
+        self._install(new)
+        return tally
+
+    def verdicts(self, windows: Sequence[ValidatedWindow], shadow: bool = False) -> list[str]:
+        """What the active (or shadow) model calls each labelled window: normal, the fault
+        class or a clinical kind, by the same masks and thresholds as a live window.
+
+        The patient's calibration at labelling time travels with the window (``mu``,
+        ``sigma``); its personal thresholds do not, so the model's own thresholds apply.
+        """
+        a = self._shadow if shadow else self._active
+        if a is None:
+            raise ModelError("no shadow model")
+        out = []
+        for w in windows:
+            x = np.asarray(w.x, np.float32).ravel()
+            if not np.any(np.isfinite(x)):
+                out.append(NORMAL)
+                continue
+            probs, _ = self._run(a, x[None, :], w.mu, w.sigma)
+            sqi = float(x[self._sqi_idx]) if self._sqi_idx >= 0 else float("nan")
+            poor = bool(np.isfinite(sqi) and sqi < beats.SQI_MIN)
+            d = self._decide(a, probs[0], x, poor, False, None, None, sqi, a.thresholds)
+            out.append(d.verdict)
+        return out
+
+    def _install(self, new: _Active) -> None:
         with self._lock:
             old_meta = self._active.meta
             self._active = new  # one assignment: in-flight windows finish on the old session
@@ -343,7 +422,11 @@ class Detector:
         self, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw model outputs (probs (N,C), recon_err (N,)) for feature rows."""
-        a = self._active
+        return self._run(self._active, x, mu, sigma)
+
+    def _run(
+        self, a: _Active, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         probs, recon = a.session.run(
             None,
             {
@@ -443,7 +526,7 @@ class Detector:
                 mu = np.asarray(a.meta.pop_mu, np.float32)[None, :]
                 sigma = np.asarray(a.meta.pop_sigma, np.float32)[None, :]
                 th = a.thresholds
-        probs, recon = self.score(x[None, :], mu, sigma)
+        probs, recon = self._run(a, x[None, :], mu, sigma)
         sqi = float(x[self._sqi_idx]) if self._sqi_idx >= 0 else float("nan")
         if np.isfinite(sqi):
             recent = self._sqi_recent.setdefault(patient, deque(maxlen=SQI_HOLD_WINDOWS))
@@ -459,17 +542,17 @@ class Detector:
         # Until the patient's own normal is known, no ECG class (judged against
         # it) may answer; falls and temperature thresholds are absolute and may.
         held = self.config.personalise and self.config.warmup_hold and not cal.warmed_up
-        p = self._mask_classes(probs[0], x, poor_ecg or held, abnormal_beats, hr_z)
+        d = self._decide(a, probs[0], x, poor_ecg, held, abnormal_beats, hr_z, sqi, th)
         r = float(recon[0])
-        p_fault = float(p[a.fault_idx]) if a.fault_idx >= 0 else 0.0
-        if poor_ecg:
-            p_fault = max(p_fault, 1.0 - sqi)
-        clin = p[a.clinical_idx]
-        score = float(clin.sum())
-        kind = a.meta.classes[int(a.clinical_idx[int(np.argmax(clin))])] if clin.size else ""
-        fault = p_fault >= th.fault or poor_ecg
-        clin_on = (not fault) and score >= th.clinical
-        clin_hold = (not fault) and score >= th.clinical * self.config.off_ratio
+        score, p_fault, kind, fault = d.score, d.p_fault, d.kind, d.fault
+        clin_on, clin_hold = d.clin_on, d.clin_hold
+        shadow = self._shadow
+        if shadow is not None:
+            # Same inputs, masks and (personal) thresholds as the active model: what
+            # the candidate would do here if it ran, without a sink to raise anything.
+            sth = th if self.config.personalise else shadow.thresholds
+            sp, _ = self._run(shadow, x[None, :], mu, sigma)
+            sd = self._decide(shadow, sp[0], x, poor_ecg, held, abnormal_beats, hr_z, sqi, sth)
         novel_on = self.config.novelty and not fault and not clin_on and r >= th.novelty
         devs = devices or {}
         opened: list[Alert] = []
@@ -478,7 +561,7 @@ class Detector:
             al = self._step("clinical", ctx, clin_on, clin_hold, kind, score, detail)
             if al:
                 opened.append(al)
-            fault_hold = p_fault >= th.fault * self.config.off_ratio
+            fault_hold = d.fault_hold
             why = {"reason": "signal_quality", "ecg_sqi": round(sqi, 3)} if poor_ecg else None
             al = self._step(
                 "sensor_fault",
@@ -509,17 +592,8 @@ class Detector:
                 # whose baseline looks anomalous to the population would never
                 # get a personal baseline.
                 cal.observe(x, score if normal_ok else None, r if normal_ok else None)
-            # Validation evidence for model lifecycle decisions. "Normal" is decided
-            # without the model (every feature within VALID_Z of the patient's own
-            # baseline), so a bad model cannot vouch for itself; confident
-            # detections count only while the model is trusted (not on probation).
-            if cal.warmed_up:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    zmax = float(np.nanmax(np.abs((x - cal.mu[0]) / cal.sigma[0])))
-                if zmax <= VALID_Z:
-                    self.validated.append(ValidatedWindow(x.copy(), mu, sigma, NORMAL))
-                elif self.trusted and clin_on and score > 0.95:
-                    self.validated.append(ValidatedWindow(x.copy(), mu, sigma, kind))
+            if shadow is not None and self._shadow is shadow and self.shadow_tally is not None:
+                self._tally(self.shadow_tally, patient, start, end, d, sd)
         if self.on_scored is not None:
             # Training waits for a personal baseline: pre-calibration z-scores would teach noise.
             self.on_scored(x, mu, sigma, normal_ok and cal.warmed_up)
@@ -539,6 +613,67 @@ class Detector:
             tuple(opened),
         )
 
+    def _decide(
+        self,
+        a: _Active,
+        probs: np.ndarray,
+        x: np.ndarray,
+        poor_ecg: bool,
+        held: bool,
+        abnormal_beats: int | None,
+        hr_z: float | None,
+        sqi: float,
+        th: Thresholds,
+    ) -> Decision:
+        """One model's decision on one window: masked classes, scores, thresholds."""
+        p = self._mask_classes(probs, x, poor_ecg or held, abnormal_beats, hr_z, a)
+        p_fault = float(p[a.fault_idx]) if a.fault_idx >= 0 else 0.0
+        if poor_ecg:
+            p_fault = max(p_fault, 1.0 - sqi)
+        clin = p[a.clinical_idx]
+        score = float(clin.sum())
+        kind = a.meta.classes[int(a.clinical_idx[int(np.argmax(clin))])] if clin.size else ""
+        fault = p_fault >= th.fault or poor_ecg
+        off = self.config.off_ratio
+        return Decision(
+            score=score,
+            p_fault=p_fault,
+            kind=kind,
+            fault=fault,
+            clin_on=(not fault) and score >= th.clinical,
+            clin_hold=(not fault) and score >= th.clinical * off,
+            fault_hold=p_fault >= th.fault * off,
+        )
+
+    def _tally(
+        self,
+        t: ShadowTally,
+        patient: str,
+        start: float,
+        end: float,
+        active: Decision,
+        shadow: Decision,
+    ) -> None:
+        """Count one window for both models by the same episode rule (caller holds the lock)."""
+        t.windows += 1
+        self.counters["shadow_windows"] += 1
+        cfg = self.config
+        for role, d in (("active", active), ("shadow", shadow)):
+            opened = 0
+            for category, on, hold, kind in (
+                ("clinical", d.clin_on, d.clin_hold, d.kind),
+                ("sensor_fault", d.fault, d.fault_hold, FAULT),
+            ):
+                ep = self._would_be.setdefault((role, patient, category), WouldBe())
+                opened += ep.step(on, hold, kind, start, end, cfg)
+            if role == "active":
+                t.active_alerts += opened
+                t.active_flagged += int(d.clin_on)
+            else:
+                t.shadow_alerts += opened
+                t.shadow_flagged += int(d.clin_on)
+        t.disagreed += int(active.verdict != shadow.verdict)
+
     def _abnormal_from_features(self, x: np.ndarray, span_s: float) -> int | None:
         names = self.feature_names
         if "ecg_beat_abnormal_frac" not in names or "hr_bpm" not in names:
@@ -556,9 +691,10 @@ class Detector:
         poor_ecg: bool,
         abnormal_beats: int | None = None,
         hr_z: float | None = None,
+        a: _Active | None = None,
     ) -> np.ndarray:
         """``evidence.move_to_normal`` of the classes this window cannot show."""
-        a = self._active
+        a = a if a is not None else self._active
         absent = {m for m, idx in self._mod_idx.items() if not np.isfinite(x[idx]).any()}
         if poor_ecg:
             absent.add("ecg")
@@ -585,6 +721,7 @@ class Detector:
             if hold:
                 ep.below = 0
                 self.sink.extend(ep.alert_id, end, score)
+                self._alert_window(ep.alert_id, patient, ep.last_kind, x, mu, sigma)
             else:
                 ep.below += 1
                 if ep.below >= cfg.k_off:
@@ -604,6 +741,7 @@ class Detector:
             ep.alert_id = ep.last_id  # same episode resumed: de-duplicate
             ep.last_end = end
             self.sink.extend(ep.alert_id, end, score)
+            self._alert_window(ep.alert_id, patient, kind, x, mu, sigma)
             return None
         modality = self._contributing(x, mu, sigma, category, kind)
         alert = Alert(
@@ -621,7 +759,23 @@ class Detector:
         self.sink.add(alert)
         self.counters["alerts"] += 1
         ep.alert_id, ep.last_end, ep.last_kind = alert.id, end, kind
+        self._alert_window(alert.id, patient, kind, x, mu, sigma)
         return alert
+
+    def _alert_window(
+        self,
+        alert_id: str,
+        patient: str,
+        kind: str,
+        x: np.ndarray,
+        mu: np.ndarray,
+        sigma: np.ndarray,
+    ) -> None:
+        if self.on_alert_window is not None:
+            w = ValidatedWindow(
+                x.copy(), np.array(mu, np.float32), np.array(sigma, np.float32), kind
+            )
+            self.on_alert_window(alert_id, patient, w)
 
     def _contributing(
         self, x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, category: str, kind: str

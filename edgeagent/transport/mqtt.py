@@ -633,6 +633,27 @@ class MqttLink:
             raise TransportError("subscribe_failed", f"{topic_filter}: {paho.error_string(rc)}")
         return self._track(mid, topic_filter)
 
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop receiving ``topic_filter`` now and after reconnects (no-op if not subscribed).
+
+        Why a box needs it: it subscribes to the retained full model only while it
+        lacks a base to rebuild the per-round parameter vector on, so the broker
+        does not send it the whole file on every reconnect.
+        """
+        with self._lock:
+            known = self._subs.pop(topic_filter, None) is not None
+            self._sub_waiters.pop(topic_filter, None)
+        if known and self._connected.is_set():
+            rc, _mid = self._client.unsubscribe(topic_filter)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                log.warning("mqtt %s: unsubscribe %s: %s", self.client_id, topic_filter,
+                            paho.error_string(rc))  # fmt: skip
+
+    def subscribed(self, topic_filter: str) -> bool:
+        """True while ``topic_filter`` is among the link's subscriptions."""
+        with self._lock:
+            return topic_filter in self._subs
+
     def set_status(self, state: str) -> PendingAck:
         """Publish this box's retained status (``online``, ``degraded``, ...)."""
         if self.status_topic is None:

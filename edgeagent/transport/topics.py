@@ -12,8 +12,11 @@ Layout::
     node/<id>/update            box -> aggregator (masked model update)
     node/<id>/alert             box -> aggregator / clinicians
     node/<id>/status            box, retained, also the last will
+    node/<id>/feedback          ward system -> box: a signed verdict on one of its alerts
+    node/<id>/feedback_result   box -> ward system: accepted, or refused and why
     node/<id>/<other>           box -> aggregator (e.g. SecAgg stage replies)
-    model/current               aggregator, retained: the signed global model
+    model/current               aggregator, retained: the signed global model (ONNX)
+    model/params                aggregator, retained: its parameter vector, signed by hash
 """
 
 from __future__ import annotations
@@ -61,6 +64,16 @@ def status(fleet: str, node_id: str) -> str:
     return node(fleet, node_id, "status")
 
 
+def feedback(fleet: str, node_id: str) -> str:
+    """Where the ward system sends verdicts on box ``node_id``'s alerts (the box reads it)."""
+    return node(fleet, node_id, "feedback")
+
+
+def feedback_result(fleet: str, node_id: str) -> str:
+    """Where box ``node_id`` says what became of each ward message (the ward reads it)."""
+    return node(fleet, node_id, "feedback_result")
+
+
 def round_topic(fleet: str, round_id: int, stage: str, to_node: str | None = None) -> str:
     """``.../round/<r>/<stage>[/<node>]`` (``stage="announce"`` for the announcement)."""
     if not isinstance(round_id, int) or round_id < 0:
@@ -75,6 +88,11 @@ def announce(fleet: str, round_id: int) -> str:
 
 def model_current(fleet: str) -> str:
     return f"{prefix(fleet)}/model/current"
+
+
+def model_params(fleet: str) -> str:
+    """The global model's retained parameter vector (``fl.wire.ParamsPublication``)."""
+    return f"{prefix(fleet)}/model/params"
 
 
 def node_filter(fleet: str, kind: str = "+") -> str:
@@ -114,8 +132,8 @@ def parse(topic: str) -> Topic:
         if area == "node" and len(rest) == 2:
             node_id, kind = _level(rest[0], "node id"), _level(rest[1], "kind")
             return Topic(fleet, "node", node_id=node_id, kind=kind)
-        if area == "model" and rest == ["current"]:
-            return Topic(fleet, "model", kind="current")
+        if area == "model" and rest in (["current"], ["params"]):
+            return Topic(fleet, "model", kind=rest[0])
         if (
             area == "round"
             and len(rest) in (2, 3)

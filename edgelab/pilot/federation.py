@@ -57,6 +57,7 @@ def aggregate(
     nonce: bytes = b"\0" * 16,
     round_id: int = 0,
     reputation: Reputation | None = None,
+    update_bits: int | None = None,
 ) -> np.ndarray:
     """One round's mean update under the deployment's aggregation ``mode`` (pure except SecAgg).
 
@@ -68,9 +69,15 @@ def aggregate(
     ``reputation`` is the stateful rule's memory: the hubs' scores from earlier
     rounds, which this call updates in place with the hubs the rule kept (the
     aggregator service keeps the scores in its state file).
+    ``update_bits`` with ``fedavg``: the mean comes from one real in-memory SecAgg+
+    round over all boxes with updates of that many bits (8, 16 or 32), sized as the
+    aggregator sizes it (``secure_fedavg``), so its accuracy can be compared at equal rounds.
     """
     n = len(nodes)
     f = max(0, min(math.ceil(assumed_malicious * n), (n - 3) // 2))
+    if mode == "fedavg" and update_bits is not None:
+        return secure_fedavg(nodes, deltas, counts, update_bits, clip=clip, n_cap=n_cap,
+                             nonce=nonce, round_id=round_id)  # fmt: skip
     if mode == "fedavg":
         ups = [ClientUpdate(a, d, int(c)) for a, d, c in zip(nodes, deltas, counts, strict=True)]
         return weighted_fedavg(ups)
@@ -119,6 +126,47 @@ def aggregate(
     raise ValueError(f"unknown aggregation mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
+def secure_fedavg(
+    nodes: Sequence[str],
+    deltas: Sequence[np.ndarray],
+    counts: Sequence[int],
+    update_bits: int,
+    *,
+    clip: float,
+    n_cap: int,
+    nonce: bytes,
+    round_id: int = 0,
+) -> np.ndarray:
+    """n_k-weighted mean of clipped updates through one SecAgg+ round at ``update_bits``.
+
+    Bounds, field width, headroom and rotation as the aggregator sets them for
+    ``[aggregator] update_bits`` (``secagg.state.field_terms``).
+    """
+    from edgeagent.fl.aggregate import mean_from_total
+    from edgeagent.fl.secagg import RoundConfig
+    from edgeagent.fl.secagg.simulate import simulate_round
+    from edgeagent.fl.secagg.state import field_terms
+
+    d = len(deltas[0])
+    rc = RoundConfig(
+        round_id=round_id,
+        nonce=nonce,
+        participants=tuple(nodes),
+        dim=d + 1,
+        clip=clip,
+        n_cap=n_cap,
+        **field_terms(update_bits, clip, n_cap, 0.0, d, len(nodes)),
+    )
+    pay = {
+        b: fedavg_payload(np.asarray(d, np.float64), max(1, int(c)), clip, n_cap)
+        for b, d, c in zip(nodes, deltas, counts, strict=True)
+    }
+    rep = simulate_round(rc, pay)
+    if rep.result is None:
+        raise RuntimeError(f"secure round {round_id} aborted: {rep.abort}")
+    return mean_from_total(rep.result.total)
+
+
 def run_federation(
     cfg: PilotConfig,
     meta: ModelMeta,
@@ -130,10 +178,12 @@ def run_federation(
     drop: str | None = None,
     dp: bool = False,
     rule: Calibration | None = None,
+    update_bits: int | None = None,
 ) -> FedResult:
     """``cfg.rounds`` federated rounds from the shared initial weights; returns the global model.
 
     ``rule``: the hubs' personal calibration when ``personal`` (default ``Calibration.of(cfg)``).
+    ``update_bits``: FedAvg through real SecAgg+ rounds at that width (see ``aggregate``).
     """
     pop_mu = np.asarray(meta.pop_mu, np.float32)
     pop_sigma = np.asarray(meta.pop_sigma, np.float32)
@@ -207,6 +257,7 @@ def run_federation(
                 nonce=nonce,
                 round_id=r,
                 reputation=reputation,
+                update_bits=update_bits,
             )
         # FedAvgM: the server keeps a momentum of the aggregated update (post-processing of
         # the aggregate, so the robust rules and DP see exactly the same updates).

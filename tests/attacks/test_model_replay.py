@@ -6,7 +6,9 @@ a broker operator, an intake-worker host with the aggregator's broker
 credentials) relabelled it version 2^62; the box took it and refused every
 later genuine model as stale. The release signature binds fleet, version,
 round and hash, so the relabelled copy is refused and the genuine next model
-is still taken. Played over a real Mosquitto: the box is a running ``FlClient``.
+is still taken. Played over a real Mosquitto: the box is a running ``FlClient``,
+which takes its first model as the file (``model/current``) and later ones as
+parameter vectors (``model/params``), so the attack is played on both channels.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import pytest
 
 from edgeagent.federation.client import FlClient
 from edgeagent.fl.identity import load_ca, load_identity
-from edgeagent.fl.wire import ModelPublication, encode_model
-from edgeagent.model.graph import sha256_hex
+from edgeagent.fl.wire import ModelPublication, ParamsPublication, encode_model, encode_params
+from edgeagent.model.graph import frame_sha256, get_params, parse_model, sha256_hex
 from edgeagent.model.signing import sign_hash, sign_release
 from edgeagent.ops.pki import Pki
 from edgeagent.transport import topics
@@ -67,6 +69,25 @@ def _wait(cond, timeout: float = 10.0) -> bool:
     return cond()
 
 
+def _params(ident, data: bytes, version: int, round_id: int, fleet: str = FLEET,
+            label: int | None = None) -> bytes:  # fmt: skip
+    """A parameter publication of ``data``, signed as ``version`` (labelled ``label``)."""
+    sha = sha256_hex(data)
+    model = parse_model(data)
+    return encode_params(
+        ParamsPublication(
+            round_id=round_id,
+            version=version if label is None else label,
+            sha256=sha,
+            signature=sign_hash(ident.key, sha),
+            cert_der=ident.cert_der,
+            frame=frame_sha256(model),
+            params=get_params(model).astype("<f4").tobytes(),
+            release_sig=sign_release(ident.key, fleet, version, round_id, sha),
+        )
+    )
+
+
 def test_relabelled_old_model_is_refused_and_later_models_still_taken(
     fleet: Pki, broker: Broker, syn_model: bytes, syn_model_other: bytes, tmp_path: Path
 ) -> None:
@@ -84,31 +105,29 @@ def test_relabelled_old_model_is_refused_and_later_models_still_taken(
                    global_sha256=sha256_hex(syn_model), state_dir=tmp_path)  # fmt: skip
     pub = MqttLink("agg-pub", broker.host, broker.port, fleet.client_files("aggregator"), FLEET,
                    identity="aggregator", status=False).connect(timeout=10)  # fmt: skip
-    topic = topics.model_current(FLEET)
+    topic, vectors = topics.model_current(FLEET), topics.model_params(FLEET)
     box.start()
     try:
         old = _pub(agg, syn_model_other, 1, 1)
         assert pub.publish(topic, old, retain=True).wait(5) < 0x80
         assert _wait(lambda: box.global_version == 1)
-        # the attack: v1's bytes and signatures, relabelled as version 2^62
-        sha = sha256_hex(syn_model_other)
-        relabelled = ModelPublication(
-            round_id=1, version=2**62, sha256=sha, signature=sign_hash(agg.key, sha),
-            cert_der=agg.cert_der, onnx=syn_model_other,
-            release_sig=sign_release(agg.key, FLEET, 1, 1, sha),
-        )  # fmt: skip
-        assert pub.publish(topic, encode_model(relabelled), retain=True).wait(5) < 0x80
+        # the box now has a base and listens for vectors only: the attack is v1's vector and
+        # signatures, relabelled as version 2^62 (the file carries the same labels and is
+        # checked by the same code, tests/test_federation_client.py)
+        relabelled_vec = _params(agg, syn_model_other, 1, 1, label=2**62)
+        assert pub.publish(vectors, relabelled_vec, retain=True).wait(5) < 0x80
         assert _wait(lambda: box.counters["bad_model_signature"] == 1)
         # ... and a genuine release of another fleet (same CA) is no better
-        assert (
-            pub.publish(topic, _pub(agg, syn_model, 9, 9, "otherfleet"), retain=True).wait(5) < 0x80
-        )
+        other = _params(agg, syn_model, 9, 9, "otherfleet")
+        assert pub.publish(vectors, other, retain=True).wait(5) < 0x80
         assert _wait(lambda: box.counters["bad_model_signature"] == 2)
         assert box.global_version == 1
-        # the next genuine model is still taken
+        # the next genuine model is still taken, published as the aggregator does: file, vector
         assert pub.publish(topic, _pub(agg, syn_model, 2, 2), retain=True).wait(5) < 0x80
+        assert pub.publish(vectors, _params(agg, syn_model, 2, 2), retain=True).wait(5) < 0x80
         assert _wait(lambda: box.global_version == 2 and box.global_sha == sha256_hex(syn_model))
     finally:
-        pub.publish(topic, b"", retain=True).wait(5)
+        for t in (topic, vectors):
+            pub.publish(t, b"", retain=True).wait(5)
         pub.close()
         box.stop()

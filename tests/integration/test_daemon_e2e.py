@@ -228,6 +228,16 @@ def test_alert_over_mqtt_retained_status_clean_stop_and_resume(
         assert "n_k" in parts["learner"]["learner"] and "rounds" in parts["federation"]
         assert 0 < snap["counters"]["learn_offered"] <= snap["counters"]["detection_scored"]
 
+        # A nurse dismisses the alert through the running daemon's control socket: the
+        # windows the daemon kept behind it become labelled examples.
+        args = ["alerts", "ack", alert["id"][:12], "--false", "-c", str(cfg), "--json"]
+        ack = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+        assert ack.returncode == 0, ack.stdout + ack.stderr
+        verdict = json.loads(ack.stdout)
+        assert verdict["accepted"] and verdict["label"] == "normal" and verdict["windows"] > 0
+        again = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and json.loads(again.stdout)["reason"] == "already_acked"
+
         dev.stop()
         code, out = _sigterm(proc)
         assert code == 0, out[-3000:]

@@ -37,6 +37,7 @@ class IntakeOpen:
 
     dim: int
     participants: tuple[str, ...]
+    bits: int = 32  # width of the round's modular sum (``quantize.field_bits``)
 
 
 @dataclass(kw_only=True)

@@ -33,8 +33,9 @@ from edgeagent.fl import robust
 from edgeagent.fl.aggregate import mean_from_total
 from edgeagent.fl.constants import Stage
 from edgeagent.fl.identity import known_key_verifier
-from edgeagent.fl.privacy import add_gaussian_noise, distributed_std, gaussian_std, payload_bound
+from edgeagent.fl.privacy import add_gaussian_noise, distributed_std, gaussian_std
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
+from edgeagent.fl.secagg.state import field_terms
 from edgeagent.ops.config import AggregatorSection
 
 
@@ -81,7 +82,7 @@ class SecAggProtocol(RoundProtocol):
                 nonce=nonce,
                 participants=group,
                 dim=params + 1,  # the payload: n_k * clipped update, then n_k
-                bound=payload_bound(clip, p.n_cap, box_std),
+                **field_terms(p.update_bits, clip, p.n_cap, box_std, params, len(group)),
                 min_survivors=floor,
                 clip=clip,
                 n_cap=p.n_cap,
@@ -174,7 +175,7 @@ class SecAggProtocol(RoundProtocol):
         if self.intake_key is not None and Stage.COLLECT_MASKED in out:
             server = self.servers[0]
             c = server.config
-            close.open_intake = IntakeOpen(dim=c.dim, participants=c.participants)
+            close.open_intake = IntakeOpen(dim=c.dim, participants=c.participants, bits=c.bits)
             self.partials = PartialCollector(server, self.intake_key)
         return close
 

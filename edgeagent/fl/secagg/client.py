@@ -37,7 +37,7 @@ from edgeagent.errors import ProtocolError
 from edgeagent.fl import seal
 from edgeagent.fl.constants import MAX_DEGREE, NONCE_BYTES, SHAMIR_CHUNK, Key, Stage
 from edgeagent.fl.privacy import sensitivity
-from edgeagent.fl.quantize import Quantizer, add_mod, sub_mod
+from edgeagent.fl.quantize import Quantizer, add_mod, pack, rotate, sub_mod
 from edgeagent.fl.secagg import auth, crypto
 from edgeagent.fl.secagg.state import (
     check_stage,
@@ -161,6 +161,7 @@ class SecAggClient:
         self.threshold = 0
         self.dim = 0
         self.quantizer: Quantizer | None = None
+        self.rotate = False  # rotate the update coordinates before quantising (Key.ROTATE)
         self.noise_std = 0.0
         self.clip = 0.0  # announced L2 clip norm, for building the payload
         self.n_cap = 0  # announced cap on n_k, for building the payload
@@ -270,9 +271,15 @@ class SecAggClient:
                 bound=_num(body, Key.BOUND),
                 max_summands=_int(body, Key.MAX_SUMMANDS, 1, MAX_SUMMANDS),
                 headroom_bits=_int(body, Key.HEADROOM, 0, MAX_HEADROOM),
+                bits=_int(body, Key.BITS, 2, 32) if Key.BITS.value in body else 32,
+                count_bound=_num(body, Key.COUNT_BOUND) if Key.COUNT_BOUND.value in body else 0.0,
             )
         except ValueError as exc:
             raise ProtocolError("bad_body", str(exc)) from exc
+        rot = body.get(Key.ROTATE.value, False)
+        if type(rot) is not bool or (rot and dim < 2):
+            raise ProtocolError("bad_body", "rotate must be a boolean (and needs dim >= 2)")
+        self.rotate = rot
         noise = _num(body, Key.NOISE_STD)
         clip = _num(body, Key.CLIP)
         n_cap = _int(body, Key.N_CAP, 1, MAX_N_CAP)
@@ -373,6 +380,8 @@ class SecAggClient:
         x = self._payload
         if self.noise_std > 0:
             x = x + self._rng.normal(0.0, self.noise_std, size=x.shape)
+        if self.rotate:
+            x = np.concatenate([rotate(x[:-1], self.nonce), x[-1:]])
         masked, self.clamped = self.quantizer.quantize(x, self._rng)
         add_mod(masked, crypto.self_mask(self._seed, self.nonce, self.node_id, self.dim))
         for peer in sorted(self._mask_peers):
@@ -381,7 +390,8 @@ class SecAggClient:
                 add_mod(masked, m)
             else:
                 sub_mod(masked, m)
-        return {Key.MASKED.value: masked.astype("<u4").tobytes()}
+        q = self.quantizer
+        return {Key.MASKED.value: pack(q.reduce(masked), q.bits)}
 
     def _consistency(self, body: Mapping[str, Any]) -> dict[str, Any]:
         assert self._participants is not None and self.round_id is not None

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgeagent.errors import ProtocolError, RoundAborted
 from edgeagent.fl import seal
 from edgeagent.fl.constants import SHAMIR_CHUNK, Key, Stage
-from edgeagent.fl.quantize import Quantizer, add_mod, sub_mod
+from edgeagent.fl.quantize import Quantizer, add_mod, packed_bytes, sub_mod, unpack, unrotate
 from edgeagent.fl.secagg import auth, crypto
 from edgeagent.fl.secagg.client import MAX_UNMASK_PLAIN, unmask_context
 from edgeagent.fl.secagg.state import RoundConfig, RoundResult
@@ -52,25 +52,35 @@ _SHARE_BLOB = 12 + 2 + crypto.SECRET_BYTES + 16
 
 
 class MaskedSum:
-    """Running Z_2^32 sum of masked vectors; mergeable across intake workers."""
+    """Running sum of masked vectors (uint32, i.e. Z_2^32, which maps onto the round's Z_2^bits);
+    mergeable across intake workers.
 
-    def __init__(self, dim: int) -> None:
+    Each box sends ``bits`` bits per coordinate (``quantize.pack``); the sum is kept
+    in uint32 whatever ``bits`` is, and reduced mod 2^bits only when it is decoded.
+    """
+
+    def __init__(self, dim: int, bits: int = 32) -> None:
         self.dim = dim
+        self.bits = bits
         self.total = np.zeros(dim, dtype=np.uint32)
         self.nodes: set[str] = set()
 
     def add(self, node: str, masked: bytes) -> None:
-        """Add one box's masked vector (raw little-endian uint32 bytes); once per box."""
+        """Add one box's masked vector (``bits`` bits per coordinate); once per box."""
         if node in self.nodes:
             raise ProtocolError("duplicate_reply", f"{node} already counted")
-        if not isinstance(masked, bytes) or len(masked) != 4 * self.dim:
-            raise ProtocolError("bad_body", f"masked vector must be {4 * self.dim} bytes")
-        add_mod(self.total, np.frombuffer(masked, dtype="<u4"))
+        size = packed_bytes(self.dim, self.bits)
+        if not isinstance(masked, bytes) or len(masked) != size:
+            raise ProtocolError("bad_body", f"masked vector must be {size} bytes")
+        try:
+            add_mod(self.total, unpack(masked, self.bits, self.dim))
+        except ValueError as exc:
+            raise ProtocolError("bad_body", str(exc)) from exc
         self.nodes.add(node)
 
     def merge(self, other: MaskedSum) -> None:
         """Fold another worker's partial sum in (disjoint sets of boxes only)."""
-        if other.dim != self.dim or self.nodes & other.nodes:
+        if other.dim != self.dim or other.bits != self.bits or self.nodes & other.nodes:
             raise ProtocolError("bad_partial", "partial sums overlap or differ in dimension")
         add_mod(self.total, other.total)
         self.nodes |= other.nodes
@@ -90,7 +100,13 @@ class SecAggServer:
         self._digest = b""
         self._ranks: dict[str, dict[str, int]] = {}  # owner -> holder -> Shamir index
         self._used_keys: set[bytes] = set()  # round keys taken at SETUP (no box may reuse one)
-        self.quantizer = Quantizer(config.bound, len(config.participants), config.headroom_bits)
+        self.quantizer = Quantizer(
+            config.bound,
+            len(config.participants),
+            config.headroom_bits,
+            config.bits,
+            config.count_bound,
+        )
         self.stage: Stage | None = None
         self.rejected: Counter[str] = Counter()
         self.result: RoundResult | None = None
@@ -102,7 +118,7 @@ class SecAggServer:
         self._sent_keys: dict[str, frozenset[str]] = {}
         self._inbox: dict[str, dict[str, bytes]] = {}  # dst -> src -> encrypted share
         self._mask_peers: dict[str, frozenset[str]] = {}
-        self._sum = MaskedSum(config.dim)
+        self._sum = MaskedSum(config.dim, config.bits)
         self._seed_shares: dict[str, list[tuple[int, bytes]]] = {}
         self._key_shares: dict[str, list[tuple[int, bytes]]] = {}
         self._unmask_sent: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
@@ -116,8 +132,14 @@ class SecAggServer:
         c = self.config
         self.stage = Stage.SETUP
         self._expected = set(c.participants)
+        quantised: dict[str, Any] = {Key.BITS.value: c.bits} if c.bits != 32 else {}  # absent: 32
+        if c.count_bound:
+            quantised[Key.COUNT_BOUND.value] = float(c.count_bound)
+        if c.rotate:
+            quantised[Key.ROTATE.value] = True
         return {
             node: {
+                **quantised,
                 Key.NEIGHBOURS.value: sorted(c.graph[node]),
                 Key.THRESHOLD.value: c.threshold,
                 Key.DIM.value: c.dim,
@@ -489,9 +511,12 @@ class SecAggServer:
                     sub_mod(total, m)
                 else:
                     add_mod(total, m)
+        plain = self.quantizer.dequantize(total)
+        if c.rotate:  # the boxes rotated their updates; the sum of rotations rotates back
+            plain[:-1] = unrotate(plain[:-1], c.nonce)
         self.result = RoundResult(
             round_id=c.round_id,
-            total=self.quantizer.dequantize(total),
+            total=plain,
             survivors=tuple(sorted(u2)),
             dropped=self.dropped(),
         )

@@ -16,11 +16,14 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from edgeagent.errors import ProtocolError
 from edgeagent.fl.constants import MAX_DEGREE, NONCE_BYTES, STAGE_ORDER, Stage
+from edgeagent.fl.privacy import payload_bound
+from edgeagent.fl.quantize import ROTATED_SIGMAS, field_bits
 
 #: Degree factor c in k = c * log2(n): c = 3 keeps, for 10% dropouts and
 #: t > (k+1)/2, the chance that some box loses more than half its neighbourhood
@@ -142,6 +145,15 @@ class RoundConfig:
     n_cap: int = 1000
     noise_std: float = 0.0
     headroom_bits: int = 1
+    #: Width of the modular sum: 32, or ``quantize.field_bits(value_bits, n)`` for
+    #: quantised updates (each box sends ``bits`` bits per coordinate).
+    bits: int = 32
+    #: > 0: bound of the payload's last coordinate (n_k); ``bound`` then covers the update
+    #: coordinates only (``n_cap * clip``), which is what gives 8-bit values their resolution.
+    count_bound: float = 0.0
+    #: The update coordinates (all but the last) are rotated (``quantize.rotate``, seeded by
+    #: the round nonce) before quantisation and the sum rotated back after unmasking.
+    rotate: bool = False
     graph: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -167,6 +179,8 @@ class RoundConfig:
             )
         if not 1 <= self.min_survivors <= n:
             raise ValueError("min_survivors must be in 1..len(participants)")
+        if not 2 <= self.bits <= 32:
+            raise ValueError("bits must be in 2..32")
         if self.noise_std < 0 or self.clip <= 0 or self.n_cap < 1:
             raise ValueError("noise_std must be >= 0, clip > 0 and n_cap >= 1")
         if not self.graph:
@@ -192,3 +206,27 @@ class RoundResult:
 def stage_index(stage: Stage) -> int:
     """Position of ``stage`` in the protocol order."""
     return STAGE_ORDER.index(stage)
+
+
+def field_terms(
+    update_bits: int, clip: float, n_cap: int, noise_std: float, params: int, boxes: int
+) -> dict[str, Any]:
+    """``RoundConfig`` fields for FedAvg payloads at ``update_bits`` (8, 16 or 32).
+
+    32: the full field over ``payload_bound`` with one bit of headroom. 8 or 16:
+    stochastic rounding into ``field_bits(update_bits, boxes)`` bits with no
+    headroom (the clamp to each bound keeps every value in range, so the sum never
+    wraps), the update rotated so that its coordinates are bounded by
+    ``ROTATED_SIGMAS * n_cap * clip / sqrt(params)``, and n_k bounded by ``n_cap``;
+    each bound plus six standard deviations of the box's DP noise.
+    """
+    if update_bits == 32:
+        return {"bound": payload_bound(clip, n_cap, noise_std), "headroom_bits": 1}
+    spread = ROTATED_SIGMAS * n_cap * clip / math.sqrt(max(params, 1))
+    return {
+        "bound": min(spread, n_cap * clip * math.sqrt(2.0)) + 6.0 * noise_std,
+        "count_bound": float(n_cap) + 6.0 * noise_std,
+        "headroom_bits": 0,
+        "bits": field_bits(update_bits, boxes),
+        "rotate": True,
+    }
