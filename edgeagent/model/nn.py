@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeagent.model.meta import CLIP, ModelSpec, flatten, n_params, param_layout, unflatten
+from edgeagent.model.meta import (
+    CLIP,
+    ModelSpec,
+    flatten,
+    group_indices,
+    n_params,
+    param_layout,
+    unflatten,
+)
 
 
 def standardise(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,32 +179,18 @@ def ae_param_mask(spec: ModelSpec) -> np.ndarray:
     return group_mask(spec, ("ae",))
 
 
-#: The parameter groups a round can train and announce, by parameter name (see ``param_groups``).
-PARAM_GROUPS: dict[str, tuple[str, ...]] = {
-    "ae": ("We", "be", "Wd", "bd"),
-    "head": ("W1", "b1", "W2", "b2"),
-}
-
-
 def group_mask(spec: ModelSpec, groups: Iterable[str]) -> np.ndarray:
-    """1 for the entries of the flat vector that belong to any of ``groups``, else 0.
+    """1 for the entries of the flat vector that belong to any of ``groups``
+    (``model.meta.PARAM_GROUPS``), else 0; all 0 for no group.
 
     Why groups and not a free mask: a round announces which groups it trains,
     the same for every box, so secure-aggregation sums line up and noise goes
     only where training happened (``fl.privacy``).
     """
-    names: set[str] = set()
-    for g in groups:
-        if g not in PARAM_GROUPS:
-            raise ValueError(f"unknown parameter group {g!r}; choose from {sorted(PARAM_GROUPS)}")
-        names.update(PARAM_GROUPS[g])
+    names = sorted(set(groups))
     mask = np.zeros(n_params(spec), np.float32)
-    i = 0
-    for name, shape in param_layout(spec):
-        k = int(np.prod(shape))
-        if name in names:
-            mask[i : i + k] = 1.0
-        i += k
+    if names:
+        mask[group_indices(spec, names)] = 1.0
     return mask
 
 

@@ -7,7 +7,7 @@ Why this design:
   block and never wait for training, so detection latency is unaffected (a
   full queue drops its oldest window and counts it).
 * Two things learn on the box, each on its own parameter group
-  (``model.nn.PARAM_GROUPS``):
+  (``model.meta.PARAM_GROUPS``):
 
   - the autoencoder ("ae", the normal model) from windows the detector judged
     normal with good signal quality (``offer``, ``normal_ok``). A guard drops
@@ -379,7 +379,7 @@ class LocalLearner:
             return self.w_local.copy()
 
     def trained_groups(self) -> frozenset[str]:
-        """The parameter groups (``model.nn.PARAM_GROUPS``) trained since the last global model."""
+        """The parameter groups (``model.meta.PARAM_GROUPS``) trained since the last global."""
         with self._lock:
             return frozenset(self._round.groups)
 
