@@ -71,10 +71,11 @@ class LearnerConfig:
     """Small-box defaults; docs/model.md explains each.
 
     The labelled-window settings: ``label_budget`` new labelled windows per
-    round at most (an alert brings ~5 windows, so 64 is a dozen verdicts per
-    round: a busy ward's worth, while a flood of verdicts cannot outweigh
-    everything else); ``label_pool`` labelled windows kept and replayed across
-    rounds (256 x 42 features is ~100 KB); ``label_epochs`` passes over each
+    round at most (an alert brings up to 32 windows, ``feedback.windows_per_alert``,
+    so 256 is eight verdicts a round: a busy ward's worth, while a flood of
+    verdicts cannot outweigh everything else); ``label_pool`` labelled windows
+    kept and replayed across rounds (512 x 3 x 42 floats is ~260 KB);
+    ``label_epochs`` passes over each
     per round (rare labels are worth several; more overfits a handful of
     windows, measured in bench/field_learning.py); ``head_lr`` the head's own
     learning rate.
@@ -86,11 +87,11 @@ class LearnerConfig:
     prox: float = 0.01
     poison_factor: float = POISON_FACTOR
     head_lr: float = 1e-3
-    label_budget: int = 64
-    label_pool: int = 256
+    label_budget: int = 256
+    label_pool: int = 512
     label_epochs: int = 4
     label_batch: int = 16
-    label_balance: bool = True
+    label_balance: bool = False
 
 
 @dataclass
