@@ -50,12 +50,24 @@ from edgelab import ward as W
 KEYS = ("accuracy", "recall", "event_recall", "false_alarms_per_hour")
 
 
+def epsilon_unsampled(z: float, rounds: int, delta: float) -> float:
+    """ε after ``rounds`` full Gaussian releases (q = 1): what the aggregator as built
+    accounts, since it claims no amplification by sampling (``accountant.SAMPLING_RATE``)."""
+    from edgeagent.federation.accountant import DpAccountant
+
+    acc = DpAccountant(delta)
+    acc.step(z, 1.0, rounds)
+    return acc.epsilon()
+
+
 def _final(run: W.WardRun) -> dict[str, Any]:
     last = run.rounds[-1]
     out = {k: last[k] for k in KEYS}
     if run.epsilon is not None:
         out["epsilon"] = run.epsilon
         out["epsilon_per_round"] = [r.get("epsilon") for r in run.rounds[1:]]
+        z, rounds = run.config["noise_multiplier"], run.config["rounds"]
+        out["epsilon_q1"] = epsilon_unsampled(z, rounds, run.config["delta"])
     out["per_round"] = [{k: r[k] for k in ("round", *KEYS) if k in r} for r in run.rounds]
     out["alerts"] = run.config.get("alerts")
     out["acked"] = run.config.get("acked")
@@ -200,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'DP sweep':<10} at most {args.per_round} boxes per round, feedback 10 %")
     hdr2 = (
-        f"{'boxes':>6} {'q':>6} {'z':>5} {'eps':>8} {'acc':>6} {'d.acc':>7} {'FA/h':>6} "
-        f"{'recall':>6} {'ev.rec':>6}"
+        f"{'boxes':>6} {'q':>6} {'z':>5} {'eps':>8} {'eps q=1':>8} {'acc':>6} {'d.acc':>7} "
+        f"{'FA/h':>6} {'recall':>6} {'ev.rec':>6}"
     )
     print(hdr2)
     print("-" * len(hdr2))
@@ -221,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         print(
-            f"{n:>6} {cfg.sampling_rate:>6.3f} {0.0:>5.1f} {'inf':>8} {ref['accuracy']:>6.3f} "
-            f"{0.0:>+7.3f} {ref['false_alarms_per_hour']:>6.2f} {ref['recall']:>6.3f} "
+            f"{n:>6} {cfg.sampling_rate:>6.3f} {0.0:>5.1f} {'inf':>8} {'inf':>8} "
+            f"{ref['accuracy']:>6.3f} {0.0:>+7.3f} {ref['false_alarms_per_hour']:>6.2f} "
+            f"{ref['recall']:>6.3f} "
             f"{ref['event_recall']:>6.3f}"
         )
         for z in args.zs:
@@ -242,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(
                 f"{n:>6} {cfg.sampling_rate:>6.3f} {z:>5.1f} {m['epsilon']:>8.2f} "
-                f"{m['accuracy']:>6.3f} {-m['accuracy_cost']:>+7.3f} "
+                f"{m['epsilon_q1']:>8.2f} {m['accuracy']:>6.3f} {-m['accuracy_cost']:>+7.3f} "
                 f"{m['false_alarms_per_hour']:>6.2f} {m['recall']:>6.3f} {m['event_recall']:>6.3f}"
             )
     doc["targets"] = targets(doc)
