@@ -75,10 +75,10 @@ class LearnerConfig:
     so 256 is eight verdicts a round: a busy ward's worth, while a flood of
     verdicts cannot outweigh everything else); ``label_pool`` labelled windows
     kept and replayed across rounds (512 x 3 x 42 floats is ~260 KB);
-    ``label_epochs`` passes over each
-    per round (rare labels are worth several; more overfits a handful of
-    windows, measured in bench/field_learning.py); ``head_lr`` the head's own
-    learning rate.
+    ``label_epochs`` passes over each per round (rare labels are worth several;
+    more overfits a handful of windows); ``head_lr`` the head's own learning
+    rate; ``label_balance`` equal total weight per labelled class (off, see
+    ``_label_weights``).
     """
 
     lr: float = 5e-4
@@ -344,10 +344,10 @@ class LocalLearner:
 
     def _label_weights(self, y: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
         """Per-window weights: each class of the pool weighs the same in total (capped at
-        ``LABEL_BALANCE_CAP`` x), or None (all equal) without ``label_balance``.
+        ``LABEL_BALANCE_CAP`` x) with ``label_balance``, else None (all equal).
 
-        Why: dismissals far outnumber confirmations on a ward (most alerts are false), and
-        unweighted they teach the head that everything is normal, which costs recall.
+        Off by default: weighting the rarer confirmations up raised the confirmed kinds'
+        alerts on a small ward and bought no recall on a fleet (docs/model.md).
         """
         if not self.config.label_balance:
             return None
