@@ -39,11 +39,12 @@ What is real and what is simulated:
   learner keeps its Adam moments across rounds, which 10,000 simulated boxes
   cannot afford in memory.
 
-References (same patients, same unseen windows): the baseline unchanged; no
-federation (every box learns from its own verdicts, runs its own model); the
-centralised model (every training window of every bank patient with its true
-label, ``edgelab.train.fit`` from the baseline); and the federated loop
-without noise.
+References (same patients, same unseen windows): no federation (every box
+runs the baseline: without a round its local learning never reaches the model
+it runs); every box promoting its own locally trained model
+(``run(federated=False)``); the centralised model (every training window of
+every bank patient with its true label, ``edgelab.train.fit`` from the
+baseline, ``Ward.centralised``); and the federated loop without noise.
 """
 
 from __future__ import annotations
