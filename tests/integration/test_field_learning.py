@@ -14,7 +14,7 @@ figures).
 
 Checked: every round completes over the broker and leaves every box on one
 global model that moved; the nurse's verdicts reach the learners, and the
-final global model's head agrees better with every box's verdicts than the
+final global model's head agrees better with the ward's verdicts than the
 baseline's; a candidate that is better on a box's own held-back labels is
 never rejected by that box's lifecycle; after the rounds, false alarms per
 hour on the unseen windows fall against the no-federation control (the
@@ -335,11 +335,11 @@ def test_feedback_rounds_cut_false_alarms_on_unseen_windows(
                 assert j["outcome"] != "rejected", (j, judged)
         assert sum(h["given"] for h in history) > 0, "the nurse gave no verdicts"
         # what the clinicians said reached the global model: its head agrees better with
-        # every box's verdicts (trained and held back) than the baseline's does
+        # the ward's verdicts (every box's, trained and held back) than the baseline's does
+        # (per box it need not: an average serves the ward, not each box)
         w0 = get_params(parse_model(baseline))
-        for b in boxes:
-            said = b.trained + b.held
-            assert _head_loss(meta, w_prev, said) < _head_loss(meta, w0, said), b.name
+        said = [v for b in boxes for v in b.trained + b.held]
+        assert _head_loss(meta, w_prev, said) < _head_loss(meta, w0, said)
         final = to_bytes(set_params(parse_model(baseline), w_prev))
         # false alarms on the unseen windows, by the bench's rule (edgelab.ward) ...
         ward = Ward(meta, w0, ward_patients)
