@@ -5,8 +5,10 @@
    real-time pace, 4 patients, all streams), the shipped baseline model. RSS (and USS, PSS) of
    the daemon process, sampled every second; the figure is the peak over the run. The daemon
    starts twice on one state directory: the first start seeds the model registry from
-   ``detection.model_path`` (which parses the model with the ``onnx`` package), the second is
-   the box as it runs from then on (every later start). Target: at most 120 MB.
+   ``detection.model_path``, the second is the box as it runs from then on (every later
+   start). Both read the model with the registry's own reader (``edgeagent.model.wire``) and
+   onnxruntime; whether the ``onnx`` package got loaded anyway is read from the process's
+   memory map and reported (``onnx_loaded``). Target: at most 120 MB.
 2. ``mappings``: at the end of the run, the daemon's ``/proc/<pid>/smaps`` grouped by what is
    mapped: each Python package's extension modules and bundled libraries (numpy,
    onnxruntime, cryptography, ...), the interpreter, system libraries, and anonymous memory
@@ -43,7 +45,7 @@ IMPORTS = (
     "sqlite3", "json", "ssl", "asyncio", "numpy", "onnxruntime", "cryptography.x509",
     "cbor2", "paho.mqtt.client", "serial", "bleak", "pydantic", "psutil", "typer", "rich",
     "edgeagent.cli", "edgeagent.daemon.wiring", "edgeagent.federation.client",
-    "onnx",  # last: only a first start (seeding the registry) or an arriving model loads it
+    "onnx",  # last: no start loads it (model.wire reads models); an arriving global model does
 )  # fmt: skip
 
 IMPORT_CHILD = """
@@ -117,6 +119,7 @@ def run_daemon(seconds: float, first_seconds: float = FIRST_START_S) -> dict[str
     from firmware_sim.physiology import Generator, Label, SimConfig, make_patient
     from firmware_sim.serialdev import PtyDevice
 
+    load_before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="daemon-rss-") as tmp:
         d = Path(tmp)
         pki = Pki.init(d / "pki", fleet="rss")
@@ -144,9 +147,9 @@ def run_daemon(seconds: float, first_seconds: float = FIRST_START_S) -> dict[str
         (d / "config.toml").write_text(to_toml(cfg))
         try:
             # first start: the registry is empty, the daemon seeds it from model_path
-            first = _sample_daemon(d, first_seconds, smaps=False)
+            first = _sample_daemon(d, first_seconds, smaps=True)
             # the same box restarted (state kept): what it holds from then on
-            samples, mappings, status = _sample_daemon(d, seconds, smaps=True)
+            samples, mappings, status, onnx_later = _sample_daemon(d, seconds, smaps=True)
         finally:
             for dev in devices:
                 dev.stop()
@@ -158,6 +161,10 @@ def run_daemon(seconds: float, first_seconds: float = FIRST_START_S) -> dict[str
         "seconds": seconds,
         "wearables": 4,
         "first_start_peak_rss_mb": round(max(s["rss_mb"] for s in first[0]), 1),
+        "first_start_mappings": first[1],
+        "onnx_loaded": {"first_start": first[3], "later_start": onnx_later},
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "first_start_s": first_seconds,
         "peak_rss_mb": round(peak["rss_mb"], 1),
         "end_rss_mb": round(last["rss_mb"], 1),
@@ -170,10 +177,14 @@ def run_daemon(seconds: float, first_seconds: float = FIRST_START_S) -> dict[str
     }
 
 
-def _sample_daemon(d: Path, seconds: float, smaps: bool) -> tuple[list[dict[str, float]],
-                                                                  list[dict[str, Any]],
-                                                                  dict[str, Any]]:  # fmt: skip
-    """Run ``edgeagent run`` on d/config.toml for ``seconds``; memory every second."""
+Samples = list[dict[str, float]]
+
+
+def _sample_daemon(
+    d: Path, seconds: float, smaps: bool
+) -> tuple[Samples, list[dict[str, Any]], dict[str, Any], bool]:
+    """Run ``edgeagent run`` on d/config.toml for ``seconds``; memory every second, and
+    whether the ``onnx`` package's extension is mapped at the end."""
     import contextlib
 
     import psutil
@@ -200,6 +211,7 @@ def _sample_daemon(d: Path, seconds: float, smaps: bool) -> tuple[list[dict[str,
             time.sleep(1.0)
         if smaps:
             mappings = smaps_by_group(proc.pid)
+        onnx = "onnx_cpp2py_export" in Path(f"/proc/{proc.pid}/maps").read_text()
         with contextlib.suppress(OSError, ValueError):
             status = json.loads((d / "state" / "status.json").read_text())
     finally:
@@ -209,7 +221,7 @@ def _sample_daemon(d: Path, seconds: float, smaps: bool) -> tuple[list[dict[str,
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-    return samples, mappings, status
+    return samples, mappings, status, onnx
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     a.out.write_text(json.dumps(res, indent=1) + "\n")
     dm = res["daemon"]
     print(f"daemon first start (seeds the registry from model_path, {a.first_seconds:.0f} s): "
-          f"peak RSS {dm['first_start_peak_rss_mb']} MB")  # fmt: skip
+          f"peak RSS {dm['first_start_peak_rss_mb']} MB; onnx loaded: {dm['onnx_loaded']}; "
+          f"load average {dm['load_average_before']} -> {dm['load_average_after']}")  # fmt: skip
     print(f"daemon restarted, 4 serial wearables, {a.seconds:.0f} s: "
           f"peak RSS {dm['peak_rss_mb']} MB "
           f"(end: RSS {dm['end_rss_mb']}, USS {dm['end_uss_mb']}, PSS {dm['end_pss_mb']}; "

@@ -10,8 +10,22 @@ What runs (all on this machine, 127.0.0.1 only):
   the boxes: one mTLS MQTT connection, one Ed25519 identity, one real
   ``SecAggClient`` per box, multiplexed over one thread per process.
 
-Every round drops ``--dropout`` of the boxes, spread over the four stages, and
-checks the unmasked sum against the survivors' known payloads.
+Two modes, each over every size, so the growth from 100 to 1,000 boxes is
+read without the early-close wait:
+
+- ``all-in``: no box drops out; every stage closes the moment the last
+  expected reply is in, so a round's time is the protocol's work and nothing
+  else;
+- ``dropout``: ``--dropout`` of the boxes go silent, spread over the four
+  stages; a stage closes once 80 % of its replies are in and nothing arrived
+  for ``max(--idle-close, a quarter of the stage's time so far)``, so part of
+  each stage is waiting for boxes that never answer.
+
+Each round checks the unmasked sum against the survivors' payloads.
+``--train-fraction`` makes that share of the boxes train for real between
+rounds (``edgelab.fleetsim.TrainingBox``: the agent's LocalLearner on simulated
+windows, from models/baseline.onnx) and send their real update; their CPU time
+and the memory their learners add are reported per training box.
 
 Reported per fleet size: round wall time (first SETUP to last RESULT
 published), per-stage times, aggregator CPU (coordinator process + workers)
@@ -22,6 +36,7 @@ aggregator and the broker for the same cores, so round wall times here are
 an upper bound for a real fleet whose boxes bring their own CPUs.
 
 Run: python bench/fleet.py [--sizes 100 1000] [--dim 10000] [--rounds 1] [--procs 2]
+     [--modes all-in dropout] [--idle-close 0.2] [--train-fraction 0.1]
 """
 
 from __future__ import annotations
@@ -59,6 +74,7 @@ from edgelab.coordinator import Coordinator  # noqa: E402
 from edgelab.fleetsim import FleetProcess, SimSpec, default_payload, issue_boxes  # noqa: E402
 
 FLEET = "scale"
+MODEL = ROOT / "models" / "baseline.onnx"
 CLIP, N_CAP, N_K = 1.0, 100, 50
 RESULTS = ROOT / "bench" / "results" / "fleet.json"
 
@@ -126,6 +142,7 @@ def cpu_of(procs: list[psutil.Process]) -> float:
 
 def run_size(
     n: int,
+    mode: str,
     args: argparse.Namespace,
     pki: Pki,
     broker: Broker,
@@ -151,6 +168,9 @@ def run_size(
                 seed=args.seed,
                 clip=CLIP,
                 n_k=N_K,
+                train_fraction=args.train_fraction,
+                train_windows=args.train_windows,
+                model=str(MODEL),
             )
         ).start()
         for i in range(0, n, per)
@@ -163,8 +183,12 @@ def run_size(
     rng = np.random.default_rng(args.seed + n)
     rounds = []
     sim_ps = [psutil.Process(s.proc.pid) for s in sims]
+    dropout = 0.0 if mode == "all-in" else args.dropout
     for r in range(args.rounds):
-        drops = drops_for(names, args.dropout, rng)
+        if r:
+            for s in sims:
+                s.train()  # the training boxes' next update, between rounds
+        drops = drops_for(names, dropout, rng)
         for s in sims:
             s.set_drops(drops, tuple(names))
         cfg = RoundConfig(round_id=round_id + r, nonce=secrets.token_bytes(16),
@@ -178,6 +202,7 @@ def run_size(
             rep = coord.run_round(cfg, keys)
         w1, s1 = cpu_of(workers), cpu_of(sim_ps)
         row: dict[str, Any] = {
+            "mode": mode,
             "boxes": n,
             "round": cfg.round_id,
             "degree": cfg.degree,
@@ -203,8 +228,14 @@ def run_size(
         if rep.result is not None:
             surv = rep.result.survivors
             want = np.zeros(args.dim + 1)
+            trained = {k: v for s in sims for k, v in s.payloads().items()}
             for b in surv:
-                want += default_payload(args.seed, b, N_K)(args.dim, CLIP, N_CAP)
+                got = trained.get(b)
+                want += (
+                    got
+                    if got is not None
+                    else default_payload(args.seed, b, N_K)(args.dim, CLIP, N_CAP)
+                )
             err = float(np.max(np.abs(rep.result.total - want)))
             row["survivors"] = len(surv)
             row["max_abs_error"] = err
@@ -216,7 +247,27 @@ def run_size(
     stats = [s.stop() for s in sims]
     up = sum(s.get("bytes_up", 0) for s in stats)
     down = sum(s.get("bytes_down", 0) for s in stats)
+    n_train = sum(s.get("training_boxes", 0) for s in stats)
+    train_rounds = sum(s.get("train_rounds", 0) for s in stats)
+    training = None
+    if n_train:
+        training = {
+            "boxes": n_train,
+            "windows_per_round": args.train_windows,
+            "cpu_s_per_box_round": round(
+                sum(s.get("train_cpu_s", 0.0) for s in stats) / max(train_rounds, 1), 5
+            ),
+            "rss_added_mb_per_box": round(
+                sum(s.get("train_rss_added_bytes", 0) for s in stats) / n_train / 2**20, 3
+            ),
+            "learner_arrays_mb_per_box": round(
+                max(s.get("learner_bytes", 0) for s in stats) / 2**20, 3
+            ),
+            "mean_n_k": round(float(np.mean([k for s in stats for k in s["train_n_k"]])), 1),
+        }
     return {
+        "mode": mode,
+        "training": training,
         "boxes": n,
         "issue_certs_s": round(issue_s, 2),
         "connect_s": round(connect_s, 2),
@@ -247,13 +298,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--procs", type=int, default=2, help="simulator processes")
     ap.add_argument("--workers", type=int, default=2, help="intake worker processes")
-    ap.add_argument("--dropout", type=float, default=0.05)
+    ap.add_argument("--dropout", type=float, default=0.05, help="share silent (dropout mode)")
+    ap.add_argument("--modes", nargs="+", default=["all-in", "dropout"],
+                    choices=["all-in", "dropout"])  # fmt: skip
+    ap.add_argument("--train-fraction", type=float, default=0.0,
+                    help="share of the boxes that train for real between rounds")  # fmt: skip
+    ap.add_argument("--train-windows", type=int, default=64, help="windows per round per box")
     ap.add_argument("--stage-timeout", type=float, default=120.0)
     ap.add_argument(
         "--idle-close",
         type=float,
-        default=1.0,
-        help="close a stage after this long without replies once 80%% are in",
+        default=0.2,
+        help="dropout mode: close a stage after this long without replies once 80%% are in",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -277,10 +333,15 @@ def main() -> None:
         rows = []
         try:
             round_id = 1
-            for n in args.sizes:
-                print(f"fleet of {n} boxes ...", flush=True)
-                rows.append(run_size(n, args, pki, broker, coord, workers, round_id))
-                round_id += args.rounds
+            for mode in args.modes:
+                for n in args.sizes:
+                    print(f"fleet of {n} boxes, {mode} ...", flush=True)
+                    load = os.getloadavg()
+                    row = run_size(n, mode, args, pki, broker, coord, workers, round_id)
+                    row["load_average_before"] = [round(x, 2) for x in load]
+                    row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+                    rows.append(row)
+                    round_id += args.rounds
         finally:
             link.close()
             for p in wprocs:
@@ -288,12 +349,13 @@ def main() -> None:
             for p in wprocs:
                 p.wait(10)
             broker.stop()
-    base = rows[0]
-    b_r = base["rounds"][-1]
     summary = []
     for row in rows:
+        base = next(b for b in rows if b["mode"] == row["mode"])  # smallest size of its mode
+        b_r = base["rounds"][-1]
         r = row["rounds"][-1]
         summary.append({
+            "mode": row["mode"],
             "boxes": row["boxes"],
             "wall_s": r["wall_s"],
             "aggregator_cpu_s": r["aggregator_cpu_s"],
@@ -304,6 +366,8 @@ def main() -> None:
                 r["aggregator_cpu_s"] / max(b_r["aggregator_cpu_s"], 1e-9), 2),
             "boxes_growth_vs_smallest": row["boxes"] / base["boxes"],
             "sum_correct": r.get("sum_correct"),
+            "load_average_before": row["load_average_before"],
+            "training": row["training"],
         })  # fmt: skip
     doc = {
         "bench": "fleet",
@@ -311,6 +375,8 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "dim": args.dim,
         "dropout": args.dropout,
+        "idle_close_s": args.idle_close,
+        "train_fraction": args.train_fraction,
         "workers": args.workers,
         "sim_processes": args.procs,
         "rows": rows,
@@ -318,13 +384,21 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1))
-    print(f"\n{'boxes':>6} {'wall s':>8} {'agg CPU s':>10} {'coord RSS MB':>12} "
-          f"{'B/box/round':>12} {'wall x':>7} {'CPU x':>7} ok")  # fmt: skip
+    print(f"\n{'mode':>8} {'boxes':>6} {'wall s':>8} {'agg CPU s':>10} {'coord RSS MB':>12} "
+          f"{'B/box/round':>12} {'wall x':>7} {'CPU x':>7} ok  load (1/5/15 min)")  # fmt: skip
     for s in summary:
-        print(f"{s['boxes']:>6} {s['wall_s']:>8.2f} {s['aggregator_cpu_s']:>10.2f} "
+        print(f"{s['mode']:>8} {s['boxes']:>6} {s['wall_s']:>8.2f} {s['aggregator_cpu_s']:>10.2f} "
               f"{s['coordinator_peak_rss_mb']:>12.1f} {s['bytes_per_box_round']:>12} "
               f"{s['wall_growth_vs_smallest']:>7} {s['aggregator_cpu_growth_vs_smallest']:>7} "
-              f"{s['sum_correct']}")  # fmt: skip
+              f"{s['sum_correct']}  {s['load_average_before']}")  # fmt: skip
+    for s in summary:
+        t = s["training"]
+        if t:
+            print(f"{s['mode']} {s['boxes']} boxes: {t['boxes']} trained for real "
+                  f"({t['windows_per_round']} windows/round, mean n_k {t['mean_n_k']}): "
+                  f"{t['cpu_s_per_box_round'] * 1e3:.1f} ms CPU per box per round, "
+                  f"{t['rss_added_mb_per_box']:.3f} MB RSS added per box "
+                  f"(learner arrays {t['learner_arrays_mb_per_box']:.3f} MB)")  # fmt: skip
     print(f"wrote {args.out}")
 
 

@@ -6,8 +6,12 @@ connection (its own client certificate, so the broker ACL holds it to
 ``EnvelopeReceiver``, and signed CBOR envelopes routed exactly as the box
 daemon routes them (``round/<r>/<stage>/<id>`` in, ``node/<id>/<stage>`` out).
 What it leaves out is everything that is not the federated protocol: no
-sensors, no learner (a fixed update per box), no outbox, no announcement or
-model download.
+sensors, no outbox, no announcement or model download, and by default no
+learner (a fixed update per box). With ``SimSpec.train_fraction`` that share of
+the boxes trains for real before each round: the agent's own ``LocalLearner``
+(``edgeagent.pipeline.learn``) on simulated feature windows, starting from
+``SimSpec.model``'s parameters, and sends its real update, so the box side's
+CPU and memory are measured rather than assumed (``TrainingBox``).
 
 Why a multiplexer: one paho network thread per box (``MqttLink``) is right
 for a daemon but a thousand of them polling every 50 ms would measure the
@@ -73,6 +77,82 @@ class SimSpec:
     seed: int = 0
     clip: float = 1.0
     n_k: int = 50
+    #: Share of the boxes that train for real (``TrainingBox``); 0 = fixed updates only.
+    train_fraction: float = 0.0
+    #: Windows each training box trains on before a round (a 10 s window every 2 s: 64 is
+    #: about two minutes of one wearable).
+    train_windows: int = 64
+    #: ONNX model whose parameters the training boxes' learners start from.
+    model: str = ""
+
+
+class TrainingBox:
+    """The update of a box that trains: the agent's ``LocalLearner`` on simulated windows.
+
+    Each window is a feature vector around the model's population means (a per-box shift
+    and a within-box spread, so boxes differ), offered as the detector offers a window it
+    judged normal; the learner trains on it in batches as on a box, and ``n_k * delta`` is
+    the round's input (``fedavg_payload``). Training happens before the round
+    (``train``), as on a box, where it runs between rounds on the box's own CPU; its CPU
+    time is kept apart from the protocol's. The learner's vector is zero-padded or cut to
+    the round's dimension when the bench runs rounds of another size.
+    """
+
+    def __init__(self, node: str, seed: int, windows: int, model: Any) -> None:
+        from edgeagent.pipeline.learn import LocalLearner
+
+        spec, w0, pop_mu, pop_sigma = model
+        self.learner = LocalLearner(spec, w0)
+        self.windows = windows
+        self.rng = np.random.default_rng([seed, int.from_bytes(node.encode()[-8:], "little")])
+        self.mu = (pop_mu + self.rng.normal(0.0, 0.3, pop_mu.shape) * pop_sigma)[None]
+        self.sigma = (pop_sigma * self.rng.uniform(0.7, 1.3, pop_sigma.shape))[None]
+        self.delta = np.zeros(w0.shape, np.float32)
+        self.n_k = 0
+        self.cpu_s = 0.0
+        self.rounds = 0
+        self.last: np.ndarray | None = None
+
+    def train(self) -> None:
+        """One round's local training from the global model (none arrives here: the same)."""
+        t0 = time.process_time()
+        self.learner.restart()
+        f = self.mu.shape[1]
+        xs = self.mu + self.rng.normal(0.0, 0.5, (self.windows, f)) * self.sigma
+        for x in xs.astype(np.float32):
+            self.learner.offer(x, self.mu, self.sigma, True)
+        while self.learner.pending:
+            self.learner.step(8)
+        self.delta, self.n_k = self.learner.delta(), int(self.learner.n_k)
+        self.cpu_s += time.process_time() - t0
+        self.rounds += 1
+
+    def __call__(self, dim: int, clip: float, n_cap: int) -> np.ndarray:
+        d = np.zeros(dim, np.float64)
+        k = min(dim, self.delta.size)
+        d[:k] = self.delta[:k]
+        self.last = fedavg_payload(d, max(self.n_k, 1), clip, n_cap)
+        return self.last
+
+
+def load_model_params(path: str) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """(spec, flat parameters, population means, population spreads) of an ONNX model."""
+    import onnx
+
+    from edgeagent.model.graph import get_params, read_meta
+
+    proto = onnx.load(path)
+    meta = read_meta(proto)
+    return (meta.spec, get_params(proto), np.asarray(meta.pop_mu, np.float64),
+            np.asarray(meta.pop_sigma, np.float64))  # fmt: skip
+
+
+def training_boxes(nodes: list[str], fraction: float) -> set[str]:
+    """Which boxes of a process train: every k-th, so they spread over the id range."""
+    if fraction <= 0:
+        return set()
+    step = max(1, round(1 / fraction))
+    return {n for i, n in enumerate(nodes) if i % step == 0}
 
 
 class SimBox:
@@ -274,12 +354,24 @@ def run_process(conn: Any, spec: SimSpec) -> None:
             key = verified[(node, cert)] = verify_identity_cert(cert, ca, node)
         return key
 
+    import psutil
+
+    me = psutil.Process()
+    rss_before_learners = me.memory_info().rss
+    trainers: dict[str, TrainingBox] = {}
+    if spec.train_fraction > 0:
+        model = load_model_params(spec.model)
+        rss_before_learners = me.memory_info().rss  # the model's import and parse excluded
+        for n in sorted(training_boxes([b.node for b in spec.boxes], spec.train_fraction)):
+            trainers[n] = TrainingBox(n, spec.seed, spec.train_windows, model)
+            trainers[n].train()  # the first round's update, and every array allocated
+    rss_after_learners = me.memory_info().rss
     for b in spec.boxes:
         boxes[b.node] = SimBox(
             b.node,
             spec.fleet,
             agg,
-            default_payload(spec.seed, b.node, spec.n_k),
+            trainers.get(b.node) or default_payload(spec.seed, b.node, spec.n_k),
             load_identity(Path(b.cert), ca, b.node),
             verify_peer,
         )
@@ -321,6 +413,14 @@ def run_process(conn: Any, spec: SimSpec) -> None:
             if cmd.get("counters"):
                 conn.send(dict(counters()))
                 continue
+            if cmd.get("payloads"):  # what each training box sent in the last round
+                conn.send({n: t.last for n, t in trainers.items() if t.last is not None})
+                continue
+            if cmd.get("train"):  # between rounds, as a box trains between rounds
+                for t in trainers.values():
+                    t.train()
+                conn.send({"ok": True})
+                continue
             for b in boxes.values():
                 b.drop_at = None
             for node, stage in (cmd.get("drop") or {}).items():
@@ -340,10 +440,24 @@ def run_process(conn: Any, spec: SimSpec) -> None:
                 "bytes_up": sum(b.bytes_up for b in boxes.values()),
                 "bytes_down": sum(b.bytes_down for b in boxes.values()),
                 "counters": dict(counters()),
+                "training_boxes": len(trainers),
+                "train_cpu_s": sum(t.cpu_s for t in trainers.values()),
+                "train_rounds": sum(t.rounds for t in trainers.values()),
+                "train_n_k": [t.n_k for t in trainers.values()],
+                "train_rss_added_bytes": rss_after_learners - rss_before_learners,
+                "learner_bytes": _learner_bytes(next(iter(trainers.values()), None)),
             }
         }
     )
     mux.close()
+
+
+def _learner_bytes(t: TrainingBox | None) -> int:
+    """The arrays one learner holds: its two vectors, Adam's two moments, the outlier history."""
+    if t is None:
+        return 0
+    lr = t.learner
+    return int(lr.w_local.nbytes + lr.w_global.nbytes + lr.opt.m.nbytes + lr.opt.v.nbytes)
 
 
 @dataclass
@@ -379,6 +493,16 @@ class FleetProcess:
         mine = {n: str(s) for n, s in drops.items() if n in self.pubs}
         self.conn.send({"drop": mine, "participants": participants})
         self.conn.recv()
+
+    def train(self) -> None:
+        """Every training box of this process trains for the next round (no-op without)."""
+        self.conn.send({"train": True})
+        self.conn.recv()
+
+    def payloads(self) -> dict[str, np.ndarray]:
+        """The inputs the training boxes sent in the last round (to check the sum)."""
+        self.conn.send({"payloads": True})
+        return dict(self.conn.recv())
 
     def counters(self) -> dict[str, int]:
         """The boxes' protocol counters so far (``result_ok``, refusals by reason, ...)."""

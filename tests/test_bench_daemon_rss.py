@@ -47,6 +47,8 @@ def test_daemon_rss_bench_runs_the_real_daemon(tmp_path: Path) -> None:
     d = doc["daemon"]
     assert 20 < d["peak_rss_mb"] < 1000 and d["first_start_peak_rss_mb"] > 20
     assert sum(r["rss_mb"] for r in d["mappings"]) > 0.8 * d["end_rss_mb"]
+    # neither start loads the onnx package (the registry reads models itself)
+    assert d["onnx_loaded"] == {"first_start": False, "later_start": False}
     mods = [r["module"] for r in doc["imports"]]
     assert mods[-1] == "onnx" and "edgeagent.daemon.wiring" in mods
     assert "peak RSS" in run.stdout and "import (cumulative" in run.stdout

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from edgeagent.cli import _register, app
 from edgeagent.cli.doctor import check_certificates, check_dbus
-from edgeagent.cli.logs import journal_command, journald_available
+from edgeagent.cli.logs import AGGREGATOR_UNIT, journal_command, journald_available, unit_of
 from edgeagent.ops.config import parse_config
 from edgeagent.ops.pki import Pki
 from tests.plugins.ops import CLI, Daemon, NotifyListener, write_toml
@@ -370,6 +370,83 @@ def test_journal_command_is_built_from_options() -> None:
         "journalctl", "--no-pager", "-u", "edgeagent", "-n", "50", "-o", "json",
         "-f", "--since", "1 hour ago",
     ]  # fmt: skip
+
+
+def test_logs_take_the_unit_and_the_box_from_the_config(tmp_path: Path) -> None:
+    box = parse_config({"agent": {"box_id": "box-3", "state_dir": str(tmp_path)}})
+    agg = parse_config({"agent": {"box_id": "aggregator", "state_dir": str(tmp_path)},
+                        "aggregator": {"min_boxes": 2}})  # fmt: skip
+    assert unit_of(box) == "edgeagent" and unit_of(None) == "edgeagent"
+    assert unit_of(agg) == AGGREGATOR_UNIT
+    assert journal_command("edgeagent", 5, False, None, False, "box-3") == [
+        "journalctl", "--no-pager", "-u", "edgeagent", "-n", "5", "EDGEAGENT_BOX=box-3",
+        "-o", "short-iso",
+    ]  # fmt: skip
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[agent]\nbox_id = "no spaces allowed"\n')
+    res = cli("logs", "-c", str(bad), "--json")
+    assert res.exit_code == 2 and json.loads(res.stdout)["ok"] is False
+
+
+def test_journal_entries_name_the_box() -> None:
+    from edgeagent.cli.run import BOX_FIELD, journal_fields
+
+    rec = logging.LogRecord("edgeagent.x", logging.INFO, __file__, 1, "hello", None, None)
+    assert f"{BOX_FIELD}=box-3\n".encode() in journal_fields(rec, "hello", "box-3")
+    assert BOX_FIELD.encode() not in journal_fields(rec, "hello")
+
+
+def test_pki_verbs_take_the_directory_fleet_host_and_box_from_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every verb takes -c: the PKI directory is the one holding federation.ca_file."""
+    monkeypatch.chdir(tmp_path)  # a stray ./pki would show up here
+    d = tmp_path / "etc" / "pki"
+    cfg = write_toml(tmp_path / "box.toml", {
+        "agent": {"box_id": "box-9", "fleet": "ward7", "state_dir": str(tmp_path / "state")},
+        "federation": {"enabled": True, "broker_host": "broker.ward7.example",
+                       "ca_file": str(d / "ca.crt"), "cert_file": str(d / "clients/box-9.crt"),
+                       "key_file": str(d / "clients/box-9.key")},
+    })  # fmt: skip
+    res = cli("pki", "init", "-c", str(cfg), "--json")
+    assert res.exit_code == 0, res.output
+    assert (d / "ca.crt").is_file() and not (tmp_path / "pki").exists()
+    doc = json.loads(res.stdout)
+    assert "ward7" in json.dumps(doc)
+    from cryptography import x509
+
+    san = x509.load_pem_x509_certificate((d / "broker.crt").read_bytes()).extensions
+    names = san.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "broker.ward7.example" in names.get_values_for_type(x509.DNSName)
+    res = cli("pki", "issue", "-c", str(cfg), "--json")  # BOX_ID from the config
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["box"] == "box-9" and (d / "clients/box-9.crt").is_file()
+    assert "box-9" in cli("pki", "show", "-c", str(cfg)).stdout
+    # --dir still wins; errors are JSON under --json
+    res = cli("pki", "show", "--dir", str(tmp_path / "nowhere"), "-c", str(cfg), "--json")
+    assert res.exit_code == 2 and json.loads(res.stdout)["ok"] is False
+
+
+def test_every_verb_takes_config() -> None:
+    """The field rule: every verb takes -c/--config. Not the verbs that touch no box:
+    ``version``, ``import`` (converts a file into a recording) and the lab's ``demo`` and
+    ``pilot`` (each builds its own fleet in a temporary directory)."""
+    import typer.main
+
+    def leaves(cmd: Any, path: tuple[str, ...]) -> Any:
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                yield from leaves(sub, (*path, name))
+        else:
+            yield path, cmd
+
+    missing = [
+        " ".join(path)
+        for path, cmd in leaves(typer.main.get_command(app), ())
+        if path not in {("version",), ("import",), ("demo",), ("pilot",)}
+        and not {"-c", "--config"} <= {o for p in cmd.params for o in getattr(p, "opts", [])}
+    ]
+    assert not missing, f"verbs without -c/--config: {missing}"
 
 
 def test_support_bundle_has_everything_but_secrets(

@@ -8,8 +8,11 @@ see, by importing the box's entry points and listing the heavy modules that came
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "baseline.onnx"
 
 #: Libraries a box must never load (aggregator, lab, tests).
 FORBIDDEN = (
@@ -59,3 +62,26 @@ def test_edgeagent_run_does_not_import_the_lab_or_scipy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     loaded = set(json.loads(out.stdout.splitlines()[-1]))
     assert not loaded & set(FORBIDDEN), sorted(loaded & set(FORBIDDEN))
+
+
+def test_a_daemon_start_checks_its_model_without_the_onnx_package(tmp_path: Path) -> None:
+    """First start (an empty registry seeded from the model file) and every later start
+    (the active model verified) read the model with the registry's own parser: ``onnx``
+    would add ~14 MB to the daemon (bench/daemon_rss.py)."""
+    code = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from edgeagent.model.registry import ModelRegistry\n"
+        "from edgeagent.pipeline.lifecycle import runnable_model\n"
+        f"reg = ModelRegistry(Path({str(tmp_path)!r}))\n"
+        f"rec = runnable_model(reg, Path({str(MODEL)!r})).record\n"
+        "reg.load_params(rec)\n"
+        "print(json.dumps([rec.label, 'onnx' in sys.modules]))\n"
+    )
+    for start in ("first", "later"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        label, loaded = json.loads(out.stdout.splitlines()[-1])
+        assert label.startswith("v1-"), (start, label)
+        assert not loaded, f"the {start} start imported onnx"

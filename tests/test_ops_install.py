@@ -290,3 +290,36 @@ def test_example_config_names_the_files_pki_writes(tmp_path: Path) -> None:
     named = {Path(fed[k]).relative_to("/etc/edgeagent/pki") for k in
              ("ca_file", "cert_file", "key_file")}  # fmt: skip
     assert named == issued
+
+
+def test_cli_install_with_a_config_installs_it_and_its_state_dir(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-c`` as on every verb: the config is validated, installed, and its state_dir made;
+    a state_dir the unit cannot write is a warning that says what to change."""
+    monkeypatch.delenv("EDGEAGENT_CONFIG", raising=False)
+    cfg = tmp_path / "box.toml"
+    cfg.write_text('[agent]\nbox_id = "box-7"\nstate_dir = "/srv/edgeagent"\n')
+    res = runner.invoke(
+        app, ["service", "install", "--root", str(root), "--exe", EXE, "-c", str(cfg), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert (root / "etc/edgeagent/config.toml").read_text() == cfg.read_text()
+    assert (root / "srv/edgeagent").is_dir()
+    warn = [a for a in doc["actions"] if a["status"] == "warning"]
+    assert any("ReadWritePaths=/srv/edgeagent" in a["detail"] for a in warn), warn
+    # uninstall --purge with the same config deletes that state directory too
+    res = runner.invoke(app, ["service", "uninstall", "--root", str(root), "--purge"])
+    assert res.exit_code == 0, res.output
+    assert not (root / "srv/edgeagent").exists()
+    assert not (root / "etc/edgeagent").exists()
+
+
+def test_cli_install_refuses_an_invalid_config(root: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[agent]\nbox_id = "box 7"\n')
+    res = runner.invoke(app, ["service", "install", "--root", str(root), "-c", str(cfg), "--json"])
+    assert res.exit_code == 2
+    assert json.loads(res.output)["ok"] is False
+    assert not (root / "etc/edgeagent").exists()

@@ -41,7 +41,7 @@ def run(
     from edgeagent.errors import EdgeAgentError
     from edgeagent.federation.aggregator import Aggregator
 
-    setup_logging(cfg.agent.log_level, as_json)
+    setup_logging(cfg.agent.log_level, as_json, cfg.agent.box_id)
     notifier = Notifier()
     try:
         agg = Aggregator(cfg)

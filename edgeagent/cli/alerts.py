@@ -316,7 +316,13 @@ def export(
         typer.echo(f"wrote {len(rows)} alert(s) to {output}", err=True)
 
 
-_PKI_DIR = typer.Option(Path("pki"), "--pki-dir", help="Holds ca.crt and clients/.")
+_PKI_DIR = typer.Option(
+    None,
+    "--pki-dir",
+    help="Holds ca.crt and clients/ (default: the directory of the config's "
+    "federation.ca_file, else ./pki).",
+    show_default=False,
+)
 _SEEN = typer.Option(
     None, "--seen", help="SQLite file of handled msg-ids, so a restart drops repeats too."
 )
@@ -324,16 +330,25 @@ _SEEN = typer.Option(
 
 @alerts_app.command("follow")
 def follow(
-    host: str = typer.Option("127.0.0.1", help="Broker host."),
-    port: int = typer.Option(8883, help="Broker TLS port."),
-    pki_dir: Path = _PKI_DIR,
+    host: str | None = typer.Option(
+        None, help="Broker host (default: the config's, else 127.0.0.1).", show_default=False
+    ),
+    port: int | None = typer.Option(
+        None, help="Broker TLS port (default: the config's, else 8883).", show_default=False
+    ),
+    pki_dir: Path | None = _PKI_DIR,
+    config: Path | None = CONFIG_OPTION,
     identity: str = typer.Option(
         "alerts",
         "--identity",
         help="Client certificate to connect with: `edgeagent pki issue-consumer` writes "
         "clients/alerts.crt, which the shipped ACL lets read every box's alerts.",
     ),
-    fleet: str = typer.Option("default", help="Fleet whose alerts to follow."),
+    fleet: str | None = typer.Option(
+        None,
+        help="Fleet whose alerts to follow (default: the config's, else default).",
+        show_default=False,
+    ),
     client_id: str = typer.Option(
         "alert-consumer", "--client-id", help="MQTT client id: the persistent session's name."
     ),
@@ -341,8 +356,20 @@ def follow(
     count: int = typer.Option(0, "--count", help="Exit after this many new messages (0: never)."),
     timeout_s: float = typer.Option(0.0, "--timeout-s", help="Exit after this long (0: never)."),
 ) -> None:
-    """Print each alert message once (JSON lines); repeats by msg-id are dropped and counted."""
+    """Print each alert message once (JSON lines); repeats by msg-id are dropped and counted.
+
+    The broker, the fleet and the PKI directory come from the config (-c) unless given.
+    """
+    from edgeagent.cli.config import config_if_any
+    from edgeagent.cli.pki import pki_dir as pki_dir_of
     from edgeagent.ops.pki import Pki
+
+    cfg = config_if_any(config, False)
+    fed = cfg.federation if cfg is not None else None
+    host = host or (fed.broker_host if fed is not None else "127.0.0.1")
+    port = port or (fed.broker_port if fed is not None else 8883)
+    fleet = fleet or (cfg.agent.fleet if cfg is not None else "default")
+    pki_root = pki_dir_of(pki_dir, cfg)
     from edgeagent.transport import topics
     from edgeagent.transport.dedupe import SeenIds
     from edgeagent.transport.mqtt import Message, MqttLink
@@ -366,7 +393,7 @@ def follow(
             done.set()
 
     try:
-        files = Pki(pki_dir).client_files(identity).check()
+        files = Pki(pki_root).client_files(identity).check()
         link = MqttLink(client_id, host, port, files, fleet, identity=identity, status=False,
                         on_message=on_message)  # fmt: skip
         link.connect(timeout=15.0)

@@ -74,6 +74,31 @@ def state_dir_of(config: Path | None, override: Path | None, as_json: bool) -> P
     return load_or_exit(config, as_json).agent.state_dir
 
 
+def explicit_config_path(path: Path | None) -> Path | None:
+    """The config the user named: ``-c`` or ``$EDGEAGENT_CONFIG``; None when neither."""
+    if path is not None:
+        return path
+    env = os.environ.get("EDGEAGENT_CONFIG")
+    return Path(env) if env else None
+
+
+def config_if_any(path: Path | None, as_json: bool) -> Config | None:
+    """The config of a verb that also works without one (``pki``, ``logs``).
+
+    A config the user named must load (every problem listed, exit 2, as for any
+    verb). Otherwise the default file is used when it exists and loads: these verbs
+    also run on machines without a box config (the PKI machine), and ``logs`` is
+    what an engineer reaches for on a box whose config is broken.
+    """
+    named = explicit_config_path(path)
+    if named is not None:
+        return load_or_exit(named, as_json)
+    try:
+        return load_config(DEFAULT_PATH) if DEFAULT_PATH.is_file() else None
+    except (ConfigError, OSError):  # unreadable here (/etc/edgeagent is 0750) or invalid
+        return None
+
+
 def error_list(exc: ConfigError) -> list[dict[str, Any]]:
     """Every problem of a ConfigError as JSON-able dicts."""
     errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]

@@ -51,8 +51,20 @@ _ANN = typer.Option(
 _SPAN = typer.Option(
     None, "--span", help="Only START:END seconds from the recording's start, e.g. 0:300."
 )
-_MODEL = typer.Option(None, help="ONNX file, or registry ref with --state-dir.")
-_STATE = typer.Option(None, "--state-dir", help="Registry to take --model from.")
+_MODEL = typer.Option(
+    None, help="ONNX file, or registry ref (default: the active model with -c or --state-dir)."
+)
+_STATE = typer.Option(
+    None, "--state-dir", help="Registry to take --model from (default: the config's state_dir)."
+)
+_CONFIG = typer.Option(
+    None,
+    "--config",
+    "-c",
+    help="A box's config: its registry (agent.state_dir) and its windows (length_s, hop_s). "
+    "Default: $EDGEAGENT_CONFIG; without either, the shipped baseline and 10 s / 2 s windows.",
+    show_default=False,
+)
 
 
 @app.command()
@@ -60,8 +72,13 @@ def evaluate(
     recording: Path = _RECORDING,
     model: str | None = _MODEL,
     state_dir: Path | None = _STATE,
-    window_s: float = typer.Option(10.0, help="Window length, seconds."),
-    hop_s: float = typer.Option(2.0, help="Window hop, seconds."),
+    config: Path | None = _CONFIG,
+    window_s: float | None = typer.Option(
+        None, help="Window length, seconds (default: the config's, else 10).", show_default=False
+    ),
+    hop_s: float | None = typer.Option(
+        None, help="Window hop, seconds (default: the config's, else 2).", show_default=False
+    ),
     global_only: bool = typer.Option(
         False, "--global-only", help="No personal calibration (population normalisation)."
     ),
@@ -71,8 +88,16 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Score the detector on a labelled recording, WFDB record or EDF file."""
+    from edgeagent.cli.config import explicit_config_path, load_or_exit
     from edgeagent.evaluate import evaluate_recording
 
+    # an evaluation runs on a laptop as often as on a box: only a config the user named
+    named = explicit_config_path(config)
+    cfg = load_or_exit(named, as_json) if named is not None else None
+    if cfg is not None:
+        state_dir = state_dir or cfg.agent.state_dir
+    window_s = window_s or (cfg.windows.length_s if cfg is not None else 10.0)
+    hop_s = hop_s or (cfg.windows.hop_s if cfg is not None else 2.0)
     try:
         span_s = _parse_span(span)
         data, label = _load_model(model, state_dir)

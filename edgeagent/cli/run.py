@@ -38,7 +38,12 @@ class _JournalFormatter(logging.Formatter):
         return "\n".join(f"<{prio}>{line}" for line in super().format(record).split("\n"))
 
 
-def journal_fields(record: logging.LogRecord, message: str) -> bytes:
+#: Journal field naming the box (its config's ``agent.box_id``): ``edgeagent logs -c`` matches
+#: on it, so on a machine running several agents (a test bed) each config shows its own lines.
+BOX_FIELD = "EDGEAGENT_BOX"
+
+
+def journal_fields(record: logging.LogRecord, message: str, box_id: str | None = None) -> bytes:
     """One record in journald's native protocol: ``KEY=value`` lines, and the binary
     form (``KEY\n`` + 64-bit little-endian length + bytes) for multi-line values."""
     fields = {
@@ -51,6 +56,8 @@ def journal_fields(record: logging.LogRecord, message: str) -> bytes:
         "CODE_FUNC": record.funcName or "",
         "THREAD_NAME": record.threadName or "",
     }
+    if box_id:
+        fields[BOX_FIELD] = box_id
     out = bytearray()
     for key, value in fields.items():
         data = value.encode("utf-8", "replace")
@@ -64,16 +71,17 @@ def journal_fields(record: logging.LogRecord, message: str) -> bytes:
 class JournalHandler(logging.Handler):
     """Send records to journald as structured entries over its native socket."""
 
-    def __init__(self, path: str = JOURNAL_SOCKET) -> None:
+    def __init__(self, path: str = JOURNAL_SOCKET, box_id: str | None = None) -> None:
         super().__init__()
         import socket
 
         self.path = path
+        self.box_id = box_id
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.sock.sendto(journal_fields(record, self.format(record)), self.path)
+            self.sock.sendto(journal_fields(record, self.format(record), self.box_id), self.path)
         except OSError:
             self.handleError(record)
 
@@ -97,13 +105,13 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
-def setup_logging(level: str, as_json: bool) -> None:
-    """Configure the root logger once for the daemon."""
+def setup_logging(level: str, as_json: bool, box_id: str | None = None) -> None:
+    """Configure the root logger once for the daemon (``box_id`` tags journald entries)."""
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if as_json:
         handler.setFormatter(_JsonFormatter())
     elif os.environ.get("JOURNAL_STREAM") and os.path.exists(JOURNAL_SOCKET):
-        handler = JournalHandler()
+        handler = JournalHandler(box_id=box_id)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     elif os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
@@ -121,7 +129,7 @@ def run(
 ) -> None:
     """Run the agent daemon in the foreground until SIGTERM/SIGINT (systemd: Type=notify)."""
     cfg = load_or_exit(config, as_json)
-    setup_logging(cfg.agent.log_level, as_json)
+    setup_logging(cfg.agent.log_level, as_json, cfg.agent.box_id)
     from edgeagent.daemon.wiring import run_daemon
 
     raise typer.Exit(run_daemon(cfg))

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeagent.cli import app
-from edgeagent.cli.config import JSON_OPTION, default_config_path, echo_json, fail
+from edgeagent.cli.config import CONFIG_OPTION, JSON_OPTION, default_config_path, echo_json, fail
 from edgeagent.errors import ConfigError, SourceError
 from edgeagent.ops.config import load_config
 
@@ -112,7 +112,6 @@ def list_cmd(
 
 
 _SECONDS: Any = typer.Option(5.0, "--seconds", "-s", help="How long to listen.")
-_BAUD: Any = typer.Option(115200, "--baud", help="Baud rate (ignored by ptys and USB CDC).")
 
 
 def probe(port: str, seconds: float, baud: int = 115200) -> dict[str, Any]:
@@ -183,13 +182,37 @@ def probe(port: str, seconds: float, baud: int = 115200) -> dict[str, Any]:
 
 @serial_app.command("probe")
 def probe_cmd(
-    port: str = typer.Argument(..., help="Serial port, e.g. /dev/serial/by-id/usb-..."),
+    port: str | None = typer.Argument(
+        None,
+        help="Serial port, e.g. /dev/serial/by-id/usb-... Default: the config's first "
+        "[[devices.serial]] port.",
+        show_default=False,
+    ),
     seconds: float = _SECONDS,
-    baud: int = _BAUD,
+    baud: int | None = typer.Option(
+        None,
+        "--baud",
+        help="Baud rate (default: the config's for PORT, else 115200; "
+        "ignored by ptys and USB CDC).",
+        show_default=False,
+    ),
+    config: Path | None = CONFIG_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Read frames from PORT for a few seconds; show the hello, streams and link counters.
     Exit 1 when no valid frame arrived."""
+    from edgeagent.cli.config import config_if_any
+
+    cfg = config_if_any(config, as_json)
+    devs = list(cfg.devices.serial) if cfg is not None else []
+    if port is None:
+        if not devs:
+            no_port = ConfigError("devices.serial", [], "name PORT, or give a config (-c) "
+                                  "with a [[devices.serial]] port")  # fmt: skip
+            raise fail(no_port, as_json)
+        port = devs[0].port
+    if baud is None:
+        baud = next((d.baudrate for d in devs if d.port == port), 115200)
     try:
         doc = probe(port, seconds, baud)
     except SourceError as exc:

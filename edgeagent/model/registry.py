@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgeagent.atomic import write_atomic
 from edgeagent.dbschema import migrate, schema_version
 from edgeagent.errors import ModelError
-from edgeagent.model.meta import sha256_hex
+from edgeagent.model.meta import ModelMeta, sha256_hex
 from edgeagent.model.signing import public_key_raw, verify_hash
 
 DB_NAME = "models.sqlite"
@@ -72,6 +72,32 @@ MIGRATIONS = (
 )
 #: Event kinds that are lifecycle decisions (shown by ``model list``).
 DECISIONS = ("promoted", "rejected", "rolled_back", "superseded")
+
+
+def check_model(
+    data: bytes, feature_names: tuple[str, ...] | None = None
+) -> tuple[ModelMeta, np.ndarray]:
+    """``(meta, flat parameters)`` of a model the box can run, or ``ModelError`` saying why not.
+
+    The fields are read with the registry's own protobuf reader (``model.wire``) and the
+    graph is judged by onnxruntime, the runtime that will run it, rather than by the
+    ``onnx`` package's checker: a box scores with onnxruntime and trains on the flat vector,
+    and ``onnx`` would add about 14 MB to every start that checks its model
+    (docs/scale.md, "Memory").
+    """
+    import onnxruntime as ort
+
+    from edgeagent.model.wire import inspect_model
+
+    meta, params = inspect_model(data, feature_names)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
+        raise ModelError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from e
+    return meta, params
 
 
 @dataclass(frozen=True)
@@ -178,9 +204,7 @@ class ModelRegistry:
         Raises ``ModelError`` (and stores nothing) when the bytes do not parse or
         fit, the signature does not verify, or a signature is required and absent.
         """
-        from edgeagent.model.graph import get_params, parse_model, read_meta  # onnx: adds only
-
-        model = parse_model(data, feature_names)
+        meta, params = check_model(data, feature_names)
         digest = sha256_hex(data)
         signer = None
         if signature is not None:
@@ -198,9 +222,9 @@ class ModelRegistry:
         write_atomic(path, data)
         # The flat vector beside the model lets the learner start without importing onnx.
         buf = io.BytesIO()
-        np.save(buf, get_params(model), allow_pickle=False)
+        np.save(buf, params, allow_pickle=False)
         write_atomic(path.with_suffix(".params.npy"), buf.getvalue())
-        info = dict(read_meta(model).info)
+        info = dict(meta.info)
         info["params_sha256"] = sha256_hex(buf.getvalue())
         with self._db() as db:
             cur = db.execute(
@@ -293,9 +317,9 @@ class ModelRegistry:
         except OSError:
             raw = b""
         if not raw or sha256_hex(raw) != rec.info.get("params_sha256"):
-            from edgeagent.model.graph import get_params, parse_model
+            from edgeagent.model.wire import inspect_model
 
-            return get_params(parse_model(self.load_bytes(rec)))
+            return inspect_model(self.load_bytes(rec))[1]
         return np.load(io.BytesIO(raw), allow_pickle=False).astype(np.float32)
 
     def verify(self, ref: str | int) -> dict[str, Any]:
@@ -307,10 +331,8 @@ class ModelRegistry:
             out["hash_ok"] = True
         except ModelError as e:
             return {**out, "hash_ok": False, "ok": False, "error": str(e)}
-        from edgeagent.model.graph import parse_model
-
         try:
-            parse_model(data)
+            check_model(data)
             out["parse_ok"] = True
         except ModelError as e:
             return {**out, "parse_ok": False, "ok": False, "error": str(e)}

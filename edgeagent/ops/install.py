@@ -564,8 +564,15 @@ def install(
     user: str = USER,
     groups: Sequence[str] = GROUPS,
     enable: bool = True,
+    config_text: str | None = None,
+    state_dir: Path | None = None,
 ) -> Report:
     """Install (or refresh) the agent's system integration under ``root``.
+
+    ``config_text`` (a validated config, ``service install -c``) becomes
+    /etc/edgeagent/config.toml, replacing what is there; without it the example is
+    written once and an existing config is kept. ``state_dir`` (the config's
+    ``agent.state_dir``) is the directory created for state.
 
     Returns a report of every step; failures are recorded, not raised, so the
     engineer sees everything that went wrong in one run.
@@ -573,14 +580,17 @@ def install(
     report = Report("install", root, dry_run)
     acc, live = _accounts(root, dry_run, accounts)
     inst = _Installer(report, acc, run, live)
-    inst.ensure_accounts(user, groups, "/" + str(STATE_DIR))
+    state_rel = STATE_DIR if state_dir is None else state_dir.relative_to("/")
+    if state_rel != STATE_DIR:
+        report.add("check", "/" + str(state_rel), "warning", state_dir_problem(state_rel))
+    inst.ensure_accounts(user, groups, "/" + str(state_rel))
     inst.ensure_dir(CONFIG_DIR, 0o750, user, group_only=True)
-    inst.ensure_dir(STATE_DIR, 0o700, user, group_only=False)
+    inst.ensure_dir(state_rel, 0o700, user, group_only=False)
     inst.ensure_file(
         CONFIG_DIR / "config.toml",
-        shipped_file(CONFIG_EXAMPLE).read_text(),
+        shipped_file(CONFIG_EXAMPLE).read_text() if config_text is None else config_text,
         0o640,
-        keep_existing=True,
+        keep_existing=config_text is None,
         group=user,
     )
     exe = exe or find_executable()
@@ -605,6 +615,16 @@ def install(
     return report
 
 
+def state_dir_problem(state_rel: Path) -> str:
+    """Why a state directory other than /var/lib/edgeagent needs a change to the unit."""
+    return (
+        f"agent.state_dir is /{state_rel}, but the unit gives the service "
+        f"StateDirectory=edgeagent (/{STATE_DIR}) and ProtectSystem=strict makes every "
+        f'other path read-only to it: set state_dir = "/{STATE_DIR}", or add '
+        f"ReadWritePaths=/{state_rel} in a drop-in (systemctl edit edgeagent)"
+    )
+
+
 def uninstall(
     root: Path = Path("/"),
     *,
@@ -613,11 +633,13 @@ def uninstall(
     accounts: Accounts | None = None,
     run: Runner = run_command,
     user: str = USER,
+    state_dir: Path | None = None,
 ) -> Report:
     """Remove the unit and udev rule; with ``purge`` also config, state and the user.
 
     Without ``purge`` the box keeps its identity (config, certificates, outbox)
-    so a reinstall resumes where it stopped.
+    so a reinstall resumes where it stopped. ``state_dir`` (the config's
+    ``agent.state_dir``) is purged as well when it is not the default one.
     """
     report = Report("uninstall", root, dry_run)
     acc, live = _accounts(root, dry_run, accounts)
@@ -629,13 +651,17 @@ def uninstall(
         inst.command(["systemctl", "daemon-reload"], "forget the unit")
     if inst.remove(UDEV_DIR / UDEV_NAME):
         inst.command(["udevadm", "control", "--reload-rules"], "forget the rule")
+    states = [STATE_DIR]
+    if state_dir is not None and state_dir.relative_to("/") != STATE_DIR:
+        states.append(state_dir.relative_to("/"))
     if not purge:
-        for rel in (CONFIG_DIR, STATE_DIR):
+        for rel in (CONFIG_DIR, *states):
             if (root / rel).exists():
                 report.add("keep", _show(root, root / rel), "skipped", "use --purge to delete")
         return report
     inst.remove(CONFIG_DIR, only_ours=False)
-    inst.remove(STATE_DIR, only_ours=False)
+    for rel in states:
+        inst.remove(rel, only_ours=False)
     if acc.user_groups(user) is None:
         report.add("user", user, "unchanged", "absent")
     else:

@@ -16,13 +16,18 @@ from typing import Any
 
 import numpy as np
 
+from edgelab.demo.arms import ShadowArm
+from edgelab.demo.nurse import nurse_verdicts
 from edgelab.demo.options import (
+    CHECK_EVERY_S,
     EPISODE_KINDS,
+    FLEET,
     HOP_S,
     SERIAL_FAULTS,
     WINDOW_S,
     DemoOptions,
     ModelInfo,
+    Part,
 )
 
 
@@ -112,11 +117,14 @@ class Hub:
     """One simulated box: serial wearable on a pty -> source -> windows -> detector -> learner."""
 
     def __init__(self, index: int, opts: DemoOptions, workdir: Path, model: ModelInfo) -> None:
+        from edgeagent.daemon.components import Counters
+        from edgeagent.daemon.feedback import FeedbackComponent
         from edgeagent.daemon.wiring import detection_stack
         from edgeagent.model.registry import ModelRegistry
-        from edgeagent.ops.config import LearningSection
+        from edgeagent.ops.config import FeedbackSection, LearningSection
         from edgeagent.pipeline import features
         from edgeagent.pipeline.alerts import AlertStore
+        from edgeagent.pipeline.feedback import FeedbackStore
         from edgeagent.pipeline.windows import Windower
         from edgeagent.sources.retry import RetryPolicy
         from edgeagent.sources.serial import DEFAULT_MAX_SKEW_S, SerialSource
@@ -157,6 +165,37 @@ class Hub:
         )
         assert stack.learner is not None  # learning is on by default
         self.detector, self.learner, self.manager = stack.detector, stack.learner, stack.manager
+        self.arms = {
+            name: ShadowArm(name, model.data, self.dir / name, self._cached_features, learns)
+            for name, learns in (("baseline", False), ("control", True))
+        }
+        # Nurse feedback takes the daemon's path: the detector hands the windows behind
+        # each alert to the box's FeedbackStore, a verdict goes through the handler the
+        # control socket's `alerts ack` calls, and the store's train split reaches the
+        # learners (the hub's and the control's: the same feedback) while its held-back
+        # split is what both model lifecycles judge candidates on.
+        self.feedback_store = FeedbackStore(
+            self.state, FeedbackSection(), classes=lambda: self.detector.meta.classes
+        )
+        control = self.arms["control"].learner
+        both = hasattr(self.learner, "offer_labelled") and control is not None
+        self.ward = FeedbackComponent(
+            self.feedback_store,
+            _SameFeedback(self.learner, control) if both else self.learner,
+            Counters(),
+            box_id=self.name,
+            fleet=FLEET,
+        )
+        self.detector.on_alert_window = self.ward.keep
+        self.manager.labels = self.feedback_store
+        self.arms["control"].manager.labels = self.feedback_store
+        self.feedback_share = opts.feedback_share
+        self.feedback_error = opts.feedback_error
+        self.seed = opts.seed
+        self._judged: set[str] = set()
+        self._last_check = 0.0
+        self.feedback_log: list[dict[str, Any]] = []
+        self.control_learned: list[int] = []
         self.windower = Windower(WINDOW_S, HOP_S, patient=self.patient)
         self.source = SerialSource(
             str(self.link),
@@ -186,6 +225,11 @@ class Hub:
         self.last_features = x
         return x
 
+    def _cached_features(self, window: Any) -> np.ndarray:
+        """The reference arms score the features the hub's detector just computed."""
+        assert self.last_features is not None
+        return self.last_features
+
     def _on_block(self, block: Any) -> None:
         with self.lock:
             s = str(block.stream)
@@ -205,6 +249,8 @@ class Hub:
         t0 = time.perf_counter()
         d = self.detector.process(w)
         ms = (time.perf_counter() - t0) * 1e3
+        for arm in self.arms.values():
+            arm.process(w, self.segment)
         self.windows.append(
             {
                 "segment": self.segment,
@@ -261,11 +307,95 @@ class Hub:
         return self.offset
 
     def train(self) -> int:
-        """Train the local learner on every window queued during the segment."""
+        """Train the local learner on every window queued during the segment; the control
+        arm trains on the same and adopts its model locally."""
         n = self.learner.step(max_batches=10_000)
         self.learned.append(n)
         self.delta_norms.append(float(np.linalg.norm(self.learner.delta())))
+        self.control_learned.append(self.arms["control"].end_segment(self.segment))
         return n
+
+    def check_models(self, segment: int, force: bool = False) -> None:
+        """The lifecycle's periodic check (judge a candidate in shadow, probation), on the
+        hub's model and the control arm's, at most once per ``CHECK_EVERY_S`` unless forced.
+
+        The daemon runs the same check on a timer; run only at segment ends, a
+        global would wait a whole segment in shadow before it could be judged.
+        Under the hub's lock: the reader thread scores windows on these detectors.
+        """
+        now = time.monotonic()
+        if not force and now - self._last_check < CHECK_EVERY_S:
+            return
+        self._last_check = now
+        with self.lock:
+            check = self.manager.probation_check()
+            self.arms["control"].check(segment)
+        if check is not None:
+            self.model_history.append(
+                {
+                    "segment": segment,
+                    "label": self.detector.model_label,
+                    "reason": f"probation: {check.reason}",
+                }
+            )
+
+    def feedback(self, segment: int) -> dict[str, Any]:
+        """The simulated nurse's verdicts on the clinical alerts raised since the last call.
+
+        Each answered alert is acknowledged through ``FeedbackComponent.ack``, the
+        handler of the control socket's ``alerts_ack`` (``edgeagent alerts ack ID
+        --true|--false [--kind K]``): confirmed with the ground truth's kind, or
+        dismissed. The store labels the windows it kept for the alert, holds its
+        share back, and hands the train split to the learners. Draws are seeded by
+        (seed, hub, segment).
+        """
+        from edgeagent.pipeline.feedback import TRAIN
+
+        off = self.resolve_offset() or 0.0
+        alerts = [
+            a
+            for a in self.alert_store.list(patient=self.patient, limit=1_000_000)
+            if a.id not in self._judged
+        ]
+        self._judged.update(a.id for a in alerts)
+        sim = [
+            {"start": a.start - off, "end": a.end - off, "category": a.category, "kind": a.kind}
+            for a in alerts
+        ]
+        seq = np.random.SeedSequence([self.seed, self.index, segment, 0xFEED])
+        draws = [(float(a), float(b)) for a, b in np.random.default_rng(seq).random((len(sim), 2))]
+        labels = sorted(self.feed.labels)
+        verdicts = nurse_verdicts(sim, labels, self.feedback_share, self.feedback_error, draws)
+        rec: dict[str, Any] = {
+            "segment": segment,
+            "alerts": sum(1 for a in sim if a["category"] == "clinical"),
+            "acked": len(verdicts),
+            "confirmed": sum(1 for v in verdicts if v.true),
+            "dismissed": sum(1 for v in verdicts if not v.true),
+            "wrong": sum(1 for v in verdicts if not v.correct),
+            "windows": 0,
+            "held_back": 0,
+            "refused": {},
+            "trained_on": isinstance(self.ward.learner, _SameFeedback),
+        }
+        for v in verdicts:
+            req = {
+                "alert": alerts[v.alert].id,
+                "confirmed": v.true,
+                "source": "ward-sim",
+                "patient": self.patient,
+            }
+            if v.true:
+                req["kind"] = v.label
+            res = self.ward.ack(req)
+            if not res["accepted"]:
+                rec["refused"][res["reason"]] = rec["refused"].get(res["reason"], 0) + 1
+            elif res["split"] == TRAIN:
+                rec["windows"] += res["windows"]
+            else:
+                rec["held_back"] += res["windows"]
+        self.feedback_log.append(rec)
+        return rec
 
     def finish(self, timeout: float = 10.0) -> None:
         """Stop the device (the reader drains what was sent), then the source; flush windows."""
@@ -280,9 +410,11 @@ class Hub:
                 self._score(w)
 
     def close(self) -> None:
-        """Close the alert store (the hub's other parts were stopped by ``finish``)."""
+        """Close the alert and feedback stores (the other parts were stopped by ``finish``)."""
         with contextlib.suppress(Exception):
             self.alert_store.close()
+        with contextlib.suppress(Exception):
+            self.feedback_store.close()
 
     def snapshot(self) -> dict[str, Any]:
         """Cheap live view for the progress display."""
@@ -326,6 +458,38 @@ def start_hubs(
     return hubs
 
 
+class _SameFeedback:
+    """The hub's learner and the control arm's behind one ``offer_labelled``: the
+    feedback component trains both on the same windows (the hub's answer counts)."""
+
+    def __init__(self, hub: Any, control: Any) -> None:
+        self.hub = hub
+        self.control = control
+
+    def offer_labelled(self, w: Any) -> bool:
+        self.control.offer_labelled(w)
+        return bool(self.hub.offer_labelled(w))
+
+
+def feedback_part(opts: DemoOptions, hubs: list[Hub]) -> Part:
+    """The parts-list entry for the simulated ward: how its verdicts reach the learners."""
+    share = (
+        f"simulated nurse answers {opts.feedback_share:.0%} of clinical alerts, "
+        f"{opts.feedback_error:.0%} of answers wrong; verdicts through the daemon's "
+        "alerts_ack handler (FeedbackComponent, the control socket not opened) into each "
+        "hub's FeedbackStore"
+    )
+    if hubs and all(isinstance(h.ward.learner, _SameFeedback) for h in hubs):
+        return Part("nurse feedback", True, "real", share + "; train split to both learners")
+    return Part(
+        "nurse feedback",
+        True,
+        "real",
+        share + "; held-back split judges models, the train split is not trained on: this "
+        "LocalLearner takes no labelled windows (offer_labelled)",
+    )
+
+
 def hub_record(h: Hub) -> dict[str, Any]:
     """Plain facts of one finished hub, with times on the simulation clock (seconds
     since the patient's recording began), so they line up with the ground truth."""
@@ -355,6 +519,17 @@ def hub_record(h: Hub) -> dict[str, Any]:
     ble_alerts = len(h.alert_store.list(patient=f"{h.patient}-strap", limit=1_000_000))
     end = h.feed.t
     labels = sorted(lb for lb in h.feed.labels if lb[0] < end)
+    arms = {
+        name: {
+            "windows": [dict(w, start=w["start"] - off, end=w["end"] - off) for w in arm.windows],
+            "alerts": [
+                {"start": a.start - off, "end": a.end - off, "category": a.category, "kind": a.kind}
+                for a in arm.alerts()
+            ],
+            "models": list(arm.history),
+        }
+        for name, arm in h.arms.items()
+    }
     return {
         "name": h.name,
         "patient": h.patient,
@@ -374,4 +549,7 @@ def hub_record(h: Hub) -> dict[str, Any]:
         "delta_norms": list(h.delta_norms),
         "model_history": list(h.model_history),
         "detector": dict(h.detector.counters),
+        "arms": arms,
+        "feedback": list(h.feedback_log),
+        "control_learned": list(h.control_learned),
     }

@@ -22,18 +22,32 @@ SERIAL_FAULTS = {"bit_flip": 0.002, "garbage": 0.002, "dup_frame": 0.002}
 #: Episodes that resolve within a segment (fever/hypothermia ramp over many minutes).
 EPISODE_KINDS = ("tachycardia", "bradycardia", "af", "pvc", "st_change", "fall", "lead_off")
 #: Federated settings for a few-box demo. The clip matches the size of a segment's
-#: local update (~0.01-0.04 in L2). Noise/signal of the averaged update is about
-#: z * sqrt(n_params) / n_boxes, so with 3 boxes and ~4.9k parameters only a small
-#: noise multiplier z leaves the update useful: the (large) epsilon it costs is
-#: reported as is. A fleet of hundreds of boxes gets the same utility at a
-#: meaningful epsilon; ``--noise-multiplier`` shows the trade-off.
+#: local update (~0.01-0.04 in L2).
 CLIP_NORM = 1.0
-NOISE_MULTIPLIER = 0.01
+#: DP is off by default: user-level DP protects one box among all of a round's
+#: boxes, and with a handful of boxes the noise that would give a meaningful
+#: epsilon (z near 1) swamps the averaged update (noise/signal about
+#: z * sqrt(n_params) / n_boxes), while a z small enough to keep the update
+#: useful gives an epsilon in the thousands, which guarantees nothing.
+#: ``--noise-multiplier`` turns it on to show the trade-off.
+NOISE_MULTIPLIER = 0.0
+#: The epsilon (delta 1e-5) beyond which the demo calls DP "no meaningful guarantee"
+#: (the aggregator's default budget).
+EPSILON_BUDGET = 8.0
+DP_DELTA = 1e-5
+#: Where the fleet sizes at which user-level DP stops costing accuracy are tabled.
+DP_TABLE = "docs/security.md, fleet-scale table"
+#: Simulated nurse feedback: the share of clinical alerts acknowledged, and how often
+#: a verdict is wrong (a true alert dismissed or a false one confirmed).
+FEEDBACK_SHARE = 0.5
+FEEDBACK_ERROR = 0.05
 N_CAP = 64
 STAGE_TIMEOUT_S = 15.0
 #: Bounds on waiting (wall seconds): a stuck part is reported, never waited on forever.
 SEGMENT_TIMEOUT_S = 120.0
 ROUND_TIMEOUT_S = 90.0
+#: Wall seconds between the hubs' periodic model checks while a segment streams.
+CHECK_EVERY_S = 0.5
 #: BLE streams on the wall clock: before stopping, wait (bounded) until every strap's
 #: data made this many windows, so its path is shown end to end even in a short demo.
 BLE_MIN_WINDOWS = 3
@@ -58,6 +72,8 @@ class DemoOptions:
     broker: str = "embedded"  # "embedded" | "mosquitto" | "HOST:PORT" | "none"
     seed: int = 0
     noise_multiplier: float = NOISE_MULTIPLIER
+    feedback_share: float = FEEDBACK_SHARE
+    feedback_error: float = FEEDBACK_ERROR
 
     def __post_init__(self) -> None:
         # Absolute from the start: the aggregator and hub daemons refuse relative state dirs
@@ -79,12 +95,36 @@ class DemoOptions:
             )
         if not math.isfinite(self.noise_multiplier) or not 0 <= self.noise_multiplier <= 100:
             raise ValueError(f"--noise-multiplier must be in [0, 100], got {self.noise_multiplier}")
+        if not math.isfinite(self.feedback_share) or not 0 <= self.feedback_share <= 1:
+            raise ValueError(f"--feedback-share must be in [0, 1], got {self.feedback_share}")
+        if not math.isfinite(self.feedback_error) or not 0 <= self.feedback_error <= 0.5:
+            raise ValueError(f"--feedback-error must be in [0, 0.5], got {self.feedback_error}")
         if self.broker not in ("embedded", "mosquitto", "none"):
             host, _, port = self.broker.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(
                     f"--broker must be embedded, mosquitto or HOST:PORT, got {self.broker!r}"
                 )
+
+
+def privacy_statement(
+    noise_multiplier: float, boxes: int, epsilon: float | None
+) -> tuple[bool, str]:
+    """(DP on, one line saying what the rounds' privacy amounts to): the only way the
+    demo presents epsilon, so a number that guarantees nothing never reads like one."""
+    if noise_multiplier <= 0:
+        return False, (
+            f"DP off: {boxes} box{'es' if boxes != 1 else ''}: user-level DP gives no "
+            f"meaningful guarantee; see {DP_TABLE}"
+        )
+    if epsilon is None:
+        return True, f"DP on (z = {noise_multiplier:g}): no round released a model yet"
+    if epsilon > EPSILON_BUDGET:
+        return True, (
+            f"DP on (z = {noise_multiplier:g}) but no meaningful guarantee: epsilon exceeds "
+            f"{EPSILON_BUDGET:g} at delta {DP_DELTA:g} with {boxes} boxes; see {DP_TABLE}"
+        )
+    return True, f"DP on (z = {noise_multiplier:g}): epsilon {epsilon:.2f} at delta {DP_DELTA:g}"
 
 
 @dataclass

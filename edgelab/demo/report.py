@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgelab.demo.options import CLINICAL, FAULT_KIND_NAMES, WINDOW_S
 from edgelab.demo.summary import detection_delays, match_alerts, to_json
+
+nan = float("nan")
+#: The three ways each window is scored: (legend, entry of accuracy_per_round, style).
+_ARMS: tuple[tuple[str, Callable[[dict[str, Any]], Any], str], ...] = (
+    ("federated (the hubs)", lambda a: a, "o-"),
+    ("baseline model, frozen", lambda a: a.get("baseline"), "s--"),
+    ("no federation (local learning)", lambda a: a.get("control"), "^:"),
+)
 
 
 def _plots(summary: dict[str, Any], hubs: Sequence[dict[str, Any]], out: Path) -> dict[str, Path]:
@@ -67,28 +76,45 @@ def _plots(summary: dict[str, Any], hubs: Sequence[dict[str, Any]], out: Path) -
     plt.close(fig)
 
     acc = summary["accuracy_per_round"]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, (ax, axf) = plt.subplots(1, 2, figsize=(11, 3.4))
     xs = [a["segment"] for a in acc]
-    for key, style in (("accuracy", "o-"), ("f1", "s--"), ("recall", "^:")):
-        ax.plot(xs, [a[key] if a[key] is not None else float("nan") for a in acc], style, label=key)
-    ax.set_xticks(xs, [a["model"] for a in acc], fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.set_title("Window-level detection quality per segment")
-    ax.legend(fontsize=8)
+    for name, get, style in _ARMS:
+        ys = [get(a) for a in acc]
+        if all(y is None for y in ys):
+            continue
+        ax.plot(xs, [y["accuracy"] if y and y["accuracy"] is not None else nan for y in ys],
+                style, label=name)  # fmt: skip
+        axf.plot(xs, [y["false_alarms_per_hour"] if y else nan for y in ys], style, label=name)
+    for a_ in (ax, axf):
+        a_.set_xticks(xs, [a["model"] for a in acc], fontsize=7)
+        a_.legend(fontsize=7)
+    lows = [y for line in ax.get_lines() for y in line.get_ydata() if y == y]
+    ax.set_ylim(max(0.0, min(lows, default=0.0) - 0.05), 1.0)  # the arms differ by points
+    ax.set_title("Window accuracy per segment, same windows")
+    axf.set_ylim(bottom=0)
+    axf.set_title("False alarms per hour per segment")
     fig.tight_layout()
     files["accuracy"] = out / "accuracy.png"
     fig.savefig(files["accuracy"], dpi=90)
     plt.close(fig)
 
     rounds = summary["federation"]["rounds"]
+    priv = summary.get("privacy", {"dp": True, "statement": ""})
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    rx = [r["round"] for r in rounds if r.get("epsilon") is not None]
-    ax.plot(rx, [r["epsilon"] for r in rounds if r.get("epsilon") is not None], "o-")
-    ax.set_xlabel("round")
-    ax.set_ylabel("epsilon (delta = 1e-5)")
-    ax.set_title("Privacy spent (DP accountant)")
-    if not rx:
-        ax.text(0.5, 0.5, "no round completed", ha="center", transform=ax.transAxes)
+    ax.set_title("Privacy of the rounds (user-level DP)")
+    if not priv["dp"]:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, textwrap.fill(priv["statement"], 48), ha="center", va="center",
+                transform=ax.transAxes)  # fmt: skip
+    else:
+        rx = [r["round"] for r in rounds if r.get("epsilon") is not None]
+        ax.plot(rx, [r["epsilon"] for r in rounds if r.get("epsilon") is not None], "o-")
+        ax.set_xlabel("round")
+        ax.set_ylabel("epsilon (delta = 1e-5)")
+        ax.text(0.02, 0.98, textwrap.fill(priv["statement"], 60), va="top", fontsize=7,
+                transform=ax.transAxes)  # fmt: skip
+        if not rx:
+            ax.text(0.5, 0.5, "no round completed", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     files["epsilon"] = out / "epsilon.png"
     fig.savefig(files["epsilon"], dpi=90)
@@ -170,15 +196,23 @@ def render_html(summary: dict[str, Any], images: dict[str, bytes]) -> str:
         else ""
     )
     acc_rows = "".join(
-        f"<tr><td>{e(a['model'])}</td><td>{a['windows']}</td><td>{_fmt(a['accuracy'])}</td>"
-        f"<td>{_fmt(a['f1'])}</td><td>{_fmt(a['recall'])}</td><td>{_fmt(a['epsilon'], 2)}</td></tr>"
+        f"<tr><td>{e(a['model'])}</td><td>{a['windows']}</td>"
+        + "".join(f"<td>{_fmt((get(a) or {}).get('accuracy'))}</td>" for _, get, _ in _ARMS)
+        + "".join(
+            f"<td>{_fmt((get(a) or {}).get('false_alarms_per_hour'), 1)}</td>"
+            for _, get, _ in _ARMS
+        )
+        + f"<td>{a['feedback']['acked']} ({a['feedback']['dismissed']} dismissed)</td></tr>"
         for a in summary["accuracy_per_round"]
     )
+    priv = summary.get("privacy", {"dp": True, "statement": ""})
+    ref = summary.get("reference", {})
     rnd_rows = "".join(
         f"<tr><td>{r['round']}</td><td>{e(str(r['status']))}</td>"
         f"<td>{e(str(r.get('reason', '')))}</td>"
         f"<td>{len(r.get('survivors', []))}/{len(r.get('participants', []))}</td>"
-        f"<td>{_fmt(r.get('epsilon'), 2)}</td><td>{_fmt(r.get('model_version'))}</td>"
+        f"<td>{_fmt(r.get('epsilon'), 2) if priv['dp'] else 'DP off'}</td>"
+        f"<td>{_fmt(r.get('model_version'))}</td>"
         f"<td>{_fmt(r.get('seconds'), 2)}</td></tr>"
         for r in summary["federation"]["rounds"]
     )
@@ -209,11 +243,18 @@ rounds requested, {summary["totals"]["rounds_completed"]} completed; wall time
 <th>episodes detected</th><th>fault alerts TP/FP</th><th>model now</th></tr>
 {"".join(hub_rows)}</table>
 {ble_table}
-<h2>Accuracy per round</h2>
-<p>Window-level, summed over hubs. Segments hold different episodes, so a change
-between segments mixes the model's change with the data's.</p>
-<table><tr><th>model</th><th>windows</th><th>accuracy</th><th>F1</th>
-<th>recall</th><th>epsilon</th></tr>{acc_rows}</table>
+<h2>Accuracy and false alarms per round</h2>
+<p>Window-level accuracy and clinical false alarms per hour of patient time,
+summed over hubs. Each segment's windows are scored three times: by the model
+the hubs ran after the round (federated); by {e(ref.get("baseline", "the baseline"))};
+and by the control, {e(ref.get("control", ""))}. Nurse feedback
+acknowledged {e(f"{summary['options'].get('feedback_share', 0):.0%}")} of the clinical
+alerts, wrong {e(f"{summary['options'].get('feedback_error', 0):.0%}")} of the time.</p>
+<table><tr><th rowspan=2>model</th><th rowspan=2>windows</th><th colspan=3>accuracy</th>
+<th colspan=3>false alarms / h</th><th rowspan=2>feedback acked</th></tr>
+<tr><th>federated</th><th>baseline</th><th>no federation</th>
+<th>federated</th><th>baseline</th><th>no federation</th></tr>{acc_rows}</table>
+<p>Privacy: {e(priv["statement"])}.</p>
 <h2>Federated rounds ({e(summary["federation"].get("how", ""))})</h2>
 <table><tr><th>round</th><th>status</th><th>reason</th><th>survivors</th><th>epsilon</th>
 <th>model version</th><th>seconds</th></tr>{rnd_rows}</table>

@@ -166,8 +166,10 @@ class MqttFederation(RoundDriver):
                     "round_interval_s": 86400,
                     "n_cap": N_CAP,
                     "initial_model": str(model.path),
-                    # 3 hubs give no meaningful epsilon at any useful z (docs/security.md):
-                    # no budget to enforce, the demo reports the epsilon as it is
+                    # DP is off by default (3 hubs give no meaningful epsilon at any useful
+                    # z: docs/security.md); a run with --noise-multiplier shows what DP buys
+                    # and costs, its epsilon stated by options.privacy_statement (above the
+                    # default budget: "no meaningful guarantee"), so no budget refuses it
                     "epsilon_budget": math.inf,
                 },
             }

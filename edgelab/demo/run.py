@@ -16,7 +16,7 @@ from typing import Any
 
 from edgelab.demo.ble import BleStage, start_ble
 from edgelab.demo.fleet import demo_pki, start_broker
-from edgelab.demo.hubs import Hub, hub_record, start_hubs
+from edgelab.demo.hubs import Hub, feedback_part, hub_record, start_hubs
 from edgelab.demo.model import prepare_model
 from edgelab.demo.options import (
     BLE_MAX_WAIT_S,
@@ -106,6 +106,16 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
                 "Windower -> features -> onnxruntime Detector (alerts in SQLite) -> LocalLearner",
             )
         )
+        parts.append(
+            Part(
+                "reference arms",
+                True,
+                "real",
+                "every window also scored by the baseline model, frozen, and by a "
+                "no-federation control (local learning only), each with its own detector state",
+            )
+        )
+        parts.append(feedback_part(opts, hubs))
         ble, ble_part = start_ble(hubs, opts)
         parts.append(ble_part)
         live["phase"] = "connecting the federation"
@@ -119,23 +129,23 @@ def run_demo(opts: DemoOptions, progress: Progress | None = None) -> dict[str, A
             live.update(phase=f"streaming segment {k + 1}/{opts.rounds + 1}", segment=k)
             for h in hubs:
                 h.begin_segment(k, until)
+
+            def seg_tick(k: int = k) -> None:
+                """Progress, and each hub's periodic model check, as the daemon runs it."""
+                tick()
+                for h in hubs:
+                    h.check_models(k)
+
             ok = _wait(
-                lambda u=until: all(h.segment_done(u) for h in hubs), SEGMENT_TIMEOUT_S, tick
+                lambda u=until: all(h.segment_done(u) for h in hubs), SEGMENT_TIMEOUT_S, seg_tick
             )
             if not ok:
                 log.warning("segment %d did not finish within %.0f s", k, SEGMENT_TIMEOUT_S)
                 fed_info.setdefault("notes", []).append(f"segment {k} timed out")
             for h in hubs:
+                h.feedback(k)  # the ward's verdicts on this segment's alerts, as labels
                 h.train()
-                check = h.manager.probation_check()
-                if check is not None:
-                    h.model_history.append(
-                        {
-                            "segment": k,
-                            "label": h.detector.model_label,
-                            "reason": f"probation: {check.reason}",
-                        }
-                    )
+                h.check_models(k, force=True)
             if k < opts.rounds:
                 live["phase"] = f"federated round {k + 1}/{opts.rounds}"
                 tick()

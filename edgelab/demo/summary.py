@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgelab.demo.nurse import alert_truth
 from edgelab.demo.options import (
     CLINICAL,
     CLIP_NORM,
@@ -26,7 +27,11 @@ from edgelab.demo.options import (
     WINDOW_S,
     DemoOptions,
     Part,
+    privacy_statement,
 )
+
+#: The reference arms every hub scores beside its own detector (``edgelab.demo.arms``).
+ARMS = ("baseline", "control")
 
 
 def percentiles(
@@ -58,11 +63,7 @@ def match_alerts(
     alerts = list(alerts)
     for a in alerts:
         cat = a["category"] if a["category"] in out else CLINICAL
-        want_fault = cat == "sensor_fault"
-        hit = any(
-            _overlaps(a["start"], a["end"], s, e) and ((k in FAULT_KIND_NAMES) == want_fault)
-            for s, e, k in labels
-        )
+        hit = alert_truth({**a, "category": cat}, labels) is not None
         rec = out[cat]
         rec["alerts"] += 1
         rec["tp" if hit else "fp"] += 1
@@ -160,6 +161,28 @@ def check_summary(summary: dict[str, Any]) -> list[str]:
         bad.append(f"{done} of {want} rounds completed and no reason recorded")
     if len(summary.get("accuracy_per_round", [])) != len(hubs[0]["segments"] if hubs else []):
         bad.append("accuracy_per_round does not have one entry per segment")
+    for a in summary.get("accuracy_per_round", []):
+        for arm in ARMS:
+            if arm in a and a[arm]["windows"] != a["windows"]:
+                bad.append(
+                    f"segment {a['segment']}: the {arm} arm scored {a[arm]['windows']} windows, "
+                    f"the hubs {a['windows']} (the arms must score the same windows)"
+                )
+    first = summary.get("accuracy_per_round", [{}])[0] if summary.get("accuracy_per_round") else {}
+    if "baseline" in first:
+        same = ("tp", "fp", "fn", "tn", "false_alarms")
+        if any(first[key] != first["baseline"][key] for key in same):
+            bad.append(
+                "segment 0: the hubs and the baseline arm ran the same model on the same "
+                "windows but disagree"
+            )
+    priv = summary.get("privacy")
+    if priv is not None and not priv["dp"]:
+        eps = [r.get("epsilon") for r in rounds] + [
+            a.get("epsilon") for a in summary.get("accuracy_per_round", [])
+        ]
+        if summary.get("epsilon") is not None or any(e is not None for e in eps):
+            bad.append("DP is off but an epsilon is reported")
     for p in summary.get("parts", []):
         if p["how"] not in ("real", "in-memory", "skipped"):
             bad.append(f"part {p['name']}: how={p['how']!r}")
@@ -194,6 +217,42 @@ def _rates(c: dict[str, int]) -> dict[str, float | None]:
     return {"accuracy": (tp + tn) / n if n else None, "precision": prec, "recall": rec, "f1": f1}
 
 
+def false_alarms(
+    alerts: Iterable[dict[str, Any]],
+    labels: Sequence[tuple[float, float, str]],
+    t0: float,
+    t1: float,
+) -> int:
+    """Clinical alerts opened in [t0, t1) that overlap no clinical episode (simulation time)."""
+    return sum(
+        1
+        for a in alerts
+        if a["category"] == CLINICAL and t0 <= a["start"] < t1 and alert_truth(a, labels) is None
+    )
+
+
+def _arm_segment(
+    windows: Sequence[dict[str, Any]],
+    alerts: Sequence[dict[str, Any]],
+    labels: list[tuple[float, float, str]],
+    k: int,
+    seg_len: float,
+) -> dict[str, int]:
+    """Window counts and false alarms of one arm in segment ``k`` of one hub."""
+    sw = [w for w in windows if w["segment"] == k]
+    c = _window_counts(sw, labels) if sw else {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+    fa = false_alarms(alerts, labels, k * seg_len, (k + 1) * seg_len)
+    return {**c, "windows": len(sw), "false_alarms": fa}
+
+
+def _arm_rates(c: dict[str, int], hours: float) -> dict[str, Any]:
+    return {
+        **c,
+        **_rates(c),
+        "false_alarms_per_hour": c["false_alarms"] / hours if hours > 0 else None,
+    }
+
+
 def build_summary(
     opts: DemoOptions,
     hubs: Sequence[dict[str, Any]],
@@ -206,8 +265,24 @@ def build_summary(
 ) -> dict[str, Any]:
     """The demo's figures from plain records (pure: the tests call it on hand-made input)."""
     segments = opts.rounds + 1
+    seg_len = opts.seconds / segments
     hub_out = []
-    acc_counts = [{"tp": 0, "fp": 0, "fn": 0, "tn": 0, "windows": 0} for _ in range(segments)]
+    zero = {"tp": 0, "fp": 0, "fn": 0, "tn": 0, "windows": 0, "false_alarms": 0}
+    acc_counts = [dict(zero) for _ in range(segments)]
+    arm_counts = {a: [dict(zero) for _ in range(segments)] for a in ARMS}
+    feedback = [
+        {
+            "acked": 0,
+            "confirmed": 0,
+            "dismissed": 0,
+            "wrong": 0,
+            "windows": 0,
+            "held_back": 0,
+            "refused": 0,
+            "trained_on": True,
+        }
+        for _ in range(segments)
+    ]
     all_lat: list[float] = []
     all_delay: list[float] = []
     totals = {"windows": 0, "alerts": 0, "tp": 0, "fp": 0, "events": 0, "detected": 0}
@@ -218,12 +293,21 @@ def build_summary(
         m.pop("verdicts")
         segs = []
         for k in range(segments):
-            sw = [w for w in ws if w["segment"] == k]
-            c = _window_counts(sw, labels) if sw else {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+            c = _arm_segment(ws, h["alerts"], labels, k, seg_len)
             for key, v in c.items():
                 acc_counts[k][key] += v
-            acc_counts[k]["windows"] += len(sw)
-            segs.append({"segment": k, "windows": len(sw), **c})
+            segs.append({"segment": k, **c})
+            for arm, rec in h.get("arms", {}).items():
+                if arm in arm_counts:
+                    ca = _arm_segment(rec["windows"], rec["alerts"], labels, k, seg_len)
+                    for key, v in ca.items():
+                        arm_counts[arm][k][key] += v
+        for fb in h.get("feedback", []):
+            tot = feedback[fb["segment"]]
+            for key in ("acked", "confirmed", "dismissed", "wrong", "windows", "held_back"):
+                tot[key] += fb.get(key, 0)
+            tot["refused"] += sum(fb.get("refused", {}).values())
+            tot["trained_on"] = tot["trained_on"] and fb["trained_on"]
         lat = [w["latency_ms"] for w in ws]
         delays = detection_delays(ws, labels, WINDOW_S)
         all_lat += lat
@@ -256,22 +340,31 @@ def build_summary(
                 "inference_ms": percentiles(lat),
                 "detection_delay_s": percentiles(delays, (50, 90)),
                 "learned_per_segment": h["learned"],
+                "control_learned_per_segment": h.get("control_learned", []),
+                "feedback": h.get("feedback", []),
                 "update_norm_per_segment": h.get("delta_norms", []),
                 "models": h["model_history"],
             }
         )
-    eps_after = {r["round"]: r.get("epsilon") for r in rounds}
+    done = [r for r in rounds if r["status"] == "completed"]
+    eps_last = done[-1].get("epsilon") if done else None
+    dp_on, privacy_text = privacy_statement(opts.noise_multiplier, opts.hubs, eps_last)
+    eps_after = {r["round"]: r.get("epsilon") for r in rounds} if dp_on else {}
+    hours = len(hubs) * seg_len / 3600.0
+    with_arms = bool(hubs) and all("arms" in h for h in hubs)
     accuracy = []
     for k, c in enumerate(acc_counts):
-        accuracy.append(
-            {
-                "segment": k,
-                "model": "baseline" if k == 0 else f"after round {k}",
-                "epsilon": eps_after.get(k) if k else None,
-                **c,
-                **_rates(c),
-            }
-        )
+        entry = {
+            "segment": k,
+            "model": "before rounds" if k == 0 else f"after round {k}",
+            "epsilon": eps_after.get(k) if k else None,
+            **_arm_rates(c, hours),
+        }
+        if with_arms:
+            for arm in ARMS:
+                entry[arm] = _arm_rates(arm_counts[arm][k], hours)
+        entry["feedback"] = feedback[k]
+        accuracy.append(entry)
     streams_tot: dict[str, dict[str, int]] = {}
     for h in hub_out:
         for s, v in h["serial"]["streams"].items():
@@ -282,7 +375,6 @@ def build_summary(
     for h in hub_out:
         for k2, v2 in h["serial"]["link"].items():
             link_tot[k2] = link_tot.get(k2, 0) + int(v2)
-    done = [r for r in rounds if r["status"] == "completed"]
     return {
         "options": {
             "hubs": opts.hubs,
@@ -293,6 +385,8 @@ def build_summary(
             "broker": opts.broker,
             "seed": opts.seed,
             "noise_multiplier": opts.noise_multiplier,
+            "feedback_share": opts.feedback_share,
+            "feedback_error": opts.feedback_error,
             "clip_norm": CLIP_NORM,
             "n_cap": N_CAP,
             "window_s": WINDOW_S,
@@ -311,7 +405,14 @@ def build_summary(
         },
         "federation": {**federation, "rounds": list(rounds)},
         "accuracy_per_round": accuracy,
-        "epsilon": done[-1].get("epsilon") if done else None,
+        "reference": {
+            "baseline": "the shipped baseline model, frozen, scoring the same windows",
+            "control": "no federation: the baseline model with the box's own local learning "
+            "on the same normal windows and the same nurse feedback, through the same model "
+            "lifecycle as the hubs",
+        },
+        "privacy": {"dp": dp_on, "statement": privacy_text},
+        "epsilon": eps_last if dp_on else None,
         "latency": {
             "inference_ms": percentiles(all_lat),
             "detection_delay_s": percentiles(all_delay, (50, 90)),

@@ -16,7 +16,12 @@ from typing import Any
 import typer
 
 from edgeagent.cli import app
-from edgelab.demo.options import DEFAULT_SECONDS, NOISE_MULTIPLIER
+from edgelab.demo.options import (
+    DEFAULT_SECONDS,
+    FEEDBACK_ERROR,
+    FEEDBACK_SHARE,
+    NOISE_MULTIPLIER,
+)
 
 _STREAMS = ("ecg", "acc", "skin_temp", "env", "hr", "rr")
 #: Column headers where the stream's name is longer than its numbers.
@@ -134,7 +139,7 @@ class _LiveView:
                 Text(
                     f"round {r['round']}: {r['status']} {r.get('reason', '')}  "
                     f"survivors {len(r.get('survivors', []))}/{len(r.get('participants', []))}  "
-                    f"epsilon {'-' if eps is None else f'{eps:.1f}'}  "
+                    f"{'DP off' if eps is None else f'epsilon {eps:.1f}'}  "
                     f"model v{r.get('model_version', '-')}"
                 )
             )
@@ -196,23 +201,35 @@ def _print_summary(console: Any, s: dict[str, Any]) -> None:
             str(h["ble_alerts"]),
         )
     console.print(hubs)
-    acc = Table(title="Accuracy per round (window level)")
-    for col in ("model", "windows", "accuracy", "F1", "recall", "epsilon"):
-        acc.add_column(col, justify="right")
+    acc = Table(
+        title="Accuracy and false alarms per hour (FA/h) per round, same windows: fed = the "
+        "hubs, base = baseline model frozen, ctrl = no federation",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    heads = ("model", "windows", "acc\nfed", "acc\nbase", "acc\nctrl")
+    heads += ("FA/h\nfed", "FA/h\nbase", "FA/h\nctrl", "acked\n(dism.)")
+    for col in heads:
+        acc.add_column(col, justify="right", no_wrap=True)
 
     def f3(v: Any, nd: int = 3) -> str:
         return "-" if v is None else f"{v:.{nd}f}"
 
     for a in s["accuracy_per_round"]:
+        arms = [a, a.get("baseline") or {}, a.get("control") or {}]
+        fb = a.get("feedback", {})
         acc.add_row(
             a["model"],
             str(a["windows"]),
-            f3(a["accuracy"]),
-            f3(a["f1"]),
-            f3(a["recall"]),
-            f3(a["epsilon"], 1),
+            *(f3(x.get("accuracy")) for x in arms),
+            *(f3(x.get("false_alarms_per_hour"), 1) for x in arms),
+            f"{fb.get('acked', 0)} ({fb.get('dismissed', 0)})",
         )
     console.print(acc)
+    priv = s.get("privacy")
+    if priv is not None:
+        console.print(f"privacy: {priv['statement']}")
     lat = s["latency"]
     console.print(
         f"per-window latency ms p50/p90/p99: {f3(lat['inference_ms']['p50'], 1)}/"
@@ -254,7 +271,20 @@ def demo(
         help="embedded (mosquitto subprocess on 127.0.0.1), mosquitto, none, or HOST:PORT.",
     ),
     noise_multiplier: float = typer.Option(
-        NOISE_MULTIPLIER, "--noise-multiplier", help="DP noise multiplier of the federated rounds."
+        NOISE_MULTIPLIER,
+        "--noise-multiplier",
+        help="DP noise multiplier of the rounds; 0 (default) = DP off, as a few boxes get no "
+        "meaningful guarantee from user-level DP.",
+    ),
+    feedback_share: float = typer.Option(
+        FEEDBACK_SHARE,
+        "--feedback-share",
+        help="Share of clinical alerts a simulated nurse acknowledges (0..1).",
+    ),
+    feedback_error: float = typer.Option(
+        FEEDBACK_ERROR,
+        "--feedback-error",
+        help="How often a nurse's verdict is wrong (0..0.5).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the simulated patients."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
@@ -280,6 +310,8 @@ def demo(
         broker=broker,
         seed=seed,
         noise_multiplier=noise_multiplier,
+        feedback_share=feedback_share,
+        feedback_error=feedback_error,
     )
     try:
         opts.validate()

@@ -203,7 +203,8 @@ def _run_fleet(tmp: Path, pki: Any, broker: Any, procs: dict[str, subprocess.Pop
     assert rep["totals"]["completed"] == 4 and rep["dropouts"] >= 1
     assert rep["epsilon"] == pytest.approx(last["epsilon"])
 
-    # every box verified, registered and hot-swapped the final signed model
+    # every box verified and registered the final signed model, and runs it or judges it
+    # in shadow beside the running one (a global never goes live unjudged)
     for box in BOXES:
         st_path = tmp / box / "state" / "fl_client.json"
         _wait(lambda p=st_path: _json(p).get("global_sha256") == final["sha256"], 60,
@@ -213,5 +214,6 @@ def _run_fleet(tmp: Path, pki: Any, broker: Any, procs: dict[str, subprocess.Pop
         reg = ModelRegistry(tmp / box / "state")
         rec = reg.find(final["sha256"])
         assert rec is not None and rec.signature is not None, reg.events()
-        assert reg.active() is not None
-        assert reg.active().sha256 == final["sha256"], reg.events()
+        active, shadow = reg.active(), reg.pending_shadow()
+        assert active is not None
+        assert final["sha256"] in {active.sha256, shadow and shadow.sha256}, reg.events()
