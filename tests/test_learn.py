@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
 from edgeagent.model.graph import get_params, read_meta, set_params, to_bytes
-from edgeagent.model.nn import ae_param_mask, forward, standardise
+from edgeagent.model.meta import ModelMeta
+from edgeagent.model.nn import ae_param_mask, forward, head_param_mask, standardise
 from edgeagent.pipeline.alerts import MemoryAlertSink
-from edgeagent.pipeline.detect import Detector
+from edgeagent.pipeline.detect import Detector, ValidatedWindow
 from edgeagent.pipeline.learn import LearnerConfig, LocalLearner
 from tests.plugins.model import SYN_FEATURES, SYN_MODALITY, SynWorld
 
@@ -153,3 +158,175 @@ def test_learner_takes_windows_again_after_a_worse_global_model(
         learner.step(4)
     assert learner.n_k >= 48, (learner.n_k, learner.counters)
     assert learner.counters["rejected_outlier"] - rejected < 48
+
+
+# -- clinician-labelled windows (offer_labelled) ---------------------------------------------
+def _labelled_setup(model: bytes, **cfg: Any) -> tuple[onnx.ModelProto, LocalLearner, ModelMeta]:
+    proto = onnx.load_from_string(model)
+    meta = read_meta(proto)
+    lr = LocalLearner(
+        meta.spec,
+        get_params(proto),
+        LearnerConfig(lr=3e-3, **cfg),
+        pop=(meta.pop_mu, meta.pop_sigma),
+    )
+    return proto, lr, meta
+
+
+def _patient(
+    world: SynWorld, p: int, kind: str, n: int, label: str | None = None
+) -> list[ValidatedWindow]:
+    """``n`` windows of ``kind`` from patient ``p``, labelled ``label`` (default: ``kind``)."""
+    normal = world.rows(p, "normal", 60, seed=3)
+    mu, sigma = normal.mean(0)[None], (normal.std(0) + 1e-3)[None]
+    rows = world.rows(p, kind, n, seed=4)
+    return [ValidatedWindow(x, mu, sigma, label or kind) for x in rows]
+
+
+def _log_p_normal(meta: ModelMeta, w: np.ndarray, ws: list[ValidatedWindow]) -> float:
+    """Mean log p(normal) the head gives windows ``ws`` under weights ``w``."""
+    x = np.stack([v.x for v in ws])
+    z, m = standardise(x, ws[0].mu, ws[0].sigma)
+    zp, _ = standardise(x, np.asarray(meta.pop_mu)[None], np.asarray(meta.pop_sigma)[None])
+    return float(np.log(forward(meta.spec, w, z, m, zp)[0][:, 0] + 1e-12).mean())
+
+
+def test_dismissed_alerts_train_the_head_and_only_the_head(
+    syn_model: bytes, syn_world: SynWorld
+) -> None:
+    """A dismissed alert's windows ("normal") move the head towards normal on such windows;
+    the autoencoder's coordinates stay where they were, and the trained groups say so."""
+    _proto, lr, meta = _labelled_setup(syn_model)
+    false_alarms = _patient(syn_world, 44, "fever", 40, label="normal")
+    before = _log_p_normal(meta, lr.params(), false_alarms[20:])
+    for v in false_alarms[:20]:
+        assert lr.offer_labelled(v)
+    while lr.pending:
+        lr.step(8)
+    d = lr.delta()
+    assert np.abs(d[head_param_mask(meta.spec) == 1]).max() > 0
+    assert np.abs(d[ae_param_mask(meta.spec) == 1]).max() == 0.0
+    assert lr.trained_groups() == frozenset({"head"})
+    np.testing.assert_array_equal(lr.trained_mask(), head_param_mask(meta.spec))
+    # unseen windows of the same kind of false alarm now look more normal to the head
+    assert _log_p_normal(meta, lr.params(), false_alarms[20:]) > before + 1.0
+
+
+def test_without_labels_the_ae_only_path_is_unchanged(
+    syn_model: bytes, syn_world: SynWorld
+) -> None:
+    """No labelled window: the same weights, n_k and groups as a learner that never heard
+    of labels (the head untouched, ``trained_groups`` == {"ae"})."""
+    proto, lr, meta = _labelled_setup(syn_model)
+    plain = LocalLearner(meta.spec, get_params(proto), LearnerConfig(lr=3e-3))
+    x = syn_world.rows(45, "normal", 64)
+    mu, sigma = np.median(x, 0)[None], (x.std(0) + 1e-3)[None]
+    for row in x:
+        lr.offer(row, mu, sigma, True)
+        plain.offer(row, mu, sigma, True)
+    while lr.pending:
+        lr.step(4)
+    while plain.pending:
+        plain.step(4)
+    np.testing.assert_array_equal(lr.params(), plain.params())
+    assert lr.n_k == plain.n_k == 64
+    assert lr.trained_groups() == frozenset({"ae"})
+    assert not lr.delta()[head_param_mask(meta.spec) == 1].any()
+
+
+def test_labelled_budget_per_round_and_n_k_counts_each_window_once(
+    syn_model: bytes, syn_world: SynWorld
+) -> None:
+    _proto, lr, _meta = _labelled_setup(syn_model, label_budget=10, label_epochs=5)
+    ws = _patient(syn_world, 46, "tachycardia", 25)
+    took = [lr.offer_labelled(v) for v in ws]
+    assert took == [True] * 10 + [False] * 15  # the budget, then refusals
+    assert lr.counters["labelled_over_budget"] == 15
+    x = syn_world.rows(46, "normal", 32)
+    for row in x:
+        lr.offer(row, np.median(x, 0)[None], (x.std(0) + 1e-3)[None], True)
+    while lr.pending:
+        lr.step(4)
+    # 10 labelled windows replayed 5 times each, counted once; plus 32 normal windows
+    assert lr.counters["labelled_trained"] == 10
+    # a batch holds each due window once: passes = windows x epochs, in batches of label_batch
+    assert lr.counters["head_steps"] == math.ceil(10 / lr.config.label_batch) * 5
+    assert lr.n_k == 32 + 10
+    assert lr.trained_groups() == frozenset({"ae", "head"})
+    assert lr.round_summary()["labelled_new"] == 10
+    # a new round: the budget opens again, the pool is kept and replayed (counted once more)
+    lr.reset_global(lr.params())
+    assert lr.n_k == 0 and lr.trained_groups() == frozenset()
+    assert lr.offer_labelled(ws[20])
+    while lr.pending:
+        lr.step(4)
+    assert lr.n_k == 11 and lr.labelled == 11
+
+
+def test_refuses_unknown_labels_bad_windows_and_missing_population(
+    syn_model: bytes, syn_world: SynWorld
+) -> None:
+    proto, lr, meta = _labelled_setup(syn_model)
+    v = _patient(syn_world, 47, "fall", 1)[0]
+    assert not lr.offer_labelled(ValidatedWindow(v.x, v.mu, v.sigma, "asystole"))
+    assert not lr.offer_labelled(ValidatedWindow(v.x, v.mu, v.sigma, ""))
+    assert not lr.offer_labelled(ValidatedWindow(v.x[:3], v.mu, v.sigma, "fall"))
+    nan = np.full_like(v.x, np.nan)
+    assert not lr.offer_labelled(ValidatedWindow(nan, v.mu, v.sigma, "fall"))
+    c = lr.counters
+    assert c["labelled_unknown_class"] == 2 and c["labelled_bad_window"] == 2
+    assert lr.labelled == 0 and lr.pending == 0 and not lr.delta().any()
+    no_pop = LocalLearner(meta.spec, get_params(proto))
+    assert not no_pop.offer_labelled(v)
+    assert no_pop.counters["labelled_no_population"] == 1
+    assert lr.offer_labelled(v)  # and the good one is taken
+
+
+def test_labelled_offers_from_threads_are_not_lost(syn_model: bytes, syn_world: SynWorld) -> None:
+    """Verdicts from several threads while the training thread runs: every accepted window
+    is in the pool and trained, the counters add up, nothing is lost or counted twice."""
+    _proto, lr, _meta = _labelled_setup(syn_model, label_budget=400, label_pool=400)
+    per_thread = 60
+    sets = [_patient(syn_world, 50 + i, kind, per_thread) for i, kind in enumerate(
+        ("normal", "fever", "fall", "tachycardia")
+    )]  # fmt: skip
+    x = syn_world.rows(49, "normal", 200)
+    mu, sigma = np.median(x, 0)[None], (x.std(0) + 1e-3)[None]
+    lr.start()
+    try:
+        threads = [
+            threading.Thread(target=lambda s=s: [lr.offer_labelled(v) for v in s]) for s in sets
+        ]
+        threads.append(threading.Thread(target=lambda: [lr.offer(r, mu, sigma, True) for r in x]))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        deadline = time.monotonic() + 30.0
+        while lr._label_passes_due() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        lr.stop()
+    c = lr.counters
+    assert c["labelled_accepted"] == 4 * per_thread == lr.labelled
+    assert c["labelled_offered"] == 4 * per_thread
+    assert c["labelled_trained"] == 4 * per_thread  # every window trained (exactly once)
+    assert lr.n_k == c["trained"] + c["labelled_trained"]
+
+
+def test_labelled_pool_survives_a_restart(
+    syn_model: bytes, syn_world: SynWorld, tmp_path: Path
+) -> None:
+    from edgeagent.daemon.detection import LearnerComponent
+    from edgeagent.daemon.health import Liveness
+
+    _proto, lr, _meta = _labelled_setup(syn_model)
+    for v in _patient(syn_world, 55, "fever", 6):
+        lr.offer_labelled(v)
+    comp = LearnerComponent(lr, Liveness(), tmp_path / "learner_state.npz", "sha")
+    comp.save()
+    _p2, fresh, _m = _labelled_setup(syn_model)
+    comp2 = LearnerComponent(fresh, Liveness(), tmp_path / "learner_state.npz", "other-sha")
+    assert not comp2.restore()  # another model: w_local is not restored ...
+    assert fresh.labelled == 6 and comp2.labelled_restored == 6  # ... but the labels are
+    assert comp2.status()["learner"]["labelled"] == 6

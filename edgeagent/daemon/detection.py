@@ -306,7 +306,9 @@ class LearnerComponent:
     ``w_local`` and ``n_k`` are saved atomically at stop (beside the hash of
     the global model they belong to) and restored at build when the active
     model is still that one, so a restart does not throw away the windows
-    trained on since the last round.
+    trained on since the last round. The pool of clinician-labelled windows is
+    saved with them and restored whatever the model: labels are the box's
+    data, not progress on one model, and the rarest it has.
     """
 
     name = "learner"
@@ -318,6 +320,7 @@ class LearnerComponent:
         self.state_path = state_path
         self.model_sha = model_sha
         self.restored = False
+        self.labelled_restored = 0
         self._steps_seen = 0
 
     def restore(self) -> bool:
@@ -334,6 +337,7 @@ class LearnerComponent:
             log.warning("ignoring unreadable %s: %s", self.state_path, exc)
             return False
         lr = self.learner
+        self._restore_labelled()
         if sha != self.model_sha or w_local.shape != lr.w_local.shape:
             return False
         if not np.array_equal(w_global, lr.w_global) or not np.all(np.isfinite(w_local)):
@@ -343,15 +347,28 @@ class LearnerComponent:
         self.restored = True
         return True
 
+    def _restore_labelled(self) -> None:
+        restore = getattr(self.learner, "restore_labelled", None)
+        if restore is None:
+            return
+        try:
+            with np.load(self.state_path, allow_pickle=False) as z:
+                arrays = {k: z[f"labelled_{k}"] for k in ("z", "m", "zp", "y")}
+        except (OSError, ValueError, KeyError):
+            return  # saved before any labelled window, or unreadable: nothing to restore
+        self.labelled_restored = int(restore(arrays))
+
     def save(self) -> None:
         lr = self.learner
         buf = io.BytesIO()
+        pool = lr.labelled_arrays() if hasattr(lr, "labelled_arrays") else {}
         np.savez(
             buf,
             sha=np.asarray(self.model_sha),
             w_local=lr.params(),
             w_global=np.asarray(lr.w_global, np.float32),
             n_k=np.asarray(int(lr.n_k)),
+            **{f"labelled_{k}": v for k, v in pool.items()},
         )
         write_atomic(self.state_path, buf.getvalue())
 
@@ -378,6 +395,15 @@ class LearnerComponent:
     def status(self) -> Mapping[str, Any]:
         lr = self.learner
         return {
-            "learner": {"n_k": int(lr.n_k), "pending": lr.pending, "restored": self.restored},
+            "learner": {
+                "n_k": int(lr.n_k),
+                "pending": lr.pending,
+                "restored": self.restored,
+                "labelled": int(getattr(lr, "labelled", 0)),
+                "labelled_restored": self.labelled_restored,
+                "trained_groups": sorted(lr.trained_groups())
+                if hasattr(lr, "trained_groups")
+                else [],
+            },
             "counters": {f"learn_{k}": int(v) for k, v in lr.counters.items()},
         }

@@ -149,6 +149,7 @@ def detection_stack(
             LearnerConfig(
                 lr=learning.learning_rate, batch=min(MAX_LEARN_BATCH, learning.batch_size)
             ),
+            pop=(detector.meta.pop_mu, detector.meta.pop_sigma),
         )
         detector.on_scored = learner.offer
     return DetectionStack(detector, learner, ModelManager(registry, detector))

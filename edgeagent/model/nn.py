@@ -8,11 +8,20 @@ keeps the two from drifting apart. Pure functions; no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgeagent.model.meta import CLIP, ModelSpec, flatten, n_params, param_layout, unflatten
+from edgeagent.model.meta import (
+    CLIP,
+    ModelSpec,
+    flatten,
+    group_indices,
+    n_params,
+    param_layout,
+    unflatten,
+)
 
 
 def standardise(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -167,11 +176,24 @@ class Adam:
 
 def ae_param_mask(spec: ModelSpec) -> np.ndarray:
     """1 for the autoencoder's entries of the flat vector, 0 for the head's."""
+    return group_mask(spec, ("ae",))
+
+
+def group_mask(spec: ModelSpec, groups: Iterable[str]) -> np.ndarray:
+    """1 for the entries of the flat vector that belong to any of ``groups``
+    (``model.meta.PARAM_GROUPS``), else 0; all 0 for no group.
+
+    Why groups and not a free mask: a round announces which groups it trains,
+    the same for every box, so secure-aggregation sums line up and noise goes
+    only where training happened (``fl.privacy``).
+    """
+    names = sorted(set(groups))
     mask = np.zeros(n_params(spec), np.float32)
-    i = 0
-    for name, shape in param_layout(spec):
-        k = int(np.prod(shape))
-        if name in ("We", "be", "Wd", "bd"):
-            mask[i : i + k] = 1.0
-        i += k
+    if names:
+        mask[group_indices(spec, names)] = 1.0
     return mask
+
+
+def head_param_mask(spec: ModelSpec) -> np.ndarray:
+    """1 for the classifier head's entries of the flat vector, 0 for the autoencoder's."""
+    return group_mask(spec, ("head",))
