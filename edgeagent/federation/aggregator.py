@@ -79,6 +79,8 @@ INBOX_MAX = 100_000
 _OWN_KINDS = (
     "hello",
     "status",
+    Stage.COMMIT.value,
+    Stage.REVEAL.value,
     Stage.SETUP.value,
     Stage.SHARE_KEYS.value,
     Stage.CONSISTENCY.value,
@@ -480,7 +482,7 @@ class Aggregator:
         bodies = protocol.start()
         r.traffic.server_seconds += time.perf_counter() - t0
         if bodies:
-            self._send_stage(Stage.SETUP, bodies)
+            self._send_stage(protocol.first_stage, bodies)
 
     def _send_stage(self, stage: Stage, bodies: dict[str, dict[str, Any]]) -> None:
         r = self.round

@@ -59,14 +59,27 @@ def _field(data: bytes | str) -> bytes:
 
 
 def keys_statement(
-    round_id: int, nonce: bytes, node: str, pk_enc: bytes, pk_mask: bytes, commit: bytes
+    round_id: int,
+    nonce: bytes,
+    node: str,
+    pk_enc: bytes,
+    pk_mask: bytes,
+    commit: bytes,
+    seed: bytes = b"",
 ) -> bytes:
-    """What a box signs at SETUP: its round keys and seed commitment, bound to round and id."""
+    """What a box signs at SETUP: its round keys and seed commitment, bound to round and id.
+
+    ``seed`` is the round seed the box derived (``beacon``; the nonce where
+    none is used): a neighbour that was shown another seed refuses the
+    signature, so an aggregator that shows boxes different commitment lists
+    cannot make them share secrets.
+    """
     return b"".join(
         (
             KEYS_CONTEXT,
             struct.pack("<Q", round_id),
             _field(nonce),
+            _field(seed),
             _field(node),
             _field(pk_enc),
             _field(pk_mask),

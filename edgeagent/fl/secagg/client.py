@@ -150,6 +150,7 @@ class SecAggClient:
         )
         self._payload: np.ndarray | None = None
         self._participants: tuple[str, ...] | None = None
+        self._seed_in = b""  # the round seed the driver derived (beacon), b"": the nonce
         self.clamped = 0  # coordinates clamped to the quantiser bound in this round
         self._reset()
 
@@ -175,14 +176,22 @@ class SecAggClient:
         self._survivors: frozenset[str] | None = None  # the set this box signed
         self._digest = b""
 
-    def expect_participants(self, participants: Iterable[str] | None) -> None:
+    def expect_participants(self, participants: Iterable[str] | None, seed: bytes = b"") -> None:
         """Check the aggregator's neighbour list against the round's public participant list.
 
         The list comes from the signed round announcement; with it the box
-        recomputes its neighbourhood (``neighbour_graph`` over the round nonce)
-        and refuses a SETUP that hands it hand-picked neighbours.
+        recomputes its neighbourhood (``neighbour_graph`` keyed by ``seed``,
+        the round's commit-reveal seed, ``beacon``) and refuses a SETUP that
+        hands it hand-picked neighbours. Without a seed the graph is keyed by
+        the nonce, which the aggregator picks: only in-memory tools do that.
         """
         self._participants = None if participants is None else tuple(participants)
+        self._seed_in = bytes(seed)
+
+    @property
+    def graph_seed(self) -> bytes:
+        """The seed this round's graph and key signatures are keyed by."""
+        return self._seed_in or self.nonce
 
     def set_input(self, payload: np.ndarray) -> None:
         """Set the real-valued payload to submit this round (before COLLECT_MASKED)."""
@@ -243,7 +252,7 @@ class SecAggClient:
             raise ProtocolError("bad_body", f"need 1..{MAX_DEGREE} distinct neighbours")
         # the public graph where this box needs it: its own neighbourhood and its
         # neighbours' (whose share holders sign the survivor set at UNMASK)
-        order = ring_order(self._participants, self.nonce)
+        order = ring_order(self._participants, self._seed_in or self.nonce)
         where = {n: i for i, n in enumerate(order)}
         if self.node_id not in where:
             raise ProtocolError("bad_graph", "this box is not among the round's participants")
@@ -291,7 +300,7 @@ class SecAggClient:
         commit = crypto.commit_seed(self._seed, self.nonce, self.node_id)
         assert self.round_id is not None
         statement = auth.keys_statement(
-            self.round_id, self.nonce, self.node_id, pk_enc, pk_mask, commit
+            self.round_id, self.nonce, self.node_id, pk_enc, pk_mask, commit, self.graph_seed
         )
         return {
             Key.PK_ENC.value: pk_enc,
@@ -326,7 +335,7 @@ class SecAggClient:
             seen |= {pk_enc, pk_mask}
             ident = self.signer.verify_peer(node, cert)
             statement = auth.keys_statement(
-                self.round_id, self.nonce, node, pk_enc, pk_mask, commit
+                self.round_id, self.nonce, node, pk_enc, pk_mask, commit, self.graph_seed
             )
             auth.check_signature(ident, sig, statement, f"round keys of {node}")
             peers[node] = (pk_enc, pk_mask, commit)

@@ -244,7 +244,7 @@ class SecAggServer:
             ident = self.verify_peer(src, cert)
             statement = auth.keys_statement(
                 self.config.round_id, self.config.nonce, src, pk_enc, pk_mask,
-                body[Key.COMMIT.value],
+                body[Key.COMMIT.value], self.config.graph_seed,
             )  # fmt: skip
             auth.check_signature(ident, sig, statement, f"round keys of {src}")
             self._idents[src] = ident
