@@ -54,6 +54,7 @@ from edgeagent.fl.constants import AGGREGATOR, Key, Stage
 from edgeagent.fl.identity import known_key_verifier
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.secagg import RoundConfig, RoundResult, SecAggServer
+from edgeagent.fl.secagg.auth import CertBook
 from edgeagent.fl.secagg.beacon import BeaconServer
 from edgeagent.transport import topics
 
@@ -121,6 +122,7 @@ class Coordinator:
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.link: Any = None
         self._control_seq = Sequencer()
+        self.cert_book = CertBook()  # certificates each box holds, across rounds
 
     def enqueue(self, msg: Any) -> None:
         """paho's thread: hand over and return."""
@@ -199,7 +201,7 @@ class Coordinator:
             if bodies:
                 send(Stage.REVEAL, bodies)
         config = replace(config, seed=beacon.seed, graph={})
-        server = SecAggServer(config, known_key_verifier(box_keys))
+        server = SecAggServer(config, known_key_verifier(box_keys), self.cert_book)
         collector = PartialCollector(server, self.pub)
         reveals = beacon.reveals_field()
         send(Stage.SETUP, {n: {**b, **reveals} for n, b in server.start().items()})

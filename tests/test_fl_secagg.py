@@ -30,13 +30,14 @@ from edgeagent.fl.secagg import (
     RoundConfig,
     SecAggClient,
     SecAggServer,
+    auth,
     check_stage,
     choose_degree,
     choose_threshold,
     crypto,
     neighbour_graph,
 )
-from edgeagent.fl.secagg.auth import lab_signers
+from edgeagent.fl.secagg.auth import CertBook, lab_signers
 from edgeagent.fl.secagg.simulate import simulate_round
 
 CLIP, N_CAP = 1.0, 500
@@ -484,3 +485,53 @@ def test_early_abort_when_setup_dropouts_exceed_threshold() -> None:
     report = simulate_round(cfg, payloads(updates), drop={u.node: Stage.SETUP for u in updates[:5]})
     assert report.abort is not None and report.abort.stage == "setup"
     assert "too_few_boxes" in report.abort.reason
+
+
+def _run_to_share_keys(
+    nodes: tuple[str, ...], clients: dict[str, SecAggClient], book: CertBook, round_id: int
+) -> tuple[SecAggServer, dict[str, dict]]:
+    cfg = RoundConfig(round_id, os.urandom(16), nodes, dim=5, bound=10.0)
+    server = SecAggServer(cfg, None, book)
+    for n, body in server.start().items():
+        clients[n].expect_participants(nodes)
+        clients[n].set_input(np.zeros(5))
+        server.receive(n, Stage.SETUP, clients[n].handle(round_id, cfg.nonce, Stage.SETUP, body))
+    return server, server.advance()
+
+
+def test_certificates_a_box_holds_travel_as_fingerprints_in_later_rounds() -> None:
+    nodes = tuple(f"b{i}" for i in range(5))
+    signers = lab_signers(nodes)
+    clients = {n: SecAggClient(n, signers[n]) for n in nodes}
+    book = CertBook()
+
+    def cert_sizes(bodies: dict[str, dict], to: str) -> set[int]:
+        return {len(e[4]) for e in bodies[to][Key.KEYS.value].values()}
+
+    server, bodies = _run_to_share_keys(nodes, clients, book, 1)
+    assert cert_sizes(bodies, "b0") == {len(signers["b1"].cert)}  # first meeting: in full
+    for n in nodes:
+        nonce = server.config.nonce
+        server.receive(
+            n, Stage.SHARE_KEYS, clients[n].handle(1, nonce, Stage.SHARE_KEYS, bodies[n])
+        )
+    # next round: every neighbour's certificate is one each box checked and kept
+    server, bodies = _run_to_share_keys(nodes, clients, book, 2)
+    assert cert_sizes(bodies, "b0") == {auth.FINGERPRINT_BYTES}
+    nonce = server.config.nonce
+    reply = clients["b0"].handle(2, nonce, Stage.SHARE_KEYS, bodies["b0"])
+    assert set(reply[Key.SHARES.value]) == set(nodes) - {"b0"}  # resolved and verified
+    # a box that restarted announces a new cache epoch and gets full certificates again
+    clients["b1"] = SecAggClient("b1", signers["b1"])
+    server, bodies = _run_to_share_keys(nodes, clients, book, 3)
+    assert cert_sizes(bodies, "b1") == {len(signers["b0"].cert)}
+    assert cert_sizes(bodies, "b2") == {auth.FINGERPRINT_BYTES}
+    # a fingerprint of a certificate the box never checked is refused, not trusted
+    fresh = SecAggClient("b2", signers["b2"])
+    fresh.expect_participants(nodes)
+    fresh.set_input(np.zeros(5))
+    cfg = server.config
+    fresh.handle(3, cfg.nonce, Stage.SETUP, SecAggServer(cfg).start()["b2"])
+    with pytest.raises(ProtocolError) as err:
+        fresh.handle(3, cfg.nonce, Stage.SHARE_KEYS, bodies["b2"])
+    assert err.value.reason == "unknown_certificate"

@@ -54,6 +54,7 @@ from edgeagent.fl.aggregate import apply_update
 from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORDER, Stage
 from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, decode_unverified, encode
+from edgeagent.fl.secagg.auth import CertBook
 from edgeagent.fl.wire import Announcement, announcement_body, decode_hello, parse_status
 from edgeagent.model.graph import get_params, parse_model, set_params, sha256_hex, to_bytes
 from edgeagent.ops.config import Config
@@ -129,6 +130,9 @@ class Aggregator:
                 "by the aggregator; distributed noise needs masking"
             )
         self.boxes: dict[str, BoxInfo] = {}
+        # which identity certificates each box already holds, across rounds (SecAgg+
+        # sends those as fingerprints)
+        self.cert_book = CertBook()
         self.refused: Counter[str] = Counter()  # outside rounds (hello, topics)
         self.round: Round | None = None
         self.inbox: queue.Queue[MqttMessage] = queue.Queue(maxsize=INBOX_MAX)
@@ -431,7 +435,7 @@ class Aggregator:
         take_partials = self.workers is not None and bool(self.workers.procs)
         key = self.identity.public_key if take_partials else None
         keys = {n: self.boxes[n].key for n in chosen}
-        return SecAggProtocol(intake_key=key, box_keys=keys, **common)
+        return SecAggProtocol(intake_key=key, box_keys=keys, cert_book=self.cert_book, **common)
 
     def start_round(self, ready: list[str]) -> None:
         """Select participants, announce the round (retained) and send each box its first stage."""

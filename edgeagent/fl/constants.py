@@ -137,6 +137,9 @@ class Key(StrEnum):
     COMMIT = "commit"
     KEY_SIG = "key_sig"  # the box's identity signature over its round keys (secagg.auth)
     CERT = "cert"  # the certificate its neighbours check that signature with
+    #: 8 bytes naming the box's certificate cache (a new value: the cache is empty), see
+    #: ``secagg.auth.CertBook``; certificates it holds then travel as 32-byte fingerprints
+    CERT_EPOCH = "cert_epoch"
     # share_keys (server -> box): node -> [pk_enc, pk_mask, commit, key_sig, cert]
     KEYS = "keys"
     # share_keys (box -> server) / collect (server -> box): node -> ciphertext

@@ -40,6 +40,7 @@ from edgeagent.fl.constants import Key, Stage
 from edgeagent.fl.identity import known_key_verifier
 from edgeagent.fl.privacy import add_gaussian_noise, distributed_std, gaussian_std, payload_bound
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
+from edgeagent.fl.secagg.auth import CertBook
 from edgeagent.fl.secagg.beacon import BeaconServer
 from edgeagent.ops.config import AggregatorSection
 
@@ -68,6 +69,7 @@ class SecAggProtocol(RoundProtocol):
         noise_multiplier: float,
         intake_key: Ed25519PublicKey | None = None,
         box_keys: dict[str, Ed25519PublicKey] | None = None,
+        cert_book: CertBook | None = None,
     ) -> None:
         p = self.policy = policy
         self.round_id, self.nonce = round_id, nonce
@@ -76,6 +78,7 @@ class SecAggProtocol(RoundProtocol):
         self.clip = clip
         self.noise_multiplier = noise_multiplier
         self.box_keys = box_keys
+        self.cert_book = cert_book
         self.grouped = p.robust != "none"
         # the seed of groups and graph: commit-reveal over every participant's contribution
         # fewer committed boxes than the round can use end it before anything is revealed
@@ -125,7 +128,7 @@ class SecAggProtocol(RoundProtocol):
             # survivor-set signatures itself: a box that signs badly is dropped here
             # instead of making its honest neighbours refuse the round
             verify = known_key_verifier(self.box_keys) if self.box_keys is not None else None
-            self.servers.append(SecAggServer(cfg, verify))
+            self.servers.append(SecAggServer(cfg, verify, self.cert_book))
         self.group_of = {b: i for i, g in enumerate(self.groups) for b in g}
 
     def terms(self) -> RoundTerms:

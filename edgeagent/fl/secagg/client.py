@@ -150,6 +150,7 @@ class SecAggClient:
         )
         self._payload: np.ndarray | None = None
         self._participants: tuple[str, ...] | None = None
+        self.certs = auth.CertCache()  # neighbours' checked certificates, across rounds
         self._seed_in = b""  # the round seed the driver derived (beacon), b"": the nonce
         self.clamped = 0  # coordinates clamped to the quantiser bound in this round
         self._reset()
@@ -308,6 +309,7 @@ class SecAggClient:
             Key.COMMIT.value: commit,
             Key.KEY_SIG.value: self.signer.key.sign(statement),
             Key.CERT.value: self.signer.cert,
+            Key.CERT_EPOCH.value: self.certs.start_round(),
         }
 
     def _share_keys(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -324,16 +326,16 @@ class SecAggClient:
                 not isinstance(entry, list)
                 or len(entry) != 5
                 or not all(isinstance(x, bytes) and len(x) == 32 for x in entry[:3])
-                or not isinstance(entry[4], bytes)
-                or len(entry[4]) > auth.MAX_CERT_BYTES
             ):
                 raise ProtocolError("bad_body", f"keys for {node!r} malformed")
-            pk_enc, pk_mask, commit, sig, cert = entry
+            pk_enc, pk_mask, commit, sig, _ = entry
+            cert = self.certs.resolve(node, entry[4])
             if pk_enc in seen or pk_mask in seen or pk_enc == pk_mask:
                 # one key under two names is how a substituted key shows itself
                 raise ProtocolError("duplicate_key", f"round key of {node!r} repeats another")
             seen |= {pk_enc, pk_mask}
             ident = self.signer.verify_peer(node, cert)
+            self.certs.keep(node, cert)
             statement = auth.keys_statement(
                 self.round_id, self.nonce, node, pk_enc, pk_mask, commit, self.graph_seed
             )
@@ -423,11 +425,13 @@ class SecAggClient:
                 raise ProtocolError("bad_body", f"signature entry of {signer!r} malformed")
             if not isinstance(entry[0], bytes) or len(entry[1]) > auth.MAX_CERT_BYTES:
                 raise ProtocolError("bad_body", f"certificate of {signer!r} too large")
-            ident = (
-                self.signer.key.public_key()
-                if signer == self.node_id
-                else self._peer_ids.get(signer) or self.signer.verify_peer(signer, entry[1])
-            )
+            ident = self._peer_ids.get(signer)
+            if signer == self.node_id:
+                ident = self.signer.key.public_key()
+            elif ident is None:
+                cert = self.certs.resolve(signer, entry[1])
+                ident = self.signer.verify_peer(signer, cert)
+                self.certs.keep(signer, cert)
             statement = auth.survivors_statement(self.round_id, self.nonce, signer, digest)
             # a signature over another set means this box was shown a different one: refuse
             auth.check_signature(ident, entry[0], statement, f"survivor set of {signer}")

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeagent.errors import ProtocolError, RoundAborted
 from edgeagent.fl.constants import AGGREGATOR, STAGE_ORDER, Stage
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, encode
-from edgeagent.fl.secagg.auth import RoundSigner, trust_map
+from edgeagent.fl.secagg.auth import RoundSigner, lab_cert, trust_map
 from edgeagent.fl.secagg.beacon import BeaconServer
 from edgeagent.fl.secagg.client import PrivacyFloor, SecAggClient
 from edgeagent.fl.secagg.seeded import SeededClient
@@ -78,7 +78,7 @@ def simulate_round(
     client_rx: dict[str, EnvelopeReceiver] = {}
     client_seq: dict[str, Sequencer] = {}
     for node in config.participants:
-        signer = RoundSigner(ids[node], pubs[node].public_bytes_raw(), verify)
+        signer = RoundSigner(ids[node], lab_cert(pubs[node]), verify)
         box = SecAggClient(node, signer, floor=floor)
         box.set_input(payloads[node])
         if seeded:
