@@ -401,9 +401,14 @@ def test_box_takes_part_in_its_public_group_only(fleet: Pki, syn_model: bytes) -
         beacon = seeded(round_id, nonce)
         if wrong == "whole round":  # the whole round's graph, not the box's group
             msg = setup(round_id, nonce, parts, beacon, beacon.seed)
-        else:  # a group the aggregator could grind: keyed by its own nonce, not the seed
-            group = next(g for g in robust.partition_groups(parts, 2, nonce) if me in g)
-            msg = setup(round_id, nonce, group, beacon, nonce)
+        else:  # a group the aggregator ground for: keyed by a nonce of its own choice
+            fair = next(g for g in robust.partition_groups(parts, 2, beacon.seed) if me in g)
+            for i in range(100):
+                key = i.to_bytes(16, "little")
+                group = next(g for g in robust.partition_groups(parts, 2, key) if me in g)
+                if group != fair:
+                    break
+            msg = setup(round_id, nonce, group, beacon, key)
         with pytest.raises(ProtocolError) as err:
             box.handle(msg)
         assert err.value.reason == "bad_graph" and box.current is None, wrong
