@@ -200,7 +200,17 @@ class Coordinator:
                 return report
             if bodies:
                 send(Stage.REVEAL, bodies)
-        config = replace(config, seed=beacon.seed, graph={})
+        # the round is over the committed boxes (a box silent at COMMIT is left out)
+        n = len(beacon.committed)
+        config = replace(
+            config,
+            participants=beacon.committed,
+            seed=beacon.seed,
+            graph={},
+            degree=min(config.degree, n - 1),
+            threshold=-1 if n - 1 < config.degree else config.threshold,
+            min_survivors=min(config.min_survivors, n),
+        )
         server = SecAggServer(config, known_key_verifier(box_keys), self.cert_book)
         collector = PartialCollector(server, self.pub)
         reveals = beacon.reveals_field()
