@@ -262,7 +262,7 @@ def test_forged_reveals_are_refused_and_aborts_after_reveal_stop_the_box(
             cfg = RoundConfig(round_id, nonce, parts, dim=w0.size + 1, bound=100.0, n_cap=100)
             reveals = [os.urandom(16), os.urandom(16), os.urandom(16)]
             reveals[parts.index(BOX)] = box.beacon._r
-            body = {**SecAggServer(cfg).start()[BOX], Key.BEACON_REVEALS.value: reveals}
+            body = {**SecAggServer(cfg).start()[BOX], Key.BEACON_REVEALS.value: b"".join(reveals)}
             with pytest.raises(ProtocolError) as err:
                 box.handle(_routed(agg, round_id, nonce, Stage.SETUP, 3, body))
             assert err.value.reason == "bad_reveal" and box.secagg.stage is None

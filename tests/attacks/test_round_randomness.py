@@ -75,7 +75,13 @@ def _setup(round_id: int, nonce: bytes, seed: bytes, reveals: list[bytes]) -> di
     """The victim's SETUP for the groups and graph keyed by ``seed``."""
     group = next(g for g in partition_groups(BOXES, GROUP, seed) if VICTIM in g)
     cfg = RoundConfig(round_id, nonce, group, dim=4, bound=10.0, n_cap=10, seed=seed)
-    return {**SecAggServer(cfg).start()[VICTIM], Key.BEACON_REVEALS.value: reveals}
+    return {**SecAggServer(cfg).start()[VICTIM], Key.BEACON_REVEALS.value: b"".join(reveals)}
+
+
+def _contributions(beacon: BeaconServer) -> list[bytes]:
+    """The contributions SETUP carries (16 bytes each, committed-set order), one by one."""
+    blob = beacon.reveals_field()[Key.BEACON_REVEALS.value]
+    return [blob[i : i + 16] for i in range(0, len(blob), 16)]
 
 
 def test_a_nonce_the_aggregator_picks_is_grindable_the_beacon_seed_is_not() -> None:
@@ -87,7 +93,7 @@ def test_a_nonce_the_aggregator_picks_is_grindable_the_beacon_seed_is_not() -> N
     boxes = _boxes()
     nonce = os.urandom(16)
     beacon = _committed_and_revealed(boxes, 1, nonce)
-    honest = beacon.reveals_field()[Key.BEACON_REVEALS.value]
+    honest = _contributions(beacon)
     victim = boxes[VICTIM]
     refused: dict[str, str] = {}
     fair = next(g for g in partition_groups(BOXES, GROUP, beacon.seed) if VICTIM in g)
@@ -148,7 +154,7 @@ def test_a_colluder_cannot_change_its_contribution_after_seeing_the_others() -> 
             beacon.receive(b, Stage.REVEAL, boxes[b].handle(1, nonce, Stage.REVEAL, requests[b]))
     beacon.receive(VICTIM, Stage.REVEAL, {Key.BEACON_REVEAL.value: victim.beacon._r})
     beacon.advance()
-    honest = beacon.reveals_field()[Key.BEACON_REVEALS.value]
+    honest = _contributions(beacon)
     mine = list(honest)
     mine[0] = os.urandom(16)  # the victim's own contribution replaced
     with pytest.raises(ProtocolError) as err:
