@@ -535,3 +535,20 @@ def test_certificates_a_box_holds_travel_as_fingerprints_in_later_rounds() -> No
     with pytest.raises(ProtocolError) as err:
         fresh.handle(3, cfg.nonce, Stage.SHARE_KEYS, bodies["b2"])
     assert err.value.reason == "unknown_certificate"
+
+
+def test_cert_book_is_bounded_and_forgets_a_box_that_starts_over() -> None:
+    book, cert = CertBook(max_entries=1), b"c" * 400
+    book.sync("a", b"e" * 8)
+    sent: set[bytes] = set()
+    assert book.field("a", cert, sent) == cert
+    book.confirm("a", sent)
+    assert book.field("a", cert, set()) == auth.fingerprint(cert)
+    other: set[bytes] = set()
+    book.field("a", b"d" * 400, other)
+    book.confirm("a", other)  # past max_entries: not recorded, sent in full again
+    assert book.field("a", b"d" * 400, set()) == b"d" * 400
+    book.sync("a", b"f" * 8)  # a new epoch: the box's cache is empty
+    assert book.field("a", cert, set()) == cert
+    book.sync("b", b"short")  # a malformed epoch: assume nothing is held
+    assert book.field("b", cert, set()) == cert

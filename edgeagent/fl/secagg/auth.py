@@ -207,7 +207,11 @@ class CertBook:
     aggregator across rounds.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = 200_000) -> None:
+        # a bound on the aggregator's memory (~100 bytes an entry): past it, certificates
+        # go in full, which is always correct, only larger
+        self.max_entries = max_entries
+        self._entries = 0
         self._epochs: dict[str, bytes] = {}
         self._held: dict[str, set[bytes]] = {}
 
@@ -215,6 +219,7 @@ class CertBook:
         """The epoch a box announced at SETUP (anything malformed: assume an empty cache)."""
         value = epoch if isinstance(epoch, bytes) and len(epoch) == EPOCH_BYTES else b""
         if not value or self._epochs.get(node) != value:
+            self._entries -= len(self._held.get(node, ()))
             self._held[node] = set()
         self._epochs[node] = value
 
@@ -233,5 +238,9 @@ class CertBook:
         """``node`` answered the stage that carried ``sent``: it holds them now."""
         if self._epochs.get(node) and sent:
             held = self._held.setdefault(node, set())
-            if len(held) + len(sent) <= CERT_CACHE_MAX:
-                held |= sent
+            new = sent - held
+            if len(held) + len(new) <= CERT_CACHE_MAX and self._entries + len(new) <= (
+                self.max_entries
+            ):
+                held |= new
+                self._entries += len(new)
