@@ -552,3 +552,23 @@ def test_cert_book_is_bounded_and_forgets_a_box_that_starts_over() -> None:
     assert book.field("a", cert, set()) == cert
     book.sync("b", b"short")  # a malformed epoch: assume nothing is held
     assert book.field("b", cert, set()) == cert
+
+
+def test_a_box_whose_certificate_the_aggregator_holds_leaves_it_out_of_setup() -> None:
+    nodes = ("a", "b", "c")
+    signers = lab_signers(nodes)
+    cfg = RoundConfig(1, os.urandom(16), nodes, dim=5, bound=10.0)
+    server = SecAggServer(cfg, None, None, {"a": signers["a"].cert})  # a's hello was verified
+    bodies = server.start()
+    assert bodies["a"][Key.HAVE_CERT.value] is True and Key.HAVE_CERT.value not in bodies["b"]
+    clients = {n: SecAggClient(n, signers[n]) for n in nodes}
+    replies = {}
+    for n in nodes:
+        clients[n].expect_participants(nodes)
+        replies[n] = clients[n].handle(1, cfg.nonce, Stage.SETUP, bodies[n])
+        server.receive(n, Stage.SETUP, replies[n])
+    assert Key.CERT.value not in replies["a"] and Key.CERT.value in replies["b"]
+    keys = server.advance()
+    assert keys["b"][Key.KEYS.value]["a"][4] == signers["a"].cert  # relayed from the hello
+    clients["b"].set_input(np.zeros(5))
+    clients["b"].handle(1, cfg.nonce, Stage.SHARE_KEYS, keys["b"])  # verifies a's keys with it

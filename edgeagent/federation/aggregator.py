@@ -337,9 +337,10 @@ class Aggregator:
         info = self.boxes.get(node)
         if info is None:
             log.info("box %s joined the fleet (verified identity)", node)
-            self.boxes[node] = BoxInfo(key, True, hello.t)
+            self.boxes[node] = BoxInfo(key, True, hello.t, hello.cert_der)
         else:
             info.key, info.online, info.hello_t = key, True, hello.t
+            info.cert = hello.cert_der
 
     def _on_status(self, node: str, payload: bytes) -> None:
         try:
@@ -435,7 +436,9 @@ class Aggregator:
         take_partials = self.workers is not None and bool(self.workers.procs)
         key = self.identity.public_key if take_partials else None
         keys = {n: self.boxes[n].key for n in chosen}
-        return SecAggProtocol(intake_key=key, box_keys=keys, cert_book=self.cert_book, **common)
+        certs = {n: self.boxes[n].cert for n in chosen if self.boxes[n].cert}
+        return SecAggProtocol(intake_key=key, box_keys=keys, box_certs=certs,
+                              cert_book=self.cert_book, **common)  # fmt: skip
 
     def start_round(self, ready: list[str]) -> None:
         """Select participants, announce the round (retained) and send each box its first stage."""

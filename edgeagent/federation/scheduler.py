@@ -83,6 +83,7 @@ class BoxInfo:
     key: Any
     online: bool = True
     hello_t: float = 0.0
+    cert: bytes = b""  # its identity certificate (DER) from the verified hello
 
 
 def eligible(boxes: Mapping[str, BoxInfo]) -> list[str]:

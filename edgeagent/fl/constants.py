@@ -131,6 +131,9 @@ class Key(StrEnum):
     N_CAP = "n_cap"
     NOISE_STD = "noise_std"
     ENC_PK = "enc_pk"  # the round's X25519 key UNMASK replies are sealed to (fl.seal)
+    #: true: the aggregator holds this box's certificate (from its hello), so the box's
+    #: SETUP reply leaves ``cert`` out (~450 bytes up per round)
+    HAVE_CERT = "have_cert"
     # setup (box -> server)
     PK_ENC = "pk_enc"
     PK_MASK = "pk_mask"

@@ -70,6 +70,7 @@ class SecAggProtocol(RoundProtocol):
         intake_key: Ed25519PublicKey | None = None,
         box_keys: dict[str, Ed25519PublicKey] | None = None,
         cert_book: CertBook | None = None,
+        box_certs: dict[str, bytes] | None = None,
     ) -> None:
         p = self.policy = policy
         self.round_id, self.nonce = round_id, nonce
@@ -79,6 +80,7 @@ class SecAggProtocol(RoundProtocol):
         self.noise_multiplier = noise_multiplier
         self.box_keys = box_keys
         self.cert_book = cert_book
+        self.box_certs = box_certs  # the boxes' certificates from their hellos
         self.grouped = p.robust != "none"
         # the seed of groups and graph: commit-reveal over every participant's contribution
         # fewer committed boxes than the round can use end it before anything is revealed
@@ -128,7 +130,7 @@ class SecAggProtocol(RoundProtocol):
             # survivor-set signatures itself: a box that signs badly is dropped here
             # instead of making its honest neighbours refuse the round
             verify = known_key_verifier(self.box_keys) if self.box_keys is not None else None
-            self.servers.append(SecAggServer(cfg, verify, self.cert_book))
+            self.servers.append(SecAggServer(cfg, verify, self.cert_book, self.box_certs))
         self.group_of = {b: i for i, g in enumerate(self.groups) for b in g}
 
     def terms(self) -> RoundTerms:

@@ -167,6 +167,7 @@ class SecAggClient:
         self.clip = 0.0  # announced L2 clip norm, for building the payload
         self.n_cap = 0  # announced cap on n_k, for building the payload
         self.enc_pk = b""
+        self._send_cert = True  # False when the aggregator holds this box's certificate
         self._sk_enc: X25519PrivateKey | None = None
         self._sk_mask: X25519PrivateKey | None = None
         self._seed = b""
@@ -287,10 +288,12 @@ class SecAggClient:
         clip = _num(body, Key.CLIP)
         n_cap = _int(body, Key.N_CAP, 1, MAX_N_CAP)
         self.floor.check(clip, n_cap, noise, len(self._participants))
+        have_cert = body.get(Key.HAVE_CERT.value) is True
         enc_pk = _need(body, Key.ENC_PK, bytes)
         if len(enc_pk) != seal.KEY_BYTES:
             raise ProtocolError("bad_body", "round sealing key must be 32 bytes")
         self.clip, self.n_cap, self.enc_pk = clip, n_cap, enc_pk
+        self._send_cert = not have_cert
         self.neighbours = frozenset(neighbours)
         self.graph = graph
         self.threshold, self.dim, self.noise_std = t, dim, noise
@@ -308,7 +311,8 @@ class SecAggClient:
             Key.PK_MASK.value: pk_mask,
             Key.COMMIT.value: commit,
             Key.KEY_SIG.value: self.signer.key.sign(statement),
-            Key.CERT.value: self.signer.cert,
+            # the aggregator relays the certificate to the neighbours; it may hold it already
+            **({Key.CERT.value: self.signer.cert} if self._send_cert else {}),
             Key.CERT_EPOCH.value: self.certs.start_round(),
         }
 

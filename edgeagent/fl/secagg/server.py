@@ -84,8 +84,12 @@ class SecAggServer:
         config: RoundConfig,
         verify_peer: auth.PeerVerifier | None = None,
         certs: auth.CertBook | None = None,
+        box_certs: Mapping[str, bytes] | None = None,
     ) -> None:
         self.config = config
+        # certificates the aggregator already holds (verified hellos): those boxes need
+        # not send theirs in every SETUP reply
+        self._known_certs = dict(box_certs or {})
         self.verify_peer = verify_peer
         # which certificates each box already holds (kept across rounds by the caller):
         # those travel as fingerprints; without a book every certificate goes in full
@@ -137,6 +141,7 @@ class SecAggServer:
                 Key.N_CAP.value: c.n_cap,
                 Key.NOISE_STD.value: float(c.noise_std),
                 Key.ENC_PK.value: self.enc_pk,
+                **({Key.HAVE_CERT.value: True} if node in self._known_certs else {}),
             }
             for node in c.participants
         }
@@ -245,7 +250,9 @@ class SecAggServer:
             if len(_field(body, key, bytes)) != 32:
                 raise ProtocolError("bad_body", f"{key.value} must be 32 bytes")
         sig = _field(body, Key.KEY_SIG, bytes)
-        cert = _field(body, Key.CERT, bytes)
+        cert = body.get(Key.CERT.value) or self._known_certs.get(src)
+        if not isinstance(cert, bytes):
+            raise ProtocolError("bad_body", "field 'cert' missing or of the wrong type")
         if len(cert) > auth.MAX_CERT_BYTES:
             raise ProtocolError("bad_body", "certificate too large")
         pk_enc, pk_mask = body[Key.PK_ENC.value], body[Key.PK_MASK.value]
@@ -261,7 +268,7 @@ class SecAggServer:
             auth.check_signature(ident, sig, statement, f"round keys of {src}")
             self._idents[src] = ident
         self._used_keys |= {pk_enc, pk_mask}
-        return body
+        return {**body, Key.CERT.value: cert}
 
     def _check_shares(self, src: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
         shares = _field(body, Key.SHARES, dict)

@@ -61,7 +61,9 @@ def simulate_round(
     """Run one round; ``drop[box] = stage`` makes that box go silent from that stage on.
 
     ``seeded`` runs the round as the aggregator does: COMMIT and REVEAL first
-    (``beacon``), the graph keyed by their seed (``config.seed`` is replaced).
+    (``beacon``), the graph keyed by their seed (``config.seed`` is replaced),
+    and the boxes' certificates known from their hellos (so SETUP replies
+    leave them out).
     """
     t0 = time.perf_counter()
     drop = dict(drop or {})
@@ -176,7 +178,8 @@ def simulate_round(
                 return report
             if beacon.stage is Stage.SETUP:  # the seed is drawn: the SecAgg+ round on it
                 config = replace(config, participants=beacon.committed, seed=beacon.seed, graph={})
-                machine = server = SecAggServer(config, verify)
+                hellos = {n: lab_cert(pubs[n]) for n in config.participants}
+                machine = server = SecAggServer(config, verify, None, hellos)
                 reveals = beacon.reveals_field()
                 outgoing = {n: {**b, **reveals} for n, b in server.start().items()}
         else:
