@@ -40,8 +40,8 @@ capped at ``limit`` discarded draws per window.
 What stays the aggregator's choice is *who* takes part: the announced list,
 and which of its boxes count as committed. Both are fixed before any
 contribution is revealed, so they are blind to the seed; they are the
-participant-selection question the box's own floors answer (minimum group
-size, threshold, ``min_survivors``), not grinding.
+participant-selection question the box's own floors bound (minimum group
+size, threshold), not grinding.
 
 Aborts before the reveal (a box that never commits) give the aggregator
 nothing: no honest contribution was disclosed, so no seed is known.
