@@ -126,9 +126,14 @@ def start_workers(pki: Pki, broker: Broker, n: int, tmp: Path) -> list[subproces
 
 
 def drops_for(nodes: list[str], fraction: float, rng: np.random.Generator) -> dict[str, Stage]:
-    """``fraction`` of the boxes go silent, spread over SETUP..UNMASK."""
+    """``fraction`` of the boxes go silent, spread over SETUP..UNMASK.
+
+    Never at COMMIT or REVEAL: a box silent there is left out of the seed's set
+    (COMMIT) or aborts the round (REVEAL), which is not the dropout this measures.
+    """
     gone = rng.choice(nodes, size=round(fraction * len(nodes)), replace=False)
-    stages = [s for s in STAGE_ORDER if s not in (Stage.CONSISTENCY, Stage.RESULT)]
+    skip = (Stage.COMMIT, Stage.REVEAL, Stage.CONSISTENCY, Stage.RESULT)
+    stages = [s for s in STAGE_ORDER if s not in skip]
     return {str(b): stages[i % len(stages)] for i, b in enumerate(sorted(gone))}
 
 

@@ -58,6 +58,10 @@ class ProtocolReason(StrEnum):
     BAD_GRAPH = "bad_graph"  # the neighbour graph is not what the round's seed gives
     BAD_GROUPS = "bad_groups"  # the robust groups are not what the round's seed gives
     BELOW_THRESHOLD = "below_threshold"  # fewer parties than the threshold t
+    UNKNOWN_CERTIFICATE = "unknown_certificate"  # a fingerprint of a certificate never received
+    BAD_REVEAL = "bad_reveal"  # a round contribution that does not match its commitment
+    MISSING_REVEAL = "missing_reveal"  # a committed box's contribution is absent: round aborts
+    GRINDING_LIMIT = "grinding_limit"  # too many rounds aborted after this box revealed
     UNSAFE_UNMASK = "unsafe_unmask"  # asked for both secrets of one box
     NO_INPUT = "no_input"  # a stage needs this box's input and it has none
     BAD_MASK = "bad_mask"  # the announced parameter mask is unknown or unusable to this box

@@ -118,11 +118,12 @@ def update_bytes(params: int, boxes: int, seed: int) -> tuple[int, int]:
         n: fedavg_payload(rng.normal(0, 0.01, params).astype(np.float32), 500, clip, n_cap)
         for n in nodes
     }
-    rep = simulate_round(cfg, payloads)
+    rep = simulate_round(cfg, payloads, seeded=True)
     assert rep.result is not None, rep.abort
     up = int(np.mean([rep.bytes_up[n] for n in nodes]))
-    # advertise keys, share keys, masked input, survivor-set signature, unmask: one PUBLISH each
-    stages = 5
+    # commit and reveal (round seed), advertise keys, share keys, masked input, survivor-set
+    # signature, unmask: one PUBLISH each
+    stages = 7
     topic = topics.update(FLEET, BOX)
     return up + stages * mqtt_overhead(topic, up // stages), stages
 

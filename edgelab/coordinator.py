@@ -18,7 +18,9 @@ Two layers, as everywhere in ``fl``:
   reconstructing their mask keys, so a refused partial can cost accuracy of
   one round but never correctness or privacy.
 * ``Coordinator`` (I/O): drives one ``SecAggServer`` round over MQTT for a
-  known set of boxes: opens intake on the workers, routes stage bodies to
+  known set of boxes: draws the round seed by commit-reveal
+  (``fl.secagg.beacon``; a silent box there aborts the round), opens
+  intake on the workers, routes stage bodies to
   ``round/<r>/<stage>/<box>``, verifies replies, closes stages on
   completion or deadline. The production aggregator (``fl.aggregator``)
   can use ``PartialCollector`` the same way: subscribe everything but
@@ -33,12 +35,12 @@ import queue
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgeagent.errors import ProtocolError, TransportError
+from edgeagent.errors import ProtocolError, RoundAborted, TransportError
 from edgeagent.federation.intake import (
     OP_CLOSE,
     OP_OPEN,
@@ -48,10 +50,12 @@ from edgeagent.federation.intake import (
     partial_topic,
 )
 from edgeagent.federation.partials import CLOSE_GRACE_S, PartialCollector
-from edgeagent.fl.constants import AGGREGATOR, Stage
+from edgeagent.fl.constants import AGGREGATOR, Key, Stage
 from edgeagent.fl.identity import known_key_verifier
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.secagg import RoundConfig, RoundResult, SecAggServer
+from edgeagent.fl.secagg.auth import CertBook
+from edgeagent.fl.secagg.beacon import BeaconServer
 from edgeagent.transport import topics
 
 log = logging.getLogger(__name__)
@@ -64,7 +68,14 @@ DEFAULT_QUORUM = 0.8
 #: so a slow but steady stage is never cut short by a momentary lull.
 DEFAULT_IDLE_CLOSE_S = 2.0
 #: Stage replies the coordinator takes itself (masked vectors go to the workers).
-COORDINATOR_STAGES = (Stage.SETUP, Stage.SHARE_KEYS, Stage.CONSISTENCY, Stage.UNMASK)
+COORDINATOR_STAGES = (
+    Stage.COMMIT,
+    Stage.REVEAL,
+    Stage.SETUP,
+    Stage.SHARE_KEYS,
+    Stage.CONSISTENCY,
+    Stage.UNMASK,
+)
 
 
 @dataclass
@@ -111,6 +122,7 @@ class Coordinator:
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.link: Any = None
         self._control_seq = Sequencer()
+        self.cert_book = CertBook()  # certificates each box holds, across rounds
 
     def enqueue(self, msg: Any) -> None:
         """paho's thread: hand over and return."""
@@ -138,8 +150,6 @@ class Coordinator:
         t0 = self.clock()
         report = CoordinatorReport(result=None, abort=None)
         cpu = time.process_time()
-        server = SecAggServer(config, known_key_verifier(box_keys))
-        collector = PartialCollector(server, self.pub)
         rx = EnvelopeReceiver(AGGREGATOR, {n: box_keys[n] for n in config.participants})
         rx.begin_round(config.round_id, config.nonce)
         seq = Sequencer()
@@ -164,7 +174,47 @@ class Coordinator:
                 topic = topics.round_topic(self.fleet, config.round_id, str(stage), dst)
                 self._publish(topic, encode(msg, self.key), report)
 
-        send(Stage.SETUP, server.start())
+        # the round seed first (commit-reveal): the graph is keyed by it, not by the nonce
+        beacon = BeaconServer(config.round_id, config.nonce, config.participants)
+        send(Stage.COMMIT, beacon.start())
+        while beacon.stage in (Stage.COMMIT, Stage.REVEAL):
+            stage, stage_t0 = beacon.stage, self.clock()
+            deadline = stage_t0 + self.stage_timeout_s
+            while beacon.pending() and self.clock() < deadline:
+                try:
+                    msg = self.inbox.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                self._on_message(msg, beacon, rx, None, report)
+            report.stage_s[str(stage)] = round(self.clock() - stage_t0, 4)
+            try:
+                bodies = beacon.advance()
+            except RoundAborted as exc:
+                # a silent participant: no seed from a subset, the round ends here
+                report.abort = exc.reason
+                aborted = {Key.STATUS.value: "aborted", Key.REASON.value: exc.reason}
+                send(Stage.RESULT, {n: aborted for n in config.participants})
+                self._close_intake(config, report)
+                report.server_cpu_s = time.process_time() - cpu
+                report.wall_s = self.clock() - t0
+                return report
+            if bodies:
+                send(Stage.REVEAL, bodies)
+        # the round is over the committed boxes (a box silent at COMMIT is left out)
+        n = len(beacon.committed)
+        config = replace(
+            config,
+            participants=beacon.committed,
+            seed=beacon.seed,
+            graph={},
+            degree=min(config.degree, n - 1),
+            threshold=-1 if n - 1 < config.degree else config.threshold,
+            min_survivors=min(config.min_survivors, n),
+        )
+        server = SecAggServer(config, known_key_verifier(box_keys), self.cert_book)
+        collector = PartialCollector(server, self.pub)
+        reveals = beacon.reveals_field()
+        send(Stage.SETUP, {n: {**b, **reveals} for n, b in server.start().items()})
         stage_t0 = self.clock()
         deadline = stage_t0 + self.stage_timeout_s
         closing_at: float | None = None
@@ -229,9 +279,9 @@ class Coordinator:
     def _on_message(
         self,
         msg: Any,
-        server: SecAggServer,
+        server: SecAggServer | BeaconServer,
         rx: EnvelopeReceiver,
-        collector: PartialCollector,
+        collector: PartialCollector | None,
         report: CoordinatorReport,
     ) -> None:
         report.bytes_in += len(msg.payload)
@@ -241,7 +291,7 @@ class Coordinator:
             report.refused["bad_topic"] += 1
             return
         if t.node_id == AGGREGATOR:
-            if t.kind == PARTIAL_KIND:
+            if t.kind == PARTIAL_KIND and collector is not None:
                 collector.receive(msg.payload)
             return
         stages = {s.value: s for s in COORDINATOR_STAGES}

@@ -6,12 +6,14 @@ connection (its own client certificate, so the broker ACL holds it to
 ``EnvelopeReceiver``, and signed CBOR envelopes routed exactly as the box
 daemon routes them (``round/<r>/<stage>/<id>`` in, ``node/<id>/<stage>`` out).
 What it leaves out is everything that is not the federated protocol: no
-sensors, no outbox, no announcement or model download, and by default no
-learner (a fixed update per box). With ``SimSpec.train_fraction`` that share of
-the boxes trains for real before each round: the agent's own ``LocalLearner``
-(``edgeagent.pipeline.learn``) on simulated feature windows, starting from
-``SimSpec.model``'s parameters, and sends its real update, so the box side's
-CPU and memory are measured rather than assumed (``TrainingBox``).
+sensors, no outbox, no announcement or model download (the parent hands each
+process the announced participant list, which the boxes' commit-reveal of the
+round seed and their graph check use), and by default no learner (a fixed update
+per box). With ``SimSpec.train_fraction`` that share of the boxes trains for real
+before each round: the agent's own ``LocalLearner`` (``edgeagent.pipeline.learn``)
+on simulated feature windows, starting from ``SimSpec.model``'s parameters, and
+sends its real update, so the box side's CPU and memory are measured rather than
+assumed (``TrainingBox``).
 
 Why a multiplexer: one paho network thread per box (``MqttLink``) is right
 for a daemon but a thousand of them polling every 50 ms would measure the
@@ -49,6 +51,7 @@ from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_u
 from edgeagent.fl.privacy import fedavg_payload
 from edgeagent.fl.secagg import SecAggClient
 from edgeagent.fl.secagg.auth import PeerVerifier, RoundSigner
+from edgeagent.fl.secagg.seeded import SeededClient
 from edgeagent.transport import topics
 
 #: How often every client's keepalive bookkeeping (``loop_misc``) runs.
@@ -173,6 +176,7 @@ class SimBox:
         self._agg = aggregator_key
         self._payload = payload
         self.client = SecAggClient(node, RoundSigner(identity.key, identity.cert_der, verify_peer))
+        self.seeded = SeededClient(self.client)  # the round seed's commit-reveal, then SecAgg+
         self.rx: EnvelopeReceiver | None = None
         self.seq = Sequencer()
         self.drop_at: Stage | None = None
@@ -192,8 +196,8 @@ class SimBox:
             self.counters["silent"] += 1
             return None
         try:
-            if stage is Stage.SETUP and (self.rx is None or self.rx.round != round_id):
-                # a new round: start a fresh receiver, but only keep it if the SETUP verifies
+            if stage is Stage.COMMIT and (self.rx is None or self.rx.round != round_id):
+                # a new round: start a fresh receiver, but only keep it if the COMMIT verifies
                 rx = EnvelopeReceiver(self.node, {AGGREGATOR: self._agg})
                 rx.begin_round(round_id, decode_unverified(data).nonce)
                 got = rx.receive(data)
@@ -207,7 +211,7 @@ class SimBox:
             m = got.message
             if m.stage is not stage:
                 raise ProtocolError("topic_mismatch", f"{m.stage} on a {stage} topic")
-            reply = self.client.handle(m.round, m.nonce, m.stage, m.body)
+            reply = self.seeded.handle(m.round, m.nonce, m.stage, m.body)
             if stage is Stage.SETUP:
                 self.client.set_input(
                     self._payload(self.client.dim - 1, self.client.clip, self.client.n_cap)
@@ -428,7 +432,7 @@ def run_process(conn: Any, spec: SimSpec) -> None:
             participants = cmd.get("participants")
             for b in boxes.values():
                 # what the signed announcement tells a real box: who is in the round
-                b.client.expect_participants(participants)
+                b.seeded.announce(participants or ())
             conn.send({"ok": True})
         mux.poll(0.01)
     conn.send(

@@ -33,11 +33,12 @@ from edgeagent.federation.box_round import BoxPhase
 from edgeagent.federation.client import FlClient
 from edgeagent.fl import robust, seal
 from edgeagent.fl.aggregate import ClientUpdate, sum_payloads, weighted_fedavg
-from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Stage
+from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Key, Stage
 from edgeagent.fl.identity import load_ca, load_identity
 from edgeagent.fl.messages import Message, decode_unverified, encode
 from edgeagent.fl.privacy import l2_clip
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
+from edgeagent.fl.secagg.beacon import BeaconBox, BeaconServer
 from edgeagent.fl.wire import Announcement, announcement_body
 from edgeagent.model.graph import get_params, parse_model, sha256_hex
 from edgeagent.ops.config import parse_config
@@ -225,13 +226,14 @@ def test_plain_fedavg_is_pulled_away_by_the_same_boosted_box(
     assert np.linalg.norm(w1.astype(np.float64) - w0 - ref) > 5 * np.linalg.norm(ref)
 
 
-def test_a_silent_box_costs_its_group_and_too_few_groups_abort(
+def test_a_silent_box_is_left_out_at_commit_and_too_few_boxes_abort(
     fleet: Pki, broker: Broker, syn_model: bytes, tmp_path: Path
 ) -> None:
     model_path = tmp_path / "m.onnx"
     model_path.write_bytes(syn_model)
     w0 = get_params(parse_model(syn_model))
-    # 8 boxes, 4 groups of 2; the last box sits the round out (no windows trained on)
+    # 8 boxes announced; the last sits the round out (no windows trained on): it never
+    # commits, so the seed and the groups (3 of 2-3 boxes) are over the 7 others
     deltas = _deltas(w0.size, BOXES)
     deltas[BOXES[7]] = (deltas[BOXES[7]][0], 0)
     cfg = _config(fleet, broker, tmp_path, model_path, "flr3", min_boxes=8, robust="median",
@@ -240,17 +242,16 @@ def test_a_silent_box_costs_its_group_and_too_few_groups_abort(
     rec = agg.state["rounds"][-1]
     assert rec["status"] == "completed", rec
     rob = rec["robust"]
-    (gone,) = rob["dropped_groups"]
-    assert BOXES[7] in gone["boxes"] and gone["stage"] == "setup"
-    assert gone["reason"].startswith("too_few_boxes")
-    assert len(rob["used_groups"]) == 3 and gone["group"] not in rob["used_groups"]
-    assert rec["dropped"]["setup"] == [BOXES[7]]
+    assert rob["dropped_groups"] == [] and rec["dropped"] == {"commit": [BOXES[7]]}
+    assert sorted(b for g in rob["groups"] for b in g) == sorted(BOXES[:7])
+    assert len(rob["groups"]) == 3 and rob["used_groups"] == [0, 1, 2]
     used = [rob["groups"][i] for i in rob["used_groups"]]
     w1 = get_params(parse_model(agg.model_bytes or b""))
     want = _group_reference(used, deltas, "median")
     np.testing.assert_allclose(w1, w0 + want.astype(np.float32), atol=2e-5)
 
-    # 6 boxes, 3 groups of 2, one silent: 2 groups left < 3 for a median -> abort, no model
+    # 6 boxes, groups of 2, one silent: 5 committed cannot fill the 3 groups a median
+    # needs -> abort before any box reveals (nothing drawn, nothing unmasked, no model)
     six = {b: deltas[b] for b in BOXES[:5]} | {BOXES[7]: deltas[BOXES[7]]}
     cfg = _config(fleet, broker, tmp_path, model_path, "flr4", min_boxes=6, robust="median",
                   group_size=2, rounds=0)  # fmt: skip
@@ -265,17 +266,16 @@ def test_a_silent_box_costs_its_group_and_too_few_groups_abort(
         t.join(5)
         rec = agg.state["rounds"][0]
         assert rec["status"] == "aborted", rec
-        assert rec["reason"] == "too_few_groups: 2 of 3 left < 3"
-        assert len(rec["robust"]["dropped_groups"]) == 3  # the two live ones were stopped
-        assert rec["robust"]["used_groups"] == [] and rec["survivors"] == []
-        assert agg.state["model"]["version"] == 0
+        assert rec["reason"] == "too_few_boxes: 5 committed < 6"
+        assert rec["robust"]["groups"] == [] and rec["robust"]["used_groups"] == []
+        assert rec["survivors"] == [] and agg.state["model"]["version"] == 0
         # stopped groups got RESULT, not the next stage: no box answered into the closed round
         time.sleep(0.5)
         agg.step()
         assert agg.state["refused"] == {} and rec["refused"] == {}, agg.state["refused"]
         out = _status_cli(cfg, tmp_path)
-        assert any(ln.split()[:2] == ["1", "aborted"] and "median 0/3" in ln for ln in out)
-        assert "      reason: too_few_groups: 2 of 3 left < 3" in out
+        assert any(ln.split()[:2] == ["1", "aborted"] for ln in out), out
+        assert "      reason: too_few_boxes: 5 committed < 6" in out
         # every box that took part was told the round is over (RESULT: aborted)
         joined = [c for c in clients if c.box_id != BOXES[7]]
         assert _wait(lambda: all(c.counters["round_aborted"] == 1 for c in joined), 10), [
@@ -341,10 +341,11 @@ def test_robust_config_accepts_a_consistent_choice() -> None:
 
 
 def test_box_takes_part_in_its_public_group_only(fleet: Pki, syn_model: bytes) -> None:
-    """With ``group_size`` announced the box derives its group from the nonce itself.
+    """With ``group_size`` announced the box derives its group from the round seed itself.
 
-    A SETUP whose neighbours come from the whole participant list (or any
-    graph but the one over the box's own group) is refused as ``bad_graph``,
+    A SETUP whose neighbours come from the whole participant list, or from a
+    group keyed by the aggregator's nonce instead of the commit-reveal seed
+    (any graph but the one over the box's own group) is refused as ``bad_graph``,
     so the aggregator cannot pick who shares a group with whom. No broker:
     deliveries are handed to the client directly.
     """
@@ -365,27 +366,62 @@ def test_box_takes_part_in_its_public_group_only(fleet: Pki, syn_model: bytes) -
                       announcement_body(ann))  # fmt: skip
         return MqttMessage(topics.announce(name, round_id), encode(msg, agg.key), 1, True)
 
-    def setup(round_id: int, nonce: bytes, members: tuple[str, ...]) -> MqttMessage:
-        body = SecAggServer(RoundConfig(round_id, nonce, members, dim, 100.0, n_cap=100)).start()
-        msg = Message(AGGREGATOR, me, round_id, Stage.SETUP, 1, nonce, body[me])
-        return MqttMessage(topics.round_topic(name, round_id, "setup", me),
+    def routed(round_id: int, nonce: bytes, stage: Stage, seq: int, body: dict) -> MqttMessage:
+        msg = Message(AGGREGATOR, me, round_id, stage, seq, nonce, body)
+        return MqttMessage(topics.round_topic(name, round_id, str(stage), me),
                            encode(msg, agg.key), 1, False)  # fmt: skip
 
+    def seeded(round_id: int, nonce: bytes) -> BeaconServer:
+        """The round seed's commit-reveal with this box and three simulated peers."""
+        beacon = BeaconServer(round_id, nonce, parts)
+        peers = {n: BeaconBox(n) for n in parts if n != me}
+        beacon.start()
+        box.handle(routed(round_id, nonce, Stage.COMMIT, 1, {}))
+        beacon.commits[me] = box.beacon._commit  # what the box published
+        for n, b in peers.items():
+            beacon.receive(n, Stage.COMMIT, b.commit(round_id, nonce, parts))
+        reqs = beacon.advance()
+        box.handle(routed(round_id, nonce, Stage.REVEAL, 2, reqs[me]))
+        for n, b in peers.items():
+            beacon.receive(n, Stage.REVEAL, b.reveal(round_id, nonce, reqs[n]))
+        beacon.receive(me, Stage.REVEAL, {Key.BEACON_REVEAL.value: box.beacon._r})
+        beacon.advance()
+        return beacon
+
+    def setup(round_id: int, nonce: bytes, members: tuple[str, ...], beacon: BeaconServer,
+              key: bytes) -> MqttMessage:  # fmt: skip
+        cfg = RoundConfig(round_id, nonce, members, dim, 100.0, n_cap=100, seed=key)
+        body = {**SecAggServer(cfg).start()[me], **beacon.reveals_field()}
+        return routed(round_id, nonce, Stage.SETUP, 3, body)
+
+    for round_id, wrong in ((1, "whole round"), (2, "nonce-keyed group")):
+        nonce = os.urandom(16)
+        box.handle(announce(round_id, nonce, 2))
+        assert box.current is not None
+        beacon = seeded(round_id, nonce)
+        if wrong == "whole round":  # the whole round's graph, not the box's group
+            msg = setup(round_id, nonce, parts, beacon, beacon.seed)
+        else:  # a group the aggregator ground for: keyed by a nonce of its own choice
+            fair = next(g for g in robust.partition_groups(parts, 2, beacon.seed) if me in g)
+            for i in range(100):
+                key = i.to_bytes(16, "little")
+                group = next(g for g in robust.partition_groups(parts, 2, key) if me in g)
+                if group != fair:
+                    break
+            msg = setup(round_id, nonce, group, beacon, key)
+        with pytest.raises(ProtocolError) as err:
+            box.handle(msg)
+        assert err.value.reason == "bad_graph" and box.current is None, wrong
     nonce = os.urandom(16)
-    box.handle(announce(1, nonce, 2))
-    assert box.current is not None
-    with pytest.raises(ProtocolError) as err:
-        box.handle(setup(1, nonce, parts))  # the whole round's graph, not the box's group
-    assert err.value.reason == "bad_graph" and box.current is None
-    nonce = os.urandom(16)
-    mine = next(g for g in robust.partition_groups(parts, 2, nonce) if me in g)
-    box.handle(announce(2, nonce, 2))
-    box.handle(setup(2, nonce, mine))
+    box.handle(announce(3, nonce, 2))
+    beacon = seeded(3, nonce)
+    mine = next(g for g in robust.partition_groups(parts, 2, beacon.seed) if me in g)
+    box.handle(setup(3, nonce, mine, beacon, beacon.seed))
     assert box.secagg.stage is Stage.SETUP and box.current is not None
     assert box.secagg.neighbours == frozenset(mine) - {me}
     # a group size no partition of the participants can have is refused outright
     with pytest.raises(ProtocolError) as err:
-        box.handle(announce(3, os.urandom(16), 5))
+        box.handle(announce(4, os.urandom(16), 5))
     assert err.value.reason == "bad_body"
     link.close()
 

@@ -17,15 +17,21 @@ from edgeagent.fl.constants import Stage
 
 P, E = BoxPhase, BoxEvent
 
+SECAGG = (P.COMMITTING, P.COMMITTED, P.REVEALED, P.MASKING)
+IN_ROUND = (*SECAGG, P.SENDING_UPDATE, P.AWAITING_RESULT)
 ALLOWED = [
-    *((p, E.JOIN_SECAGG, P.MASKING) for p in BoxPhase),  # a newer round supersedes
+    *((p, E.JOIN_SECAGG, P.COMMITTING) for p in BoxPhase),  # a newer round supersedes
     *((p, E.JOIN_PLAIN, P.SENDING_UPDATE) for p in BoxPhase),
     (P.SENDING_UPDATE, E.UPDATE_SENT, P.AWAITING_RESULT),
+    # the round seed's commit-reveal comes before any SecAgg+ stage
+    (P.COMMITTING, E.COMMIT, P.COMMITTED),
+    (P.COMMITTED, E.REVEAL, P.REVEALED),
+    (P.REVEALED, E.STAGE, P.MASKING),
     (P.MASKING, E.STAGE, P.MASKING),
-    (P.MASKING, E.RESULT, P.IDLE),
+    *((p, E.RESULT, P.IDLE) for p in SECAGG),
     (P.AWAITING_RESULT, E.RESULT, P.IDLE),
-    *((p, E.WITHDRAWN, P.IDLE) for p in (P.MASKING, P.SENDING_UPDATE, P.AWAITING_RESULT)),
-    *((p, E.REFUSED, P.IDLE) for p in (P.MASKING, P.SENDING_UPDATE, P.AWAITING_RESULT)),
+    *((p, E.WITHDRAWN, P.IDLE) for p in IN_ROUND),
+    *((p, E.REFUSED, P.IDLE) for p in IN_ROUND),
 ]
 
 
@@ -47,7 +53,14 @@ def test_the_table_holds_exactly_the_documented_moves() -> None:
         (P.AWAITING_RESULT, E.STAGE, "wrong_mode"),
         (P.AWAITING_RESULT, E.UPDATE, "wrong_mode"),
         (P.SENDING_UPDATE, E.STAGE, "wrong_mode"),
-        # out of order
+        (P.SENDING_UPDATE, E.COMMIT, "wrong_mode"),
+        (P.AWAITING_RESULT, E.REVEAL, "wrong_mode"),
+        # out of order: no SecAgg+ stage before the seed, no reveal before the commit
+        (P.COMMITTING, E.STAGE, "out_of_order"),
+        (P.COMMITTED, E.STAGE, "out_of_order"),
+        (P.COMMITTING, E.REVEAL, "out_of_order"),
+        (P.REVEALED, E.COMMIT, "out_of_order"),
+        (P.MASKING, E.REVEAL, "out_of_order"),
         (P.IDLE, E.STAGE, "out_of_order"),
         (P.IDLE, E.RESULT, "out_of_order"),
         (P.IDLE, E.UPDATE_SENT, "out_of_order"),
@@ -77,5 +90,7 @@ def test_every_move_outside_the_table_is_refused() -> None:
 def test_stage_bodies_map_to_events() -> None:
     assert stage_event(Stage.RESULT) is E.RESULT
     assert stage_event(Stage.UPDATE) is E.UPDATE
+    assert stage_event(Stage.COMMIT) is E.COMMIT
+    assert stage_event(Stage.REVEAL) is E.REVEAL
     for s in (Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED, Stage.CONSISTENCY, Stage.UNMASK):
         assert stage_event(s) is E.STAGE

@@ -26,6 +26,7 @@ from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Key, Stage
 from edgeagent.fl.identity import Identity, load_ca, load_identity
 from edgeagent.fl.messages import Message, encode
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
+from edgeagent.fl.secagg.beacon import BeaconBox, BeaconServer
 from edgeagent.fl.wire import (
     Announcement,
     ModelPublication,
@@ -197,26 +198,100 @@ def test_announcements_decide_who_joins(box: FlClient, pki: Pki, syn_model: byte
     assert box.current is None and box.last_round == 5 and box.rounds[-1]["status"] == "abandoned"
 
 
-def test_setup_before_announcement_is_held_then_answered(
+def _routed(signer: Identity, round_id: int, nonce: bytes, stage: Stage, seq: int,
+            body: dict[str, object]) -> MqttMessage:  # fmt: skip
+    msg = Message(AGGREGATOR, BOX, round_id, stage, seq, nonce, body)
+    topic = topics.round_topic(FLEET, round_id, str(stage), BOX)
+    return MqttMessage(topic, encode(msg, signer.key), 1, False)
+
+
+def test_commit_before_announcement_is_held_then_the_seed_keys_setup(
     box: FlClient, pki: Pki, syn_model: bytes
 ) -> None:
     agg = _ident(pki, AGGREGATOR)
     nonce = os.urandom(16)
     parts = (BOX, "box-b", "box-c")
-    w0 = get_params(parse_model(syn_model))
-    cfg = RoundConfig(7, nonce, parts, dim=w0.size + 1, bound=100.0, n_cap=100)
-    bodies = SecAggServer(cfg).start()
-    setup = Message(AGGREGATOR, BOX, 7, Stage.SETUP, 1, nonce, bodies[BOX])
-    topic = topics.round_topic(FLEET, 7, "setup", BOX)
-    box.handle(MqttMessage(topic, encode(setup, agg.key), 1, False))
-    assert box.secagg.stage is None  # held: no announcement yet
+    box.handle(_routed(agg, 7, nonce, Stage.COMMIT, 1, {}))
+    assert box.current is None  # held: no announcement yet
     box.handle(_announce(agg, 7, nonce, parts, sha256_hex(syn_model)))
-    assert box.secagg.stage is Stage.SETUP and box.current is not None
-    assert box.current.bytes_up > 0  # the reply (keys + commitment) went to the link
+    assert box.phase is BoxPhase.COMMITTED and box.current is not None
+    assert box.current.bytes_up > 0  # the commitment went to the link
+    beacon = BeaconServer(7, nonce, parts)
+    beacon.start()
+    beacon.commits[BOX] = box.beacon._commit  # what the box published
+    peers = {n: BeaconBox(n) for n in parts if n != BOX}
+    for n, b in peers.items():
+        beacon.receive(n, Stage.COMMIT, b.commit(7, nonce, parts))
+    digests = beacon.advance()
+    w0 = get_params(parse_model(syn_model))
+    box.handle(_routed(agg, 7, nonce, Stage.REVEAL, 2, digests[BOX]))
+    assert box.phase is BoxPhase.REVEALED
+    for n, b in peers.items():
+        beacon.receive(n, Stage.REVEAL, b.reveal(7, nonce, digests[n]))
+    beacon.receive(BOX, Stage.REVEAL, {Key.BEACON_REVEAL.value: box.beacon._r})
+    beacon.advance()
+    cfg = RoundConfig(7, nonce, parts, dim=w0.size + 1, bound=100.0, n_cap=100, seed=beacon.seed)
+    body = {**SecAggServer(cfg).start()[BOX], **beacon.reveals_field()}
+    up = box.current.bytes_up
+    box.handle(_routed(agg, 7, nonce, Stage.SETUP, 3, body))
+    assert box.secagg.stage is Stage.SETUP and box.phase is BoxPhase.MASKING
+    assert box.secagg.graph_seed == beacon.seed
+    assert box.current.bytes_up > up  # the reply (keys + commitment) went to the link
     # the same SETUP again (QoS 1 redelivery) is acknowledged, not processed twice
     up = box.current.bytes_up
-    box.handle(MqttMessage(topic, encode(setup, agg.key), 1, False))
+    box.handle(_routed(agg, 7, nonce, Stage.SETUP, 3, body))
     assert box.current.bytes_up == up
+
+
+def test_forged_reveals_are_refused_and_aborts_after_reveal_stop_the_box(
+    pki: Pki, syn_model: bytes, tmp_state: Path
+) -> None:
+    box = _box(pki, syn_model, tmp_state, "127.0.0.1", 1)
+    agg = _ident(pki, AGGREGATOR)
+    parts = (BOX, "box-b", "box-c")
+    w0 = get_params(parse_model(syn_model))
+    for round_id in (1, 2, 3):
+        nonce = os.urandom(16)
+        box.handle(_announce(agg, round_id, nonce, parts, sha256_hex(syn_model)))
+        box.handle(_routed(agg, round_id, nonce, Stage.COMMIT, 1, {}))
+        beacon = BeaconServer(round_id, nonce, parts)
+        beacon.start()
+        beacon.commits[BOX] = box.beacon._commit
+        peers = {n: BeaconBox(n) for n in parts if n != BOX}
+        for n, b in peers.items():
+            beacon.receive(n, Stage.COMMIT, b.commit(round_id, nonce, parts))
+        digests = beacon.advance()
+        box.handle(_routed(agg, round_id, nonce, Stage.REVEAL, 2, digests[BOX]))
+        if round_id == 1:
+            # a grinding aggregator swaps a colluder's contribution after seeing the box's
+            cfg = RoundConfig(round_id, nonce, parts, dim=w0.size + 1, bound=100.0, n_cap=100)
+            reveals = [os.urandom(16), os.urandom(16), os.urandom(16)]
+            reveals[parts.index(BOX)] = box.beacon._r
+            body = {**SecAggServer(cfg).start()[BOX], Key.BEACON_REVEALS.value: b"".join(reveals)}
+            with pytest.raises(ProtocolError) as err:
+                box.handle(_routed(agg, round_id, nonce, Stage.SETUP, 3, body))
+            assert err.value.reason == "bad_reveal" and box.secagg.stage is None
+        else:
+            # it saw the seed and did not like it: the round ends without a result
+            aborted = {Key.STATUS.value: "aborted", Key.REASON.value: "too_few_boxes"}
+            box.handle(_routed(agg, round_id, nonce, Stage.RESULT, 3, aborted))
+        assert box.current is None
+    assert box.counters["aborted_after_reveal"] == 3
+    # the limit (3 per window) is reached: the next round is sat out, and a restart remembers
+    box.handle(_announce(agg, 4, os.urandom(16), parts, sha256_hex(syn_model)))
+    assert box.current is None and box.counters["grinding_limit"] == 1
+    assert box.state_path is not None
+    again = FlClient(BOX, FLEET, box.identity, box.ca, box.learner, box.link,
+                     state_dir=box.state_path.parent)  # fmt: skip
+    again.handle(_announce(agg, 5, os.urandom(16), parts, sha256_hex(syn_model)))
+    assert again.current is None and again.counters["grinding_limit"] == 1
+    # a round that ends before the box revealed costs the aggregator nothing and counts nothing
+    fresh = FlClient(BOX, FLEET, box.identity, box.ca, box.learner, box.link,
+                     global_sha256=sha256_hex(syn_model))  # fmt: skip
+    fresh.handle(_announce(agg, 6, os.urandom(16), parts, sha256_hex(syn_model)))
+    assert fresh.phase is BoxPhase.COMMITTING
+    fresh.handle(MqttMessage(topics.announce(FLEET, 6), b"", 1, True))
+    assert fresh.counters["aborted_after_reveal"] == 0
 
 
 def test_hello_round_trip_and_signature(pki: Pki) -> None:
@@ -263,13 +338,6 @@ def test_liveness_sees_an_idle_worker_as_alive_and_a_dead_one_as_stalled(
     assert liveness.check().stalled == [box.name]
 
 
-def _routed(signer: Identity, round_id: int, nonce: bytes, stage: Stage, seq: int,
-            body: dict[str, object]) -> MqttMessage:  # fmt: skip
-    msg = Message(AGGREGATOR, BOX, round_id, stage, seq, nonce, body)
-    topic = topics.round_topic(FLEET, round_id, str(stage), BOX)
-    return MqttMessage(topic, encode(msg, signer.key), 1, False)
-
-
 def test_round_phases_follow_the_table_and_the_other_modes_messages_are_refused(
     box: FlClient, pki: Pki, syn_model: bytes
 ) -> None:
@@ -279,11 +347,14 @@ def test_round_phases_follow_the_table_and_the_other_modes_messages_are_refused(
     assert box.phase is BoxPhase.IDLE
     nonce = os.urandom(16)
     box.handle(_announce(agg, 5, nonce, parts, sha))
-    assert box.phase is BoxPhase.MASKING
+    assert box.phase is BoxPhase.COMMITTING
+    with pytest.raises(ProtocolError) as err:  # SETUP before the round seed exists
+        box.handle(_routed(agg, 5, nonce, Stage.SETUP, 1, {}))
+    assert err.value.reason == "out_of_order"
     with pytest.raises(ProtocolError) as err:  # a plaintext UPDATE body in a SecAgg+ round
-        box.handle(_routed(agg, 5, nonce, Stage.UPDATE, 1, {}))
+        box.handle(_routed(agg, 5, nonce, Stage.UPDATE, 2, {}))
     assert err.value.reason == "wrong_mode"
-    assert box.phase is BoxPhase.MASKING and box.current is not None  # the round goes on
+    assert box.phase is BoxPhase.COMMITTING and box.current is not None  # the round goes on
     box.handle(MqttMessage(topics.announce(FLEET, 5), b"", 1, True))
     assert box.phase is BoxPhase.IDLE and box.rounds[-1]["status"] == "abandoned"
 

@@ -20,6 +20,7 @@ from edgeagent.fl.constants import Key, Stage
 from edgeagent.fl.privacy import fedavg_payload, l2_clip
 from edgeagent.fl.secagg import SecAggClient
 from edgeagent.fl.secagg.auth import lab_signers
+from edgeagent.fl.secagg.seeded import SeededClient
 from edgeagent.ops.config import AggregatorSection
 
 BOXES = ("box-a", "box-b", "box-c", "box-d")
@@ -37,12 +38,12 @@ def _fedavg(deltas: dict[str, tuple[np.ndarray, int]]) -> np.ndarray:
     return total[:-1] / total[-1]
 
 
-def _clients() -> dict[str, SecAggClient]:
+def _clients() -> dict[str, SeededClient]:
     """Boxes with signing identities that trust each other and know the participant list."""
     signers = lab_signers(BOXES)
-    clients = {b: SecAggClient(b, signers[b]) for b in BOXES}
+    clients = {b: SeededClient(SecAggClient(b, signers[b])) for b in BOXES}
     for c in clients.values():
-        c.expect_participants(BOXES)
+        c.announce(BOXES)
     return clients
 
 
@@ -60,9 +61,9 @@ def test_secagg_round_gives_fedavg_of_the_survivors_and_records_the_dropout() ->
     assert proto.recorded_groups() is None
     clients = _clients()
     for b, (d, n) in deltas.items():
-        clients[b].set_input(fedavg_payload(d, n, CLIP, N_CAP))
+        clients[b].client.set_input(fedavg_payload(d, n, CLIP, N_CAP))
     silent = "box-d"  # goes quiet from COLLECT_MASKED on
-    stage, bodies = Stage.SETUP, proto.start()
+    stage, bodies = proto.first_stage, proto.start()
     closed = []
     while True:
         for b, body in sorted(bodies.items()):
@@ -78,8 +79,13 @@ def test_secagg_round_gives_fedavg_of_the_survivors_and_records_the_dropout() ->
         assert not close.drain and close.open_intake is None  # no intake workers
         closed.append(close.closed)
         ((stage, bodies),) = close.sends.items()
-    assert close.finished and closed == [Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED,
+    assert close.finished and closed == [Stage.COMMIT, Stage.REVEAL, Stage.SETUP,
+                                         Stage.SHARE_KEYS, Stage.COLLECT_MASKED,
                                          Stage.CONSISTENCY, Stage.UNMASK]  # fmt: skip
+    # groups and graph are keyed by the commit-reveal seed, not the nonce the aggregator drew
+    seed = proto.beacon.seed
+    assert proto.servers[0].config.seed == seed and seed != nonce
+    assert all(c.client.graph_seed == seed for c in clients.values())
     rec: dict[str, Any] = {"refused": {}}
     assert proto.tally(rec) is True
     assert rec["survivors"] == ["box-a", "box-b", "box-c"] and "status" not in rec
@@ -100,6 +106,10 @@ def test_secagg_round_refuses_a_plaintext_update_and_aborts_below_the_floor() ->
     with pytest.raises(ProtocolError, match="wrong_mode"):
         proto.receive("box-a", Stage.UPDATE, {})
     clients = _clients()
+    for stage in (Stage.COMMIT, Stage.REVEAL):
+        for b in BOXES:
+            proto.receive(b, stage, clients[b].handle(4, nonce, stage, bodies[b]))
+        ((_, bodies),) = proto.close_stage().sends.items()
     for b in BOXES[:3]:  # box-d never answers SETUP: 3 < min_survivors 4
         proto.receive(b, Stage.SETUP, clients[b].handle(4, nonce, Stage.SETUP, bodies[b]))
     close = proto.close_stage()
@@ -107,6 +117,49 @@ def test_secagg_round_refuses_a_plaintext_update_and_aborts_below_the_floor() ->
     rec: dict[str, Any] = {"refused": {}}
     assert proto.tally(rec) is False  # nothing unmasked: no privacy spent
     assert rec["status"] == "aborted" and rec["survivors"] == [] and rec["reason"]
+
+
+def test_a_box_silent_at_commit_is_left_out_before_anything_is_revealed() -> None:
+    nonce = os.urandom(16)
+    proto = SecAggProtocol(round_id=5, nonce=nonce, participants=BOXES, params=DIM,
+                           policy=_policy(), clip=CLIP, noise_multiplier=0.0)  # fmt: skip
+    clients = _clients()
+    bodies = proto.start()
+    for b in BOXES[:3]:  # box-d never commits
+        proto.receive(b, Stage.COMMIT, clients[b].handle(5, nonce, Stage.COMMIT, bodies[b]))
+    ((stage, bodies),) = proto.close_stage().sends.items()
+    assert stage is Stage.REVEAL and set(bodies) == set(BOXES[:3])
+    for b in BOXES[:3]:
+        proto.receive(b, stage, clients[b].handle(5, nonce, stage, bodies[b]))
+    ((stage, bodies),) = proto.close_stage().sends.items()
+    # the seed, the groups and the graph are over the committed boxes only
+    assert stage is Stage.SETUP and set(bodies) == set(BOXES[:3])
+    assert proto.servers[0].config.participants == BOXES[:3]
+    for b in BOXES[:3]:
+        clients[b].handle(5, nonce, stage, bodies[b])
+        assert clients[b].client.neighbours == frozenset(BOXES[:3]) - {b}
+
+
+def test_a_committed_box_silent_at_reveal_aborts_the_round_with_nothing_drawn() -> None:
+    nonce = os.urandom(16)
+    proto = SecAggProtocol(round_id=6, nonce=nonce, participants=BOXES, params=DIM,
+                           policy=_policy(), clip=CLIP, noise_multiplier=0.0)  # fmt: skip
+    clients = _clients()
+    bodies = proto.start()
+    for b in BOXES:
+        proto.receive(b, Stage.COMMIT, clients[b].handle(6, nonce, Stage.COMMIT, bodies[b]))
+    ((stage, bodies),) = proto.close_stage().sends.items()
+    for b in BOXES[:3]:  # box-d withholds its contribution (or the aggregator drops it)
+        proto.receive(b, stage, clients[b].handle(6, nonce, stage, bodies[b]))
+    close = proto.close_stage()
+    # no redraw from the other three: the round ends, every committed box is told
+    assert close.finished and set(close.sends) == {Stage.RESULT}
+    assert set(close.sends[Stage.RESULT]) == set(BOXES)
+    assert proto.servers == [] and proto.beacon.seed == b""
+    rec: dict[str, Any] = {"refused": {}}
+    assert proto.tally(rec) is False
+    assert rec["status"] == "aborted" and rec["reason"].startswith("missing_reveal")
+    assert rec["dropped"] == {"reveal": ["box-d"]}
 
 
 def _sealed(proto: PlaintextProtocol, box: str, delta: np.ndarray, n: int) -> dict[str, bytes]:

@@ -30,13 +30,14 @@ from edgeagent.fl.secagg import (
     RoundConfig,
     SecAggClient,
     SecAggServer,
+    auth,
     check_stage,
     choose_degree,
     choose_threshold,
     crypto,
     neighbour_graph,
 )
-from edgeagent.fl.secagg.auth import lab_signers
+from edgeagent.fl.secagg.auth import CertBook, lab_signers
 from edgeagent.fl.secagg.simulate import simulate_round
 from edgeagent.fl.secagg.state import field_terms
 
@@ -566,3 +567,90 @@ def test_rotated_quantised_round_is_unbiased_and_close_to_plaintext(value_bits: 
     assert 0 < rel < (0.05 if value_bits == 8 else 1e-3), rel
     n_total = sum(min(u.n, N_CAP) for u in updates)
     assert report.result.total[-1] == pytest.approx(n_total, rel=0.02)
+
+
+def _run_to_share_keys(
+    nodes: tuple[str, ...], clients: dict[str, SecAggClient], book: CertBook, round_id: int
+) -> tuple[SecAggServer, dict[str, dict]]:
+    cfg = RoundConfig(round_id, os.urandom(16), nodes, dim=5, bound=10.0)
+    server = SecAggServer(cfg, None, book)
+    for n, body in server.start().items():
+        clients[n].expect_participants(nodes)
+        clients[n].set_input(np.zeros(5))
+        server.receive(n, Stage.SETUP, clients[n].handle(round_id, cfg.nonce, Stage.SETUP, body))
+    return server, server.advance()
+
+
+def test_certificates_a_box_holds_travel_as_fingerprints_in_later_rounds() -> None:
+    nodes = tuple(f"b{i}" for i in range(5))
+    signers = lab_signers(nodes)
+    clients = {n: SecAggClient(n, signers[n]) for n in nodes}
+    book = CertBook()
+
+    def cert_sizes(bodies: dict[str, dict], to: str) -> set[int]:
+        return {len(e[4]) for e in bodies[to][Key.KEYS.value].values()}
+
+    server, bodies = _run_to_share_keys(nodes, clients, book, 1)
+    assert cert_sizes(bodies, "b0") == {len(signers["b1"].cert)}  # first meeting: in full
+    for n in nodes:
+        nonce = server.config.nonce
+        server.receive(
+            n, Stage.SHARE_KEYS, clients[n].handle(1, nonce, Stage.SHARE_KEYS, bodies[n])
+        )
+    # next round: every neighbour's certificate is one each box checked and kept
+    server, bodies = _run_to_share_keys(nodes, clients, book, 2)
+    assert cert_sizes(bodies, "b0") == {auth.FINGERPRINT_BYTES}
+    nonce = server.config.nonce
+    reply = clients["b0"].handle(2, nonce, Stage.SHARE_KEYS, bodies["b0"])
+    assert set(reply[Key.SHARES.value]) == set(nodes) - {"b0"}  # resolved and verified
+    # a box that restarted announces a new cache epoch and gets full certificates again
+    clients["b1"] = SecAggClient("b1", signers["b1"])
+    server, bodies = _run_to_share_keys(nodes, clients, book, 3)
+    assert cert_sizes(bodies, "b1") == {len(signers["b0"].cert)}
+    assert cert_sizes(bodies, "b2") == {auth.FINGERPRINT_BYTES}
+    # a fingerprint of a certificate the box never checked is refused, not trusted
+    fresh = SecAggClient("b2", signers["b2"])
+    fresh.expect_participants(nodes)
+    fresh.set_input(np.zeros(5))
+    cfg = server.config
+    fresh.handle(3, cfg.nonce, Stage.SETUP, SecAggServer(cfg).start()["b2"])
+    with pytest.raises(ProtocolError) as err:
+        fresh.handle(3, cfg.nonce, Stage.SHARE_KEYS, bodies["b2"])
+    assert err.value.reason == "unknown_certificate"
+
+
+def test_cert_book_is_bounded_and_forgets_a_box_that_starts_over() -> None:
+    book, cert = CertBook(max_entries=1), b"c" * 400
+    book.sync("a", b"e" * 8)
+    sent: set[bytes] = set()
+    assert book.field("a", cert, sent) == cert
+    book.confirm("a", sent)
+    assert book.field("a", cert, set()) == auth.fingerprint(cert)
+    other: set[bytes] = set()
+    book.field("a", b"d" * 400, other)
+    book.confirm("a", other)  # past max_entries: not recorded, sent in full again
+    assert book.field("a", b"d" * 400, set()) == b"d" * 400
+    book.sync("a", b"f" * 8)  # a new epoch: the box's cache is empty
+    assert book.field("a", cert, set()) == cert
+    book.sync("b", b"short")  # a malformed epoch: assume nothing is held
+    assert book.field("b", cert, set()) == cert
+
+
+def test_a_box_whose_certificate_the_aggregator_holds_leaves_it_out_of_setup() -> None:
+    nodes = ("a", "b", "c")
+    signers = lab_signers(nodes)
+    cfg = RoundConfig(1, os.urandom(16), nodes, dim=5, bound=10.0)
+    server = SecAggServer(cfg, None, None, {"a": signers["a"].cert})  # a's hello was verified
+    bodies = server.start()
+    assert bodies["a"][Key.HAVE_CERT.value] is True and Key.HAVE_CERT.value not in bodies["b"]
+    clients = {n: SecAggClient(n, signers[n]) for n in nodes}
+    replies = {}
+    for n in nodes:
+        clients[n].expect_participants(nodes)
+        replies[n] = clients[n].handle(1, cfg.nonce, Stage.SETUP, bodies[n])
+        server.receive(n, Stage.SETUP, replies[n])
+    assert Key.CERT.value not in replies["a"] and Key.CERT.value in replies["b"]
+    keys = server.advance()
+    assert keys["b"][Key.KEYS.value]["a"][4] == signers["a"].cert  # relayed from the hello
+    clients["b"].set_input(np.zeros(5))
+    clients["b"].handle(1, cfg.nonce, Stage.SHARE_KEYS, keys["b"])  # verifies a's keys with it

@@ -232,6 +232,8 @@ def _federation(ctx: Context, link: SharedLink, learner: Any, manager: Any, sha:
         liveness=ctx.liveness,
         allow_plaintext=fed.allow_plaintext,
         min_group_size=fed.min_group_size,
+        max_reveal_aborts=fed.max_reveal_aborts,
+        reveal_abort_window_s=fed.reveal_abort_window_s,
         # the box's own clip and noise multiplier are floors no SETUP may undercut
         floor=PrivacyFloor(max_clip=fed.clip_norm, min_noise_multiplier=fed.noise_multiplier),
         revoked=revoked,

@@ -64,6 +64,7 @@ from edgeagent.fl.constants import AGGREGATOR, BROADCAST, NONCE_BYTES, STAGE_ORD
 from edgeagent.fl.identity import Identity, load_ca, load_identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, decode_unverified, encode
 from edgeagent.fl.privacy import scatter
+from edgeagent.fl.secagg.auth import CertBook
 from edgeagent.fl.wire import Announcement, announcement_body, decode_hello, parse_status
 from edgeagent.model.graph import (
     get_params,
@@ -100,6 +101,8 @@ INBOX_MAX = 100_000
 _OWN_KINDS = (
     "hello",
     "status",
+    Stage.COMMIT.value,
+    Stage.REVEAL.value,
     Stage.SETUP.value,
     Stage.SHARE_KEYS.value,
     Stage.CONSISTENCY.value,
@@ -148,6 +151,9 @@ class Aggregator:
                 "by the aggregator; distributed noise needs masking"
             )
         self.boxes: dict[str, BoxInfo] = {}
+        # which identity certificates each box already holds, across rounds (SecAgg+
+        # sends those as fingerprints)
+        self.cert_book = CertBook()
         self.refused: Counter[str] = Counter()  # outside rounds (hello, topics)
         self.round: Round | None = None
         self.inbox: queue.Queue[MqttMessage] = queue.Queue(maxsize=INBOX_MAX)
@@ -362,9 +368,10 @@ class Aggregator:
         info = self.boxes.get(node)
         if info is None:
             log.info("box %s joined the fleet (verified identity)", node)
-            self.boxes[node] = BoxInfo(key, True, hello.t)
+            self.boxes[node] = BoxInfo(key, True, hello.t, hello.cert_der)
         else:
             info.key, info.online, info.hello_t = key, True, hello.t
+            info.cert = hello.cert_der
 
     def _on_status(self, node: str, payload: bytes) -> None:
         try:
@@ -549,7 +556,9 @@ class Aggregator:
         take_partials = self.workers is not None and bool(self.workers.procs)
         key = self.identity.public_key if take_partials else None
         keys = {n: self.boxes[n].key for n in chosen}
-        return SecAggProtocol(intake_key=key, box_keys=keys, **common)
+        certs = {n: self.boxes[n].cert for n in chosen if self.boxes[n].cert}
+        return SecAggProtocol(intake_key=key, box_keys=keys, box_certs=certs,
+                              cert_book=self.cert_book, **common)  # fmt: skip
 
     def start_round(self, ready: list[str]) -> None:
         """Select participants, announce the round (retained) and send each box its first stage."""
@@ -602,7 +611,7 @@ class Aggregator:
         bodies = protocol.start()
         r.traffic.server_seconds += time.perf_counter() - t0
         if bodies:
-            self._send_stage(Stage.SETUP, bodies)
+            self._send_stage(protocol.first_stage, bodies)
 
     def _send_stage(self, stage: Stage, bodies: dict[str, dict[str, Any]]) -> None:
         r = self.round

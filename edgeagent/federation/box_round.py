@@ -8,9 +8,15 @@ mode, ``out_of_order`` otherwise). Refusing leaves the phase as it was, so a
 stray message is counted and the round goes on.
 
 * ``IDLE``: no round; an announcement that passes the client's checks joins
-  one (``JOIN_SECAGG`` -> ``MASKING``, ``JOIN_PLAIN`` -> ``SENDING_UPDATE``);
-* ``MASKING``: SecAgg+ stage bodies are answered (``STAGE``; the SecAgg+
-  stage order itself is ``fl.secagg.state``'s table) until ``RESULT``;
+  one (``JOIN_SECAGG`` -> ``COMMITTING``, ``JOIN_PLAIN`` -> ``SENDING_UPDATE``);
+* ``COMMITTING`` -> ``COMMIT`` -> ``COMMITTED`` -> ``REVEAL`` -> ``REVEALED``:
+  the round seed's commit-reveal (``fl.secagg.beacon``): the box commits to
+  its contribution, and reveals it only once the aggregator has signed the
+  digest of every commitment; from ``REVEALED`` on, a round that ends
+  without a result counts against the aggregator (possible grinding);
+* ``REVEALED``/``MASKING``: SecAgg+ stage bodies are answered (``STAGE``,
+  SETUP first; the SecAgg+ stage order itself is ``fl.secagg.state``'s
+  table) until ``RESULT``;
 * ``SENDING_UPDATE`` -> ``UPDATE_SENT`` -> ``AWAITING_RESULT``: a plaintext
   round's one sealed update went out; only ``RESULT`` may follow;
 * from any round: ``RESULT`` (the aggregator's outcome), ``WITHDRAWN`` (its
@@ -35,6 +41,9 @@ class BoxPhase(StrEnum):
     """Where this box is in a round."""
 
     IDLE = "idle"
+    COMMITTING = "committing"  # joined; waits for the COMMIT request
+    COMMITTED = "committed"  # committed; waits for the digest of all commitments
+    REVEALED = "revealed"  # revealed; waits for SETUP (which carries every contribution)
     MASKING = "masking"
     SENDING_UPDATE = "sending_update"
     AWAITING_RESULT = "awaiting_result"
@@ -46,6 +55,8 @@ class BoxEvent(StrEnum):
     JOIN_SECAGG = "join_secagg"  # a SecAgg+ announcement passed every check
     JOIN_PLAIN = "join_plain"  # a plaintext announcement passed every check
     UPDATE_SENT = "update_sent"  # the plaintext update went out
+    COMMIT = "commit"  # the COMMIT request of the round seed
+    REVEAL = "reveal"  # the REVEAL request (digest of every commitment)
     STAGE = "stage"  # a SecAgg+ stage body (SETUP .. UNMASK) for this round
     UPDATE = "update"  # an UPDATE-stage body routed to the box (boxes send those)
     RESULT = "result"  # the aggregator's outcome of the round
@@ -54,15 +65,19 @@ class BoxEvent(StrEnum):
 
 
 P, E = BoxPhase, BoxEvent
-_IN_ROUND = (P.MASKING, P.SENDING_UPDATE, P.AWAITING_RESULT)
+_SECAGG = (P.COMMITTING, P.COMMITTED, P.REVEALED, P.MASKING)
+_IN_ROUND = (*_SECAGG, P.SENDING_UPDATE, P.AWAITING_RESULT)
 
 #: (phase, event) -> next phase; anything not listed is refused.
 TRANSITIONS: Mapping[tuple[BoxPhase, BoxEvent], BoxPhase] = {
-    **{(p, E.JOIN_SECAGG): P.MASKING for p in BoxPhase},
+    **{(p, E.JOIN_SECAGG): P.COMMITTING for p in BoxPhase},
     **{(p, E.JOIN_PLAIN): P.SENDING_UPDATE for p in BoxPhase},
     (P.SENDING_UPDATE, E.UPDATE_SENT): P.AWAITING_RESULT,
+    (P.COMMITTING, E.COMMIT): P.COMMITTED,
+    (P.COMMITTED, E.REVEAL): P.REVEALED,
+    (P.REVEALED, E.STAGE): P.MASKING,
     (P.MASKING, E.STAGE): P.MASKING,
-    (P.MASKING, E.RESULT): P.IDLE,
+    **{(p, E.RESULT): P.IDLE for p in _SECAGG},
     (P.AWAITING_RESULT, E.RESULT): P.IDLE,
     **{(p, E.WITHDRAWN): P.IDLE for p in _IN_ROUND},
     **{(p, E.REFUSED): P.IDLE for p in _IN_ROUND},
@@ -71,8 +86,11 @@ TRANSITIONS: Mapping[tuple[BoxPhase, BoxEvent], BoxPhase] = {
 #: Reasons for refusals that have a more precise name than ``out_of_order``.
 REFUSALS: Mapping[tuple[BoxPhase, BoxEvent], str] = {
     **{(p, E.UPDATE): "wrong_mode" for p in _IN_ROUND},
-    (P.SENDING_UPDATE, E.STAGE): "wrong_mode",
-    (P.AWAITING_RESULT, E.STAGE): "wrong_mode",
+    **{
+        (p, e): "wrong_mode"
+        for p in (P.SENDING_UPDATE, P.AWAITING_RESULT)
+        for e in (E.STAGE, E.COMMIT, E.REVEAL)
+    },
 }
 
 
@@ -91,6 +109,10 @@ def stage_event(stage: Stage) -> BoxEvent:
         return E.RESULT
     if stage is Stage.UPDATE:
         return E.UPDATE
+    if stage is Stage.COMMIT:
+        return E.COMMIT
+    if stage is Stage.REVEAL:
+        return E.REVEAL
     return E.STAGE
 
 

@@ -10,11 +10,17 @@ Thin I/O shell around the pure parts (``SecAggClient``, ``EnvelopeReceiver``,
   it is listed, the announced global model is the one its learner trains
   from, and it has at least ``min_samples`` windows trained on; otherwise the
   box sits the round out (it simply never answers, which SecAgg+ treats as a
-  dropout); in a grouped round (announcement with ``group_size``, robust
-  aggregation) the box computes the groups from public data
-  (``robust.partition_groups`` over the round nonce) and takes part in its
-  own group's SecAgg+ instance only, so the aggregator cannot choose who
-  shares a group with whom; a grouped round whose ``group_size`` is below
+  dropout); a SecAgg+ round opens with the round seed's commit-reveal
+  (``fl.secagg.beacon``): the box commits to 16 random bytes, reveals them
+  once the aggregator has signed the digest of every commitment, and at
+  SETUP checks every contribution and derives the seed itself; in a grouped
+  round (announcement with ``group_size``, robust aggregation) the box
+  computes the groups from public data (``robust.partition_groups`` keyed by
+  that seed) and takes part in its own group's SecAgg+ instance only, so the
+  aggregator cannot choose who shares a group with whom; every round that
+  ends without a result after the box revealed is counted (persisted), and
+  past ``max_reveal_aborts`` of them per ``reveal_abort_window_s`` the box
+  sits rounds out (``grinding_limit``); a grouped round whose ``group_size`` is below
   this box's floor (``min_group_size``, default 3) is refused
   (``group_too_small``): a malicious aggregator must not shrink groups until a
   group sum is nearly one box's update;
@@ -78,10 +84,11 @@ from edgeagent.fl.constants import AGGREGATOR, BROADCAST, Key, Stage
 from edgeagent.fl.identity import Identity, verify_identity_cert
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, decode_unverified, encode
 from edgeagent.fl.privacy import fedavg_payload, l2_clip, select
-from edgeagent.fl.robust import partition_groups
 from edgeagent.fl.secagg import SecAggClient
 from edgeagent.fl.secagg.auth import RoundSigner
+from edgeagent.fl.secagg.beacon import AbortLog
 from edgeagent.fl.secagg.client import PrivacyFloor
+from edgeagent.fl.secagg.seeded import SeededClient
 from edgeagent.fl.wire import (
     Announcement,
     ModelPublication,
@@ -167,6 +174,8 @@ class FlClient:
         floor: PrivacyFloor | None = None,
         revoked: frozenset[str] = frozenset(),
         spec: ModelSpec | None = None,
+        max_reveal_aborts: int = 3,
+        reveal_abort_window_s: float = 86_400.0,
     ) -> None:
         self.box_id = box_id
         #: the model's shapes, to turn an announced mask's group names into coordinates
@@ -190,6 +199,10 @@ class FlClient:
         self.last_round = int(st.get("last_round", 0))
         self.global_version = int(st.get("global_version", -1))
         self.global_sha = st.get("global_sha256") or global_sha256
+        # rounds aborted after this box revealed: persisted, so a restart does not reset them
+        self.reveal_aborts = AbortLog(
+            max_reveal_aborts, reveal_abort_window_s, st.get("reveal_aborts", [])
+        )
         self.counters: Counter[str] = Counter()
         self.rounds: list[dict[str, Any]] = []
         self.last_apply: dict[str, Any] | None = None
@@ -197,6 +210,8 @@ class FlClient:
         self._peer_certs: dict[tuple[str, bytes], Ed25519PublicKey] = {}
         signer = RoundSigner(identity.key, identity.cert_der, self._verify_peer)
         self.secagg = SecAggClient(box_id, signer, floor=floor)
+        self.seeded = SeededClient(self.secagg)  # the round seed's commit-reveal, then SecAgg+
+        self.beacon = self.seeded.beacon
         self.current: BoxRound | None = None
         self._early: list[tuple[int, MqttMessage]] = []
         self._keys: dict[bytes, Ed25519PublicKey] = {}
@@ -227,6 +242,7 @@ class FlClient:
                     "last_round": self.last_round,
                     "global_version": self.global_version,
                     "global_sha256": self.global_sha,
+                    "reveal_aborts": self.reveal_aborts.times,
                 },
             )
 
@@ -403,28 +419,36 @@ class FlClient:
             log.info("round %d: only %d windows trained on", round_id, self.learner.n_k)
             return
         self._mask_idx = self._mask(ann.groups)
-        peers = ann.participants
-        if ann.group_size:
+        if ann.secure_aggregation:
             try:
-                groups = partition_groups(ann.participants, ann.group_size, claimed.nonce)
-            except ValueError as exc:
-                raise ProtocolError("bad_groups", str(exc)) from exc
-            peers = next(g for g in groups if self.box_id in g)
+                self.reveal_aborts.check(time.time())
+            except ProtocolError as exc:
+                self.counters[str(exc.reason)] += 1
+                log.warning("round %d: sat out: %s", round_id, exc.detail)
+                return
+        if self.current is not None:
+            # a newer round supersedes the one in flight, which ends without a result
+            self._end_round(BoxEvent.WITHDRAWN, "superseded", f"round {round_id} announced")
         rx = EnvelopeReceiver(self.box_id, {AGGREGATOR: key})
         rx.begin_round(round_id, claimed.nonce)
         join = BoxEvent.JOIN_SECAGG if ann.secure_aggregation else BoxEvent.JOIN_PLAIN
         phase = transition(self.phase, join)
         self.current = BoxRound(
-            round_id, claimed.nonce, rx, Sequencer(), phase=phase, bytes_down=len(payload)
+            round_id,
+            claimed.nonce,
+            rx,
+            Sequencer(),
+            phase=phase,
+            bytes_down=len(payload),
         )
         if not ann.secure_aggregation:
             self.counters["joined"] += 1
             self._send_update(ann)
             return
-        # SETUP must match the public graph over the box's own SecAgg+ instance (bad_graph)
-        self.secagg.expect_participants(peers)
+        # the graph is checked at SETUP, once the round seed exists (commit-reveal)
+        self.seeded.announce(ann.participants, ann.group_size)
         self.counters["joined"] += 1
-        log.info("round %d: joined with %d other boxes", round_id, len(peers) - 1)
+        log.info("round %d: joined with %d other boxes", round_id, len(ann.participants) - 1)
         early, self._early = self._early, []
         for r, m in early:
             if r == round_id:
@@ -493,12 +517,12 @@ class FlClient:
         if m.stage is not stage:
             raise ProtocolError("topic_mismatch", f"{m.stage} body on a {stage} topic")
         event = stage_event(stage)
-        transition(cur.phase, event)  # refuses a message of the other mode or out of order
+        after = transition(cur.phase, event)  # refuses a message of the other mode or order
         if cur.phase is BoxPhase.AWAITING_RESULT:  # plaintext: RESULT is all that comes
             self._end_round(event, str(m.body.get("status", "?")), str(m.body.get("reason", "")))
             return
         try:
-            reply = self.secagg.handle(m.round, m.nonce, m.stage, m.body)
+            reply = self.seeded.handle(m.round, m.nonce, m.stage, m.body)
             if stage is Stage.SETUP:
                 delta = select(self.learner.delta(), self._mask_idx)
                 n_k = int(self.learner.n_k)
@@ -511,6 +535,7 @@ class FlClient:
         if event is BoxEvent.RESULT:
             self._end_round(event, str(m.body.get("status", "?")), str(m.body.get("reason", "")))
             return
+        cur.phase = after
         out = Message(self.box_id, AGGREGATOR, round_id, stage, cur.seq.next(), cur.nonce, reply)
         data = encode(out, self.identity.key)
         cur.bytes_up += len(data)
@@ -518,9 +543,16 @@ class FlClient:
         log.debug("round %d: answered %s (%d bytes)", round_id, stage, len(data))
 
     def _end_round(self, event: BoxEvent, status: str, reason: str) -> None:
-        """Record the round's outcome and return to ``IDLE`` through the table."""
+        """Record the round's outcome and return to ``IDLE`` through the table.
+
+        A round that ends without a result after this box revealed its share of
+        the seed is one draw the aggregator could have discarded: counted.
+        """
         cur = self.current
         assert cur is not None
+        if status != "ok" and cur.phase in (BoxPhase.REVEALED, BoxPhase.MASKING):
+            self.reveal_aborts.record(time.time())
+            self.counters["aborted_after_reveal"] += 1
         cur.phase = transition(cur.phase, event)
         rec = {
             "round": cur.round_id,

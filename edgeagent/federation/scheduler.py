@@ -8,7 +8,10 @@ round opened over another is a loud error, not a corrupted state file.
 * ``IDLE`` -> ``START`` -> ``RUNNING``: enough verified, online boxes and the
   pause since the last round is over;
 * ``RUNNING`` -> ``ADVANCE`` -> ``RUNNING``: a stage closed (all replies in or
-  its deadline passed) and the next one went out;
+  its deadline passed) and the next one went out; in a SecAgg+ round the
+  first two stages are the round seed's COMMIT and REVEAL
+  (``fl.secagg.beacon``), each with its own ``stage_timeout_s``; a committed
+  box silent at REVEAL ends the round there (``FINISH``, aborted);
 * ``RUNNING`` -> ``DRAIN`` -> ``DRAINING``: COLLECT_MASKED's deadline passed
   with boxes missing while intake workers may still hold some of them; the
   stage stays open ``CLOSE_GRACE_S`` longer for their last partial sums;
@@ -80,6 +83,7 @@ class BoxInfo:
     key: Any
     online: bool = True
     hello_t: float = 0.0
+    cert: bytes = b""  # its identity certificate (DER) from the verified hello
 
 
 def eligible(boxes: Mapping[str, BoxInfo]) -> list[str]:

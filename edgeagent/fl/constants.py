@@ -66,6 +66,10 @@ AGGREGATOR: Final = "aggregator"
 class Stage(StrEnum):
     """SecAgg+ stages, in protocol order (Bonawitz 2017 rounds 0-3, Bell 2020 graph)."""
 
+    #: Round randomness (``fl.secagg.beacon``): server: commit now; box: H(its contribution)
+    COMMIT = "commit"
+    #: server: digest of every commitment; box: its contribution (after the set is fixed)
+    REVEAL = "reveal"
     SETUP = "setup"  # server: config + neighbours; box: public keys + commitment
     SHARE_KEYS = "share_keys"  # server: neighbours' keys; box: encrypted shares
     COLLECT_MASKED = "collect_masked"  # server: shares for you; box: masked vector
@@ -80,6 +84,8 @@ class Stage(StrEnum):
 
 #: Order in which SecAgg+ stages must run; ``check_stage`` enforces it.
 STAGE_ORDER: Final[tuple[Stage, ...]] = (
+    Stage.COMMIT,
+    Stage.REVEAL,
     Stage.SETUP,
     Stage.SHARE_KEYS,
     Stage.COLLECT_MASKED,
@@ -106,6 +112,14 @@ class Key(StrEnum):
     BODY = "body"
     PAYLOAD = "p"
     SIGNATURE = "sig"
+    # commit (box -> server): H(context, round, nonce, box, contribution)
+    BEACON_COMMIT = "beacon_commit"
+    # reveal (server -> box): digest of all commitments; (box -> server): the contribution
+    BEACON_DIGEST = "beacon_digest"
+    BEACON_SET = "beacon_set"  # (server -> box) the committed boxes: bitmap, announcement order
+    BEACON_REVEAL = "beacon_reveal"
+    # setup (server -> box, beside the fields below): every contribution, announcement order
+    BEACON_REVEALS = "beacon_reveals"
     # setup (server -> box)
     NEIGHBOURS = "neighbours"
     THRESHOLD = "t"
@@ -123,12 +137,18 @@ class Key(StrEnum):
     N_CAP = "n_cap"
     NOISE_STD = "noise_std"
     ENC_PK = "enc_pk"  # the round's X25519 key UNMASK replies are sealed to (fl.seal)
+    #: true: the aggregator holds this box's certificate (from its hello), so the box's
+    #: SETUP reply leaves ``cert`` out (~450 bytes up per round)
+    HAVE_CERT = "have_cert"
     # setup (box -> server)
     PK_ENC = "pk_enc"
     PK_MASK = "pk_mask"
     COMMIT = "commit"
     KEY_SIG = "key_sig"  # the box's identity signature over its round keys (secagg.auth)
     CERT = "cert"  # the certificate its neighbours check that signature with
+    #: 8 bytes naming the box's certificate cache (a new value: the cache is empty), see
+    #: ``secagg.auth.CertBook``; certificates it holds then travel as 32-byte fingerprints
+    CERT_EPOCH = "cert_epoch"
     # share_keys (server -> box): node -> [pk_enc, pk_mask, commit, key_sig, cert]
     KEYS = "keys"
     # share_keys (box -> server) / collect (server -> box): node -> ciphertext

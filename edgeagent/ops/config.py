@@ -347,6 +347,17 @@ class FederationSection(_Section):
     min_group_size: int = Field(
         default=3, ge=2, le=1000, description="Refuse grouped secure rounds with smaller groups."
     )
+    # Grinding bound: each round that ends without a result after this box revealed its
+    # share of the round seed is one seed the aggregator saw and could throw away.
+    max_reveal_aborts: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Sit rounds out once this many aborted after this box revealed (per window).",
+    )
+    reveal_abort_window_s: float = Field(
+        default=86_400.0, gt=0, description="Window of max_reveal_aborts, in seconds."
+    )
     revoked_file: Path | None = Field(
         default=None,
         description="Deny-list of revoked box ids (`edgeagent pki revoke`): refused in rounds.",

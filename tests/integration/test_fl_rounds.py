@@ -174,11 +174,12 @@ def _run_fleet(tmp: Path, pki: Any, broker: Any, procs: dict[str, subprocess.Pop
     state = read_state(agg_state)
     done = [r for r in state["rounds"] if r["status"] == "completed"]
     assert len(done) == 3, state["rounds"]
-    # the round after the freeze invited box-4, which went silent at SETUP; the others finished
+    # the round after the freeze invited box-4, which never committed to the round seed:
+    # it was left out before the seed was drawn; the others finished
     frozen = [r for r in done[1:] if "box-4" in r["participants"]]
     assert frozen, state["rounds"]
     r2 = frozen[0]
-    assert "box-4" in r2["dropped"]["setup"] and "box-4" not in r2["survivors"]
+    assert "box-4" in r2["dropped"]["commit"] and "box-4" not in r2["survivors"]
     assert len(r2["survivors"]) >= 2
     assert all(r["model_version"] >= 1 and r["epsilon"] > 0 for r in done)
     eps3 = done[-1]["epsilon"]

@@ -64,6 +64,8 @@ class RoundProtocol(ABC):
 
     #: says how the mean is named in logs ("sum" of masked inputs, single "updates")
     inputs = "sum"
+    #: the stage of the per-box bodies ``start`` returns
+    first_stage = Stage.SETUP
     #: intake workers' partial sums, when this round takes them
     partials: PartialCollector | None = None
 

@@ -1,11 +1,15 @@
 """SecAgg+ rounds: one masked-sum instance per group, run in lock-step, unmasked at the end.
 
-Without a robust rule there is one group holding every participant and the
-mean comes from its unmasked sum (FedAvg). With ``aggregator.robust`` set to a
-rule the participants are split into groups from the round nonce
+Every round opens with the commit-reveal stages (COMMIT, REVEAL,
+``fl.secagg.beacon``): the seed that decides groups and neighbour graph comes
+from every participant's contribution, so the aggregator cannot pick it; a
+participant silent before the seed is drawn aborts the round. Without a
+robust rule there is one group holding every participant and the mean comes
+from its unmasked sum (FedAvg). With ``aggregator.robust`` set to a rule the
+participants are split into groups from the seed
 (``robust.partition_groups``), one SecAgg+ instance per group, all in
 lock-step (one body per box per stage, on the same topics, same round id and
-nonce; each box derives its group from the announcement). A group that
+nonce; each box derives its group from the announcement and the seed). A group that
 cannot finish is dropped and recorded; if fewer groups remain than the rule
 needs, the others are stopped before anything more is unmasked and the round
 aborts. Otherwise the rule runs over the group means
@@ -14,13 +18,14 @@ aborts. Otherwise the rule runs over the group means
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgeagent.errors import ProtocolError
+from edgeagent.errors import ProtocolError, RoundAborted
 from edgeagent.federation.partials import PartialCollector
 from edgeagent.federation.protocols.base import (
     Bodies,
@@ -31,12 +36,16 @@ from edgeagent.federation.protocols.base import (
 )
 from edgeagent.fl import robust
 from edgeagent.fl.aggregate import mean_from_total
-from edgeagent.fl.constants import Stage
+from edgeagent.fl.constants import Key, Stage
 from edgeagent.fl.identity import known_key_verifier
 from edgeagent.fl.privacy import add_gaussian_noise, distributed_std, gaussian_std
 from edgeagent.fl.secagg import RoundConfig, SecAggServer
+from edgeagent.fl.secagg.auth import CertBook
+from edgeagent.fl.secagg.beacon import BeaconServer
 from edgeagent.fl.secagg.state import field_terms
 from edgeagent.ops.config import AggregatorSection
+
+log = logging.getLogger(__name__)
 
 
 class SecAggProtocol(RoundProtocol):
@@ -47,6 +56,7 @@ class SecAggProtocol(RoundProtocol):
     """
 
     inputs = "sum"
+    first_stage = Stage.COMMIT
 
     def __init__(
         self,
@@ -60,40 +70,31 @@ class SecAggProtocol(RoundProtocol):
         noise_multiplier: float,
         intake_key: Ed25519PublicKey | None = None,
         box_keys: dict[str, Ed25519PublicKey] | None = None,
+        cert_book: CertBook | None = None,
+        box_certs: dict[str, bytes] | None = None,
     ) -> None:
         p = self.policy = policy
+        self.round_id, self.nonce = round_id, nonce
+        self.participants = tuple(participants)
+        self.params = params
         self.clip = clip
         self.noise_multiplier = noise_multiplier
+        self.box_keys = box_keys
+        self.cert_book = cert_book
+        self.box_certs = box_certs  # the boxes' certificates from their hellos
         self.grouped = p.robust != "none"
-        self.groups = (
-            robust.partition_groups(participants, p.group_size, nonce)
+        # the seed of groups and graph: commit-reveal over every participant's contribution
+        # fewer committed boxes than the round can use end it before anything is revealed
+        need = (
+            p.group_size * robust.min_groups(p.robust, **p.rule_params())
             if self.grouped
-            else [tuple(participants)]
+            else p.min_survivors
         )
-        total_std = gaussian_std(noise_multiplier, clip, p.n_cap)
+        self.beacon = BeaconServer(round_id, nonce, self.participants, need)
+        self.beacon_abort: RoundAborted | None = None
+        self.groups: list[tuple[str, ...]] = []
         self.servers: list[SecAggServer] = []
-        for group in self.groups:
-            # grouped: a group sum is unmasked only with >= group_size survivors (the
-            # anonymity set); each group sum carries the full DP noise on its own
-            floor = p.group_size if self.grouped else min(p.min_survivors, len(group))
-            box_std = distributed_std(total_std, floor) if p.noise == "distributed" else 0.0
-            cfg = RoundConfig(
-                round_id=round_id,
-                nonce=nonce,
-                participants=group,
-                dim=params + 1,  # the payload: n_k * clipped update, then n_k
-                **field_terms(p.update_bits, clip, p.n_cap, box_std, params, len(group)),
-                min_survivors=floor,
-                clip=clip,
-                n_cap=p.n_cap,
-                noise_std=box_std,
-            )
-            # with the boxes' verified identity keys the server checks their key and
-            # survivor-set signatures itself: a box that signs badly is dropped here
-            # instead of making its honest neighbours refuse the round
-            verify = known_key_verifier(box_keys) if box_keys is not None else None
-            self.servers.append(SecAggServer(cfg, verify))
-        self.group_of = {b: i for i, g in enumerate(self.groups) for b in g}
+        self.group_of: dict[str, int] = {}
         self.intake_key = intake_key
         self.intake_closing = False
         #: boxes silent at the last stage closed
@@ -101,38 +102,107 @@ class SecAggProtocol(RoundProtocol):
         #: group index -> (stage, boxes silent when that group's instance aborted at its close)
         self.abort_silent: dict[int, tuple[str, list[str]]] = {}
 
+    def _build(self, seed: bytes) -> None:
+        """Groups and one SecAgg+ instance per group, all keyed by the beacon seed."""
+        p = self.policy
+        committed = self.beacon.committed  # who committed in time: the seed's set
+        self.groups = (
+            robust.partition_groups(committed, p.group_size, seed) if self.grouped else [committed]
+        )
+        total_std = gaussian_std(self.noise_multiplier, self.clip, p.n_cap)
+        for group in self.groups:
+            # grouped: a group sum is unmasked only with >= group_size survivors (the
+            # anonymity set); each group sum carries the full DP noise on its own
+            floor = p.group_size if self.grouped else min(p.min_survivors, len(group))
+            box_std = distributed_std(total_std, floor) if p.noise == "distributed" else 0.0
+            cfg = RoundConfig(
+                round_id=self.round_id,
+                nonce=self.nonce,
+                participants=group,
+                dim=self.params + 1,  # the payload: n_k * clipped update, then n_k
+                **field_terms(p.update_bits, self.clip, p.n_cap, box_std, self.params, len(group)),
+                min_survivors=floor,
+                clip=self.clip,
+                n_cap=p.n_cap,
+                noise_std=box_std,
+                seed=seed,
+            )
+            # with the boxes' verified identity keys the server checks their key and
+            # survivor-set signatures itself: a box that signs badly is dropped here
+            # instead of making its honest neighbours refuse the round
+            verify = known_key_verifier(self.box_keys) if self.box_keys is not None else None
+            self.servers.append(SecAggServer(cfg, verify, self.cert_book, self.box_certs))
+        self.group_of = {b: i for i, g in enumerate(self.groups) for b in g}
+
     def terms(self) -> RoundTerms:
         return RoundTerms(
             secure_aggregation=True, group_size=self.policy.group_size if self.grouped else 0
         )
 
     def describe(self) -> str:
-        c0 = self.servers[0].config
         rule = self.policy.robust if self.grouped else "fedavg"
-        return f"{len(self.groups)} group(s) (rule {rule}, degree {c0.degree}, t={c0.threshold})"
+        n = len(self.participants) // self.policy.group_size if self.grouped else 1
+        return f"{n} group(s) (rule {rule}), seeded by commit-reveal"
 
     def recorded_groups(self) -> list[list[str]] | None:
-        return [list(g) for g in self.groups] if self.grouped else None
+        # the groups exist once the seed does (after REVEAL); the round record has them
+        return [list(g) for g in self.groups] if self.grouped and self.groups else None
 
     def live(self) -> list[SecAggServer]:
         """The instances still running (not yet at RESULT); they share one stage."""
         return [s for s in self.servers if s.stage is not Stage.RESULT]
 
     def start(self) -> Bodies:
-        bodies: Bodies = {}
-        for server in self.servers:
-            bodies.update(server.start())
-        return bodies
+        return self.beacon.start()
+
+    @property
+    def in_beacon(self) -> bool:
+        """True while the round's seed is still being drawn (COMMIT, REVEAL)."""
+        return self.beacon_abort is None and self.beacon.stage in (Stage.COMMIT, Stage.REVEAL)
 
     def receive(self, node: str, stage: Stage, body: Any) -> None:
         if stage is Stage.UPDATE:
             raise ProtocolError("wrong_mode", "a plaintext update in a SecAgg+ round")
+        if stage in (Stage.COMMIT, Stage.REVEAL) or self.in_beacon:
+            self.beacon.receive(node, stage, body)
+            return
         self.servers[self.group_of[node]].receive(node, stage, body)
 
     def pending(self) -> frozenset[str]:
+        if self.in_beacon:
+            return self.beacon.pending()
         return frozenset().union(*(s.pending() for s in self.live()))
 
+    def _close_beacon(self) -> StageClose:
+        """COMMIT -> REVEAL requests; REVEAL -> seed, groups, instances and their SETUP bodies.
+
+        A participant silent at either stage aborts the round: the seed is never
+        drawn from a subset (that subset would be the aggregator's choice).
+        """
+        closing = self.beacon.stage
+        assert closing is not None
+        self.silent = {str(closing): sorted(self.beacon.pending())}
+        try:
+            bodies = self.beacon.advance()
+        except RoundAborted as exc:
+            self.beacon_abort = exc
+            log.warning("%s", exc)
+            aborted = {Key.STATUS.value: "aborted", Key.REASON.value: exc.reason}
+            sends = {Stage.RESULT: {n: dict(aborted) for n in self.participants}}
+            return StageClose(closed=closing, sends=sends, finished=True)
+        if closing is Stage.COMMIT:
+            return StageClose(closed=closing, sends={Stage.REVEAL: bodies})
+        self._build(self.beacon.seed)
+        reveals = self.beacon.reveals_field()
+        setup: Bodies = {}
+        for server in self.servers:
+            for node, body in server.start().items():
+                setup[node] = {**body, **reveals}
+        return StageClose(closed=closing, sends={Stage.SETUP: setup})
+
     def close_stage(self) -> StageClose:
+        if self.in_beacon:
+            return self._close_beacon()
         if self.partials is not None and not self.intake_closing and self.pending():
             # COLLECT_MASKED deadline with boxes missing: the workers may still hold
             # some of them in an unflushed partial; ask for it, wait a moment
@@ -183,6 +253,13 @@ class SecAggProtocol(RoundProtocol):
         p = self.policy
         dropped: dict[str, list[str]] = {}
         refused = Counter(rec["refused"])
+        if self.beacon.stage is not Stage.COMMIT:
+            # announced boxes that never committed: left out before the seed was drawn
+            left_out = sorted(set(self.participants) - set(self.beacon.committed))
+            if left_out:
+                dropped[str(Stage.COMMIT)] = left_out
+        if self.beacon_abort is not None and self.beacon_abort.stage == str(Stage.REVEAL):
+            dropped[str(Stage.REVEAL)] = self.silent.get(str(Stage.REVEAL), [])
         for server in self.servers:
             for stage, nodes in server.dropped().items():
                 if nodes:
@@ -262,6 +339,8 @@ class SecAggProtocol(RoundProtocol):
         return robust.min_groups(self.policy.robust, **self.policy.rule_params())
 
     def _abort_reason(self, n_done: int, need: int) -> str:
+        if self.beacon_abort is not None:
+            return self.beacon_abort.reason
         if not self.grouped:
             ab = self.servers[0].abort
             return ab.reason if ab else "unknown"

@@ -150,6 +150,8 @@ class SecAggClient:
         )
         self._payload: np.ndarray | None = None
         self._participants: tuple[str, ...] | None = None
+        self.certs = auth.CertCache()  # neighbours' checked certificates, across rounds
+        self._seed_in = b""  # the round seed the driver derived (beacon), b"": the nonce
         self.clamped = 0  # coordinates clamped to the quantiser bound in this round
         self._reset()
 
@@ -166,6 +168,7 @@ class SecAggClient:
         self.clip = 0.0  # announced L2 clip norm, for building the payload
         self.n_cap = 0  # announced cap on n_k, for building the payload
         self.enc_pk = b""
+        self._send_cert = True  # False when the aggregator holds this box's certificate
         self._sk_enc: X25519PrivateKey | None = None
         self._sk_mask: X25519PrivateKey | None = None
         self._seed = b""
@@ -176,14 +179,22 @@ class SecAggClient:
         self._survivors: frozenset[str] | None = None  # the set this box signed
         self._digest = b""
 
-    def expect_participants(self, participants: Iterable[str] | None) -> None:
+    def expect_participants(self, participants: Iterable[str] | None, seed: bytes = b"") -> None:
         """Check the aggregator's neighbour list against the round's public participant list.
 
         The list comes from the signed round announcement; with it the box
-        recomputes its neighbourhood (``neighbour_graph`` over the round nonce)
-        and refuses a SETUP that hands it hand-picked neighbours.
+        recomputes its neighbourhood (``neighbour_graph`` keyed by ``seed``,
+        the round's commit-reveal seed, ``beacon``) and refuses a SETUP that
+        hands it hand-picked neighbours. Without a seed the graph is keyed by
+        the nonce, which the aggregator picks: only in-memory tools do that.
         """
         self._participants = None if participants is None else tuple(participants)
+        self._seed_in = bytes(seed)
+
+    @property
+    def graph_seed(self) -> bytes:
+        """The seed this round's graph and key signatures are keyed by."""
+        return self._seed_in or self.nonce
 
     def set_input(self, payload: np.ndarray) -> None:
         """Set the real-valued payload to submit this round (before COLLECT_MASKED)."""
@@ -244,7 +255,7 @@ class SecAggClient:
             raise ProtocolError("bad_body", f"need 1..{MAX_DEGREE} distinct neighbours")
         # the public graph where this box needs it: its own neighbourhood and its
         # neighbours' (whose share holders sign the survivor set at UNMASK)
-        order = ring_order(self._participants, self.nonce)
+        order = ring_order(self._participants, self._seed_in or self.nonce)
         where = {n: i for i, n in enumerate(order)}
         if self.node_id not in where:
             raise ProtocolError("bad_graph", "this box is not among the round's participants")
@@ -284,10 +295,12 @@ class SecAggClient:
         clip = _num(body, Key.CLIP)
         n_cap = _int(body, Key.N_CAP, 1, MAX_N_CAP)
         self.floor.check(clip, n_cap, noise, len(self._participants))
+        have_cert = body.get(Key.HAVE_CERT.value) is True
         enc_pk = _need(body, Key.ENC_PK, bytes)
         if len(enc_pk) != seal.KEY_BYTES:
             raise ProtocolError("bad_body", "round sealing key must be 32 bytes")
         self.clip, self.n_cap, self.enc_pk = clip, n_cap, enc_pk
+        self._send_cert = not have_cert
         self.neighbours = frozenset(neighbours)
         self.graph = graph
         self.threshold, self.dim, self.noise_std = t, dim, noise
@@ -298,14 +311,16 @@ class SecAggClient:
         commit = crypto.commit_seed(self._seed, self.nonce, self.node_id)
         assert self.round_id is not None
         statement = auth.keys_statement(
-            self.round_id, self.nonce, self.node_id, pk_enc, pk_mask, commit
+            self.round_id, self.nonce, self.node_id, pk_enc, pk_mask, commit, self.graph_seed
         )
         return {
             Key.PK_ENC.value: pk_enc,
             Key.PK_MASK.value: pk_mask,
             Key.COMMIT.value: commit,
             Key.KEY_SIG.value: self.signer.key.sign(statement),
-            Key.CERT.value: self.signer.cert,
+            # the aggregator relays the certificate to the neighbours; it may hold it already
+            **({Key.CERT.value: self.signer.cert} if self._send_cert else {}),
+            Key.CERT_EPOCH.value: self.certs.start_round(),
         }
 
     def _share_keys(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -322,18 +337,18 @@ class SecAggClient:
                 not isinstance(entry, list)
                 or len(entry) != 5
                 or not all(isinstance(x, bytes) and len(x) == 32 for x in entry[:3])
-                or not isinstance(entry[4], bytes)
-                or len(entry[4]) > auth.MAX_CERT_BYTES
             ):
                 raise ProtocolError("bad_body", f"keys for {node!r} malformed")
-            pk_enc, pk_mask, commit, sig, cert = entry
+            pk_enc, pk_mask, commit, sig, _ = entry
+            cert = self.certs.resolve(node, entry[4])
             if pk_enc in seen or pk_mask in seen or pk_enc == pk_mask:
                 # one key under two names is how a substituted key shows itself
                 raise ProtocolError("duplicate_key", f"round key of {node!r} repeats another")
             seen |= {pk_enc, pk_mask}
             ident = self.signer.verify_peer(node, cert)
+            self.certs.keep(node, cert)
             statement = auth.keys_statement(
-                self.round_id, self.nonce, node, pk_enc, pk_mask, commit
+                self.round_id, self.nonce, node, pk_enc, pk_mask, commit, self.graph_seed
             )
             auth.check_signature(ident, sig, statement, f"round keys of {node}")
             peers[node] = (pk_enc, pk_mask, commit)
@@ -424,11 +439,13 @@ class SecAggClient:
                 raise ProtocolError("bad_body", f"signature entry of {signer!r} malformed")
             if not isinstance(entry[0], bytes) or len(entry[1]) > auth.MAX_CERT_BYTES:
                 raise ProtocolError("bad_body", f"certificate of {signer!r} too large")
-            ident = (
-                self.signer.key.public_key()
-                if signer == self.node_id
-                else self._peer_ids.get(signer) or self.signer.verify_peer(signer, entry[1])
-            )
+            ident = self._peer_ids.get(signer)
+            if signer == self.node_id:
+                ident = self.signer.key.public_key()
+            elif ident is None:
+                cert = self.certs.resolve(signer, entry[1])
+                ident = self.signer.verify_peer(signer, cert)
+                self.certs.keep(signer, cert)
             statement = auth.survivors_statement(self.round_id, self.nonce, signer, digest)
             # a signature over another set means this box was shown a different one: refuse
             auth.check_signature(ident, entry[0], statement, f"survivor set of {signer}")

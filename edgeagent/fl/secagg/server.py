@@ -89,9 +89,22 @@ class MaskedSum:
 class SecAggServer:
     """One SecAgg+ round on the aggregator."""
 
-    def __init__(self, config: RoundConfig, verify_peer: auth.PeerVerifier | None = None) -> None:
+    def __init__(
+        self,
+        config: RoundConfig,
+        verify_peer: auth.PeerVerifier | None = None,
+        certs: auth.CertBook | None = None,
+        box_certs: Mapping[str, bytes] | None = None,
+    ) -> None:
         self.config = config
+        # certificates the aggregator already holds (verified hellos): those boxes need
+        # not send theirs in every SETUP reply
+        self._known_certs = dict(box_certs or {})
         self.verify_peer = verify_peer
+        # which certificates each box already holds (kept across rounds by the caller):
+        # those travel as fingerprints; without a book every certificate goes in full
+        self.certs = certs
+        self._offered: dict[str, set[bytes]] = {}  # box -> full certificates in flight to it
         self._seal_key, self.enc_pk = seal.round_key()
         self._idents: dict[str, Ed25519PublicKey] = {}
         self._certs: dict[str, bytes] = {}
@@ -150,6 +163,7 @@ class SecAggServer:
                 Key.N_CAP.value: c.n_cap,
                 Key.NOISE_STD.value: float(c.noise_std),
                 Key.ENC_PK.value: self.enc_pk,
+                **({Key.HAVE_CERT.value: True} if node in self._known_certs else {}),
             }
             for node in c.participants
         }
@@ -178,6 +192,9 @@ class SecAggServer:
                 Stage.UNMASK: self._check_unmask,
             }[stage](src, body)
             self._replies[src] = checked
+            if self.certs is not None and src in self._offered:
+                # the box answered: it checked (and keeps) the certificates it was sent
+                self.certs.confirm(src, self._offered.pop(src))
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
             # a body that passed the field checks but is still nonsense: refuse, never crash
             self.rejected["bad_body"] += 1
@@ -255,7 +272,9 @@ class SecAggServer:
             if len(_field(body, key, bytes)) != 32:
                 raise ProtocolError("bad_body", f"{key.value} must be 32 bytes")
         sig = _field(body, Key.KEY_SIG, bytes)
-        cert = _field(body, Key.CERT, bytes)
+        cert = body.get(Key.CERT.value) or self._known_certs.get(src)
+        if not isinstance(cert, bytes):
+            raise ProtocolError("bad_body", "field 'cert' missing or of the wrong type")
         if len(cert) > auth.MAX_CERT_BYTES:
             raise ProtocolError("bad_body", "certificate too large")
         pk_enc, pk_mask = body[Key.PK_ENC.value], body[Key.PK_MASK.value]
@@ -266,12 +285,12 @@ class SecAggServer:
             ident = self.verify_peer(src, cert)
             statement = auth.keys_statement(
                 self.config.round_id, self.config.nonce, src, pk_enc, pk_mask,
-                body[Key.COMMIT.value],
+                body[Key.COMMIT.value], self.config.graph_seed,
             )  # fmt: skip
             auth.check_signature(ident, sig, statement, f"round keys of {src}")
             self._idents[src] = ident
         self._used_keys |= {pk_enc, pk_mask}
-        return body
+        return {**body, Key.CERT.value: cert}
 
     def _check_shares(self, src: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
         shares = _field(body, Key.SHARES, dict)
@@ -376,13 +395,18 @@ class SecAggServer:
         }
         self._key_sigs = {n: replies[n][Key.KEY_SIG.value] for n in alive}
         self._certs = {n: replies[n][Key.CERT.value] for n in alive}
+        if self.certs is not None:
+            for n in alive:
+                self.certs.sync(n, replies[n].get(Key.CERT_EPOCH.value))
+        self._offered = {}
         out = {}
         for node in alive:
             peers = self.config.graph[node] & alive
             self._sent_keys[node] = frozenset(peers)
             out[node] = {
                 Key.KEYS.value: {
-                    p: [*self._keys[p], self._key_sigs[p], self._certs[p]] for p in sorted(peers)
+                    p: [*self._keys[p], self._key_sigs[p], self._cert_field(node, p)]
+                    for p in sorted(peers)
                 }
             }
         self._finish(Stage.SHARE_KEYS)
@@ -439,6 +463,7 @@ class SecAggServer:
                     f"below_threshold: {node} has {len(holders)} signing holders < t={c.threshold}",
                 )
         sigs = {n: self._replies[n][Key.SURVIVORS_SIG.value] for n in u3}
+        self._offered = {}
         out = {}
         for node in u3:
             peers = self._mask_peers[node]
@@ -448,13 +473,20 @@ class SecAggServer:
             chosen = self._signers_for(node, peers | {node}, u3, known)
             out[node] = {
                 Key.SIGS.value: {
-                    s: [sigs[s], b"" if s in known else self._certs.get(s, b"")]
+                    s: [sigs[s], b"" if s in known else self._cert_field(node, s)]
                     for s in sorted(chosen)
                 }
             }
         self._finish(Stage.UNMASK)
         self._expected = set(u3)
         return out
+
+    def _cert_field(self, dst: str, owner: str) -> bytes:
+        """``owner``'s certificate as sent to ``dst``: a fingerprint if ``dst`` holds it."""
+        cert = self._certs.get(owner, b"")
+        if self.certs is None or not cert:
+            return cert
+        return self.certs.field(dst, cert, self._offered.setdefault(dst, set()))
 
     def _signers_for(
         self, node: str, owners: Iterable[str], signed: frozenset[str], known: frozenset[str]

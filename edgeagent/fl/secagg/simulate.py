@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,8 +20,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeagent.errors import ProtocolError, RoundAborted
 from edgeagent.fl.constants import AGGREGATOR, STAGE_ORDER, Stage
 from edgeagent.fl.messages import EnvelopeReceiver, Message, Sequencer, encode
-from edgeagent.fl.secagg.auth import RoundSigner, trust_map
+from edgeagent.fl.secagg.auth import RoundSigner, lab_cert, trust_map
+from edgeagent.fl.secagg.beacon import BeaconServer
 from edgeagent.fl.secagg.client import PrivacyFloor, SecAggClient
+from edgeagent.fl.secagg.seeded import SeededClient
 from edgeagent.fl.secagg.server import SecAggServer
 from edgeagent.fl.secagg.state import RoundConfig, RoundResult
 
@@ -54,8 +56,15 @@ def simulate_round(
     wire: Wire | None = None,
     identities: Mapping[str, Ed25519PrivateKey] | None = None,
     floor: PrivacyFloor | None = None,
+    seeded: bool = False,
 ) -> SimReport:
-    """Run one round; ``drop[box] = stage`` makes that box go silent from that stage on."""
+    """Run one round; ``drop[box] = stage`` makes that box go silent from that stage on.
+
+    ``seeded`` runs the round as the aggregator does: COMMIT and REVEAL first
+    (``beacon``), the graph keyed by their seed (``config.seed`` is replaced),
+    and the boxes' certificates known from their hellos (so SETUP replies
+    leave them out).
+    """
     t0 = time.perf_counter()
     drop = dict(drop or {})
     ids = dict(identities or {})
@@ -63,18 +72,23 @@ def simulate_round(
         ids.setdefault(node, Ed25519PrivateKey.generate())
     pubs = {n: k.public_key() for n, k in ids.items()}
     verify = trust_map(pubs)
-    server = SecAggServer(config, verify)
+    beacon = BeaconServer(config.round_id, config.nonce, config.participants) if seeded else None
     server_rx = EnvelopeReceiver(AGGREGATOR, {n: pubs[n] for n in config.participants})
     server_rx.begin_round(config.round_id, config.nonce)
     server_seq = Sequencer()
-    clients: dict[str, SecAggClient] = {}
+    clients: dict[str, SecAggClient | SeededClient] = {}
     client_rx: dict[str, EnvelopeReceiver] = {}
     client_seq: dict[str, Sequencer] = {}
     for node in config.participants:
-        signer = RoundSigner(ids[node], pubs[node].public_bytes_raw(), verify)
-        clients[node] = SecAggClient(node, signer, floor=floor)
-        clients[node].expect_participants(config.participants)
-        clients[node].set_input(payloads[node])
+        signer = RoundSigner(ids[node], lab_cert(pubs[node]), verify)
+        box = SecAggClient(node, signer, floor=floor)
+        box.set_input(payloads[node])
+        if seeded:
+            clients[node] = SeededClient(box)
+            clients[node].announce(config.participants)
+        else:
+            box.expect_participants(config.participants)
+            clients[node] = box
         client_rx[node] = EnvelopeReceiver(node, {AGGREGATOR: pubs[AGGREGATOR]})
         client_rx[node].begin_round(config.round_id, config.nonce)
         client_seq[node] = Sequencer()
@@ -88,10 +102,15 @@ def simulate_round(
         return wire(src, dst, stage, data) if wire else [data]
 
     ts = time.perf_counter()
-    outgoing = server.start()
+    machine: SecAggServer | BeaconServer
+    if beacon is not None:
+        machine, outgoing = beacon, beacon.start()
+    else:
+        machine = server = SecAggServer(config, verify)
+        outgoing = server.start()
     report.server_seconds += time.perf_counter() - ts
     while True:
-        stage = server.stage
+        stage = machine.stage
         assert stage is not None
         for dst, body in sorted(outgoing.items()):
             msg = Message(
@@ -141,7 +160,7 @@ def simulate_round(
                         if rec.duplicate:
                             report.duplicates += 1
                         else:
-                            server.receive(rec.message.src, rec.message.stage, rec.message.body)
+                            machine.receive(rec.message.src, rec.message.stage, rec.message.body)
                     except ProtocolError as exc:
                         report.refused[f"server:{exc.reason}"] += 1
                     finally:
@@ -150,7 +169,21 @@ def simulate_round(
         if stage is Stage.RESULT:
             break
         ts = time.perf_counter()
-        outgoing = server.advance()
+        if beacon is not None and machine is beacon:
+            try:
+                outgoing = beacon.advance()
+            except RoundAborted as exc:
+                report.abort = exc
+                report.wall_seconds = time.perf_counter() - t0
+                return report
+            if beacon.stage is Stage.SETUP:  # the seed is drawn: the SecAgg+ round on it
+                config = replace(config, participants=beacon.committed, seed=beacon.seed, graph={})
+                hellos = {n: lab_cert(pubs[n]) for n in config.participants}
+                machine = server = SecAggServer(config, verify, None, hellos)
+                reveals = beacon.reveals_field()
+                outgoing = {n: {**b, **reveals} for n, b in server.start().items()}
+        else:
+            outgoing = machine.advance()
         report.server_seconds += time.perf_counter() - ts
         report.stage_seconds[str(stage)] += time.perf_counter() - ts
     report.result, report.abort = server.result, server.abort

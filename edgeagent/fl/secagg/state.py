@@ -131,6 +131,10 @@ class RoundConfig:
     ``len(participants)`` such payloads plus noise sum without wrapping.
     ``min_survivors`` is the smallest number of masked inputs the aggregator
     may unmask: below it the round aborts (privacy floor and DP noise floor).
+    ``seed`` is the round's commit-reveal seed (``beacon``): the graph is keyed
+    by it, and boxes bind it into their signed round keys. Empty, the graph is
+    keyed by the nonce, which only in-memory tools (simulator, tests) do: the
+    aggregator's rounds always carry a beacon seed.
     """
 
     round_id: int
@@ -154,6 +158,7 @@ class RoundConfig:
     #: The update coordinates (all but the last) are rotated (``quantize.rotate``, seeded by
     #: the round nonce) before quantisation and the sum rotated back after unmasking.
     rotate: bool = False
+    seed: bytes = b""
     graph: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -185,8 +190,13 @@ class RoundConfig:
             raise ValueError("noise_std must be >= 0, clip > 0 and n_cap >= 1")
         if not self.graph:
             object.__setattr__(
-                self, "graph", neighbour_graph(self.participants, self.degree, self.nonce)
+                self, "graph", neighbour_graph(self.participants, self.degree, self.graph_seed)
             )
+
+    @property
+    def graph_seed(self) -> bytes:
+        """What keys the graph (and the boxes' key signatures): the beacon seed, else the nonce."""
+        return self.seed or self.nonce
 
 
 @dataclass(frozen=True, slots=True)
