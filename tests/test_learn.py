@@ -330,3 +330,27 @@ def test_labelled_pool_survives_a_restart(
     assert not comp2.restore()  # another model: w_local is not restored ...
     assert fresh.labelled == 6 and comp2.labelled_restored == 6  # ... but the labels are
     assert comp2.status()["learner"]["labelled"] == 6
+
+
+def test_a_lasting_change_in_the_signal_does_not_lock_the_learner_out(
+    syn_model: bytes, syn_world: SynWorld
+) -> None:
+    """After a reset the guard's reference starts from the first windows it sees; if the
+    patient's signal then changes for good (higher error on every window), the guard
+    must follow it rather than reject every later window."""
+    proto, learner = _setup(syn_model)
+    x = syn_world.rows(44, "normal", 288)
+    mu, sigma = np.median(x, 0)[None], (x.std(0) + 1e-3)[None]
+    learner.reset_global(get_params(proto))
+    for row in x[:32]:
+        learner.offer(row, mu, sigma, normal_ok=True)
+    learner.step(8)
+    shifted = x[32:] + 6.0 * sigma  # every later window several sigmas off, for good
+    spec, w = learner.spec, learner.params()
+    before = _recon(spec, w, x[:32], mu, sigma)
+    assert _recon(spec, w, shifted, mu, sigma) > 4 * before  # the guard's factor
+    trained = learner.counters["trained"]
+    for row in shifted:
+        learner.offer(row, mu, sigma, normal_ok=True)
+        learner.step(1)
+    assert learner.counters["trained"] - trained >= 64, learner.counters

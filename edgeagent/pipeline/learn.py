@@ -366,7 +366,11 @@ class LocalLearner:
             keep = err <= self.config.poison_factor * max(med, 1e-3)
         self.counters["rejected_outlier"] += int((~keep).sum())
         with self._lock:
-            self._recent_err.extend(float(v) for v in err[keep])
+            # Every error joins the reference, the rejected ones too: kept to the accepted
+            # ones only, the reference freezes at the first windows after a reset, and a
+            # lasting change in the patient's signal is then an "outlier" for ever (the
+            # learner takes nothing again). The median still ignores a minority of anomalies.
+            self._recent_err.extend(float(v) for v in err)
         return z[keep], m[keep]
 
     def delta(self) -> np.ndarray:
