@@ -357,33 +357,43 @@ def encode_model(pub: ModelPublication) -> bytes:
     )
 
 
+#: Fields every model publication carries (the file on ``model/current``, the vector on
+#: ``model/params``): what the release signature covers, and who signed it.
+_RELEASE_FIELDS: dict[AKey, type] = {
+    AKey.ROUND: int,
+    AKey.MODEL_VERSION: int,
+    AKey.SHA256: str,
+    AKey.SIG: bytes,
+    AKey.CERT: bytes,
+    AKey.EVAL: dict,
+    AKey.RELEASE_SIG: bytes,
+}
+
+
+def _publication(data: bytes, what: str, extra: dict[AKey, type]) -> dict[str, Any]:
+    """A v1 publication map with the release fields and ``extra``, each of its type
+    (no bools for ints) and the round and version in range; anything else ``malformed``."""
+    if len(data) > MAX_MODEL_BYTES:
+        raise ProtocolError("oversized", f"{what} of {len(data)} bytes")
+    d = _loads(data, what)
+    if not isinstance(d, dict) or d.get(AKey.VERSION.value) != WIRE_VERSION:
+        raise ProtocolError("malformed", f"{what} must be a v1 map")
+    for k, kind in {**_RELEASE_FIELDS, **extra}.items():
+        if not isinstance(d.get(k.value), kind) or isinstance(d.get(k.value), bool):
+            raise ProtocolError("malformed", f"{what} field {k.value!r} missing/bad")
+    for k in (AKey.ROUND, AKey.MODEL_VERSION):
+        if not 0 <= d[k.value] < 2**63:
+            raise ProtocolError("malformed", f"{what} field {k.value!r} out of range")
+    return d
+
+
 def decode_model(data: bytes) -> ModelPublication:
     """Parse a model publication and check that the bytes match the announced hash.
 
     The signature over the hash is checked by the receiver (it knows which
     keys it trusts); a hash mismatch is refused here as ``hash_mismatch``.
     """
-    if len(data) > MAX_MODEL_BYTES:
-        raise ProtocolError("oversized", f"model publication of {len(data)} bytes")
-    d = _loads(data, "model publication")
-    kinds = {
-        AKey.ROUND: int,
-        AKey.MODEL_VERSION: int,
-        AKey.SHA256: str,
-        AKey.SIG: bytes,
-        AKey.CERT: bytes,
-        AKey.ONNX: bytes,
-        AKey.EVAL: dict,
-        AKey.RELEASE_SIG: bytes,
-    }
-    if not isinstance(d, dict) or d.get(AKey.VERSION.value) != WIRE_VERSION:
-        raise ProtocolError("malformed", "model publication must be a v1 map")
-    for k, kind in kinds.items():
-        if not isinstance(d.get(k.value), kind) or isinstance(d.get(k.value), bool):
-            raise ProtocolError("malformed", f"model publication field {k.value!r} missing/bad")
-    for k in (AKey.ROUND, AKey.MODEL_VERSION):
-        if not 0 <= d[k.value] < 2**63:
-            raise ProtocolError("malformed", f"model publication field {k.value!r} out of range")
+    d = _publication(data, "model publication", {AKey.ONNX: bytes})
     onnx = d[AKey.ONNX.value]
     if hashlib.sha256(onnx).hexdigest() != d[AKey.SHA256.value]:
         raise ProtocolError("hash_mismatch", "model bytes do not match the published SHA-256")
@@ -445,28 +455,7 @@ def encode_params(pub: ParamsPublication) -> bytes:
 
 def decode_params(data: bytes) -> ParamsPublication:
     """Parse a parameter publication (schema and sizes only: the receiver rebuilds and checks)."""
-    if len(data) > MAX_MODEL_BYTES:
-        raise ProtocolError("oversized", f"parameter publication of {len(data)} bytes")
-    d = _loads(data, "parameter publication")
-    kinds = {
-        AKey.ROUND: int,
-        AKey.MODEL_VERSION: int,
-        AKey.SHA256: str,
-        AKey.SIG: bytes,
-        AKey.CERT: bytes,
-        AKey.FRAME: str,
-        AKey.PARAMS: bytes,
-        AKey.EVAL: dict,
-        AKey.RELEASE_SIG: bytes,
-    }
-    if not isinstance(d, dict) or d.get(AKey.VERSION.value) != WIRE_VERSION:
-        raise ProtocolError("malformed", "parameter publication must be a v1 map")
-    for k, kind in kinds.items():
-        if not isinstance(d.get(k.value), kind) or isinstance(d.get(k.value), bool):
-            raise ProtocolError("malformed", f"parameter publication field {k.value!r} missing/bad")
-    for k in (AKey.ROUND, AKey.MODEL_VERSION):
-        if not 0 <= d[k.value] < 2**63:
-            raise ProtocolError("malformed", f"parameter publication {k.value!r} out of range")
+    d = _publication(data, "parameter publication", {AKey.FRAME: str, AKey.PARAMS: bytes})
     params = d[AKey.PARAMS.value]
     if not params or len(params) % 4:
         raise ProtocolError("malformed", f"parameter vector of {len(params)} bytes is not float32")
