@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -139,6 +140,30 @@ class Inbox:
         with self._cv:
             self._cv.wait_for(lambda: len(self.messages) >= n, timeout)
             return list(self.messages)
+
+
+def test_a_subscribe_racing_the_connect_is_not_lost(mosquitto_broker: Broker, pki: Pki) -> None:
+    """A subscription made while the link is connecting, after it re-subscribed what it
+    knew but before it counts as connected, must still reach the broker (a daemon's
+    components subscribe while the transport is already connecting)."""
+    late = topics.model_current(FLEET)
+    acks: list[Any] = []
+
+    class RacingLink(MqttLink):
+        def _status_payload(self, state: str) -> bytes:
+            # the "online" status goes out inside that window: subscribe from there
+            if state == "online" and not acks:
+                acks.append(self.subscribe(late))
+            return super()._status_payload(state)
+
+    inbox = Inbox()
+    files = pki.client_files("box-a")
+    box = RacingLink("box-a", mosquitto_broker.host, mosquitto_broker.port, files, FLEET,
+                     on_message=inbox)  # fmt: skip
+    with box, _link(mosquitto_broker, pki, "aggregator", status=False) as agg:
+        assert acks and acks[0].wait(5) in (0, 1), "the late subscription was never sent"
+        agg.publish(late, b"model", qos=1).wait(5)
+        assert [m.payload for m in inbox.wait(1, 5) if m.topic == late] == [b"model"]
 
 
 # --------------------------------------------------------------------------- canaries

@@ -61,8 +61,10 @@ MAX_HELLO_BYTES = 16 * 1024
 #: Below the shipped broker's max_packet_size (8 MiB), which no publication may exceed.
 MAX_MODEL_BYTES = 8 * 1024 * 1024 - 64 * 1024
 #: A box's retained status (``node/<id>/status``, JSON) larger or deeper than this is refused.
-MAX_STATUS_BYTES = 1024
-MAX_STATUS_DEPTH = 4
+#: The daemon's periodic status is a few kB (about 1 kB a device) and 6 levels deep; the
+#: bounds keep parsing cheap and far from ``RecursionError`` (about 1,000 levels).
+MAX_STATUS_BYTES = 64 * 1024
+MAX_STATUS_DEPTH = 16
 #: Hello timestamps are seconds since the epoch; anything past this is not one.
 MAX_HELLO_TIME = 2.0**40
 #: Bounds on an announced parameter mask: a few group names, each short.

@@ -266,6 +266,10 @@ class MqttLink:
         self._pending: dict[int, PendingAck] = {}
         self._early: dict[int, int] = {}  # acks that beat publish() back to us
         self._subs: dict[str, int] = {}
+        #: True from the moment ``_on_connect`` took its snapshot of ``_subs`` until the link
+        #: drops; read and written under ``_lock`` with ``_subs``, so a ``subscribe`` racing a
+        #: connect is either in that snapshot or sent by ``subscribe`` itself.
+        self._subs_live = False
         self._connected = threading.Event()
         self._closing = threading.Event()
         self._close_by = 0.0
@@ -453,6 +457,7 @@ class MqttLink:
         self._thread = None
         self._connected.clear()
         with self._lock:
+            self._subs_live = False
             pending, self._pending = list(self._pending.values()), {}
         for p in pending:
             p._resolve(RC_CLOSED)
@@ -495,6 +500,7 @@ class MqttLink:
         # Re-subscribe every time: harmless when the session survived, vital when it did not.
         with self._lock:
             subs = list(self._subs.items())
+            self._subs_live = True
         for topic_filter, qos in subs:
             _rc, mid = client.subscribe(topic_filter, qos=qos)
             if mid is None:
@@ -514,6 +520,8 @@ class MqttLink:
     ) -> None:
         if self._connected.is_set():
             self.counters.disconnects += 1
+        with self._lock:
+            self._subs_live = False
         self._mark_down()
         self._safe(self.on_disconnect, _rc_int(rc))
 
@@ -622,12 +630,11 @@ class MqttLink:
         """
         with self._lock:
             self._subs[topic_filter] = qos
-        if not self._connected.is_set():
-            # _on_connect sends it; this ack follows that SUBACK.
-            p = PendingAck(-1, topic_filter)
-            with self._lock:
+            if not self._subs_live:
+                # _on_connect sends it; this ack follows that SUBACK.
+                p = PendingAck(-1, topic_filter)
                 self._sub_waiters.setdefault(topic_filter, []).append(p)
-            return p
+                return p
         rc, mid = self._client.subscribe(topic_filter, qos=qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise TransportError("subscribe_failed", f"{topic_filter}: {paho.error_string(rc)}")

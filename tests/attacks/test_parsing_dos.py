@@ -27,7 +27,14 @@ from edgeagent.fl.constants import (
 )
 from edgeagent.fl.identity import load_ca, load_identity
 from edgeagent.fl.messages import EnvelopeReceiver, signed_bytes
-from edgeagent.fl.wire import HELLO_CONTEXT, WIRE_VERSION, AKey, decode_hello, parse_status
+from edgeagent.fl.wire import (
+    HELLO_CONTEXT,
+    MAX_STATUS_BYTES,
+    WIRE_VERSION,
+    AKey,
+    decode_hello,
+    parse_status,
+)
 from edgeagent.model.graph import get_params, parse_model
 from edgeagent.ops.config import parse_config
 from edgeagent.ops.pki import Pki
@@ -92,7 +99,7 @@ def test_each_crash_input_is_a_protocol_refusal() -> None:
     with pytest.raises(ProtocolError, match="malformed"):
         parse_status(NESTED_STATUS)
     with pytest.raises(ProtocolError, match="oversized"):
-        parse_status(b'{"state": "' + b"x" * 5000 + b'"}')
+        parse_status(b'{"state": "' + b"x" * MAX_STATUS_BYTES + b'"}')
     assert parse_status(b'{"state": "online", "t": 1.5}') == "online"
     rx = EnvelopeReceiver(AGGREGATOR, {"box-a": key.public_key()})
     rx.begin_round(1, b"n" * 16)
