@@ -209,20 +209,24 @@ class AggregatorStore:
         over fleet, version, round and hash (what the box's version order and
         round bookkeeping act on: a replayed model cannot be relabelled).
         """
-        m = self.state["model"]
         assert self.model_bytes is not None
-        version, round_id = int(m["version"]), int(m["round"])
-        pub = ModelPublication(
-            round_id=round_id,
-            version=version,
-            sha256=m["sha256"],
-            signature=sign_hash(identity.key, m["sha256"]),
-            cert_der=identity.cert_der,
-            onnx=self.model_bytes,
-            eval=dict(m.get("eval") or {}),
-            release_sig=sign_release(identity.key, fleet, version, round_id, m["sha256"]),
+        return encode_model(
+            ModelPublication(onnx=self.model_bytes, **self._release(identity, fleet))
         )
-        return encode_model(pub)
+
+    def _release(self, identity: Identity, fleet: str) -> dict[str, Any]:
+        """The fields both publications carry: the current model's labels and signatures."""
+        m = self.state["model"]
+        version, round_id = int(m["version"]), int(m["round"])
+        return {
+            "round_id": round_id,
+            "version": version,
+            "sha256": m["sha256"],
+            "signature": sign_hash(identity.key, m["sha256"]),
+            "cert_der": identity.cert_der,
+            "eval": dict(m.get("eval") or {}),
+            "release_sig": sign_release(identity.key, fleet, version, round_id, m["sha256"]),
+        }
 
     def params_publication(self, identity: Identity, fleet: str) -> bytes | None:
         """The current global model as its signed parameter vector, or None if not rebuildable.
@@ -238,17 +242,8 @@ class AggregatorStore:
         flat = get_params(model).astype("<f4")
         if sha256_hex(rebuild(model, flat)) != m["sha256"]:
             return None
-        version, round_id = int(m["version"]), int(m["round"])
         pub = ParamsPublication(
-            round_id=round_id,
-            version=version,
-            sha256=m["sha256"],
-            signature=sign_hash(identity.key, m["sha256"]),
-            cert_der=identity.cert_der,
-            frame=frame_sha256(model),
-            params=flat.tobytes(),
-            eval=dict(m.get("eval") or {}),
-            release_sig=sign_release(identity.key, fleet, version, round_id, m["sha256"]),
+            frame=frame_sha256(model), params=flat.tobytes(), **self._release(identity, fleet)
         )
         return encode_params(pub)
 

@@ -344,32 +344,34 @@ class ModelPublication:
 
 
 def encode_model(pub: ModelPublication) -> bytes:
-    return cbor2.dumps(
-        {
-            AKey.VERSION.value: WIRE_VERSION,
-            AKey.ROUND.value: pub.round_id,
-            AKey.MODEL_VERSION.value: pub.version,
-            AKey.SHA256.value: pub.sha256,
-            AKey.SIG.value: pub.signature,
-            AKey.CERT.value: pub.cert_der,
-            AKey.ONNX.value: pub.onnx,
-            AKey.EVAL.value: dict(pub.eval),
-            AKey.RELEASE_SIG.value: pub.release_sig,
-        }
-    )
+    return _encode_publication(pub, {AKey.ONNX: pub.onnx})
 
 
 #: Fields every model publication carries (the file on ``model/current``, the vector on
-#: ``model/params``): what the release signature covers, and who signed it.
-_RELEASE_FIELDS: dict[AKey, type] = {
-    AKey.ROUND: int,
-    AKey.MODEL_VERSION: int,
-    AKey.SHA256: str,
-    AKey.SIG: bytes,
-    AKey.CERT: bytes,
-    AKey.EVAL: dict,
-    AKey.RELEASE_SIG: bytes,
-}
+#: ``model/params``): what the release signature covers, and who signed it, as
+#: (wire key, type, attribute of ``ModelPublication`` / ``ParamsPublication``).
+_RELEASE_FIELDS: tuple[tuple[AKey, type, str], ...] = (
+    (AKey.ROUND, int, "round_id"),
+    (AKey.MODEL_VERSION, int, "version"),
+    (AKey.SHA256, str, "sha256"),
+    (AKey.SIG, bytes, "signature"),
+    (AKey.CERT, bytes, "cert_der"),
+    (AKey.EVAL, dict, "eval"),
+    (AKey.RELEASE_SIG, bytes, "release_sig"),
+)
+
+
+def _encode_publication(pub: ModelPublication | ParamsPublication, extra: dict[AKey, Any]) -> bytes:
+    body: dict[str, Any] = {AKey.VERSION.value: WIRE_VERSION}
+    body.update({k.value: getattr(pub, attr) for k, _, attr in _RELEASE_FIELDS})
+    body[AKey.EVAL.value] = dict(pub.eval)
+    body.update({k.value: v for k, v in extra.items()})
+    return cbor2.dumps(body)
+
+
+def _release_args(d: dict[str, Any]) -> dict[str, Any]:
+    """The release fields of a checked publication map, by attribute name."""
+    return {attr: d[k.value] for k, _, attr in _RELEASE_FIELDS}
 
 
 def _publication(data: bytes, what: str, extra: dict[AKey, type]) -> dict[str, Any]:
@@ -380,7 +382,7 @@ def _publication(data: bytes, what: str, extra: dict[AKey, type]) -> dict[str, A
     d = _loads(data, what)
     if not isinstance(d, dict) or d.get(AKey.VERSION.value) != WIRE_VERSION:
         raise ProtocolError("malformed", f"{what} must be a v1 map")
-    for k, kind in {**_RELEASE_FIELDS, **extra}.items():
+    for k, kind in [*((k, kind) for k, kind, _ in _RELEASE_FIELDS), *extra.items()]:
         if not isinstance(d.get(k.value), kind) or isinstance(d.get(k.value), bool):
             raise ProtocolError("malformed", f"{what} field {k.value!r} missing/bad")
     for k in (AKey.ROUND, AKey.MODEL_VERSION):
@@ -399,16 +401,7 @@ def decode_model(data: bytes) -> ModelPublication:
     onnx = d[AKey.ONNX.value]
     if hashlib.sha256(onnx).hexdigest() != d[AKey.SHA256.value]:
         raise ProtocolError("hash_mismatch", "model bytes do not match the published SHA-256")
-    return ModelPublication(
-        d[AKey.ROUND.value],
-        d[AKey.MODEL_VERSION.value],
-        d[AKey.SHA256.value],
-        d[AKey.SIG.value],
-        d[AKey.CERT.value],
-        onnx,
-        d[AKey.EVAL.value],
-        d[AKey.RELEASE_SIG.value],
-    )
+    return ModelPublication(onnx=onnx, **_release_args(d))
 
 
 # -- parameter publication ---------------------------------------------------------------------
@@ -439,20 +432,7 @@ class ParamsPublication:
 
 
 def encode_params(pub: ParamsPublication) -> bytes:
-    return cbor2.dumps(
-        {
-            AKey.VERSION.value: WIRE_VERSION,
-            AKey.ROUND.value: pub.round_id,
-            AKey.MODEL_VERSION.value: pub.version,
-            AKey.SHA256.value: pub.sha256,
-            AKey.SIG.value: pub.signature,
-            AKey.CERT.value: pub.cert_der,
-            AKey.FRAME.value: pub.frame,
-            AKey.PARAMS.value: pub.params,
-            AKey.EVAL.value: dict(pub.eval),
-            AKey.RELEASE_SIG.value: pub.release_sig,
-        }
-    )
+    return _encode_publication(pub, {AKey.FRAME: pub.frame, AKey.PARAMS: pub.params})
 
 
 def decode_params(data: bytes) -> ParamsPublication:
@@ -465,14 +445,4 @@ def decode_params(data: bytes) -> ParamsPublication:
         v = d[k.value]
         if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
             raise ProtocolError("malformed", f"parameter publication {k.value!r} is not a SHA-256")
-    return ParamsPublication(
-        d[AKey.ROUND.value],
-        d[AKey.MODEL_VERSION.value],
-        d[AKey.SHA256.value],
-        d[AKey.SIG.value],
-        d[AKey.CERT.value],
-        d[AKey.FRAME.value],
-        params,
-        d[AKey.EVAL.value],
-        d[AKey.RELEASE_SIG.value],
-    )
+    return ParamsPublication(frame=d[AKey.FRAME.value], params=params, **_release_args(d))
